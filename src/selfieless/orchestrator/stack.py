@@ -1,0 +1,383 @@
+"""The stack file: one YAML document describing every service the orchestrator runs.
+
+Validated with pydantic v2. Unknown keys are rejected (a typo in a stack file must never be silently
+ignored), and every error names the field path and says what is wrong, for example
+``services.acts.replicas.max: must be >= min (1)``.
+
+Defaults reproduce the original course project. A later, non-replicated ``dependencies:`` section
+(for the database container) can sit beside ``services:`` without changing anything here.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Stack",
+    "ServiceSpec",
+    "GatewaySpec",
+    "GatewayLimits",
+    "HealthSpec",
+    "ReplicasSpec",
+    "PortRange",
+    "WindowPolicy",
+    "RatePolicy",
+    "NoPolicy",
+    "StackError",
+    "load_stack",
+    "parse_stack",
+    "render",
+    "BUNDLED_STACK",
+    "BUILTIN_PLACEHOLDERS",
+]
+
+BUNDLED_STACK = Path(__file__).resolve().parent.parent / "stacks" / "selfieless.yaml"
+
+# Placeholders the orchestrator fills in itself when it starts a replica; anything else used in a
+# command or environment value must be declared under `variables`.
+BUILTIN_PLACEHOLDERS = frozenset({"port", "service", "stack", "host", "gateway_url", "state_dir"})
+
+
+class StackError(ValueError):
+    """A stack file that cannot be used; the message lists every problem, one per line."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        head = f"invalid stack file {source}" if source else "invalid stack"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in problems))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _duration(value: Any) -> Any:
+    """Accept 1, 0.5, "500ms", "2s", "2m": stack files read better with units."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (use a number of seconds or e.g. '500ms', '2s', '2m')")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+PositiveSeconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PortRange(_Model):
+    """An inclusive range of host ports; written `8000-8009`, `8000`, or `{first: 8000, last: 8009}`."""
+
+    first: int = Field(ge=1, le=65535)
+    last: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"first": value, "last": value}
+        if isinstance(value, str):
+            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", value)
+            if not m:
+                raise ValueError(f"not a port range: {value!r} (write e.g. '8000-8009')")
+            first = int(m.group(1))
+            return {"first": first, "last": int(m.group(2) or first)}
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> "PortRange":
+        if self.last < self.first:
+            raise ValueError(f"last: must be >= first ({self.first})")
+        return self
+
+    @property
+    def ports(self) -> range:
+        return range(self.first, self.last + 1)
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}" if self.last != self.first else str(self.first)
+
+
+class HealthSpec(_Model):
+    path: str = "/api/v1/_health"
+    interval: PositiveSeconds = 1.0
+    timeout: PositiveSeconds = 1.0
+    failure_threshold: int = Field(default=1, ge=1)
+    # How long a new replica may take to answer its first probe before it counts as failed.
+    start_grace: PositiveSeconds = 30.0
+
+    @field_validator("path")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class ReplicasSpec(_Model):
+    initial: int | None = Field(default=None, ge=0)
+    min: int = Field(default=1, ge=0)
+    max: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReplicasSpec":
+        if self.max < self.min:
+            raise ValueError(f"max: must be >= min ({self.min})")
+        if self.initial is not None and not (self.min <= self.initial <= self.max):
+            raise ValueError(f"initial: must be between min ({self.min}) and max ({self.max})")
+        return self
+
+    @property
+    def start_count(self) -> int:
+        return self.min if self.initial is None else self.initial
+
+
+class WindowPolicy(_Model):
+    """The course policy: back-to-back windows from the first request; N -> floor(N/rpr)+1."""
+
+    policy: Literal["window"] = "window"
+    window_seconds: PositiveSeconds = 120.0
+    requests_per_replica: int = Field(default=20, ge=1)
+
+
+class RatePolicy(_Model):
+    """Target requests/second per replica over a short sliding window; slow, stabilised scale-in."""
+
+    policy: Literal["rate"]
+    target_rps_per_replica: float = Field(gt=0)
+    window_seconds: PositiveSeconds = 2.0
+    scale_in_delay: Seconds = 30.0
+
+
+class NoPolicy(_Model):
+    policy: Literal["none"]
+
+
+AutoscaleSpec = Annotated[Union[WindowPolicy, RatePolicy, NoPolicy], Field(discriminator="policy")]
+
+
+def _default_policy(value: Any) -> Any:
+    # `autoscale: {}` or a mapping without `policy` means the course window policy.
+    if isinstance(value, dict) and "policy" not in value:
+        return {"policy": "window", **value}
+    if isinstance(value, str):
+        return {"policy": value}
+    return value
+
+
+class ServiceSpec(_Model):
+    image: str | None = None
+    command: list[str] | None = None
+    container_port: int = Field(default=80, ge=1, le=65535)
+    host_ports: PortRange
+    routes: list[str] = Field(default_factory=list)
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    autoscale: Annotated[AutoscaleSpec, BeforeValidator(_default_policy)] = Field(
+        default_factory=lambda: NoPolicy(policy="none")
+    )
+    environment: dict[str, str] = Field(default_factory=dict)
+    # Service-level placeholder values, overriding the stack-level `variables`.
+    variables: dict[str, str] = Field(default_factory=dict)
+    drain_timeout: Seconds = 10.0
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if not r.startswith("/"):
+                raise ValueError(f"route {r!r} must start with '/'")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        # YAML turns `DEBUG: 1` into an int; environment values are always strings.
+        if isinstance(v, dict):
+            return {k: (str(x) if isinstance(x, (int, float, bool)) else x) for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> "ServiceSpec":
+        if self.image is None and self.command is None:
+            raise ValueError("image: a service needs an `image` (docker driver) or a `command` (process driver)")
+        if self.replicas.max > len(self.host_ports):
+            raise ValueError(
+                f"replicas.max: must be <= the number of host_ports ({len(self.host_ports)} in {self.host_ports})"
+            )
+        return self
+
+
+class GatewayLimits(_Model):
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    # How long a request waits for a ready replica before the gateway answers 503.
+    no_replica_wait: Seconds = 10.0
+    upstream_timeout: PositiveSeconds = 60.0
+    max_connections: int = Field(default=1000, ge=1)
+
+
+class GatewaySpec(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(default=80, ge=0, le=65535)
+    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    limits: GatewayLimits = Field(default_factory=GatewayLimits)
+
+
+class Stack(_Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    driver: Literal["process", "docker", "auto"] = "auto"
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    variables: dict[str, str] = Field(default_factory=dict)
+    services: dict[str, ServiceSpec]
+
+    @field_validator("services")
+    @classmethod
+    def _names(cls, v: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
+        if not v:
+            raise ValueError("must define at least one service")
+        for name in v:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+                raise ValueError(f"service name {name!r}: use lowercase letters, digits, '-' and '_'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Stack":
+        problems: list[str] = []
+        owner: dict[int, str] = {}
+        route_owner: dict[str, str] = {}
+        for name, svc in self.services.items():
+            for p in svc.host_ports.ports:
+                if p in owner:
+                    problems.append(f"services.{name}.host_ports: port {p} is also used by service {owner[p]!r}")
+                    break
+                owner[p] = name
+            if self.gateway.port and self.gateway.port in svc.host_ports.ports:
+                problems.append(f"services.{name}.host_ports: overlaps the gateway port {self.gateway.port}")
+            for r in svc.routes:
+                if r in route_owner:
+                    problems.append(f"services.{name}.routes: {r!r} is also routed to {route_owner[r]!r}")
+                route_owner[r] = name
+            if self.driver == "process" and svc.command is None:
+                problems.append(f"services.{name}.command: required with driver 'process'")
+            if self.driver == "docker" and svc.image is None:
+                problems.append(f"services.{name}.image: required with driver 'docker'")
+            known = BUILTIN_PLACEHOLDERS | set(self.variables) | set(svc.variables)
+            for i, arg in enumerate(svc.command or []):
+                for ph in _placeholders(arg) - known:
+                    problems.append(f"services.{name}.command[{i}]: unknown placeholder {{{ph}}} (known: {', '.join(sorted(known))})")
+            for key, val in svc.environment.items():
+                for ph in _placeholders(val) - known:
+                    problems.append(f"services.{name}.environment.{key}: unknown placeholder {{{ph}}}")
+        if problems:
+            # Raised as one error; _format() splits the lines back into separate problems.
+            raise ValueError("\n".join(problems))
+        return self
+
+    def routes(self) -> dict[str, str]:
+        """The gateway's route table: path prefix -> service name."""
+        return {r: name for name, svc in self.services.items() for r in svc.routes}
+
+
+def _placeholders(text: str) -> set[str]:
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(text) if f}
+    except ValueError:
+        return set()
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    """Fill `{name}` placeholders; variable values may themselves contain placeholders."""
+    text = template
+    # A few passes resolve chains like {database_url} -> {acts_database_url} -> {state_dir};
+    # the bound stops a variable that refers to itself from looping forever.
+    for _ in range(5):
+        if not _placeholders(text):
+            return text
+        text = text.format_map(_Strict(values))
+    raise KeyError(f"placeholders nested too deep in {template!r}")
+
+
+class _Strict(dict):
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(f"unknown placeholder {{{key}}}")
+
+
+def _format(err: ValidationError) -> list[str]:
+    """Turn pydantic's errors into `path.to.field: what is wrong` lines."""
+    out: list[str] = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        # Discriminated unions add the tag as a path element; `services.acts.autoscale.window.x`
+        # reads worse than `services.acts.autoscale.x`.
+        path = re.sub(r"\.(window|rate|none)(?=\.|$)", "", path) if ".autoscale" in path else path
+        if e["type"] == "value_error":
+            msg = str(e["ctx"]["error"])
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required"
+        else:
+            msg = e["msg"].replace("Input should be", "must be")
+        for line in msg.split("\n"):
+            # "field: text" raised by a model validator belongs to that field.
+            m = re.match(r"^([a-z_][a-z0-9_.\[\]]*): (.*)$", line, re.S)
+            if m and line.startswith("services."):
+                out.append(line)
+            elif m:
+                out.append(f"{path}.{m.group(1)}: {m.group(2)}" if path else line)
+            else:
+                out.append(f"{path}: {line}" if path else line)
+    return out
+
+
+def parse_stack(data: Any, source: str | None = None) -> Stack:
+    if not isinstance(data, dict):
+        raise StackError(["the document must be a mapping with `name` and `services`"], source)
+    try:
+        return Stack.model_validate(data)
+    except ValidationError as e:
+        raise StackError(_format(e), source) from None
+
+
+def load_stack(path: str | Path) -> Stack:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise StackError([f"cannot read: {e.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise StackError([f"{where}not valid YAML ({getattr(e, 'problem', e)})"], str(path)) from None
+    return parse_stack(data, str(path))

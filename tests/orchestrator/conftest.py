@@ -1,0 +1,8 @@
+"""Shared fixtures for the orchestrator tests: async backend, fake clock."""
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
