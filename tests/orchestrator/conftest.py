@@ -1,8 +1,14 @@
-"""Shared fixtures for the orchestrator tests: async backend, fake clock."""
+"""Shared fixtures for the orchestrator tests: async backend, free port ranges."""
 
 import pytest
+
+from orch_helpers import free_port_range
 
 
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+@pytest.fixture
+def ports():
+    return free_port_range(10)

@@ -1,0 +1,35 @@
+"""Drivers run replicas: `process` (local child processes) and `docker` (containers).
+
+`make_driver(stack, state_dir)` picks one from the stack's `driver` setting; nothing else in the
+control plane knows which one it got.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+
+__all__ = ["Driver", "DriverError", "ExitEvent", "LaunchSpec", "ReplicaHandle", "make_driver", "resolve_driver_kind"]
+
+
+def resolve_driver_kind(setting: str) -> str:
+    """`auto` means docker when an engine answers, else process."""
+    if setting != "auto":
+        return setting
+    from .docker import docker_available
+
+    return "docker" if docker_available() is None else "process"
+
+
+def make_driver(stack_name: str, setting: str, state_dir: str | os.PathLike) -> Driver:
+    kind = resolve_driver_kind(setting)
+    if kind == "docker":
+        from .docker import DockerDriver
+
+        return DockerDriver(stack_name)
+    if kind == "process":
+        from .process import ProcessDriver
+
+        return ProcessDriver(stack_name, state_dir)
+    raise ValueError(f"unknown driver {setting!r}")

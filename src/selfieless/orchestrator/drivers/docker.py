@@ -1,0 +1,180 @@
+"""The docker driver: each replica is a container, through the Docker Engine API (docker SDK 7).
+
+- Containers carry labels `selfieless.stack`, `selfieless.service`, `selfieless.port`; that is
+  how a restarted orchestrator finds (adopts) them. Names are `<stack>-<service>-<port>-<suffix>`,
+  so `docker ps | grep acts` lists exactly the acts replicas.
+- The container port is published on 0.0.0.0:<host port>.
+- Stop = `docker stop` with the grace period, then remove.
+- Exits come from the engine's event stream (`die` events for this stack's label), read in a
+  thread because the SDK is blocking, and handed to the event loop.
+All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from typing import Any
+
+from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+
+LABEL_STACK = "selfieless.stack"
+LABEL_SERVICE = "selfieless.service"
+LABEL_PORT = "selfieless.port"
+
+
+def docker_available(timeout: float = 2.0) -> str | None:
+    """None when a Docker engine answers; otherwise why not (for `driver: auto` and test skips)."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker SDK is not installed (pip install docker)"
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        client.close()
+        return None
+    except Exception as e:  # the SDK raises many kinds (DockerException, requests errors...)
+        return f"no Docker engine reachable ({type(e).__name__}: {e})"
+
+
+class DockerDriver(Driver):
+    name = "docker"
+
+    def __init__(self, stack: str, client: Any = None):
+        super().__init__()
+        import docker
+
+        self.stack = stack
+        self.client = client or docker.from_env()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: threading.Thread | None = None
+        self._event_stream: Any = None
+        self._known: dict[str, ReplicaHandle] = {}   # container id -> handle
+        self._stopping: set[str] = set()
+
+    def _handle(self, c: Any) -> ReplicaHandle:
+        labels = c.labels or {}
+        created = c.attrs.get("Created", "")
+        return ReplicaHandle(
+            id=c.name, service=labels.get(LABEL_SERVICE, "?"), port=int(labels.get(LABEL_PORT, 0)),
+            started_at=_parse_ts(created), detail=c.id[:12],
+        )
+
+    async def start(self, spec: LaunchSpec) -> ReplicaHandle:
+        if not spec.image:
+            raise DriverError(f"service {spec.service!r} has no image for the docker driver")
+        self._ensure_watcher()
+        name = f"{self.stack}-{spec.service}-{spec.host_port}-{secrets.token_hex(2)}"
+
+        def run() -> Any:
+            return self.client.containers.run(
+                spec.image,
+                # The stack's `command` is the process driver's way to run the service; a
+                # container runs its image's own entrypoint, listening on container_port.
+                name=name,
+                detach=True,
+                labels={LABEL_STACK: self.stack, LABEL_SERVICE: spec.service, LABEL_PORT: str(spec.host_port)},
+                ports={f"{spec.container_port}/tcp": ("0.0.0.0", spec.host_port)},
+                environment=spec.environment,
+            )
+
+        try:
+            c = await asyncio.to_thread(run)
+        except Exception as e:
+            raise DriverError(f"cannot start {spec.image} on port {spec.host_port}: {e}") from e
+        h = self._handle(c)
+        self._known[c.id] = h
+        return h
+
+    async def stop(self, handle: ReplicaHandle, grace: float = 5.0) -> None:
+        import docker.errors
+
+        self._stopping.add(handle.id)
+
+        def stop_and_remove() -> None:
+            try:
+                c = self.client.containers.get(handle.id)
+            except docker.errors.NotFound:
+                return
+            try:
+                c.stop(timeout=max(0, int(round(grace))))
+            except docker.errors.APIError:
+                pass  # already stopped or dying; removal below is what matters
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+        try:
+            await asyncio.to_thread(stop_and_remove)
+        finally:
+            self._stopping.discard(handle.id)
+            self._known = {k: v for k, v in self._known.items() if v.id != handle.id}
+
+    async def list(self) -> list[ReplicaHandle]:
+        def find() -> list[Any]:
+            return self.client.containers.list(all=True, filters={"label": f"{LABEL_STACK}={self.stack}"})
+
+        out = []
+        for c in await asyncio.to_thread(find):
+            if c.status in ("exited", "dead", "created"):
+                # Gone replicas: remove so they do not pile up; the reconciler starts fresh ones.
+                await asyncio.to_thread(c.remove, force=True)
+                continue
+            h = self._handle(c)
+            self._known[c.id] = h
+            out.append(h)
+        return out
+
+    async def adopt(self, handle: ReplicaHandle) -> None:
+        self._ensure_watcher()
+
+    async def close(self) -> None:
+        stream, self._event_stream = self._event_stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                pass
+
+    # The engine's event stream is blocking: one daemon thread reads it and hands each `die`
+    # event to the event loop with call_soon_threadsafe.
+    def _ensure_watcher(self) -> None:
+        if self._watcher is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._event_stream = self.client.events(
+            decode=True, filters={"label": f"{LABEL_STACK}={self.stack}", "event": "die", "type": "container"}
+        )
+        self._watcher = threading.Thread(target=self._read_events, name="docker-events", daemon=True)
+        self._watcher.start()
+
+    def _read_events(self) -> None:
+        stream = self._event_stream
+        try:
+            for ev in stream:
+                attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                name = attrs.get("name", "")
+                if name in self._stopping:
+                    continue
+                code = attrs.get("exitCode")
+                event = ExitEvent(
+                    replica_id=name, service=attrs.get(LABEL_SERVICE, "?"), port=int(attrs.get(LABEL_PORT, 0) or 0),
+                    exit_code=int(code) if code is not None else None,
+                    reason=f"container died (exit code {code})",
+                )
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._report_exit, event)
+        except Exception:
+            pass  # stream closed by close(), or the engine went away
+
+
+def _parse_ts(value: str) -> float:
+    # Docker gives RFC 3339 with nanoseconds; seconds precision is plenty for status output.
+    try:
+        return time.mktime(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    except (ValueError, TypeError):
+        return time.time()

@@ -1,0 +1,263 @@
+"""The process driver: each replica is a local child process.
+
+- Each replica runs in its own session/process group (start_new_session), so a stop signals the
+  whole group and nothing it spawned is left behind, and a Ctrl-C aimed at the orchestrator's
+  terminal does not hit the replicas.
+- stdout/stderr go to `<state_dir>/<stack>/logs/<replica id>.log`.
+- A JSON state file per replica (`<state_dir>/<stack>/replicas/<id>.json`: pid, port, service,
+  start time, command line) lets a restarted orchestrator find and adopt its replicas. A pid is
+  only trusted if the kernel's start time for it still matches (pids get reused).
+- Exits are noticed at once through a pidfd per replica registered with the event loop (works for
+  adopted processes too, which are not our children); without pidfd support we fall back to
+  polling every 100 ms.
+- Stop: SIGTERM (plus SIGCONT, so a SIGSTOPped replica can act on it) to the group, SIGKILL after
+  the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+
+POLL_INTERVAL = 0.1
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks since boot), None if no such live process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rfind(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # zombie/dead: it is gone, only not reaped yet
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: int, start_ticks: int | None) -> bool:
+    if Path("/proc/self/stat").exists():
+        ticks = _proc_start_ticks(pid)
+        return ticks is not None and (start_ticks is None or ticks == start_ticks)
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _describe(returncode: int | None) -> str:
+    if returncode is None:
+        return "exited"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class ProcessDriver(Driver):
+    name = "process"
+
+    def __init__(self, stack: str, state_dir: str | os.PathLike):
+        super().__init__()
+        self.stack = stack
+        self.root = Path(state_dir) / stack
+        self.state_path = self.root / "replicas"
+        self.log_path = self.root / "logs"
+        self.state_path.mkdir(parents=True, exist_ok=True)
+        self.log_path.mkdir(parents=True, exist_ok=True)
+        self._children: dict[int, subprocess.Popen] = {}      # pid -> Popen, for reaping our own
+        self._watched: dict[str, asyncio.Future] = {}          # replica id -> resolves on exit
+        self._handles: dict[str, ReplicaHandle] = {}
+        self._closing = False
+
+    # --- interface ---------------------------------------------------------------------------
+
+    async def start(self, spec: LaunchSpec) -> ReplicaHandle:
+        if not spec.command:
+            raise DriverError(f"service {spec.service!r} has no command for the process driver")
+        cmd = list(spec.command)
+        # "python" in a stack file means the interpreter running the orchestrator (its venv),
+        # not whatever `python` happens to be first on PATH.
+        if cmd[0] in ("python", "python3"):
+            cmd[0] = sys.executable
+        log_file = self.log_path / f"{spec.service}-{spec.host_port}.log"
+        env = {**os.environ, **spec.environment}
+        with open(log_file, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True, close_fds=True)
+            except OSError as e:
+                raise DriverError(f"cannot start {cmd[0]!r}: {e.strerror}") from e
+        self._children[proc.pid] = proc
+        handle = ReplicaHandle(
+            id=f"{spec.service}-{spec.host_port}-{proc.pid}", service=spec.service, port=spec.host_port,
+            started_at=time.time(), pid=proc.pid, detail=" ".join(cmd),
+        )
+        self._write_state(handle, cmd, str(log_file))
+        self._handles[handle.id] = handle
+        self._watch(handle)
+        return handle
+
+    async def stop(self, handle: ReplicaHandle, grace: float = 5.0) -> None:
+        pid = handle.pid
+        assert pid is not None
+        done = self._watched.get(handle.id)
+        if done is None and _alive(pid, self._recorded_ticks(handle)):
+            done = self._watch(handle)
+        if done is not None and not done.done():
+            self._signal_group(pid, signal.SIGTERM)
+            self._signal_group(pid, signal.SIGCONT)
+            try:
+                await asyncio.wait_for(asyncio.shield(done), grace)
+            except asyncio.TimeoutError:
+                self._signal_group(pid, signal.SIGKILL)
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), 5.0)
+                except asyncio.TimeoutError:
+                    raise DriverError(f"{handle.id}: pid {pid} survived SIGKILL") from None
+        # Anything the replica spawned into its group dies with it.
+        self._signal_group(pid, signal.SIGKILL)
+        self._forget(handle)
+
+    async def list(self) -> list[ReplicaHandle]:
+        found = []
+        for f in sorted(self.state_path.glob("*.json")):
+            try:
+                st = json.loads(f.read_text())
+            except (OSError, ValueError):
+                f.unlink(missing_ok=True)
+                continue
+            if not _alive(st["pid"], st.get("proc_start_ticks")):
+                f.unlink(missing_ok=True)  # stale: the process is gone (or its pid was reused)
+                continue
+            h = self._handles.get(st["id"]) or ReplicaHandle(
+                id=st["id"], service=st["service"], port=st["port"], started_at=st["started_at"],
+                pid=st["pid"], detail=" ".join(st.get("cmdline", [])),
+            )
+            found.append(h)
+        return found
+
+    async def adopt(self, handle: ReplicaHandle) -> None:
+        self._handles[handle.id] = handle
+        if handle.id not in self._watched:
+            self._watch(handle)
+
+    async def close(self) -> None:
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        for h in list(self._handles.values()):
+            fd = getattr(self._watched.get(h.id), "_pidfd", None)
+            if fd is not None:
+                loop.remove_reader(fd)
+                os.close(fd)
+        self._watched.clear()
+
+    def log_file(self, service: str, port: int) -> Path:
+        return self.log_path / f"{service}-{port}.log"
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _state_file(self, handle: ReplicaHandle) -> Path:
+        return self.state_path / f"{handle.id}.json"
+
+    def _write_state(self, handle: ReplicaHandle, cmd: list[str], log: str) -> None:
+        data = {
+            "id": handle.id, "stack": self.stack, "service": handle.service, "port": handle.port,
+            "pid": handle.pid, "started_at": handle.started_at,
+            "proc_start_ticks": _proc_start_ticks(handle.pid), "cmdline": cmd, "log": log,
+        }
+        tmp = self._state_file(handle).with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self._state_file(handle))  # atomic: a reader never sees half a file
+
+    def _recorded_ticks(self, handle: ReplicaHandle) -> int | None:
+        try:
+            return json.loads(self._state_file(handle).read_text()).get("proc_start_ticks")
+        except (OSError, ValueError):
+            return None
+
+    def _forget(self, handle: ReplicaHandle) -> None:
+        self._state_file(handle).unlink(missing_ok=True)
+        self._handles.pop(handle.id, None)
+        self._watched.pop(handle.id, None)
+
+    @staticmethod
+    def _signal_group(pid: int, sig: int) -> None:
+        try:
+            os.killpg(pid, sig)  # start_new_session made the replica its group's leader: pgid == pid
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _reap(self, pid: int) -> int | None:
+        proc = self._children.pop(pid, None)
+        if proc is not None:
+            try:
+                return proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                return None
+        try:  # adopted, but maybe still our child (same interpreter restarted the orchestrator)
+            wpid, status = os.waitpid(pid, os.WNOHANG)
+            return os.waitstatus_to_exitcode(status) if wpid else None
+        except ChildProcessError:
+            return None
+
+    def _watch(self, handle: ReplicaHandle) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        self._watched[handle.id] = done
+        pid = handle.pid
+        assert pid is not None
+
+        def exited() -> None:
+            if done.done():
+                return
+            code = self._reap(pid)
+            done.set_result(code)
+            self._state_file(handle).unlink(missing_ok=True)
+            if not self._closing:
+                self._report_exit(ExitEvent(handle.id, handle.service, handle.port, code, _describe(code)))
+
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            loop.call_soon(exited)
+            return done
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            done._pidfd = fd  # type: ignore[attr-defined]
+
+            def readable() -> None:
+                loop.remove_reader(fd)
+                os.close(fd)
+                done._pidfd = None  # type: ignore[attr-defined]
+                exited()
+
+            loop.add_reader(fd, readable)
+        else:
+            ticks = _proc_start_ticks(pid)
+
+            async def poll() -> None:
+                while _alive(pid, ticks) and not (pid in self._children and self._children[pid].poll() is not None):
+                    await asyncio.sleep(POLL_INTERVAL)
+                exited()
+
+            done._poller = loop.create_task(poll())  # type: ignore[attr-defined]
+        return done
