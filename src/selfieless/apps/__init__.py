@@ -1,0 +1,1 @@
+"""The SelfieLessActs microservices (users and acts) and the code they share."""

@@ -1,0 +1,1 @@
+"""The acts microservice: categories, acts (photos of good deeds), upvotes."""

@@ -1,0 +1,1 @@
+"""Code shared by both microservices: settings, errors, JSON bodies, database, operational routes."""

@@ -1,0 +1,1 @@
+"""The users microservice: sign-up, removal and the list of usernames."""

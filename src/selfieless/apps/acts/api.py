@@ -1,0 +1,177 @@
+"""Routes of the acts service (api.md, "Acts service")."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Union
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import StringConvertor, register_url_convertor
+from starlette.responses import JSONResponse
+
+from ..common.body import check_name, parse_uint, read_json, validate
+from ..common.errors import ApiError
+from ..common.openapi import json_body
+from ..common.service import ServiceContext
+from .rules import MAX_ACT_ID, is_base64_text, timestamp_sort_key
+from .store import ActsStore, NewAct
+from .users_client import UsersClient
+
+PAGE_LIMIT = 100  # most acts one listing may return (api.md: 413 at 100 or more)
+_INTEGER = re.compile(r"-?[0-9]+")
+
+CategoryBody = TypeAdapter(Annotated[list[Annotated[str, StringConstraints(min_length=1)]],
+                                     Field(min_length=1, max_length=1)])
+UpvoteBody = TypeAdapter(Annotated[list[Union[Annotated[int, Field(ge=0)],
+                                              Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]]],
+                                   Field(min_length=1, max_length=1)])
+
+
+class Upload(BaseModel):
+    """POST /api/v1/acts: exactly these keys (an `upvotes` key, even 0, is refused)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    actId: Annotated[int, Field(ge=0, le=MAX_ACT_ID)]
+    username: str
+    timestamp: str
+    caption: str
+    categoryName: str
+    imgB64: str
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp(cls, value: str) -> str:
+        if timestamp_sort_key(value) is None:
+            raise ValueError("must be DD-MM-YYYY:SS-MM-HH naming a real date and time "
+                             "(two digits each, four for the year, hours 00-23)")
+        return value
+
+    @field_validator("imgB64")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not is_base64_text(value):
+            raise ValueError("must be non-empty base64 text (A-Z a-z 0-9 + /, at most two '=' at the end; "
+                             "no data: prefix)")
+        return value
+
+
+UploadBody = TypeAdapter(Upload)
+_EXAMPLE_UPLOAD = {"actId": 1554800000000, "username": "alice", "timestamp": "09-04-2019:00-30-14",
+                   "caption": "Helped an old man cross the road", "categoryName": "Nature", "imgB64": "aGVsbG8="}
+
+
+def _query_int(request: Request, name: str) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        raise ApiError(400, f"query parameter {name!r} is missing")
+    if not _INTEGER.fullmatch(text) or len(text) > 4000:
+        raise ApiError(400, f"query parameter {name!r} must be an integer")
+    return int(text)
+
+
+class _ActIdConvertor(StringConvertor):
+    """Any path segment except the fixed routes' names: `/acts/count` and `/acts/upvote` own their
+    paths, so `DELETE /acts/count` is a 405 of that route rather than "no such act"."""
+
+    regex = r"(?!(?:count|upvote)(?:/|$))[^/]+"
+
+
+register_url_convertor("act_id", _ActIdConvertor())
+
+
+def make_router(ctx: ServiceContext) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["acts"])
+    store = ActsStore(ctx.db)
+    settings = ctx.settings
+    users = UsersClient(settings.users_url, settings.origin, settings.users_timeout)
+    ctx.closers.append(users.close)
+
+    # categories ---------------------------------------------------------------------------
+    @router.get("/categories", summary="Every category with its number of acts (204 when none)",
+                responses={204: {"description": "no categories"}})
+    async def list_categories():
+        counts = await run_in_threadpool(store.category_counts)
+        return counts if counts else Response(status_code=204)
+
+    @router.post("/categories", status_code=201, summary="Add a category",
+                 openapi_extra=json_body(CategoryBody, ["Nature"]),
+                 responses={400: {"description": "exists already, or a body other than [\"name\"]"}})
+    async def add_category(request: Request):
+        body = await read_json(request, settings.max_body_bytes)
+        (name,) = validate(CategoryBody, body)
+        check_name(name, "category name")
+        await run_in_threadpool(store.add_category, name)
+        return JSONResponse({}, status_code=201)
+
+    @router.delete("/categories/{name}", summary="Remove a category and all its acts",
+                   responses={400: {"description": "no such category"}})
+    async def delete_category(name: str):
+        await run_in_threadpool(store.delete_category, name)
+        return {}
+
+    @router.get("/categories/{name}/acts", summary="Acts of a category newest first, all or ?start=&end=",
+                responses={204: {"description": "missing, empty or out of range"},
+                           413: {"description": "too many acts for one answer"}})
+    async def list_acts(name: str, request: Request):
+        params = request.query_params
+        if "start" in params or "end" in params:
+            start, end = _query_int(request, "start"), _query_int(request, "end")
+            if end - start + 1 > PAGE_LIMIT:
+                raise ApiError(413, f"range {start}..{end} holds more than {PAGE_LIMIT} acts")
+            found = await run_in_threadpool(store.list_range, name, start, end)
+        else:
+            found = await run_in_threadpool(store.list_acts, name, PAGE_LIMIT)
+        return found if found else Response(status_code=204)
+
+    @router.get("/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
+                responses={204: {"description": "no such category"}})
+    async def category_size(name: str):
+        size = await run_in_threadpool(store.category_size, name)
+        return Response(status_code=204) if size is None else [size]
+
+    # acts ---------------------------------------------------------------------------------
+    @router.get("/acts/count", summary="Number of acts in all categories, as [n]")
+    async def count_acts():
+        return [await run_in_threadpool(store.count_acts)]
+
+    @router.post("/acts/upvote", summary="Add one upvote to an act", openapi_extra=json_body(UpvoteBody, [1]),
+                 responses={400: {"description": "no such act, or a body other than [actId]"}})
+    async def upvote(request: Request):
+        body = await read_json(request, settings.max_body_bytes)
+        (raw,) = validate(UpvoteBody, body)
+        act_id = raw if isinstance(raw, int) else parse_uint(raw, "actId", maximum=2**4000)
+        if act_id > MAX_ACT_ID:
+            raise ApiError(400, f"no such act: {act_id}")
+        await run_in_threadpool(store.upvote, act_id)
+        return {}
+
+    @router.delete("/acts/{actId:act_id}", summary="Remove an act",
+                   responses={400: {"description": "no such act, or not a non-negative integer"}})
+    async def delete_act(actId: str):
+        await run_in_threadpool(store.delete_act, parse_uint(actId, "actId"))
+        return {}
+
+    @router.post("/acts", status_code=201, summary="Upload an act",
+                 openapi_extra=json_body(UploadBody, _EXAMPLE_UPLOAD),
+                 responses={400: {"description": "a rule of the upload was broken"},
+                            503: {"description": "the users service could not be reached"}})
+    async def upload(request: Request):
+        body = await read_json(request, settings.max_body_bytes)
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object with keys actId, username, timestamp, "
+                                "caption, categoryName, imgB64")
+        act = validate(UploadBody, body)
+        # Cheap local checks first, the users service last: a bad upload is a 400 even when
+        # the users service is down, and nothing is written unless every check passed.
+        await run_in_threadpool(store.check_new_act, act.actId, act.categoryName)
+        if not await users.exists(act.username):
+            raise ApiError(400, f"no such user: {act.username!r}")
+        await run_in_threadpool(store.insert_act, NewAct(
+            act_id=act.actId, username=act.username, timestamp=act.timestamp,
+            ts_sort=timestamp_sort_key(act.timestamp), caption=act.caption,
+            category=act.categoryName, img=act.imgB64))
+        return JSONResponse({}, status_code=201)
+
+    return router

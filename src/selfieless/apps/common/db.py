@@ -1,0 +1,111 @@
+"""Database access shared by the services: engines for SQLite, MariaDB/MySQL and PostgreSQL.
+
+Every replica of a service opens the same database, so the rules here are about sharing it:
+SQLite runs in WAL mode with a busy timeout and takes its write lock up front (BEGIN IMMEDIATE)
+so two processes never deadlock upgrading a read lock; schema creation tolerates another
+replica creating the same tables at the same moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, MetaData, Text, create_engine, event
+from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger("selfieless.db")
+
+# TEXT is 64 KiB on MySQL: images and long captions need LONGTEXT there. The binary collation
+# keeps comparisons case-sensitive, like every other backend.
+LongText = Text().with_variant(mysql.LONGTEXT(collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
+def name_key(name: str) -> str:
+    """Unique, case-sensitive key for a name of any length (MySQL cannot index long TEXT)."""
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def normalise_url(url: str) -> str:
+    """Pick the drivers this project ships with when a URL names only the database kind."""
+    parsed = make_url(url)
+    driver = {"mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql", "postgresql": "postgresql+psycopg",
+              "postgres": "postgresql+psycopg"}.get(parsed.drivername)
+    if driver:
+        parsed = parsed.set(drivername=driver)
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        query = dict(parsed.query)
+        query.setdefault("charset", "utf8mb4")
+        parsed = parsed.set(query=query)
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               pool_size=8, max_overflow=8)
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_recycle=1800, pool_size=8, max_overflow=8)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # We issue BEGIN ourselves (below); the driver's implicit transactions would get in the way.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection):
+        write = conn.get_execution_options().get("write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Database:
+    """An engine plus the two kinds of short transaction the services use."""
+
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        self.backend = self.engine.dialect.name
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(write=True) as conn:
+            with conn.begin():
+                yield conn
+
+    def create_schema(self, metadata: MetaData, attempts: int = 20) -> None:
+        """Create missing tables; another replica doing the same at the same time is fine."""
+        for attempt in range(attempts):
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                return
+            except DBAPIError as exc:
+                # Lost a race with a sibling replica ("already exists"), or SQLite was busy.
+                if attempt == attempts - 1:
+                    raise
+                log.info("schema creation retry after: %s", exc.orig)
+                time.sleep(0.05 + random.random() * 0.2)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,137 @@
+"""Operational endpoints every replica has: _health, _crash, _count, and the middleware behind them.
+
+The request counter lives in the shared database so that every replica of a service gives the same
+answer; the crash flag is deliberately per process, so one replica fails and its siblings do not.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .db import Database
+
+API_PREFIX = "/api/v1"
+OPERATIONAL = ("/api/v1/_count", "/api/v1/_health", "/api/v1/_crash")
+
+
+def request_counts_table(metadata: MetaData) -> Table:
+    return Table(
+        "request_counts", metadata,
+        Column("service", String(32), primary_key=True),
+        Column("n", BigInteger, nullable=False, default=0),
+    )
+
+
+def is_counted(path: str) -> bool:
+    if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+        return False
+    return not any(path == op or path.startswith(op + "/") for op in OPERATIONAL)
+
+
+class ReplicaState:
+    """What the operational routes need: the database, the counter table, the crash flag."""
+
+    def __init__(self, service: str, db: Database, counts: Table, allow_crash: bool):
+        self.service = service
+        self.db = db
+        self.counts = counts
+        self.allow_crash = allow_crash
+        self.crashed = False
+
+    def ensure_counter(self) -> None:
+        with self.db.read() as conn:
+            exists = conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).first()
+        if exists is None:
+            try:
+                with self.db.write() as conn:
+                    conn.execute(self.counts.insert().values(service=self.service, n=0))
+            except IntegrityError:
+                pass  # a sibling replica inserted it first
+
+    def increment(self) -> None:
+        with self.db.write() as conn:
+            conn.execute(update(self.counts).where(self.counts.c.service == self.service)
+                         .values(n=self.counts.c.n + 1))
+
+    def count(self) -> int:
+        with self.db.read() as conn:
+            return conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).scalar_one()
+
+    def reset(self) -> None:
+        with self.db.write() as conn:
+            conn.execute(update(self.counts).where(self.counts.c.service == self.service).values(n=0))
+
+    def check_database(self) -> None:
+        """Read and take the write lock, then roll back: proves both work without changing data."""
+        with self.db.engine.connect().execution_options(write=True) as conn:
+            tx = conn.begin()
+            try:
+                conn.execute(update(self.counts).where(self.counts.c.service == self.service)
+                             .values(n=self.counts.c.n))
+                conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).first()
+            finally:
+                tx.rollback()
+
+
+_CRASHED_BODY = b'{"error":"this replica was crashed on purpose by POST /api/v1/_crash"}'
+
+
+class ReplicaMiddleware:
+    """Answers 500 to everything once crashed; counts API requests before they are handled;
+    answers HEAD like GET."""
+
+    def __init__(self, app: ASGIApp, state: ReplicaState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.state.crashed:
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(_CRASHED_BODY)).encode())]})
+            await send({"type": "http.response.body", "body": _CRASHED_BODY})
+            return
+        if is_counted(scope["path"]):
+            await run_in_threadpool(self.state.increment)
+        if scope["method"] == "HEAD":
+            # Served as GET; the server still sends no body, as it keeps its own copy of the scope.
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
+def operational_router(state: ReplicaState) -> APIRouter:
+    router = APIRouter(prefix=API_PREFIX, tags=["operations"])
+
+    @router.get("/_health", summary="200 {} when this replica can read and write its database")
+    async def health():
+        try:
+            await run_in_threadpool(state.check_database)
+        except Exception as exc:  # any database failure makes the replica unhealthy
+            return JSONResponse({"error": f"database check failed: {type(exc).__name__}"}, status_code=500)
+        return {}
+
+    @router.post("/_crash", summary="Fault injection: this replica answers 500 to everything from now on")
+    async def crash():
+        if not state.allow_crash:
+            return JSONResponse({"error": "fault injection is disabled on this replica"}, status_code=403)
+        state.crashed = True
+        return {}
+
+    @router.get("/_count", summary="Requests this service received under /api/v1 since the last reset")
+    async def get_count():
+        return [await run_in_threadpool(state.count)]
+
+    @router.delete("/_count", summary="Reset the request counter")
+    async def reset_count():
+        await run_in_threadpool(state.reset)
+        return {}
+
+    return router

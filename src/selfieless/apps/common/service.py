@@ -1,0 +1,66 @@
+"""Assembles one microservice: FastAPI app, error handlers, operational routes, schema at start-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import MetaData
+from starlette.concurrency import run_in_threadpool
+
+from .db import Database
+from .errors import install_error_handlers
+from .ops import ReplicaMiddleware, ReplicaState, operational_router, request_counts_table
+from .settings import ServiceSettings
+
+
+@dataclass
+class ServiceContext:
+    """Everything a service's routes need, built once per process."""
+
+    name: str
+    settings: ServiceSettings
+    db: Database
+    metadata: MetaData
+    replica: ReplicaState
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
+              make_router: Callable[[ServiceContext], APIRouter], description: str) -> FastAPI:
+    db = Database(settings.database_url)
+    counts = request_counts_table(metadata)
+    ctx = ServiceContext(name, settings, db, metadata, ReplicaState(name, db, counts, settings.allow_crash))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(db.create_schema, metadata)
+        await run_in_threadpool(ctx.replica.ensure_counter)
+        try:
+            yield
+        finally:
+            for close in ctx.closers:
+                await close()
+            db.dispose()
+
+    app = FastAPI(title=f"SelfieLessActs {name} service", description=description, version="1.0",
+                  lifespan=lifespan, redirect_slashes=False, docs_url="/docs",
+                  openapi_url="/openapi.json", redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(operational_router(ctx.replica))
+    app.include_router(make_router(ctx))
+    app.add_middleware(ReplicaMiddleware, state=ctx.replica)
+    app.state.ctx = ctx
+    return app
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per users check is noise
+    uvicorn.run(app, host=settings.host, port=settings.port, loop="auto", http="auto",
+                access_log=False, log_level="warning", timeout_graceful_shutdown=5,
+                proxy_headers=False, server_header=False)

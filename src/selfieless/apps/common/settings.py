@@ -1,0 +1,67 @@
+"""Settings of one service replica, from command-line flags or SELFIELESS_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    users_url: str = "http://127.0.0.1:80"
+    public_url: str = ""
+    allow_crash: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    users_timeout: float = 5.0
+
+    @property
+    def origin(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def parse_settings(service: str, argv: list[str] | None = None, with_users_url: bool = False) -> ServiceSettings:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog=f"python -m selfieless.apps.{service}",
+                                     description=f"Run one replica of the SelfieLessActs {service} service.")
+    parser.add_argument("--host", default=env("SELFIELESS_HOST", "127.0.0.1"),
+                        help="address to bind (env SELFIELESS_HOST) [%(default)s]")
+    parser.add_argument("--port", type=int, default=int(env("SELFIELESS_PORT", "8000")),
+                        help="port to bind (env SELFIELESS_PORT) [%(default)s]")
+    parser.add_argument("--database-url", default=env("SELFIELESS_DATABASE_URL", f"sqlite:///{service}.db"),
+                        help="SQLAlchemy URL: sqlite:///file.db, mysql://user:pw@host/db, "
+                             "postgresql://user:pw@host/db (env SELFIELESS_DATABASE_URL) [%(default)s]")
+    if with_users_url:
+        parser.add_argument("--users-url", default=env("SELFIELESS_USERS_URL", "http://127.0.0.1:80"),
+                            help="base URL of the users service, normally the gateway (env SELFIELESS_USERS_URL) "
+                                 "[%(default)s]")
+    parser.add_argument("--public-url", default=env("SELFIELESS_PUBLIC_URL", ""),
+                        help="this replica's public address, sent as Origin (env SELFIELESS_PUBLIC_URL) "
+                             "[http://HOST:PORT]")
+    parser.add_argument("--no-crash", action="store_true", default=not _env_bool("SELFIELESS_ALLOW_CRASH", True),
+                        help="disable the POST /api/v1/_crash fault injection (env SELFIELESS_ALLOW_CRASH=0)")
+    parser.add_argument("--max-body-bytes", type=int,
+                        default=int(env("SELFIELESS_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY))),
+                        help="largest request body accepted, else 413 (env SELFIELESS_MAX_BODY_BYTES) [%(default)s]")
+    args = parser.parse_args(argv)
+    return ServiceSettings(
+        database_url=args.database_url,
+        host=args.host,
+        port=args.port,
+        users_url=getattr(args, "users_url", "http://127.0.0.1:80"),
+        public_url=args.public_url,
+        allow_crash=not args.no_crash,
+        max_body_bytes=args.max_body_bytes,
+    )

@@ -1,0 +1,89 @@
+"""Routes of the users service (api.md, "Users service")."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from ..common.body import check_name, read_json, validate
+from ..common.db import name_key
+from ..common.errors import ApiError
+from ..common.openapi import json_body
+from ..common.service import ServiceContext
+from .passwords import hash_digest, is_sha1_hex
+from .schema import users
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    username: str
+    password: str
+
+
+NEW_USER = TypeAdapter(NewUser)
+
+
+def make_router(ctx: ServiceContext) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["users"])
+    db = ctx.db
+    max_body = ctx.settings.max_body_bytes
+
+    def insert_user(name: str, password_hash: str) -> None:
+        try:
+            with db.write() as conn:
+                conn.execute(users.insert().values(name=name, name_key=name_key(name),
+                                                   password_hash=password_hash))
+        except IntegrityError:
+            raise ApiError(400, f"username {name!r} is already taken") from None
+
+    def user_exists(name: str) -> bool:
+        with db.read() as conn:
+            return conn.execute(select(users.c.id).where(users.c.name_key == name_key(name))).first() is not None
+
+    @router.post("/users", status_code=201, summary="Add a user",
+                 openapi_extra=json_body(NEW_USER, {"username": "alice", "password": "a" * 40}),
+                 responses={400: {"description": "bad body, bad password, or name taken"}})
+    async def add_user(request: Request):
+        body = await read_json(request, max_body)
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object with keys username and password")
+        user = validate(NEW_USER, body)
+        check_name(user.username, "username")
+        if not is_sha1_hex(user.password):
+            raise ApiError(400, "password must be 40 hex characters (SHA-1)")
+        # Checked before hashing so a taken name costs no scrypt work; the unique key still
+        # settles a race between two sign-ups.
+        if await run_in_threadpool(user_exists, user.username):
+            raise ApiError(400, f"username {user.username!r} is already taken")
+        password_hash = await run_in_threadpool(hash_digest, user.password)
+        await run_in_threadpool(insert_user, user.username, password_hash)
+        return JSONResponse({}, status_code=201)
+
+    def remove_user(name: str) -> None:
+        with db.write() as conn:
+            if conn.execute(delete(users).where(users.c.name_key == name_key(name))).rowcount == 0:
+                raise ApiError(400, f"no such user: {name!r}")
+
+    @router.delete("/users/{username}", summary="Remove a user (their acts stay)",
+                   responses={400: {"description": "no such user"}})
+    async def delete_user(username: str):
+        await run_in_threadpool(remove_user, username)
+        return {}
+
+    def list_names() -> list[str]:
+        with db.read() as conn:
+            return list(conn.execute(select(users.c.name).order_by(users.c.id)).scalars())
+
+    @router.get("/users", summary="All usernames (204 when there are none)",
+                responses={204: {"description": "no users"}})
+    async def list_users():
+        names = await run_in_threadpool(list_names)
+        if not names:
+            return Response(status_code=204)
+        return names
+
+    return router
