@@ -1,0 +1,32 @@
+"""Gateway (data plane): the HTTP/1.1 reverse proxy in front of every service.
+
+Public API (docs/interfaces.md): :class:`Gateway`, :class:`GatewayConfig`, :class:`ReplicaPool`,
+:class:`ReplicaView`, :class:`ServiceStats`. The gateway never imports the orchestrator; the
+control plane drives it through this API and hears about passive ejections via ``on_eject``.
+
+Modules: ``config`` (settings), ``routing`` (prefix table), ``pool`` (replica choice),
+``headers`` (rewriting), ``stats`` (counters), ``responses`` (gateway-made JSON answers) are pure;
+``proxy`` is the socket edge; ``gateway`` is the facade; ``__main__`` runs it standalone.
+"""
+
+from .config import GatewayConfig
+from .gateway import Gateway
+from .pool import DRAINING, EJECTED, READY, REMOVED, Replica, ReplicaPool, ReplicaView
+from .stats import LATENCY_BUCKETS, CountRule, LatencyHistogram, ServiceStats
+
+__all__ = [
+    "Gateway", "GatewayConfig", "ReplicaPool", "ReplicaView", "Replica", "ServiceStats",
+    "LatencyHistogram", "CountRule", "LATENCY_BUCKETS", "READY", "DRAINING", "EJECTED", "REMOVED",
+    "new_event_loop",
+]
+
+
+def new_event_loop():
+    """uvloop's event loop when installed (it proxies much faster), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        import asyncio
+
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

@@ -1,0 +1,159 @@
+"""The :class:`Gateway` facade: the control API of docs/interfaces.md.
+
+It owns the listening socket, the route table (swapped whole by :meth:`set_routes`), one
+:class:`~selfieless.gateway.pool.ReplicaPool` and one
+:class:`~selfieless.gateway.stats.ServiceStats` per service, and the periodic sweep that enforces
+timeouts. All methods run on the event loop that called :meth:`start`; none of them blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from .config import GatewayConfig
+from .pool import EjectCallback, ReplicaPool
+from .proxy import ClientConnection
+from .routing import RouteTable
+from .stats import CountRule, ServiceStats
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """HTTP/1.1 reverse proxy in front of every service (the data plane)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig | None = None,
+        routes: Mapping[str, str] | None = None,
+        on_eject: EjectCallback | None = None,
+        status_provider: Callable[[], dict] | None = None,
+    ) -> None:
+        self.config = config or GatewayConfig()
+        self.routes = RouteTable(routes)  # read once per request: the swap is one assignment
+        self.on_eject = on_eject
+        self.status_provider = status_provider
+        self.count_rule = CountRule(self.config.count_prefix, self.config.count_exclude)
+        self.clients: set[ClientConnection] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.port: int | None = None
+        self.stopping = False
+        self._pools: dict[str, ReplicaPool] = {}
+        self._stats: dict[str, ServiceStats] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # Lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind and start serving; afterwards :attr:`port` is the real port."""
+        if self._server is not None:
+            raise RuntimeError("gateway already started")
+        self.loop = asyncio.get_running_loop()
+        self.stopping = False
+        cfg = self.config
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), cfg.host, cfg.port,
+            backlog=cfg.backlog, reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = self.loop.call_later(cfg.sweep_interval, self._sweep)
+        log.info("gateway listening on %s:%s", cfg.host, self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let requests in flight finish (up to ``grace`` s), close the rest."""
+        if self._server is None:
+            return
+        self.stopping = True  # responses from now on say Connection: close
+        self._server.close()
+        for conn in list(self.clients):
+            if conn.active is None and not conn.queue:
+                conn._close()
+        deadline = self.loop.time() + grace
+        while any(not c.closed for c in self.clients) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.clients):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for pool in self._pools.values():
+            pool.close()
+
+    # Control API ----------------------------------------------------------------------------
+    def set_routes(self, routes: Mapping[str, str]) -> None:
+        """Atomically replace the route table (built first, then swapped in one assignment)."""
+        self.routes = RouteTable(routes)
+
+    def pool(self, service: str) -> ReplicaPool:
+        """The replica pool of ``service``, created on first use."""
+        pool = self._pools.get(service)
+        if pool is None:
+            pool = ReplicaPool(service, self.config.balance, on_eject=self._ejected)
+            self._pools[service] = pool
+        return pool
+
+    def stats(self, service: str) -> ServiceStats:
+        """Live counters of ``service`` (created on first use; read its attributes)."""
+        st = self._stats.get(service)
+        if st is None:
+            st = ServiceStats(service)
+            self._stats[service] = st
+        return st
+
+    @property
+    def pools(self) -> dict[str, ReplicaPool]:
+        return dict(self._pools)
+
+    @property
+    def all_stats(self) -> dict[str, ServiceStats]:
+        return dict(self._stats)
+
+    def status(self) -> dict:
+        """What ``GET /`` shows: the status provider's dict, or a small default."""
+        provider = self.status_provider
+        if provider is not None:
+            try:
+                return provider()
+            except Exception:
+                log.exception("gateway status_provider failed")
+                return {"error": "status unavailable"}
+        return {
+            "gateway": "selfieless",
+            "routes": self.routes.routes,
+            "services": {
+                name: {
+                    "replicas": [r._asdict() for r in pool.replicas],
+                    "api_requests": self.stats(name).api_requests,
+                }
+                for name, pool in self._pools.items()
+            },
+        }
+
+    # Internals ------------------------------------------------------------------------------
+    def _ejected(self, service: str, replica_id: str, reason: str) -> None:
+        self.stats(service).ejections += 1
+        cb = self.on_eject  # read at call time: the control plane may set it after start
+        if cb is not None:
+            cb(service, replica_id, reason)
+
+    def _sweep(self) -> None:
+        """Enforce timeouts: one pass over connections instead of a timer per request."""
+        loop = self.loop
+        now = loop.time()
+        try:
+            for conn in list(self.clients):
+                conn.check_deadline(now)
+            max_age = self.config.upstream_idle_timeout
+            for pool in self._pools.values():
+                for rep in pool._replicas.values():
+                    if rep.idle:
+                        rep.expire_idle(now, max_age)
+        except Exception:  # never let the sweeper die
+            log.exception("gateway sweep failed")
+        if self._server is not None:
+            self._sweeper = loop.call_later(self.config.sweep_interval, self._sweep)

@@ -1,0 +1,188 @@
+"""Header rewriting between client and replica (pure functions on bytes, no I/O).
+
+Request side: drop hop-by-hop headers (RFC 9110 7.6.1: Connection and every header it names,
+Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade), append the client address
+to ``X-Forwarded-For``, set ``X-Forwarded-Proto: http`` and re-frame the body (the parser de-chunks
+it, so a chunked request is sent on chunked again). Everything else goes through byte for byte,
+in order and with its original case.
+
+Response side: the same stripping, then framing for *our* connection with the client (keep the
+replica's Content-Length; otherwise chunked for HTTP/1.1 clients or close-delimited for 1.0).
+"""
+
+from __future__ import annotations
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade",
+})
+
+# Response body framing towards the client.
+FRAME_NONE = 0  # no body (HEAD, 1xx, 204, 304)
+FRAME_LENGTH = 1  # Content-Length passed through, body relayed as is
+FRAME_CHUNKED = 2  # we chunk the relayed body
+FRAME_CLOSE = 3  # body ends when we close (HTTP/1.0 client, no length known)
+
+CRLF = b"\r\n"
+CHUNK_END = b"0\r\n\r\n"
+
+
+class BadRequest(ValueError):
+    """A request the gateway refuses to forward (answered with 400)."""
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+class RequestHead:
+    """The forwarded request head plus the facts about the request the proxy needs."""
+
+    __slots__ = ("head", "content_length", "chunked", "expect_continue")
+
+    def __init__(self, head: bytes, content_length: int, chunked: bool, expect: bool) -> None:
+        self.head = head
+        self.content_length = content_length  # -1: none given
+        self.chunked = chunked
+        self.expect_continue = expect
+
+
+def build_request_head(method: bytes, target: bytes, headers: list, client_ip: bytes) -> RequestHead:
+    """Rewrite a request head for a replica. ``headers`` is ``[(name, value), ...]`` as received."""
+    out = bytearray(method)
+    out += b" "
+    out += target
+    out += b" HTTP/1.1\r\n"
+    content_length = -1
+    chunked = False
+    expect = False
+    xff = None
+    named: set[bytes] | None = None
+    kept = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection" or lname == b"proxy-connection":
+                tokens = _connection_tokens(value)
+                tokens.discard(b"close")
+                tokens.discard(b"keep-alive")
+                if tokens:
+                    named = tokens if named is None else named | tokens
+            elif lname == b"transfer-encoding":
+                chunked = True  # the parser refused anything but a final "chunked"
+            continue
+        if lname == b"content-length":
+            try:
+                n = int(value)
+            except ValueError:
+                raise BadRequest("invalid Content-Length") from None
+            if n < 0 or (content_length >= 0 and n != content_length):
+                raise BadRequest("invalid Content-Length")
+            if content_length >= 0:
+                continue  # identical duplicate: forward once
+            content_length = n
+        elif lname == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+            continue
+        elif lname == b"x-forwarded-proto":
+            continue  # we are the edge: the scheme is ours to state
+        elif lname == b"expect":
+            if value.strip().lower() == b"100-continue":
+                expect = True  # answered by the gateway itself, see proxy.ClientConnection
+                continue
+        kept.append((lname, name, value))
+    if chunked and content_length >= 0:
+        raise BadRequest("both Content-Length and Transfer-Encoding")
+    for lname, name, value in kept:
+        if named is not None and lname in named:
+            continue
+        out += name
+        out += b": "
+        out += value
+        out += CRLF
+    out += b"X-Forwarded-For: "
+    if xff is not None:
+        out += xff
+        out += b", "
+    out += client_ip
+    out += b"\r\nX-Forwarded-Proto: http\r\n"
+    if chunked:
+        out += b"Transfer-Encoding: chunked\r\n"
+    out += CRLF
+    return RequestHead(bytes(out), content_length, chunked, expect)
+
+
+_status_lines: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(code: int, reason: bytes) -> bytes:
+    """``HTTP/1.1 <code> <reason>\\r\\n``, memoised: the same few statuses repeat."""
+    key = (code, reason)
+    line = _status_lines.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (code, reason)
+        if len(_status_lines) < 1024:
+            _status_lines[key] = line
+    return line
+
+
+def build_response_head(code: int, reason: bytes, headers: list, no_body: bool,
+                        client_http11: bool, keep_alive: bool, client_keep_alive_header: bool,
+                        ) -> tuple[bytearray, int, bool, bool]:
+    """Rewrite a replica's response head for the client.
+
+    ``no_body``: HEAD request or a status without body. ``keep_alive``: we intend to keep the
+    client connection. ``client_keep_alive_header``: the client is HTTP/1.0 and asked for
+    keep-alive, so say yes explicitly. Returns (head, framing, keep_alive) where keep_alive may
+    be turned off when the body can only be delimited by closing.
+    """
+    out = bytearray(status_line(code, reason))
+    has_length = False
+    has_te = False
+    named: set[bytes] | None = None
+    kept = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                has_te = True
+            elif lname == b"connection":
+                tokens = _connection_tokens(value)
+                tokens.discard(b"close")
+                tokens.discard(b"keep-alive")
+                if tokens:
+                    named = tokens if named is None else named | tokens
+            continue
+        if lname == b"content-length":
+            if has_length:
+                continue
+            has_length = True
+        kept.append((lname, name, value))
+    for lname, name, value in kept:
+        if named is not None and lname in named:
+            continue
+        out += name
+        out += b": "
+        out += value
+        out += CRLF
+    if no_body:
+        framing = FRAME_NONE
+    elif has_length:
+        framing = FRAME_LENGTH
+    elif client_http11:
+        framing = FRAME_CHUNKED
+        out += b"Transfer-Encoding: chunked\r\n"
+    else:
+        framing = FRAME_CLOSE
+        keep_alive = False
+    if not keep_alive:
+        out += b"Connection: close\r\n"
+    elif client_keep_alive_header:
+        out += b"Connection: keep-alive\r\n"
+    out += CRLF
+    return out, framing, keep_alive, not (no_body or has_length or has_te)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of chunked encoding."""
+    return b"%x\r\n%b\r\n" % (len(data), data)

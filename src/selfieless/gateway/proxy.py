@@ -1,0 +1,848 @@
+"""The socket edge: client and replica connections as callback-style ``asyncio.Protocol``\\s.
+
+One :class:`ClientConnection` per accepted client socket parses requests with httptools and
+proxies them one at a time (pipelined requests queue behind the active one). One
+:class:`UpstreamConnection` per replica socket parses responses; it is lent to a client
+connection for one exchange and then parked in the replica's idle list for keep-alive reuse.
+
+Why callbacks and not streams: the request path is a handful of method calls per request with no
+coroutine, task or future in it (measured ~5x faster than async/await streams). Coroutines are
+used only off the hot path: opening a new replica connection and waiting for a ready replica.
+
+Decisions (routing, replica choice, header rewriting, counting) live in the pure modules;
+this one moves bytes, keeps flow control and handles failures:
+
+* Flow control both ways: a full write buffer on one side pauses reading on the other, so a slow
+  client or a 16 MiB upload never makes us hold a whole body.
+* Passive health: a replica that refuses a connection, or resets/closes a fresh one before any
+  response byte, is ejected; idempotent requests whose body we still hold are retried once on
+  another replica. A reused keep-alive connection that dies that way is taken as stale (the
+  replica closed it while idle) and the request is retried on a fresh connection to the same
+  replica.
+* Timeouts are checked by one periodic sweep (see ``Gateway._sweep``) against per-connection
+  deadlines, so the hot path only stores a float instead of arming a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+
+import httptools
+
+from .headers import (
+    CHUNK_END,
+    CRLF,
+    FRAME_CHUNKED,
+    BadRequest,
+    build_request_head,
+    build_response_head,
+)
+from .responses import CONTINUE_100, error_response, json_response
+
+log = logging.getLogger(__name__)
+
+# Why client reading is paused (bit mask): reading resumes only when no reason is left.
+P_UPSTREAM = 1  # the replica connection's write buffer is full
+P_WAIT = 2  # body bytes arrived but no replica connection is attached yet
+P_PIPELINE = 4  # a further request is queued behind the active one
+P_DEAD = 8  # the connection is finishing (error answered or about to be)
+
+# What the connection's single deadline currently means.
+D_NONE = 0
+D_IDLE = 1  # keep-alive idle: close quietly
+D_HEADER = 2  # reading a request head: 408
+D_BODY = 3  # reading a request body: 408
+D_RESPONSE = 4  # waiting for the replica's response head: 504
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+MAX_TRIES = 8  # attempts per request, all causes together (refused connects are cheap)
+
+
+class _Abort(Exception):
+    """Raised inside a parser callback to stop parsing after we have answered."""
+
+
+def _nodelay(transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+
+class Request:
+    """One client request on its way through the gateway."""
+
+    __slots__ = (
+        "method", "target", "path", "pool", "stats", "head", "chunked", "keep_alive", "http11",
+        "ka_header", "received", "complete", "unsent", "replay", "replay_size", "sent", "replica",
+        "tries", "retried_other", "started_at", "counted", "accounted", "local", "idempotent",
+        "is_head", "expect_continue", "response_started", "framing", "close_after", "status",
+        "waiter",
+    )
+
+    def __init__(self, method: bytes, target: bytes, path: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.pool = None
+        self.stats = None
+        self.head = b""
+        self.chunked = False
+        self.keep_alive = True
+        self.http11 = True
+        self.ka_header = False
+        self.received = 0
+        self.complete = False
+        self.unsent: list = []  # body bytes (framed) not yet written to the current replica
+        self.replay: list | None = []  # all body bytes so far while small enough to resend
+        self.replay_size = 0
+        self.sent = False  # some byte of this request was written to a replica
+        self.replica = None
+        self.tries = 0
+        self.retried_other = False
+        self.started_at = 0.0
+        self.counted = False
+        self.accounted = False
+        self.local = None  # (status, payload) when the gateway answers itself
+        self.idempotent = method in IDEMPOTENT
+        self.is_head = method == b"HEAD"
+        self.expect_continue = False
+        self.response_started = False
+        self.framing = 0
+        self.close_after = False
+        self.status = 0
+        self.waiter = None  # task: connecting or waiting for a ready replica
+
+
+class ClientConnection(asyncio.Protocol):
+    """A client socket: parses requests, proxies them one at a time."""
+
+    def __init__(self, gw) -> None:
+        self.gw = gw
+        self.cfg = gw.config
+        self.loop = gw.loop
+        self.transport = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = b"unknown"
+        self._url = b""
+        self._headers: list = []
+        self._in_head = False
+        self._head_bytes = 0
+        self.cur: Request | None = None  # request whose head/body is being parsed
+        self.active: Request | None = None  # request being proxied or answered
+        self.queue: deque[Request] = deque()
+        self.upstream: UpstreamConnection | None = None
+        self.pause_bits = 0
+        self.write_paused = False
+        self.closed = False
+        self.eof = False
+        self.pending_error: tuple[int, str] | None = None
+        self.deadline = 0.0
+        self.deadline_kind = D_NONE
+
+    # asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        cfg = self.cfg
+        transport.set_write_buffer_limits(cfg.write_buffer_high, cfg.write_buffer_low)
+        _nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = str(peer[0]).encode()
+        self.gw.clients.add(self)
+        self.deadline_kind = D_IDLE
+        self.deadline = self.loop.time() + cfg.keepalive_timeout
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.gw.clients.discard(self)
+        r = self.active
+        if r is not None:
+            self._abort_exchange(r)
+            self.active = None
+        self.queue.clear()
+
+    def eof_received(self):
+        # A client may half-close after its last request; answer it before closing.
+        if self.active is not None or self.queue:
+            self.eof = True
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        up = self.upstream
+        if up is not None:
+            up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        up = self.upstream
+        if up is not None:
+            up.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.pause_bits & P_DEAD:
+            return  # answered an error; the parser state is no longer trustworthy
+        if self._in_head or self.cur is None:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if self.closed or self.pause_bits & P_DEAD or isinstance(exc.__context__, _Abort):
+                return
+            log.error("gateway: internal error handling a request", exc_info=exc.__context__ or exc)
+            self._client_error(500, "internal gateway error")
+            return
+        except httptools.HttpParserUpgrade:
+            # We strip Upgrade and never switch protocols: the request went out as plain HTTP;
+            # whatever follows on this socket is not HTTP we can parse, so finish and close.
+            r = self.active or self.cur
+            if r is not None:
+                r.close_after = True
+                self._pause(P_DEAD)
+            else:
+                self._client_error(400, "protocol upgrade is not supported")
+            return
+        except httptools.HttpParserError:
+            self._client_error(400, "malformed HTTP request")
+            return
+        if self._in_head and self._head_bytes > self.cfg.max_header_size:
+            self._client_error(431, "request header fields too large")
+
+    # httptools callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        if self.active is None:
+            self.deadline_kind = D_HEADER
+            self.deadline = self.loop.time() + self.cfg.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_bytes > self.cfg.max_header_size and (
+            len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+            > self.cfg.max_header_size
+        ):
+            self._client_error(431, "request header fields too large")
+            raise _Abort
+        self._head_bytes = 0
+        gw = self.gw
+        parser = self.parser
+        target = self._url
+        if target[:1] != b"/":
+            try:
+                url = httptools.parse_url(target)
+            except httptools.HttpParserInvalidURLError:
+                url = None
+            if url is None or not url.path:
+                self._client_error(400, "invalid request target")
+                raise _Abort
+            target = url.path + (b"?" + url.query if url.query else b"")
+        q = target.find(b"?")
+        path = target if q < 0 else target[:q]
+        r = Request(parser.get_method(), target, path)
+        r.keep_alive = parser.should_keep_alive()
+        if parser.get_http_version() != "1.1":
+            r.http11 = False
+            r.ka_header = r.keep_alive
+        try:
+            rh = build_request_head(r.method, target, self._headers, self.client_ip)
+        except BadRequest as exc:
+            self._client_error(400, str(exc))
+            raise _Abort from None
+        if rh.content_length > self.cfg.max_body_size:
+            self._client_error(413, "request body too large")
+            raise _Abort
+        has_body = rh.chunked or rh.content_length > 0
+        r.head = rh.head
+        r.chunked = rh.chunked
+        r.expect_continue = rh.expect_continue
+        service = None
+        if path == b"/":
+            r.local = (200, None)
+        else:
+            service = gw.routes.match(path)
+            if service is None:
+                r.local = (404, {"error": "no route for this path"})
+        if r.local is not None and has_body:
+            # Not worth reading a body nobody will use: answer and close.
+            self._client_error(r.local[0], "no route for this path", payload=r.local[1])
+            raise _Abort
+        if service is not None:
+            r.pool = gw.pool(service)
+            r.stats = gw.stats(service)
+            r.counted = gw.count_rule.counted(path)
+        r.started_at = self.loop.time()
+        self.cur = r
+        if self.active is None:
+            self.active = r
+            self._start(r)
+        else:
+            self.queue.append(r)
+            self._pause(P_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        r = self.cur
+        r.received += len(body)
+        if r.received > self.cfg.max_body_size:
+            self._body_too_large(r)
+            raise _Abort
+        if r.chunked:
+            body = b"%x\r\n%b\r\n" % (len(body), body)
+        replay = r.replay
+        if replay is not None:
+            r.replay_size += len(body)
+            if r.replay_size > self.cfg.retry_body_limit:
+                r.replay = None  # too big to keep: this request can no longer be replayed
+            else:
+                replay.append(body)
+        up = self.upstream
+        if up is not None and r is self.active and r.sent:
+            up.transport.write(body)
+        else:
+            r.unsent.append(body)
+            self._pause(P_WAIT)
+        if self.deadline_kind == D_BODY and r is self.active:
+            self.deadline = self.loop.time() + self.cfg.body_timeout
+
+    def on_message_complete(self) -> None:
+        r = self.cur
+        self.cur = None
+        self._head_bytes = 0
+        r.complete = True
+        if r.local is not None:
+            if r is self.active:
+                self._answer_local(r)
+            return
+        if r.chunked:
+            if r.replay is not None:
+                r.replay.append(CHUNK_END)
+            up = self.upstream
+            if up is not None and r is self.active and r.sent:
+                up.transport.write(CHUNK_END)
+            else:
+                r.unsent.append(CHUNK_END)
+        if r is self.active:
+            if r.sent and not r.response_started:
+                self.deadline_kind = D_RESPONSE
+                self.deadline = self.loop.time() + self.cfg.response_timeout
+            elif self.deadline_kind == D_BODY:
+                self.deadline_kind = D_NONE
+
+    # Exchange -------------------------------------------------------------------------------
+    def _start(self, r: Request) -> None:
+        """``r`` becomes the active request."""
+        self.deadline_kind = D_NONE
+        if r.local is not None:
+            if r.complete:
+                self._answer_local(r)
+            return
+        if not r.complete:
+            if r.expect_continue:
+                self.transport.write(CONTINUE_100)
+            self.deadline_kind = D_BODY
+            self.deadline = self.loop.time() + self.cfg.body_timeout
+        self._dispatch(r)
+
+    def _dispatch(self, r: Request, exclude=None) -> None:
+        """Pick a replica for ``r`` and get a connection to it (pooled, or a new one)."""
+        r.tries += 1
+        if r.tries > MAX_TRIES:
+            self._gateway_error(r, 502, "replicas failed")
+            return
+        rep = r.pool.acquire(exclude)
+        if rep is None:
+            r.waiter = self.loop.create_task(self._await_replica(r))
+            return
+        r.replica = rep
+        conn = rep.take_idle(self.loop.time(), self.cfg.upstream_idle_timeout)
+        if conn is not None:
+            self._attach(r, conn, True)
+        else:
+            r.waiter = self.loop.create_task(self._connect(r, rep))
+
+    async def _await_replica(self, r: Request) -> None:
+        """No ready replica: hold the request until one is added, or answer 503."""
+        loop = self.loop
+        pool = r.pool
+        deadline = loop.time() + self.cfg.no_replica_wait
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(pool.wait_ready(), remaining)
+            except asyncio.TimeoutError:
+                break
+            if self.closed or r is not self.active:
+                return
+            if pool.ready_count:
+                r.waiter = None
+                r.tries -= 1  # waiting is not an attempt
+                self._dispatch(r)
+                return
+        r.waiter = None
+        if not self.closed and r is self.active:
+            self._gateway_error(r, 503, f"no ready replica for service {pool.service}")
+
+    async def _connect(self, r: Request, rep) -> None:
+        loop = self.loop
+        gw = self.gw
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(gw, rep), rep.host, rep.port),
+                self.cfg.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            self._connect_failed(r, rep, None)
+            return
+        except OSError as exc:
+            self._connect_failed(r, rep, exc)
+            return
+        r.waiter = None
+        if self.closed or r is not self.active or r.replica is not rep:
+            # The client left meanwhile: keep the fresh connection for the next request.
+            if not rep.put_idle(conn, loop.time(), self.cfg.upstream_max_idle):
+                conn.close()
+            return
+        self._attach(r, conn, False)
+
+    def _connect_failed(self, r: Request, rep, exc: OSError | None) -> None:
+        r.waiter = None
+        if self.closed or r is not self.active or r.replica is not rep:
+            return  # the client is gone; _abort_exchange released the replica
+        r.replica = None
+        r.pool.release(rep, False)
+        if r.sent and not self._replayable(r):
+            self._gateway_error(r, 502, "replica connection failed")
+            return
+        if exc is None:
+            # Slow to accept is not proof of death: no ejection, but try someone else.
+            if r.pool.ready_count > (1 if rep.state == "ready" else 0):
+                r.stats.retries += 1
+                self._dispatch(r, exclude=rep)
+            else:
+                self._gateway_error(r, 504, "replica connect timeout")
+            return
+        reason = f"connection refused ({exc.strerror or exc.__class__.__name__})"
+        r.pool.eject(rep, reason)
+        r.stats.retries += 1
+        self._dispatch(r)  # nothing of this attempt was sent: any method may go elsewhere
+
+    def _attach(self, r: Request, conn: UpstreamConnection, reused: bool) -> None:
+        """Send ``r`` on ``conn``: head, then the body received so far; the rest streams."""
+        self.upstream = conn
+        conn.attach(self, reused)
+        data = r.replay if r.sent else r.unsent
+        r.unsent = []
+        r.sent = True
+        t = conn.transport
+        if data:
+            t.write(r.head + b"".join(data))
+        else:
+            t.write(r.head)
+        if self.pause_bits & P_WAIT:
+            self._unpause(P_WAIT)
+        if conn.write_paused:
+            self._pause(P_UPSTREAM)
+        if self.write_paused:
+            conn.pause_reading()
+        if r.complete:
+            self.deadline_kind = D_RESPONSE
+            self.deadline = self.loop.time() + self.cfg.response_timeout
+        if not r.accounted:
+            # Counted once it reaches a replica, however many attempts it takes.
+            r.accounted = True
+            st = r.stats
+            st.requests += 1
+            if r.counted:
+                st.api_requests += 1
+                if st.first_request_at is None:
+                    st.first_request_at = time.monotonic()
+
+    @staticmethod
+    def _replayable(r: Request) -> bool:
+        return not r.sent or (r.idempotent and r.replay is not None)
+
+    # Called by UpstreamConnection -----------------------------------------------------------
+    def _response_head(self, conn, code: int, reason: bytes, headers: list) -> bool:
+        """Relay the response head; returns whether the replica delimits the body by closing."""
+        r = self.active
+        no_body = r.is_head or code == 204 or code == 304
+        keep = r.keep_alive and r.complete and not self.eof and self.pending_error is None \
+            and not r.close_after and not self.gw.stopping
+        head, framing, keep, until_close = build_response_head(
+            code, reason, headers, no_body, r.http11, keep, r.ka_header)
+        r.framing = framing
+        r.close_after = not keep
+        r.status = code
+        r.response_started = True
+        if self.deadline_kind == D_RESPONSE:
+            self.deadline_kind = D_NONE
+        self.transport.write(head)
+        return until_close
+
+    def _response_body(self, data: bytes) -> None:
+        if self.active.framing == FRAME_CHUNKED:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.transport.write(data)
+
+    def _response_done(self, conn, reusable: bool) -> None:
+        r = self.active
+        if r.framing == FRAME_CHUNKED:
+            self.transport.write(CHUNK_END)
+        self.upstream = None
+        rep = r.replica
+        r.replica = None
+        now = self.loop.time()
+        if conn.read_paused:
+            conn.resume_reading()  # an idle connection must notice the replica closing it
+        if not (reusable and r.complete and rep.put_idle(conn, now, self.cfg.upstream_max_idle)):
+            conn.close()
+        r.pool.release(rep, True)
+        st = r.stats
+        st.latency.observe(now - r.started_at)
+        st.status_classes[r.status // 100 if 100 <= r.status < 600 else 5] += 1
+        self._finish(r)
+
+    def _upstream_lost(self, conn, got_bytes: bool) -> None:
+        """The replica connection failed (closed, reset or bad response) mid-exchange."""
+        r = self.active
+        self.upstream = None
+        rep = r.replica
+        r.replica = None
+        if r.response_started:
+            # Mid-body: nothing honest to add; closing tells the client the body is short.
+            r.pool.release(rep, False)
+            self._close()
+            return
+        r.pool.release(rep, False)
+        if got_bytes:
+            self._gateway_error(r, 502, "invalid response from replica")
+            return
+        if conn.reused:
+            # Most likely a keep-alive connection the replica closed as we reused it.
+            if self._replayable(r):
+                r.tries += 1
+                if r.tries <= MAX_TRIES:
+                    rep.in_flight += 1
+                    r.replica = rep
+                    r.waiter = self.loop.create_task(self._connect(r, rep))
+                    return
+            self._gateway_error(r, 502, "replica closed the connection")
+            return
+        r.pool.eject(rep, "connection closed before any response byte")
+        if self._replayable(r) and not r.retried_other:
+            r.retried_other = True
+            r.stats.retries += 1
+            self._dispatch(r)
+            return
+        self._gateway_error(r, 502, "replica closed the connection before responding")
+
+    # Endings --------------------------------------------------------------------------------
+    def _finish(self, r: Request) -> None:
+        """``r`` is answered: go on with the next request, or close."""
+        self.active = None
+        if self.pause_bits & (P_UPSTREAM | P_WAIT):
+            self._unpause(P_UPSTREAM | P_WAIT)
+        if self.pending_error is not None:
+            status, msg = self.pending_error
+            self.pending_error = None
+            self.transport.write(error_response(status, msg, keep_alive=False))
+            self._close()
+            return
+        if r.close_after or self.closed or (self.eof and not self.queue):
+            self._close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            if not self.queue:
+                self._unpause(P_PIPELINE)
+            self.active = nxt
+            self._start(nxt)
+            return
+        if self.pause_bits & P_PIPELINE:
+            self._unpause(P_PIPELINE)
+        if self._in_head:
+            self.deadline_kind = D_HEADER
+            self.deadline = self.loop.time() + self.cfg.header_timeout
+        else:
+            self.deadline_kind = D_IDLE
+            self.deadline = self.loop.time() + self.cfg.keepalive_timeout
+
+    def _answer_local(self, r: Request) -> None:
+        status, payload = r.local
+        if payload is None:
+            payload = self.gw.status()
+        keep = r.keep_alive and not self.eof
+        r.close_after = not keep
+        self.transport.write(json_response(status, payload, keep, head_only=r.is_head))
+        self._finish(r)
+
+    def _gateway_error(self, r: Request, status: int, message: str) -> None:
+        """Answer the active request ourselves (no response byte has been relayed yet)."""
+        st = r.stats
+        if st is not None:
+            st.gateway_errors += 1
+            st.status_classes[status // 100] += 1
+        keep = r.keep_alive and r.complete and not self.eof
+        r.close_after = r.close_after or not keep
+        self.transport.write(error_response(status, message, not r.close_after, r.is_head))
+        self._finish(r)
+
+    def _client_error(self, status: int, message: str, payload=None) -> None:
+        """The client sent something we refuse: answer ``status`` and close this connection."""
+        if self.closed or self.pause_bits & P_DEAD:
+            return
+        self._pause(P_DEAD)
+        r = self.active
+        if r is not None and r is not self.cur and r.complete:
+            # The error is about a later (pipelined) request: finish the active one first.
+            self.pending_error = (status, message)
+            return
+        if r is not None:
+            if r.response_started:
+                self._abort_exchange(r)
+                self._close()
+                return
+            self._abort_exchange(r)
+            if r.stats is not None:
+                r.stats.gateway_errors += 1
+        body = payload if payload is not None else {"error": message}
+        self.transport.write(json_response(status, body, keep_alive=False))
+        self._close()
+
+    def _body_too_large(self, r: Request) -> None:
+        if r is self.active and not r.response_started:
+            self._client_error(413, "request body too large")
+        elif r is self.active:
+            self._abort_exchange(r)
+            self._close()
+        else:
+            self._client_error(413, "request body too large")
+
+    def _abort_exchange(self, r: Request) -> None:
+        """Drop ``r``'s replica side: close its connection mid-exchange, release the replica."""
+        if r.waiter is not None:
+            r.waiter.cancel()
+            r.waiter = None
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.client = None
+            conn.abort()
+        rep = r.replica
+        if rep is not None:
+            r.replica = None
+            r.pool.release(rep, False)
+        self.active = None
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.deadline_kind = D_NONE
+            self.transport.close()
+
+    def _pause(self, bit: int) -> None:
+        if not self.pause_bits and not self.closed:
+            self.transport.pause_reading()
+        self.pause_bits |= bit
+
+    def _unpause(self, bit: int) -> None:
+        if self.pause_bits & bit:
+            self.pause_bits &= ~bit
+            if not self.pause_bits and not self.closed:
+                self.transport.resume_reading()
+
+    # Sweeper --------------------------------------------------------------------------------
+    def check_deadline(self, now: float) -> None:
+        kind = self.deadline_kind
+        if kind == D_NONE or now < self.deadline or self.closed:
+            return
+        if kind == D_IDLE:
+            if self.active is None and not self._in_head:
+                self._close()
+        elif kind == D_HEADER:
+            self._client_error(408, "request header timeout")
+        elif kind == D_BODY:
+            if self.pause_bits:
+                self.deadline = now + self.cfg.body_timeout  # we are the ones not reading
+            else:
+                self._client_error(408, "request body timeout")
+        elif kind == D_RESPONSE:
+            r = self.active
+            if r is None or r.response_started:
+                self.deadline_kind = D_NONE
+                return
+            conn = self.upstream
+            if conn is not None:
+                self.upstream = None
+                conn.client = None
+                conn.abort()
+            rep = r.replica
+            if rep is not None:
+                r.replica = None
+                r.pool.release(rep, False)
+            self._gateway_error(r, 504, "replica response timeout")
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A connection to one replica; lent to one client connection per exchange."""
+
+    def __init__(self, gw, replica) -> None:
+        self.gw = gw
+        self.replica = replica
+        self.transport = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.reused = False
+        self.got_bytes = False
+        self.write_paused = False
+        self.read_paused = False
+        self.headers: list = []
+        self.reason = b""
+        self.head_done = False
+        self.until_close = False
+        self.done = False
+        self.keep = False
+        self.skip = False
+
+    def attach(self, client: ClientConnection, reused: bool) -> None:
+        self.client = client
+        self.reused = reused
+        self.got_bytes = False
+        self.headers = []
+        self.reason = b""
+        self.head_done = False
+        self.until_close = False
+        self.done = False
+
+    # asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        cfg = self.gw.config
+        transport.set_write_buffer_limits(cfg.write_buffer_high, cfg.write_buffer_low)
+        _nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            # Bytes on an idle connection: not a response to anything of ours. Unusable.
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.client is client:
+                self.client = None
+                self.abort()
+                if self.done:
+                    client._response_done(self, False)
+                else:
+                    client._upstream_lost(self, True)
+            return
+        if self.done and self.client is client:
+            self.client = None
+            client._response_done(self, self.keep)
+
+    def eof_received(self):
+        return False  # close our side too; connection_lost does the rest
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        client = self.client
+        if client is None:
+            return  # idle (the pool skips closed connections) or already detached
+        self.client = None
+        if self.head_done and (self.done or (self.until_close and exc is None)):
+            client._response_done(self, False)
+        else:
+            client._upstream_lost(self, self.got_bytes)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.client is not None:
+            self.client._pause(P_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.client is not None:
+            self.client._unpause(P_UPSTREAM)
+
+    # httptools callbacks ---------------------------------------------------------------------
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        code = self.parser.get_status_code()
+        if code < 200:
+            # Informational (we never forward Expect, so no 100 is expected): drop it.
+            self.skip = True
+            return
+        client = self.client
+        self.head_done = True
+        self.until_close = client._response_head(self, code, self.reason, self.headers)
+        if client.active.is_head:
+            # The parser cannot know a HEAD response has no body; end it here and start a
+            # fresh parser for the next response on this connection.
+            self.keep = self.parser.should_keep_alive() and not self.until_close
+            self.done = True
+            self.parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        if not self.done:
+            self.client._response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.skip:
+            self.skip = False
+            self.headers = []
+            self.reason = b""
+            return
+        if not self.done:
+            self.done = True
+            self.keep = self.parser.should_keep_alive()
+
+    # Helpers --------------------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.client = None
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.client = None
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()

@@ -1,0 +1,126 @@
+"""A small ASGI replica for the gateway tests (run in a thread or as a subprocess).
+
+Behaviour is picked by the last path segment, whatever the prefix:
+``.../slow?s=1`` sleeps, ``.../stream?n=..&chunks=..`` streams a chunked body, ``.../big?n=..``
+sends n bytes with Content-Length, ``.../upload?delay=..`` reads the body slowly and reports its
+size and hash, ``.../die`` SIGKILLs the process once the request head is in (subprocess only),
+``.../_log`` lists the requests this replica saw. Anything else echoes the request as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+from urllib.parse import parse_qs
+
+
+def make_app(replica_id: str):
+    seen: list[list[str]] = []
+
+    async def send_json(send, payload, status=200, extra=()):
+        body = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        qs = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        if last == "_log":
+            await send_json(send, {"replica": replica_id, "seen": seen})
+            return
+        seen.append([scope["method"], path])
+        if last == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+            await asyncio.sleep(10)
+        delay = float(qs.get("delay", 0))
+        h = hashlib.sha256()
+        size = 0
+        chunks = 0
+        while True:
+            msg = await receive()
+            body = msg.get("body", b"")
+            if body:
+                size += len(body)
+                chunks += 1
+                h.update(body)
+                if delay:
+                    await asyncio.sleep(delay)
+            if not msg.get("more_body"):
+                break
+        if last == "slow":
+            await asyncio.sleep(float(qs.get("s", 1)))
+        if last == "stream":
+            n = int(qs.get("n", 1000))
+            parts = int(qs.get("chunks", 4))
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/octet-stream"),
+                                    (b"x-replica", replica_id.encode())]})
+            per = max(1, n // parts)
+            sent = 0
+            while sent < n:
+                piece = min(per, n - sent)
+                await send({"type": "http.response.body", "body": b"x" * piece, "more_body": True})
+                sent += piece
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if last == "big":
+            n = int(qs.get("n", 1000))
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(n).encode()),
+                                    (b"x-replica", replica_id.encode())]})
+            step = 256 * 1024
+            for off in range(0, n, step):
+                await send({"type": "http.response.body", "body": b"y" * min(step, n - off),
+                            "more_body": off + step < n})
+            return
+        if last == "status":
+            code = int(qs.get("code", 200))
+            await send_json(send, {"replica": replica_id}, status=code)
+            return
+        if last == "hop":
+            # Response hop-by-hop headers the gateway must strip.
+            await send_json(send, {"replica": replica_id}, extra=[
+                (b"connection", b"keep-alive, x-secret"), (b"x-secret", b"1"),
+                (b"keep-alive", b"timeout=5"), (b"x-kept", b"yes")])
+            return
+        await send_json(send, {
+            "replica": replica_id,
+            "method": scope["method"],
+            "path": path,
+            "query": scope["query_string"].decode(),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+            "body_len": size,
+            "body_sha": h.hexdigest(),
+            "body_chunks": chunks,
+            "http_version": scope["http_version"],
+        })
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    port = int(sys.argv[1])
+    replica_id = sys.argv[2] if len(sys.argv) > 2 else f"r{port}"
+    uvicorn.run(make_app(replica_id), host="127.0.0.1", port=port, log_level="warning",
+                lifespan="off", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
