@@ -63,3 +63,104 @@ async def get_json(port: int, path: str = "/api/v1/whoami", timeout: float = 1.0
             return r.json() if r.status_code == 200 else None
     except httpx.HTTPError:
         return None
+
+
+# --- a fake gateway implementing the control API of docs/interfaces.md (no sockets) -----------
+
+class FakeView:
+    def __init__(self, id, host, port):
+        self.id, self.host, self.port = id, host, port
+        self.state, self.in_flight, self.served = "ready", 0, 0
+
+
+class FakePool:
+    def __init__(self, service):
+        self.service = service
+        self._replicas: dict[str, FakeView] = {}
+        self.log: list[tuple[str, str]] = []
+
+    def add(self, replica_id, host, port):
+        v = self._replicas.get(replica_id) or FakeView(replica_id, host, port)
+        v.state = "ready"
+        self._replicas[replica_id] = v
+        self.log.append(("add", replica_id))
+        return v
+
+    def remove(self, replica_id):
+        self.log.append(("remove", replica_id))
+        return self._replicas.pop(replica_id, None) is not None
+
+    async def drain(self, replica_id, timeout=30.0):
+        self.log.append(("drain", replica_id))
+        v = self._replicas.get(replica_id)
+        if v is not None:
+            v.state = "draining"
+        return True
+
+    @property
+    def replicas(self):
+        return list(self._replicas.values())
+
+    def ready_ports(self):
+        return sorted(v.port for v in self._replicas.values() if v.state == "ready")
+
+
+class FakeStats:
+    def __init__(self):
+        self.api_requests = 0
+        self.first_request_at = None
+
+    def hit(self, n=1):
+        if self.first_request_at is None:
+            self.first_request_at = time.monotonic()
+        self.api_requests += n
+
+
+class FakeGateway:
+    port = 1
+
+    def __init__(self):
+        self.pools: dict[str, FakePool] = {}
+        self._stats: dict[str, FakeStats] = {}
+        self.routes = None
+        self.on_eject = None
+        self.status_provider = None
+
+    def set_routes(self, routes):
+        self.routes = dict(routes)
+
+    def pool(self, service):
+        return self.pools.setdefault(service, FakePool(service))
+
+    def stats(self, service):
+        return self._stats.setdefault(service, FakeStats())
+
+
+def echo_stack(ports, name="t", **svc_overrides):
+    """A one-service stack running the echo app on `ports`."""
+    from selfieless.orchestrator.stack import parse_stack
+
+    svc = {
+        "command": echo_command(),
+        "host_ports": f"{ports[0]}-{ports[-1]}",
+        "routes": ["/api/v1"],
+        "health": {"interval": 0.2, "timeout": 0.5},
+        "replicas": {"initial": 1, "min": 1, "max": len(ports)},
+        "autoscale": {"policy": "none"},
+        "drain_timeout": 2,
+    }
+    for k, v in svc_overrides.items():
+        if isinstance(v, dict) and isinstance(svc.get(k), dict):
+            svc[k] = {**svc[k], **v}
+        else:
+            svc[k] = v
+    return parse_stack({"name": name, "driver": "process", "gateway": {"port": 0}, "services": {"echo": svc}})
+
+
+def kinds(orch, service="echo"):
+    return [e.kind for e in orch.events.since(0) if e.service == service]
+
+
+def pids_by_port(orch, service="echo"):
+    st = orch.status()["services"][service]
+    return {r["port"]: r["pid"] for r in st["replicas"] if r["state"] == "ready"}

@@ -238,11 +238,15 @@ class ServiceSpec(_Model):
 
 
 class GatewayLimits(_Model):
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    """Names match selfieless.gateway.GatewayConfig fields, so they pass straight through."""
+
+    max_body_size: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_header_size: int = Field(default=64 * 1024, gt=0)
     # How long a request waits for a ready replica before the gateway answers 503.
     no_replica_wait: Seconds = 10.0
-    upstream_timeout: PositiveSeconds = 60.0
-    max_connections: int = Field(default=1000, ge=1)
+    connect_timeout: PositiveSeconds = 3.0
+    response_timeout: PositiveSeconds = 60.0
+    keepalive_timeout: PositiveSeconds = 15.0
 
 
 class GatewaySpec(_Model):
@@ -301,6 +305,11 @@ class Stack(_Model):
             # Raised as one error; _format() splits the lines back into separate problems.
             raise ValueError("\n".join(problems))
         return self
+
+    def gateway_config_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for selfieless.gateway.GatewayConfig."""
+        g = self.gateway
+        return {"host": g.host, "port": g.port, "balance": g.balance, **g.limits.model_dump()}
 
     def routes(self) -> dict[str, str]:
         """The gateway's route table: path prefix -> service name."""

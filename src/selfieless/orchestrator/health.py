@@ -1,0 +1,75 @@
+"""Health probes: the HTTP probe itself, and the pure verdict on what a probe result means.
+
+A probe is `GET <path>` with a timeout; anything but a 200 (another status, a timeout, a refused
+or reset connection) is a failure. Probes open a fresh connection each time (no keep-alive): a
+pooled connection could hide that the replica stopped accepting new ones.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Awaitable, Callable
+
+import httpx
+
+from .replica import ReplicaState
+
+# (host, port, path, timeout) -> (ok, detail)
+Probe = Callable[[str, int, str, float], Awaitable[tuple[bool, str]]]
+
+
+class HttpProber:
+    """One shared client for every probe of the runtime."""
+
+    def __init__(self) -> None:
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(max_keepalive_connections=0, max_connections=1000),
+            follow_redirects=False,
+            trust_env=False,  # a proxy from the environment must never sit between us and a replica
+        )
+
+    async def __call__(self, host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
+        try:
+            r = await self._client.get(f"http://{host}:{port}{path}", timeout=timeout)
+        except httpx.TimeoutException:
+            return False, f"no answer within {timeout:g} s"
+        except httpx.ConnectError as e:
+            return False, f"connection failed ({_short(e)})"
+        except httpx.HTTPError as e:
+            return False, f"{type(e).__name__} ({_short(e)})"
+        if r.status_code == 200:
+            return True, "200"
+        return False, f"status {r.status_code}"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _short(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+class Verdict(str, enum.Enum):
+    BECAME_READY = "became_ready"   # first success: join the pool
+    HEALTHY = "healthy"             # still fine
+    RECOVERED = "recovered"         # fine again after failures below the threshold / an ejection
+    FAILING = "failing"             # failed, threshold not reached yet
+    STILL_STARTING = "still_starting"
+    UNHEALTHY = "unhealthy"         # replace it
+
+
+def verdict(state: ReplicaState, ok: bool, consecutive_failures: int, failure_threshold: int,
+            started_at: float, now: float, start_grace: float) -> tuple[Verdict, int]:
+    """What a probe result means for a replica; returns (verdict, new consecutive failure count)."""
+    if state == ReplicaState.STARTING:
+        if ok:
+            return Verdict.BECAME_READY, 0
+        # Failures while booting are expected; only the start grace running out counts.
+        if now - started_at >= start_grace:
+            return Verdict.UNHEALTHY, consecutive_failures + 1
+        return Verdict.STILL_STARTING, consecutive_failures + 1
+    if ok:
+        return (Verdict.RECOVERED if consecutive_failures else Verdict.HEALTHY), 0
+    failures = consecutive_failures + 1
+    return (Verdict.UNHEALTHY if failures >= failure_threshold else Verdict.FAILING), failures
