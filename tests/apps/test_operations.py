@@ -1,0 +1,92 @@
+"""Operational endpoints: _health, _crash, _count (api.md, "Operational endpoints")."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import httpx
+import pytest
+
+from support.processes import ServiceProcess
+
+
+def test_health(api):
+    r = api.acts.get("/_health")
+    assert (r.status_code, r.json()) == (200, {})
+    assert api.users.get("/_health").json() == {}
+
+
+def test_count_includes_failures_and_excludes_operational_routes(api):
+    assert api.acts.get("/_count").json() == [0]
+    api.acts.get("/categories")                 # 204
+    api.acts.post("/categories", json=[])      # 400
+    api.acts.get("/nothing")                    # 404
+    api.acts.put("/categories")                 # 405
+    api.acts.get("/_health")
+    api.acts.get("/_count")
+    api.acts.get("/_count/")
+    assert api.acts.get("/_count").json() == [4]
+    r = api.acts.delete("/_count")
+    assert (r.status_code, r.json()) == (200, {})
+    assert api.acts.get("/_count").json() == [0]
+
+
+def test_count_is_per_service_and_username_checks_count_for_users(api):
+    api.add_user()
+    api.add_category()
+    api.users.delete("/_count")
+    api.acts.delete("/_count")
+    api.upload("alice", "Nature")
+    assert api.acts.get("/_count").json() == [1]
+    assert api.users.get("/_count").json() == [1]  # the acts service's username check
+
+
+def test_requests_outside_the_api_are_not_counted(api):
+    httpx.get(api.stack.acts.url + "/openapi.json")
+    httpx.get(api.stack.acts.url + "/")
+    assert api.acts.get("/_count").json() == [0]
+
+
+@pytest.fixture
+def spare_acts(stack, tmp_path):
+    """A replica of its own, so crashing it leaves the shared fixture alone."""
+    replica = ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url).wait_healthy()
+    yield replica
+    replica.stop()
+
+
+def test_crash_makes_every_request_of_that_replica_500(api, spare_acts):
+    base = spare_acts.url + "/api/v1"
+    r = httpx.post(base + "/_crash")
+    assert (r.status_code, r.json()) == (200, {})
+    for method, path in [("GET", "/_health"), ("GET", "/categories"), ("GET", "/_count"),
+                         ("POST", "/_crash"), ("GET", "/nothing"), ("DELETE", "/acts/1")]:
+        r = httpx.request(method, base + path)
+        assert r.status_code == 500, (method, path)
+        assert "crash" in r.json()["error"]
+    # Its sibling on the same database is untouched.
+    assert api.acts.get("/_health").status_code == 200
+    assert api.acts.get("/acts/count").json() == [0]
+
+
+def test_crash_can_be_switched_off(stack, tmp_path):
+    replica = ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url,
+                             extra_args=["--no-crash"]).wait_healthy()
+    try:
+        r = httpx.post(replica.url + "/api/v1/_crash")
+        assert r.status_code == 403 and "disabled" in r.json()["error"]
+        assert httpx.get(replica.url + "/api/v1/_health").status_code == 200
+    finally:
+        replica.stop()
+
+
+def test_health_fails_when_the_database_is_broken(tmp_path):
+    path = tmp_path / "users.db"
+    replica = ServiceProcess("users", f"sqlite:///{path}", tmp_path).wait_healthy()
+    try:
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TABLE request_counts")
+        r = httpx.get(replica.url + "/api/v1/_health")
+        assert r.status_code == 500 and "database" in r.json()["error"]
+    finally:
+        replica.stop()
