@@ -164,3 +164,60 @@ def kinds(orch, service="echo"):
 def pids_by_port(orch, service="echo"):
     st = orch.status()["services"][service]
     return {r["port"]: r["pid"] for r in st["replicas"] if r["state"] == "ready"}
+
+
+# --- end-to-end helpers: the real acts app behind the real gateway ---------------------------
+
+def acts_stack(ports, window=5.0, **svc_overrides):
+    """The bundled stack's acts service, time-compressed, on `ports`, gateway on a free port."""
+    from selfieless.orchestrator.stack import parse_stack
+
+    svc = {
+        "command": ["python", "-m", "selfieless.apps.acts", "--port", "{port}",
+                    "--database-url", "{database_url}", "--users-url", "{gateway_url}"],
+        "host_ports": f"{ports[0]}-{ports[-1]}",
+        "routes": ["/api/v1"],
+        "health": {"interval": 0.5, "timeout": 1.0},
+        "replicas": {"initial": 1, "min": 1, "max": len(ports)},
+        "autoscale": {"policy": "window", "window_seconds": window, "requests_per_replica": 20},
+        "drain_timeout": 5,
+    }
+    svc.update(svc_overrides)
+    return parse_stack({
+        "name": f"e2e-{ports[0]}", "driver": "process",
+        "gateway": {"host": "127.0.0.1", "port": 0, "limits": {"no_replica_wait": 5}},
+        "variables": {"database_url": "sqlite:///{state_dir}/acts.db"},
+        "services": {"acts": svc},
+    })
+
+
+class Load:
+    """A steady stream of GETs through the gateway from `concurrency` clients; counts failures."""
+
+    def __init__(self, url: str, concurrency: int = 3, pause: float = 0.005):
+        self.url, self.concurrency, self.pause = url, concurrency, pause
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def _worker(self):
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+            while not self._stop.is_set():
+                try:
+                    r = await c.get(self.url)
+                    if r.status_code >= 500:
+                        self.failures.append(f"{r.status_code} {r.text[:100]}")
+                    else:
+                        self.ok += 1
+                except httpx.HTTPError as e:
+                    self.failures.append(repr(e))
+                await asyncio.sleep(self.pause)
+
+    def start(self):
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+        return self
+
+    async def stop(self):
+        self._stop.set()
+        await asyncio.gather(*self._tasks)

@@ -247,3 +247,23 @@ def test_replica_forbidden_transitions(path):
     with pytest.raises(InvalidTransition):
         for s in path:
             r.transition(s)
+
+
+# --- health verdicts -------------------------------------------------------------------------
+
+from selfieless.orchestrator.health import Verdict, verdict  # noqa: E402
+
+
+def test_verdict_starting_replica_waits_for_grace():
+    assert verdict(S.STARTING, True, 3, 1, 0.0, 1.0, 30.0) == (Verdict.BECAME_READY, 0)
+    assert verdict(S.STARTING, False, 0, 1, 0.0, 29.9, 30.0) == (Verdict.STILL_STARTING, 1)
+    assert verdict(S.STARTING, False, 5, 1, 0.0, 30.0, 30.0)[0] == Verdict.UNHEALTHY
+
+
+def test_verdict_ready_replica_threshold():
+    assert verdict(S.READY, False, 0, 1, 0, 100, 30) == (Verdict.UNHEALTHY, 1)
+    assert verdict(S.READY, False, 0, 3, 0, 100, 30) == (Verdict.FAILING, 1)
+    assert verdict(S.READY, False, 1, 3, 0, 100, 30) == (Verdict.FAILING, 2)
+    assert verdict(S.READY, False, 2, 3, 0, 100, 30) == (Verdict.UNHEALTHY, 3)
+    assert verdict(S.READY, True, 2, 3, 0, 100, 30) == (Verdict.RECOVERED, 0)
+    assert verdict(S.READY, True, 0, 3, 0, 100, 30) == (Verdict.HEALTHY, 0)

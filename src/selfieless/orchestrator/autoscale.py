@@ -65,7 +65,10 @@ class WindowState:
 
 def window_count(state: WindowState, sample: Sample) -> int:
     """Requests counted so far in the current window (0 before the first request)."""
-    return 0 if state.window_start is None else sample.count - state.base_count
+    if state.window_start is None:
+        # The first window starts with the first request even if no step has run since.
+        return sample.count if sample.first_request_at is not None else 0
+    return sample.count - state.base_count
 
 
 def window_next_deadline(state: WindowState, cfg: WindowPolicy) -> float | None:

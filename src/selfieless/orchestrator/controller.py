@@ -253,6 +253,8 @@ class Orchestrator:
             }
             if isinstance(policy, WindowPolicy):
                 ws = svc.window
+                if ws.window_start is None and stats.first_request_at is not None:
+                    ws = auto.WindowState(window_start=stats.first_request_at)
                 info["window"] = {
                     "seconds": policy.window_seconds,
                     "requests_per_replica": policy.requests_per_replica,
