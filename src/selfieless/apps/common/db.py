@@ -8,12 +8,13 @@ replica creating the same tables at the same moment.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, MetaData, Text, create_engine, event
 from sqlalchemy.dialects import mysql
@@ -81,18 +82,31 @@ class Database:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         self.backend = self.engine.dialect.name
+        # SQLite has one writer at a time. Threads of this process queue on a lock instead of in
+        # SQLite's busy handler, whose sleeps grow with every retry and made the latency tail
+        # seconds long under load; other processes still wait in the busy handler.
+        self._write_lock = threading.Lock() if self.backend == "sqlite" else contextlib.nullcontext()
 
-    @contextmanager
+    @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             with conn.begin():
                 yield conn
 
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(write=True) as conn:
-            with conn.begin():
+    @contextlib.contextmanager
+    def write(self, commit: bool = True) -> Iterator[Connection]:
+        """A write transaction; `commit=False` rolls it back (a probe that changes nothing)."""
+        with self._write_lock, self.engine.connect().execution_options(write=True) as conn:
+            tx = conn.begin()
+            try:
                 yield conn
+            except BaseException:
+                tx.rollback()
+                raise
+            if commit:
+                tx.commit()
+            else:
+                tx.rollback()
 
     def create_schema(self, metadata: MetaData, attempts: int = 20) -> None:
         """Create missing tables; another replica doing the same at the same time is fine."""

@@ -68,14 +68,10 @@ class ReplicaState:
 
     def check_database(self) -> None:
         """Read and take the write lock, then roll back: proves both work without changing data."""
-        with self.db.engine.connect().execution_options(write=True) as conn:
-            tx = conn.begin()
-            try:
-                conn.execute(update(self.counts).where(self.counts.c.service == self.service)
-                             .values(n=self.counts.c.n))
-                conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).first()
-            finally:
-                tx.rollback()
+        with self.db.write(commit=False) as conn:
+            conn.execute(update(self.counts).where(self.counts.c.service == self.service)
+                         .values(n=self.counts.c.n))
+            conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).first()
 
 
 _CRASHED_BODY = b'{"error":"this replica was crashed on purpose by POST /api/v1/_crash"}'
