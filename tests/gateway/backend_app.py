@@ -108,6 +108,7 @@ def make_app(replica_id: str):
             "body_sha": h.hexdigest(),
             "body_chunks": chunks,
             "http_version": scope["http_version"],
+            "peer_port": (scope.get("client") or (None, None))[1],
         })
 
     return app

@@ -35,39 +35,30 @@ def _connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
-class RequestHead:
-    """The forwarded request head plus the facts about the request the proxy needs."""
-
-    __slots__ = ("head", "content_length", "chunked", "expect_continue")
-
-    def __init__(self, head: bytes, content_length: int, chunked: bool, expect: bool) -> None:
-        self.head = head
-        self.content_length = content_length  # -1: none given
-        self.chunked = chunked
-        self.expect_continue = expect
+# build_request_head returns (head, content_length, chunked, expect_continue): a plain tuple
+# because it is built once per request on the hot path. content_length is -1 when none was given.
+RequestHead = tuple[bytes, int, bool, bool]
 
 
 def build_request_head(method: bytes, target: bytes, headers: list, client_ip: bytes) -> RequestHead:
-    """Rewrite a request head for a replica. ``headers`` is ``[(name, value), ...]`` as received."""
-    out = bytearray(method)
-    out += b" "
-    out += target
-    out += b" HTTP/1.1\r\n"
+    """Rewrite a request head for a replica. ``headers`` is ``[(name, value), ...]`` as received.
+
+    One pass for the common case; a Connection header naming other headers (rare) sends us to
+    the general two-pass version.
+    """
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    add = parts.extend
     content_length = -1
     chunked = False
     expect = False
     xff = None
-    named: set[bytes] | None = None
-    kept = []
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection" or lname == b"proxy-connection":
-                tokens = _connection_tokens(value)
-                tokens.discard(b"close")
-                tokens.discard(b"keep-alive")
-                if tokens:
-                    named = tokens if named is None else named | tokens
+                v = value.lower()
+                if v != b"keep-alive" and v != b"close" and _named(v):
+                    return _build_request_head_general(method, target, headers, client_ip)
             elif lname == b"transfer-encoding":
                 chunked = True  # the parser refused anything but a final "chunked"
             continue
@@ -86,30 +77,38 @@ def build_request_head(method: bytes, target: bytes, headers: list, client_ip: b
             continue
         elif lname == b"x-forwarded-proto":
             continue  # we are the edge: the scheme is ours to state
-        elif lname == b"expect":
-            if value.strip().lower() == b"100-continue":
-                expect = True  # answered by the gateway itself, see proxy.ClientConnection
-                continue
-        kept.append((lname, name, value))
+        elif lname == b"expect" and value.strip().lower() == b"100-continue":
+            expect = True  # answered by the gateway itself, see proxy.ClientConnection
+            continue
+        add((name, b": ", value, CRLF))
     if chunked and content_length >= 0:
         raise BadRequest("both Content-Length and Transfer-Encoding")
-    for lname, name, value in kept:
-        if named is not None and lname in named:
-            continue
-        out += name
-        out += b": "
-        out += value
-        out += CRLF
-    out += b"X-Forwarded-For: "
-    if xff is not None:
-        out += xff
-        out += b", "
-    out += client_ip
-    out += b"\r\nX-Forwarded-Proto: http\r\n"
-    if chunked:
-        out += b"Transfer-Encoding: chunked\r\n"
-    out += CRLF
-    return RequestHead(bytes(out), content_length, chunked, expect)
+    if xff is None:
+        add((b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: http\r\n"))
+    else:
+        add((b"X-Forwarded-For: ", xff, b", ", client_ip, b"\r\nX-Forwarded-Proto: http\r\n"))
+    parts.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else CRLF)
+    return b"".join(parts), content_length, chunked, expect
+
+
+def _named(lowered_value: bytes) -> set[bytes]:
+    """Header names listed in a Connection header value (minus close/keep-alive)."""
+    tokens = _connection_tokens(lowered_value)
+    tokens.discard(b"close")
+    tokens.discard(b"keep-alive")
+    return tokens
+
+
+def _build_request_head_general(method: bytes, target: bytes, headers: list,
+                                client_ip: bytes) -> RequestHead:
+    """``build_request_head`` when Connection names extra hop-by-hop headers: drop those too."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() in (b"connection", b"proxy-connection"):
+            named |= _named(value.lower())
+    kept = [(n, v) for n, v in headers if n.lower() not in named]
+    kept_fast = [(n, v) for n, v in kept if n.lower() not in (b"connection", b"proxy-connection")]
+    return build_request_head(method, target, kept_fast, client_ip)
 
 
 _status_lines: dict[tuple[int, bytes], bytes] = {}
@@ -128,59 +127,58 @@ def status_line(code: int, reason: bytes) -> bytes:
 
 def build_response_head(code: int, reason: bytes, headers: list, no_body: bool,
                         client_http11: bool, keep_alive: bool, client_keep_alive_header: bool,
-                        ) -> tuple[bytearray, int, bool, bool]:
+                        ) -> tuple[bytes, int, bool, bool]:
     """Rewrite a replica's response head for the client.
 
     ``no_body``: HEAD request or a status without body. ``keep_alive``: we intend to keep the
     client connection. ``client_keep_alive_header``: the client is HTTP/1.0 and asked for
-    keep-alive, so say yes explicitly. Returns (head, framing, keep_alive) where keep_alive may
-    be turned off when the body can only be delimited by closing.
+    keep-alive, so say yes explicitly. Returns (head, framing, keep_alive, until_close):
+    keep_alive may be turned off when the body can only be delimited by closing; until_close
+    says the *replica* ends the body by closing (no length, not chunked).
     """
-    out = bytearray(status_line(code, reason))
+    parts = [status_line(code, reason)]
+    add = parts.extend
     has_length = False
     has_te = False
-    named: set[bytes] | None = None
-    kept = []
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"transfer-encoding":
                 has_te = True
             elif lname == b"connection":
-                tokens = _connection_tokens(value)
-                tokens.discard(b"close")
-                tokens.discard(b"keep-alive")
-                if tokens:
-                    named = tokens if named is None else named | tokens
+                v = value.lower()
+                if v != b"keep-alive" and v != b"close" and _named(v):
+                    named: set[bytes] = set()
+                    for n, val in headers:
+                        if n.lower() == b"connection":
+                            named |= _named(val.lower())
+                    return build_response_head(
+                        code, reason, [(n, val) for n, val in headers
+                                       if n.lower() not in named and n.lower() != b"connection"],
+                        no_body, client_http11, keep_alive, client_keep_alive_header)
             continue
         if lname == b"content-length":
             if has_length:
                 continue
             has_length = True
-        kept.append((lname, name, value))
-    for lname, name, value in kept:
-        if named is not None and lname in named:
-            continue
-        out += name
-        out += b": "
-        out += value
-        out += CRLF
+        add((name, b": ", value, CRLF))
     if no_body:
         framing = FRAME_NONE
     elif has_length:
         framing = FRAME_LENGTH
     elif client_http11:
         framing = FRAME_CHUNKED
-        out += b"Transfer-Encoding: chunked\r\n"
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     else:
         framing = FRAME_CLOSE
         keep_alive = False
     if not keep_alive:
-        out += b"Connection: close\r\n"
+        parts.append(b"Connection: close\r\n\r\n")
     elif client_keep_alive_header:
-        out += b"Connection: keep-alive\r\n"
-    out += CRLF
-    return out, framing, keep_alive, not (no_body or has_length or has_te)
+        parts.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        parts.append(CRLF)
+    return b"".join(parts), framing, keep_alive, not (no_body or has_length or has_te)
 
 
 def chunk(data: bytes) -> bytes:

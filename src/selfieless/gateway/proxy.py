@@ -35,7 +35,6 @@ import httptools
 
 from .headers import (
     CHUNK_END,
-    CRLF,
     FRAME_CHUNKED,
     BadRequest,
     build_request_head,
@@ -62,6 +61,9 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"
 MAX_TRIES = 8  # attempts per request, all causes together (refused connects are cheap)
 
 
+_MISS = object()
+
+
 class _Abort(Exception):
     """Raised inside a parser callback to stop parsing after we have answered."""
 
@@ -86,14 +88,18 @@ class Request:
         "waiter",
     )
 
-    def __init__(self, method: bytes, target: bytes, path: bytes) -> None:
+    def __init__(self, method: bytes, target: bytes, path: bytes, head: bytes, chunked: bool,
+                 entry) -> None:
         self.method = method
         self.target = target
         self.path = path
-        self.pool = None
-        self.stats = None
-        self.head = b""
-        self.chunked = False
+        if entry is None:
+            self.pool = self.stats = None
+            self.counted = False
+        else:
+            self.pool, self.stats, self.counted = entry
+        self.head = head
+        self.chunked = chunked
         self.keep_alive = True
         self.http11 = True
         self.ka_header = False
@@ -107,7 +113,6 @@ class Request:
         self.tries = 0
         self.retried_other = False
         self.started_at = 0.0
-        self.counted = False
         self.accounted = False
         self.local = None  # (status, payload) when the gateway answers itself
         self.idempotent = method in IDEMPOTENT
@@ -125,8 +130,14 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, gw) -> None:
         self.gw = gw
-        self.cfg = gw.config
+        cfg = self.cfg = gw.config
         self.loop = gw.loop
+        # Settings read on every request, copied here to save attribute hops.
+        self.max_header_size = cfg.max_header_size
+        self.max_body_size = cfg.max_body_size
+        self.retry_body_limit = cfg.retry_body_limit
+        self.up_idle_timeout = cfg.upstream_idle_timeout
+        self.up_max_idle = cfg.upstream_max_idle
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b"unknown"
@@ -145,6 +156,9 @@ class ClientConnection(asyncio.Protocol):
         self.pending_error: tuple[int, str] | None = None
         self.deadline = 0.0
         self.deadline_kind = D_NONE
+        # Response bytes relayed during one upstream read, written with one writelines() when
+        # that read is processed: head and body of a small response leave in one syscall.
+        self.out: list = []
 
     # asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -157,7 +171,7 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip = str(peer[0]).encode()
         self.gw.clients.add(self)
         self.deadline_kind = D_IDLE
-        self.deadline = self.loop.time() + cfg.keepalive_timeout
+        self.deadline = self.gw.now + cfg.keepalive_timeout
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -213,7 +227,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._client_error(400, "malformed HTTP request")
             return
-        if self._in_head and self._head_bytes > self.cfg.max_header_size:
+        if self._in_head and self._head_bytes > self.max_header_size:
             self._client_error(431, "request header fields too large")
 
     # httptools callbacks ---------------------------------------------------------------------
@@ -223,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         if self.active is None:
             self.deadline_kind = D_HEADER
-            self.deadline = self.loop.time() + self.cfg.header_timeout
+            self.deadline = self.gw.now + self.cfg.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -233,59 +247,47 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._head_bytes > self.cfg.max_header_size and (
+        if self._head_bytes > self.max_header_size and (
             len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
-            > self.cfg.max_header_size
+            > self.max_header_size
         ):
             self._client_error(431, "request header fields too large")
             raise _Abort
         self._head_bytes = 0
-        gw = self.gw
         parser = self.parser
         target = self._url
         if target[:1] != b"/":
-            try:
-                url = httptools.parse_url(target)
-            except httptools.HttpParserInvalidURLError:
-                url = None
-            if url is None or not url.path:
-                self._client_error(400, "invalid request target")
-                raise _Abort
-            target = url.path + (b"?" + url.query if url.query else b"")
+            target = self._origin_form(target)
         q = target.find(b"?")
         path = target if q < 0 else target[:q]
-        r = Request(parser.get_method(), target, path)
-        r.keep_alive = parser.should_keep_alive()
-        if parser.get_http_version() != "1.1":
-            r.http11 = False
-            r.ka_header = r.keep_alive
+        method = parser.get_method()
         try:
-            rh = build_request_head(r.method, target, self._headers, self.client_ip)
+            head, content_length, chunked, expect = build_request_head(
+                method, target, self._headers, self.client_ip)
         except BadRequest as exc:
             self._client_error(400, str(exc))
             raise _Abort from None
-        if rh.content_length > self.cfg.max_body_size:
+        if content_length > self.max_body_size:
             self._client_error(413, "request body too large")
             raise _Abort
-        has_body = rh.chunked or rh.content_length > 0
-        r.head = rh.head
-        r.chunked = rh.chunked
-        r.expect_continue = rh.expect_continue
-        service = None
-        if path == b"/":
-            r.local = (200, None)
-        else:
-            service = gw.routes.match(path)
-            if service is None:
-                r.local = (404, {"error": "no route for this path"})
-        if r.local is not None and has_body:
-            # Not worth reading a body nobody will use: answer and close.
-            self._client_error(r.local[0], "no route for this path", payload=r.local[1])
-            raise _Abort
-        if service is not None:
-            r.pool = gw.pool(service)
-            r.stats = gw.stats(service)
-            r.counted = gw.count_rule.counted(path)
+        gw = self.gw
+        entry = gw.resolved.get(path, _MISS)
+        if entry is _MISS:
+            entry = gw.resolve(path)
+        r = Request(method, target, path, head, chunked, entry)
+        if not parser.should_keep_alive():
+            r.keep_alive = False
+        if parser.get_http_version() != "1.1":
+            r.http11 = False
+            r.ka_header = r.keep_alive
+        if expect:
+            r.expect_continue = True
+        if entry is None or path == b"/":
+            r.local = (200, None) if path == b"/" else (404, {"error": "no route for this path"})
+            if chunked or content_length > 0:
+                # Not worth reading a body nobody will use: answer and close.
+                self._client_error(r.local[0], "no route for this path", payload=r.local[1])
+                raise _Abort
         r.started_at = self.loop.time()
         self.cur = r
         if self.active is None:
@@ -295,10 +297,21 @@ class ClientConnection(asyncio.Protocol):
             self.queue.append(r)
             self._pause(P_PIPELINE)
 
+    def _origin_form(self, target: bytes) -> bytes:
+        """``http://host/path?q`` -> ``/path?q``; anything else (``*``, garbage) is a 400."""
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            url = None
+        if url is None or not url.path:
+            self._client_error(400, "invalid request target")
+            raise _Abort
+        return url.path + (b"?" + url.query if url.query else b"")
+
     def on_body(self, body: bytes) -> None:
         r = self.cur
         r.received += len(body)
-        if r.received > self.cfg.max_body_size:
+        if r.received > self.max_body_size:
             self._body_too_large(r)
             raise _Abort
         if r.chunked:
@@ -306,7 +319,7 @@ class ClientConnection(asyncio.Protocol):
         replay = r.replay
         if replay is not None:
             r.replay_size += len(body)
-            if r.replay_size > self.cfg.retry_body_limit:
+            if r.replay_size > self.retry_body_limit:
                 r.replay = None  # too big to keep: this request can no longer be replayed
             else:
                 replay.append(body)
@@ -317,7 +330,7 @@ class ClientConnection(asyncio.Protocol):
             r.unsent.append(body)
             self._pause(P_WAIT)
         if self.deadline_kind == D_BODY and r is self.active:
-            self.deadline = self.loop.time() + self.cfg.body_timeout
+            self.deadline = self.gw.now + self.cfg.body_timeout
 
     def on_message_complete(self) -> None:
         r = self.cur
@@ -339,7 +352,7 @@ class ClientConnection(asyncio.Protocol):
         if r is self.active:
             if r.sent and not r.response_started:
                 self.deadline_kind = D_RESPONSE
-                self.deadline = self.loop.time() + self.cfg.response_timeout
+                self.deadline = self.gw.now + self.cfg.response_timeout
             elif self.deadline_kind == D_BODY:
                 self.deadline_kind = D_NONE
 
@@ -355,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
             if r.expect_continue:
                 self.transport.write(CONTINUE_100)
             self.deadline_kind = D_BODY
-            self.deadline = self.loop.time() + self.cfg.body_timeout
+            self.deadline = self.gw.now + self.cfg.body_timeout
         self._dispatch(r)
 
     def _dispatch(self, r: Request, exclude=None) -> None:
@@ -369,7 +382,7 @@ class ClientConnection(asyncio.Protocol):
             r.waiter = self.loop.create_task(self._await_replica(r))
             return
         r.replica = rep
-        conn = rep.take_idle(self.loop.time(), self.cfg.upstream_idle_timeout)
+        conn = rep.take_idle(self.gw.now, self.up_idle_timeout)
         if conn is not None:
             self._attach(r, conn, True)
         else:
@@ -416,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
         r.waiter = None
         if self.closed or r is not self.active or r.replica is not rep:
             # The client left meanwhile: keep the fresh connection for the next request.
-            if not rep.put_idle(conn, loop.time(), self.cfg.upstream_max_idle):
+            if not rep.put_idle(conn, self.gw.now, self.cfg.upstream_max_idle):
                 conn.close()
             return
         self._attach(r, conn, False)
@@ -446,7 +459,11 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, r: Request, conn: UpstreamConnection, reused: bool) -> None:
         """Send ``r`` on ``conn``: head, then the body received so far; the rest streams."""
         self.upstream = conn
-        conn.attach(self, reused)
+        conn.client = self
+        conn.reused = reused
+        conn.got_bytes = conn.head_done = conn.until_close = conn.done = False
+        conn.headers = []
+        conn.reason = b""
         data = r.replay if r.sent else r.unsent
         r.unsent = []
         r.sent = True
@@ -463,7 +480,7 @@ class ClientConnection(asyncio.Protocol):
             conn.pause_reading()
         if r.complete:
             self.deadline_kind = D_RESPONSE
-            self.deadline = self.loop.time() + self.cfg.response_timeout
+            self.deadline = self.gw.now + self.cfg.response_timeout
         if not r.accounted:
             # Counted once it reaches a replica, however many attempts it takes.
             r.accounted = True
@@ -493,30 +510,43 @@ class ClientConnection(asyncio.Protocol):
         r.response_started = True
         if self.deadline_kind == D_RESPONSE:
             self.deadline_kind = D_NONE
-        self.transport.write(head)
+        self.out.append(head)
         return until_close
 
     def _response_body(self, data: bytes) -> None:
         if self.active.framing == FRAME_CHUNKED:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self.out.append(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            self.transport.write(data)
+            self.out.append(data)
+
+    def flush(self) -> None:
+        """Write what the last upstream read produced (see ``out``)."""
+        out = self.out
+        if out:
+            if not self.closed:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.writelines(out)
+            out.clear()
 
     def _response_done(self, conn, reusable: bool) -> None:
         r = self.active
+        out = self.out
         if r.framing == FRAME_CHUNKED:
-            self.transport.write(CHUNK_END)
+            out.append(CHUNK_END)
+        if out:
+            self.flush()
         self.upstream = None
         rep = r.replica
         r.replica = None
-        now = self.loop.time()
         if conn.read_paused:
             conn.resume_reading()  # an idle connection must notice the replica closing it
-        if not (reusable and r.complete and rep.put_idle(conn, now, self.cfg.upstream_max_idle)):
+        if not (reusable and r.complete and rep.put_idle(conn, self.gw.now, self.up_max_idle)):
             conn.close()
         r.pool.release(rep, True)
         st = r.stats
-        st.latency.observe(now - r.started_at)
+        st.latency.observe(self.loop.time() - r.started_at)
         st.status_classes[r.status // 100 if 100 <= r.status < 600 else 5] += 1
         self._finish(r)
 
@@ -580,10 +610,10 @@ class ClientConnection(asyncio.Protocol):
             self._unpause(P_PIPELINE)
         if self._in_head:
             self.deadline_kind = D_HEADER
-            self.deadline = self.loop.time() + self.cfg.header_timeout
+            self.deadline = self.gw.now + self.cfg.header_timeout
         else:
             self.deadline_kind = D_IDLE
-            self.deadline = self.loop.time() + self.cfg.keepalive_timeout
+            self.deadline = self.gw.now + self.cfg.keepalive_timeout
 
     def _answer_local(self, r: Request) -> None:
         status, payload = r.local
@@ -724,16 +754,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep = False
         self.skip = False
 
-    def attach(self, client: ClientConnection, reused: bool) -> None:
-        self.client = client
-        self.reused = reused
-        self.got_bytes = False
-        self.headers = []
-        self.reason = b""
-        self.head_done = False
-        self.until_close = False
-        self.done = False
-
     # asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -751,6 +771,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            client.flush()
             if self.client is client:
                 self.client = None
                 self.abort()
@@ -761,7 +782,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.done and self.client is client:
             self.client = None
-            client._response_done(self, self.keep)
+            client._response_done(self, self.keep)  # flushes, ending included
+        else:
+            client.flush()
 
     def eof_received(self):
         return False  # close our side too; connection_lost does the rest

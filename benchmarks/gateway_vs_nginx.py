@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Benchmark: our gateway vs nginx as a reverse proxy, same backend, same load (not a test).
+
+    python benchmarks/gateway_vs_nginx.py                      # fast nginx `return 200` backend
+    python benchmarks/gateway_vs_nginx.py --backends 127.0.0.1:8000,127.0.0.1:8001 \
+        --path /api/v1/acts/count                               # hook: real replicas instead
+
+Installs nothing: needs nginx, wrk and taskset on PATH (Debian: `apt-get install nginx wrk`).
+Each proxy runs as one process/worker pinned to its own core with taskset; wrk and the backend
+share the other core. Runs alternate A B A B (nginx, gateway) --runs times each and print
+requests/s, p50 and p99 per run, the medians and the ratios gateway/nginx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BACKEND_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/backend.pid;
+error_log {tmp}/backend-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/cb; proxy_temp_path {tmp}/pt; fastcgi_temp_path {tmp}/ft;
+    uwsgi_temp_path {tmp}/ut; scgi_temp_path {tmp}/st;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ default_type text/plain; return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+PROXY_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/proxy.pid;
+error_log {tmp}/proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/cb2; proxy_temp_path {tmp}/pt2; fastcgi_temp_path {tmp}/ft2;
+    uwsgi_temp_path {tmp}/ut2; scgi_temp_path {tmp}/st2;
+    keepalive_requests 1000000;
+    upstream backend {{
+{servers}
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto http;
+            proxy_buffering on;
+        }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on port {port}")
+
+
+def to_ms(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+    if not m:
+        raise ValueError(value)
+    n, unit = float(m.group(1)), m.group(2)
+    return n * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(url: str, args) -> dict:
+    cmd = ["taskset", "-c", args.wrk_cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}",
+           f"-d{args.duration}s", "--latency", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors.group(0) if errors else ""}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backends", default="",
+                    help="HOST:PORT[,HOST:PORT...] of existing replicas (default: start nginx return 200)")
+    ap.add_argument("--path", default="/api/v1/bench", help="request path (must be under --prefix)")
+    ap.add_argument("--prefix", default="/api/v1", help="gateway route prefix")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--proxy-cpu", default="1", help="core for the proxy under test")
+    ap.add_argument("--wrk-cpu", default="0", help="core(s) for wrk and the backend")
+    ap.add_argument("--only", choices=["nginx", "gateway"], help="run one side only (profiling)")
+    args = ap.parse_args()
+
+    missing = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: apt-get install nginx wrk util-linux")
+
+    tmp = tempfile.mkdtemp(prefix="gwbench-")
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        if args.backends:
+            backends = [(h, int(p)) for h, _, p in (b.rpartition(":") for b in args.backends.split(","))]
+        else:
+            bport = free_port()
+            Path(tmp, "backend.conf").write_text(BACKEND_CONF.format(tmp=tmp, port=bport))
+            start(["taskset", "-c", args.wrk_cpu, "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf",
+                   "-e", f"{tmp}/backend-error.log"])
+            backends = [("127.0.0.1", bport)]
+            wait_port(bport)
+
+        nport, gport = free_port(), free_port()
+        servers = "\n".join(f"        server {h}:{p};" for h, p in backends)
+        Path(tmp, "proxy.conf").write_text(PROXY_CONF.format(tmp=tmp, port=nport, servers=servers))
+        start(["taskset", "-c", args.proxy_cpu, "nginx", "-p", tmp, "-c", f"{tmp}/proxy.conf",
+               "-e", f"{tmp}/proxy-error.log"])
+        route = args.prefix + "=" + ",".join(f"{h}:{p}" for h, p in backends)
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        start(["taskset", "-c", args.proxy_cpu, sys.executable, "-m", "selfieless.gateway",
+               "--port", str(gport), "--route", route], env=env)
+        wait_port(nport)
+        wait_port(gport)
+
+        sides = {"nginx": f"http://127.0.0.1:{nport}{args.path}",
+                 "gateway": f"http://127.0.0.1:{gport}{args.path}"}
+        if args.only:
+            sides = {args.only: sides[args.only]}
+        for url in sides.values():  # warm up (connection pools, caches)
+            subprocess.run(["wrk", "-t1", "-c10", "-d1s", url], capture_output=True, check=True)
+        results: dict[str, list[dict]] = {k: [] for k in sides}
+        for i in range(args.runs):
+            for name, url in sides.items():
+                res = run_wrk(url, args)
+                results[name].append(res)
+                print(f"run {i + 1} {name:8s} {res['rps']:10.0f} rps  p50 {res['p50']:7.3f} ms  "
+                      f"p99 {res['p99']:7.3f} ms  {res['errors']}", flush=True)
+        med = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
+               for name, rs in results.items()}
+        print()
+        for name, m in med.items():
+            print(f"median {name:8s} {m['rps']:10.0f} rps  p50 {m['p50']:7.3f} ms  p99 {m['p99']:7.3f} ms")
+        if len(med) == 2:
+            rr = med["gateway"]["rps"] / med["nginx"]["rps"]
+            pr = med["gateway"]["p99"] / med["nginx"]["p99"]
+            print(f"ratio gateway/nginx: rps {rr:.2f} (bar >= 0.60)  p99 {pr:.2f} (bar <= 2.0)")
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
