@@ -1,0 +1,250 @@
+"""The admin API: a small Starlette app over the running orchestrator and gateway.
+
+Routes (JSON unless said otherwise):
+
+- ``GET  /api/status``                       Orchestrator.status()
+- ``GET  /api/events?after=ID&wait=S&limit=N`` events after cursor ID; with ``wait`` a long poll
+- ``POST /api/scale``    ``{"service": str, "replicas": int}``
+- ``POST /api/shutdown``                     graceful stop of the whole ``selfieless up``
+- ``GET  /api/logs?service=S[&port=P][&tail=N][&offsets=P:O,...]`` replica log files (process driver)
+- ``GET  /metrics``                          Prometheus text format
+- ``GET  /``, ``/static/...``                the dashboard (static files, no data in them)
+
+With a token configured every route but the static dashboard shell needs
+``Authorization: Bearer <token>`` (compared with hmac.compare_digest); the page asks for the token
+and sends it on every API call. Bad input answers 400 ``{"error": "...", "details": [...]}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import metrics
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_WAIT = 30.0          # longest long poll, seconds
+MAX_LOG_BYTES = 1 << 20  # one /api/logs answer carries at most this much per file
+
+
+def error(status: int, message: str, details: list[str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if details:
+        body["details"] = details
+    return JSONResponse(body, status_code=status)
+
+
+class ScaleRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    service: str
+    replicas: int
+
+
+def _pydantic_details(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        msg = "required" if err["type"] == "missing" else \
+            "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        out.append(f"{where}: {msg}")
+    return out
+
+
+class BearerAuth:
+    """Pure ASGI middleware: 401 JSON unless the bearer token matches (when one is configured)."""
+
+    PUBLIC = ("/", "/index.html", "/favicon.ico")
+
+    def __init__(self, app: ASGIApp, token: str | None):
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] != "http" or self._public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for k, v in scope.get("headers", []):
+            if k == b"authorization":
+                given = v
+                break
+        scheme, _, cred = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(cred.strip(), self.token):
+            resp = error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="selfieless"'
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _public(self, path: str) -> bool:
+        return path in self.PUBLIC or path.startswith("/static/")
+
+
+def _log_files(orchestrator: Any, state_dir: Path | None, service: str) -> dict[int, Path]:
+    """Log files of a service's replicas by port (process driver: <state>/<stack>/logs/<svc>-<port>.log)."""
+    driver = getattr(orchestrator, "driver", None)
+    base = getattr(driver, "log_path", None)
+    if base is None and state_dir is not None:
+        base = Path(state_dir) / orchestrator.stack.name / "logs"
+    if base is None:
+        return {}
+    out = {}
+    for f in Path(base).glob(f"{service}-*.log"):
+        rest = f.stem[len(service) + 1:]
+        if rest.isdigit():
+            out[int(rest)] = f
+    return out
+
+
+def _read_tail(path: Path, lines: int) -> tuple[str, int]:
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        end = fh.tell()
+        start = max(0, end - MAX_LOG_BYTES)
+        fh.seek(start)
+        data = fh.read(end - start)
+    text = data.decode(errors="replace").splitlines()
+    return "\n".join(text[-lines:]) + ("\n" if text and lines else ""), end
+
+
+def _read_from(path: Path, offset: int) -> tuple[str, int]:
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        end = fh.tell()
+        if offset > end:  # truncated or replaced: start over
+            offset = 0
+        fh.seek(offset)
+        data = fh.read(min(end - offset, MAX_LOG_BYTES))
+    return data.decode(errors="replace"), offset + len(data)
+
+
+def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
+               shutdown: Callable[[], Any] | None = None, state_dir: str | Path | None = None) -> ASGIApp:
+    """The admin ASGI app. `shutdown` is called (on the loop) by POST /api/shutdown."""
+    registry = metrics.make_registry(gateway, orchestrator)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(orchestrator.status())
+
+    async def events(request: Request) -> Response:
+        q = request.query_params
+        try:
+            after = int(q.get("after", "0"))
+            wait = float(q.get("wait", "0"))
+            limit = int(q["limit"]) if "limit" in q else None
+        except ValueError:
+            return error(400, "after and limit must be integers, wait a number of seconds")
+        if after < 0 or (limit is not None and limit <= 0) or not 0 <= wait <= 3600:
+            return error(400, "after must be >= 0, limit > 0, wait between 0 and 3600")
+        log = orchestrator.events
+        if after > log.last_id:
+            # A cursor from an earlier run of the orchestrator: start from what exists now.
+            after = 0
+        got = log.since(after, limit)
+        if not got and wait > 0:
+            got = await log.wait(after, min(wait, MAX_WAIT))
+            if limit:
+                got = got[:limit]
+        return JSONResponse({"events": [e.to_dict() for e in got], "last_id": log.last_id,
+                             "next": got[-1].id if got else after})
+
+    async def scale(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            data = json.loads(raw or b"null")
+        except ValueError:
+            return error(400, 'body must be JSON: {"service": "<name>", "replicas": <integer>}')
+        if not isinstance(data, dict):
+            return error(400, 'body must be a JSON object: {"service": "<name>", "replicas": <integer>}')
+        try:
+            req = ScaleRequest.model_validate(data)
+        except ValidationError as e:
+            details = _pydantic_details(e)
+            return error(400, "invalid scale request: " + "; ".join(details), details)
+        services = orchestrator.services
+        if req.service not in services:
+            return error(400, f"unknown service {req.service!r}; this stack has: {', '.join(sorted(services))}")
+        try:
+            await orchestrator.scale(req.service, req.replicas, reason="manual scale (admin API)")
+        except ValueError as e:
+            return error(400, str(e))
+        svc = orchestrator.status()["services"][req.service]
+        return JSONResponse({"service": req.service, "desired": svc["desired"], "actual": svc["actual"]})
+
+    async def shutdown_route(request: Request) -> Response:
+        if shutdown is None:
+            return error(501, "this admin API cannot shut its orchestrator down")
+        asyncio.get_running_loop().call_soon(shutdown)
+        return JSONResponse({"status": "shutting down"}, status_code=202)
+
+    async def logs(request: Request) -> Response:
+        q = request.query_params
+        service = q.get("service")
+        if service not in orchestrator.services:
+            return error(400, f"unknown service {service!r}; this stack has: {', '.join(sorted(orchestrator.services))}")
+        try:
+            port = int(q["port"]) if q.get("port") else None
+            tail = int(q.get("tail", "100"))
+            offsets = {}
+            for part in filter(None, q.get("offsets", "").split(",")):
+                p, _, o = part.partition(":")
+                offsets[int(p)] = int(o)
+        except ValueError:
+            return error(400, "port and tail must be integers, offsets like 8000:1234,8001:0")
+        files = _log_files(orchestrator, Path(state_dir) if state_dir else None, service)
+        if not files and getattr(getattr(orchestrator, "driver", None), "name", "") != "process":
+            return error(501, f"logs are only kept for the process driver (this stack runs "
+                              f"{getattr(orchestrator.driver, 'name', '?')}); use `docker logs` for containers")
+        if port is not None:
+            if port not in files:
+                return error(404, f"no log for {service} on port {port}; have: {sorted(files) or 'none'}")
+            files = {port: files[port]}
+        out = []
+        for p, path in sorted(files.items()):
+            try:
+                if p in offsets:
+                    text, end = _read_from(path, offsets[p])
+                else:
+                    text, end = _read_tail(path, max(0, tail))
+            except OSError:
+                continue
+            out.append({"port": p, "path": str(path), "text": text, "offset": end})
+        return JSONResponse({"service": service, "files": out})
+
+    async def metrics_route(request: Request) -> Response:
+        # Async on purpose: the collector runs on the event loop thread, never in a worker thread.
+        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error(404, f"no such route: {request.method} {request.url.path}")
+
+    async def bad_method(request: Request, exc: Exception) -> Response:
+        return error(405, f"method {request.method} not allowed on {request.url.path}")
+
+    routes = [
+        Route("/", index),
+        Route("/index.html", index),
+        Route("/api/status", status),
+        Route("/api/events", events),
+        Route("/api/scale", scale, methods=["POST"]),
+        Route("/api/shutdown", shutdown_route, methods=["POST"]),
+        Route("/api/logs", logs),
+        Route("/metrics", metrics_route),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
+    return BearerAuth(app, token)

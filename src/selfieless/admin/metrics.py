@@ -1,0 +1,143 @@
+"""Prometheus metrics, read at scrape time from the gateway's counters and the orchestrator's status.
+
+Nothing is recorded on the request path: the gateway already keeps plain integer counters
+(selfieless.gateway.stats) and :class:`StackCollector` turns them into metric families only when
+``/metrics`` is scraped. It uses its own :class:`CollectorRegistry`, so nothing global (process
+metrics, other tests' collectors) leaks in or out.
+
+Call :func:`render` on the event loop thread (the admin API's async route does): the counters are
+mutated by that thread only, so a scrape sees one consistent snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "selfieless"
+
+# Replica states of the orchestrator (replica.py) and the gateway pool (pool.py), exported as a
+# one-hot `selfieless_replica_state` so a dashboard can count replicas per state.
+REPLICA_STATES = ("starting", "ready", "unhealthy", "exited", "stopping", "stopped")
+
+
+def _attr(obj: Any, name: str) -> Any:
+    """`gateway.pools` / `gateway.all_stats` are properties; accept methods too."""
+    v = getattr(obj, name, None)
+    return v() if callable(v) else v
+
+
+class StackCollector(Collector):
+    """One scrape = one pass over `gateway.all_stats`, `gateway.pools` and `orchestrator.status()`."""
+
+    def __init__(self, gateway: Any, orchestrator: Any | None = None,
+                 status: Callable[[], dict] | None = None) -> None:
+        self.gateway = gateway
+        self.orchestrator = orchestrator
+        self._status = status or (orchestrator.status if orchestrator is not None else None)
+
+    def describe(self):
+        # No describe: registering must not call collect() (it would read live objects early).
+        return []
+
+    def collect(self):
+        p = PREFIX
+        requests = CounterMetricFamily(f"{p}_requests", "Requests forwarded to a service (any path, any status)",
+                                       labels=["service"])
+        api = CounterMetricFamily(f"{p}_api_requests",
+                                  "Counted API requests (the autoscaler's input; excludes _health, _crash, _count)",
+                                  labels=["service"])
+        by_class = CounterMetricFamily(f"{p}_responses", "Responses by status class, gateway-made errors included",
+                                       labels=["service", "code"])
+        retries = CounterMetricFamily(f"{p}_retries", "Idempotent requests retried on another replica",
+                                      labels=["service"])
+        ejections = CounterMetricFamily(f"{p}_ejections", "Replicas taken out of rotation by the gateway itself",
+                                        labels=["service"])
+        gw_errors = CounterMetricFamily(f"{p}_gateway_errors", "Errors the gateway answered itself (502/503/504/413...)",
+                                        labels=["service"])
+        latency = HistogramMetricFamily(f"{p}_request_duration_seconds",
+                                        "Time from request head to end of response, as seen by the gateway",
+                                        labels=["service"])
+        rep_requests = CounterMetricFamily(f"{p}_replica_requests",
+                                           "Responses completed by one replica (since it joined the pool)",
+                                           labels=["service", "replica", "port"])
+        in_flight = GaugeMetricFamily(f"{p}_replica_in_flight", "Requests in flight on one replica",
+                                      labels=["service", "replica", "port"])
+        for name, st in sorted((_attr(self.gateway, "all_stats") or {}).items()):
+            requests.add_metric([name], st.requests)
+            api.add_metric([name], st.api_requests)
+            for k in range(1, 6):
+                by_class.add_metric([name, f"{k}xx"], st.status_classes[k])
+            retries.add_metric([name], st.retries)
+            ejections.add_metric([name], st.ejections)
+            gw_errors.add_metric([name], st.gateway_errors)
+            h = st.latency
+            buckets = [("+Inf" if le == float("inf") else repr(float(le)), n) for le, n in h.cumulative()]
+            latency.add_metric([name], buckets, h.sum)
+        for name, pool in sorted((_attr(self.gateway, "pools") or {}).items()):
+            for v in pool.replicas:
+                labels = [name, v.id, str(v.port)]
+                rep_requests.add_metric(labels, v.served)
+                in_flight.add_metric(labels, v.in_flight)
+        yield from (requests, api, by_class, retries, ejections, gw_errors, latency, rep_requests, in_flight)
+
+        if self._status is None:
+            return
+        status = self._status()
+        desired = GaugeMetricFamily(f"{p}_replicas_desired", "Desired replica count", labels=["service"])
+        actual = GaugeMetricFamily(f"{p}_replicas_actual", "Live replicas (starting or ready)", labels=["service"])
+        ready = GaugeMetricFamily(f"{p}_replicas_ready", "Ready replicas (in rotation)", labels=["service"])
+        pending = GaugeMetricFamily(f"{p}_replicas_pending", "Starts scheduled or in progress (backoff included)",
+                                    labels=["service"])
+        window = GaugeMetricFamily(f"{p}_window_requests", "Counted requests in the current autoscaling window",
+                                   labels=["service"])
+        window_left = GaugeMetricFamily(f"{p}_window_ends_in_seconds", "Seconds until the current window ends",
+                                        labels=["service"])
+        state = GaugeMetricFamily(f"{p}_replica_state", "1 for the state a replica is in",
+                                  labels=["service", "replica", "port", "state"])
+        healthy = GaugeMetricFamily(f"{p}_replica_healthy", "1 if the last health probe passed, 0 if it failed",
+                                    labels=["service", "replica", "port"])
+        restarts = CounterMetricFamily(f"{p}_replica_restarts",
+                                       "Replicas that came before the current one on this port",
+                                       labels=["service", "port"])
+        crash_loops = GaugeMetricFamily(f"{p}_crash_loop_failures", "Consecutive failed starts on a port in backoff",
+                                        labels=["service", "port"])
+        for name, svc in sorted(status.get("services", {}).items()):
+            desired.add_metric([name], svc.get("desired", 0))
+            actual.add_metric([name], svc.get("actual", 0))
+            ready.add_metric([name], svc.get("ready", 0))
+            pending.add_metric([name], len(svc.get("pending") or []))
+            w = svc.get("window")
+            if w:
+                window.add_metric([name], w.get("count", 0))
+                if w.get("ends_in") is not None:
+                    window_left.add_metric([name], w["ends_in"])
+            for r in svc.get("replicas", []):
+                labels = [name, r["id"], str(r["port"])]
+                for s in REPLICA_STATES:
+                    state.add_metric(labels + [s], 1.0 if r.get("state") == s else 0.0)
+                if r.get("health") in ("passing", "failing"):
+                    healthy.add_metric(labels, 1.0 if r["health"] == "passing" else 0.0)
+                restarts.add_metric([name, str(r["port"])], r.get("restarts", 0))
+            for port, n in (svc.get("crash_loops") or {}).items():
+                crash_loops.add_metric([name, str(port)], n)
+        converged = GaugeMetricFamily(f"{p}_converged", "1 when every service has exactly its desired ready replicas")
+        converged.add_metric([], 1.0 if status.get("converged") else 0.0)
+        events = CounterMetricFamily(f"{p}_events", "Control-plane events emitted")
+        events.add_metric([], status.get("last_event_id", 0))
+        yield from (desired, actual, ready, pending, window, window_left, state, healthy, restarts, crash_loops,
+                    converged, events)
+
+
+def make_registry(gateway: Any, orchestrator: Any | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StackCollector(gateway, orchestrator))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,114 @@
+"""Serving the admin API with uvicorn inside the orchestrator's own event loop.
+
+:class:`AdminServer` binds its socket itself (so a busy port raises a normal ``OSError`` here,
+instead of uvicorn calling ``sys.exit`` inside a task), leaves signal handling to its host (``up``
+owns SIGINT/SIGTERM), and stops by setting ``should_exit``.
+
+Binding to anything but a loopback address without a token is refused: the API can scale and shut
+the stack down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from typing import Any, Callable
+
+import uvicorn
+
+from .api import create_app
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8090
+
+
+class AdminConfigError(ValueError):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: we cannot know where it points, treat it as exposed
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    if not is_loopback(host) and not token:
+        raise AdminConfigError(
+            f"refusing to serve the admin API on {host} without a token: it can scale and shut down the "
+            f"stack. Pass --admin-token (or SELFIELESS_ADMIN_TOKEN), or bind to 127.0.0.1.")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the host process owns SIGINT/SIGTERM
+        yield
+
+    def install_signal_handlers(self) -> None:  # older uvicorn spelling of the same thing
+        pass
+
+
+class AdminServer:
+    """`await start()` binds and serves in the background; `await stop()` shuts it down."""
+
+    def __init__(self, orchestrator: Any, gateway: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 token: str | None = None, shutdown: Callable[[], Any] | None = None,
+                 state_dir: str | None = None) -> None:
+        check_exposure(host, token)
+        self.host, self.token = host, token
+        self.requested_port = port
+        self.port: int | None = None
+        self.app = create_app(orchestrator, gateway, token=token, shutdown=shutdown, state_dir=state_dir)
+        self._server: _Server | None = None
+        self._task: asyncio.Task | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.requested_port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=1, server_header=False)
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="admin-api")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what went wrong
+                raise RuntimeError("admin API stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, 5.0)
+        except (asyncio.TimeoutError, Exception):
+            self._server.force_exit = True
+            self._task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+        self._server = None

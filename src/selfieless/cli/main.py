@@ -1,0 +1,412 @@
+"""The `selfieless` command line.
+
+    selfieless up [STACK]            run a stack (the bundled SelfieLessActs one by default)
+    selfieless status | events | scale | logs | down
+                                     talk to a running `up` through its admin API
+    selfieless validate STACK        check a stack file
+    selfieless load URL --rps R --duration S
+                                     open-loop load generator
+
+Every command has --help. Commands that talk to a running `up` find it through
+``<state dir>/admin.json``, ``--admin URL`` or ``$SELFIELESS_ADMIN_URL`` (token:
+``--admin-token`` / ``$SELFIELESS_ADMIN_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .client import AdminClient, AdminError, NoRunningUp, default_state_dir
+
+app = typer.Typer(
+    name="selfieless",
+    help="A small orchestrator for HTTP microservices, and the SelfieLessActs app it runs by default.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+# Options shared by the commands that talk to a running `up`.
+AdminOpt = typer.Option(None, "--admin", envvar="SELFIELESS_ADMIN_URL", metavar="URL",
+                        help="Admin API of the running `up` (default: found via <state dir>/admin.json).")
+TokenOpt = typer.Option(None, "--admin-token", envvar="SELFIELESS_ADMIN_TOKEN",
+                        help="Bearer token of the admin API, if it has one.")
+StateOpt = typer.Option(None, "--state-dir", envvar="SELFIELESS_STATE_DIR",
+                        help="State directory of the `up` to talk to (default ~/.local/state/selfieless).")
+
+
+def _client(admin: str | None, token: str | None, state_dir: Path | None) -> AdminClient:
+    try:
+        return AdminClient.discover(admin, token, state_dir)
+    except NoRunningUp as e:
+        _fail(str(e))
+
+
+def _fail(msg: str, code: int = 1):
+    err.print(f"[red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _call(fn, *a, **kw) -> Any:
+    try:
+        return fn(*a, **kw)
+    except NoRunningUp as e:
+        _fail(str(e))
+    except AdminError as e:
+        _fail(str(e))
+
+
+# ------------------------------------------------------------------------------------------------
+# up / down
+
+
+@app.command()
+def up(
+    stack: Optional[Path] = typer.Argument(None, help="Stack file (default: the bundled SelfieLessActs stack)."),
+    driver: Optional[str] = typer.Option(None, "--driver", help="process, docker or auto (default: the stack's; "
+                                         "auto = docker when an engine answers, else process)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Gateway port (the bundled stack says 80, which needs "
+                                       "root; e.g. --port 8080)."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="Database URL for every service "
+                                               "(overrides the stack's *database_url variables)."),
+    admin_host: str = typer.Option("127.0.0.1", "--admin-host", help="Admin API address; anything but "
+                                   "loopback requires --admin-token."),
+    admin_port: int = typer.Option(8090, "--admin-port", help="Admin API / dashboard port."),
+    admin_token: Optional[str] = typer.Option(None, "--admin-token", envvar="SELFIELESS_ADMIN_TOKEN",
+                                              help="Require 'Authorization: Bearer <token>' on the admin API."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="SELFIELESS_STATE_DIR",
+                                             help="Where replica state, logs and SQLite files go "
+                                             "(default ~/.local/state/selfieless)."),
+    ready_timeout: float = typer.Option(120.0, "--ready-timeout", help="How long to show start-up progress "
+                                        "before carrying on anyway (s)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print control-plane events as they happen."),
+):
+    """Run a stack in the foreground: gateway, replicas, admin API and dashboard. Ctrl-C stops it cleanly."""
+    from .up import UpOptions, up_main
+
+    if driver is not None and driver not in ("process", "docker", "auto"):
+        _fail(f"--driver must be process, docker or auto, not {driver!r}")
+    opts = UpOptions(stack_path=stack, driver=driver, port=port, database_url=database_url, admin_host=admin_host,
+                     admin_port=admin_port, admin_token=admin_token or None,
+                     state_dir=state_dir or default_state_dir(), ready_timeout=ready_timeout, quiet_events=quiet)
+    raise typer.Exit(up_main(opts, console))
+
+
+@app.command()
+def down(
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+    timeout: float = typer.Option(120.0, "--timeout", help="How long to wait for it to finish stopping (s)."),
+):
+    """Ask the running `selfieless up` to drain and stop everything, and wait until it has."""
+    client = _client(admin, admin_token, state_dir)
+    _call(client.post, "/api/shutdown")
+    console.print(f"asked the stack at {client.url} to shut down; waiting for its replicas to drain...")
+    deadline = time.monotonic() + timeout
+    while client.alive():
+        if time.monotonic() > deadline:
+            _fail(f"still running after {timeout:g} s")
+        time.sleep(0.25)
+    console.print("[green]stopped[/]")
+
+
+# ------------------------------------------------------------------------------------------------
+# status / events / scale / logs
+
+
+def _window_text(w: dict | None) -> str:
+    if not w:
+        return "-"
+    if not w.get("started"):
+        return "0 (not started)"
+    return f"{w['count']} ({w['ends_in']:.0f} s left)"
+
+
+def _policy_text(svc: dict) -> str:
+    w = svc.get("window")
+    if svc["policy"] == "window" and w:
+        return f"window {w['seconds']:g}s/{w['requests_per_replica']}"
+    return svc["policy"]
+
+
+def status_tables(st: dict) -> list:
+    """The renderables `selfieless status` prints: a services table, a replicas table, decisions."""
+    title = f"stack {st['stack']} · driver {st['driver']} · {'converged' if st['converged'] else 'converging'}"
+    services = Table(title=title, title_justify="left")
+    for col, kw in (("service", {}), ("desired", {"justify": "right"}), ("actual", {"justify": "right"}),
+                    ("ready", {"justify": "right"}), ("min..max", {"justify": "right"}), ("ports", {}),
+                    ("policy", {}), ("api req", {"justify": "right"}), ("window count", {})):
+        services.add_column(col, **kw)
+    replicas = Table(title="replicas", title_justify="left")
+    for col, kw in (("service", {}), ("port", {"justify": "right"}), ("id", {"no_wrap": True}), ("state", {}),
+                    ("health", {}), ("in-flight", {"justify": "right"}), ("requests", {"justify": "right"}),
+                    ("restarts", {"justify": "right"}), ("uptime", {"justify": "right"})):
+        replicas.add_column(col, **kw)
+    colours = {"ready": "green", "starting": "yellow", "unhealthy": "red", "exited": "red", "stopping": "dim"}
+    decisions = []
+    for name, svc in st["services"].items():
+        services.add_row(name, str(svc["desired"]), str(svc["actual"]), str(svc["ready"]),
+                         f"{svc['min']}..{svc['max']}", svc["host_ports"], _policy_text(svc), str(svc["api_requests"]),
+                         _window_text(svc.get("window")))
+        if svc.get("last_decision"):
+            decisions.append(f"{name}: {svc['last_decision']}")
+        for r in svc["replicas"]:
+            c = colours.get(r["state"], "white")
+            replicas.add_row(name, str(r["port"]), r["id"], f"[{c}]{r['state']}[/]", r["health"],
+                             str(r["in_flight"]), str(r["requests"]), str(r["restarts"]), f"{r['uptime']:.0f} s")
+        for p in svc.get("pending", []):
+            replicas.add_row(name, str(p["port"]), "-", "[yellow]pending[/]", "-", "-", "-", "-", f"in {p['in']:.1f} s")
+    out: list = [services, replicas]
+    if decisions:
+        out.append("last decisions:\n" + "\n".join(f"  {d}" for d in decisions))
+    return out
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print the raw status JSON."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """Services and replicas of the running stack: port, id, state, health, in-flight, requests, restarts,
+    desired vs actual, and the autoscaler's current window count."""
+    st = _call(_client(admin, admin_token, state_dir).get, "/api/status")
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    for t in status_tables(st):
+        console.print(t)
+
+
+def _event_line(ev: dict) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(ev["ts"]))
+    who = "/".join(x for x in (ev.get("service"), ev.get("replica")) if x)
+    return f"{when} #{ev['id']} {ev['kind']:<9} {who}: {ev['reason']}"
+
+
+@app.command()
+def events(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events as they happen (Ctrl-C stops)."),
+    last: int = typer.Option(50, "--last", "-n", help="How many past events to show first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """The control plane's event log: every start, readiness, failure, replacement and scaling, with its reason."""
+    client = _client(admin, admin_token, state_dir)
+    first = _call(client.get, "/api/events", params={"after": 0})
+    evs = first["events"][-last:] if last > 0 else []
+
+    def show(batch):
+        for ev in batch:
+            print(json.dumps(ev) if as_json else _event_line(ev), flush=True)
+
+    show(evs)
+    if not follow:
+        return
+    cursor = first["next"]
+    try:
+        while True:
+            try:
+                r = client.get("/api/events", params={"after": cursor, "wait": 25}, timeout=40)
+            except NoRunningUp:
+                err.print("the stack stopped")
+                return
+            except AdminError as e:
+                _fail(str(e))
+            show(r["events"])
+            cursor = r["next"]
+    except KeyboardInterrupt:
+        return
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def scale(
+    service: str = typer.Argument(..., help="Service name, e.g. acts."),
+    replicas: str = typer.Argument(..., help="Desired replica count (0 up to the size of its port range)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until that many replicas are ready."),
+    timeout: float = typer.Option(60.0, "--timeout", help="With --wait: how long (s)."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """Set a service's replica count now; the autoscaler carries on from it at its next decision."""
+    try:
+        n = int(replicas)
+    except ValueError:
+        _fail(f"replicas must be a whole number, not {replicas!r}")
+    client = _client(admin, admin_token, state_dir)
+    before = _call(client.get, "/api/status")["services"].get(service, {}).get("desired")
+    # Negative and out-of-range counts are the admin API's to refuse, with its message.
+    r = _call(client.post, "/api/scale", {"service": service, "replicas": n})
+    arrow = f"{before} → {r['desired']}" if before is not None else str(r["desired"])
+    console.print(f"{service}: desired {arrow} (actual {r['actual']})")
+    if wait:
+        deadline = time.monotonic() + timeout
+        while True:
+            svc = _call(client.get, "/api/status")["services"][service]
+            if svc["ready"] == svc["desired"] and svc["actual"] == svc["desired"] and not svc["pending"]:
+                console.print(f"{service}: {svc['ready']} ready")
+                return
+            if time.monotonic() > deadline:
+                _fail(f"{service}: {svc['ready']} of {svc['desired']} ready after {timeout:g} s")
+            time.sleep(0.25)
+
+
+@app.command()
+def logs(
+    service: str = typer.Argument(..., help="Service name, e.g. acts."),
+    replica: Optional[int] = typer.Option(None, "--replica", "-r", help="Only the replica on this host port."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output (Ctrl-C stops)."),
+    tail: int = typer.Option(100, "--tail", "-n", help="Lines of each log to show first."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """Output of a service's replicas (process driver: one log file per host port, kept across replacements)."""
+    client = _client(admin, admin_token, state_dir)
+    params: dict[str, Any] = {"service": service, "tail": tail}
+    if replica is not None:
+        params["port"] = replica
+    r = _call(client.get, "/api/logs", params=params)
+    if not r["files"]:
+        console.print(f"no logs for {service} yet")
+    prefix = len(r["files"]) > 1 or replica is None
+
+    def show(files):
+        for f in files:
+            text = f["text"]
+            if not text:
+                continue
+            if prefix:
+                text = "".join(f"[{f['port']}] {line}\n" for line in text.splitlines())
+            sys.stdout.write(text)
+        sys.stdout.flush()
+
+    show(r["files"])
+    if not follow:
+        return
+    offsets = {f["port"]: f["offset"] for f in r["files"]}
+    try:
+        while True:
+            time.sleep(0.5)
+            p = dict(params)
+            p["offsets"] = ",".join(f"{k}:{v}" for k, v in offsets.items())
+            try:
+                r = client.get("/api/logs", params=p)
+            except NoRunningUp:
+                err.print("the stack stopped")
+                return
+            except AdminError as e:
+                _fail(str(e))
+            show(r["files"])
+            for f in r["files"]:
+                offsets[f["port"]] = f["offset"]
+    except KeyboardInterrupt:
+        return
+
+
+# ------------------------------------------------------------------------------------------------
+# validate / load
+
+
+@app.command()
+def validate(stack: Path = typer.Argument(..., help="Stack file to check.")):
+    """Check a stack file: prints exactly which field is wrong (exit 1), or a summary of what it defines."""
+    from selfieless.orchestrator.stack import StackError, load_stack
+
+    try:
+        s = load_stack(stack)
+    except StackError as e:
+        err.print(f"[red]invalid[/] {stack}:")
+        for p in e.problems:
+            err.print(f"  {p}")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/]: stack {s.name!r}, driver {s.driver}, gateway {s.gateway.host}:{s.gateway.port} "
+                  f"({s.gateway.balance}), {len(s.services)} service{'s' if len(s.services) != 1 else ''}")
+    t = Table()
+    for col in ("service", "routes", "host ports", "replicas (initial, min..max)", "autoscale", "health"):
+        t.add_column(col)
+    for name, svc in s.services.items():
+        pol = svc.autoscale
+        pol_text = {"window": lambda: f"window {pol.window_seconds:g} s, {pol.requests_per_replica} req/replica",
+                    "rate": lambda: f"rate {pol.target_rps_per_replica:g} rps/replica",
+                    "none": lambda: "none"}[pol.policy]()
+        t.add_row(name, " ".join(svc.routes) or "-", str(svc.host_ports),
+                  f"{svc.replicas.start_count}, {svc.replicas.min}..{svc.replicas.max}", pol_text,
+                  f"{svc.health.path} every {svc.health.interval:g} s")
+    console.print(t)
+
+
+@app.command()
+def load(
+    url: str = typer.Argument(..., help="URL to send requests to."),
+    rps: float = typer.Option(..., "--rps", help="Requests per second (sent on schedule whatever the latency)."),
+    duration: float = typer.Option(..., "--duration", help="Seconds to send for."),
+    method: str = typer.Option("GET", "--method", "-X", help="HTTP method."),
+    body: Optional[str] = typer.Option(None, "--body", help="JSON request body (sent as application/json)."),
+    concurrency: int = typer.Option(64, "--concurrency", "-c", help="Maximum open connections."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Per-request timeout (s)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Open-loop load generator: requests go out at fixed intervals whatever the latency, then a summary
+    (sent, status counts, errors, p50/p99 latency, achieved rate)."""
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .load import run_load
+    from .loadcore import planned_count
+
+    if rps <= 0 or duration <= 0 or concurrency <= 0:
+        _fail("--rps, --duration and --concurrency must be > 0")
+    data = None
+    if body is not None:
+        try:
+            json.loads(body)
+        except ValueError as e:
+            _fail(f"--body is not valid JSON: {e}")
+        data = body.encode()
+    total = planned_count(rps, duration)
+    counts = {"ok": 0, "bad": 0}
+    with Progress(TextColumn("[bold]load[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err,
+                  disable=as_json, transient=False) as progress:
+        task = progress.add_task("load", total=total, info="")
+
+        def on_result(res):
+            counts["ok" if res.status is not None and res.status < 400 else "bad"] += 1
+            progress.update(task, advance=1, info=f"ok {counts['ok']} · failed {counts['bad']}")
+
+        summary = asyncio.run(run_load(url, rps, duration, method=method.upper(), body=data,
+                                       concurrency=concurrency, timeout=timeout, on_result=on_result))
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return
+    ms = lambda v: "-" if v is None else f"{v * 1000:.1f} ms"  # noqa: E731
+    t = Table(title=f"{method.upper()} {url}", title_justify="left", show_header=False)
+    t.add_column(justify="right", style="bold")
+    t.add_column()
+    t.add_row("sent", f"{summary.sent} of {summary.planned} planned")
+    t.add_row("statuses", ", ".join(f"{k}: {v}" for k, v in summary.statuses.items()) or "-")
+    t.add_row("errors", ", ".join(f"{k}: {v}" for k, v in summary.errors.items()) or "none")
+    t.add_row("latency", f"p50 {ms(summary.p50)} · p90 {ms(summary.p90)} · p99 {ms(summary.p99)} · max {ms(summary.max)}")
+    t.add_row("rate", f"{summary.achieved_rps:.1f} req/s achieved (target {summary.target_rps:g}) over {summary.elapsed:.1f} s")
+    if summary.max_send_delay > 0.05:
+        t.add_row("client lag", f"a send went out up to {summary.max_send_delay * 1000:.0f} ms late (client saturated)")
+    console.print(t)
+    if summary.errors or any(s >= 500 for s in summary.statuses):
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    app(prog_name="selfieless")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""`selfieless up`: run a stack in the foreground with its admin API, until Ctrl-C or `selfieless down`.
+
+Order: load and adjust the stack (driver, gateway port, database URL), start gateway + orchestrator
+(selfieless.orchestrator.assemble), start the admin API on the same event loop, write
+``<state dir>/admin.json`` so the other commands find us, show progress until every service has its
+replicas ready, print where everything is, then wait. On SIGINT/SIGTERM or POST /api/shutdown:
+drain and stop every replica, stop the gateway and the admin API, remove admin.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from selfieless.orchestrator.stack import BUNDLED_STACK, Stack, StackError, load_stack, parse_stack
+
+from .client import read_admin_file, remove_admin_file, write_admin_file
+
+
+class UpError(RuntimeError):
+    """A problem `up` reports in one clear message (exit status 1)."""
+
+
+@dataclass
+class UpOptions:
+    stack_path: Path | None = None
+    driver: str | None = None
+    port: int | None = None
+    database_url: str | None = None
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8090
+    admin_token: str | None = None
+    state_dir: Path = Path("~/.local/state/selfieless")
+    ready_timeout: float = 120.0
+    quiet_events: bool = False
+
+
+def _is_db_var(name: str) -> bool:
+    return name == "database_url" or name.endswith("_database_url")
+
+
+def prepare_stack(opts: UpOptions) -> Stack:
+    """Load the stack file and apply the command-line overrides; re-validated as a whole."""
+    stack = load_stack(opts.stack_path or BUNDLED_STACK)
+    if opts.driver is None and opts.port is None and opts.database_url is None:
+        return stack
+    data: dict[str, Any] = stack.model_dump(mode="python")
+    if opts.driver is not None:
+        data["driver"] = opts.driver
+    if opts.port is not None:
+        data["gateway"]["port"] = opts.port
+    if opts.database_url is not None:
+        hit = False
+        for k in list(data["variables"]):
+            if _is_db_var(k):
+                data["variables"][k] = opts.database_url
+                hit = True
+        for svc in data["services"].values():
+            for k, v in list(svc["variables"].items()):
+                if _is_db_var(k) and "{" not in v:  # a literal URL, not a reference to a stack variable
+                    svc["variables"][k] = opts.database_url
+                    hit = True
+        if not hit:
+            raise UpError("--database-url: this stack has no `database_url` / `*_database_url` variable to override")
+    return parse_stack(data, str(opts.stack_path or BUNDLED_STACK) + " (with command-line overrides)")
+
+
+def _bind_message(e: OSError, port: int, host: str) -> str:
+    if e.errno == errno.EACCES:
+        return (f"cannot listen on {host}:{port}: permission denied (ports below 1024 need root). "
+                f"Try another port: selfieless up --port 8080")
+    if e.errno == errno.EADDRINUSE:
+        return f"cannot listen on {host}:{port}: the port is already in use. Pick another with --port"
+    return f"cannot listen on {host}:{port}: {e.strerror or e}"
+
+
+def progress_table(status: dict) -> Table:
+    t = Table(title=f"starting stack {status['stack']} (driver {status['driver']})", title_justify="left")
+    t.add_column("service")
+    t.add_column("ready / desired", justify="right")
+    t.add_column("replicas")
+    for name, svc in status["services"].items():
+        states = " ".join(f"{r['port']}:{r['state']}" for r in svc["replicas"])
+        pend = " ".join(f"{p['port']}:pending" for p in svc.get("pending", []))
+        mark = "[green]✓[/]" if svc["ready"] == svc["desired"] else "[yellow]…[/]"
+        t.add_row(name, f"{svc['ready']} / {svc['desired']} {mark}", " ".join(x for x in (states, pend) if x))
+    return t
+
+
+def _host_for_url(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def next_steps(gateway_url: str, admin_url: str, stack: Stack) -> list[str]:
+    routes = stack.routes()
+    lines = [
+        f"[bold]gateway[/]    {gateway_url}",
+        f"[bold]dashboard[/]  {admin_url}/",
+        f"[bold]metrics[/]    {admin_url}/metrics",
+        "",
+        "try:",
+    ]
+    if "/api/v1" in routes:
+        lines += [
+            f"  curl -i -X POST {gateway_url}/api/v1/categories -H 'content-type: application/json' -d '[\"Nature\"]'",
+            f"  curl -i {gateway_url}/api/v1/categories",
+        ]
+    else:
+        first = next(iter(routes), "/")
+        lines.append(f"  curl -i {gateway_url}{first}")
+    lines += [
+        "  selfieless status          # replicas, health, requests",
+        "  selfieless events -f       # what the control plane does, and why",
+        f"  selfieless load {gateway_url}/api/v1/categories --rps 20 --duration 10",
+        "  selfieless down            # or Ctrl-C here",
+    ]
+    return lines
+
+
+async def run_up(opts: UpOptions, console: Console) -> int:
+    from selfieless.admin import AdminServer, check_exposure
+    from selfieless.orchestrator.assemble import start_system
+
+    state_dir = opts.state_dir.expanduser()
+    check_exposure(opts.admin_host, opts.admin_token)
+    running = read_admin_file(state_dir)
+    if running is not None and running.get("pid") != os.getpid():
+        raise UpError(f"a selfieless up is already running with this state dir (pid {running.get('pid')}, "
+                      f"admin {running.get('url')}); stop it with `selfieless down` or use another --state-dir")
+    stack = prepare_stack(opts)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = {"n": 0}
+
+    def on_signal() -> None:
+        signals["n"] += 1
+        if signals["n"] > 1:
+            console.print("[yellow]still stopping: replicas are draining (drain timeouts bound this)[/]")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    gw_host, gw_port = stack.gateway.host, stack.gateway.port
+    try:
+        system = await start_system(stack, state_dir, driver_setting=opts.driver)
+    except OSError as e:
+        raise UpError(_bind_message(e, gw_port, gw_host)) from None
+    orch, gw = system.orchestrator, system.gateway
+    admin = AdminServer(orch, gw, host=opts.admin_host, port=opts.admin_port, token=opts.admin_token,
+                        shutdown=stop.set, state_dir=str(state_dir))
+    try:
+        await admin.start()
+    except OSError as e:
+        await system.stop()
+        raise UpError("admin API: " + _bind_message(e, opts.admin_port, opts.admin_host).replace(
+            "--port 8080", "--admin-port 8091").replace("with --port", "with --admin-port")) from None
+
+    gateway_url = f"http://{_host_for_url(gw_host)}:{gw.port}"
+    write_admin_file(state_dir, {
+        "url": admin.url, "pid": os.getpid(), "stack": stack.name, "gateway_url": gateway_url,
+        "token_required": bool(opts.admin_token), "started_at": time.time(), "driver": orch.driver.name,
+    })
+    unsubscribe = None
+    try:
+        if not opts.quiet_events:
+            unsubscribe = orch.events.subscribe(lambda ev: console.print(f"[dim]{ev}[/]", highlight=False))
+        t0 = time.monotonic()
+        with Live(progress_table(orch.status()), console=console, refresh_per_second=4, transient=True) as live:
+            while not stop.is_set() and not orch.converged():
+                if time.monotonic() - t0 > opts.ready_timeout:
+                    break
+                live.update(progress_table(orch.status()))
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.25)
+                except asyncio.TimeoutError:
+                    pass
+        if not stop.is_set():
+            if orch.converged():
+                ready = ", ".join(f"{n} {s['ready']}/{s['desired']}" for n, s in orch.status()["services"].items())
+                console.print(f"[green]stack {stack.name} is up[/] ({ready} ready, driver {orch.driver.name}, "
+                              f"{time.monotonic() - t0:.1f} s)")
+            else:
+                console.print(f"[yellow]not every replica is ready after {opts.ready_timeout:g} s;[/] carrying on "
+                              f"(see `selfieless status` and `selfieless events`)")
+            for line in next_steps(gateway_url, admin.url, stack):
+                console.print(line, highlight=False)
+            await stop.wait()
+    finally:
+        console.print("[bold]stopping:[/] draining and stopping every replica...")
+        t1 = time.monotonic()
+        try:
+            await system.stop()
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+            await admin.stop()
+            remove_admin_file(state_dir, os.getpid())
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        console.print(f"stopped in {time.monotonic() - t1:.1f} s")
+    return 0
+
+
+def up_main(opts: UpOptions, console: Console) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run_up(opts, console))
+    except (UpError, StackError) as e:
+        console.print(f"[red]error:[/] {e}", highlight=False)
+        return 1
+    except ValueError as e:  # AdminConfigError, bad driver name...
+        console.print(f"[red]error:[/] {e}", highlight=False)
+        return 1
