@@ -183,13 +183,16 @@ def jrequest(port, *a, **kw):
 def raw_exchange(port, payload: bytes, timeout=10.0, read_until_close=True) -> bytes:
     """Send raw bytes, return everything the gateway sends back until it closes (or timeout)."""
     with socket.create_connection(("127.0.0.1", port), timeout) as s:
-        s.sendall(payload)
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway may answer and stop reading early (413, 431); read its answer
         out = b""
         s.settimeout(timeout)
         while True:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except (socket.timeout, ConnectionResetError):
                 break
             if not chunk:
                 break

@@ -325,3 +325,20 @@ def test_counters(make_gateway, backends, loop_thread):
     assert st.status_classes[5] == 1 and st.gateway_errors == 1
     snap = st.snapshot()
     assert snap["api_requests"] == st.api_requests and snap["latency"]["count"] == st.requests
+
+
+def test_idle_keepalive_closed_quietly(make_gateway, backends):
+    import socket
+    gw = make_gateway(replicas={"acts": backends[:1]}, keepalive_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", gw.port), 10) as s:
+        s.sendall(b"GET /api/v1/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        s.settimeout(10)
+        t0 = time.monotonic()
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1") == 1  # no 408 after it
+        assert time.monotonic() - t0 < 8

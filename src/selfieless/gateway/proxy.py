@@ -56,6 +56,12 @@ D_IDLE = 1  # keep-alive idle: close quietly
 D_HEADER = 2  # reading a request head: 408
 D_BODY = 3  # reading a request body: 408
 D_RESPONSE = 4  # waiting for the replica's response head: 504
+D_LINGER = 5  # answered and half-closed, draining what the client still sends: close
+
+# Closing a socket with unread input makes the kernel send RST, which can destroy the error
+# response we just wrote before the client reads it. So after an error we half-close and read
+# (and drop) what the client still sends for a little while, like nginx's lingering_close.
+LINGER_SECONDS = 2.0
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 MAX_TRIES = 8  # attempts per request, all causes together (refused connects are cheap)
@@ -183,6 +189,8 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def eof_received(self):
+        if self.deadline_kind == D_LINGER:
+            return False
         # A client may half-close after its last request; answer it before closing.
         if self.active is not None or self.queue:
             self.eof = True
@@ -594,10 +602,14 @@ class ClientConnection(asyncio.Protocol):
             status, msg = self.pending_error
             self.pending_error = None
             self.transport.write(error_response(status, msg, keep_alive=False))
-            self._close()
+            self._linger()
             return
         if r.close_after or self.closed or (self.eof and not self.queue):
-            self._close()
+            if r.complete or self.closed:
+                self._close()
+            else:
+                self._pause(P_DEAD)
+                self._linger()  # the client may still be sending the body we did not want
             return
         if self.queue:
             nxt = self.queue.popleft()
@@ -655,7 +667,7 @@ class ClientConnection(asyncio.Protocol):
                 r.stats.gateway_errors += 1
         body = payload if payload is not None else {"error": message}
         self.transport.write(json_response(status, body, keep_alive=False))
-        self._close()
+        self._linger()
 
     def _body_too_large(self, r: Request) -> None:
         if r is self.active and not r.response_started:
@@ -682,6 +694,20 @@ class ClientConnection(asyncio.Protocol):
             r.pool.release(rep, False)
         self.active = None
 
+    def _linger(self) -> None:
+        """Half-close after a final response, drop further input for a while, then close."""
+        if self.closed:
+            return
+        self.pause_bits |= P_DEAD  # data_received drops everything from now on
+        try:
+            self.transport.resume_reading()
+            self.transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            self._close()
+            return
+        self.deadline_kind = D_LINGER
+        self.deadline = self.gw.now + LINGER_SECONDS
+
     def _close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -707,6 +733,8 @@ class ClientConnection(asyncio.Protocol):
         if kind == D_IDLE:
             if self.active is None and not self._in_head:
                 self._close()
+        elif kind == D_LINGER:
+            self._close()
         elif kind == D_HEADER:
             self._client_error(408, "request header timeout")
         elif kind == D_BODY:
