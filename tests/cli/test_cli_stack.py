@@ -1,0 +1,179 @@
+"""The CLI against a real `selfieless up` (subprocess, process driver, SQLite, free ports)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from cli_support import UpProcess, cli, free_port_range, pid_alive, replica_pids, run_cli, write_test_stack
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("up")
+    stack = write_test_stack(tmp / "stack.yaml", free_port_range(4), free_port_range(1))
+    proc = UpProcess(tmp, stack)
+    try:
+        proc.wait_ready(90)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def sd(up):
+    return ["--state-dir", str(up.state_dir)]
+
+
+def test_up_shows_where_everything_is(up):
+    out = up.output()
+    assert f"gateway    {up.gateway}" in out
+    assert f"dashboard  {up.admin}/" in out
+    assert f"curl -i {up.gateway}/api/v1/categories" in out
+    info = up.admin_file()
+    assert info["url"] == up.admin and info["pid"] == up.proc.pid and info["gateway_url"] == up.gateway
+    # The gateway works, and the stack counts what it routes.
+    r = httpx.post(up.gateway + "/api/v1/categories", json=["Nature"], timeout=10)
+    assert r.status_code == 201
+    assert httpx.get(up.gateway + "/api/v1/categories", timeout=10).json() == {"Nature": 0}
+
+
+def test_status_table_and_json(up):
+    r = run_cli("status", *sd(up))
+    assert r.returncode == 0, r.stderr
+    st = up.status()
+    acts_port = st["services"]["acts"]["replicas"][0]["port"]
+    rep = st["services"]["acts"]["replicas"][0]
+    for text in ("stack clitest-", "converged", "service", "desired", "actual", "window count", "in-flight",
+                 "restarts", rep["id"], str(acts_port), "ready", "passing"):
+        assert text in r.stdout, (text, r.stdout)
+    j = run_cli("status", "--json", *sd(up))
+    data = json.loads(j.stdout)
+    assert set(data["services"]) == {"acts", "users"}
+    assert data["services"]["acts"]["window"]["requests_per_replica"] == 20
+    assert data["services"]["acts"]["api_requests"] >= 2
+
+
+def test_scale_with_errors_and_events(up):
+    before = up.status()
+    bad = [
+        (["scale", "acts", "-1"], "replicas must be between 0 and 4"),
+        (["scale", "acts", "99"], "replicas must be between 0 and 4"),
+        (["scale", "nope", "2"], "unknown service 'nope'; this stack has: acts, users"),
+        (["scale", "acts", "two"], "replicas must be a whole number"),
+    ]
+    for args, msg in bad:
+        r = run_cli(*args, *sd(up))
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert msg in r.stderr.replace("\n", " "), (args, r.stderr)
+    assert up.status()["services"]["acts"]["desired"] == before["services"]["acts"]["desired"] == 1
+
+    r = run_cli("scale", "acts", "2", "--wait", *sd(up), timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert "acts: desired 1 → 2" in r.stdout and "acts: 2 ready" in r.stdout
+    st = up.status()["services"]["acts"]
+    assert st["desired"] == st["ready"] == 2
+
+    ev = run_cli("events", *sd(up))
+    assert ev.returncode == 0
+    assert "scaled    acts: scaled acts 1→2: manual scale (admin API)" in ev.stdout
+    assert " ready     acts/acts-" in ev.stdout
+    last = run_cli("events", "-n", "1", "--json", *sd(up))
+    assert len(last.stdout.splitlines()) == 1 and json.loads(last.stdout)["kind"] == "ready"
+
+    r = run_cli("scale", "acts", "1", "--wait", *sd(up), timeout=90)
+    assert r.returncode == 0 and "acts: desired 2 → 1" in r.stdout
+
+
+def test_events_follow_sees_new_events(up):
+    follower = subprocess.Popen(cli("events", "-f", "-n", "0", *sd(up)), stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "200"})
+    try:
+        time.sleep(1.5)  # let it connect and start its long poll
+        assert run_cli("scale", "users", "0", *sd(up)).returncode == 0
+        deadline = time.monotonic() + 20
+        lines = []
+        os.set_blocking(follower.stdout.fileno(), False)
+        while time.monotonic() < deadline:
+            chunk = follower.stdout.read()
+            if chunk:
+                lines += chunk.splitlines()
+            if any("stopped   users/" in x for x in lines):
+                break
+            time.sleep(0.1)
+        assert any("scaled    users: scaled users 1→0" in x for x in lines), lines
+        assert any("stopped   users/" in x for x in lines), lines
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        assert run_cli("scale", "users", "1", "--wait", *sd(up), timeout=90).returncode == 0
+
+
+def test_logs(up):
+    port = up.status()["services"]["acts"]["replicas"][0]["port"]
+    r = run_cli("logs", "acts", *sd(up))
+    assert r.returncode == 0, r.stderr
+    assert f"[{port}] --- " in r.stdout and "start:" in r.stdout and "selfieless.apps.acts" in r.stdout
+    one = run_cli("logs", "acts", "--replica", str(port), "-n", "5", *sd(up))
+    assert one.returncode == 0 and "selfieless.apps.acts" in one.stdout and f"[{port}]" not in one.stdout
+    missing = run_cli("logs", "acts", "--replica", "1", *sd(up))
+    assert missing.returncode == 1 and "no log for acts on port 1" in missing.stderr
+    unknown = run_cli("logs", "nope", *sd(up))
+    assert unknown.returncode == 1 and "unknown service 'nope'" in unknown.stderr
+
+
+def test_load_through_the_gateway(up):
+    before = up.status()["services"]["acts"]["api_requests"]
+    r = run_cli("load", f"{up.gateway}/api/v1/categories", "--rps", "40", "--duration", "1", "--json", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads(r.stdout)
+    assert s["sent"] == s["planned"] == 40
+    assert s["errors"] == {} and s["statuses"] == {"200": 40}
+    assert s["latency"]["p50"] > 0 and s["latency"]["p99"] >= s["latency"]["p50"]
+    assert 20 < s["achieved_rps"] <= 45
+    assert up.status()["services"]["acts"]["api_requests"] == before + 40
+    # The human summary.
+    h = run_cli("load", f"{up.gateway}/api/v1/categories", "--rps", "10", "--duration", "0.5", timeout=60)
+    assert h.returncode == 0 and "sent" in h.stdout and "5 of 5 planned" in h.stdout and "p99" in h.stdout
+
+
+def test_admin_url_from_environment(up, tmp_path):
+    r = run_cli("status", "--json", "--state-dir", str(tmp_path), env={"SELFIELESS_ADMIN_URL": up.admin})
+    assert r.returncode == 0 and json.loads(r.stdout)["stack"].startswith("clitest-")
+
+
+def test_down_stops_everything(up):
+    pids = [*replica_pids(up.status(), "acts").values(), *replica_pids(up.status(), "users").values()]
+    assert pids and all(pid_alive(p) for p in pids)
+    r = run_cli("down", *sd(up), timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert "stopped" in r.stdout
+    assert up.proc.wait(30) == 0
+    assert not any(pid_alive(p) for p in pids)
+    assert not (up.state_dir / "admin.json").exists()
+    out = up.output()
+    assert "stopping: draining and stopping every replica" in out and "stopped in" in out
+    again = run_cli("down", *sd(up))
+    assert again.returncode == 1 and "no running `selfieless up` found" in again.stderr
+
+
+def test_ctrl_c_drains_and_stops(tmp_path):
+    stack = write_test_stack(tmp_path / "stack.yaml", free_port_range(3), free_port_range(1))
+    up = UpProcess(tmp_path, stack)
+    try:
+        st = up.wait_ready(90)
+        pids = [*replica_pids(st, "acts").values(), *replica_pids(st, "users").values()]
+        # A second `up` on the same state dir is refused while this one runs.
+        second = run_cli("up", str(stack), "--port", "0", "--admin-port", "0", "--state-dir", str(up.state_dir))
+        assert second.returncode == 1 and "already running" in second.stdout
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(30) == 0
+        assert not any(pid_alive(p) for p in pids)
+        out = up.output()
+        assert "drained" in out and "stopped in" in out and "Traceback" not in out
+        assert not (up.state_dir / "admin.json").exists()
+    finally:
+        up.stop()
