@@ -27,9 +27,13 @@ def _free(port: int) -> bool:
 
 
 def free_port_range(n: int) -> range:
-    """n consecutive free ports in a high range, randomised so parallel test runs do not collide."""
+    """n consecutive free ports, randomised so parallel test runs do not collide.
+
+    Below the kernel's ephemeral range (32768+ by default): a port there can be taken at any
+    moment as the local end of some outgoing connection, and a replica then fails to bind.
+    """
     for _ in range(200):
-        first = random.randrange(20000, 60000 - n)
+        first = random.randrange(20000, 32000 - n)
         if all(_free(p) for p in range(first, first + n)):
             return range(first, first + n)
     raise RuntimeError("no free port range")
@@ -194,8 +198,9 @@ def acts_stack(ports, window=5.0, **svc_overrides):
 class Load:
     """A steady stream of GETs through the gateway from `concurrency` clients; counts failures."""
 
-    def __init__(self, url: str, concurrency: int = 3, pause: float = 0.005):
-        self.url, self.concurrency, self.pause = url, concurrency, pause
+    def __init__(self, url: str, concurrency: int = 3, pause: float = 0.005, rate: float | None = None):
+        # rate: total requests per second to aim for (paced), instead of as fast as possible.
+        self.url, self.concurrency, self.pause, self.rate = url, concurrency, pause, rate
         self.ok = 0
         self.failures: list[str] = []
         self._stop = asyncio.Event()
@@ -203,6 +208,8 @@ class Load:
 
     async def _worker(self):
         async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+            interval = self.concurrency / self.rate if self.rate else None
+            next_at = time.monotonic()
             while not self._stop.is_set():
                 try:
                     r = await c.get(self.url)
@@ -212,7 +219,11 @@ class Load:
                         self.ok += 1
                 except httpx.HTTPError as e:
                     self.failures.append(repr(e))
-                await asyncio.sleep(self.pause)
+                if interval is None:
+                    await asyncio.sleep(self.pause)
+                else:
+                    next_at += interval
+                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     def start(self):
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
