@@ -7,6 +7,7 @@ browser tests skip and say how to get them; the plain HTTP tests still run.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,11 +17,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from web_stack import WebStack  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's path; SELFIELESS_TEST_CHROMIUM points elsewhere (another distribution's build).
+CHROMIUM = Path(os.environ.get("SELFIELESS_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
-MISSING_BROWSER = "install Debian's chromium: scripts/provision chromium (and `pip install playwright`)"
+MISSING_CHROMIUM = "install Debian's chromium: scripts/provision chromium"
+MISSING_PLAYWRIGHT = "pip install playwright (in the project's test extra); never `playwright install`"
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +48,11 @@ def api(web_stack):
 @pytest.fixture(scope="session")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: {MISSING_BROWSER}")
+        pytest.skip(f"{CHROMIUM} is missing: {MISSING_CHROMIUM}")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip(f"the playwright package is missing: {MISSING_BROWSER}")
+        pytest.skip(f"the playwright package is missing: {MISSING_PLAYWRIGHT}")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield b

@@ -240,6 +240,8 @@ def test_pages_through_a_large_category(page, api, artifacts):
     expect(page.get_by_test_id("act-caption").first).to_have_text("Act 100")
     assert captions(page)[-1] == "Act 081"
 
+    page.screenshot(path=artifacts / "category-paged.png", full_page=True)
+
     page.get_by_test_id("page-last").click()
     expect(page.get_by_test_id("page-info")).to_have_text("6 / 6")
     expect(page.get_by_test_id("act-caption").first).to_have_text("Act 020")

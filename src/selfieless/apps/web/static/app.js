@@ -511,7 +511,8 @@ function uploadForm(categories, preselect) {
     field("upload-file", "Photo", file), preview,
     field("upload-caption", "Caption", caption),
     field("upload-category", "Category", category),
-    field("upload-username", "Username", username, "Remembered from sign-up on this device."),
+    field("upload-username", "Username", username, currentUser() ? "Remembered from sign-up on this device."
+      : "Not signed up on this device yet: sign up on the Account page, or type your username."),
     problem, el("div", {class: "row"}, submit));
 }
 
