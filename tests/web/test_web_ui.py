@@ -74,6 +74,16 @@ def test_sha1_fallback_matches_hashlib(page, web_stack):
     assert page.evaluate("sha1Hex('abc')") == sha1("abc")
 
 
+def test_sign_up_without_crypto_subtle(page, api):
+    """On a plain-http LAN origin the browser hides crypto.subtle; signing up still works."""
+    page.add_init_script("Object.defineProperty(Crypto.prototype, 'subtle', {get: () => undefined})")
+    page.goto("/ui/")
+    assert page.evaluate("window.crypto.subtle") is None
+    assert page.evaluate("sha1Hex('pässword')") == sha1("pässword")
+    sign_up(page, "carol")
+    assert "carol" in api.get("/users").json()
+
+
 def test_empty_states(page, api, artifacts):
     page.goto("/ui/")
     expect(page.get_by_test_id("categories-empty")).to_contain_text("No categories yet")
@@ -237,6 +247,7 @@ def test_pages_through_a_large_category(page, api, artifacts):
 
     page.get_by_test_id("page-next").click()
     expect(page.get_by_test_id("page-info")).to_have_text("2 / 6")
+    assert page.evaluate("window.scrollY") == 0  # the next page is read from its top
     expect(page.get_by_test_id("act-caption").first).to_have_text("Act 100")
     assert captions(page)[-1] == "Act 081"
 

@@ -237,7 +237,11 @@ function render(focus) {
     const active = a.getAttribute("href") === "#/" + location.hash.replace(/^#\/?/, "").split("/")[0];
     if (active) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   });
-  if (focus) main.focus({preventScroll: false});
+  if (focus) {
+    // A new view starts at the top (the pager sits at the bottom of a long page).
+    window.scrollTo(0, 0);
+    main.focus({preventScroll: true});
+  }
 }
 
 async function notFoundView(main) {
