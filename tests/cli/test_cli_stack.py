@@ -161,10 +161,15 @@ def test_down_stops_everything(up):
 
 
 def test_ctrl_c_drains_and_stops(tmp_path):
+    """Also: --database-url points every service at one database."""
     stack = write_test_stack(tmp_path / "stack.yaml", free_port_range(3), free_port_range(1))
-    up = UpProcess(tmp_path, stack)
+    db = tmp_path / "shared.db"
+    up = UpProcess(tmp_path, stack, "--database-url", f"sqlite:///{db}")
     try:
         st = up.wait_ready(90)
+        for svc in ("acts", "users"):
+            assert f"--database-url sqlite:///{db}" in st["services"][svc]["replicas"][0]["detail"]
+        assert db.exists()
         pids = [*replica_pids(st, "acts").values(), *replica_pids(st, "users").values()]
         # A second `up` on the same state dir is refused while this one runs.
         second = run_cli("up", str(stack), "--port", "0", "--admin-port", "0", "--state-dir", str(up.state_dir))

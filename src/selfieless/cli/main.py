@@ -355,7 +355,8 @@ def load(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Open-loop load generator: requests go out at fixed intervals whatever the latency, then a summary
-    (sent, status counts, errors, p50/p99 latency, achieved rate)."""
+    (sent, status counts, errors, p50/p99 latency, achieved rate). Exit status 2 if any request failed
+    (connection error, timeout or 5xx)."""
     import asyncio
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn

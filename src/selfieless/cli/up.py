@@ -153,11 +153,20 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
 
+    if (opts.driver or stack.driver) == "docker":
+        from selfieless.orchestrator.drivers.docker import docker_available
+
+        why = await asyncio.to_thread(docker_available)
+        if why is not None:
+            raise UpError(f"the docker driver needs a Docker engine: {why}. Use --driver process to run "
+                          f"the services as local processes")
     gw_host, gw_port = stack.gateway.host, stack.gateway.port
     try:
         system = await start_system(stack, state_dir, driver_setting=opts.driver)
     except OSError as e:
         raise UpError(_bind_message(e, gw_port, gw_host)) from None
+    except Exception as e:  # a driver that cannot start, ...: one clear line, not a traceback
+        raise UpError(f"cannot start stack {stack.name}: {type(e).__name__}: {e}") from None
     orch, gw = system.orchestrator, system.gateway
     admin = AdminServer(orch, gw, host=opts.admin_host, port=opts.admin_port, token=opts.admin_token,
                         shutdown=stop.set, state_dir=str(state_dir))
