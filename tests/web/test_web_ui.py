@@ -243,6 +243,7 @@ def test_pages_through_a_large_category(page, api, artifacts):
     expect(page.get_by_test_id("act-card")).to_have_count(20)
     assert captions(page)[0] == "Act 120" and captions(page)[-1] == "Act 101"
     expect(page.get_by_test_id("page-prev")).to_be_disabled()
+    expect(page.get_by_test_id("nav-home")).to_have_attribute("aria-current", "page")
     expect(page.get_by_test_id("act-time").first).to_have_text("9 Apr 2019, 10:00:00")
 
     page.get_by_test_id("page-next").click()

@@ -214,7 +214,7 @@ function parseRoute(hash) {
   const parts = hash.replace(/^#\/?/, "").split("/");
   try {
     const name = parts[1] !== undefined ? decodeURIComponent(parts[1]) : "";
-    if (parts[0] === "" ) return {view: homeView};
+    if (parts[0] === "") return {view: homeView};
     if (parts[0] === "c" && name) return {view: categoryView, name, page: Math.max(1, parseInt(parts[2], 10) || 1)};
     if (parts[0] === "upload") return {view: uploadView, name};
     if (parts[0] === "account") return {view: accountView};
@@ -233,8 +233,11 @@ function render(focus) {
   route.view(main, route, isCurrent).catch((e) => {
     if (isCurrent()) main.replaceChildren(errorBox(e.message || String(e), () => render(false)));
   });
+  // Mark the menu entry of this view; a category page belongs under "Categories".
+  const first = location.hash.replace(/^#\/?/, "").split("/")[0];
+  const section = "#/" + (first === "c" ? "" : first);
   document.querySelectorAll("nav a").forEach((a) => {
-    const active = a.getAttribute("href") === "#/" + location.hash.replace(/^#\/?/, "").split("/")[0];
+    const active = a.getAttribute("href") === section;
     if (active) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   });
   if (focus) {
@@ -479,6 +482,7 @@ function uploadForm(categories, preselect) {
 
   file.addEventListener("change", () => {
     const chosen = file.files[0];
+    if (preview.src) URL.revokeObjectURL(preview.src);  // free the previous pick's memory
     preview.hidden = !chosen;
     if (chosen) preview.src = URL.createObjectURL(chosen);
   });
