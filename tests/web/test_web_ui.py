@@ -293,6 +293,10 @@ def test_phone_width_layout(browser, web_stack, api, artifacts):
             pg.wait_for_load_state("networkidle")
             width = pg.evaluate("document.documentElement.scrollWidth")
             assert width <= 375, f"{hash_} is {width} px wide"
+            unlabelled = pg.evaluate("""[...document.querySelectorAll('input, select, textarea, button')]
+                .filter((c) => !(c.labels && c.labels.length) && !c.getAttribute('aria-label') && !c.textContent.trim())
+                .map((c) => c.outerHTML)""")
+            assert unlabelled == [], f"controls without an accessible name on {hash_}: {unlabelled}"
             name = {"#/c/Kindness": "phone-category", "#/upload/Kindness": "phone-upload", "#/account": "phone-account"}[hash_]
             pg.screenshot(path=artifacts / f"{name}.png", full_page=True)
         pg.goto("/ui/#/c/Kindness")
