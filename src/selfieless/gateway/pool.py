@@ -221,6 +221,10 @@ class ReplicaPool:
         if rep.in_flight == 0 and rep._drain_waiters:
             self._resolve_drain(rep)
 
+    def release_drained(self, rep: Replica) -> None:
+        """``rep`` has nothing in flight any more: wake its drain() waiters."""
+        self._resolve_drain(rep)
+
     def eject(self, rep: Replica, reason: str) -> bool:
         """Passive health: take a failing replica out of rotation and tell the control plane."""
         if rep.state != READY or self._replicas.get(rep.id) is not rep:
