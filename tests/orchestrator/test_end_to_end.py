@@ -194,7 +194,7 @@ async def test_rate_policy_scales_out_fast_on_a_load_step(tmp_path):
         # The bar is 3 s; the deadline is generous because a replica's boot time (Python imports)
         # stretches several-fold on a busy 2-core machine. The measured time is printed.
         assert t_up < SLACK * 3.0, trail
-        assert orch.status()["services"]["acts"]["desired"] == 2
+        assert orch.status()["services"]["acts"]["desired"] in (2, 3)  # 40 req/s, bursts allowed
         scaled = [e.reason for e in orch.events.since(0) if e.kind == "scaled"]
         assert scaled and "req/s" in scaled[0]
         await load.stop()
@@ -203,3 +203,54 @@ async def test_rate_policy_scales_out_fast_on_a_load_step(tmp_path):
         if load is not None and not load._stop.is_set():
             await load.stop()
         await system.stop()
+
+
+async def test_sigkilled_orchestrator_process_is_replaced_and_adopts(tmp_path):
+    """A real restart: the orchestrator process dies hard; replicas (own sessions) survive and
+    the next orchestrator adopts exactly them."""
+    import sys
+
+    import yaml
+
+    from orch_helpers import echo_command
+
+    ports = free_port_range(10)
+    stack_file = tmp_path / "stack.yaml"
+    stack_file.write_text(yaml.safe_dump({
+        "name": f"kill-{ports[0]}", "driver": "process",
+        "gateway": {"host": "127.0.0.1", "port": 0},
+        "services": {"echo": {"command": echo_command(), "host_ports": f"{ports[0]}-{ports[-1]}",
+                              "routes": ["/api/v1"], "health": {"interval": 0.2},
+                              "replicas": {"initial": 2, "min": 1, "max": 10}}},
+    }))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "selfieless.orchestrator", str(stack_file), "--state-dir", str(tmp_path / "state"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    seen = []
+    try:
+        async def two_ready():
+            while sum("ready" in line for line in seen) < 2:
+                seen.append((await proc.stdout.readline()).decode())
+        await asyncio.wait_for(two_ready(), 20)
+    finally:
+        proc.kill()
+        await proc.wait()
+
+    from selfieless.orchestrator.stack import load_stack
+
+    system = await start_system(load_stack(stack_file), tmp_path / "state")
+    orch = system.orchestrator
+    try:
+        await orch.wait_ready(10)
+        assert kinds(orch).count("adopted") == 2 and "start" not in kinds(orch), orch.events.since(0)
+        pids = pids_by_port(orch)
+        assert sorted(pids) == [ports[0], ports[1]]
+        # The adopted replicas are not our children, yet their exit is still noticed at once.
+        t0 = time.monotonic()
+        os.kill(pids[ports[0]], signal.SIGKILL)
+        await wait_until(lambda: (p := pids_by_port(orch).get(ports[0])) and p != pids[ports[0]], 10,
+                         what="replacement of an adopted replica")
+        print(f"\nadopted replica SIGKILLed -> replacement ready after {time.monotonic() - t0:.2f} s")
+    finally:
+        await system.stop()
+    assert await orch.driver.list() == []
