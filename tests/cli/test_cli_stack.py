@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import httpx
@@ -89,21 +90,25 @@ def test_scale_with_errors_and_events(up):
 
 
 def test_events_follow_sees_new_events(up):
-    follower = subprocess.Popen(cli("events", "-f", "-n", "0", *sd(up)), stdout=subprocess.PIPE, text=True,
+    follower = subprocess.Popen(cli("events", "-f", "-n", "1", *sd(up)), stdout=subprocess.PIPE, text=True,
                                 env={**os.environ, "COLUMNS": "200"})
-    try:
-        time.sleep(1.5)  # let it connect and start its long poll
-        assert run_cli("scale", "users", "0", *sd(up)).returncode == 0
-        deadline = time.monotonic() + 20
-        lines = []
-        os.set_blocking(follower.stdout.fileno(), False)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def read_until(pred, timeout):
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            chunk = follower.stdout.read()
-            if chunk:
-                lines += chunk.splitlines()
-            if any("stopped   users/" in x for x in lines):
-                break
+            if pred():
+                return True
             time.sleep(0.1)
+        return False
+
+    try:
+        # It prints the last past event once connected; only then make something happen.
+        assert read_until(lambda: len(lines) >= 1, 30), "follower printed nothing"
+        assert run_cli("scale", "users", "0", *sd(up)).returncode == 0
+        read_until(lambda: any("stopped   users/" in x for x in lines), 20)
         assert any("scaled    users: scaled users 1→0" in x for x in lines), lines
         assert any("stopped   users/" in x for x in lines), lines
     finally:
@@ -131,9 +136,9 @@ def test_load_through_the_gateway(up):
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads(r.stdout)
     assert s["sent"] == s["planned"] == 40
-    assert s["errors"] == {} and s["statuses"] == {"200": 40}
+    assert s["errors"] == {} and set(s["statuses"]) <= {"200", "204"} and sum(s["statuses"].values()) == 40
     assert s["latency"]["p50"] > 0 and s["latency"]["p99"] >= s["latency"]["p50"]
-    assert 20 < s["achieved_rps"] <= 45
+    assert 10 < s["achieved_rps"] <= 45
     assert up.status()["services"]["acts"]["api_requests"] == before + 40
     # The human summary.
     h = run_cli("load", f"{up.gateway}/api/v1/categories", "--rps", "10", "--duration", "0.5", timeout=60)
