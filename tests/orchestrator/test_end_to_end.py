@@ -254,3 +254,38 @@ async def test_sigkilled_orchestrator_process_is_replaced_and_adopts(tmp_path):
     finally:
         await system.stop()
     assert await orch.driver.list() == []
+
+
+async def test_bundled_stack_runs_both_services(tmp_path):
+    """The bundled selfieless.yaml (ports moved off 8000/8100/80): users + acts, and acts checking a
+    username through the gateway ({gateway_url}) with the shared per-service databases."""
+    import yaml
+
+    from selfieless.orchestrator.stack import BUNDLED_STACK, parse_stack
+
+    data = yaml.safe_load(BUNDLED_STACK.read_text())
+    acts_ports, users_ports = free_port_range(10), free_port_range(10)
+    data["name"] = f"bundled-{acts_ports[0]}"
+    data["driver"] = "process"
+    data["gateway"].update(host="127.0.0.1", port=0)
+    data["services"]["acts"]["host_ports"] = f"{acts_ports[0]}-{acts_ports[-1]}"
+    data["services"]["users"]["host_ports"] = f"{users_ports[0]}-{users_ports[-1]}"
+    system = await start_system(parse_stack(data), tmp_path)
+    try:
+        await system.orchestrator.wait_ready(30)
+        base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
+            assert (await c.post(f"{base}/users", json={"username": "alice", "password": "a" * 40})).status_code == 201
+            assert (await c.get(f"{base}/users")).json() == ["alice"]
+            assert (await c.post(f"{base}/categories", json=["Nature"])).status_code == 201
+            act = {"actId": 1, "username": "alice", "timestamp": "01-01-2020:00-00-00", "caption": "hi",
+                   "categoryName": "Nature", "imgB64": "aGVsbG8="}
+            r = await c.post(f"{base}/acts", json=act)
+            assert r.status_code == 201, r.text
+            assert (await c.post(f"{base}/acts", json={**act, "actId": 2, "username": "bob"})).status_code == 400
+            assert (await c.get(f"{base}/categories")).json() == {"Nature": 1}
+        st = system.orchestrator.status()["services"]
+        assert st["users"]["ready"] == 1 and st["acts"]["ready"] == 1 and st["acts"]["policy"] == "window"
+        assert (tmp_path / data["name"] / "acts.db").exists() and (tmp_path / data["name"] / "users.db").exists()
+    finally:
+        await system.stop()
