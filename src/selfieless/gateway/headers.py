@@ -26,6 +26,32 @@ FRAME_CLOSE = 3  # body ends when we close (HTTP/1.0 client, no length known)
 CRLF = b"\r\n"
 CHUNK_END = b"0\r\n\r\n"
 
+# What a header name means to us. Names repeat endlessly (Host, Content-Type...), so the answer
+# is memoised per raw name: one dict lookup per header instead of lower() and several compares.
+K_PLAIN = 0  # forward as is
+K_HOP = 1  # hop-by-hop without further meaning to us (Keep-Alive, TE, Trailer, Upgrade)
+K_CONNECTION = 2  # Connection / Proxy-Connection: hop-by-hop, and may name more
+K_TE = 3  # Transfer-Encoding
+K_LENGTH = 4  # Content-Length
+K_XFF = 5  # X-Forwarded-For
+K_XFP = 6  # X-Forwarded-Proto
+K_EXPECT = 7  # Expect
+
+_KINDS = {
+    b"connection": K_CONNECTION, b"proxy-connection": K_CONNECTION, b"keep-alive": K_HOP,
+    b"te": K_HOP, b"trailer": K_HOP, b"upgrade": K_HOP, b"transfer-encoding": K_TE,
+    b"content-length": K_LENGTH, b"x-forwarded-for": K_XFF, b"x-forwarded-proto": K_XFP,
+    b"expect": K_EXPECT,
+}
+_kind_memo: dict[bytes, int] = {}
+
+
+def header_kind(name: bytes) -> int:
+    kind = _KINDS.get(name.lower(), K_PLAIN)
+    if len(_kind_memo) < 4096:  # bounded: header names are client-chosen
+        _kind_memo[name] = kind
+    return kind
+
 
 class BadRequest(ValueError):
     """A request the gateway refuses to forward (answered with 400)."""
@@ -52,17 +78,25 @@ def build_request_head(method: bytes, target: bytes, headers: list, client_ip: b
     chunked = False
     expect = False
     xff = None
+    memo = _kind_memo
     for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"connection" or lname == b"proxy-connection":
-                v = value.lower()
-                if v != b"keep-alive" and v != b"close" and _named(v):
-                    return _build_request_head_general(method, target, headers, client_ip)
-            elif lname == b"transfer-encoding":
-                chunked = True  # the parser refused anything but a final "chunked"
+        kind = memo.get(name)
+        if kind is None:
+            kind = header_kind(name)
+        if kind == K_PLAIN:
+            add((name, b": ", value, CRLF))
             continue
-        if lname == b"content-length":
+        if kind == K_CONNECTION:
+            v = value.lower()
+            if v != b"keep-alive" and v != b"close" and _named(v):
+                return _build_request_head_general(method, target, headers, client_ip)
+            continue
+        if kind == K_TE:
+            chunked = True  # the parser refused anything but a final "chunked"
+            continue
+        if kind == K_HOP:
+            continue
+        if kind == K_LENGTH:
             try:
                 n = int(value)
             except ValueError:
@@ -72,12 +106,12 @@ def build_request_head(method: bytes, target: bytes, headers: list, client_ip: b
             if content_length >= 0:
                 continue  # identical duplicate: forward once
             content_length = n
-        elif lname == b"x-forwarded-for":
+        elif kind == K_XFF:
             xff = value if xff is None else xff + b", " + value
             continue
-        elif lname == b"x-forwarded-proto":
+        elif kind == K_XFP:
             continue  # we are the edge: the scheme is ours to state
-        elif lname == b"expect" and value.strip().lower() == b"100-continue":
+        elif kind == K_EXPECT and value.strip().lower() == b"100-continue":
             expect = True  # answered by the gateway itself, see proxy.ClientConnection
             continue
         add((name, b": ", value, CRLF))
@@ -140,27 +174,33 @@ def build_response_head(code: int, reason: bytes, headers: list, no_body: bool,
     add = parts.extend
     has_length = False
     has_te = False
+    memo = _kind_memo
     for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"transfer-encoding":
+        kind = memo.get(name)
+        if kind is None:
+            kind = header_kind(name)
+        if kind >= K_XFF or kind == K_PLAIN:  # X-Forwarded-* and Expect mean nothing here
+            add((name, b": ", value, CRLF))
+            continue
+        if kind != K_LENGTH:
+            if kind == K_TE:
                 has_te = True
-            elif lname == b"connection":
+            elif kind == K_CONNECTION:
                 v = value.lower()
                 if v != b"keep-alive" and v != b"close" and _named(v):
                     named: set[bytes] = set()
+                    conn_names = (b"connection", b"proxy-connection")
                     for n, val in headers:
-                        if n.lower() == b"connection":
+                        if n.lower() in conn_names:
                             named |= _named(val.lower())
                     return build_response_head(
                         code, reason, [(n, val) for n, val in headers
-                                       if n.lower() not in named and n.lower() != b"connection"],
+                                       if n.lower() not in named and n.lower() not in conn_names],
                         no_body, client_http11, keep_alive, client_keep_alive_header)
             continue
-        if lname == b"content-length":
-            if has_length:
-                continue
-            has_length = True
+        if has_length:
+            continue  # duplicate Content-Length (the parser made sure they agree)
+        has_length = True
         add((name, b": ", value, CRLF))
     if no_body:
         framing = FRAME_NONE
