@@ -204,3 +204,46 @@ async def test_window_autoscale_from_gateway_counters(tmp_path, ports):
         assert w["started"] and w["count"] == 0 and w["seconds"] == 3.0
     finally:
         await orch.stop()
+
+
+async def test_passive_ejection_confirmed_by_a_probe(tmp_path, ports):
+    # Slow probes and a high threshold: only the ejection path can react quickly here.
+    stack = echo_stack(ports, replicas={"initial": 2}, health={"interval": 5, "timeout": 0.3, "failure_threshold": 5})
+    orch, gw = await launch(tmp_path, stack)
+    try:
+        await orch.wait_ready(15)
+        pids = pids_by_port(orch)
+        ids = {r["port"]: r["id"] for r in orch.status()["services"]["echo"]["replicas"]}
+        # A false alarm: the replica is fine, so it goes back into rotation.
+        gw.pool("echo").remove(ids[ports[0]])
+        gw.on_eject("echo", ids[ports[0]], "connection reset")
+        await wait_until(lambda: gw.pool("echo").ready_ports() == [ports[0], ports[1]], 3, what="back in rotation")
+        assert pids_by_port(orch) == pids
+        # A real failure (stopped process): the confirming probe fails, it is replaced at once.
+        os.kill(pids[ports[1]], signal.SIGSTOP)
+        t0 = time.monotonic()
+        gw.pool("echo").remove(ids[ports[1]])
+        gw.on_eject("echo", ids[ports[1]], "connection refused")
+        await wait_until(lambda: (p := pids_by_port(orch).get(ports[1])) and p != pids[ports[1]], 5,
+                         what="replacement after a confirmed ejection")
+        assert time.monotonic() - t0 < 4  # well before 5 failed probes at 5 s intervals
+        ev = [e.kind for e in orch.events.since(0)]
+        assert ev.count("ejected") == 2 and "unhealthy" in ev
+    finally:
+        await orch.stop()
+
+
+async def test_unknown_service_scale_and_status_without_traffic(tmp_path, ports):
+    orch, gw = await launch(tmp_path, echo_stack(ports))
+    try:
+        with pytest.raises(KeyError):
+            await orch.scale("nope", 1)
+        await orch.wait_ready(15)
+        st = orch.status()
+        assert st["stack"] == "t" and st["driver"] == "process" and st["converged"]
+        assert st["services"]["echo"]["window"] is None and st["services"]["echo"]["api_requests"] == 0
+        await orch.scale("echo", 0)
+        await orch.wait_ready(10)
+        assert gw.pool("echo").ready_ports() == [] and orch.status()["services"]["echo"]["actual"] == 0
+    finally:
+        await orch.stop()
