@@ -247,3 +247,25 @@ async def test_unknown_service_scale_and_status_without_traffic(tmp_path, ports)
         assert gw.pool("echo").ready_ports() == [] and orch.status()["services"]["echo"]["actual"] == 0
     finally:
         await orch.stop()
+
+
+async def test_port_taken_by_a_stranger_is_not_probed_and_retried(tmp_path, ports):
+    import socket
+
+    stranger = socket.socket()
+    stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    stranger.bind(("127.0.0.1", ports[0]))
+    stranger.listen()
+    policy = BackoffPolicy(initial=0.2, maximum=0.4)
+    orch, gw = await launch(tmp_path, echo_stack(ports), backoff=policy)
+    try:
+        await wait_until(lambda: "backoff" in kinds(orch), 5, what="a backoff event")
+        assert "already in use" in next(e.reason for e in orch.events.since(0) if e.kind == "backoff")
+        assert gw.pool("echo").ready_ports() == [] and "ready" not in kinds(orch)
+        stranger.close()
+        await orch.wait_ready(15)
+        assert gw.pool("echo").ready_ports() == [ports[0]]
+        assert (await get_json(ports[0]))["pid"] == pids_by_port(orch)[ports[0]]
+    finally:
+        stranger.close()
+        await orch.stop()

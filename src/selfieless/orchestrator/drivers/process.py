@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -58,6 +59,21 @@ def _alive(pid: int, start_ticks: int | None) -> bool:
         return True
 
 
+def port_in_use(port: int) -> bool:
+    """True when something already listens on `port` (on any local address)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # SO_REUSEADDR as the replica's server will use: connections lingering in TIME_WAIT from a
+    # previous replica do not count, only a live listener does.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("0.0.0.0", port))
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
 def _describe(returncode: int | None) -> str:
     if returncode is None:
         return "exited"
@@ -90,6 +106,10 @@ class ProcessDriver(Driver):
     async def start(self, spec: LaunchSpec) -> ReplicaHandle:
         if not spec.command:
             raise DriverError(f"service {spec.service!r} has no command for the process driver")
+        if port_in_use(spec.host_port):
+            # Starting anyway would be worse than failing: the new replica would die on bind, and
+            # its health probe would reach the stranger's server and put it in the pool.
+            raise DriverError(f"port {spec.host_port} is already in use by another process")
         cmd = list(spec.command)
         # "python" in a stack file means the interpreter running the orchestrator (its venv),
         # not whatever `python` happens to be first on PATH.
