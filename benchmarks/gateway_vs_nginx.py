@@ -102,15 +102,37 @@ def to_ms(value: str) -> float:
     return n * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(url: str, args) -> dict:
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def nginx_worker(master_pid: int) -> int:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise SystemExit("nginx worker did not start")
+
+
+def run_wrk(url: str, args, pid: int) -> dict:
+    before = cpu_ticks(pid)
     cmd = ["taskset", "-c", args.wrk_cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}",
            f"-d{args.duration}s", "--latency", url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    ticks = cpu_ticks(pid) - before
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors.group(0) if errors else ""}
+    # CPU time the proxy spent per request: unlike rps, not skewed by other load on the machine.
+    cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(total, 1)
+    return {"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us,
+            "errors": errors.group(0) if errors else ""}
 
 
 def main() -> None:
@@ -154,14 +176,15 @@ def main() -> None:
         nport, gport = free_port(), free_port()
         servers = "\n".join(f"        server {h}:{p};" for h, p in backends)
         Path(tmp, "proxy.conf").write_text(PROXY_CONF.format(tmp=tmp, port=nport, servers=servers))
-        start(["taskset", "-c", args.proxy_cpu, "nginx", "-p", tmp, "-c", f"{tmp}/proxy.conf",
-               "-e", f"{tmp}/proxy-error.log"])
+        nginx_master = start(["taskset", "-c", args.proxy_cpu, "nginx", "-p", tmp, "-c",
+                              f"{tmp}/proxy.conf", "-e", f"{tmp}/proxy-error.log"])
         route = args.prefix + "=" + ",".join(f"{h}:{p}" for h, p in backends)
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-        start(["taskset", "-c", args.proxy_cpu, sys.executable, "-m", "selfieless.gateway",
-               "--port", str(gport), "--route", route], env=env)
+        gateway = start(["taskset", "-c", args.proxy_cpu, sys.executable, "-m", "selfieless.gateway",
+                         "--port", str(gport), "--route", route], env=env)
         wait_port(nport)
         wait_port(gport)
+        pids = {"nginx": nginx_worker(nginx_master.pid), "gateway": gateway.pid}
 
         sides = {"nginx": f"http://127.0.0.1:{nport}{args.path}",
                  "gateway": f"http://127.0.0.1:{gport}{args.path}"}
@@ -172,19 +195,24 @@ def main() -> None:
         results: dict[str, list[dict]] = {k: [] for k in sides}
         for i in range(args.runs):
             for name, url in sides.items():
-                res = run_wrk(url, args)
+                res = run_wrk(url, args, pids[name])
                 results[name].append(res)
                 print(f"run {i + 1} {name:8s} {res['rps']:10.0f} rps  p50 {res['p50']:7.3f} ms  "
-                      f"p99 {res['p99']:7.3f} ms  {res['errors']}", flush=True)
-        med = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
+                      f"p99 {res['p99']:7.3f} ms  cpu {res['cpu_us']:5.1f} us/req  {res['errors']}",
+                      flush=True)
+        keys = ("rps", "p50", "p99", "cpu_us")
+        med = {name: {k: statistics.median(r[k] for r in rs) for k in keys}
                for name, rs in results.items()}
         print()
         for name, m in med.items():
-            print(f"median {name:8s} {m['rps']:10.0f} rps  p50 {m['p50']:7.3f} ms  p99 {m['p99']:7.3f} ms")
+            print(f"median {name:8s} {m['rps']:10.0f} rps  p50 {m['p50']:7.3f} ms  "
+                  f"p99 {m['p99']:7.3f} ms  cpu {m['cpu_us']:5.1f} us/req")
         if len(med) == 2:
             rr = med["gateway"]["rps"] / med["nginx"]["rps"]
             pr = med["gateway"]["p99"] / med["nginx"]["p99"]
-            print(f"ratio gateway/nginx: rps {rr:.2f} (bar >= 0.60)  p99 {pr:.2f} (bar <= 2.0)")
+            cr = med["nginx"]["cpu_us"] / med["gateway"]["cpu_us"]
+            print(f"ratio gateway/nginx: rps {rr:.2f} (bar >= 0.60)  p99 {pr:.2f} (bar <= 2.0)  "
+                  f"cpu-bound rps (nginx cpu/req / gateway cpu/req) {cr:.2f}")
     finally:
         for p in reversed(procs):
             if p.poll() is None:

@@ -237,16 +237,18 @@ class ClientConnection(asyncio.Protocol):
             self._client_error(431, "request header fields too large")
 
     # httptools callbacks ---------------------------------------------------------------------
-    def on_message_begin(self) -> None:
+    # (No on_message_begin: on_url comes first in every request and one callback is cheaper
+    # than two. A request that never gets past its method is closed by the idle timeout.)
+    def on_url(self, url: bytes) -> None:
+        if self._in_head:
+            self._url += url  # the URL arrived in pieces
+            return
         self._in_head = True
-        self._url = b""
+        self._url = url
         self._headers = []
         if self.active is None:
             self.deadline_kind = D_HEADER
             self.deadline = self.gw.now + self.cfg.header_timeout
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -537,12 +539,6 @@ class ClientConnection(asyncio.Protocol):
             self.deadline_kind = D_NONE
         self.out.append(head)
         return until_close
-
-    def _response_body(self, data: bytes) -> None:
-        if self.active.framing == FRAME_CHUNKED:
-            self.out.append(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.out.append(data)
 
     def flush(self) -> None:
         """Write what the last upstream read produced (see ``out``)."""
@@ -896,7 +892,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if not self.done:
-            self.client._response_body(body)
+            client = self.client
+            if client.active.framing == FRAME_CHUNKED:
+                client.out.append(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                client.out.append(body)
 
     def on_message_complete(self) -> None:
         if self.skip:
