@@ -100,7 +100,9 @@ def test_driver_needs_matching_field():
 
 def test_unknown_policy_and_missing_fields():
     probs = errors(stack(a=svc(autoscale={"policy": "magic"})))
-    assert probs and probs[0].startswith("services.a.autoscale")
+    assert probs == ["services.a.autoscale.policy: must be one of 'window', 'rate', 'none' (got 'magic')"]
+    assert errors(stack(a=svc(autoscale={"policy": "rate"}))) == [
+        "services.a.autoscale.target_rps_per_replica: required"]
     probs = errors({"name": "t", "services": {"a": {"command": ["x"]}}})
     assert probs == ["services.a.host_ports: required"]
 

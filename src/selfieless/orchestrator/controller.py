@@ -210,7 +210,20 @@ class Orchestrator:
         self._spawn(self._confirm_ejection(svc, rep))
 
     def status(self) -> dict:
-        """A plain-dict snapshot for the admin API, the CLI and the gateway's `/`."""
+        """A plain-dict (JSON-ready) snapshot for the admin API, the CLI and the gateway's `/`.
+
+        {"stack", "driver", "converged", "last_event_id",
+         "services": {name: {"desired", "actual", "ready", "min", "max", "host_ports", "routes",
+                             "policy", "api_requests", "last_decision",
+                             "window": None | {"seconds", "requests_per_replica", "count",
+                                               "started", "ends_in"},
+                             "pending": [{"port", "in", "reason"}],   # restarts waiting (backoff)
+                             "crash_loops": {port: failures},
+                             "replicas": [{"id", "port", "state", "health", "in_pool",
+                                           "in_flight", "requests", "restarts", "adopted",
+                                           "pid", "detail", "started_at", "uptime",
+                                           "last_error"}]}}}
+        """
         now = self._mono()
         out: dict[str, Any] = {
             "stack": self.stack.name,
@@ -277,7 +290,7 @@ class Orchestrator:
         # The gateway may have been built before the orchestrator existed; wire the callback now.
         if getattr(gw, "on_eject", "missing") is None:
             gw.on_eject = self.on_eject
-        if hasattr(gw, "status_provider"):
+        if getattr(gw, "status_provider", "missing") is None:
             gw.status_provider = self.status
 
     def _pool(self, service: str):

@@ -354,6 +354,11 @@ def _format(err: ValidationError) -> list[str]:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required"
+        elif e["type"] == "union_tag_invalid":
+            ctx = e["ctx"]
+            msg = f"{ctx['discriminator'].strip(chr(39))}: must be one of {ctx['expected_tags']} (got {ctx['tag']!r})"
+        elif e["type"] == "string_pattern_mismatch" and path == "name":
+            msg = "must start with a lowercase letter or digit and contain only a-z, 0-9, '.', '_', '-'"
         else:
             msg = e["msg"].replace("Input should be", "must be")
         for line in msg.split("\n"):
