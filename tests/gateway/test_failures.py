@@ -6,7 +6,7 @@ import http.client
 import threading
 import time
 
-from conftest import jrequest, request
+from gw_support import jrequest, request
 
 
 def test_sigkill_during_get_load_fails_no_request(make_gateway, proc_backends, loop_thread):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ThreadBackend, free_port, vm_kb, wait_port
+from gw_support import ThreadBackend, free_port, vm_kb, wait_port
 
 MiB = 1024 * 1024
 SRC = Path(__file__).resolve().parents[2] / "src"

@@ -8,8 +8,7 @@ import json
 import threading
 import time
 
-import pytest
-from conftest import ThreadBackend, jrequest, raw_exchange, request
+from gw_support import ThreadBackend, jrequest, raw_exchange, request
 
 
 def wait_for(pred, timeout=10.0, interval=0.02):
@@ -217,7 +216,7 @@ def test_504_on_slow_replica(make_gateway, backends):
 
 
 def test_refused_replica_ejected_and_retried(make_gateway, backends, loop_thread):
-    from conftest import free_port
+    from gw_support import free_port
     ejected = []
     gw = make_gateway(on_eject=lambda *a: ejected.append(a))
     dead = free_port()

@@ -146,3 +146,19 @@ def test_counting_rule_and_histogram():
         h.observe(v)
     assert h.counts == [2, 1, 1]
     assert h.cumulative() == [(0.1, 2), (1.0, 3), (float("inf"), 4)]
+
+
+def test_gateway_does_not_import_the_orchestrator():
+    import ast
+    from pathlib import Path
+
+    import selfieless.gateway as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any("orchestrator" in n for n in names), f"{path.name} imports {names}"
