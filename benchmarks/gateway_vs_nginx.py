@@ -2,8 +2,8 @@
 """Benchmark: our gateway vs nginx as a reverse proxy, same backend, same load (not a test).
 
     python benchmarks/gateway_vs_nginx.py                      # fast nginx `return 200` backend
-    python benchmarks/gateway_vs_nginx.py --backends 127.0.0.1:8000,127.0.0.1:8001 \
-        --path /api/v1/acts/count                               # hook: real replicas instead
+    python benchmarks/gateway_vs_nginx.py --backends http://127.0.0.1:8000,http://127.0.0.1:8001 \
+        --path /api/v1/categories                               # hook: real replicas instead
 
 Installs nothing: needs nginx, wrk and taskset on PATH (Debian: `apt-get install nginx wrk`).
 Each proxy runs as one process/worker pinned to its own core with taskset; wrk and the backend
@@ -94,6 +94,15 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"nothing listening on port {port}")
 
 
+def parse_backend(spec: str) -> tuple[str, int]:
+    """``127.0.0.1:8000`` or ``http://127.0.0.1:8000[/...]`` -> (host, port)."""
+    spec = spec.strip()
+    if "://" in spec:
+        spec = spec.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = spec.rpartition(":")
+    return host, int(port)
+
+
 def to_ms(value: str) -> float:
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
     if not m:
@@ -138,7 +147,8 @@ def run_wrk(url: str, args, pid: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", default="",
-                    help="HOST:PORT[,HOST:PORT...] of existing replicas (default: start nginx return 200)")
+                    help="HOST:PORT or http://HOST:PORT, comma-separated: existing replicas, e.g. real "
+                         "acts replicas (default: start an nginx `return 200` backend)")
     ap.add_argument("--path", default="/api/v1/bench", help="request path (must be under --prefix)")
     ap.add_argument("--prefix", default="/api/v1", help="gateway route prefix")
     ap.add_argument("--runs", type=int, default=3)
@@ -164,7 +174,7 @@ def main() -> None:
 
     try:
         if args.backends:
-            backends = [(h, int(p)) for h, _, p in (b.rpartition(":") for b in args.backends.split(","))]
+            backends = [parse_backend(b) for b in args.backends.split(",") if b.strip()]
         else:
             bport = free_port()
             Path(tmp, "backend.conf").write_text(BACKEND_CONF.format(tmp=tmp, port=bport))
