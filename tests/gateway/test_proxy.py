@@ -308,7 +308,9 @@ def test_counters(make_gateway, backends, loop_thread):
     for p in counted + ignored:
         request(gw.port, path=p)
     request(gw.port, "DELETE", path="/api/v1/acts")
-    st = loop_thread.call(gw.stats, "acts")
+    st = loop_thread.call(gw.stats, "acts")  # the live object; read it on the loop below
+    snap = loop_thread.call(st.snapshot)
+    assert snap["api_requests"] == len(counted) + 1
     assert st.api_requests == len(counted) + 1
     assert st.first_request_at is not None and t0 - 1 <= st.first_request_at <= time.monotonic()
     assert st.requests == len(counted) + 1 + 5  # forwarded, counted or not

@@ -553,16 +553,6 @@ class ClientConnection(asyncio.Protocol):
 
     def _response_done(self, conn, reusable: bool) -> None:
         r = self.active
-        out = self.out
-        if r.framing == FRAME_CHUNKED:
-            out.append(CHUNK_END)
-        if out:
-            if not self.closed:
-                if len(out) == 1:
-                    self.transport.write(out[0])
-                else:
-                    self.transport.writelines(out)
-            out.clear()
         self.upstream = None
         rep = r.replica
         r.replica = None
@@ -576,7 +566,8 @@ class ClientConnection(asyncio.Protocol):
             idle.append(conn)
         else:
             conn.close()
-        # ReplicaPool.release, inlined.
+        # Count before the last bytes go out, so whoever sees the response sees it counted.
+        # (ReplicaPool.release, inlined.)
         rep.in_flight -= 1
         rep.served += 1
         if rep.in_flight == 0 and rep._drain_waiters:
@@ -585,6 +576,16 @@ class ClientConnection(asyncio.Protocol):
         st.latency.observe(self.loop.time() - r.started_at)
         code = r.status
         st.status_classes[code // 100 if 100 <= code < 600 else 5] += 1
+        out = self.out
+        if r.framing == FRAME_CHUNKED:
+            out.append(CHUNK_END)
+        if out:
+            if not self.closed:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.writelines(out)
+            out.clear()
         self._finish(r)
 
     def _upstream_lost(self, conn, got_bytes: bool) -> None:
