@@ -547,8 +547,12 @@ class ClientConnection(asyncio.Protocol):
             if not self.closed:
                 if len(out) == 1:
                     self.transport.write(out[0])
+                elif len(out) < 8 and sum(map(len, out)) < 16384:
+                    # One small bytes object and write(): uvloop sends it straight away, while
+                    # writelines() takes libuv's queued-write path (a request and a callback).
+                    self.transport.write(b"".join(out))
                 else:
-                    self.transport.writelines(out)
+                    self.transport.writelines(out)  # large: no copying
             out.clear()
 
     def _response_done(self, conn, reusable: bool) -> None:
@@ -580,12 +584,7 @@ class ClientConnection(asyncio.Protocol):
         if r.framing == FRAME_CHUNKED:
             out.append(CHUNK_END)
         if out:
-            if not self.closed:
-                if len(out) == 1:
-                    self.transport.write(out[0])
-                else:
-                    self.transport.writelines(out)
-            out.clear()
+            self.flush()
         self._finish(r)
 
     def _upstream_lost(self, conn, got_bytes: bool) -> None:
