@@ -343,3 +343,13 @@ def test_idle_keepalive_closed_quietly(make_gateway, backends):
             data += chunk
         assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1") == 1  # no 408 after it
         assert time.monotonic() - t0 < 8
+
+
+def test_upgrade_request_is_proxied_as_plain_http_then_closed(make_gateway, backends):
+    gw = make_gateway(replicas={"acts": backends[:1]})
+    out = raw_exchange(gw.port, b"GET /api/v1/up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                                b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    names = [k for k, _ in json.loads(body)["headers"]]
+    assert "upgrade" not in names and "http2-settings" not in names and "connection" not in names

@@ -160,8 +160,8 @@ class ClientConnection(asyncio.Protocol):
         self.pending_error: tuple[int, str] | None = None
         self.deadline = 0.0
         self.deadline_kind = D_NONE
-        # Response bytes relayed during one upstream read, written with one writelines() when
-        # that read is processed: head and body of a small response leave in one syscall.
+        # Response bytes relayed during one upstream read, written together when that read is
+        # processed (see flush): head and body of a small response leave in one syscall.
         self.out: list = []
 
     # asyncio.Protocol ------------------------------------------------------------------------
