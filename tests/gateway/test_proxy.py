@@ -353,3 +353,11 @@ def test_upgrade_request_is_proxied_as_plain_http_then_closed(make_gateway, back
     assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
     names = [k for k, _ in json.loads(body)["headers"]]
     assert "upgrade" not in names and "http2-settings" not in names and "connection" not in names
+
+
+def test_stalled_request_body_gets_408(make_gateway, backends, loop_thread):
+    gw = make_gateway(replicas={"acts": backends[:1]}, body_timeout=0.5)
+    t0 = time.monotonic()
+    out = raw_exchange(gw.port, b"POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    assert out.startswith(b"HTTP/1.1 408") and b'"error"' in out and time.monotonic() - t0 < 8
+    assert wait_for(lambda: all(v.in_flight == 0 for v in replicas(loop_thread, gw).values()))
