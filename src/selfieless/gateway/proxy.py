@@ -142,6 +142,10 @@ class ClientConnection(asyncio.Protocol):
         self.retry_body_limit = cfg.retry_body_limit
         self.up_idle_timeout = cfg.upstream_idle_timeout
         self.up_max_idle = cfg.upstream_max_idle
+        self.header_timeout = cfg.header_timeout
+        self.body_timeout = cfg.body_timeout
+        self.keepalive_timeout = cfg.keepalive_timeout
+        self.response_timeout = cfg.response_timeout
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b"unknown"
@@ -248,7 +252,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         if self.active is None:
             self.deadline_kind = D_HEADER
-            self.deadline = self.gw.now + self.cfg.header_timeout
+            self.deadline = self.gw.now + self.header_timeout
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -356,7 +360,7 @@ class ClientConnection(asyncio.Protocol):
                 r.unsent = [body]
             self._pause(P_WAIT)
         if self.deadline_kind == D_BODY and r is self.active:
-            self.deadline = self.gw.now + self.cfg.body_timeout
+            self.deadline = self.gw.now + self.body_timeout
 
     def on_message_complete(self) -> None:
         r = self.cur
@@ -378,7 +382,7 @@ class ClientConnection(asyncio.Protocol):
         if r is self.active:
             if r.sent and not r.response_started:
                 self.deadline_kind = D_RESPONSE
-                self.deadline = self.gw.now + self.cfg.response_timeout
+                self.deadline = self.gw.now + self.response_timeout
             elif self.deadline_kind == D_BODY:
                 self.deadline_kind = D_NONE
 
@@ -394,7 +398,7 @@ class ClientConnection(asyncio.Protocol):
             if r.expect_continue:
                 self.transport.write(CONTINUE_100)
             self.deadline_kind = D_BODY
-            self.deadline = self.gw.now + self.cfg.body_timeout
+            self.deadline = self.gw.now + self.body_timeout
         self._dispatch(r)
 
     def _dispatch(self, r: Request, exclude=None) -> None:
@@ -507,7 +511,7 @@ class ClientConnection(asyncio.Protocol):
             conn.pause_reading()
         if r.complete:
             self.deadline_kind = D_RESPONSE
-            self.deadline = self.gw.now + self.cfg.response_timeout
+            self.deadline = self.gw.now + self.response_timeout
         if not r.accounted:
             # Counted once it reaches a replica, however many attempts it takes.
             r.accounted = True
@@ -651,10 +655,10 @@ class ClientConnection(asyncio.Protocol):
             self._unpause(P_PIPELINE)
         if self._in_head:
             self.deadline_kind = D_HEADER
-            self.deadline = self.gw.now + self.cfg.header_timeout
+            self.deadline = self.gw.now + self.header_timeout
         else:
             self.deadline_kind = D_IDLE
-            self.deadline = self.gw.now + self.cfg.keepalive_timeout
+            self.deadline = self.gw.now + self.keepalive_timeout
 
     def _answer_local(self, r: Request) -> None:
         status, payload = r.local
@@ -768,7 +772,7 @@ class ClientConnection(asyncio.Protocol):
             self._client_error(408, "request header timeout")
         elif kind == D_BODY:
             if self.pause_bits:
-                self.deadline = now + self.cfg.body_timeout  # we are the ones not reading
+                self.deadline = now + self.body_timeout  # we are the ones not reading
             else:
                 self._client_error(408, "request body timeout")
         elif kind == D_RESPONSE:
