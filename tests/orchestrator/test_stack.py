@@ -33,7 +33,7 @@ def errors(data):
 def test_bundled_stack_matches_the_course():
     s = load_stack(BUNDLED_STACK)
     acts, users = s.services["acts"], s.services["users"]
-    assert s.routes() == {"/api/v1/users": "users", "/api/v1": "acts"}
+    assert s.routes() == {"/api/v1/users": "users", "/api/v1": "acts", "/ui": "web"}
     assert list(acts.host_ports.ports) == list(range(8000, 8010))
     assert acts.autoscale == WindowPolicy(window_seconds=120, requests_per_replica=20)
     assert (acts.replicas.min, acts.replicas.max, acts.replicas.start_count) == (1, 10, 1)

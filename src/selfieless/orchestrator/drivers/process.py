@@ -10,6 +10,8 @@
 - Exits are noticed at once through a pidfd per replica registered with the event loop (works for
   adopted processes too, which are not our children); without pidfd support we fall back to
   polling every 100 ms.
+- Services with `preload: true` are forked from a preloader that imported the module once
+  (preload.py), so a replacement does not wait for the imports; anything else is a plain child.
 - Stop: SIGTERM (plus SIGCONT, so a SIGSTOPped replica can act on it) to the group, SIGKILL after
   the grace period.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -27,8 +30,12 @@ import time
 from pathlib import Path
 
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .preload import Preloader, PreloadError, module_of
+
+log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1
+PRELOAD_TIMEOUT = 30.0  # importing the module in the preloader; on a loaded machine it can be slow
 
 
 def _proc_start_ticks(pid: int) -> int | None:
@@ -100,6 +107,8 @@ class ProcessDriver(Driver):
         self._watched: dict[str, asyncio.Future] = {}          # replica id -> resolves on exit
         self._handles: dict[str, ReplicaHandle] = {}
         self._closing = False
+        self._preloaders: dict[str, Preloader] = {}             # module -> its preloader
+        self._preloader_lock = asyncio.Lock()
 
     # --- interface ---------------------------------------------------------------------------
 
@@ -117,18 +126,14 @@ class ProcessDriver(Driver):
             cmd[0] = sys.executable
         log_file = self.log_path / f"{spec.service}-{spec.host_port}.log"
         env = {**os.environ, **spec.environment}
-        with open(log_file, "ab") as log:
-            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
-            log.flush()
-            try:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True, close_fds=True)
-            except OSError as e:
-                raise DriverError(f"cannot start {cmd[0]!r}: {e.strerror}") from e
-        self._children[proc.pid] = proc
+        with open(log_file, "ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
+        pid = await self._fork_preloaded(spec, cmd, env, log_file) if spec.preload else None
+        if pid is None:
+            pid = self._spawn(cmd, env, log_file)
         handle = ReplicaHandle(
-            id=f"{spec.service}-{spec.host_port}-{proc.pid}", service=spec.service, port=spec.host_port,
-            started_at=time.time(), pid=proc.pid, detail=" ".join(cmd),
+            id=f"{spec.service}-{spec.host_port}-{pid}", service=spec.service, port=spec.host_port,
+            started_at=time.time(), pid=pid, detail=" ".join(cmd),
         )
         self._write_state(handle, cmd, str(log_file))
         self._handles[handle.id] = handle
@@ -181,6 +186,9 @@ class ProcessDriver(Driver):
 
     async def close(self) -> None:
         self._closing = True
+        for preloader in self._preloaders.values():
+            await asyncio.to_thread(preloader.close)
+        self._preloaders.clear()
         loop = asyncio.get_running_loop()
         for h in list(self._handles.values()):
             fd = getattr(self._watched.get(h.id), "_pidfd", None)
@@ -193,6 +201,37 @@ class ProcessDriver(Driver):
         return self.log_path / f"{service}-{port}.log"
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], log_file: Path) -> int:
+        with open(log_file, "ab") as out:
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True, close_fds=True)
+            except OSError as e:
+                raise DriverError(f"cannot start {cmd[0]!r}: {e.strerror}") from e
+        self._children[proc.pid] = proc
+        return proc.pid
+
+    async def _fork_preloaded(self, spec: LaunchSpec, cmd: list[str], env: dict[str, str],
+                              log_file: Path) -> int | None:
+        """A replica forked from the module's preloader; None (start it normally) when that fails."""
+        target = module_of(cmd)
+        if target is None:
+            log.warning("%s: preload needs a `python -m MODULE` command; starting normally", spec.service)
+            return None
+        module, args = target
+        try:
+            async with self._preloader_lock:
+                preloader = self._preloaders.get(module)
+                if preloader is None or not preloader.alive:
+                    preloader = Preloader(cmd[0], module, str(self.log_path / f"preload-{module}.log"))
+                    await asyncio.to_thread(preloader.wait_ready, PRELOAD_TIMEOUT)
+                    self._preloaders[module] = preloader
+            return await asyncio.to_thread(preloader.spawn, args, env, str(log_file))
+        except PreloadError as e:
+            log.warning("%s: %s; starting normally", spec.service, e)
+            self._preloaders.pop(module, None)
+            return None
 
     def _state_file(self, handle: ReplicaHandle) -> Path:
         return self.state_path / f"{handle.id}.json"
@@ -226,6 +265,9 @@ class ProcessDriver(Driver):
             pass
 
     def _reap(self, pid: int) -> int | None:
+        for preloader in self._preloaders.values():
+            if preloader.owns(pid):
+                return preloader.reap(pid)
         proc = self._children.pop(pid, None)
         if proc is not None:
             try:

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Failure detection and replacement times, and the autoscaler's reaction to a load step.
+
+Runs the orchestrator in-process (gateway + driver + control plane, as `selfieless up` does) with
+real acts replicas, keeps a steady GET load on the gateway, and injects faults one at a time:
+
+- SIGKILL of a replica (docker: `docker kill`),
+- `POST /api/v1/_crash` to a replica's own port,
+- SIGSTOP of a replica (docker: `docker pause`): alive but silent, only probes can tell.
+
+For each it reports how long until the control plane noticed (first exited/ejected/unhealthy event),
+how long until a new replica on the same port was in rotation, and how many client GETs failed.
+Then it measures the rate policy: a load step from idle, and the time until the first new replica
+serves. Bars (README): 0 failed GETs on SIGKILL; replacement ready <= 1 s (process) / 1.5 s
+(docker); first new replica serving <= 3 s after a load step.
+
+    python benchmarks/failover.py                      # process driver, 5 trials per fault
+    python benchmarks/failover.py --driver docker      # needs scripts/docker-prepare first
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+
+import httpx
+
+from selfieless.gateway import new_event_loop
+from selfieless.orchestrator.assemble import start_system
+from selfieless.orchestrator.stack import parse_stack
+
+BARS = {"replace_process": 1.0, "replace_docker": 1.5, "scale_out": 3.0}
+
+
+def acts_stack(driver: str, first_port: int, policy: dict, replicas: dict, preload: bool = True) -> object:
+    service = {
+        "preload": preload and driver == "process",
+        "host_ports": f"{first_port}-{first_port + 19}",
+        "routes": ["/api/v1"],
+        "health": {"interval": 1.0, "timeout": 1.0},   # the course defaults
+        "replicas": replicas,
+        "autoscale": policy,
+        "drain_timeout": 5,
+    }
+    if driver == "docker":
+        service.update(image="acts:latest", container_port=int(os.environ.get("ACTS_CONTAINER_PORT", "8080")),
+                       environment={"SELFIELESS_DATABASE_URL": "sqlite:////tmp/acts.db"})
+    else:
+        service["command"] = ["python", "-m", "selfieless.apps.acts", "--port", "{port}",
+                              "--database-url", "{database_url}", "--users-url", "{gateway_url}"]
+    return parse_stack({
+        "name": f"bench-{first_port}", "driver": driver,
+        "gateway": {"host": "127.0.0.1", "port": 0},
+        "variables": {"database_url": "sqlite:///{state_dir}/acts.db"},
+        "services": {"acts": service},
+    })
+
+
+class SteadyLoad:
+    """`concurrency` clients sending GETs back to back through the gateway; counts failures."""
+
+    def __init__(self, url: str, concurrency: int = 4, rate: float | None = None):
+        self.url, self.concurrency, self.rate = url, concurrency, rate
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def _client(self) -> None:
+        pause = self.concurrency / self.rate if self.rate else 0.0
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                try:
+                    r = await client.get(self.url)
+                    if r.status_code < 500:
+                        self.ok += 1
+                    else:
+                        self.failed.append(f"{r.status_code} {r.text[:80]}")
+                except httpx.HTTPError as exc:
+                    self.failed.append(type(exc).__name__)
+                if pause:
+                    next_at += pause
+                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                else:
+                    await asyncio.sleep(0)
+
+    def start(self) -> "SteadyLoad":
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(self.concurrency)]
+        return self
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+def replica_on(orch, port: int) -> dict | None:
+    for rep in orch.status()["services"]["acts"]["replicas"]:
+        if rep["port"] == port and rep["state"] not in ("stopping", "stopped"):
+            return rep
+    return None
+
+
+def in_rotation(system, port: int, old_id: str) -> bool:
+    return any(v.port == port and v.id != old_id and v.state == "ready"
+               for v in system.gateway.pool("acts").replicas)
+
+
+async def wait_for(predicate, timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.005)
+    return time.monotonic() - t0
+
+
+def docker_container(rep: dict):
+    import docker  # only for the docker driver
+
+    return docker.from_env().containers.get(rep["detail"].split()[0])
+
+
+async def inject(kind: str, driver: str, rep: dict) -> None:
+    if kind == "crash":
+        async with httpx.AsyncClient(trust_env=False) as client:
+            await client.post(f"http://127.0.0.1:{rep['port']}/api/v1/_crash")
+    elif driver == "docker":
+        container = await asyncio.to_thread(docker_container, rep)
+        await asyncio.to_thread(container.kill if kind == "sigkill" else container.pause)
+    else:
+        os.kill(rep["pid"], signal.SIGKILL if kind == "sigkill" else signal.SIGSTOP)
+
+
+async def fault_trial(system, driver: str, kind: str, port: int) -> dict:
+    orch = system.orchestrator
+    rep = replica_on(orch, port)
+    load = SteadyLoad(f"http://127.0.0.1:{system.gateway.port}/api/v1/categories").start()
+    await asyncio.sleep(0.5)
+    cursor = orch.events.last_id
+    wall0, t0 = time.time(), time.monotonic()
+    await inject(kind, driver, rep)
+    replaced = await wait_for(lambda: in_rotation(system, port, rep["id"]), 30, f"{kind}: replacement")
+    noticed = [e for e in orch.events.since(cursor)
+               if e.replica == rep["id"] and e.kind in ("exited", "ejected", "unhealthy")]
+    await asyncio.sleep(0.5)
+    await load.stop()
+    await wait_for(orch.converged, 30, "converged after the trial")
+    return {"detect": (noticed[0].ts - wall0) if noticed else None, "replace": replaced,
+            "failed": len(load.failed), "requests": load.ok + len(load.failed),
+            "failures": load.failed[:3], "elapsed": time.monotonic() - t0}
+
+
+async def scale_out_trial(driver: str, first_port: int, state_dir: str, preload: bool) -> dict:
+    """Rate policy, 25 req/s per replica: idle, then a paced 60 req/s step."""
+    stack = acts_stack(driver, first_port, {"policy": "rate", "target_rps_per_replica": 25,
+                                            "window_seconds": 2, "scale_in_delay": 60},
+                       {"initial": 1, "min": 1, "max": 10}, preload)
+    system = await start_system(stack, state_dir)
+    try:
+        await system.orchestrator.wait_ready(60)
+        await asyncio.sleep(1.0)
+        t0 = time.monotonic()
+        load = SteadyLoad(f"http://127.0.0.1:{system.gateway.port}/api/v1/categories", concurrency=4,
+                          rate=60).start()
+        reaction = await wait_for(lambda: sum(v.state == "ready" for v in system.gateway.pool("acts").replicas) >= 2,
+                                  30, "a second replica in rotation")
+        await load.stop()
+        return {"reaction": reaction, "failed": len(load.failed), "requests": load.ok + len(load.failed)}
+    finally:
+        await system.stop()
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"median {statistics.median(values):.3f} s, max {max(values):.3f} s"
+
+
+async def main(args) -> int:
+    results: dict = {"driver": args.driver, "trials": args.trials, "faults": {}, "scale_out": []}
+    state_dir = tempfile.mkdtemp(prefix="selfieless-failover-")
+    # Every trial faults a replica on a port not faulted before: a second failure on one port within
+    # 60 s is a crash loop, and its backoff delay is not what is measured here.
+    replicas = 1 + 3 * args.trials
+    stack = acts_stack(args.driver, args.first_port, {"policy": "none"},
+                       {"initial": replicas, "min": 1, "max": replicas}, not args.no_preload)
+    system = await start_system(stack, state_dir)
+    try:
+        await system.orchestrator.wait_ready(60)
+        fresh_ports = iter(range(args.first_port + 1, args.first_port + replicas))
+        for kind in ("sigkill", "crash", "sigstop"):
+            trials = []
+            for i in range(args.trials):
+                port = next(fresh_ports)
+                trials.append(await fault_trial(system, args.driver, kind, port))
+                t = trials[-1]
+                detect = f"{t['detect']:.3f}" if t["detect"] is not None else "-"
+                print(f"{kind:8} trial {i + 1}: detected {detect} s, replacement in rotation "
+                      f"{t['replace']:.3f} s, failed GETs {t['failed']}/{t['requests']}", flush=True)
+            results["faults"][kind] = trials
+    finally:
+        await system.stop()
+    for i in range(args.trials):
+        t = await scale_out_trial(args.driver, args.first_port + 20 + 20 * i, state_dir, not args.no_preload)
+        print(f"load step trial {i + 1}: first new replica serving after {t['reaction']:.3f} s, "
+              f"failed {t['failed']}/{t['requests']}", flush=True)
+        results["scale_out"].append(t)
+
+    bar = BARS[f"replace_{args.driver}"]
+    preload = "" if args.driver == "docker" else (", no preload" if args.no_preload else ", preload")
+    print(f"\n== {args.driver} driver{preload}, {args.trials} trials each ==")
+    ok = True
+    for kind, trials in results["faults"].items():
+        failed = sum(t["failed"] for t in trials)
+        sent = sum(t["requests"] for t in trials)
+        replace = [t["replace"] for t in trials]
+        print(f"{kind:8} detect: {summary([t['detect'] for t in trials if t['detect'] is not None])}; "
+              f"replacement: {summary(replace)}; failed GETs {failed}/{sent}")
+    kill = results["faults"]["sigkill"]
+    kill_ok = sum(t["failed"] for t in kill) == 0
+    replace_ok = statistics.median(t["replace"] for t in kill) <= bar
+    reaction = [t["reaction"] for t in results["scale_out"]]
+    scale_ok = statistics.median(reaction) <= BARS["scale_out"]
+    print(f"load step -> first new replica serving: {summary(reaction)}")
+    print(f"bars: 0 failed GETs on SIGKILL: {'PASS' if kill_ok else 'FAIL'}; "
+          f"SIGKILL replacement median <= {bar} s: {'PASS' if replace_ok else 'FAIL'}; "
+          f"load step median <= {BARS['scale_out']} s: {'PASS' if scale_ok else 'FAIL'}")
+    ok = kill_ok and replace_ok and scale_ok
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--driver", choices=["process", "docker"], default="process")
+    parser.add_argument("--trials", type=int, default=5, help="per fault, at most 6 (each uses a fresh replica)")
+    parser.add_argument("--first-port", type=int, default=21000, help="acts replicas use this port and the next "
+                        "19; the load-step runs use the 20 after those")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="process driver: start every replica as a fresh interpreter")
+    parser.add_argument("--json", help="also write the raw results here")
+    arguments = parser.parse_args()
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        sys.exit(runner.run(main(arguments)))
