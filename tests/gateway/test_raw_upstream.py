@@ -1,0 +1,79 @@
+"""Unusual replica responses, from a raw socket backend: close-delimited bodies, 1xx heads,
+garbage, a replica that closes after sending half a head."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from gw_support import request
+
+
+class RawBackend:
+    """Answers every connection with one canned byte string, then closes."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.id = f"raw{self.port}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_backend():
+    made = []
+
+    def make(reply: bytes) -> RawBackend:
+        b = RawBackend(reply)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def test_close_delimited_response_is_rechunked(make_gateway, raw_backend):
+    b = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\n" + b"z" * 70000)
+    gw = make_gateway(replicas={"acts": [b]})
+    st, h, body = request(gw.port)
+    assert st == 200 and body == b"z" * 70000 and h["transfer-encoding"] == "chunked"
+    assert h["x-a"] == "1"
+
+
+def test_informational_response_is_dropped(make_gateway, raw_backend):
+    b = raw_backend(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                    b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    gw = make_gateway(replicas={"acts": [b]})
+    st, h, body = request(gw.port)
+    assert st == 201 and body == b"ok" and "link" not in h
+
+
+def test_garbage_or_truncated_head_is_502(make_gateway, raw_backend):
+    for reply in (b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Len"):
+        ejected = []
+        b = raw_backend(reply)
+        gw = make_gateway(replicas={"acts": [b]}, on_eject=lambda *a: ejected.append(a))
+        st, h, body = request(gw.port)
+        assert st == 502 and b'"error"' in body
+        assert ejected == []  # it answered something: a bad replica, not a dead one
