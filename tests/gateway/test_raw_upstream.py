@@ -77,3 +77,33 @@ def test_garbage_or_truncated_head_is_502(make_gateway, raw_backend):
         st, h, body = request(gw.port)
         assert st == 502 and b'"error"' in body
         assert ejected == []  # it answered something: a bad replica, not a dead one
+
+
+def test_connect_timeout_tries_another_replica_then_504(make_gateway, backends, loop_thread):
+    # A listener that never accepts, with its accept queue filled: further SYNs are dropped,
+    # so connecting to it hangs (like a replica host that stopped answering).
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(hole.getsockname())
+        fillers.append(s)
+    try:
+        port = hole.getsockname()[1]
+        gw = make_gateway(replicas={"acts": [backends[0]]}, connect_timeout=0.5)
+        loop_thread.call(gw.pool("acts").add, "hole", "127.0.0.1", port)
+        for _ in range(2):  # round-robin reaches the hole once: retried on A, nothing ejected
+            st, _, body = request(gw.port)
+            assert st == 200
+        views = {v.id: v for v in loop_thread.call(lambda: gw.pool("acts").replicas)}
+        assert views["hole"].state == "ready" and views["hole"].in_flight == 0
+        loop_thread.call(gw.pool("acts").remove, backends[0].id)
+        st, _, body = request(gw.port)
+        assert st == 504 and b'"error"' in body
+    finally:
+        for s in fillers:
+            s.close()
+        hole.close()
