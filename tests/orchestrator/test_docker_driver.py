@@ -1,6 +1,11 @@
-"""The docker driver against a real engine; skipped when none answers (as on CI without docker)."""
+"""The docker driver: against a real engine with the project's own images (skipped, saying how to
+get them, when there is no engine or no image), against a fake SDK client (what it asks the
+engine for), and the stack's `dependencies` (the database of the Docker deployment) run by the
+orchestrator."""
 
 import asyncio
+import sys
+import time
 
 import pytest
 
@@ -8,14 +13,28 @@ from selfieless.orchestrator.drivers import make_driver, resolve_driver_kind
 from selfieless.orchestrator.drivers.base import LaunchSpec
 from selfieless.orchestrator.drivers.docker import docker_available
 
-from orch_helpers import free_port_range, wait_until
+from orch_helpers import FakeGateway, echo_command, free_port_range, wait_until
 
 WHY = docker_available()
-needs_docker = pytest.mark.skipif(
-    WHY is not None,
-    reason=f"{WHY}; to run: `apt-get install docker.io` and start dockerd (e.g. `dockerd &`), "
-           f"then pull a small HTTP image (nginx:alpine)",
-)
+
+
+def _image_missing(image: str) -> str | None:
+    if WHY is not None:
+        return WHY
+    import docker
+
+    try:
+        docker.from_env().images.get(image)
+        return None
+    except Exception:
+        return f"image {image} is missing"
+
+
+def needs_image(image: str):
+    why = _image_missing(image)
+    return pytest.mark.skipif(
+        why is not None, reason=f"{why}; run `scripts/docker-prepare` as root (installs docker.io, starts dockerd, "
+                                f"builds the images offline)")
 
 
 def test_auto_picks_process_without_an_engine(tmp_path):
@@ -26,38 +45,76 @@ def test_auto_picks_process_without_an_engine(tmp_path):
 
 
 @pytest.mark.docker
-@needs_docker
+@needs_image("web:latest")
 @pytest.mark.anyio
 async def test_container_lifecycle_labels_and_die_events():
-    from selfieless.orchestrator.drivers.docker import DockerDriver, LABEL_PORT, LABEL_SERVICE
+    """The real engine: start our web image, labels and published port, list, die event, stop."""
+    from selfieless.orchestrator.drivers.docker import LABEL_PORT, LABEL_SERVICE, LABEL_STACK, DockerDriver
 
     import httpx
 
     port = free_port_range(1)[0]
-    d = DockerDriver("selfieless-test")
-    h = await d.start(LaunchSpec(stack="selfieless-test", service="web", host_port=port, image="nginx:alpine",
+    stack = f"selfieless-test-{port}"
+    d = DockerDriver(stack)
+    h = await d.start(LaunchSpec(stack=stack, service="web", host_port=port, image="web:latest",
                                  container_port=80))
     try:
         assert "web" in h.id and h.port == port
         c = d.client.containers.get(h.id)
-        assert c.labels[LABEL_SERVICE] == "web" and c.labels[LABEL_PORT] == str(port)
+        assert c.labels == {LABEL_STACK: stack, LABEL_SERVICE: "web", LABEL_PORT: str(port)}
+        assert c.attrs["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
+        assert c.attrs["Config"]["User"] == "app"  # the image runs as a non-root user
 
         async def up():
             try:
                 async with httpx.AsyncClient() as cl:
-                    return (await cl.get(f"http://127.0.0.1:{port}/")).status_code == 200
+                    return (await cl.get(f"http://127.0.0.1:{port}/ui/_health")).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        await wait_until(up, 30, what="nginx container")
+        await wait_until(up, 30, what="web container")
         assert [x.id for x in await d.list()] == [h.id]
         exits = d.exits()
+        t0 = time.monotonic()
         await asyncio.to_thread(c.kill)
         ev = await asyncio.wait_for(exits.__anext__(), 10)
-        assert ev.replica_id == h.id and ev.service == "web"
+        assert ev.replica_id == h.id and ev.service == "web" and ev.port == port and ev.exit_code == 137
+        assert time.monotonic() - t0 < 2  # from the event stream, not a poll
     finally:
         await d.stop(h, grace=1)
         await d.close()
+    assert await d.list() == []
+
+
+@pytest.mark.docker
+@needs_image("web:latest")
+@pytest.mark.anyio
+async def test_network_fixed_name_loopback_publish_and_cleanup():
+    """What a dependency gets: a fixed name, its port on 127.0.0.1 only, the stack network (made
+    once even when starts race), and cleanup() removing the network."""
+    from selfieless.orchestrator.drivers.docker import DockerDriver
+
+    ports = free_port_range(3)
+    stack = f"selfieless-test-{ports[0]}"
+    d = DockerDriver(stack)
+    specs = [LaunchSpec(stack=stack, service=f"s{i}", host_port=p, image="web:latest", network=stack,
+                        extra_hosts={"host.docker.internal": "host-gateway"}) for i, p in enumerate(ports[:2])]
+    specs.append(LaunchSpec(stack=stack, service="dep", host_port=ports[2], image="web:latest", network=stack,
+                            name=f"{stack}-dep", host_ip="127.0.0.1"))
+    handles = await asyncio.gather(*(d.start(s) for s in specs))
+    try:
+        assert len(d.client.networks.list(names=[stack])) == 1
+        dep = d.client.containers.get(f"{stack}-dep")
+        assert dep.attrs["HostConfig"]["PortBindings"]["80/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(ports[2])}]
+        s0 = d.client.containers.get(handles[0].id)
+        assert "host.docker.internal:host-gateway" in s0.attrs["HostConfig"]["ExtraHosts"]
+        assert stack in s0.attrs["NetworkSettings"]["Networks"]
+    finally:
+        for h in handles:
+            await d.stop(h, grace=0)
+        await d.cleanup()
+        await d.close()
+    assert d.client.networks.list(names=[stack]) == []
     assert await d.list() == []
 
 
@@ -155,9 +212,18 @@ async def test_docker_driver_labels_ports_names_and_die_events():
     c.kill()
     ev = await asyncio.wait_for(exits.__anext__(), 5)
     assert (ev.replica_id, ev.service, ev.port, ev.exit_code) == (h.id, "acts", 8003, 137)
+    # Already dead: removed at once, no stop timeout to wait for.
     await d.stop(h, grace=2)
-    assert ("stop", h.id, 2) in client.calls and ("remove", h.id) in client.calls
+    assert ("remove", h.id) in client.calls and not [x for x in client.calls if x[0] == "stop"]
     assert await d.list() == []
+    # A running one gets `docker stop` with the grace period, then removal; grace 0 only removes
+    # with force (a kill).
+    h2 = await d.start(LaunchSpec(stack="selfieless", service="acts", host_port=8004, image="acts:latest"))
+    await d.stop(h2, grace=2)
+    assert client.calls[-2:] == [("stop", h2.id, 2), ("remove", h2.id)]
+    h3 = await d.start(LaunchSpec(stack="selfieless", service="acts", host_port=8005, image="acts:latest"))
+    await d.stop(h3, grace=0)
+    assert client.calls[-1] == ("remove", h3.id) and ("stop", h3.id, 0) not in client.calls
     await d.close()
 
 
@@ -171,3 +237,106 @@ async def test_docker_driver_removes_dead_containers_on_list():
     client.by_name[h.id].status = "exited"
     assert await d.list() == [] and h.id not in client.by_name
     await d.close()
+
+
+# --- dependencies: the stack model, and the orchestrator running one ---------------------------
+
+def _dep_stack(ports, **dep_overrides):
+    from selfieless.orchestrator.stack import parse_stack
+
+    tcp_server = [sys.executable, "-c",
+                  "import socket, sys, time; time.sleep(float(sys.argv[2])); s = socket.create_server(('127.0.0.1', "
+                  "int(sys.argv[1]))); [s.accept() for _ in iter(int, 1)]", "{port}", "0.6"]
+    dep = {"command": tcp_server, "container_port": 3306, "host_port": ports[-1],
+           "health": {"interval": 0.1, "timeout": 0.5}, "stop_timeout": 1, **dep_overrides}
+    svc = {"command": echo_command(), "host_ports": f"{ports[0]}-{ports[1]}", "routes": ["/api/v1"],
+           "health": {"interval": 0.2, "timeout": 0.5}, "replicas": {"initial": 1, "min": 1, "max": 2},
+           "depends_on": ["db"], "drain_timeout": 1}
+    return parse_stack({"name": f"dep-{ports[0]}", "driver": "process", "gateway": {"port": 0},
+                        "dependencies": {"db": dep}, "services": {"echo": svc}})
+
+
+def test_stack_dependencies_are_validated():
+    from selfieless.orchestrator.stack import BUNDLED_DOCKER_STACK, StackError, load_stack, parse_stack
+
+    s = load_stack(BUNDLED_DOCKER_STACK)
+    assert s.driver == "docker" and s.network == "selfieless" and list(s.dependencies) == ["db"]
+    db = s.dependencies["db"]
+    assert db.image == "selfieless/mariadb:latest" and db.volumes == {"selfieless-db-data": "/var/lib/mysql"}
+    assert s.services["acts"].depends_on == ["db"] and s.services["acts"].host_ports.ports == range(8000, 8010)
+    assert s.services["acts"].extra_hosts == {"host.docker.internal": "host-gateway"}
+    assert "{gateway_port}" in s.variables["users_url"]
+    assert s.gateway.host == "0.0.0.0" and "/api/v1" in s.routes() and "db" not in s.routes().values()
+    bad = {"name": "x", "driver": "docker",
+           "dependencies": {"db": {"container_port": 3306, "host_port": 8000},
+                            "echo": {"image": "m", "container_port": 1, "host_port": 9999}},
+           "services": {"echo": {"image": "a", "host_ports": "8000-8009", "depends_on": ["nope"]}}}
+    with pytest.raises(StackError) as e:
+        parse_stack(bad)
+    text = str(e.value)
+    for problem in ("dependencies.db.image: a dependency needs an `image`",):
+        assert problem in text, text
+    del bad["dependencies"]["db"]
+    with pytest.raises(StackError) as e:
+        parse_stack(bad)
+    assert "dependencies.echo: also the name of a service" in str(e.value)
+    assert "services.echo.depends_on: no dependency 'nope' (known: echo)" in str(e.value)
+
+
+@pytest.mark.anyio
+async def test_dependency_starts_first_stops_last_and_is_not_routed(tmp_path):
+    """A dependency (here a bare TCP server that takes 0.6 s to listen) is ready before the service
+    that depends on it starts; it never joins a gateway pool; it cannot be scaled; shutdown stops
+    the service first."""
+    from selfieless.orchestrator.controller import Orchestrator
+    from selfieless.orchestrator.drivers.process import ProcessDriver
+
+    ports = free_port_range(3)
+    stack = _dep_stack(ports)
+    gw = FakeGateway()
+    orch = Orchestrator(stack, ProcessDriver(stack.name, tmp_path), gw, state_dir=str(tmp_path))
+    await orch.start()
+    try:
+        await orch.wait_ready(20)
+        evs = [(e.kind, e.service) for e in orch.events.since(0)]
+        assert evs.index(("ready", "db")) < evs.index(("start", "echo"))
+        assert ("waiting", "echo") in evs
+        st = orch.status()["services"]
+        assert st["db"]["kind"] == "dependency" and st["echo"]["kind"] == "service"
+        assert st["db"]["replicas"][0]["port"] == ports[-1] and st["db"]["replicas"][0]["in_pool"] is False
+        assert "db" not in gw.pools
+        with pytest.raises(ValueError, match="dependency"):
+            await orch.scale("db", 2)
+        await orch.scale("echo", 2)
+        await orch.wait_ready(20)
+    finally:
+        await orch.stop()
+    stops = [e.service for e in orch.events.since(0) if e.kind == "stopped"]
+    assert stops == ["echo", "echo", "db"]
+
+
+@pytest.mark.anyio
+async def test_tcp_check_fails_when_a_proxy_accepts_and_closes():
+    """Docker's port proxy accepts while nothing listens in the container, then closes: not ready."""
+    from selfieless.orchestrator.health import tcp_probe
+
+    async def close_at_once(reader, writer):
+        writer.close()
+
+    async def greet(reader, writer):
+        writer.write(b"hello")
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    s1 = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    s2 = await asyncio.start_server(greet, "127.0.0.1", 0)
+    try:
+        p1, p2 = s1.sockets[0].getsockname()[1], s2.sockets[0].getsockname()[1]
+        assert (await tcp_probe("127.0.0.1", p1, 1.0))[0] is False
+        assert await tcp_probe("127.0.0.1", p2, 1.0) == (True, "open")
+        ok, detail = await tcp_probe("127.0.0.1", free_port_range(1)[0], 1.0)
+        assert not ok and "connection failed" in detail
+    finally:
+        s1.close()
+        s2.close()

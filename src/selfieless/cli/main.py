@@ -108,9 +108,12 @@ def up(
 def down(
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
     timeout: float = typer.Option(120.0, "--timeout", help="How long to wait for it to finish stopping (s)."),
+    volumes: bool = typer.Option(False, "--volumes", help="Docker driver: also remove the stack's data volumes "
+                                 "(the database), which are kept by default."),
 ):
     """Ask the running `selfieless up` to drain and stop everything, and wait until it has."""
     client = _client(admin, admin_token, state_dir)
+    st = _call(client.get, "/api/status") if volumes else None
     _call(client.post, "/api/shutdown")
     console.print(f"asked the stack at {client.url} to shut down; waiting for its replicas to drain...")
     deadline = time.monotonic() + timeout
@@ -119,6 +122,11 @@ def down(
             _fail(f"still running after {timeout:g} s")
         time.sleep(0.25)
     console.print("[green]stopped[/]")
+    if st is not None and st.get("driver") == "docker":
+        from selfieless.orchestrator.drivers.docker import remove_volumes
+
+        removed = remove_volumes(st["stack"])
+        console.print(f"removed volumes: {', '.join(removed) if removed else 'none'}")
 
 
 # ------------------------------------------------------------------------------------------------

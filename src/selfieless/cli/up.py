@@ -23,7 +23,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from selfieless.orchestrator.stack import BUNDLED_STACK, Stack, StackError, load_stack, parse_stack
+from selfieless.orchestrator.stack import (
+    BUNDLED_DOCKER_STACK,
+    BUNDLED_STACK,
+    Stack,
+    StackError,
+    load_stack,
+    parse_stack,
+)
 
 from .client import read_admin_file, remove_admin_file, write_admin_file
 
@@ -50,9 +57,24 @@ def _is_db_var(name: str) -> bool:
     return name == "database_url" or name.endswith("_database_url")
 
 
+def default_stack_path(driver: str | None) -> Path:
+    """Without a STACK argument: the Docker deployment (database container, every service in a
+    container) when the driver is or resolves to docker, else the local-process stack."""
+    if driver == "docker":
+        return BUNDLED_DOCKER_STACK
+    if driver in (None, "auto"):
+        setting = load_stack(BUNDLED_STACK).driver if driver is None else "auto"
+        from selfieless.orchestrator.drivers import resolve_driver_kind
+
+        if resolve_driver_kind(setting) == "docker":
+            return BUNDLED_DOCKER_STACK
+    return BUNDLED_STACK
+
+
 def prepare_stack(opts: UpOptions) -> Stack:
     """Load the stack file and apply the command-line overrides; re-validated as a whole."""
-    stack = load_stack(opts.stack_path or BUNDLED_STACK)
+    path = opts.stack_path or default_stack_path(opts.driver)
+    stack = load_stack(path)
     if opts.driver is None and opts.port is None and opts.database_url is None:
         return stack
     data: dict[str, Any] = stack.model_dump(mode="python")
@@ -73,7 +95,7 @@ def prepare_stack(opts: UpOptions) -> Stack:
                     hit = True
         if not hit:
             raise UpError("--database-url: this stack has no `database_url` / `*_database_url` variable to override")
-    return parse_stack(data, str(opts.stack_path or BUNDLED_STACK) + " (with command-line overrides)")
+    return parse_stack(data, str(path) + " (with command-line overrides)")
 
 
 def _bind_message(e: OSError, port: int, host: str) -> str:

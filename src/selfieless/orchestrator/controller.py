@@ -11,7 +11,10 @@ records of its replicas, and runs on one asyncio loop:
 - passive ejections from the gateway (`on_eject`): confirmed by an immediate probe, then the
   replica is replaced or put back;
 - an autoscaler task per service (autoscale.py), reading the gateway's request counters;
-- adoption at start (driver.list()) and graceful shutdown.
+- adoption at start (driver.list()) and graceful shutdown;
+- dependencies (the stack's `dependencies:`, e.g. the database) run as fixed one-replica services
+  without a gateway pool, checked over TCP; a service that `depends_on` one starts its first
+  replica only once the dependency is ready, and shutdown stops them last.
 
 Decisions live in the pure modules; this module only gathers inputs, applies decisions and emits
 events (events.py) that say why.
@@ -29,7 +32,7 @@ from . import autoscale as auto
 from .backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
-from .health import HttpProber, Probe, Verdict, verdict
+from .health import HttpProber, Probe, Verdict, tcp_probe, verdict
 from .plan import PENDING, CancelPending, Replace, Slot, Start, Stop, plan_service
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .stack import NoPolicy, RatePolicy, ServiceSpec, Stack, WindowPolicy, render
@@ -40,8 +43,11 @@ REPLICA_HOST = "127.0.0.1"
 # A starting replica is probed this often (not every `interval`): readiness is what a replacement
 # waits for, and a refused connection costs next to nothing.
 STARTING_PROBE_INTERVAL = 0.05
-# A replica being replaced is out of rotation already; it only has to free its port quickly.
+# A replica found running but not wanted (adoption) only has to free its port quickly.
 REPLACE_GRACE = 1.0
+# Replacing a broken replica (unhealthy, or exited) kills it at once: it is out of rotation already,
+# has nothing to finish, and its successor waits for the port.
+BROKEN_REPLACE_GRACE = 0.0
 # How often the rate policy samples the counters, and the window policy polls for a first request.
 RATE_SAMPLE_INTERVAL = 0.25
 FIRST_REQUEST_POLL = 0.1
@@ -69,6 +75,8 @@ class ServiceRuntime:
     window: auto.WindowState = field(default_factory=auto.WindowState)
     rate: auto.RateState = field(default_factory=auto.RateState)
     last_decision: str | None = None
+    dependency: bool = False          # a backing service from `dependencies:` (no pool, TCP check)
+    waiting_for: str | None = None    # the dependency a first start waits for (status, events)
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state in LIVE]
@@ -105,9 +113,13 @@ class Orchestrator:
         self._mono = monotonic
         self._wall = wall
         self._adopt = adopt
+        # Dependencies first: reconciled (started) before the services, stopped after them.
         self.services: dict[str, ServiceRuntime] = {
-            name: ServiceRuntime(name, spec, spec.replicas.start_count) for name, spec in stack.services.items()
+            name: ServiceRuntime(name, dep.as_service(), 1, dependency=True) for name, dep in stack.dependencies.items()
         }
+        self.services.update(
+            (name, ServiceRuntime(name, spec, spec.replicas.start_count)) for name, spec in stack.services.items()
+        )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()        # one-off work: stops, probes after ejection
         self._loops: list[asyncio.Task] = []          # long-running loops
@@ -157,13 +169,22 @@ class Orchestrator:
         for t in list(self._probers.values()):
             t.cancel()
         if stop_replicas:
-            jobs = []
-            for svc in self.services.values():
-                for rep in list(svc.replicas.values()):
-                    if rep.state in LIVE or rep.state in BROKEN:
-                        rep.transition(S.STOPPING, "orchestrator shutting down")
-                        jobs.append(self._stop_replica(svc, rep, drain=rep.in_pool, reason="orchestrator shutting down"))
-            await asyncio.gather(*jobs, return_exceptions=True)
+            # Services first (they may still be using a dependency while they drain), then dependencies.
+            for deps in (False, True):
+                jobs = []
+                for svc in self.services.values():
+                    if svc.dependency != deps:
+                        continue
+                    for rep in list(svc.replicas.values()):
+                        if rep.state in LIVE or rep.state in BROKEN:
+                            rep.transition(S.STOPPING, "orchestrator shutting down")
+                            jobs.append(self._stop_replica(svc, rep, drain=rep.in_pool,
+                                                           reason="orchestrator shutting down"))
+                await asyncio.gather(*jobs, return_exceptions=True)
+            try:
+                await self.driver.cleanup()
+            except Exception:
+                log.exception("driver cleanup failed")
         await self.driver.close()
         if self._prober is not None:
             await self._prober.aclose()
@@ -172,6 +193,8 @@ class Orchestrator:
     async def scale(self, service: str, n: int, reason: str = "manual scale") -> None:
         """Set the desired count now; the autoscaler carries on from it at its next decision."""
         svc = self._service(service)
+        if svc.dependency:
+            raise ValueError(f"{service} is a dependency: it always runs exactly one replica")
         limit = len(svc.spec.host_ports)
         if not 0 <= n <= limit:
             raise ValueError(f"{service}: replicas must be between 0 and {limit} (the size of its port range)")
@@ -233,7 +256,7 @@ class Orchestrator:
             "services": {},
         }
         for svc in self.services.values():
-            pool_views = {v.id: v for v in self._pool_views(svc.name)}
+            pool_views = {} if svc.dependency else {v.id: v for v in self._pool_views(svc.name)}
             stats = self._stats(svc.name)
             replicas = []
             for rep in sorted(svc.replicas.values(), key=lambda r: r.port):
@@ -276,6 +299,8 @@ class Orchestrator:
                     "ends_in": None if ws.window_start is None
                     else round(max(0.0, ws.window_start + policy.window_seconds - now), 3),
                 }
+            info["kind"] = "dependency" if svc.dependency else "service"
+            info["waiting_for"] = svc.waiting_for
             out["services"][svc.name] = info
         return out
 
@@ -312,13 +337,16 @@ class Orchestrator:
         return auto.Sample(st.api_requests, st.first_request_at)
 
     def _join_pool(self, rep: Replica) -> None:
+        if self.services[rep.service].dependency:
+            return  # no routes, no pool: other replicas reach it directly
         self._pool(rep.service).add(rep.id, REPLICA_HOST, rep.port)
         rep.in_pool = True
 
     def _leave_pool(self, rep: Replica) -> None:
         # Always tell the pool, even when we think it is out: it also forgets an entry the
         # gateway ejected by itself and still lists.
-        self._pool(rep.service).remove(rep.id)
+        if not self.services[rep.service].dependency:
+            self._pool(rep.service).remove(rep.id)
         rep.in_pool = False
 
     # ------------------------------------------------------------------------------------------
@@ -331,9 +359,24 @@ class Orchestrator:
             self._wake.clear()
             for svc in self.services.values():
                 try:
-                    self._reconcile(svc)
+                    if not self._blocked(svc):
+                        self._reconcile(svc)
                 except Exception:
                     log.exception("reconcile of %s failed", svc.name)
+
+    def _blocked(self, svc: ServiceRuntime) -> bool:
+        """A service with no replica yet waits until each of its dependencies has a ready one."""
+        if svc.replicas or svc.pending:
+            return False
+        for name in svc.spec.depends_on:
+            dep = self.services.get(name)
+            if dep is not None and not any(r.state == S.READY for r in dep.replicas.values()):
+                if svc.waiting_for != name:
+                    svc.waiting_for = name
+                    self.events.emit("waiting", svc.name, None, f"waiting for dependency {name} to be ready")
+                return True
+        svc.waiting_for = None
+        return False
 
     def _reconcile(self, svc: ServiceRuntime) -> None:
         actions = plan_service(svc.name, svc.desired, svc.slots(), svc.spec.host_ports.ports)
@@ -357,6 +400,9 @@ class Orchestrator:
         """Take a broken replica away and start a new one on the same port, after any backoff."""
         now = self._mono()
         cause = old.last_error or why
+        # A broken replica is out of rotation and has nothing to finish: kill it, so the port is free
+        # for the new one at once (a dependency, e.g. a database, gets its normal stop timeout).
+        grace = svc.spec.drain_timeout if svc.dependency else BROKEN_REPLACE_GRACE
         old.transition(S.STOPPING, f"replacing: {cause}")
         self._stop_probe(old)
         state, delay = record_failure(svc.backoff.get(old.port, BackoffState()), now, self.backoff_policy)
@@ -365,7 +411,7 @@ class Orchestrator:
         # The old one must be gone before the new one can bind the same port; shielded, so
         # cancelling the pending start (scale-in meanwhile) never leaves the old one half-stopped.
         stopping = self._spawn(self._stop_replica(svc, old, drain=False, reason=f"replaced: {cause}",
-                                                  grace=REPLACE_GRACE, quiet=True))
+                                                  grace=grace, quiet=True))
         if delay > 0:
             self.events.emit("backoff", svc.name, old.id,
                              f"crash loop on port {old.port} ({state.failures} failures in a row): "
@@ -446,13 +492,18 @@ class Orchestrator:
         values = {
             **self.stack.variables, **svc.spec.variables,
             "port": port, "service": svc.name, "stack": self.stack.name, "host": REPLICA_HOST,
-            "gateway_url": f"http://127.0.0.1:{gw_port}", "state_dir": self.state_dir,
+            "gateway_url": f"http://127.0.0.1:{gw_port}", "gateway_port": gw_port, "state_dir": self.state_dir,
         }
-        return LaunchSpec(
+        docker: dict[str, Any] = {"network": self.stack.network, "extra_hosts": dict(svc.spec.extra_hosts)}
+        if svc.dependency:
+            dep = self.stack.dependencies[svc.name]
+            docker.update(name=f"{self.stack.name}-{svc.name}", host_ip=REPLICA_HOST, volumes=dict(dep.volumes))
+        return LaunchSpec(**docker,
             stack=self.stack.name, service=svc.name, host_port=port,
             command=[render(a, values) for a in svc.spec.command] if svc.spec.command else None,
             image=svc.spec.image, container_port=svc.spec.container_port,
             environment={k: render(v, values) for k, v in svc.spec.environment.items()},
+            preload=getattr(svc.spec, "preload", False),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -470,10 +521,13 @@ class Orchestrator:
     async def _probe_once(self, svc: ServiceRuntime, rep: Replica) -> bool:
         hs = svc.spec.health
         assert self._probe_fn is not None
-        ok, detail = await self._probe_fn(REPLICA_HOST, rep.port, hs.path, hs.timeout)
+        if svc.dependency:
+            ok, detail = await tcp_probe(REPLICA_HOST, rep.port, hs.timeout)
+        else:
+            ok, detail = await self._probe_fn(REPLICA_HOST, rep.port, hs.path, hs.timeout)
         rep.last_probe_ok, rep.last_probe_at = ok, self._mono()
         if not ok:
-            rep.last_error = f"health probe {hs.path}: {detail}"
+            rep.last_error = f"health probe {'tcp' if svc.dependency else hs.path}: {detail}"
         return ok
 
     async def _probe_loop(self, svc: ServiceRuntime, rep: Replica) -> None:
@@ -505,10 +559,11 @@ class Orchestrator:
             self._join_pool(rep)
             svc.backoff[rep.port] = record_ready(svc.backoff.get(rep.port, BackoffState()), now)
             self.events.emit("ready", svc.name, rep.id,
-                             f"passed its first health probe {now - rep.started_at:.2f} s after start; in rotation")
+                             f"passed its first health probe {now - rep.started_at:.2f} s after start; "
+                             f"{'ready' if svc.dependency else 'in rotation'}")
             self._wake.set()
         elif v in (Verdict.HEALTHY, Verdict.RECOVERED):
-            if not rep.in_pool:
+            if not rep.in_pool and not svc.dependency:
                 self._join_pool(rep)
                 self.events.emit("ready", svc.name, rep.id, "health probe passed again; back in rotation")
         elif v == Verdict.UNHEALTHY:

@@ -7,6 +7,7 @@ pooled connection could hide that the replica stopped accepting new ones.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import Awaitable, Callable
 
@@ -43,6 +44,30 @@ class HttpProber:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+# How long a TCP check waits to see whether the peer closes a fresh connection at once.
+TCP_SETTLE = 0.2
+
+
+async def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """A dependency's check: a TCP connection opens and is not closed at once. (Docker's port
+    proxy accepts a connection even while nothing listens in the container, then closes it.)"""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except asyncio.TimeoutError:
+        return False, f"no connection within {timeout:g} s"
+    except OSError as e:
+        return False, f"connection failed ({e.strerror or e})"
+    try:
+        data = await asyncio.wait_for(reader.read(1), min(timeout, TCP_SETTLE))
+        return (True, "open") if data else (False, "connection closed at once")
+    except asyncio.TimeoutError:
+        return True, "open"  # a server that waits for the client to speak first
+    except OSError as e:
+        return False, f"connection reset ({e.strerror or e})"
+    finally:
+        writer.close()
 
 
 def _short(e: Exception) -> str:

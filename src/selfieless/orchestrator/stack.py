@@ -4,8 +4,10 @@ Validated with pydantic v2. Unknown keys are rejected (a typo in a stack file mu
 ignored), and every error names the field path and says what is wrong, for example
 ``services.acts.replicas.max: must be >= min (1)``.
 
-Defaults reproduce the original course project. A later, non-replicated ``dependencies:`` section
-(for the database container) can sit beside ``services:`` without changing anything here.
+Defaults reproduce the original course project. Beside the replicated ``services:`` a stack may
+list ``dependencies:``: backing services such as the database container, run as exactly one
+replica with no routes, a TCP health check, started before the services that `depends_on` them
+and stopped after them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pydantic import (
 __all__ = [
     "Stack",
     "ServiceSpec",
+    "DependencySpec",
+    "TcpHealthSpec",
     "GatewaySpec",
     "GatewayLimits",
     "HealthSpec",
@@ -42,14 +46,17 @@ __all__ = [
     "parse_stack",
     "render",
     "BUNDLED_STACK",
+    "BUNDLED_DOCKER_STACK",
     "BUILTIN_PLACEHOLDERS",
 ]
 
 BUNDLED_STACK = Path(__file__).resolve().parent.parent / "stacks" / "selfieless.yaml"
+# The same app as the course deploys it with Docker: MariaDB container, every service in a container.
+BUNDLED_DOCKER_STACK = BUNDLED_STACK.with_name("selfieless-docker.yaml")
 
 # Placeholders the orchestrator fills in itself when it starts a replica; anything else used in a
 # command or environment value must be declared under `variables`.
-BUILTIN_PLACEHOLDERS = frozenset({"port", "service", "stack", "host", "gateway_url", "state_dir"})
+BUILTIN_PLACEHOLDERS = frozenset({"port", "service", "stack", "host", "gateway_url", "gateway_port", "state_dir"})
 
 
 class StackError(ValueError):
@@ -202,6 +209,13 @@ class ServiceSpec(_Model):
     # Service-level placeholder values, overriding the stack-level `variables`.
     variables: dict[str, str] = Field(default_factory=dict)
     drain_timeout: Seconds = 10.0
+    # Process driver: fork replicas from a process that imported `python -m MODULE` once
+    # (drivers/preload.py). Only for modules that do no work at import time.
+    preload: bool = False
+    # Names of `dependencies` that must be ready before the first replica starts.
+    depends_on: list[str] = Field(default_factory=list)
+    # Docker driver: extra /etc/hosts entries, e.g. {host.docker.internal: host-gateway}.
+    extra_hosts: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("routes")
     @classmethod
@@ -237,6 +251,55 @@ class ServiceSpec(_Model):
         return self
 
 
+class TcpHealthSpec(_Model):
+    """A dependency is healthy when a TCP connection to its host port opens and is not closed at
+    once (a port proxy in front of a server that is not listening yet accepts, then closes)."""
+
+    interval: PositiveSeconds = 1.0
+    timeout: PositiveSeconds = 1.0
+    failure_threshold: int = Field(default=3, ge=1)
+    start_grace: PositiveSeconds = 120.0
+
+
+class DependencySpec(_Model):
+    """A backing service (the database): one replica, no routes, no autoscaling.
+
+    The docker driver names its container `<stack>-<name>` (the name other containers reach it
+    by on the stack's `network`) and publishes `container_port` on 127.0.0.1:`host_port` only,
+    for the health check. `volumes` (named volume -> path in the container) survive `down` unless
+    it is asked to remove them."""
+
+    image: str | None = None
+    command: list[str] | None = None
+    container_port: int = Field(ge=1, le=65535)
+    host_port: int = Field(ge=1, le=65535)
+    environment: dict[str, str] = Field(default_factory=dict)
+    variables: dict[str, str] = Field(default_factory=dict)
+    volumes: dict[str, str] = Field(default_factory=dict)
+    health: TcpHealthSpec = Field(default_factory=TcpHealthSpec)
+    stop_timeout: Seconds = 10.0
+
+    _env_strings = field_validator("environment", mode="before")(ServiceSpec._env_strings.__func__)
+
+    @model_validator(mode="after")
+    def _runnable(self) -> "DependencySpec":
+        if self.image is None and self.command is None:
+            raise ValueError("image: a dependency needs an `image` (docker driver) or a `command` (process driver)")
+        return self
+
+    def as_service(self) -> ServiceSpec:
+        """The same thing as a fixed one-replica service without routes (how the runtime runs it)."""
+        return ServiceSpec(
+            image=self.image, command=self.command, container_port=self.container_port,
+            host_ports=PortRange(first=self.host_port, last=self.host_port), routes=[],
+            health=HealthSpec(path="/", interval=self.health.interval, timeout=self.health.timeout,
+                              failure_threshold=self.health.failure_threshold,
+                              start_grace=self.health.start_grace),
+            replicas=ReplicasSpec(initial=1, min=1, max=1), autoscale=NoPolicy(policy="none"),
+            environment=self.environment, variables=self.variables, drain_timeout=self.stop_timeout,
+        )
+
+
 class GatewayLimits(_Model):
     """Names match selfieless.gateway.GatewayConfig fields, so they pass straight through."""
 
@@ -261,6 +324,10 @@ class Stack(_Model):
     driver: Literal["process", "docker", "auto"] = "auto"
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     variables: dict[str, str] = Field(default_factory=dict)
+    # Docker driver: a user-defined network every container of the stack joins (created on
+    # first start, removed when the stack stops); containers reach each other by name on it.
+    network: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    dependencies: dict[str, DependencySpec] = Field(default_factory=dict)
     services: dict[str, ServiceSpec]
 
     @field_validator("services")
@@ -278,7 +345,33 @@ class Stack(_Model):
         problems: list[str] = []
         owner: dict[int, str] = {}
         route_owner: dict[str, str] = {}
+        for name, dep in self.dependencies.items():
+            where = f"dependencies.{name}"
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+                problems.append(f"{where}: use lowercase letters, digits, '-' and '_' in the name")
+            if name in self.services:
+                problems.append(f"{where}: also the name of a service")
+            if dep.host_port in owner:
+                problems.append(f"{where}.host_port: port {dep.host_port} is also used by {owner[dep.host_port]!r}")
+            owner[dep.host_port] = name
+            if self.gateway.port and dep.host_port == self.gateway.port:
+                problems.append(f"{where}.host_port: the gateway's port")
+            if self.driver == "process" and dep.command is None:
+                problems.append(f"{where}.command: required with driver 'process'")
+            if self.driver == "docker" and dep.image is None:
+                problems.append(f"{where}.image: required with driver 'docker'")
+            known = BUILTIN_PLACEHOLDERS | set(self.variables) | set(dep.variables)
+            for i, arg in enumerate(dep.command or []):
+                for ph in _placeholders(arg) - known:
+                    problems.append(f"{where}.command[{i}]: unknown placeholder {{{ph}}}")
+            for key, val in dep.environment.items():
+                for ph in _placeholders(val) - known:
+                    problems.append(f"{where}.environment.{key}: unknown placeholder {{{ph}}}")
         for name, svc in self.services.items():
+            for d in svc.depends_on:
+                if d not in self.dependencies:
+                    problems.append(f"services.{name}.depends_on: no dependency {d!r} "
+                                    f"(known: {', '.join(sorted(self.dependencies)) or 'none'})")
             for p in svc.host_ports.ports:
                 if p in owner:
                     problems.append(f"services.{name}.host_ports: port {p} is also used by service {owner[p]!r}")

@@ -24,6 +24,13 @@ class LaunchSpec:
     image: str | None = None           # docker driver
     container_port: int = 80
     environment: dict[str, str] = field(default_factory=dict)
+    preload: bool = False              # process driver: fork from a preloaded interpreter (preload.py)
+    # Docker driver only (the process driver ignores them):
+    name: str | None = None               # a fixed container name (dependencies); else generated
+    host_ip: str = "0.0.0.0"              # address the host port is published on
+    network: str | None = None            # user-defined network to join (created if missing)
+    extra_hosts: dict[str, str] = field(default_factory=dict)
+    volumes: dict[str, str] = field(default_factory=dict)   # named volume -> path in the container
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,10 @@ class Driver(abc.ABC):
 
     async def close(self) -> None:
         """Release resources. Replicas keep running (so a restarted orchestrator can adopt them)."""
+
+    async def cleanup(self) -> None:
+        """After every replica was stopped: remove what the driver made for the stack beside its
+        replicas (the docker network). Data volumes stay."""
 
     async def exits(self) -> AsyncIterator[ExitEvent]:
         """Exit events as they happen, for replicas started or adopted by this driver."""

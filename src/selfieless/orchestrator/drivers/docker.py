@@ -3,8 +3,12 @@
 - Containers carry labels `selfieless.stack`, `selfieless.service`, `selfieless.port`; that is
   how a restarted orchestrator finds (adopts) them. Names are `<stack>-<service>-<port>-<suffix>`,
   so `docker ps | grep acts` lists exactly the acts replicas.
-- The container port is published on 0.0.0.0:<host port>.
-- Stop = `docker stop` with the grace period, then remove.
+- The container port is published on 0.0.0.0:<host port> (a dependency's on 127.0.0.1 only).
+- A stack `network` is a user-defined network every container joins (so they reach a dependency
+  such as `selfieless-db` by name); it is created on first use and removed by `cleanup()`.
+  Named volumes are created with the stack's label and kept until `remove_volumes()`.
+- Stop = `docker stop` with the grace period, then remove; grace 0 (replacing a broken replica)
+  removes with force at once, which kills it.
 - Exits come from the engine's event stream (`die` events for this stack's label), read in a
   thread because the SDK is blocking, and handed to the event loop.
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
@@ -54,6 +58,10 @@ class DockerDriver(Driver):
         self._event_stream: Any = None
         self._known: dict[str, ReplicaHandle] = {}   # container id -> handle
         self._stopping: set[str] = set()
+        # Starts run in parallel worker threads; creating the network twice would make two networks
+        # of the same name (docker allows that), so creation is serialised.
+        self._setup_lock = threading.Lock()
+        self._ready_setup: set[str] = set()
 
     def _handle(self, c: Any) -> ReplicaHandle:
         labels = c.labels or {}
@@ -67,9 +75,27 @@ class DockerDriver(Driver):
         if not spec.image:
             raise DriverError(f"service {spec.service!r} has no image for the docker driver")
         self._ensure_watcher()
-        name = f"{self.stack}-{spec.service}-{spec.host_port}-{secrets.token_hex(2)}"
+        name = spec.name or f"{self.stack}-{spec.service}-{spec.host_port}-{secrets.token_hex(2)}"
 
         def run() -> Any:
+            import docker.errors
+
+            extra: dict[str, Any] = {}
+            if spec.network:
+                self._ensure_network(spec.network)
+                extra["network"] = spec.network
+            if spec.extra_hosts:
+                extra["extra_hosts"] = dict(spec.extra_hosts)
+            if spec.volumes:
+                for vol in spec.volumes:
+                    self._ensure_volume(vol)
+                extra["volumes"] = {vol: {"bind": path, "mode": "rw"} for vol, path in spec.volumes.items()}
+            if spec.name:
+                # A fixed name: a leftover container of an earlier run would block it.
+                try:
+                    self.client.containers.get(name).remove(force=True)
+                except docker.errors.NotFound:
+                    pass
             return self.client.containers.run(
                 spec.image,
                 # The stack's `command` is the process driver's way to run the service; a
@@ -77,8 +103,9 @@ class DockerDriver(Driver):
                 name=name,
                 detach=True,
                 labels={LABEL_STACK: self.stack, LABEL_SERVICE: spec.service, LABEL_PORT: str(spec.host_port)},
-                ports={f"{spec.container_port}/tcp": ("0.0.0.0", spec.host_port)},
+                ports={f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
                 environment=spec.environment,
+                **extra,
             )
 
         try:
@@ -99,14 +126,18 @@ class DockerDriver(Driver):
                 c = self.client.containers.get(handle.id)
             except docker.errors.NotFound:
                 return
+            if grace > 0 and c.status == "running":
+                try:
+                    c.stop(timeout=max(1, int(round(grace))))
+                except docker.errors.APIError:
+                    pass  # already stopped or dying; removal below is what matters
             try:
-                c.stop(timeout=max(0, int(round(grace))))
-            except docker.errors.APIError:
-                pass  # already stopped or dying; removal below is what matters
-            try:
-                c.remove(force=True)
+                c.remove(force=True)  # kills it first if it still runs
             except docker.errors.NotFound:
                 pass
+            except docker.errors.APIError as e:
+                if "already in progress" not in str(e):
+                    raise
 
         try:
             await asyncio.to_thread(stop_and_remove)
@@ -131,6 +162,36 @@ class DockerDriver(Driver):
 
     async def adopt(self, handle: ReplicaHandle) -> None:
         self._ensure_watcher()
+
+    async def cleanup(self) -> None:
+        def remove_networks() -> None:
+            with self._setup_lock:
+                self._ready_setup.clear()
+            for net in self.client.networks.list(filters={"label": f"{LABEL_STACK}={self.stack}"}):
+                try:
+                    net.remove()
+                except Exception:
+                    pass  # still in use by a container someone else attached: leave it
+
+        await asyncio.to_thread(remove_networks)
+
+    def _ensure_network(self, name: str) -> None:
+        with self._setup_lock:
+            if name in self._ready_setup:
+                return
+            if not self.client.networks.list(names=[name]):
+                self.client.networks.create(name, driver="bridge", check_duplicate=True,
+                                            labels={LABEL_STACK: self.stack})
+            self._ready_setup.add(name)
+
+    def _ensure_volume(self, name: str) -> None:
+        import docker.errors
+
+        with self._setup_lock:
+            try:
+                self.client.volumes.get(name)
+            except docker.errors.NotFound:
+                self.client.volumes.create(name, labels={LABEL_STACK: self.stack})
 
     async def close(self) -> None:
         stream, self._event_stream = self._event_stream, None
@@ -170,6 +231,18 @@ class DockerDriver(Driver):
                 self._loop.call_soon_threadsafe(self._report_exit, event)
         except Exception:
             pass  # stream closed by close(), or the engine went away
+
+
+def remove_volumes(stack: str, client: Any = None) -> list[str]:
+    """Remove the named volumes the driver created for `stack` (its data); returns their names."""
+    import docker
+
+    client = client or docker.from_env()
+    removed = []
+    for vol in client.volumes.list(filters={"label": f"{LABEL_STACK}={stack}"}):
+        vol.remove(force=True)
+        removed.append(vol.name)
+    return removed
 
 
 def _parse_ts(value: str) -> float:
