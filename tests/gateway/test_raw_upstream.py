@@ -107,3 +107,18 @@ def test_connect_timeout_tries_another_replica_then_504(make_gateway, backends, 
         for s in fillers:
             s.close()
         hole.close()
+
+
+def test_replica_dying_between_head_and_body(make_gateway, raw_backend, backends, loop_thread):
+    """uvicorn writes head and body separately; a crash in between must not reach the client as
+    a truncated response: the head is held until body bytes come, so a GET goes elsewhere."""
+    dying = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    ejected = []
+    gw = make_gateway(replicas={"acts": [dying, backends[0]]}, on_eject=lambda *a: ejected.append(a))
+    st, _, body = request(gw.port)
+    assert st == 200 and b'"replica": "A"' in body
+    assert [e[1] for e in ejected] == [dying.id]
+    loop_thread.call(gw.pool("acts").add, dying.id, "127.0.0.1", dying.port)
+    loop_thread.call(gw.pool("acts").remove, backends[0].id)
+    st, h, body = request(gw.port, "POST", body=b"once")  # never replayed: a clean 502
+    assert st == 502 and h["content-type"] == "application/json" and b'"error"' in body

@@ -167,6 +167,9 @@ class ClientConnection(asyncio.Protocol):
         # Response bytes relayed during one upstream read, written together when that read is
         # processed (see flush): head and body of a small response leave in one syscall.
         self.out: list = []
+        # Whether any byte of the current response has been written to the client. Until then
+        # a replica that dies can still be replaced (the held head is simply dropped).
+        self.committed = False
 
     # asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -491,7 +494,8 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = conn
         conn.client = self
         conn.reused = reused
-        conn.got_bytes = conn.head_done = conn.until_close = conn.done = False
+        conn.got_bytes = conn.head_done = conn.until_close = conn.done = conn.body_seen = False
+        self.committed = False
         conn.headers = []
         conn.reason = b""
         data = r.replay if r.sent else r.unsent
@@ -558,6 +562,7 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self.transport.writelines(out)  # large: no copying
             out.clear()
+            self.committed = True
 
     def _response_done(self, conn, reusable: bool) -> None:
         r = self.active
@@ -598,9 +603,25 @@ class ClientConnection(asyncio.Protocol):
         rep = r.replica
         r.replica = None
         if r.response_started:
-            # Mid-body: nothing honest to add; closing tells the client the body is short.
+            if self.committed:
+                # Mid-body: nothing honest to add; closing tells the client the body is short.
+                r.pool.release(rep, False)
+                self._close()
+                return
+            # The replica died between its response head (held back, see
+            # UpstreamConnection.data_received) and its body: the client has seen nothing, so
+            # this is a failure before the response, handled as such below.
+            self.out.clear()
+            r.response_started = False
+            r.framing = 0
             r.pool.release(rep, False)
-            self._close()
+            r.pool.eject(rep, "connection closed in the middle of a response")
+            if self._replayable(r) and not r.retried_other:
+                r.retried_other = True
+                r.stats.retries += 1
+                self._dispatch(r)
+                return
+            self._gateway_error(r, 502, "replica closed the connection while responding")
             return
         r.pool.release(rep, False)
         if got_bytes:
@@ -721,6 +742,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream = None
             conn.client = None
             conn.abort()
+        self.out.clear()  # a held response head must not leak into what we answer instead
         rep = r.replica
         if rep is not None:
             r.replica = None
@@ -810,6 +832,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list = []
         self.reason = b""
         self.head_done = False
+        self.body_seen = False
         self.until_close = False
         self.done = False
         self.keep = False
@@ -832,7 +855,8 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            client.flush()
+            if self.body_seen or client.committed:
+                client.flush()  # relay the good part; the close tells the client it is short
             if self.client is client:
                 self.client = None
                 self.abort()
@@ -844,8 +868,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self.done and self.client is client:
             self.client = None
             client._response_done(self, self.keep)  # flushes, ending included
-        else:
+        elif self.body_seen or client.committed:
             client.flush()
+        # else: this read held only the response head. Keep it back until the next read brings
+        # body bytes (uvicorn, for one, writes head and body separately): if the replica dies
+        # in between, the client has seen nothing and the request can still go elsewhere.
 
     def eof_received(self):
         return False  # close our side too; connection_lost does the rest
@@ -896,6 +923,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if not self.done:
+            self.body_seen = True
             client = self.client
             if client.active.framing == FRAME_CHUNKED:
                 client.out.append(b"%x\r\n%b\r\n" % (len(body), body))
