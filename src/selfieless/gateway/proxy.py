@@ -19,6 +19,10 @@ this one moves bytes, keeps flow control and handles failures:
   another replica. A reused keep-alive connection that dies that way is taken as stale (the
   replica closed it while idle) and the request is retried on a fresh connection to the same
   replica.
+* A response head that arrives without body bytes is held until the next replica read (for a
+  streaming response: until its first body bytes). A replica that dies in between has shown the
+  client nothing, so the request is still retried elsewhere instead of answered with a
+  truncated response.
 * Timeouts are checked by one periodic sweep (see ``Gateway._sweep``) against per-connection
   deadlines, so the hot path only stores a float instead of arming a timer per request.
 """
