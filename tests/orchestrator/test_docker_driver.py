@@ -212,8 +212,10 @@ async def test_docker_driver_labels_ports_names_and_die_events():
     c.kill()
     ev = await asyncio.wait_for(exits.__anext__(), 5)
     assert (ev.replica_id, ev.service, ev.port, ev.exit_code) == (h.id, "acts", 8003, 137)
-    # Already dead: removed at once, no stop timeout to wait for.
+    # Already dead: its port is free, so stop() returns at once and the removal (no `docker stop`
+    # timeout) finishes in the background; close() waits for it.
     await d.stop(h, grace=2)
+    await asyncio.wait_for(asyncio.gather(*d._removals), 5)
     assert ("remove", h.id) in client.calls and not [x for x in client.calls if x[0] == "stop"]
     assert await d.list() == []
     # A running one gets `docker stop` with the grace period, then removal; grace 0 only removes

@@ -8,7 +8,9 @@
   such as `selfieless-db` by name); it is created on first use and removed by `cleanup()`.
   Named volumes are created with the stack's label and kept until `remove_volumes()`.
 - Stop = `docker stop` with the grace period, then remove; grace 0 (replacing a broken replica)
-  removes with force at once, which kills it.
+  removes with force at once, which kills it. A container that is already dead has freed its host
+  port: stop() returns at once and the removal finishes in the background, so its replacement
+  starts without waiting for it (a start that still finds the port taken retries briefly).
 - Exits come from the engine's event stream (`die` events for this stack's label), read in a
   thread because the SDK is blocking, and handed to the event loop.
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
@@ -27,6 +29,10 @@ from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 LABEL_STACK = "selfieless.stack"
 LABEL_SERVICE = "selfieless.service"
 LABEL_PORT = "selfieless.port"
+# How long a start retries while the engine still holds the host port of a container that just died.
+PORT_RETRY_SECONDS = 2.0
+_TRANSIENT = ("port is already allocated", "address already in use", "is already in use by container",
+              "already in progress")
 
 
 def docker_available(timeout: float = 2.0) -> str | None:
@@ -62,6 +68,7 @@ class DockerDriver(Driver):
         # of the same name (docker allows that), so creation is serialised.
         self._setup_lock = threading.Lock()
         self._ready_setup: set[str] = set()
+        self._removals: set[asyncio.Future] = set()   # background removals of dead containers
 
     def _handle(self, c: Any) -> ReplicaHandle:
         labels = c.labels or {}
@@ -90,23 +97,27 @@ class DockerDriver(Driver):
                 for vol in spec.volumes:
                     self._ensure_volume(vol)
                 extra["volumes"] = {vol: {"bind": path, "mode": "rw"} for vol, path in spec.volumes.items()}
-            if spec.name:
-                # A fixed name: a leftover container of an earlier run would block it.
+            deadline = time.monotonic() + PORT_RETRY_SECONDS
+            while True:
                 try:
-                    self.client.containers.get(name).remove(force=True)
-                except docker.errors.NotFound:
-                    pass
-            return self.client.containers.run(
-                spec.image,
-                # The stack's `command` is the process driver's way to run the service; a
-                # container runs its image's own entrypoint, listening on container_port.
-                name=name,
-                detach=True,
-                labels={LABEL_STACK: self.stack, LABEL_SERVICE: spec.service, LABEL_PORT: str(spec.host_port)},
-                ports={f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
-                environment=spec.environment,
-                **extra,
-            )
+                    if spec.name:
+                        # A fixed name: a leftover container (of an earlier run, or the one this
+                        # replaces, still being removed) would block it.
+                        try:
+                            self.client.containers.get(name).remove(force=True)
+                        except docker.errors.NotFound:
+                            pass
+                    return self._run(spec, name, extra)
+                except docker.errors.APIError as e:
+                    # The previous container on this port died, but the engine may still be
+                    # releasing its port mapping (or its name): retry for a moment.
+                    if not any(m in str(e) for m in _TRANSIENT) or time.monotonic() > deadline:
+                        raise
+                    try:
+                        self.client.containers.get(name).remove(force=True)  # a half-made one
+                    except docker.errors.APIError:
+                        pass
+                    time.sleep(0.05)
 
         try:
             c = await asyncio.to_thread(run)
@@ -116,21 +127,25 @@ class DockerDriver(Driver):
         self._known[c.id] = h
         return h
 
+    def _run(self, spec: LaunchSpec, name: str, extra: dict[str, Any]) -> Any:
+        return self.client.containers.run(
+            spec.image,
+            # The stack's `command` is the process driver's way to run the service; a
+            # container runs its image's own entrypoint, listening on container_port.
+            name=name,
+            detach=True,
+            labels={LABEL_STACK: self.stack, LABEL_SERVICE: spec.service, LABEL_PORT: str(spec.host_port)},
+            ports={f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
+            environment=spec.environment,
+            **extra,
+        )
+
     async def stop(self, handle: ReplicaHandle, grace: float = 5.0) -> None:
         import docker.errors
 
         self._stopping.add(handle.id)
 
-        def stop_and_remove() -> None:
-            try:
-                c = self.client.containers.get(handle.id)
-            except docker.errors.NotFound:
-                return
-            if grace > 0 and c.status == "running":
-                try:
-                    c.stop(timeout=max(1, int(round(grace))))
-                except docker.errors.APIError:
-                    pass  # already stopped or dying; removal below is what matters
+        def remove(c: Any) -> None:
             try:
                 c.remove(force=True)  # kills it first if it still runs
             except docker.errors.NotFound:
@@ -139,8 +154,27 @@ class DockerDriver(Driver):
                 if "already in progress" not in str(e):
                     raise
 
+        def stop_and_remove() -> Any:
+            try:
+                c = self.client.containers.get(handle.id)
+            except docker.errors.NotFound:
+                return None
+            if c.status in ("exited", "dead"):
+                return c  # its port is free already; removed in the background
+            if grace > 0 and c.status == "running":
+                try:
+                    c.stop(timeout=max(1, int(round(grace))))
+                except docker.errors.APIError:
+                    pass  # already stopped or dying; removal below is what matters
+            remove(c)
+            return None
+
         try:
-            await asyncio.to_thread(stop_and_remove)
+            dead = await asyncio.to_thread(stop_and_remove)
+            if dead is not None:
+                fut = asyncio.ensure_future(asyncio.to_thread(remove, dead))
+                self._removals.add(fut)
+                fut.add_done_callback(self._removals.discard)
         finally:
             self._stopping.discard(handle.id)
             self._known = {k: v for k, v in self._known.items() if v.id != handle.id}
@@ -194,6 +228,8 @@ class DockerDriver(Driver):
                 self.client.volumes.create(name, labels={LABEL_STACK: self.stack})
 
     async def close(self) -> None:
+        if self._removals:
+            await asyncio.wait(list(self._removals), timeout=30)
         stream, self._event_stream = self._event_stream, None
         if stream is not None:
             try:
