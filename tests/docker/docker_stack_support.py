@@ -1,0 +1,238 @@
+"""Helpers for the Docker deployment tests: a real `selfieless up --driver docker` in a subprocess,
+`docker ps` as the course grader reads it, and the skip reason when the machine is not prepared.
+
+(tests/docker has no __init__.py on purpose: it must never shadow the `docker` SDK package.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+IMAGES = ("users:latest", "acts:latest", "web:latest", "selfieless/mariadb:latest")
+LABEL_STACK = "selfieless.stack"
+
+
+def not_ready_reason() -> str | None:
+    """None when an engine answers and every image exists; else why not and what to run."""
+    from selfieless.orchestrator.drivers.docker import docker_available
+
+    why = docker_available()
+    if why is None:
+        import docker
+
+        client = docker.from_env()
+        missing = []
+        for image in IMAGES:
+            try:
+                client.images.get(image)
+            except Exception:
+                missing.append(image)
+        client.close()
+        if missing:
+            why = f"images missing: {', '.join(missing)}"
+    if why is None:
+        return None
+    return f"{why}. Run `scripts/docker-prepare` as root (installs docker.io, starts dockerd, builds the images offline)"
+
+
+NOT_READY = not_ready_reason()
+needs_docker_images = pytest.mark.skipif(NOT_READY is not None, reason=str(NOT_READY))
+
+
+def free_port(candidates=None) -> int:
+    for port in candidates or []:
+        if port_free(port):
+            return port
+    for _ in range(500):
+        port = random.randrange(20000, 32000)
+        if port_free(port):
+            return port
+    raise RuntimeError("no free port")
+
+
+def port_free(port: int) -> bool:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("0.0.0.0", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_range(n: int) -> range:
+    for _ in range(500):
+        first = random.randrange(20000, 32000 - n)
+        if all(port_free(p) for p in range(first, first + n)):
+            return range(first, first + n)
+    raise RuntimeError("no free port range")
+
+
+def docker_ps(*args: str) -> list[str]:
+    """`docker ps` lines (no header), newest first, exactly as a grader reads them."""
+    out = subprocess.run(["docker", "ps", *args], capture_output=True, text=True, check=True).stdout
+    return out.splitlines()[1:]
+
+
+def acts_lines() -> list[str]:
+    return [line for line in docker_ps() if "acts" in line]
+
+
+def stack_containers(stack: str, all: bool = True) -> list[str]:
+    args = ["-a"] if all else []
+    out = subprocess.run(["docker", "ps", *args, "-q", "--filter", f"label={LABEL_STACK}={stack}"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def inspect(container: str) -> dict:
+    out = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def make_stack_file(tmp_path: Path, name: str, window: float | None = None, ports: bool = True) -> Path:
+    """The bundled docker stack, optionally renamed (own network, volume, free ports) and with a
+    shorter autoscaling window."""
+    from selfieless.orchestrator.stack import BUNDLED_DOCKER_STACK
+
+    data = yaml.safe_load(BUNDLED_DOCKER_STACK.read_text())
+    if name != data["name"]:
+        data["name"] = name
+        data["network"] = name
+        data["variables"]["db_url"] = data["variables"]["db_url"].replace("selfieless-db", f"{name}-db")
+        db = data["dependencies"]["db"]
+        db["volumes"] = {f"{name}-db-data": "/var/lib/mysql"}
+    if ports:
+        acts = free_range(10)
+        data["services"]["acts"]["host_ports"] = f"{acts[0]}-{acts[-1]}"
+        for svc in ("users", "web"):
+            p = free_range(10)
+            data["services"][svc]["host_ports"] = f"{p[0]}-{p[-1]}"
+        data["dependencies"]["db"]["host_port"] = free_port()
+    if window is not None:
+        data["services"]["acts"]["autoscale"]["window_seconds"] = window
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Up:
+    """`selfieless up STACK --driver docker` as a subprocess on free gateway and admin ports."""
+
+    def __init__(self, stack_path: Path | None, state_dir: Path, gateway_port: int | None = None):
+        self.stack_path = stack_path
+        self.state_dir = state_dir
+        self.gateway_port = gateway_port or free_port()
+        self.admin_port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = state_dir / f"up-{time.time():.0f}.log"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def start(self) -> "Up":
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "selfieless", "up", "--driver", "docker", "--port", str(self.gateway_port),
+               "--admin-port", str(self.admin_port), "--state-dir", str(self.state_dir)]
+        if self.stack_path is not None:
+            cmd.insert(4, str(self.stack_path))
+        self.t_start = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, "COLUMNS": "200"})
+        return self
+
+    def status(self) -> dict | None:
+        try:
+            r = httpx.get(f"{self.admin}/api/status", timeout=2)
+            return r.json() if r.status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    def events(self) -> list[dict]:
+        r = httpx.get(f"{self.admin}/api/events", params={"after": 0}, timeout=2)
+        data = r.json()
+        return data["events"] if isinstance(data, dict) else data
+
+    def wait_converged(self, timeout: float = 120) -> float:
+        def ok():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"selfieless up exited ({self.proc.returncode}):\n{self.log()}")
+            st = self.status()
+            return st is not None and st["converged"]
+
+        wait_for(ok, timeout, 0.1, what=f"the stack to converge:\n{self.log()}")
+        return time.monotonic() - self.t_start
+
+    def replicas(self, service: str) -> list[dict]:
+        st = self.status()
+        return st["services"][service]["replicas"] if st else []
+
+    def ready_ports(self, service: str) -> list[int]:
+        return sorted(r["port"] for r in self.replicas(service) if r["state"] == "ready")
+
+    def served_by_port(self, service: str) -> dict[int, int]:
+        return {r["port"]: r["requests"] for r in self.replicas(service) if r["state"] == "ready"}
+
+    def down(self, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "selfieless", "down", "--state-dir", str(self.state_dir), *extra],
+                           capture_output=True, text=True, timeout=timeout)
+        if self.proc is not None:
+            self.proc.wait(timeout=timeout)
+        return r
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop_quietly(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()[-4000:]
+        except OSError:
+            return ""
