@@ -348,6 +348,9 @@ def validate(stack: Path = typer.Argument(..., help="Stack file to check.")):
         t.add_row(name, " ".join(svc.routes) or "-", str(svc.host_ports),
                   f"{svc.replicas.start_count}, {svc.replicas.min}..{svc.replicas.max}", pol_text,
                   f"{svc.health.path} every {svc.health.interval:g} s")
+    for name, dep in s.dependencies.items():
+        t.add_row(f"{name} (dependency)", "-", f"127.0.0.1:{dep.host_port}", "1, 1..1", "none",
+                  f"tcp every {dep.health.interval:g} s")
     console.print(t)
 
 
