@@ -6,31 +6,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 import threading
 import time
 
 from selfieless.orchestrator.stack import parse_stack
-
-
-def _free(port: int) -> bool:
-    s = socket.socket()
-    try:
-        s.bind(("0.0.0.0", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def free_port_range(n: int) -> range:
-    for _ in range(500):
-        first = random.randrange(20000, 60000 - n)
-        if all(_free(p) for p in range(first, first + n)):
-            return range(first, first + n)
-    raise RuntimeError("no free port range")
+from support.ports import free_port_range  # noqa: F401  (used by the tests)
 
 
 def acts_stack(ports: range, name: str = "admintest"):

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,38 +17,17 @@ import httpx
 import yaml
 
 from selfieless.orchestrator.stack import BUNDLED_STACK
-
-
-def _free(port: int) -> bool:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def free_port_range(n: int) -> range:
-    for _ in range(500):
-        first = random.randrange(20000, 60000 - n)
-        if all(_free(p) for p in range(first, first + n)):
-            return range(first, first + n)
-    raise RuntimeError("no free port range")
-
-
-def free_port() -> int:
-    return free_port_range(1)[0]
+from support.ports import free_port, free_port_range  # noqa: F401  (used by the tests)
 
 
 def write_test_stack(path: Path, acts_ports: range, users_ports: range, *, name: str | None = None,
                      window: float = 120, probe_interval: float = 0.5) -> Path:
-    """The bundled stack, on free port ranges, with faster probes; written as YAML to `path`."""
+    """The bundled stack's users and acts, on free port ranges, with faster probes; written as YAML."""
     data = yaml.safe_load(BUNDLED_STACK.read_text())
     data["name"] = name or f"clitest-{acts_ports[0]}"
     data["driver"] = "process"
     data["gateway"]["host"] = "127.0.0.1"
+    del data["services"]["web"]  # a static page: nothing the CLI tests look at
     for svc, ports in (("acts", acts_ports), ("users", users_ports)):
         s = data["services"][svc]
         s["host_ports"] = f"{ports[0]}-{ports[-1]}"

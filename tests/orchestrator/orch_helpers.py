@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 import sys
 import time
 from pathlib import Path
 
 import httpx
-import pytest
+
+from support.ports import free_port_range  # noqa: F401  (used by the tests)
 
 ECHO_APP = str(Path(__file__).with_name("echo_app.py"))
-
-
-def _free(port: int) -> bool:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def free_port_range(n: int) -> range:
-    """n consecutive free ports, randomised so parallel test runs do not collide.
-
-    Below the kernel's ephemeral range (32768+ by default): a port there can be taken at any
-    moment as the local end of some outgoing connection, and a replica then fails to bind.
-    """
-    for _ in range(200):
-        first = random.randrange(20000, 32000 - n)
-        if all(_free(p) for p in range(first, first + n)):
-            return range(first, first + n)
-    raise RuntimeError("no free port range")
-
-
 
 
 def echo_command() -> list[str]:

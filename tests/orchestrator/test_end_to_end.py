@@ -258,19 +258,20 @@ async def test_sigkilled_orchestrator_process_is_replaced_and_adopts(tmp_path):
 
 
 async def test_bundled_stack_runs_both_services(tmp_path):
-    """The bundled selfieless.yaml (ports moved off 8000/8100/80): users + acts, and acts checking a
-    username through the gateway ({gateway_url}) with the shared per-service databases."""
+    """The bundled selfieless.yaml (ports moved off 8000/8100/8200/80): users + acts + web, and acts
+    checking a username through the gateway ({gateway_url}) with the shared per-service databases."""
     import yaml
 
     from selfieless.orchestrator.stack import BUNDLED_STACK, parse_stack
 
     data = yaml.safe_load(BUNDLED_STACK.read_text())
-    acts_ports, users_ports = free_port_range(10), free_port_range(10)
+    acts_ports, users_ports, web_ports = free_port_range(10), free_port_range(10), free_port_range(10)
     data["name"] = f"bundled-{acts_ports[0]}"
     data["driver"] = "process"
     data["gateway"].update(host="127.0.0.1", port=0)
     data["services"]["acts"]["host_ports"] = f"{acts_ports[0]}-{acts_ports[-1]}"
     data["services"]["users"]["host_ports"] = f"{users_ports[0]}-{users_ports[-1]}"
+    data["services"]["web"]["host_ports"] = f"{web_ports[0]}-{web_ports[-1]}"
     system = await start_system(parse_stack(data), tmp_path)
     try:
         await system.orchestrator.wait_ready(30)
@@ -285,6 +286,8 @@ async def test_bundled_stack_runs_both_services(tmp_path):
             assert r.status_code == 201, r.text
             assert (await c.post(f"{base}/acts", json={**act, "actId": 2, "username": "bob"})).status_code == 400
             assert (await c.get(f"{base}/categories")).json() == {"Nature": 1}
+            page = await c.get(f"http://127.0.0.1:{system.gateway.port}/ui/")
+            assert page.status_code == 200 and "SelfieLessActs" in page.text
         st = system.orchestrator.status()["services"]
         assert st["users"]["ready"] == 1 and st["acts"]["ready"] == 1 and st["acts"]["policy"] == "window"
         assert (tmp_path / data["name"] / "acts.db").exists() and (tmp_path / data["name"] / "users.db").exists()

@@ -45,8 +45,10 @@ def api(web_stack):
     client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope, not session: playwright's sync API keeps an event loop running on this thread
+    # while it is open, and the asyncio tests that run after this module need the thread free.
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: {MISSING_CHROMIUM}")
     try:

@@ -10,52 +10,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import signal
-import subprocess
 import struct
-import sys
 import zlib
 from pathlib import Path
 
-import httpx
-
-from support.processes import ServiceProcess, free_port, wait_until
-
-
-class Process:
-    """A ``python -m MODULE ARGS`` child with its output in a log file; stop() ends its group."""
-
-    def __init__(self, name: str, module: str, args: list[str], log_dir: Path):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def wait_ok(self, url: str, timeout: float = 30) -> None:
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                return httpx.get(url, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_until(ready, timeout, what=f"{self.name} answering 200 at {url}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
+from support.ports import free_port
+from support.processes import ModuleProcess, ServiceProcess
 
 
 class WebStack:
@@ -67,16 +27,16 @@ class WebStack:
         self.url = f"http://127.0.0.1:{self.gateway_port}"
         self.users: ServiceProcess | None = None
         self.acts: ServiceProcess | None = None
-        self.web: Process | None = None
-        self.gateway: Process | None = None
+        self.web: ModuleProcess | None = None
+        self.gateway: ModuleProcess | None = None
 
     def start(self) -> "WebStack":
         try:
             self.users = ServiceProcess("users", f"sqlite:///{self.tmp / 'users.db'}", self.tmp)
             self.acts = ServiceProcess("acts", f"sqlite:///{self.tmp / 'acts.db'}", self.tmp, users_url=self.url)
             web_port = free_port()
-            self.web = Process("web", "selfieless.apps.web", ["--port", str(web_port)], self.tmp)
-            self.gateway = Process("gateway", "selfieless.gateway", [
+            self.web = ModuleProcess("web", "selfieless.apps.web", ["--port", str(web_port)], self.tmp)
+            self.gateway = ModuleProcess("gateway", "selfieless.gateway", [
                 "--port", str(self.gateway_port),
                 "--route", f"/ui=127.0.0.1:{web_port}",
                 "--route", f"/api/v1/users=127.0.0.1:{self.users.port}",
