@@ -24,14 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gw_backend import make_app  # noqa: E402
 
 from selfieless.gateway import new_event_loop  # noqa: E402
+from support.ports import free_port  # noqa: E402,F401  (also used by the tests)
 
 HERE = Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
