@@ -98,6 +98,7 @@ class DockerDriver(Driver):
                     self._ensure_volume(vol)
                 extra["volumes"] = {vol: {"bind": path, "mode": "rw"} for vol, path in spec.volumes.items()}
             deadline = time.monotonic() + PORT_RETRY_SECONDS
+            recreated = False
             while True:
                 try:
                     if spec.name:
@@ -109,6 +110,13 @@ class DockerDriver(Driver):
                             pass
                     return self._run(spec, name, extra)
                 except docker.errors.APIError as e:
+                    if spec.network and "network" in str(e) and "not found" in str(e) and not recreated:
+                        # Removed behind our back: make it again (once).
+                        recreated = True
+                        with self._setup_lock:
+                            self._ready_setup.discard(spec.network)
+                        self._ensure_network(spec.network)
+                        continue
                     # The previous container on this port died, but the engine may still be
                     # releasing its port mapping (or its name): retry for a moment.
                     if not any(m in str(e) for m in _TRANSIENT) or time.monotonic() > deadline:
@@ -198,6 +206,9 @@ class DockerDriver(Driver):
         self._ensure_watcher()
 
     async def cleanup(self) -> None:
+        if self._removals:  # a dead container still attached would keep the network in use
+            await asyncio.wait(list(self._removals), timeout=30)
+
         def remove_networks() -> None:
             with self._setup_lock:
                 self._ready_setup.clear()
