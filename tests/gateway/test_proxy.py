@@ -361,3 +361,14 @@ def test_stalled_request_body_gets_408(make_gateway, backends, loop_thread):
     out = raw_exchange(gw.port, b"POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     assert out.startswith(b"HTTP/1.1 408") and b'"error"' in out and time.monotonic() - t0 < 8
     assert wait_for(lambda: all(v.in_flight == 0 for v in replicas(loop_thread, gw).values()))
+
+
+def test_server_errors_are_passed_through_and_reported(make_gateway, backends):
+    errors = []
+    gw = make_gateway(replicas={"acts": backends[:1]}, on_replica_error=lambda *a: errors.append(a))
+    st, _, body = jrequest(gw.port, path="/api/v1/status?code=503")
+    assert st == 503 and body == {"replica": "A"}          # unchanged for the client
+    assert jrequest(gw.port, path="/api/v1/status?code=404")[0] == 404
+    assert jrequest(gw.port)[0] == 200
+    assert errors == [("acts", "A", 503)]                  # only the 5xx, with who answered it
+    assert [v.state for v in gw.pool("acts").replicas] == ["ready"]  # a hint, not an ejection

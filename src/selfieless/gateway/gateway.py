@@ -30,10 +30,14 @@ class Gateway:
         routes: Mapping[str, str] | None = None,
         on_eject: EjectCallback | None = None,
         status_provider: Callable[[], dict] | None = None,
+        on_replica_error: Callable[[str, str, int], object] | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
         self.routes = RouteTable(routes)  # read once per request: the swap is one assignment
         self.on_eject = on_eject
+        # (service, replica_id, status) for every 5xx a replica answers: the control plane may
+        # probe that replica at once instead of at its next health-check interval.
+        self.on_replica_error = on_replica_error
         self.status_provider = status_provider
         self.count_rule = CountRule(self.config.count_prefix, self.config.count_exclude)
         self.clients: set[ClientConnection] = set()
@@ -155,6 +159,11 @@ class Gateway:
         }
 
     # Internals ------------------------------------------------------------------------------
+    def replica_error(self, service: str, replica_id: str, status: int) -> None:
+        cb = self.on_replica_error
+        if cb is not None:
+            cb(service, replica_id, status)
+
     def _ejected(self, service: str, replica_id: str, reason: str) -> None:
         self.stats(service).ejections += 1
         cb = self.on_eject  # read at call time: the control plane may set it after start

@@ -593,6 +593,10 @@ class ClientConnection(asyncio.Protocol):
         st.latency.observe(self.loop.time() - r.started_at)
         code = r.status
         st.status_classes[code // 100 if 100 <= code < 600 else 5] += 1
+        if code >= 500:
+            # Passed through unchanged, but a hint worth a health probe now rather than at the
+            # next interval: a replica answering 500 to everything fails many requests per second.
+            self.gw.replica_error(r.pool.service, rep.id, code)
         out = self.out
         if r.framing == FRAME_CHUNKED:
             out.append(CHUNK_END)
