@@ -293,3 +293,33 @@ async def test_bundled_stack_runs_both_services(tmp_path):
         assert (tmp_path / data["name"] / "acts.db").exists() and (tmp_path / data["name"] / "users.db").exists()
     finally:
         await system.stop()
+
+
+async def test_a_replica_answering_5xx_is_probed_at_once(tmp_path):
+    """With a 30 s probe interval, only the gateway's 5xx hint can find a `_crash`ed replica fast."""
+    ports = free_port_range(10)
+    stack = acts_stack(ports, autoscale={"policy": "none"}, replicas={"initial": 2, "min": 1, "max": 10},
+                       health={"interval": 30, "timeout": 1.0})
+    system = await start_system(stack, tmp_path)
+    orch = system.orchestrator
+    load = None
+    try:
+        await orch.wait_ready(20)
+        load = Load(f"http://127.0.0.1:{system.gateway.port}/api/v1/categories").start()
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(trust_env=False) as c:
+            assert (await c.post(f"http://127.0.0.1:{ports[1]}/api/v1/_crash")).status_code == 200
+        t0 = time.monotonic()
+        await wait_until(lambda: ready_ports(system) == [ports[0]], 10, what="crashed replica out of rotation")
+        t_out = time.monotonic() - t0
+        await load.stop()
+        failed = [f for f in load.failures if "500" in f]
+        print(f"\n_crash -> out of rotation after {t_out:.3f} s; {len(failed)} of {load.ok + len(load.failures)} "
+              f"requests answered 500 meanwhile")
+        assert t_out < 2.0 * SLACK / 2.5
+        unhealthy = [e for e in orch.events.since(0) if e.kind == "unhealthy"]
+        assert unhealthy and "500" in unhealthy[0].reason
+    finally:
+        if load is not None and not load._stop.is_set():
+            await load.stop()
+        await system.stop()

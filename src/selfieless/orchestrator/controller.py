@@ -43,6 +43,8 @@ REPLICA_HOST = "127.0.0.1"
 # A starting replica is probed this often (not every `interval`): readiness is what a replacement
 # waits for, and a refused connection costs next to nothing.
 STARTING_PROBE_INTERVAL = 0.05
+# Earliest next probe after a gateway 5xx hint (see _probe_loop).
+HINTED_PROBE_GAP = 0.05
 # A replica found running but not wanted (adoption) only has to free its port quickly.
 REPLACE_GRACE = 1.0
 # Replacing a broken replica (unhealthy, or exited) kills it at once: it is out of rotation already,
@@ -124,6 +126,7 @@ class Orchestrator:
         self._tasks: set[asyncio.Task] = set()        # one-off work: stops, probes after ejection
         self._loops: list[asyncio.Task] = []          # long-running loops
         self._probers: dict[str, asyncio.Task] = {}   # replica id -> probe loop
+        self._probe_now: dict[str, asyncio.Event] = {}  # replica id -> set to cut its probe wait short
         self._running = False
         self._stopping = False
 
@@ -232,6 +235,13 @@ class Orchestrator:
         self.events.emit("ejected", service, replica_id, f"gateway took it out of rotation: {reason}")
         self._spawn(self._confirm_ejection(svc, rep))
 
+    def on_replica_error(self, service: str, replica_id: str, status: int) -> None:
+        """Gateway hint: a replica answered 5xx. Probe it now instead of at its next interval, so a
+        replica that fails everything (e.g. after `_crash`) leaves the rotation within milliseconds."""
+        wake = self._probe_now.get(replica_id)
+        if wake is not None:
+            wake.set()
+
     def status(self) -> dict:
         """A plain-dict (JSON-ready) snapshot for the admin API, the CLI and the gateway's `/`.
 
@@ -317,6 +327,8 @@ class Orchestrator:
             gw.on_eject = self.on_eject
         if getattr(gw, "status_provider", "missing") is None:
             gw.status_provider = self.status
+        if getattr(gw, "on_replica_error", "missing") is None:
+            gw.on_replica_error = self.on_replica_error
 
     def _pool(self, service: str):
         return self.gateway.pool(service)
@@ -532,9 +544,11 @@ class Orchestrator:
 
     async def _probe_loop(self, svc: ServiceRuntime, rep: Replica) -> None:
         hs = svc.spec.health
+        wake = self._probe_now[rep.id] = asyncio.Event()
         try:
             while rep.state in LIVE:
                 t0 = self._mono()
+                wake.clear()
                 ok = await self._probe_once(svc, rep)
                 if rep.state not in LIVE:
                     return
@@ -542,10 +556,19 @@ class Orchestrator:
                 if rep.state not in LIVE:
                     return
                 interval = hs.interval if rep.state == S.READY else min(hs.interval, STARTING_PROBE_INTERVAL)
-                await asyncio.sleep(max(0.0, interval - (self._mono() - t0)))
+                try:
+                    # A 5xx hint from the gateway ends the wait early, but never within
+                    # HINTED_PROBE_GAP of the last probe: a replica whose app fails some requests
+                    # while its health check passes must not be probed per failed request.
+                    await asyncio.wait_for(wake.wait(), max(0.0, interval - (self._mono() - t0)))
+                    await asyncio.sleep(max(0.0, HINTED_PROBE_GAP - (self._mono() - t0)))
+                except asyncio.TimeoutError:
+                    pass
         finally:
             if self._probers.get(rep.id) is asyncio.current_task():
                 del self._probers[rep.id]
+            if self._probe_now.get(rep.id) is wake:
+                del self._probe_now[rep.id]
 
     def _apply_probe(self, svc: ServiceRuntime, rep: Replica, ok: bool) -> None:
         hs = svc.spec.health
