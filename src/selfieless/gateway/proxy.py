@@ -30,6 +30,7 @@ this one moves bytes, keeps flow control and handles failures:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
@@ -463,6 +464,11 @@ class ClientConnection(asyncio.Protocol):
         except OSError as exc:
             self._connect_failed(r, rep, exc)
             return
+        if conn.closed or conn.transport.is_closing():
+            # Accepted, then reset before we could write (a replica dying with connections still
+            # in its listen backlog): nothing was sent, so this is a refusal, not a lost exchange.
+            self._connect_failed(r, rep, ConnectionResetError(errno.ECONNRESET, "reset right after connect"))
+            return
         r.waiter = None
         if self.closed or r is not self.active or r.replica is not rep:
             # The client left meanwhile: keep the fresh connection for the next request.
@@ -488,7 +494,8 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._gateway_error(r, 504, "replica connect timeout")
             return
-        reason = f"connection refused ({exc.strerror or exc.__class__.__name__})"
+        what = "connection reset" if isinstance(exc, ConnectionResetError) else "connection refused"
+        reason = f"{what} ({exc.strerror or exc.__class__.__name__})"
         r.pool.eject(rep, reason)
         r.stats.retries += 1
         self._dispatch(r)  # nothing of this attempt was sent: any method may go elsewhere
