@@ -50,7 +50,7 @@ def acts_stack(driver: str, first_port: int, policy: dict, replicas: dict, prelo
         "drain_timeout": 5,
     }
     if driver == "docker":
-        service.update(image="acts:latest", container_port=int(os.environ.get("ACTS_CONTAINER_PORT", "8080")),
+        service.update(image="acts:latest", container_port=int(os.environ.get("ACTS_CONTAINER_PORT", "80")),
                        environment={"SELFIELESS_DATABASE_URL": "sqlite:////tmp/acts.db"})
     else:
         service["command"] = ["python", "-m", "selfieless.apps.acts", "--port", "{port}",

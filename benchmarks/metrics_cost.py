@@ -159,7 +159,7 @@ def main() -> None:
                 if side == "on":
                     scraper = Scraper(admin + "/metrics", args.scrape_interval)
                     scraper.start()
-                res = run_wrk(url, args)
+                res = run_wrk(url, args, up.pid)
                 if scraper is not None:
                     scraper.stop.set()
                     scraper.join(10)
