@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from support.ports import free_port as any_free_port, free_port_range, port_is_free as port_free  # noqa: E402
 
 IMAGES = ("users:latest", "acts:latest", "web:latest", "selfieless/mariadb:latest")
 LABEL_STACK = "selfieless.stack"
@@ -52,34 +51,11 @@ needs_docker_images = pytest.mark.skipif(NOT_READY is not None, reason=str(NOT_R
 
 
 def free_port(candidates=None) -> int:
+    """The first free port among `candidates` (e.g. the course's 80), else any free one."""
     for port in candidates or []:
         if port_free(port):
             return port
-    for _ in range(500):
-        port = random.randrange(20000, 32000)
-        if port_free(port):
-            return port
-    raise RuntimeError("no free port")
-
-
-def port_free(port: int) -> bool:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("0.0.0.0", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def free_range(n: int) -> range:
-    for _ in range(500):
-        first = random.randrange(20000, 32000 - n)
-        if all(port_free(p) for p in range(first, first + n)):
-            return range(first, first + n)
-    raise RuntimeError("no free port range")
+    return any_free_port()
 
 
 def docker_ps(*args: str) -> list[str]:
@@ -135,10 +111,10 @@ def make_stack_file(tmp_path: Path, name: str, window: float | None = None, port
         db = data["dependencies"]["db"]
         db["volumes"] = {f"{name}-db-data": "/var/lib/mysql"}
     if ports:
-        acts = free_range(10)
+        acts = free_port_range(10)
         data["services"]["acts"]["host_ports"] = f"{acts[0]}-{acts[-1]}"
         for svc in ("users", "web"):
-            p = free_range(10)
+            p = free_port_range(10)
             data["services"][svc]["host_ports"] = f"{p[0]}-{p[-1]}"
         data["dependencies"]["db"]["host_port"] = free_port()
     if window is not None:
