@@ -356,17 +356,7 @@ class Stack(_Model):
             owner[dep.host_port] = name
             if self.gateway.port and dep.host_port == self.gateway.port:
                 problems.append(f"{where}.host_port: the gateway's port")
-            if self.driver == "process" and dep.command is None:
-                problems.append(f"{where}.command: required with driver 'process'")
-            if self.driver == "docker" and dep.image is None:
-                problems.append(f"{where}.image: required with driver 'docker'")
-            known = BUILTIN_PLACEHOLDERS | set(self.variables) | set(dep.variables)
-            for i, arg in enumerate(dep.command or []):
-                for ph in _placeholders(arg) - known:
-                    problems.append(f"{where}.command[{i}]: unknown placeholder {{{ph}}}")
-            for key, val in dep.environment.items():
-                for ph in _placeholders(val) - known:
-                    problems.append(f"{where}.environment.{key}: unknown placeholder {{{ph}}}")
+            problems += self._launch_problems(where, dep)
         for name, svc in self.services.items():
             for d in svc.depends_on:
                 if d not in self.dependencies:
@@ -383,21 +373,28 @@ class Stack(_Model):
                 if r in route_owner:
                     problems.append(f"services.{name}.routes: {r!r} is also routed to {route_owner[r]!r}")
                 route_owner[r] = name
-            if self.driver == "process" and svc.command is None:
-                problems.append(f"services.{name}.command: required with driver 'process'")
-            if self.driver == "docker" and svc.image is None:
-                problems.append(f"services.{name}.image: required with driver 'docker'")
-            known = BUILTIN_PLACEHOLDERS | set(self.variables) | set(svc.variables)
-            for i, arg in enumerate(svc.command or []):
-                for ph in _placeholders(arg) - known:
-                    problems.append(f"services.{name}.command[{i}]: unknown placeholder {{{ph}}} (known: {', '.join(sorted(known))})")
-            for key, val in svc.environment.items():
-                for ph in _placeholders(val) - known:
-                    problems.append(f"services.{name}.environment.{key}: unknown placeholder {{{ph}}}")
+            problems += self._launch_problems(f"services.{name}", svc)
         if problems:
             # Raised as one error; _format() splits the lines back into separate problems.
             raise ValueError("\n".join(problems))
         return self
+
+    def _launch_problems(self, where: str, spec: "ServiceSpec | DependencySpec") -> list[str]:
+        """What the chosen driver needs to start `spec`, and placeholders nobody defines."""
+        problems = []
+        if self.driver == "process" and spec.command is None:
+            problems.append(f"{where}.command: required with driver 'process'")
+        if self.driver == "docker" and spec.image is None:
+            problems.append(f"{where}.image: required with driver 'docker'")
+        known = BUILTIN_PLACEHOLDERS | set(self.variables) | set(spec.variables)
+        for i, arg in enumerate(spec.command or []):
+            for ph in _placeholders(arg) - known:
+                problems.append(f"{where}.command[{i}]: unknown placeholder {{{ph}}} "
+                                f"(known: {', '.join(sorted(known))})")
+        for key, val in spec.environment.items():
+            for ph in _placeholders(val) - known:
+                problems.append(f"{where}.environment.{key}: unknown placeholder {{{ph}}}")
+        return problems
 
     def gateway_config_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for selfieless.gateway.GatewayConfig."""
