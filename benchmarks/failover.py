@@ -167,7 +167,6 @@ async def scale_out_trial(driver: str, first_port: int, state_dir: str, preload:
     try:
         await system.orchestrator.wait_ready(60)
         await asyncio.sleep(1.0)
-        t0 = time.monotonic()
         load = SteadyLoad(f"http://127.0.0.1:{system.gateway.port}/api/v1/categories", concurrency=4,
                           rate=60).start()
         reaction = await wait_for(lambda: sum(v.state == "ready" for v in system.gateway.pool("acts").replicas) >= 2,

@@ -10,7 +10,7 @@ import threading
 import time
 
 from selfieless.orchestrator.stack import parse_stack
-from support.ports import free_port_range  # noqa: F401  (used by the tests)
+from support.ports import free_port_range
 
 
 def acts_stack(ports: range, name: str = "admintest"):

@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from selfieless.orchestrator.stack import BUNDLED_STACK
-from support.ports import free_port, free_port_range  # noqa: F401  (used by the tests)
+from support.ports import free_port
 
 
 def write_test_stack(path: Path, acts_ports: range, users_ports: range, *, name: str | None = None,

@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from cli_support import UpProcess, cli, free_port_range, pid_alive, replica_pids, run_cli, write_test_stack
+from cli_support import UpProcess, cli, pid_alive, replica_pids, run_cli, write_test_stack
+from support.ports import free_port_range
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 from support.ports import free_port as any_free_port, free_port_range, port_is_free as port_free  # noqa: E402
+from support.processes import wait_until  # noqa: E402
 
 IMAGES = ("users:latest", "acts:latest", "web:latest", "selfieless/mariadb:latest")
 LABEL_STACK = "selfieless.stack"
@@ -78,17 +79,6 @@ def stack_containers(stack: str, all: bool = True) -> list[str]:
 def inspect(container: str) -> dict:
     out = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True).stdout
     return json.loads(out)[0]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -174,7 +164,7 @@ class Up:
             st = self.status()
             return st is not None and st["converged"]
 
-        wait_for(ok, timeout, 0.1, what=f"the stack to converge:\n{self.log()}")
+        wait_until(ok, timeout, 0.1, what=f"the stack to converge:\n{self.log()}")
         return time.monotonic() - self.t_start
 
     def replicas(self, service: str) -> list[dict]:

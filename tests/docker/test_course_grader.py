@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from docker_stack_support import Up, acts_lines, free_port, make_stack_file, port_free, stack_containers, wait_for
+from docker_stack_support import Up, acts_lines, free_port, make_stack_file, port_free, stack_containers
+from support.processes import wait_until as wait_for
 
 COURSE_PORTS = [*range(8000, 8010), 8100, 8200, 13306]
 

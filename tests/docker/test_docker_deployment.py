@@ -12,7 +12,8 @@ import time
 import httpx
 import pytest
 
-from docker_stack_support import Up, http_ok, inspect, stack_containers, make_stack_file, wait_for
+from docker_stack_support import Up, http_ok, inspect, stack_containers, make_stack_file
+from support.processes import wait_until as wait_for
 
 STACK = f"sltest{random.randrange(10**6)}"
 

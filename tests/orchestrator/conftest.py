@@ -2,7 +2,7 @@
 
 import pytest
 
-from orch_helpers import free_port_range
+from support.ports import free_port_range
 
 
 @pytest.fixture

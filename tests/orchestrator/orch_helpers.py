@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 
-from support.ports import free_port_range  # noqa: F401  (used by the tests)
 
 ECHO_APP = str(Path(__file__).with_name("echo_app.py"))
 

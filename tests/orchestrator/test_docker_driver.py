@@ -13,7 +13,8 @@ from selfieless.orchestrator.drivers import make_driver, resolve_driver_kind
 from selfieless.orchestrator.drivers.base import LaunchSpec
 from selfieless.orchestrator.drivers.docker import docker_available
 
-from orch_helpers import FakeGateway, echo_command, free_port_range, wait_until
+from orch_helpers import FakeGateway, echo_command, wait_until
+from support.ports import free_port_range
 
 WHY = docker_available()
 

@@ -14,7 +14,8 @@ import pytest
 
 from selfieless.orchestrator.assemble import start_system
 
-from orch_helpers import Load, acts_stack, free_port_range, kinds, pids_by_port, wait_until
+from orch_helpers import Load, acts_stack, kinds, pids_by_port, wait_until
+from support.ports import free_port_range
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,8 @@ from selfieless.orchestrator.drivers.base import LaunchSpec
 from selfieless.orchestrator.drivers.preload import module_of
 from selfieless.orchestrator.drivers.process import ProcessDriver
 
-from orch_helpers import free_port_range, wait_until
+from orch_helpers import wait_until
+from support.ports import free_port_range
 
 pytestmark = pytest.mark.anyio
 

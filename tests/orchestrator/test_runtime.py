@@ -4,7 +4,6 @@ These check the control plane itself (probes, exits, replacement, scaling, adopt
 test_end_to_end.py runs the same things through the real gateway with client traffic.
 """
 
-import asyncio
 import os
 import signal
 import sys

@@ -6,7 +6,7 @@ answer; the crash flag is deliberately per process, so one replica fails and its
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
