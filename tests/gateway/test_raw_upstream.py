@@ -4,6 +4,7 @@ garbage, a replica that closes after sending half a head."""
 from __future__ import annotations
 
 import socket
+import time
 import threading
 
 import pytest
@@ -122,3 +123,65 @@ def test_replica_dying_between_head_and_body(make_gateway, raw_backend, backends
     loop_thread.call(gw.pool("acts").remove, backends[0].id)
     st, h, body = request(gw.port, "POST", body=b"once")  # never replayed: a clean 502
     assert st == 502 and h["content-type"] == "application/json" and b'"error"' in body
+
+
+class StallingBackend(RawBackend):
+    """Sends ``reply`` and then keeps the connection open, silent, until the test ends."""
+
+    def _serve(self) -> None:
+        self.held = []
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            conn.sendall(self.reply)
+            self.held.append(conn)  # never closed by us: only the gateway's timeout can end it
+
+    def close(self) -> None:
+        super().close()
+        for conn in getattr(self, "held", []):
+            conn.close()
+
+
+def test_replica_stalling_mid_body_is_cut_off(make_gateway):
+    """A replica that stops sending halfway through its body must not hold the client forever:
+    after response_timeout of silence the client connection is closed (the body is short)."""
+    stall = StallingBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+    try:
+        gw = make_gateway(replicas={"acts": [stall]}, response_timeout=0.5)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+            s.sendall(b"GET /api/v1/x HTTP/1.1\r\nHost: t\r\n\r\n")
+            got = b""
+            started = time.monotonic()
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            waited = time.monotonic() - started
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"x" * 40)
+        assert 0.4 < waited < 5, waited
+        assert gw.stats("acts").gateway_errors == 1
+    finally:
+        stall.close()
+
+
+def test_replica_stalling_after_head_is_504(make_gateway):
+    """Head sent, body never: nothing reached the client yet (the head is held back until body
+    bytes come), so it gets a clean 504 instead of a response that never ends."""
+    stall = StallingBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    try:
+        gw = make_gateway(replicas={"acts": [stall]}, response_timeout=0.5)
+        started = time.monotonic()
+        st, _, body = request(gw.port)
+        assert st == 504 and b"timeout" in body
+        assert time.monotonic() - started < 5
+    finally:
+        stall.close()

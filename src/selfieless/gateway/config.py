@@ -31,7 +31,10 @@ class GatewayConfig:
     body_timeout: float = 60.0  # longest silence while a request body streams in, 408
     keepalive_timeout: float = 15.0  # idle client connection closed quietly
     connect_timeout: float = 3.0  # TCP connect to a replica
-    response_timeout: float = 60.0  # request sent -> response head from the replica, 504
+    # Request sent -> response head from the replica (504), and afterwards the longest silence
+    # of a replica while its response body streams (the client connection is then closed,
+    # which tells it the body is short), like nginx's proxy_read_timeout.
+    response_timeout: float = 60.0
     upstream_idle_timeout: float = 3.0  # pooled replica connection unused this long is closed;
     # keep it below the replicas' own keep-alive timeout (uvicorn: 5 s) so we rarely reuse a
     # connection that the replica is closing at the same moment

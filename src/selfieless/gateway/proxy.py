@@ -61,7 +61,7 @@ D_NONE = 0
 D_IDLE = 1  # keep-alive idle: close quietly
 D_HEADER = 2  # reading a request head: 408
 D_BODY = 3  # reading a request body: 408
-D_RESPONSE = 4  # waiting for the replica's response head: 504
+D_RESPONSE = 4  # waiting for the replica: its response head (504), or more of its body (close)
 D_LINGER = 5  # answered and half-closed, draining what the client still sends: close
 
 # Closing a socket with unread input makes the kernel send RST, which can destroy the error
@@ -388,7 +388,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 r.unsent = [*r.unsent, CHUNK_END]
         if r is self.active:
-            if r.sent and not r.response_started:
+            if r.sent:
                 self.deadline_kind = D_RESPONSE
                 self.deadline = self.gw.now + self.response_timeout
             elif self.deadline_kind == D_BODY:
@@ -555,7 +555,7 @@ class ClientConnection(asyncio.Protocol):
         r.status = code
         r.response_started = True
         if self.deadline_kind == D_RESPONSE:
-            self.deadline_kind = D_NONE
+            self.deadline = self.gw.now + self.response_timeout  # now: silence within the body
         self.out.append(head)
         return until_close
 
@@ -814,10 +814,25 @@ class ClientConnection(asyncio.Protocol):
                 self._client_error(408, "request body timeout")
         elif kind == D_RESPONSE:
             r = self.active
-            if r is None or r.response_started:
+            if r is None:
                 self.deadline_kind = D_NONE
                 return
             conn = self.upstream
+            if conn is not None and conn.read_paused:
+                self.deadline = now + self.response_timeout  # we are the ones not reading
+                return
+            if r.response_started:
+                if self.committed:
+                    # Stalled in the middle of the body: nothing honest to add, and closing
+                    # tells the client its response is short.
+                    if r.stats is not None:
+                        r.stats.gateway_errors += 1
+                    self._abort_exchange(r)
+                    self._close()
+                    return
+                # Only a held-back head: the client has seen nothing, so it gets a clean 504.
+                self.out.clear()
+                r.response_started = False
             if conn is not None:
                 self.upstream = None
                 conn.client = None
@@ -883,7 +898,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.done and self.client is client:
             self.client = None
             client._response_done(self, self.keep)  # flushes, ending included
-        elif self.body_seen or client.committed:
+            return
+        client.deadline = self.gw.now + client.response_timeout  # the replica is not silent
+        if self.body_seen or client.committed:
             client.flush()
         # else: this read held only the response head. Keep it back until the next read brings
         # body bytes (uvicorn, for one, writes head and body separately): if the replica dies
