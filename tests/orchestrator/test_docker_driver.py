@@ -50,7 +50,8 @@ def test_auto_picks_process_without_an_engine(tmp_path, monkeypatch):
 @pytest.mark.anyio
 async def test_container_lifecycle_labels_and_die_events():
     """The real engine: start our web image, labels and published port, list, die event, stop."""
-    from selfieless.orchestrator.drivers.docker import LABEL_PORT, LABEL_SERVICE, LABEL_STACK, DockerDriver
+    from selfieless.orchestrator.drivers.docker import (CPU_SHARES, LABEL_PORT, LABEL_SERVICE, LABEL_STACK,
+                                                        START_CPU_BOOST, DockerDriver)
 
     import httpx
 
@@ -65,6 +66,11 @@ async def test_container_lifecycle_labels_and_die_events():
         assert c.labels == {LABEL_STACK: stack, LABEL_SERVICE: "web", LABEL_PORT: str(port)}
         assert c.attrs["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
         assert c.attrs["Config"]["User"] == "app"  # the image runs as a non-root user
+        # The orchestrator probes it; the image's own HEALTHCHECK would only cost CPU.
+        assert c.attrs["Config"]["Healthcheck"]["Test"] == ["NONE"]
+        assert c.attrs["HostConfig"]["CpuShares"] == CPU_SHARES * START_CPU_BOOST
+        await d.ready(h)
+        assert d.client.api.inspect_container(h.id)["HostConfig"]["CpuShares"] == CPU_SHARES
 
         async def up():
             try:
@@ -125,9 +131,9 @@ import queue  # noqa: E402
 
 
 class FakeContainer:
-    def __init__(self, client, name, image, labels, ports, environment):
+    def __init__(self, client, name, image, labels, ports, environment, options):
         self.client, self.name, self.image, self.labels = client, name, image, labels
-        self.ports, self.environment = ports, environment
+        self.ports, self.environment, self.options = ports, environment, options
         self.id = f"{abs(hash(name)):x}" * 4
         self.status = "running"
         self.attrs = {"Created": "2026-01-01T00:00:00.123456789Z"}
@@ -151,13 +157,14 @@ class FakeContainers:
 
     def run(self, image, name, detach, labels, ports, environment, **kw):
         assert detach and "command" not in kw
-        c = FakeContainer(self.client, name, image, labels, ports, environment)
+        c = FakeContainer(self.client, name, image, labels, ports, environment, kw)
         self.client.by_name[name] = c
         return c
 
     def get(self, name):
         import docker.errors
 
+        self.client.engine_free.wait()
         try:
             return self.client.by_name[name]
         except KeyError:
@@ -183,11 +190,29 @@ class FakeEvents:
         self.q.put(None)
 
 
+class FakeApi:
+    def __init__(self, client):
+        self.client = client
+
+    def update_container(self, name, cpu_shares):
+        import docker.errors
+
+        self.client.calls.append(("update", name, cpu_shares))
+        if name not in self.client.by_name:
+            raise docker.errors.NotFound(name)
+        self.client.by_name[name].options["cpu_shares"] = cpu_shares
+
+
 class FakeDockerClient:
     def __init__(self):
+        import threading
+
         self.by_name, self.calls, self.events_q = {}, [], queue.Queue()
         self.containers = FakeContainers(self)
+        self.api = FakeApi(self)
         self.event_filters = None
+        self.engine_free = threading.Event()  # cleared: inspecting a container blocks (a busy engine)
+        self.engine_free.set()
 
     def events(self, decode, filters):
         self.event_filters = filters
@@ -213,9 +238,13 @@ async def test_docker_driver_labels_ports_names_and_die_events():
     c.kill()
     ev = await asyncio.wait_for(exits.__anext__(), 5)
     assert (ev.replica_id, ev.service, ev.port, ev.exit_code) == (h.id, "acts", 8003, 137)
-    # Already dead: its port is free, so stop() returns at once and the removal (no `docker stop`
-    # timeout) finishes in the background; close() waits for it.
-    await d.stop(h, grace=2)
+    # Reported dead: its port is free, so stop() returns at once, without asking the engine (which
+    # is still busy with the exit), and the removal (no `docker stop` timeout) finishes in the
+    # background; close() waits for it.
+    client.engine_free.clear()
+    await asyncio.wait_for(d.stop(h, grace=2), 1)
+    assert ("remove", h.id) not in client.calls
+    client.engine_free.set()
     await asyncio.wait_for(asyncio.gather(*d._removals), 5)
     assert ("remove", h.id) in client.calls and not [x for x in client.calls if x[0] == "stop"]
     assert await d.list() == []
@@ -227,6 +256,24 @@ async def test_docker_driver_labels_ports_names_and_die_events():
     h3 = await d.start(LaunchSpec(stack="selfieless", service="acts", host_port=8005, image="acts:latest"))
     await d.stop(h3, grace=0)
     assert client.calls[-1] == ("remove", h3.id) and ("stop", h3.id, 0) not in client.calls
+    await d.close()
+
+
+@pytest.mark.anyio
+async def test_docker_driver_boosts_cpu_until_ready_and_leaves_health_to_the_orchestrator():
+    from selfieless.orchestrator.drivers.docker import CPU_SHARES, START_CPU_BOOST, DockerDriver
+
+    assert START_CPU_BOOST > 1
+    client = FakeDockerClient()
+    d = DockerDriver("s", client=client)
+    h = await d.start(LaunchSpec(stack="s", service="acts", host_port=8000, image="acts:latest"))
+    options = client.by_name[h.id].options
+    assert options["cpu_shares"] == CPU_SHARES * START_CPU_BOOST
+    assert options["healthcheck"] == {"test": ["NONE"]}
+    await d.ready(h)
+    assert client.calls[-1] == ("update", h.id, CPU_SHARES) and options["cpu_shares"] == CPU_SHARES
+    await d.stop(h, grace=0)
+    await d.ready(h)  # gone meanwhile: nothing to take back, and no error
     await d.close()
 
 

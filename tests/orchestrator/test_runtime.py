@@ -61,6 +61,34 @@ async def test_start_status_replace_after_sigkill(tmp_path, ports):
     assert await ProcessDriver(stack.name, tmp_path).list() == []
 
 
+class ReadyRecordingDriver(ProcessDriver):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.ready_ids: list[str] = []
+
+    async def ready(self, handle):
+        self.ready_ids.append(handle.id)
+
+
+async def test_driver_is_told_once_when_each_replica_becomes_ready(tmp_path, ports):
+    """What lets the docker driver take back a starting container's CPU boost."""
+    stack = echo_stack(ports, replicas={"initial": 2})
+    driver = ReadyRecordingDriver(stack.name, tmp_path)
+    orch = Orchestrator(stack, driver, FakeGateway(), state_dir=str(tmp_path))
+    await orch.start()
+    try:
+        await orch.wait_ready(15)
+        first = sorted(r["id"] for r in orch.status()["services"]["echo"]["replicas"])
+        await wait_until(lambda: sorted(driver.ready_ids) == first, 5, what="ready() for both replicas")
+        os.kill(pids_by_port(orch)[ports[0]], signal.SIGKILL)
+        new = await wait_until(lambda: (r := orch.status()["services"]["echo"]["replicas"][0])["id"] not in first
+                               and r["state"] == "ready" and r["id"], 10, what="replacement ready")
+        await wait_until(lambda: driver.ready_ids[-1:] == [new], 5, what="ready() for the replacement")
+        assert len(driver.ready_ids) == 3
+    finally:
+        await orch.stop()
+
+
 async def test_crash_endpoint_makes_it_unhealthy_and_replaced_on_same_port(tmp_path, ports):
     orch, gw = await launch(tmp_path, echo_stack(ports))
     try:

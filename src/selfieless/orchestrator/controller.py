@@ -580,6 +580,8 @@ class Orchestrator:
             rep.ready_at = now
             rep.last_error = None
             self._join_pool(rep)
+            if rep.handle is not None:
+                self._spawn(self._driver_ready(rep))
             svc.backoff[rep.port] = record_ready(svc.backoff.get(rep.port, BackoffState()), now)
             self.events.emit("ready", svc.name, rep.id,
                              f"passed its first health probe {now - rep.started_at:.2f} s after start; "
@@ -591,6 +593,12 @@ class Orchestrator:
                 self.events.emit("ready", svc.name, rep.id, "health probe passed again; back in rotation")
         elif v == Verdict.UNHEALTHY:
             self._mark_unhealthy(svc, rep, rep.last_error or "health probe failed")
+
+    async def _driver_ready(self, rep: Replica) -> None:
+        try:
+            await self.driver.ready(rep.handle)
+        except Exception:
+            log.exception("driver: marking %s ready failed", rep.id)
 
     def _mark_unhealthy(self, svc: ServiceRuntime, rep: Replica, why: str) -> None:
         if rep.in_pool or rep.state == S.READY:

@@ -77,6 +77,10 @@ class Driver(abc.ABC):
     async def adopt(self, handle: ReplicaHandle) -> None:
         """Start watching a replica found by list() so its exit is reported."""
 
+    async def ready(self, handle: ReplicaHandle) -> None:
+        """The replica passed its first health probe: a driver may now take back what it gave the
+        replica only to start quickly."""
+
     async def close(self) -> None:
         """Release resources. Replicas keep running (so a restarted orchestrator can adopt them)."""
 
