@@ -87,6 +87,7 @@ async def test_container_lifecycle_labels_and_die_events():
         ev = await asyncio.wait_for(exits.__anext__(), 10)
         assert ev.replica_id == h.id and ev.service == "web" and ev.port == port and ev.exit_code == 137
         assert time.monotonic() - t0 < 2  # from the event stream, not a poll
+        assert h.detail in d._dead  # the engine's event names it by the id the handle carries
     finally:
         await d.stop(h, grace=1)
         await d.close()
@@ -144,7 +145,8 @@ class FakeContainer:
 
     def kill(self):
         self.status = "exited"
-        self.client.events_q.put({"Actor": {"Attributes": {"name": self.name, "exitCode": "137", **self.labels}}})
+        self.client.events_q.put({"id": self.id, "Actor": {"Attributes": {"name": self.name, "exitCode": "137",
+                                                                           **self.labels}}})
 
     def remove(self, force=False):
         self.client.calls.append(("remove", self.name))

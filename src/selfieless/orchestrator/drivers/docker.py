@@ -82,7 +82,9 @@ class DockerDriver(Driver):
         self._setup_lock = threading.Lock()
         self._ready_setup: set[str] = set()
         self._removals: set[asyncio.Future] = set()   # background removals of dead containers
-        self._dead: set[str] = set()   # names the event stream reported dead (written by its thread)
+        # Short ids (not names: a dependency's name is reused) of containers the event stream
+        # reported dead; written by its thread.
+        self._dead: set[str] = set()
 
     def _handle(self, c: Any) -> ReplicaHandle:
         labels = c.labels or {}
@@ -214,10 +216,10 @@ class DockerDriver(Driver):
                 pass
 
         try:
-            if handle.id in self._dead:
+            if handle.detail in self._dead:
                 # The engine said it died, so its port is free: nothing to wait for. (Asking the
                 # engine first would wait for it to finish cleaning up after the exit.)
-                self._dead.discard(handle.id)
+                self._dead.discard(handle.detail)
                 fut = asyncio.ensure_future(asyncio.to_thread(find_and_remove))
                 self._removals.add(fut)
                 fut.add_done_callback(self._removals.discard)
@@ -312,7 +314,7 @@ class DockerDriver(Driver):
                 name = attrs.get("name", "")
                 if name in self._stopping:
                     continue
-                self._dead.add(name)
+                self._dead.add(str((ev.get("Actor") or {}).get("ID") or ev.get("id") or "")[:12])
                 code = attrs.get("exitCode")
                 event = ExitEvent(
                     replica_id=name, service=attrs.get(LABEL_SERVICE, "?"), port=int(attrs.get(LABEL_PORT, 0) or 0),
