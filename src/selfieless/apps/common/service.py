@@ -61,6 +61,8 @@ def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per users check is noise
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="auto", http="auto",
+    # ws="none": no route is a websocket, and uvicorn would otherwise import a websocket library at
+    # every start, which a replacement replica waits for.
+    uvicorn.run(app, host=settings.host, port=settings.port, loop="auto", http="auto", ws="none",
                 access_log=False, log_level="warning", timeout_graceful_shutdown=5,
                 proxy_headers=False, server_header=False)
