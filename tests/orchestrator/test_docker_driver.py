@@ -66,8 +66,6 @@ async def test_container_lifecycle_labels_and_die_events():
         assert c.labels == {LABEL_STACK: stack, LABEL_SERVICE: "web", LABEL_PORT: str(port)}
         assert c.attrs["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
         assert c.attrs["Config"]["User"] == "app"  # the image runs as a non-root user
-        # The orchestrator probes it; the image's own HEALTHCHECK would only cost CPU.
-        assert c.attrs["Config"]["Healthcheck"]["Test"] == ["NONE"]
         assert c.attrs["HostConfig"]["CpuShares"] == CPU_SHARES * START_CPU_BOOST
         await d.ready(h)
         assert d.client.api.inspect_container(h.id)["HostConfig"]["CpuShares"] == CPU_SHARES
@@ -262,7 +260,7 @@ async def test_docker_driver_labels_ports_names_and_die_events():
 
 
 @pytest.mark.anyio
-async def test_docker_driver_boosts_cpu_until_ready_and_leaves_health_to_the_orchestrator():
+async def test_docker_driver_boosts_cpu_until_ready():
     from selfieless.orchestrator.drivers.docker import CPU_SHARES, START_CPU_BOOST, DockerDriver
 
     assert START_CPU_BOOST > 1
@@ -271,7 +269,6 @@ async def test_docker_driver_boosts_cpu_until_ready_and_leaves_health_to_the_orc
     h = await d.start(LaunchSpec(stack="s", service="acts", host_port=8000, image="acts:latest"))
     options = client.by_name[h.id].options
     assert options["cpu_shares"] == CPU_SHARES * START_CPU_BOOST
-    assert options["healthcheck"] == {"test": ["NONE"]}
     await d.ready(h)
     assert client.calls[-1] == ("update", h.id, CPU_SHARES) and options["cpu_shares"] == CPU_SHARES
     await d.stop(h, grace=0)

@@ -14,9 +14,6 @@
 - Exits come from the engine's event stream (`die` events for this stack's label), read in a
   thread because the SDK is blocking, and handed to the event loop. A container reported dead is
   not inspected again when it is stopped: its removal goes straight to the background.
-- The image's own HEALTHCHECK is turned off: the orchestrator probes every replica itself, and the
-  engine's check runs a process in each container every few seconds (with 10 acts replicas, about
-  half of one core of this project's 2-core VM, taken from serving and from booting replicas).
 - A container starts with START_CPU_BOOST times the normal CPU weight (cpu_shares) and gets the
   normal weight back once it passes its first probe (ready()). Under load, a replacement waits
   mostly for the Python app to boot in its new container; with an equal weight that boot gets one
@@ -42,8 +39,6 @@ PORT_RETRY_SECONDS = 2.0
 # CPU weight of a running container (the kernel's default), and the factor a starting one gets.
 CPU_SHARES = 1024
 START_CPU_BOOST = 8
-# The image's HEALTHCHECK, off (see the module docstring).
-NO_HEALTHCHECK = {"test": ["NONE"]}
 _TRANSIENT = ("port is already allocated", "address already in use", "is already in use by container",
               "already in progress")
 
@@ -161,7 +156,6 @@ class DockerDriver(Driver):
             labels={LABEL_STACK: self.stack, LABEL_SERVICE: spec.service, LABEL_PORT: str(spec.host_port)},
             ports={f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
             environment=spec.environment,
-            healthcheck=NO_HEALTHCHECK,
             cpu_shares=CPU_SHARES * START_CPU_BOOST,
             **extra,
         )
