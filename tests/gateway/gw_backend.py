@@ -5,6 +5,7 @@ Behaviour is picked by the last path segment, whatever the prefix:
 sends n bytes with Content-Length, ``.../upload?delay=..`` reads the body slowly and reports its
 size and hash, ``.../die`` SIGKILLs the process once the request head is in (subprocess only),
 ``.../_log`` lists the requests this replica saw. Anything else echoes the request as JSON.
+A WebSocket connection (any path) is accepted, greeted with the replica's id and echoed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ def make_app(replica_id: str):
                                 (b"content-length", str(len(body)).encode()), *extra]})
         await send({"type": "http.response.body", "body": body})
 
+    async def websocket_echo(scope, receive, send):
+        """Accepts, says which replica it is, then echoes every message until the client leaves."""
+        msg = await receive()
+        assert msg["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": f"hello from {replica_id}"})
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("text") == "close":
+                await send({"type": "websocket.close", "code": 1000})
+                return
+            if msg.get("bytes") is not None:
+                await send({"type": "websocket.send", "bytes": msg["bytes"]})
+            else:
+                await send({"type": "websocket.send", "text": msg["text"]})
+
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             while True:
@@ -37,6 +56,9 @@ def make_app(replica_id: str):
                 else:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            await websocket_echo(scope, receive, send)
+            return
         path = scope["path"]
         qs = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
         last = path.rstrip("/").rsplit("/", 1)[-1]

@@ -162,3 +162,18 @@ def test_gateway_does_not_import_the_orchestrator():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any("orchestrator" in n for n in names), f"{path.name} imports {names}"
+
+
+def test_websocket_upgrade_detection():
+    from selfieless.gateway.headers import websocket_upgrade, with_upgrade
+
+    ws = [(b"Host", b"x"), (b"Connection", b"keep-alive, Upgrade"), (b"Upgrade", b"WebSocket")]
+    assert websocket_upgrade(ws) == b"WebSocket"
+    assert websocket_upgrade([(b"Upgrade", b"websocket")]) is None  # Connection must name it
+    assert websocket_upgrade([(b"Connection", b"upgrade"), (b"Upgrade", b"h2c")]) is None
+    assert websocket_upgrade([(b"Connection", b"upgrade")]) is None
+    head, *_ = build_request_head(b"GET", b"/ws", ws, b"10.0.0.1")
+    assert b"Upgrade" not in head  # stripped as hop-by-hop by the plain rewrite...
+    head = with_upgrade(head, b"WebSocket")  # ...and put back for a WebSocket tunnel
+    assert head.endswith(b"X-Forwarded-Proto: http\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\n\r\n")
+    assert head.count(b"\r\n\r\n") == 1

@@ -39,6 +39,7 @@ class GatewayConfig:
     # keep it below the replicas' own keep-alive timeout (uvicorn: 5 s) so we rarely reuse a
     # connection that the replica is closing at the same moment
     no_replica_wait: float = 10.0  # hold a request this long for a ready replica, then 503
+    tunnel_idle_timeout: float = 600.0  # an upgraded (WebSocket) connection silent this long is closed
 
     # Pools and buffers.
     upstream_max_idle: int = 64  # pooled idle connections kept per replica
@@ -69,5 +70,6 @@ class GatewayConfig:
             self.keepalive_timeout,
             self.response_timeout,
             self.upstream_idle_timeout,
+            self.tunnel_idle_timeout,
         )
         return max(0.05, min(1.0, shortest / 4))

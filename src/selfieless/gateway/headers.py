@@ -221,6 +221,40 @@ def build_response_head(code: int, reason: bytes, headers: list, no_body: bool,
     return b"".join(parts), framing, keep_alive, not (no_body or has_length or has_te)
 
 
+def websocket_upgrade(headers: list) -> bytes | None:
+    """The ``Upgrade`` value when a request asks to switch to WebSocket, else None.
+
+    Only WebSocket is tunnelled: other upgrades (h2c, for one) have no meaning through an
+    HTTP/1.1 proxy and are stripped as the hop-by-hop headers they are.
+    """
+    protocol = None
+    connection_upgrade = False
+    for name, value in headers:
+        kind = _kind_memo.get(name)
+        if kind is None:
+            kind = header_kind(name)
+        if kind == K_CONNECTION:
+            connection_upgrade = connection_upgrade or b"upgrade" in _connection_tokens(value.lower())
+        elif kind == K_HOP and name.lower() == b"upgrade":
+            protocol = value.strip()
+    if connection_upgrade and protocol is not None and protocol.lower() == b"websocket":
+        return protocol
+    return None
+
+
+def upgrade_response_protocol(headers: list) -> bytes | None:
+    """The ``Upgrade`` value of a replica's ``101 Switching Protocols`` response, if any."""
+    for name, value in headers:
+        if name.lower() == b"upgrade":
+            return value.strip()
+    return None
+
+
+def with_upgrade(head: bytes, protocol: bytes) -> bytes:
+    """A rewritten head (hop-by-hop headers gone) that asks for, or agrees to, ``protocol``."""
+    return head[:-2] + b"Connection: upgrade\r\nUpgrade: " + protocol + b"\r\n\r\n"
+
+
 def chunk(data: bytes) -> bytes:
     """One chunk of chunked encoding."""
     return b"%x\r\n%b\r\n" % (len(data), data)

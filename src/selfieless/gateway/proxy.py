@@ -44,9 +44,13 @@ from .headers import (
     BadRequest,
     build_request_head,
     build_response_head,
+    upgrade_response_protocol,
+    websocket_upgrade,
+    with_upgrade,
 )
 from .pool import READY
 from .responses import CONTINUE_100, error_response, json_response
+from .tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ P_UPSTREAM = 1  # the replica connection's write buffer is full
 P_WAIT = 2  # body bytes arrived but no replica connection is attached yet
 P_PIPELINE = 4  # a further request is queued behind the active one
 P_DEAD = 8  # the connection is finishing (error answered or about to be)
+P_UPGRADE = 16  # a WebSocket upgrade is sent: what follows is not HTTP, wait for the 101
 
 # What the connection's single deadline currently means.
 D_NONE = 0
@@ -63,6 +68,7 @@ D_HEADER = 2  # reading a request head: 408
 D_BODY = 3  # reading a request body: 408
 D_RESPONSE = 4  # waiting for the replica: its response head (504), or more of its body (close)
 D_LINGER = 5  # answered and half-closed, draining what the client still sends: close
+D_TUNNEL = 6  # an upgraded connection, silent for too long: close
 
 # Closing a socket with unread input makes the kernel send RST, which can destroy the error
 # response we just wrote before the client reads it. So after an error we half-close and read
@@ -119,6 +125,8 @@ class Request:
     close_after = False
     status = 0
     waiter = None  # task: connecting or waiting for a ready replica
+    upgrade = False  # a WebSocket upgrade request: a 101 turns the exchange into a tunnel
+    early = b""  # bytes the client sent after an upgrade request, before the replica agreed
 
     def __init__(self, method: bytes, target: bytes, path: bytes, head: bytes, chunked: bool,
                  entry, started_at: float) -> None:
@@ -175,6 +183,7 @@ class ClientConnection(asyncio.Protocol):
         # Whether any byte of the current response has been written to the client. Until then
         # a replica that dies can still be replaced (the held head is simply dropped).
         self.committed = False
+        self.tunnel: Tunnel | None = None  # set once a WebSocket upgrade succeeded
 
     # asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -232,15 +241,20 @@ class ClientConnection(asyncio.Protocol):
             log.error("gateway: internal error handling a request", exc_info=exc.__context__ or exc)
             self._client_error(500, "internal gateway error")
             return
-        except httptools.HttpParserUpgrade:
-            # We strip Upgrade and never switch protocols: the request went out as plain HTTP;
-            # whatever follows on this socket is not HTTP we can parse, so finish and close.
-            r = self.active or self.cur
-            if r is not None:
-                r.close_after = True
-                self._pause(P_DEAD)
+        except httptools.HttpParserUpgrade as exc:
+            # Whatever follows on this socket is not HTTP we can parse. A WebSocket upgrade
+            # waits for the replica's answer (101: tunnel; anything else: answer and close);
+            # other upgrades went out as plain HTTP (Upgrade stripped): finish and close.
+            r = self.queue[-1] if self.queue else self.active or self.cur
+            if r is None:
+                self._close()  # answered already (by the gateway itself): nothing more to say
+                return
+            r.close_after = True
+            if r.upgrade and r.complete:
+                r.early = data[exc.args[0]:]
+                self._pause(P_UPGRADE)
             else:
-                self._client_error(400, "protocol upgrade is not supported")
+                self._pause(P_DEAD)
             return
         except httptools.HttpParserError:
             self._client_error(400, "malformed HTTP request")
@@ -290,6 +304,11 @@ class ClientConnection(asyncio.Protocol):
         if content_length > self.max_body_size:
             self._client_error(413, "request body too large")
             raise _Abort
+        upgrade = None
+        if parser.should_upgrade() and method == b"GET" and content_length <= 0 and not chunked:
+            upgrade = websocket_upgrade(self._headers)
+            if upgrade is not None:
+                head = with_upgrade(head, upgrade)
         gw = self.gw
         entry = gw.resolved.get(path, _MISS)
         if entry is _MISS:
@@ -302,6 +321,8 @@ class ClientConnection(asyncio.Protocol):
             r.ka_header = r.keep_alive
         if expect:
             r.expect_continue = True
+        if upgrade is not None:
+            r.upgrade = True
         if entry is None or path == b"/":
             r.local = (200, None) if path == b"/" else (404, {"error": "no route for this path"})
             if chunked or content_length > 0:
@@ -611,6 +632,36 @@ class ClientConnection(asyncio.Protocol):
             self.flush()
         self._finish(r)
 
+    def _switch_protocols(self, conn, replica_bytes: bytes) -> None:
+        """The replica agreed to a WebSocket upgrade: relay its 101 and splice the sockets."""
+        r = self.active
+        head = build_response_head(101, conn.reason, conn.headers, True, True, True, False)[0]
+        protocol = upgrade_response_protocol(conn.headers) or b"websocket"
+        self.upstream = None
+        self.active = None  # the HTTP exchange is over; the tunnel holds the replica now
+        r.status = 101
+        st = r.stats
+        st.latency.observe(self.loop.time() - r.started_at)
+        st.status_classes[1] += 1
+        self.transport.write(with_upgrade(head, protocol) + replica_bytes)
+        if r.early:
+            conn.transport.write(r.early)
+        self.pause_bits = 0  # reading is the tunnel's business from now on
+        self.deadline_kind = D_TUNNEL
+        self.deadline = self.gw.now + self.cfg.tunnel_idle_timeout
+
+        def touch() -> None:
+            self.deadline = self.gw.now + self.cfg.tunnel_idle_timeout
+
+        def ended() -> None:
+            self.closed = True
+            self.deadline_kind = D_NONE
+            self.gw.clients.discard(self)
+            r.pool.release(r.replica, True)
+            r.replica = None
+
+        self.tunnel = Tunnel(self.transport, conn.transport, touch, ended)
+
     def _upstream_lost(self, conn, got_bytes: bool) -> None:
         """The replica connection failed (closed, reset or bad response) mid-exchange."""
         r = self.active
@@ -805,6 +856,8 @@ class ClientConnection(asyncio.Protocol):
                 self._close()
         elif kind == D_LINGER:
             self._close()
+        elif kind == D_TUNNEL:
+            self.tunnel.close()
         elif kind == D_HEADER:
             self._client_error(408, "request header timeout")
         elif kind == D_BODY:
@@ -867,6 +920,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.done = False
         self.keep = False
         self.skip = False
+        self.switching = False
 
     # asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -884,16 +938,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self.body_seen or client.committed:
-                client.flush()  # relay the good part; the close tells the client it is short
-            if self.client is client:
+        except httptools.HttpParserUpgrade as exc:
+            if self.switching and self.client is client:
                 self.client = None
-                self.abort()
-                if self.done:
-                    client._response_done(self, False)
-                else:
-                    client._upstream_lost(self, True)
+                client._switch_protocols(self, data[exc.args[0]:])
+            else:
+                self._bad_response(client)  # a 101 nobody asked for
+            return
+        except httptools.HttpParserError:
+            self._bad_response(client)
             return
         if self.done and self.client is client:
             self.client = None
@@ -905,6 +958,18 @@ class UpstreamConnection(asyncio.Protocol):
         # else: this read held only the response head. Keep it back until the next read brings
         # body bytes (uvicorn, for one, writes head and body separately): if the replica dies
         # in between, the client has seen nothing and the request can still go elsewhere.
+
+    def _bad_response(self, client: ClientConnection) -> None:
+        """The replica sent something that is not a valid response (to this request)."""
+        if self.body_seen or client.committed:
+            client.flush()  # relay the good part; the close tells the client it is short
+        if self.client is client:
+            self.client = None
+            self.abort()
+            if self.done:
+                client._response_done(self, False)
+            else:
+                client._upstream_lost(self, True)
 
     def eof_received(self):
         return False  # close our side too; connection_lost does the rest
@@ -940,6 +1005,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         code = self.parser.get_status_code()
         if code < 200:
+            if code == 101 and self.client.active.upgrade:
+                self.switching = True  # feed_data raises HttpParserUpgrade where the tunnel starts
+                return
             # Informational (we never forward Expect, so no 100 is expected): drop it.
             self.skip = True
             return

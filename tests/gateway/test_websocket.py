@@ -1,0 +1,140 @@
+"""WebSocket through the gateway: the upgrade reaches a replica, its 101 comes back, and then the
+two sockets are one tunnel (both directions, large messages, closing from either side)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from gw_support import request
+from support.processes import wait_until
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+
+class RecordingBackend:
+    """Reads a request head, sends one canned reply, then records whatever else arrives."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.seen: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.id = f"rec{self.port}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            i = len(self.seen)
+            self.seen.append(b"")
+            with conn:
+                while b"\r\n\r\n" not in self.seen[i]:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    self.seen[i] += chunk
+                conn.sendall(self.reply)
+                while chunk := conn.recv(65536):
+                    self.seen[i] += chunk
+
+
+@pytest.fixture
+def raw_backend_reply():
+    made = []
+
+    def make(reply: bytes) -> RecordingBackend:
+        made.append(RecordingBackend(reply))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.sock.close()
+
+
+def replicas(loop_thread, gw):
+    return {v.id: v for v in loop_thread.call(lambda: gw.pool("acts").replicas)}
+
+
+def test_websocket_echo_through_the_gateway(make_gateway, backends, loop_thread):
+    gw = make_gateway(replicas={"acts": backends[:2]})
+    greeted = []
+    for _ in range(2):  # round-robin applies to upgrades like to any request
+        with connect(f"ws://127.0.0.1:{gw.port}/api/v1/ws", open_timeout=10, max_size=None) as ws:
+            greeted.append(ws.recv(timeout=10))
+            ws.send("ping")
+            assert ws.recv(timeout=10) == "ping"
+            big = bytes(range(256)) * 8192  # 2 MiB: flow control on both sockets
+            ws.send(big)
+            assert ws.recv(timeout=30) == big
+            # While the tunnel is open the replica has it in flight (drain waits for it).
+            assert sum(v.in_flight for v in replicas(loop_thread, gw).values()) == 1
+    assert sorted(greeted) == ["hello from A", "hello from B"]
+    assert wait_until(lambda: all(v.in_flight == 0 for v in replicas(loop_thread, gw).values()), 10)
+    assert wait_until(lambda: not gw.clients, 10)
+    st = gw.stats("acts")
+    assert st.status_classes[1] == 2 and st.requests == 2
+    # Plain HTTP on the same gateway is untouched.
+    assert request(gw.port)[0] == 200
+
+
+def test_replica_closing_the_websocket_closes_the_client(make_gateway, backends, loop_thread):
+    gw = make_gateway(replicas={"acts": backends[:1]})
+    with connect(f"ws://127.0.0.1:{gw.port}/api/v1/ws", open_timeout=10) as ws:
+        ws.recv(timeout=10)
+        ws.send("close")
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1000
+    assert wait_until(lambda: replicas(loop_thread, gw)[backends[0].id].in_flight == 0, 10)
+
+
+def test_idle_tunnel_is_closed(make_gateway, backends, loop_thread):
+    gw = make_gateway(replicas={"acts": backends[:1]}, tunnel_idle_timeout=0.5)
+    with connect(f"ws://127.0.0.1:{gw.port}/api/v1/ws", open_timeout=10) as ws:
+        ws.recv(timeout=10)
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert time.monotonic() - started < 5
+    assert wait_until(lambda: replicas(loop_thread, gw)[backends[0].id].in_flight == 0, 10)
+
+
+def test_upgrade_refused_by_the_replica_is_a_plain_answer(make_gateway, raw_backend_reply):
+    """A replica that answers the upgrade with a normal response: relayed, then the connection
+    closes (what the client may have sent after its upgrade request is not HTTP)."""
+    b = raw_backend_reply(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+    gw = make_gateway(replicas={"acts": [b]})
+    with pytest.raises(InvalidStatus) as info:
+        connect(f"ws://127.0.0.1:{gw.port}/api/v1/ws", open_timeout=10)
+    assert info.value.response.status_code == 403
+
+
+def test_websocket_handshake_headers_reach_the_replica(make_gateway, raw_backend_reply):
+    """Upgrade and Connection: upgrade are forwarded for WebSocket (not stripped), with the
+    Sec-WebSocket-* headers unchanged."""
+    b = raw_backend_reply(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\nSERVER-BYTES")
+    gw = make_gateway(replicas={"acts": [b]})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n"
+                  b"Upgrade: websocket\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                  b"EARLY")
+        got = b""
+        while b"SERVER-BYTES" not in got:
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+    head = got.split(b"\r\n\r\n")[0].decode()
+    assert head.startswith("HTTP/1.1 101 Switching Protocols\r\n")
+    assert "Connection: upgrade" in head and "Upgrade: websocket" in head
+    assert "Sec-WebSocket-Accept: abc" in head
+    seen = b.seen[0]
+    assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in seen
+    assert b"Sec-WebSocket-Key: k\r\n" in seen and b"keep-alive" not in seen.lower()
+    assert wait_until(lambda: b"EARLY" in b.seen[0], 10)  # sent before the 101, relayed after it
