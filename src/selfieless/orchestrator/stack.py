@@ -307,9 +307,12 @@ class GatewayLimits(_Model):
     max_header_size: int = Field(default=64 * 1024, gt=0)
     # How long a request waits for a ready replica before the gateway answers 503.
     no_replica_wait: Seconds = 10.0
+    header_timeout: PositiveSeconds = 10.0
+    body_timeout: PositiveSeconds = 60.0
     connect_timeout: PositiveSeconds = 3.0
     response_timeout: PositiveSeconds = 60.0
     keepalive_timeout: PositiveSeconds = 15.0
+    tunnel_idle_timeout: PositiveSeconds = 600.0
 
 
 class GatewaySpec(_Model):
