@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gw_support import LoopThread, ProcBackend, ThreadBackend  # noqa: E402
+from gw_support import LoopThread, ProcBackend, RawBackend, ThreadBackend  # noqa: E402
 
 from selfieless.gateway import Gateway, GatewayConfig  # noqa: E402
 
@@ -70,3 +70,17 @@ def proc_backends():
         b.kill()
 
 
+
+
+@pytest.fixture
+def raw_backend():
+    """``raw_backend(reply, after="close")`` -> a started :class:`gw_support.RawBackend`."""
+    made = []
+
+    def make(reply: bytes, after: str = "close") -> RawBackend:
+        made.append(RawBackend(reply, after))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.close()

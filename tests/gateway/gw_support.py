@@ -22,11 +22,54 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gw_backend import make_app  # noqa: E402
-
-from selfieless.gateway import new_event_loop  # noqa: E402
 from support.ports import free_port  # noqa: E402,F401  (also used by the tests)
 
+from selfieless.gateway import new_event_loop  # noqa: E402
+
 HERE = Path(__file__).parent
+
+
+class RawBackend:
+    """A replica made of a bare socket: reads a request head, sends ``reply`` as it is, then
+    ``after`` decides: ``"close"``, ``"hold"`` (stay silent, connection open, until the test
+    ends) or ``"record"`` (keep reading). ``seen[i]`` is everything connection i sent."""
+
+    def __init__(self, reply: bytes, after: str = "close") -> None:
+        self.reply = reply
+        self.after = after
+        self.seen: list[bytes] = []
+        self.held: list[socket.socket] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.id = f"raw{self.port}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            i = len(self.seen)
+            self.seen.append(b"")
+            while b"\r\n\r\n" not in self.seen[i]:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                self.seen[i] += chunk
+            conn.sendall(self.reply)
+            if self.after == "hold":
+                self.held.append(conn)
+                continue
+            if self.after == "record":
+                while chunk := conn.recv(65536):
+                    self.seen[i] += chunk
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

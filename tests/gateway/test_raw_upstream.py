@@ -5,53 +5,8 @@ from __future__ import annotations
 
 import socket
 import time
-import threading
 
-import pytest
-from gw_support import request
-
-
-class RawBackend:
-    """Answers every connection with one canned byte string, then closes."""
-
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.id = f"raw{self.port}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                conn.sendall(self.reply)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def raw_backend():
-    made = []
-
-    def make(reply: bytes) -> RawBackend:
-        b = RawBackend(reply)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.close()
+from gw_support import raw_exchange, request
 
 
 def test_close_delimited_response_is_rechunked(make_gateway, raw_backend):
@@ -125,63 +80,25 @@ def test_replica_dying_between_head_and_body(make_gateway, raw_backend, backends
     assert st == 502 and h["content-type"] == "application/json" and b'"error"' in body
 
 
-class StallingBackend(RawBackend):
-    """Sends ``reply`` and then keeps the connection open, silent, until the test ends."""
-
-    def _serve(self) -> None:
-        self.held = []
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            conn.sendall(self.reply)
-            self.held.append(conn)  # never closed by us: only the gateway's timeout can end it
-
-    def close(self) -> None:
-        super().close()
-        for conn in getattr(self, "held", []):
-            conn.close()
-
-
-def test_replica_stalling_mid_body_is_cut_off(make_gateway):
+def test_replica_stalling_mid_body_is_cut_off(make_gateway, raw_backend):
     """A replica that stops sending halfway through its body must not hold the client forever:
     after response_timeout of silence the client connection is closed (the body is short)."""
-    stall = StallingBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
-    try:
-        gw = make_gateway(replicas={"acts": [stall]}, response_timeout=0.5)
-        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
-            s.sendall(b"GET /api/v1/x HTTP/1.1\r\nHost: t\r\n\r\n")
-            got = b""
-            started = time.monotonic()
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-            waited = time.monotonic() - started
-        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"x" * 40)
-        assert 0.4 < waited < 5, waited
-        assert gw.stats("acts").gateway_errors == 1
-    finally:
-        stall.close()
+    stall = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40, after="hold")
+    gw = make_gateway(replicas={"acts": [stall]}, response_timeout=0.5)
+    started = time.monotonic()
+    got = raw_exchange(gw.port, b"GET /api/v1/x HTTP/1.1\r\nHost: t\r\n\r\n")
+    waited = time.monotonic() - started
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"x" * 40)
+    assert 0.4 < waited < 5, waited
+    assert gw.stats("acts").gateway_errors == 1
 
 
-def test_replica_stalling_after_head_is_504(make_gateway):
+def test_replica_stalling_after_head_is_504(make_gateway, raw_backend):
     """Head sent, body never: nothing reached the client yet (the head is held back until body
     bytes come), so it gets a clean 504 instead of a response that never ends."""
-    stall = StallingBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-    try:
-        gw = make_gateway(replicas={"acts": [stall]}, response_timeout=0.5)
-        started = time.monotonic()
-        st, _, body = request(gw.port)
-        assert st == 504 and b"timeout" in body
-        assert time.monotonic() - started < 5
-    finally:
-        stall.close()
+    stall = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", after="hold")
+    gw = make_gateway(replicas={"acts": [stall]}, response_timeout=0.5)
+    started = time.monotonic()
+    st, _, body = request(gw.port)
+    assert st == 504 and b"timeout" in body
+    assert time.monotonic() - started < 5

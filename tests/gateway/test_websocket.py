@@ -4,7 +4,6 @@ two sockets are one tunnel (both directions, large messages, closing from either
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
@@ -12,49 +11,6 @@ from gw_support import request
 from support.processes import wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
-
-
-class RecordingBackend:
-    """Reads a request head, sends one canned reply, then records whatever else arrives."""
-
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
-        self.seen: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.id = f"rec{self.port}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            i = len(self.seen)
-            self.seen.append(b"")
-            with conn:
-                while b"\r\n\r\n" not in self.seen[i]:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    self.seen[i] += chunk
-                conn.sendall(self.reply)
-                while chunk := conn.recv(65536):
-                    self.seen[i] += chunk
-
-
-@pytest.fixture
-def raw_backend_reply():
-    made = []
-
-    def make(reply: bytes) -> RecordingBackend:
-        made.append(RecordingBackend(reply))
-        return made[-1]
-
-    yield make
-    for b in made:
-        b.sock.close()
 
 
 def replicas(loop_thread, gw):
@@ -105,21 +61,23 @@ def test_idle_tunnel_is_closed(make_gateway, backends, loop_thread):
     assert wait_until(lambda: replicas(loop_thread, gw)[backends[0].id].in_flight == 0, 10)
 
 
-def test_upgrade_refused_by_the_replica_is_a_plain_answer(make_gateway, raw_backend_reply):
+def test_upgrade_refused_by_the_replica_is_a_plain_answer(make_gateway, raw_backend):
     """A replica that answers the upgrade with a normal response: relayed, then the connection
     closes (what the client may have sent after its upgrade request is not HTTP)."""
-    b = raw_backend_reply(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+    b = raw_backend(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno",
+                    after="record")
     gw = make_gateway(replicas={"acts": [b]})
     with pytest.raises(InvalidStatus) as info:
         connect(f"ws://127.0.0.1:{gw.port}/api/v1/ws", open_timeout=10)
     assert info.value.response.status_code == 403
 
 
-def test_websocket_handshake_headers_reach_the_replica(make_gateway, raw_backend_reply):
+def test_websocket_handshake_headers_reach_the_replica(make_gateway, raw_backend):
     """Upgrade and Connection: upgrade are forwarded for WebSocket (not stripped), with the
     Sec-WebSocket-* headers unchanged."""
-    b = raw_backend_reply(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\nSERVER-BYTES")
+    b = raw_backend(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\nSERVER-BYTES",
+                    after="record")
     gw = make_gateway(replicas={"acts": [b]})
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
         s.sendall(b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n"
