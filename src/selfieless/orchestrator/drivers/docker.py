@@ -17,7 +17,9 @@
 - A container starts with START_CPU_BOOST times the normal CPU weight (cpu_shares) and gets the
   normal weight back once it passes its first probe (ready()). Under load, a replacement waits
   mostly for the Python app to boot in its new container; with an equal weight that boot gets one
-  share among every busy replica's, and takes 2-3 times longer than on an idle machine.
+  share among every busy replica's, and takes 2-3 times longer than on an idle machine. (On
+  cgroup v2 the runtime converts shares to cpu.weight; the ratio between this stack's containers
+  is the same, but with some runtime versions 1024 shares is a lower weight than the default.)
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
 """
 
