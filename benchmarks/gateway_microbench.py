@@ -13,7 +13,7 @@ import asyncio
 import sys
 import time
 
-from selfieless.gateway import Gateway, GatewayConfig
+from selfieless.gateway import Gateway, GatewayConfig, new_event_loop
 from selfieless.gateway.proxy import ClientConnection, UpstreamConnection
 
 REQUEST = b"GET /api/v1/bench HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
@@ -80,4 +80,6 @@ async def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000))
+    # The gateway's own loop (uvloop): loop.time() and friends cost what they cost in production.
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000))
