@@ -6,8 +6,9 @@ to ``X-Forwarded-For``, set ``X-Forwarded-Proto: http`` and re-frame the body (t
 it, so a chunked request is sent on chunked again). Everything else goes through byte for byte,
 in order and with its original case.
 
-Response side: the same stripping, then framing for *our* connection with the client (keep the
-replica's Content-Length; otherwise chunked for HTTP/1.1 clients or close-delimited for 1.0).
+Response side (:class:`ResponseHeadReader`, fed by the parser): the same stripping, then framing
+for *our* connection with the client (keep the replica's Content-Length; otherwise chunked for
+HTTP/1.1 clients or close-delimited for 1.0).
 """
 
 from __future__ import annotations
@@ -159,66 +160,103 @@ def status_line(code: int, reason: bytes) -> bytes:
     return line
 
 
+class ResponseHeadReader:
+    """httptools response-parser callbacks that rewrite a replica's head while it is parsed.
+
+    Mixed into the replica connection, so the parser calls these directly: each header is
+    classified and kept (or dropped) as it arrives, and nothing walks a list of headers again
+    afterwards. ``begin_head()`` readies it for the next response; ``response_head()`` finishes
+    the rewrite for the client: hop-by-hop headers gone (RFC 9110 7.6.1), the replica's
+    Content-Length kept, otherwise chunked for HTTP/1.1 clients or close-delimited for 1.0.
+    """
+
+    reason = b""
+    kept: list = []
+    has_length = False
+    has_te = False
+    named: set | None = None  # headers a Connection header listed (rare): dropped at the end
+    upgrade_to: bytes | None = None  # the Upgrade header of a 101
+
+    def begin_head(self) -> None:
+        self.reason = b""
+        self.kept = [b""]  # [0] becomes the status line; then name, ": ", value, CRLF per header
+        self.has_length = self.has_te = False
+        self.named = self.upgrade_to = None
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        kind = _kind_memo.get(name)
+        if kind is None:
+            kind = header_kind(name)
+        if kind == K_PLAIN or kind >= K_XFF:  # X-Forwarded-* and Expect mean nothing here
+            self.kept += (name, b": ", value, CRLF)
+        elif kind == K_LENGTH:
+            if not self.has_length:  # duplicates agree (the parser checked): forward one
+                self.has_length = True
+                self.kept += (name, b": ", value, CRLF)
+        elif kind == K_TE:
+            self.has_te = True
+        elif kind == K_CONNECTION:
+            v = value.lower()
+            if v != b"keep-alive" and v != b"close":
+                listed = _named(v)
+                if listed:
+                    self.named = listed if self.named is None else self.named | listed
+        elif name.lower() == b"upgrade":
+            self.upgrade_to = value.strip()
+
+    def response_head(self, code: int, no_body: bool, client_http11: bool, keep_alive: bool,
+                      client_keep_alive_header: bool) -> tuple[bytes, int, bool, bool]:
+        """The head for the client. ``no_body``: HEAD request or a status without body.
+        ``keep_alive``: we intend to keep the client connection. ``client_keep_alive_header``:
+        the client is HTTP/1.0 and asked for keep-alive, so say yes explicitly.
+
+        Returns (head, framing, keep_alive, until_close): keep_alive may be turned off when the
+        body can only be delimited by closing; until_close says the *replica* ends the body by
+        closing (no length, not chunked).
+        """
+        kept = self.kept
+        has_length = self.has_length
+        if self.named is not None:
+            # Read what was kept once more without the listed headers (Content-Length may be one).
+            again = ResponseHeadReader()
+            again.begin_head()
+            for i in range(1, len(kept), 4):
+                if kept[i].lower() not in self.named:
+                    again.on_header(kept[i], kept[i + 2])
+            kept, has_length = again.kept, again.has_length
+        kept[0] = status_line(code, self.reason)
+        if no_body:
+            framing = FRAME_NONE
+        elif has_length:
+            framing = FRAME_LENGTH
+        elif client_http11:
+            framing = FRAME_CHUNKED
+            kept.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            framing = FRAME_CLOSE
+            keep_alive = False
+        if not keep_alive:
+            kept.append(b"Connection: close\r\n\r\n")
+        elif client_keep_alive_header:
+            kept.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            kept.append(CRLF)
+        return b"".join(kept), framing, keep_alive, not (no_body or has_length or self.has_te)
+
+
 def build_response_head(code: int, reason: bytes, headers: list, no_body: bool,
                         client_http11: bool, keep_alive: bool, client_keep_alive_header: bool,
                         ) -> tuple[bytes, int, bool, bool]:
-    """Rewrite a replica's response head for the client.
-
-    ``no_body``: HEAD request or a status without body. ``keep_alive``: we intend to keep the
-    client connection. ``client_keep_alive_header``: the client is HTTP/1.0 and asked for
-    keep-alive, so say yes explicitly. Returns (head, framing, keep_alive, until_close):
-    keep_alive may be turned off when the body can only be delimited by closing; until_close
-    says the *replica* ends the body by closing (no length, not chunked).
-    """
-    parts = [status_line(code, reason)]
-    add = parts.extend
-    has_length = False
-    has_te = False
-    memo = _kind_memo
+    """:meth:`ResponseHeadReader.response_head` for a head given as ``[(name, value), ...]``."""
+    reader = ResponseHeadReader()
+    reader.begin_head()
+    reader.on_status(reason)
     for name, value in headers:
-        kind = memo.get(name)
-        if kind is None:
-            kind = header_kind(name)
-        if kind >= K_XFF or kind == K_PLAIN:  # X-Forwarded-* and Expect mean nothing here
-            add((name, b": ", value, CRLF))
-            continue
-        if kind != K_LENGTH:
-            if kind == K_TE:
-                has_te = True
-            elif kind == K_CONNECTION:
-                v = value.lower()
-                if v != b"keep-alive" and v != b"close" and _named(v):
-                    named: set[bytes] = set()
-                    conn_names = (b"connection", b"proxy-connection")
-                    for n, val in headers:
-                        if n.lower() in conn_names:
-                            named |= _named(val.lower())
-                    return build_response_head(
-                        code, reason, [(n, val) for n, val in headers
-                                       if n.lower() not in named and n.lower() not in conn_names],
-                        no_body, client_http11, keep_alive, client_keep_alive_header)
-            continue
-        if has_length:
-            continue  # duplicate Content-Length (the parser made sure they agree)
-        has_length = True
-        add((name, b": ", value, CRLF))
-    if no_body:
-        framing = FRAME_NONE
-    elif has_length:
-        framing = FRAME_LENGTH
-    elif client_http11:
-        framing = FRAME_CHUNKED
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    else:
-        framing = FRAME_CLOSE
-        keep_alive = False
-    if not keep_alive:
-        parts.append(b"Connection: close\r\n\r\n")
-    elif client_keep_alive_header:
-        parts.append(b"Connection: keep-alive\r\n\r\n")
-    else:
-        parts.append(CRLF)
-    return b"".join(parts), framing, keep_alive, not (no_body or has_length or has_te)
+        reader.on_header(name, value)
+    return reader.response_head(code, no_body, client_http11, keep_alive, client_keep_alive_header)
 
 
 def websocket_upgrade(headers: list) -> bytes | None:
@@ -239,14 +277,6 @@ def websocket_upgrade(headers: list) -> bytes | None:
             protocol = value.strip()
     if connection_upgrade and protocol is not None and protocol.lower() == b"websocket":
         return protocol
-    return None
-
-
-def upgrade_response_protocol(headers: list) -> bytes | None:
-    """The ``Upgrade`` value of a replica's ``101 Switching Protocols`` response, if any."""
-    for name, value in headers:
-        if name.lower() == b"upgrade":
-            return value.strip()
     return None
 
 

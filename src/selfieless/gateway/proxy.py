@@ -42,9 +42,8 @@ from .headers import (
     CHUNK_END,
     FRAME_CHUNKED,
     BadRequest,
+    ResponseHeadReader,
     build_request_head,
-    build_response_head,
-    upgrade_response_protocol,
     websocket_upgrade,
     with_upgrade,
 )
@@ -528,8 +527,7 @@ class ClientConnection(asyncio.Protocol):
         conn.reused = reused
         conn.got_bytes = conn.head_done = conn.until_close = conn.done = conn.body_seen = False
         self.committed = False
-        conn.headers = []
-        conn.reason = b""
+        conn.begin_head()
         data = r.replay if r.sent else r.unsent
         if r.unsent:
             r.unsent = ()
@@ -563,14 +561,14 @@ class ClientConnection(asyncio.Protocol):
         return not r.sent or (r.idempotent and r.replay is not None)
 
     # Called by UpstreamConnection -----------------------------------------------------------
-    def _response_head(self, conn, code: int, reason: bytes, headers: list) -> bool:
+    def _response_head(self, conn, code: int) -> bool:
         """Relay the response head; returns whether the replica delimits the body by closing."""
         r = self.active
         no_body = r.is_head or code == 204 or code == 304
         keep = r.keep_alive and r.complete and not self.eof and self.pending_error is None \
             and not r.close_after and not self.gw.stopping
-        head, framing, keep, until_close = build_response_head(
-            code, reason, headers, no_body, r.http11, keep, r.ka_header)
+        head, framing, keep, until_close = conn.response_head(
+            code, no_body, r.http11, keep, r.ka_header)
         r.framing = framing
         r.close_after = not keep
         r.status = code
@@ -635,8 +633,8 @@ class ClientConnection(asyncio.Protocol):
     def _switch_protocols(self, conn, replica_bytes: bytes) -> None:
         """The replica agreed to a WebSocket upgrade: relay its 101 and splice the sockets."""
         r = self.active
-        head = build_response_head(101, conn.reason, conn.headers, True, True, True, False)[0]
-        protocol = upgrade_response_protocol(conn.headers) or b"websocket"
+        head = conn.response_head(101, True, True, True, False)[0]
+        protocol = conn.upgrade_to or b"websocket"
         self.upstream = None
         self.active = None  # the HTTP exchange is over; the tunnel holds the replica now
         r.status = 101
@@ -897,8 +895,12 @@ class ClientConnection(asyncio.Protocol):
             self._gateway_error(r, 504, "replica response timeout")
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """A connection to one replica; lent to one client connection per exchange."""
+class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
+    """A connection to one replica; lent to one client connection per exchange.
+
+    Its response parser calls :class:`ResponseHeadReader`'s ``on_status``/``on_header``, which
+    rewrite the head as it arrives.
+    """
 
     def __init__(self, gw, replica) -> None:
         self.gw = gw
@@ -912,8 +914,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.write_paused = False
         self.read_paused = False
-        self.headers: list = []
-        self.reason = b""
+        self.begin_head()
         self.head_done = False
         self.body_seen = False
         self.until_close = False
@@ -996,12 +997,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.client._unpause(P_UPSTREAM)
 
     # httptools callbacks ---------------------------------------------------------------------
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         code = self.parser.get_status_code()
         if code < 200:
@@ -1013,7 +1008,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         client = self.client
         self.head_done = True
-        self.until_close = client._response_head(self, code, self.reason, self.headers)
+        self.until_close = client._response_head(self, code)
         if client.active.is_head:
             # The parser cannot know a HEAD response has no body; end it here and start a
             # fresh parser for the next response on this connection.
@@ -1033,8 +1028,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.skip:
             self.skip = False
-            self.headers = []
-            self.reason = b""
+            self.begin_head()
             return
         if not self.done:
             self.done = True
