@@ -583,14 +583,10 @@ class ClientConnection(asyncio.Protocol):
         out = self.out
         if out:
             if not self.closed:
-                if len(out) == 1:
-                    self.transport.write(out[0])
-                elif len(out) < 8 and sum(map(len, out)) < 16384:
-                    # One small bytes object and write(): uvloop sends it straight away, while
-                    # writelines() takes libuv's queued-write path (a request and a callback).
-                    self.transport.write(b"".join(out))
-                else:
-                    self.transport.writelines(out)  # large: no copying
+                # One bytes object and write(): uvloop sends it straight away, while writelines()
+                # takes libuv's queued-write path (a request and a callback). ``out`` holds what
+                # one replica read produced, so the copy is bounded by uvloop's read size.
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
             self.committed = True
 
