@@ -163,6 +163,9 @@ def main() -> None:
     ap.add_argument("--proxy-cpu", default="1", help="core for the proxy under test")
     ap.add_argument("--wrk-cpu", default="0", help="core(s) for wrk and the backend")
     ap.add_argument("--only", choices=["nginx", "gateway"], help="run one side only (profiling)")
+    ap.add_argument("--gateway-python", default=sys.executable, metavar="PYTHON",
+                    help="interpreter for the gateway (needs httptools and uvloop importable), e.g. "
+                         "to compare CPython builds; the project comes from src/ either way")
     args = ap.parse_args()
 
     missing = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
@@ -210,11 +213,14 @@ def main() -> None:
                               f"{tmp}/proxy.conf", "-e", f"{tmp}/proxy-error.log"])
         route = args.prefix + "=" + ",".join(f"{h}:{p}" for h, p in backends)
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-        gateway = start(["taskset", "-c", args.proxy_cpu, sys.executable, "-m", "selfieless.gateway",
+        gateway = start(["taskset", "-c", args.proxy_cpu, args.gateway_python, "-m", "selfieless.gateway",
                          "--port", str(gport), "--route", route], env=env)
         wait_port(nport)
         wait_port(gport)
         pids = {"nginx": nginx_worker(nginx_master.pid), "gateway": gateway.pid}
+        version = subprocess.run([args.gateway_python, "-c", "import sys; print(sys.version.split()[0])"],
+                                 capture_output=True, text=True).stdout.strip()
+        print(f"gateway interpreter: {args.gateway_python} (Python {version})", flush=True)
 
         sides = {"nginx": f"http://127.0.0.1:{nport}{args.path}",
                  "gateway": f"http://127.0.0.1:{gport}{args.path}"}
