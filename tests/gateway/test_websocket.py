@@ -96,3 +96,32 @@ def test_websocket_handshake_headers_reach_the_replica(make_gateway, raw_backend
     assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in seen
     assert b"Sec-WebSocket-Key: k\r\n" in seen and b"keep-alive" not in seen.lower()
     assert wait_until(lambda: b"EARLY" in b.seen[0], 10)  # sent before the 101, relayed after it
+
+
+def test_tunnel_holds_back_a_replica_faster_than_its_client(make_gateway, raw_backend, loop_thread):
+    """Flow control in the tunnel: a replica pushing 16 MiB at a client that is not reading does
+    not pile up in the gateway; everything arrives once the client reads."""
+    payload = bytes(range(256)) * (16 * 4096)  # 16 MiB
+    b = raw_backend(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n\r\n" + payload, after="record")
+    gw = make_gateway(replicas={"acts": [b]})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                  b"Upgrade: websocket\r\n\r\n")
+        time.sleep(1.0)  # not reading: kernel buffers fill, then the gateway must pause the replica
+
+        def buffered():
+            return max(c.transport.get_write_buffer_size() for c in gw.clients)
+
+        assert loop_thread.call(buffered) < 1024 * 1024
+        got = b""
+        while len(got) < len(payload) + 100:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+            if got.endswith(payload[-4096:]):
+                break
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101") and body == payload

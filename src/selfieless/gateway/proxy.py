@@ -654,7 +654,8 @@ class ClientConnection(asyncio.Protocol):
             r.pool.release(r.replica, True)
             r.replica = None
 
-        self.tunnel = Tunnel(self.transport, conn.transport, touch, ended)
+        self.tunnel = Tunnel(self.transport, conn.transport, touch, ended,
+                             client_full=self.write_paused, replica_full=conn.write_paused)
 
     def _upstream_lost(self, conn, got_bytes: bool) -> None:
         """The replica connection failed (closed, reset or bad response) mid-exchange."""

@@ -54,11 +54,13 @@ class Tunnel:
     """Takes over a client transport and a replica transport (``set_protocol``) until it ends.
 
     ``touch`` is called on every relayed read (the idle clock); ``on_end`` once, when the tunnel
-    is over and both transports are closing.
+    is over and both transports are closing. ``client_full``/``replica_full``: that transport's
+    write buffer is over its high-water mark right now.
     """
 
     def __init__(self, client_transport, replica_transport, touch: Callable[[], None],
-                 on_end: Callable[[], None]) -> None:
+                 on_end: Callable[[], None], client_full: bool = False,
+                 replica_full: bool = False) -> None:
         self.touch = touch
         self._on_end = on_end
         self.closed = False
@@ -67,8 +69,13 @@ class Tunnel:
         self.client.peer, self.replica.peer = self.replica, self.client
         client_transport.set_protocol(self.client)
         replica_transport.set_protocol(self.replica)
-        client_transport.resume_reading()
-        replica_transport.resume_reading()
+        # A write buffer already over its high-water mark has had its pause_writing call (it
+        # went to the HTTP protocol): hold the other side until resume_writing reaches the tunnel.
+        for reader, full in ((client_transport, replica_full), (replica_transport, client_full)):
+            if full:
+                reader.pause_reading()
+            else:
+                reader.resume_reading()
 
     def close(self) -> None:
         if self.closed:
