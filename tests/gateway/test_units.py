@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from selfieless.gateway.headers import (
-    FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, FRAME_NONE, BadRequest, build_request_head,
-    build_response_head,
+    FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, FRAME_NONE, BadRequest, ResponseHeadReader,
+    build_request_head,
 )
 from selfieless.gateway.pool import DRAINING, EJECTED, READY, ReplicaPool
 from selfieless.gateway.routing import RouteTable
@@ -117,6 +117,16 @@ def test_request_head_rewrite():
     assert chunked and cl == -1 and b"Transfer-Encoding: chunked\r\n\r\n" in head
     with pytest.raises(BadRequest):
         build_request_head(b"POST", b"/", [(b"Content-Length", b"1"), (b"Content-Length", b"2")], b"x")
+
+
+def build_response_head(code, reason, headers, *flags):
+    """Feed a head to a ResponseHeadReader the way the parser does, then finish it."""
+    reader = ResponseHeadReader()
+    reader.begin_head()
+    reader.on_status(reason)
+    for name, value in headers:
+        reader.on_header(name, value)
+    return reader.response_head(code, *flags)
 
 
 def test_response_head_rewrite():

@@ -247,18 +247,6 @@ class ResponseHeadReader:
         return b"".join(kept), framing, keep_alive, not (no_body or has_length or self.has_te)
 
 
-def build_response_head(code: int, reason: bytes, headers: list, no_body: bool,
-                        client_http11: bool, keep_alive: bool, client_keep_alive_header: bool,
-                        ) -> tuple[bytes, int, bool, bool]:
-    """:meth:`ResponseHeadReader.response_head` for a head given as ``[(name, value), ...]``."""
-    reader = ResponseHeadReader()
-    reader.begin_head()
-    reader.on_status(reason)
-    for name, value in headers:
-        reader.on_header(name, value)
-    return reader.response_head(code, no_body, client_http11, keep_alive, client_keep_alive_header)
-
-
 def websocket_upgrade(headers: list) -> bytes | None:
     """The ``Upgrade`` value when a request asks to switch to WebSocket, else None.
 
