@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKEND_CONF = """
 worker_processes 1;
 daemon off;
-pid {tmp}/backend.pid;
-error_log {tmp}/backend-error.log warn;
+master_process {master};
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -43,10 +44,19 @@ http {{
     keepalive_requests 1000000;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location / {{ default_type text/plain; return 200 "ok\\n"; }}
+        location / {{ default_type {content_type}; return 200 "{body}\\n"; }}
     }}
 }}
 """
+
+
+def backend_conf(tmp: str, port, name: str = "backend", content_type: str = "text/plain",
+                 body: str = "ok", master: bool = True) -> str:
+    """nginx answering every request with 200 and a fixed body: the fast backend both
+    benchmarks put behind a proxy. ``port`` may be a placeholder string filled in later."""
+    return BACKEND_CONF.format(tmp=tmp, port=port, name=name, content_type=content_type,
+                               body=body, master="on" if master else "off")
+
 
 PROXY_CONF = """
 worker_processes 1;
@@ -200,7 +210,7 @@ def main() -> None:
             backends = [parse_backend(b) for b in args.backends.split(",") if b.strip()]
         else:
             bport = free_port()
-            Path(tmp, "backend.conf").write_text(BACKEND_CONF.format(tmp=tmp, port=bport))
+            Path(tmp, "backend.conf").write_text(backend_conf(tmp, bport))
             start(["taskset", "-c", args.wrk_cpu, "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf",
                    "-e", f"{tmp}/backend-error.log"])
             backends = [("127.0.0.1", bport)]

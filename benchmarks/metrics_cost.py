@@ -34,29 +34,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_vs_nginx import free_port, run_wrk, wait_port  # noqa: E402
+from gateway_vs_nginx import backend_conf, free_port, run_wrk, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-REPLICA_CONF = """
-worker_processes 1;
-daemon off;
-master_process off;
-pid {tmp}/replica-PORT.pid;
-error_log {tmp}/replica-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/cb; proxy_temp_path {tmp}/pt; fastcgi_temp_path {tmp}/ft;
-    uwsgi_temp_path {tmp}/ut; scgi_temp_path {tmp}/st;
-    keepalive_requests 1000000;
-    server {{
-        listen 127.0.0.1:PORT backlog=4096;
-        location / {{ default_type application/json; return 200 "{{}}\\n"; }}
-    }}
-}}
-"""
-
 
 def stack_yaml(tmp: str, ports: str, replica_cpu: str) -> str:
     # The replica: a per-port copy of the nginx config, run on the wrk core (not the gateway's).
@@ -127,7 +107,9 @@ def main() -> None:
         sys.exit(f"missing {', '.join(missing)}: apt-get install nginx wrk util-linux")
 
     tmp = tempfile.mkdtemp(prefix="metricsbench-")
-    Path(tmp, "replica.conf.in").write_text(REPLICA_CONF.format(tmp=tmp))
+    # PORT is filled in per replica by the stack's command (sed), so each gets its own file.
+    Path(tmp, "replica.conf.in").write_text(backend_conf(
+        tmp, "PORT", name="replica-PORT", content_type="application/json", body="{}", master=False))
     rport = free_port()
     Path(tmp, "stack.yaml").write_text(stack_yaml(tmp, str(rport), args.wrk_cpu))
     gport, aport = free_port(), free_port()
