@@ -25,7 +25,7 @@ def test_validate_bundled_stack_ok():
 @pytest.mark.parametrize("mutate,expected", [
     (lambda d: d["services"]["acts"]["replicas"].update(max=20),
      "services.acts.replicas.max: must be <= the number of host_ports (10 in 8000-8009)"),
-    (lambda d: d["services"]["acts"].update(helth={}), "services.acts.helth: unknown key"),
+    (lambda d: d["services"]["acts"].update(helth={}), "services.acts.helth: unknown key; did you mean 'health'?"),
     (lambda d: d["services"]["users"].update(host_ports="8005-8006"),
      "services.users.host_ports: port 8005 is also used by service 'acts'"),
     (lambda d: d["services"]["acts"]["health"].update(interval="soon"), "services.acts.health.interval: not a duration"),
