@@ -15,6 +15,7 @@ Every command has --help. Commands that talk to a running `up` find it through
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,8 +36,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Width of output that is not a terminal: wide enough that nothing is ever wrapped (a table is only
+# as wide as its contents; rich would otherwise assume 80 columns for a file or a pipe).
+UNWRAPPED_WIDTH = 10_000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console that wraps only on a terminal: written to a file or a pipe, a suggested
+    command or an event line stays on one line (an explicit $COLUMNS still wins)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty() or os.environ.get("COLUMNS"):
+        return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=UNWRAPPED_WIDTH)
+
+
+console = make_console()
+err = make_console(stderr=True)
 
 # Options shared by the commands that talk to a running `up`.
 AdminOpt = typer.Option(None, "--admin", envvar="SELFIELESS_ADMIN_URL", metavar="URL",
