@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cli_support import UpProcess, cli, pid_alive, replica_pids, run_cli, write_test_stack
+from selfieless.cli.main import replica_prefix
 from support.ports import free_port_range
 
 
@@ -50,8 +51,10 @@ def test_status_table_and_json(up):
     acts_port = st["services"]["acts"]["replicas"][0]["port"]
     rep = st["services"]["acts"]["replicas"][0]
     for text in ("stack clitest-", "converged", "service", "desired", "actual", "window count", "in-flight",
-                 "restarts", rep["id"], str(acts_port), "ready", "passing"):
+                 "restarts", rep["id"], str(acts_port), "ready", "passing", "pid"):
         assert text in r.stdout, (text, r.stdout)
+    row = next(line for line in r.stdout.splitlines() if rep["id"] in line)
+    assert str(rep["pid"]) in row.split()  # the PID has its own column
     j = run_cli("status", "--json", *sd(up))
     data = json.loads(j.stdout)
     assert set(data["services"]) == {"acts", "users"}
@@ -122,13 +125,45 @@ def test_logs(up):
     port = up.status()["services"]["acts"]["replicas"][0]["port"]
     r = run_cli("logs", "acts", *sd(up))
     assert r.returncode == 0, r.stderr
-    assert f"[{port}] --- " in r.stdout and "start:" in r.stdout and "selfieless.apps.acts" in r.stdout
+    assert f"{replica_prefix('acts', port)}--- " in r.stdout and "start:" in r.stdout
+    assert "selfieless.apps.acts" in r.stdout
     one = run_cli("logs", "acts", "--replica", str(port), "-n", "5", *sd(up))
-    assert one.returncode == 0 and "selfieless.apps.acts" in one.stdout and f"[{port}]" not in one.stdout
+    assert one.returncode == 0 and "selfieless.apps.acts" in one.stdout and f"acts-{port}" not in one.stdout
     missing = run_cli("logs", "acts", "--replica", "1", *sd(up))
     assert missing.returncode == 1 and "no log for acts on port 1" in missing.stderr
     unknown = run_cli("logs", "nope", *sd(up))
     assert unknown.returncode == 1 and "unknown service 'nope'" in unknown.stderr
+
+
+def test_logs_follow_every_replica_with_request_lines(up):
+    if up.status()["services"]["acts"]["desired"] < 2:
+        assert run_cli("scale", "acts", "2", "--wait", *sd(up), timeout=90).returncode == 0
+    ports = sorted(replica_pids(up.status(), "acts"))
+    assert len(ports) >= 2
+    out = up.tmp / "logs-follow.out"
+    with open(out, "wb") as sink:
+        follow = subprocess.Popen(cli("logs", "-f", "acts", "-n", "0", *sd(up)), stdout=sink,
+                                  stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        time.sleep(1.5)  # its first read done: what follows is new
+        marker = f"/api/v1/categories/follow{int(time.time())}/acts"
+        for _ in range(6):  # round-robin: every replica gets some
+            httpx.get(up.gateway + marker, timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = out.read_text(errors="replace")
+            if all(f"{replica_prefix('acts', p)}" in text and f"GET {marker} " in text.split(
+                    replica_prefix('acts', p), 1)[-1] for p in ports):
+                break
+            time.sleep(0.2)
+        text = out.read_text(errors="replace")
+        for p in ports:
+            mine = [line for line in text.splitlines() if line.startswith(replica_prefix("acts", p))]
+            assert any(f"GET {marker} " in line and line.endswith(" ms") for line in mine), (p, text)
+        assert "Warning" not in text
+    finally:
+        follow.terminate()
+        follow.wait(10)
 
 
 def test_load_through_the_gateway(up):
