@@ -62,8 +62,8 @@ def test_status(stack):
 
 
 BAD = [
-    ({"service": "acts", "replicas": -1}, "replicas must be between 0 and 4"),
-    ({"service": "acts", "replicas": 5}, "replicas must be between 0 and 4"),
+    ({"service": "acts", "replicas": -1}, "replicas must be between 1 and 4"),
+    ({"service": "acts", "replicas": 5}, "replicas must be between 1 and 4"),
     ({"service": "nope", "replicas": 1}, "unknown service 'nope'; this stack has: acts"),
     ({"service": "acts", "replicas": "2"}, "replicas: Input should be a valid integer"),
     ({"service": "acts", "replicas": 2.0}, "replicas: Input should be a valid integer"),

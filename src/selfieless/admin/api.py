@@ -129,9 +129,28 @@ def _read_from(path: Path, offset: int) -> tuple[str, int]:
     return data.decode(errors="replace"), offset + len(data)
 
 
+async def _wait_unless(waiting: Any, closing: asyncio.Event | None) -> list:
+    """`await waiting`, or [] as soon as `closing` is set (the server is stopping: a long poll must
+    not hold its shutdown up, nor be cut off with a 500)."""
+    if closing is None:
+        return await waiting
+    task = asyncio.ensure_future(waiting)
+    closed = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return []
+
+
 def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
-               shutdown: Callable[[], Any] | None = None, state_dir: str | Path | None = None) -> ASGIApp:
-    """The admin ASGI app. `shutdown` is called (on the loop) by POST /api/shutdown."""
+               shutdown: Callable[[], Any] | None = None, state_dir: str | Path | None = None,
+               closing: asyncio.Event | None = None, history: Any = None) -> ASGIApp:
+    """The admin ASGI app. `shutdown` is called (on the loop) by POST /api/shutdown; `closing` is set
+    when the server stops, which ends every long poll at once."""
     registry = metrics.make_registry(gateway, orchestrator)
 
     async def status(request: Request) -> Response:
@@ -153,7 +172,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
             after = 0
         got = log.since(after, limit)
         if not got and wait > 0:
-            got = await log.wait(after, min(wait, MAX_WAIT))
+            got = await _wait_unless(log.wait(after, min(wait, MAX_WAIT)), closing)
             if limit:
                 got = got[:limit]
         return JSONResponse({"events": [e.to_dict() for e in got], "last_id": log.last_id,

@@ -63,7 +63,9 @@ class AdminServer:
         self.host, self.token = host, token
         self.requested_port = port
         self.port: int | None = None
-        self.app = create_app(orchestrator, gateway, token=token, shutdown=shutdown, state_dir=state_dir)
+        self.closing = asyncio.Event()  # set by stop(): long polls answer at once instead of holding it up
+        self.app = create_app(orchestrator, gateway, token=token, shutdown=shutdown, state_dir=state_dir,
+                              closing=self.closing)
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
         self._sock: socket.socket | None = None
@@ -106,6 +108,7 @@ class AdminServer:
     async def stop(self) -> None:
         if self._server is None or self._task is None:
             return
+        self.closing.set()
         self._server.should_exit = True
         try:
             await asyncio.wait_for(self._task, 5.0)

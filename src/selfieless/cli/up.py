@@ -51,6 +51,8 @@ class UpOptions:
     state_dir: Path = Path("~/.local/state/selfieless")
     ready_timeout: float = 120.0
     quiet_events: bool = False
+    # When the stop was asked for (signal or POST /api/shutdown), for the "stopped in" figure.
+    stop_requested_at: float | None = None
 
 
 def _is_db_var(name: str) -> bool:
@@ -166,11 +168,16 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     stop = asyncio.Event()
     signals = {"n": 0}
 
+    def request_stop() -> None:
+        if opts.stop_requested_at is None:
+            opts.stop_requested_at = time.monotonic()
+        stop.set()
+
     def on_signal() -> None:
         signals["n"] += 1
         if signals["n"] > 1:
             console.print("[yellow]still stopping: replicas are draining (drain timeouts bound this)[/]")
-        stop.set()
+        request_stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
@@ -191,7 +198,7 @@ async def run_up(opts: UpOptions, console: Console) -> int:
         raise UpError(f"cannot start stack {stack.name}: {type(e).__name__}: {e}") from None
     orch, gw = system.orchestrator, system.gateway
     admin = AdminServer(orch, gw, host=opts.admin_host, port=opts.admin_port, token=opts.admin_token,
-                        shutdown=stop.set, state_dir=str(state_dir))
+                        shutdown=request_stop, state_dir=str(state_dir))
     try:
         await admin.start()
     except OSError as e:
@@ -231,7 +238,8 @@ async def run_up(opts: UpOptions, console: Console) -> int:
             await stop.wait()
     finally:
         console.print("[bold]stopping:[/] draining and stopping every replica...")
-        t1 = time.monotonic()
+        if opts.stop_requested_at is None:
+            opts.stop_requested_at = time.monotonic()
         try:
             await system.stop()
         finally:
@@ -241,14 +249,18 @@ async def run_up(opts: UpOptions, console: Console) -> int:
             remove_admin_file(state_dir, os.getpid())
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        console.print(f"stopped in {time.monotonic() - t1:.1f} s")
     return 0
 
 
 def up_main(opts: UpOptions, console: Console) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(run_up(opts, console))
+        code = asyncio.run(run_up(opts, console))
+        # Printed once the event loop and its threads are gone: from the Ctrl-C (or `selfieless
+        # down`) to here is what the user waits for; only the interpreter's exit remains.
+        if opts.stop_requested_at is not None:
+            console.print(f"stopped in {time.monotonic() - opts.stop_requested_at:.1f} s")
+        return code
     except (UpError, StackError) as e:
         console.print(f"[red]error:[/] {e}", highlight=False)
         return 1

@@ -83,14 +83,14 @@ function serviceView(name) {
   up.addEventListener("click", () => scaleBy(name, +1));
   down.addEventListener("click", () => scaleBy(name, -1));
   $("#services").appendChild(node);
-  sv = state.services[name] = { el: node, history: [], series: [], desired: 0, max: 0 };
+  sv = state.services[name] = { el: node, history: [], series: [], desired: 0, min: 0, max: 0 };
   return sv;
 }
 
 async function scaleBy(name, delta) {
   const sv = state.services[name];
   const target = sv.desired + delta;
-  if (target < 0) return;
+  if (target < sv.min || target > sv.max) return;
   try {
     const r = await api("/api/scale", {
       method: "POST",
@@ -135,10 +135,12 @@ function replicaCard(r) {
 function renderService(name, svc, now) {
   const sv = serviceView(name);
   sv.desired = svc.desired;
+  sv.min = svc.min;
   sv.max = svc.max;
   $(".desired", sv.el).textContent = svc.desired;
   $(".actual", sv.el).textContent = svc.actual;
-  $(".scale-down", sv.el).disabled = svc.desired <= 0;
+  $(".scale-down", sv.el).disabled = svc.desired <= svc.min;
+  $(".scale-up", sv.el).disabled = svc.desired >= svc.max;
   $(".policy", sv.el).textContent = `${svc.policy} · ports ${svc.host_ports} · ${svc.ready} ready`;
   const w = svc.window;
   $(".window", sv.el).textContent = w ? (w.started ? `· window ${w.count} req, ends in ${Math.round(w.ends_in)} s`
