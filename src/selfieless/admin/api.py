@@ -7,6 +7,7 @@ Routes (JSON unless said otherwise):
 - ``POST /api/scale``    ``{"service": str, "replicas": int}``
 - ``POST /api/shutdown``                     graceful stop of the whole ``selfieless up``
 - ``GET  /api/logs?service=S[&port=P][&tail=N][&offsets=P:O,...]`` replica log files (process driver)
+- ``GET  /api/history?seconds=S``             requests/s per service, one point a second (history.py)
 - ``GET  /metrics``                          Prometheus text format
 - ``GET  /``, ``/static/...``                the dashboard (static files, no data in them)
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
+from .history import KEEP_SECONDS, SAMPLE_INTERVAL, RateHistory
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_WAIT = 30.0          # longest long poll, seconds
@@ -152,6 +155,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
     """The admin ASGI app. `shutdown` is called (on the loop) by POST /api/shutdown; `closing` is set
     when the server stops, which ends every long poll at once."""
     registry = metrics.make_registry(gateway, orchestrator)
+    history = history if history is not None else RateHistory()
 
     async def status(request: Request) -> Response:
         return JSONResponse(orchestrator.status())
@@ -241,6 +245,16 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
             out.append({"port": p, "path": str(path), "text": text, "offset": end})
         return JSONResponse({"service": service, "files": out})
 
+    async def history_route(request: Request) -> Response:
+        try:
+            seconds = float(request.query_params.get("seconds", "300"))
+        except ValueError:
+            return error(400, "seconds must be a number")
+        if not 0 < seconds <= KEEP_SECONDS:
+            return error(400, f"seconds must be between 0 and {KEEP_SECONDS} (the history kept)")
+        return JSONResponse({"interval": SAMPLE_INTERVAL, "seconds": seconds,
+                             "services": history.series(seconds, time.time())})
+
     async def metrics_route(request: Request) -> Response:
         # Async on purpose: the collector runs on the event loop thread, never in a worker thread.
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
@@ -262,6 +276,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         Route("/api/scale", scale, methods=["POST"]),
         Route("/api/shutdown", shutdown_route, methods=["POST"]),
         Route("/api/logs", logs),
+        Route("/api/history", history_route),
         Route("/metrics", metrics_route),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
