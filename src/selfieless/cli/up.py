@@ -13,7 +13,9 @@ import asyncio
 import errno
 import logging
 import os
+import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,15 +128,34 @@ def _host_for_url(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def next_steps(gateway_url: str, admin_url: str, stack: Stack) -> list[str]:
+def cli_command() -> str:
+    """How to type the CLI in another shell: `selfieless` when it is on the PATH (scripts/up, pip,
+    pipx put it there), else the full path of the one running now."""
+    if shutil.which("selfieless"):
+        return "selfieless"
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "selfieless" and argv0.exists():
+        return str(argv0.resolve().parent / "selfieless")
+    return f"{sys.executable} -m selfieless"
+
+
+def _gateway_text(routes: dict[str, str]) -> str:
+    parts = []
+    if any(r == "/api/v1" or r.startswith("/api/") for r in routes):
+        parts.append("the API (/api/v1/...)")
+    if "/ui" in routes:
+        parts.append("the web page (/ui/)")
+    return " and ".join(parts) if parts else "routes " + ", ".join(sorted(routes))
+
+
+def next_steps(gateway_url: str, admin_url: str, stack: Stack, cli: str = "selfieless") -> list[str]:
     routes = stack.routes()
-    lines = [
-        f"[bold]gateway[/]    {gateway_url}",
-        f"[bold]dashboard[/]  {admin_url}/",
-        f"[bold]metrics[/]    {admin_url}/metrics",
-        "",
-        "try:",
-    ]
+    where = [("gateway", gateway_url, _gateway_text(routes)),
+             ("dashboard", f"{admin_url}/", "replicas, health, requests/s, events, scale buttons"),
+             ("metrics", f"{admin_url}/metrics", "Prometheus text format")]
+    width = max(len(url) for _, url, _ in where) + 2
+    lines = [f"[bold]{name:<9}[/]  {url:<{width}}{text}" for name, url, text in where]
+    lines += ["", "try:"]
     if "/api/v1" in routes:
         lines += [
             f"  curl -i -X POST {gateway_url}/api/v1/categories -H 'content-type: application/json' -d '[\"Nature\"]'",
@@ -143,12 +164,11 @@ def next_steps(gateway_url: str, admin_url: str, stack: Stack) -> list[str]:
     else:
         first = next(iter(routes), "/")
         lines.append(f"  curl -i {gateway_url}{first}")
-    lines += [
-        "  selfieless status          # replicas, health, requests",
-        "  selfieless events -f       # what the control plane does, and why",
-        f"  selfieless load {gateway_url}/api/v1/categories --rps 20 --duration 10",
-        "  selfieless down            # or Ctrl-C here",
-    ]
+    main_service = routes.get("/api/v1") or next(iter(stack.services), "SERVICE")
+    hints = [("status", "replicas, health, requests"), ("events -f", "what the control plane does, and why"),
+             (f"logs -f {main_service}", "every replica's requests and errors"), ("down", "or Ctrl-C here")]
+    pad = max(len(c) for c, _ in hints) + 2
+    lines += [f"  {cli} {c:<{pad}}# {why}" for c, why in hints]
     return lines
 
 
@@ -233,7 +253,7 @@ async def run_up(opts: UpOptions, console: Console) -> int:
             else:
                 console.print(f"[yellow]not every replica is ready after {opts.ready_timeout:g} s;[/] carrying on "
                               f"(see `selfieless status` and `selfieless events`)")
-            for line in next_steps(gateway_url, admin.url, stack):
+            for line in next_steps(gateway_url, admin.url, stack, cli_command()):
                 console.print(line, highlight=False)
             await stop.wait()
     finally:
