@@ -11,31 +11,18 @@ import pytest
 
 from selfieless.orchestrator.drivers import make_driver, resolve_driver_kind
 from selfieless.orchestrator.drivers.base import LaunchSpec
-from selfieless.orchestrator.drivers.docker import docker_available
 
 from orch_helpers import FakeGateway, echo_command, wait_until
+from support.docker_engine import require_docker
 from support.ports import free_port_range
 
-WHY = docker_available()
+needs_web_image = pytest.mark.usefixtures("web_image")
 
 
-def _image_missing(image: str) -> str | None:
-    if WHY is not None:
-        return WHY
-    import docker
-
-    try:
-        docker.from_env().images.get(image)
-        return None
-    except Exception:
-        return f"image {image} is missing"
-
-
-def needs_image(image: str):
-    why = _image_missing(image)
-    return pytest.mark.skipif(
-        why is not None, reason=f"{why}; run `scripts/docker-prepare` as root (installs docker.io, starts dockerd, "
-                                f"builds the images offline)")
+@pytest.fixture
+def web_image():
+    """Skip without an engine or the image (saying how to get them); fail if the engine is broken."""
+    require_docker("web:latest")
 
 
 def test_auto_picks_process_without_an_engine(tmp_path, monkeypatch):
@@ -46,7 +33,7 @@ def test_auto_picks_process_without_an_engine(tmp_path, monkeypatch):
 
 
 @pytest.mark.docker
-@needs_image("web:latest")
+@needs_web_image
 @pytest.mark.anyio
 async def test_container_lifecycle_labels_and_die_events():
     """The real engine: start our web image, labels and published port, list, die event, stop."""
@@ -93,7 +80,7 @@ async def test_container_lifecycle_labels_and_die_events():
 
 
 @pytest.mark.docker
-@needs_image("web:latest")
+@needs_web_image
 @pytest.mark.anyio
 async def test_network_fixed_name_loopback_publish_and_cleanup():
     """What a dependency gets: a fixed name, its port on 127.0.0.1 only, the stack network (made
