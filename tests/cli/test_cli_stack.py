@@ -131,6 +131,38 @@ def test_logs(up):
     assert unknown.returncode == 1 and "unknown service 'nope'" in unknown.stderr
 
 
+def test_logs_follow_prints_new_output(up):
+    """`logs -f` keeps printing: a replacement on the same port appends its start line to that
+    port's log, and the follower shows it without being restarted."""
+    acts = up.status()["services"]["acts"]["replicas"][0]
+    port, old_pid = acts["port"], acts["pid"]
+    follower = subprocess.Popen(cli("logs", "acts", "--replica", str(port), "-f", "-n", "1", *sd(up)),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def wait_for(pred, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not pred():
+            time.sleep(0.1)
+        return pred()
+
+    try:
+        assert wait_for(lambda: len(lines) >= 1, 30), "follower printed nothing"
+        starts_before = sum("start:" in x for x in lines)
+        assert httpx.post(f"http://127.0.0.1:{port}/api/v1/_crash", timeout=10).status_code == 200
+        assert wait_for(lambda: sum("start:" in x for x in lines) > starts_before, 60), lines
+        assert follower.poll() is None  # still following
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        up.wait_ready(90)
+    new = up.status()["services"]["acts"]["replicas"][0]
+    assert new["port"] == port and new["pid"] != old_pid
+
+
 def test_load_through_the_gateway(up):
     before = up.status()["services"]["acts"]["api_requests"]
     r = run_cli("load", f"{up.gateway}/api/v1/categories", "--rps", "40", "--duration", "1", "--json", timeout=60)
