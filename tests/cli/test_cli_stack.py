@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cli_support import UpProcess, cli, pid_alive, replica_pids, run_cli, write_test_stack
+from selfieless.cli.main import replica_prefix
 from support.ports import free_port_range
 
 
@@ -50,8 +51,10 @@ def test_status_table_and_json(up):
     acts_port = st["services"]["acts"]["replicas"][0]["port"]
     rep = st["services"]["acts"]["replicas"][0]
     for text in ("stack clitest-", "converged", "service", "desired", "actual", "window count", "in-flight",
-                 "restarts", rep["id"], str(acts_port), "ready", "passing"):
+                 "restarts", rep["id"], str(acts_port), "ready", "passing", "pid"):
         assert text in r.stdout, (text, r.stdout)
+    row = next(line for line in r.stdout.splitlines() if rep["id"] in line)
+    assert str(rep["pid"]) in row.split()  # the PID has its own column
     j = run_cli("status", "--json", *sd(up))
     data = json.loads(j.stdout)
     assert set(data["services"]) == {"acts", "users"}
@@ -122,45 +125,45 @@ def test_logs(up):
     port = up.status()["services"]["acts"]["replicas"][0]["port"]
     r = run_cli("logs", "acts", *sd(up))
     assert r.returncode == 0, r.stderr
-    assert f"[{port}] --- " in r.stdout and "start:" in r.stdout and "selfieless.apps.acts" in r.stdout
+    assert f"{replica_prefix('acts', port)}--- " in r.stdout and "start:" in r.stdout
+    assert "selfieless.apps.acts" in r.stdout
     one = run_cli("logs", "acts", "--replica", str(port), "-n", "5", *sd(up))
-    assert one.returncode == 0 and "selfieless.apps.acts" in one.stdout and f"[{port}]" not in one.stdout
+    assert one.returncode == 0 and "selfieless.apps.acts" in one.stdout and f"acts-{port}" not in one.stdout
     missing = run_cli("logs", "acts", "--replica", "1", *sd(up))
     assert missing.returncode == 1 and "no log for acts on port 1" in missing.stderr
     unknown = run_cli("logs", "nope", *sd(up))
     assert unknown.returncode == 1 and "unknown service 'nope'" in unknown.stderr
 
 
-def test_logs_follow_prints_new_output(up):
-    """`logs -f` keeps printing: a replacement on the same port appends its start line to that
-    port's log, and the follower shows it without being restarted."""
-    acts = up.status()["services"]["acts"]["replicas"][0]
-    port, old_pid = acts["port"], acts["pid"]
-    follower = subprocess.Popen(cli("logs", "acts", "--replica", str(port), "-f", "-n", "1", *sd(up)),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
-    reader.start()
-
-    def wait_for(pred, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not pred():
-            time.sleep(0.1)
-        return pred()
-
+def test_logs_follow_every_replica_with_request_lines(up):
+    if up.status()["services"]["acts"]["desired"] < 2:
+        assert run_cli("scale", "acts", "2", "--wait", *sd(up), timeout=90).returncode == 0
+    ports = sorted(replica_pids(up.status(), "acts"))
+    assert len(ports) >= 2
+    out = up.tmp / "logs-follow.out"
+    with open(out, "wb") as sink:
+        follow = subprocess.Popen(cli("logs", "-f", "acts", "-n", "0", *sd(up)), stdout=sink,
+                                  stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
     try:
-        assert wait_for(lambda: len(lines) >= 1, 30), "follower printed nothing"
-        starts_before = sum("start:" in x for x in lines)
-        assert httpx.post(f"http://127.0.0.1:{port}/api/v1/_crash", timeout=10).status_code == 200
-        assert wait_for(lambda: sum("start:" in x for x in lines) > starts_before, 60), lines
-        assert follower.poll() is None  # still following
+        time.sleep(1.5)  # its first read done: what follows is new
+        marker = f"/api/v1/categories/follow{int(time.time())}/acts"
+        for _ in range(6):  # round-robin: every replica gets some
+            httpx.get(up.gateway + marker, timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = out.read_text(errors="replace")
+            if all(f"{replica_prefix('acts', p)}" in text and f"GET {marker} " in text.split(
+                    replica_prefix('acts', p), 1)[-1] for p in ports):
+                break
+            time.sleep(0.2)
+        text = out.read_text(errors="replace")
+        for p in ports:
+            mine = [line for line in text.splitlines() if line.startswith(replica_prefix("acts", p))]
+            assert any(f"GET {marker} " in line and line.endswith(" ms") for line in mine), (p, text)
+        assert "Warning" not in text
     finally:
-        follower.terminate()
-        follower.wait(10)
-        up.wait_ready(90)
-    new = up.status()["services"]["acts"]["replicas"][0]
-    assert new["port"] == port and new["pid"] != old_pid
+        follow.terminate()
+        follow.wait(10)
 
 
 def test_load_through_the_gateway(up):
