@@ -4,6 +4,11 @@ Every replica of a service opens the same database, so the rules here are about 
 SQLite runs in WAL mode with a busy timeout and takes its write lock up front (BEGIN IMMEDIATE)
 so two processes never deadlock upgrading a read lock; schema creation tolerates another
 replica creating the same tables at the same moment.
+
+Where the work runs: a query on MariaDB/PostgreSQL waits on the network, so it runs in the thread
+pool. A SQLite read takes microseconds and, in WAL mode, never waits for a writer, so it runs on
+the event loop itself: handing it to a thread costs more than the query. A SQLite write can wait
+for another process's write lock, so it goes to the thread pool like everything else.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, Text, create_engine, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import make_url
+from starlette.concurrency import run_in_threadpool
+
+T = TypeVar("T")
 
 log = logging.getLogger("selfieless.db")
 
@@ -107,6 +116,16 @@ class Database:
                 tx.commit()
             else:
                 tx.rollback()
+
+    async def reading(self, fn: Callable[..., T], *args) -> T:
+        """Call `fn(*args)`, a function doing only reads, where reads are cheapest (module docstring)."""
+        if self.backend == "sqlite":
+            return fn(*args)
+        return await run_in_threadpool(fn, *args)
+
+    async def writing(self, fn: Callable[..., T], *args) -> T:
+        """Call `fn(*args)`, a function that writes, in the thread pool."""
+        return await run_in_threadpool(fn, *args)
 
     def create_schema(self, metadata: MetaData, attempts: int = 20) -> None:
         """Create missing tables; another replica doing the same at the same time is fine."""

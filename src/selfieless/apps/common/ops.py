@@ -13,7 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .counter import GroupCounter
 from .db import Database
+from .responses import json_response
 
 API_PREFIX = "/api/v1"
 OPERATIONAL = ("/api/v1/_count", "/api/v1/_health", "/api/v1/_crash")
@@ -42,6 +44,7 @@ class ReplicaState:
         self.counts = counts
         self.allow_crash = allow_crash
         self.crashed = False
+        self.counter = GroupCounter(self._commit_count)
 
     def ensure_counter(self) -> None:
         with self.db.read() as conn:
@@ -53,10 +56,13 @@ class ReplicaState:
             except IntegrityError:
                 pass  # a sibling replica inserted it first
 
-    def increment(self) -> None:
+    def increment(self, k: int = 1) -> None:
         with self.db.write() as conn:
             conn.execute(update(self.counts).where(self.counts.c.service == self.service)
-                         .values(n=self.counts.c.n + 1))
+                         .values(n=self.counts.c.n + k))
+
+    async def _commit_count(self, k: int) -> None:
+        await self.db.writing(self.increment, k)
 
     def count(self) -> int:
         with self.db.read() as conn:
@@ -96,7 +102,7 @@ class ReplicaMiddleware:
             await send({"type": "http.response.body", "body": _CRASHED_BODY})
             return
         if is_counted(scope["path"]):
-            await run_in_threadpool(self.state.increment)
+            await self.state.counter.add()
         if scope["method"] == "HEAD":
             # Served as GET; the server still sends no body, as it keeps its own copy of the scope.
             scope = {**scope, "method": "GET"}
@@ -123,7 +129,7 @@ def operational_router(state: ReplicaState) -> APIRouter:
 
     @router.get("/_count", summary="Requests this service received under /api/v1 since the last reset")
     async def get_count():
-        return [await run_in_threadpool(state.count)]
+        return json_response([await state.db.reading(state.count)])
 
     @router.delete("/_count", summary="Reset the request counter")
     async def reset_count():
