@@ -7,7 +7,7 @@ answer; the crash flag is deliberately per process, so one replica fails and its
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
@@ -45,6 +45,10 @@ class ReplicaState:
         self.allow_crash = allow_crash
         self.crashed = False
         self.counter = GroupCounter(self._commit_count)
+        # Built once: the counter's statements run on every counted request.
+        self._add = (update(counts).where(counts.c.service == bindparam("which"))
+                     .values(n=counts.c.n + bindparam("k", type_=BigInteger)))
+        self._get = select(counts.c.n).where(counts.c.service == bindparam("which"))
 
     def ensure_counter(self) -> None:
         with self.db.read() as conn:
@@ -58,15 +62,14 @@ class ReplicaState:
 
     def increment(self, k: int = 1) -> None:
         with self.db.write() as conn:
-            conn.execute(update(self.counts).where(self.counts.c.service == self.service)
-                         .values(n=self.counts.c.n + k))
+            conn.execute(self._add, {"which": self.service, "k": k})
 
     async def _commit_count(self, k: int) -> None:
         await self.db.writing(self.increment, k)
 
     def count(self) -> int:
         with self.db.read() as conn:
-            return conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).scalar_one()
+            return conn.execute(self._get, {"which": self.service}).scalar_one()
 
     def reset(self) -> None:
         with self.db.write() as conn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -26,6 +26,10 @@ class NewUser(BaseModel):
 
 NEW_USER = TypeAdapter(NewUser)
 
+# Built once (see acts/store.py): the list runs for every upload's username check.
+_USER_ID = select(users.c.id).where(users.c.name_key == bindparam("key"))
+_NAMES = select(users.c.name).order_by(users.c.id)
+
 
 def make_router(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["users"])
@@ -42,7 +46,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
 
     def user_exists(name: str) -> bool:
         with db.read() as conn:
-            return conn.execute(select(users.c.id).where(users.c.name_key == name_key(name))).first() is not None
+            return conn.execute(_USER_ID, {"key": name_key(name)}).first() is not None
 
     @router.post("/users", status_code=201, summary="Add a user",
                  openapi_extra=json_body(NEW_USER, {"username": "alice", "password": "a" * 40}),
@@ -76,7 +80,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
 
     def list_names() -> list[str]:
         with db.read() as conn:
-            return list(conn.execute(select(users.c.name).order_by(users.c.id)).scalars())
+            return list(conn.execute(_NAMES).scalars())
 
     @router.get("/users", summary="All usernames (204 when there are none)",
                 responses={204: {"description": "no users"}})
