@@ -32,7 +32,8 @@ from . import autoscale as auto
 from .backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
-from .health import HttpProber, Probe, Verdict, tcp_probe, verdict
+from .health import Probe, Verdict, tcp_probe, verdict
+from .probe import HttpProber
 from .plan import PENDING, CancelPending, Replace, Slot, Start, Stop, plan_service
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .stack import NoPolicy, RatePolicy, ServiceSpec, Stack, WindowPolicy, render
