@@ -217,3 +217,75 @@ async def test_wait_ready_wakes_on_add_and_stays_small():
     assert len(p._ready_waiters) == 1  # the cancelled ones were dropped past 64
     p.add("B", "h", 2)
     assert live.done() and p._ready_waiters == []
+
+
+def test_balance_mode_is_reported():
+    assert ReplicaPool("s").balance == "round_robin"
+    assert ReplicaPool("s", balance="least_outstanding").balance == "least_outstanding"
+
+
+@pytest.mark.anyio
+async def test_a_drained_replica_leaves_the_rotation():
+    p = pool_of("A", "B", "C")
+    assert await p.drain("B") is True  # nothing in flight: at once
+    assert [p.acquire().id for _ in range(4)] == ["A", "C", "A", "C"]
+
+
+def test_least_outstanding_scans_forward_from_the_cursor():
+    p = pool_of("A", "B", "C", balance="least_outstanding")
+    reps = [p.acquire() for _ in range(3)]  # one each; the cursor is back at A
+    p.release(reps[1])
+    p.release(reps[2])  # A busy, B and C idle: the first idle one after the cursor, B
+    assert p.acquire().id == "B"
+
+
+def test_round_robin_exclude_wraps_and_counts():
+    p = pool_of("A", "B", "C")
+    assert [p.acquire().id for _ in range(2)] == ["A", "B"]  # C next
+    assert p.acquire(exclude=p.get("C")).id == "A"  # the excluded one was last: wrap to the first
+    assert p.acquire().id == "B"
+    single = pool_of("A")
+    rep = single.acquire()
+    assert single.acquire() is rep and rep.in_flight == 2
+    single.release(rep)
+    single.release(rep)
+    assert rep.served == 2 and rep.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_drain_waits_for_the_last_request_not_the_first():
+    p = pool_of("A")
+    a = p.acquire()
+    p.acquire()
+    waiter = asyncio.ensure_future(p.drain("A", timeout=10))
+    await asyncio.sleep(0.01)
+    p.release(a)
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and a.in_flight == 1
+    p.release(a)
+    assert await asyncio.wait_for(waiter, 1) is True
+
+
+def test_ejection_is_logged_with_service_replica_and_reason(caplog):
+    def bad(*a):
+        raise RuntimeError("boom")
+
+    p = pool_of("A", on_eject=bad)
+    with caplog.at_level("WARNING", logger="selfieless.gateway.pool"):
+        p.eject(p.get("A"), "connection refused")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "gateway: ejected s/A: connection refused" in messages
+    assert "on_eject callback failed for s/A" in messages
+
+
+@pytest.mark.anyio
+async def test_ready_waiters_are_pruned_past_64():
+    p = ReplicaPool("s")
+    first = [p.wait_ready() for _ in range(64)]
+    for f in first:
+        f.cancel()
+    extra = p.wait_ready()
+    assert len(p._ready_waiters) == 65  # 64 is not past the limit: nothing pruned yet
+    extra.cancel()
+    p.wait_ready()
+    assert len(p._ready_waiters) == 1

@@ -204,3 +204,23 @@ def test_rate_equal_recommendation_keeps_current_as_scale_out_reason():
     st = RateState(samples=((99.0, 0),), since=99.0)
     _, d = rate_step(st, Sample(20, 0.0), 100.0, 2, R, 1, 10, "acts")
     assert d == Decision(2, 2, "kept acts at 2: 20.0 req/s over the last 1.0 s, target 10 per replica", 20)
+
+
+def test_invalid_transition_without_a_reason():
+    r = Replica("x", "acts", 8000)
+    with pytest.raises(InvalidTransition) as info:
+        r.transition(S.STOPPED)
+    assert str(info.value) == "x: starting -> stopped is not allowed ()"
+
+
+def test_rate_samples_at_the_same_instant_read_zero_not_a_division_by_zero():
+    st = RateState(samples=((100.0, 0),), since=100.0)
+    _, d = rate_step(st, Sample(10, 0.0), 100.0, 1, R, 1, 10, "acts")
+    assert d.desired == 1 and d.reason == "kept acts at 1: 0.0 req/s over the last 0.0 s, target 10 per replica"
+
+
+def test_rate_short_window_reads_spans_under_a_second():
+    R1 = RatePolicy(policy="rate", target_rps_per_replica=10, window_seconds=1, scale_in_delay=10)
+    st = RateState(samples=((99.2, 0),), since=99.2)
+    _, d = rate_step(st, Sample(10, 0.0), 100.0, 1, R1, 1, 10, "acts")
+    assert d.desired == 2 and d.reason.startswith("scaled acts 1\u21922: 12.5 req/s over the last 0.8 s")
