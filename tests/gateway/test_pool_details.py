@@ -243,7 +243,7 @@ def test_round_robin_exclude_wraps_and_counts():
     p = pool_of("A", "B", "C")
     assert [p.acquire().id for _ in range(2)] == ["A", "B"]  # C next
     assert p.acquire(exclude=p.get("C")).id == "A"  # the excluded one was last: wrap to the first
-    assert p.acquire().id == "B"
+    assert p.acquire(exclude=p.get("B")).id == "C"  # B next but excluded: the one after it
     single = pool_of("A")
     rep = single.acquire()
     assert single.acquire() is rep and rep.in_flight == 2
