@@ -65,8 +65,8 @@ def test_status_table_and_json(up):
 def test_scale_with_errors_and_events(up):
     before = up.status()
     bad = [
-        (["scale", "acts", "-1"], "replicas must be between 0 and 4"),
-        (["scale", "acts", "99"], "replicas must be between 0 and 4"),
+        (["scale", "acts", "0"], "replicas must be between 1 and 4"),
+        (["scale", "acts", "99"], "replicas must be between 1 and 4"),
         (["scale", "nope", "2"], "unknown service 'nope'; this stack has: acts, users"),
         (["scale", "acts", "two"], "replicas must be a whole number"),
     ]
@@ -111,10 +111,11 @@ def test_events_follow_sees_new_events(up):
     try:
         # It prints the last past event once connected; only then make something happen.
         assert read_until(lambda: len(lines) >= 1, 30), "follower printed nothing"
-        assert run_cli("scale", "users", "0", *sd(up)).returncode == 0
-        read_until(lambda: any("stopped   users/" in x for x in lines), 20)
-        assert any("scaled    users: scaled users 1→0" in x for x in lines), lines
-        assert any("stopped   users/" in x for x in lines), lines
+        before = up.status()["services"]["acts"]["desired"]
+        assert run_cli("scale", "acts", str(before + 1), *sd(up)).returncode == 0
+        read_until(lambda: any("ready     acts/" in x for x in lines), 30)
+        assert any(f"scaled    acts: scaled acts {before}→{before + 1}" in x for x in lines), lines
+        assert any("start     acts/" in x for x in lines) and any("ready     acts/" in x for x in lines), lines
     finally:
         follower.terminate()
         follower.wait(10)
@@ -215,11 +216,22 @@ def test_ctrl_c_drains_and_stops(tmp_path):
         # A second `up` on the same state dir is refused while this one runs.
         second = run_cli("up", str(stack), "--port", "0", "--admin-port", "0", "--state-dir", str(up.state_dir))
         assert second.returncode == 1 and "already running" in second.stdout
+        # Followers are connected (`events -f` long-polls), as when a user watches while stopping.
+        follower = subprocess.Popen(cli("events", "-f", "--state-dir", str(up.state_dir)),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        t0 = time.monotonic()
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(30) == 0
+        took = time.monotonic() - t0
         assert not any(pid_alive(p) for p in pids)
         out = up.output()
-        assert "drained" in out and "stopped in" in out and "Traceback" not in out
+        assert "drained" in out and "Traceback" not in out and "ERROR" not in out, out
+        # The figure printed is the time from Ctrl-C to the end, give or take the interpreter's exit.
+        said = float(out.rsplit("stopped in ", 1)[1].split(" s")[0])
+        assert said <= took + 0.05 and took - said < 0.6, (said, took)
+        _, follower_err = follower.communicate(timeout=30)
+        assert "the stack stopped" in follower_err and "Internal Server Error" not in follower_err
         assert not (up.state_dir / "admin.json").exists()
     finally:
         up.stop()

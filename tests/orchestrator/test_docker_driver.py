@@ -25,6 +25,16 @@ def web_image():
     require_docker("web:latest")
 
 
+def test_no_engine_reason_is_readable(tmp_path, monkeypatch):
+    from selfieless.orchestrator.drivers.docker import docker_available
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    assert docker_available() == f"no Docker engine answers at unix://{tmp_path}/no-engine.sock " \
+                                 f"(no such socket: is dockerd running?)"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+    assert docker_available() == "no Docker engine answers at tcp://127.0.0.1:1 (connection refused: is dockerd running?)"
+
+
 def test_auto_picks_process_without_an_engine(tmp_path, monkeypatch):
     # Pointed at a socket nobody serves, whether or not this machine runs an engine.
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")

@@ -201,8 +201,10 @@ async def test_manual_scale_out_and_in_highest_first_with_drain(tmp_path, ports)
         assert sorted(d.split("-")[1] for d in drained) == [str(ports[2]), str(ports[3])]
         scaled = [e.reason for e in orch.events.since(0) if e.kind == "scaled"]
         assert scaled == ["scaled echo 1\u21924: manual scale", "scaled echo 4\u21922: manual scale"]
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"echo: replicas must be between 1 and 10 \(replicas.min"):
             await orch.scale("echo", 11)
+        with pytest.raises(ValueError, match="between 1 and 10"):  # the stack's min is 1
+            await orch.scale("echo", 0)
     finally:
         await system.stop()
 
@@ -446,7 +448,7 @@ async def test_passive_ejection_confirmed_by_a_probe(tmp_path, ports):
 
 
 async def test_unknown_service_scale_and_status_without_traffic(tmp_path, ports):
-    orch, system = await launch(tmp_path, echo_stack(ports))
+    orch, system = await launch(tmp_path, echo_stack(ports, replicas={"min": 0}))
     try:
         with pytest.raises(KeyError):
             await orch.scale("nope", 1)

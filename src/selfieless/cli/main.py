@@ -257,7 +257,7 @@ def events(
 @app.command(context_settings={"ignore_unknown_options": True})
 def scale(
     service: str = typer.Argument(..., help="Service name, e.g. acts."),
-    replicas: str = typer.Argument(..., help="Desired replica count (0 up to the size of its port range)."),
+    replicas: str = typer.Argument(..., help="Desired replica count, within the stack's replicas.min..max."),
     wait: bool = typer.Option(False, "--wait", help="Wait until that many replicas are ready."),
     timeout: float = typer.Option(60.0, "--timeout", help="With --wait: how long (s)."),
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,

@@ -7,13 +7,15 @@ answer; the crash flag is deliberately per process, so one replica fails and its
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .counter import GroupCounter
 from .db import Database
+from .responses import json_response
 
 API_PREFIX = "/api/v1"
 OPERATIONAL = ("/api/v1/_count", "/api/v1/_health", "/api/v1/_crash")
@@ -42,6 +44,11 @@ class ReplicaState:
         self.counts = counts
         self.allow_crash = allow_crash
         self.crashed = False
+        self.counter = GroupCounter(self._commit_count)
+        # Built once: the counter's statements run on every counted request.
+        self._add = (update(counts).where(counts.c.service == bindparam("which"))
+                     .values(n=counts.c.n + bindparam("k", type_=BigInteger)))
+        self._get = select(counts.c.n).where(counts.c.service == bindparam("which"))
 
     def ensure_counter(self) -> None:
         with self.db.read() as conn:
@@ -53,14 +60,16 @@ class ReplicaState:
             except IntegrityError:
                 pass  # a sibling replica inserted it first
 
-    def increment(self) -> None:
+    def increment(self, k: int = 1) -> None:
         with self.db.write() as conn:
-            conn.execute(update(self.counts).where(self.counts.c.service == self.service)
-                         .values(n=self.counts.c.n + 1))
+            conn.execute(self._add, {"which": self.service, "k": k})
+
+    async def _commit_count(self, k: int) -> None:
+        await self.db.writing(self.increment, k)
 
     def count(self) -> int:
         with self.db.read() as conn:
-            return conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).scalar_one()
+            return conn.execute(self._get, {"which": self.service}).scalar_one()
 
     def reset(self) -> None:
         with self.db.write() as conn:
@@ -96,7 +105,7 @@ class ReplicaMiddleware:
             await send({"type": "http.response.body", "body": _CRASHED_BODY})
             return
         if is_counted(scope["path"]):
-            await run_in_threadpool(self.state.increment)
+            await self.state.counter.add()
         if scope["method"] == "HEAD":
             # Served as GET; the server still sends no body, as it keeps its own copy of the scope.
             scope = {**scope, "method": "GET"}
@@ -123,7 +132,7 @@ def operational_router(state: ReplicaState) -> APIRouter:
 
     @router.get("/_count", summary="Requests this service received under /api/v1 since the last reset")
     async def get_count():
-        return [await run_in_threadpool(state.count)]
+        return json_response([await state.db.reading(state.count)])
 
     @router.delete("/_count", summary="Reset the request counter")
     async def reset_count():
