@@ -60,12 +60,15 @@ def test_delete_category_removes_its_acts(api):
 
 
 def test_delete_unknown_category_is_400(api):
+    api.add_category("Nature")
     r = api.acts.delete("/categories/Nowhere")
     assert r.status_code == 400 and "no such category" in r.json()["error"]
+    assert api.acts.get("/categories").json() == {"Nature": 0}
 
 
 def test_size(api):
-    assert api.acts.get("/categories/Nature/acts/size").status_code == 204
+    r = api.acts.get("/categories/Nature/acts/size")
+    assert r.status_code == 204 and r.content == b""
     api.add_category("Nature")
     assert api.acts.get("/categories/Nature/acts/size").json() == [0]
     user = api.add_user()

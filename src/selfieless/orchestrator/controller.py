@@ -199,9 +199,11 @@ class Orchestrator:
         svc = self._service(service)
         if svc.dependency:
             raise ValueError(f"{service} is a dependency: it always runs exactly one replica")
-        limit = len(svc.spec.host_ports)
-        if not 0 <= n <= limit:
-            raise ValueError(f"{service}: replicas must be between 0 and {limit} (the size of its port range)")
+        # The stack's bounds, which the autoscaler keeps to as well (max never exceeds the port range).
+        low, high = svc.spec.replicas.min, svc.spec.replicas.max
+        if not low <= n <= high:
+            raise ValueError(f"{service}: replicas must be between {low} and {high} (replicas.min and "
+                             f"replicas.max in the stack)")
         old = svc.desired
         svc.desired = n
         # The rate policy's stabilisation period restarts, so a manual count is not undone at once.

@@ -59,6 +59,11 @@ def _run_child(module: str, request: dict) -> None:
         os.environ.update(request["env"])
         # argv as `python -m MODULE args...` would see it; run_module sets argv[0] itself.
         sys.argv = [module, *request["argv"]]
+        # The preloader imported the code run_module is about to execute as __main__ (for a package,
+        # MODULE.__main__). Left in sys.modules, runpy warns that running it again "may result in
+        # unpredictable behaviour"; dropped, it is executed once more as __main__, and what it imports
+        # (the app, FastAPI, SQLAlchemy...) stays imported, which is the point of preloading.
+        sys.modules.pop(_main_module_of(module), None)
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
@@ -76,6 +81,12 @@ def _run_child(module: str, request: dict) -> None:
             os._exit(code)
 
 
+def _main_module_of(module: str) -> str:
+    """The module `python -m MODULE` executes: MODULE.__main__ for a package, else MODULE."""
+    imported = sys.modules.get(module)
+    return f"{module}.__main__" if hasattr(imported, "__path__") else module
+
+
 def _reap(pid: int) -> int | None:
     try:
         _, status = os.waitpid(pid, 0)
@@ -87,6 +98,12 @@ def _reap(pid: int) -> int | None:
 def serve(module: str, fd: int) -> None:
     """The preloader's main loop: import `module`, then fork a replica per spawn request."""
     sock = socket.socket(fileno=fd)
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"selfieless: preloader {module}")
+    except ImportError:
+        pass
     imported = importlib.import_module(module)
     if hasattr(imported, "__path__"):  # a package: `python -m pkg` runs pkg.__main__
         importlib.import_module(f"{module}.__main__")
