@@ -161,3 +161,19 @@ def test_after_a_failure_the_next_probe_opens_a_new_connection():
             return results
     assert asyncio.run(main()) == [(True, "200"), (False, "status 500"), (True, "200")]
     assert connections == [2, 1]
+
+
+def test_a_kept_connection_that_goes_silent_times_out():
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await reader.read()  # the second request is never answered
+
+    async def main():
+        async with await asyncio.start_server(handle, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            prober = HttpProber()
+            results = [await prober("127.0.0.1", port, "/h", 0.3) for _ in range(2)]
+            await prober.aclose()
+            return results
+    assert asyncio.run(main()) == [(True, "200"), (False, "no answer within 0.3 s")]

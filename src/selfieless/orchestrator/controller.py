@@ -563,7 +563,8 @@ class Orchestrator:
                     # A 5xx hint from the gateway ends the wait early, but never within
                     # HINTED_PROBE_GAP of the last probe: a replica whose app fails some requests
                     # while its health check passes must not be probed per failed request.
-                    await asyncio.wait_for(wake.wait(), max(0.0, interval - (self._mono() - t0)))
+                    async with asyncio.timeout(max(0.0, interval - (self._mono() - t0))):  # no task per wait
+                        await wake.wait()
                     await asyncio.sleep(max(0.0, HINTED_PROBE_GAP - (self._mono() - t0)))
                 except asyncio.TimeoutError:
                     pass

@@ -19,6 +19,7 @@ the probe is sent again at once on a new connection, within the same timeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 from urllib.parse import quote
 
 import httptools
@@ -39,20 +40,30 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.closed = False
         self.busy = False
+        self.timed_out = False
         self.uses = 0
 
-    async def get(self, request: bytes) -> tuple[int | None, str]:
-        """(status or None, reason); the status only once the whole answer has arrived."""
+    async def get(self, request: bytes, timeout: float, shown_timeout: float) -> tuple[int | None, str]:
+        """(status or None, reason); the status only once the whole answer has arrived. A timeout
+        is a plain timer on the answer (no task cancellation): this runs every second per replica."""
         assert self._transport is not None and not self.busy
         self.busy, self.uses, self.answered, self._status = True, self.uses + 1, False, 0
-        self._answer = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._answer = loop.create_future()
+        timer = loop.call_later(timeout, self._time_out, shown_timeout)
         try:
             if self.closed:
                 return None, "connection closed before a response"
             self._transport.write(request)
             return await self._answer
         finally:
+            timer.cancel()
             self.busy = False
+
+    def _time_out(self, shown_timeout: float) -> None:
+        self.timed_out = True
+        self._settle(None, f"no answer within {shown_timeout:g} s")
+        self.close()  # the answer may still come: this connection is done
 
     def close(self) -> None:
         if self._transport is not None:
@@ -92,6 +103,18 @@ class _Connection(asyncio.Protocol):
             self._answer.set_result((status, reason))
 
 
+@functools.lru_cache(maxsize=4096)
+def _request(host: str, port: int, path: str) -> bytes:
+    return (f"GET {quote(path, safe='/?&=%:@+,;~!$()*')} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "User-Agent: selfieless-probe\r\n\r\n").encode("ascii")
+
+
+def _result(status: int | None, reason: str) -> tuple[bool, str]:
+    if status == 200:
+        return True, "200"
+    return False, reason or f"status {status}"
+
+
 class HttpProber:
     """`await prober(host, port, path, timeout)` -> (ok, detail); one per runtime, keeping one
     connection per replica address."""
@@ -100,42 +123,36 @@ class HttpProber:
         self._kept: dict[tuple[str, int], _Connection] = {}
 
     async def __call__(self, host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
-        request = (f"GET {quote(path, safe='/?&=%:@+,;~!$()*')} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                   "User-Agent: selfieless-probe\r\n\r\n").encode("ascii")
-        try:
-            async with asyncio.timeout(timeout):
-                status, reason = await self._exchange(host, port, request)
-        except TimeoutError:
-            return False, f"no answer within {timeout:g} s"
-        except OSError as e:
-            return False, f"connection failed ({e.strerror or e})"
-        if status == 200:
-            return True, "200"
-        return False, reason or f"status {status}"
-
-    async def _exchange(self, host: str, port: int, request: bytes) -> tuple[int | None, str]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        request = _request(host, port, path)
         key = (host, port)
         kept = self._kept.get(key)
         if kept is not None and not kept.busy:  # busy: a second probe at once gets its own connection
             del self._kept[key]
             if not kept.closed and kept.uses < FRESH_AFTER:
-                status, reason = await self._use(kept, request)
-                if status is not None or kept.answered:
+                status, reason = await self._use(kept, request, timeout, timeout)
+                if status is not None or kept.answered or kept.timed_out:
                     self._keep(key, kept, status)
-                    return status, reason
+                    return _result(status, reason)
                 # Closed before a byte of the answer: the replica ended an idle connection. Ask anew.
             kept.close()
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, host, port)
-        status, reason = await self._use(conn, request)
+        try:
+            async with asyncio.timeout_at(deadline):
+                _, conn = await loop.create_connection(_Connection, host, port)
+        except TimeoutError:
+            return False, f"no answer within {timeout:g} s"
+        except OSError as e:
+            return False, f"connection failed ({e.strerror or e})"
+        status, reason = await self._use(conn, request, max(0.0, deadline - loop.time()), timeout)
         self._keep(key, conn, status)
-        return status, reason
+        return _result(status, reason)
 
     @staticmethod
-    async def _use(conn: _Connection, request: bytes) -> tuple[int | None, str]:
+    async def _use(conn: _Connection, request: bytes, timeout: float, shown: float) -> tuple[int | None, str]:
         try:
-            return await conn.get(request)
-        except BaseException:  # cancelled by the timeout: the answer may still come; never reuse it
+            return await conn.get(request, timeout, shown)
+        except BaseException:  # cancelled (runtime stopping): the answer may still come; never reuse it
             conn.close()
             raise
 

@@ -8,7 +8,7 @@ replica creating the same tables at the same moment.
 Where the work runs: a query on MariaDB/PostgreSQL waits on the network, so it runs in the thread
 pool. A SQLite read takes microseconds and, in WAL mode, never waits for a writer, so it runs on
 the event loop itself: handing it to a thread costs more than the query. A SQLite write can wait
-for another process's write lock, so it goes to the thread pool like everything else.
+for another process's write lock, so it goes to a thread, one for all of this process's writes.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import contextlib
 import hashlib
 import logging
 import random
+import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -101,6 +103,9 @@ class Database:
         # than checked out of the pool for every request. Each read is still its own transaction.
         self._loop_reader: Connection | None = None
         self._loop_thread: int | None = None
+        # SQLite writes of this process take turns anyway (the lock above), so one thread runs
+        # them all: a plain executor hand-off is lighter than the general thread pool's.
+        self._writer = ThreadPoolExecutor(1, "sqlite-writer") if self.backend == "sqlite" else None
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -136,7 +141,9 @@ class Database:
         return await run_in_threadpool(fn, *args)
 
     async def writing(self, fn: Callable[..., T], *args) -> T:
-        """Call `fn(*args)`, a function that writes, in the thread pool."""
+        """Call `fn(*args)`, a function that writes, in a thread: SQLite's writer, else the pool."""
+        if self._writer is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
         return await run_in_threadpool(fn, *args)
 
     def create_schema(self, metadata: MetaData, attempts: int = 20) -> None:
@@ -156,4 +163,6 @@ class Database:
         if self._loop_reader is not None:
             self._loop_reader.close()
             self._loop_reader = None
+        if self._writer is not None:
+            self._writer.shutdown()
         self.engine.dispose()

@@ -6,12 +6,14 @@ answer; the crash flag is deliberately per process, so one replica fails and its
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .counter import GroupCounter
 from .db import Database
@@ -104,12 +106,32 @@ class ReplicaMiddleware:
                                     (b"content-length", str(len(_CRASHED_BODY)).encode())]})
             await send({"type": "http.response.body", "body": _CRASHED_BODY})
             return
-        if is_counted(scope["path"]):
-            await self.state.counter.add()
-        if scope["method"] == "HEAD":
+        method = scope["method"]
+        if method == "HEAD":
             # Served as GET; the server still sends no body, as it keeps its own copy of the scope.
             scope = {**scope, "method": "GET"}
-        await self.app(scope, receive, send)
+        if not is_counted(scope["path"]):
+            await self.app(scope, receive, send)
+        elif method in ("GET", "HEAD"):
+            await self._read_while_counting(scope, receive, send)
+        else:
+            # Anything that may write waits for its count first: a failed count is a 500 that
+            # must not follow a committed write.
+            await self.state.counter.add()
+            await self.app(scope, receive, send)
+
+    async def _read_while_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A read changes nothing, so it runs while its count is being committed; only its answer
+        waits for the commit. The loop keeps serving instead of idling through every commit."""
+        counted = asyncio.ensure_future(self.state.counter.add())
+
+        async def send_when_counted(message: Message) -> None:
+            await counted  # raises if the count failed: the request then gets a 500
+            await send(message)
+        try:
+            await self.app(scope, receive, send_when_counted)
+        finally:
+            await counted  # also before an unhandled error's 500, which is sent further out
 
 
 def operational_router(state: ReplicaState) -> APIRouter:
