@@ -35,9 +35,10 @@ def test_routing_longest_prefix_root_and_404(make_gateway, backends, loop_thread
     st, h, body = jrequest(gw.port, path="/api/v1/acts/1?x=%20y")
     assert body["replica"] == "A" and body["path"] == "/api/v1/acts/1" and body["query"] == "x=%20y"
     st, h, body = jrequest(gw.port, path="/")
-    assert st == 200 and h["content-type"] == "application/json" and "services" in body
-    gw.status_provider = lambda: {"hello": "world"}
-    assert jrequest(gw.port, path="/")[2] == {"hello": "world"}
+    assert st == 200 and h["content-type"] == "application/json"
+    # Public: services and ready counts only, never an address or port.
+    assert body == {"gateway": "selfieless",
+                    "services": {"acts": {"ready_replicas": 1}, "users": {"ready_replicas": 1}}}
     st, h, body = jrequest(gw.port, path="/nowhere")
     assert st == 404 and set(body) == {"error"}
     st, _, body = jrequest(gw.port, path="/api/v2")
