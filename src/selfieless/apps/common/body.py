@@ -67,8 +67,16 @@ def validate(adapter: TypeAdapter[T], value: Any) -> T:
         raise ApiError(400, describe_validation_errors(exc.errors())) from None
 
 
+# Names end up in URL paths (/users/{name}, /categories/{name}/acts): percent-encoded, 1024
+# characters of up to 4 UTF-8 bytes take at most 12 KiB of the request line, well inside the
+# gateway's 64 KiB header limit, so every name that can be created can also be read and deleted.
+MAX_NAME_LENGTH = 1024
+
+
 def check_name(name: str, what: str) -> None:
-    """Names end up in URL paths: they need a visible character and no slash."""
+    """Names end up in URL paths: they need a visible character, no slash, and a bounded length."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise ApiError(400, f"{what} must be at most {MAX_NAME_LENGTH} characters (got {len(name)})")
     if not name.strip():
         raise ApiError(400, f"{what} must contain a non-whitespace character")
     if "/" in name:
