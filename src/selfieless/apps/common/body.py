@@ -10,7 +10,7 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .errors import ApiError, describe_validation_errors
 
@@ -23,11 +23,16 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise ApiError(413, f"request body larger than {max_bytes} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, f"request body larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ApiError(413, f"request body larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer and nothing was written: not an error of this replica's, so
+        # no traceback (the gateway cuts the connection when it refuses a body halfway).
+        raise ApiError(400, "the client went away before the request body ended") from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "request body must be JSON; it was empty")
