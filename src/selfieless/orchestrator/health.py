@@ -41,11 +41,6 @@ async def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
         writer.close()
 
 
-def _short(e: Exception) -> str:
-    text = str(e) or type(e).__name__
-    return text if len(text) < 80 else text[:77] + "..."
-
-
 class Verdict(str, enum.Enum):
     BECAME_READY = "became_ready"   # first success: join the pool
     HEALTHY = "healthy"             # still fine
