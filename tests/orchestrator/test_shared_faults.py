@@ -89,3 +89,43 @@ async def test_a_long_write_does_not_take_every_replica_down(tmp_path):
             assert orch.converged()
     finally:
         await system.stop()
+
+
+async def test_replicas_failing_together_are_not_all_replaced(tmp_path):
+    """Every replica's health check fails at once for 4 s (a shared dependency): at most one is
+    replaced at a time, the others stay in rotation, and the event says why."""
+    from selfieless.orchestrator.probe import HttpProber
+
+    from orch_helpers import echo_stack
+
+    ports = free_port_range(10)
+    real = HttpProber()
+    failing = {"on": False}
+
+    async def probe(host, port, path, timeout):
+        if failing["on"]:
+            return False, "status 500"  # what a replica says when its database check fails
+        return await real(host, port, path, timeout)
+
+    stack = echo_stack(ports, health=COURSE_HEALTH, replicas={"initial": 3, "min": 1, "max": 10})
+    system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"}, probe=probe)
+    orch = system.orchestrator
+    try:
+        await orch.wait_ready(30)
+        failing["on"] = True
+        await asyncio.sleep(4.0)
+        during = [e for e in orch.events.since(0) if e.service == "echo"]
+        in_pool = [r for r in orch.status()["services"]["echo"]["replicas"] if r["in_pool"]]
+        failing["on"] = False
+        await wait_until(orch.converged, 30, what="converged after the shared fault")
+        replaced = [e for e in during if e.kind == "unhealthy"]
+        held = [e for e in during if e.kind == "held"]
+        print(f"\nshared fault for 4 s: {len(replaced)} replaced, {len(held)} held; "
+              f"{len(in_pool)} still in rotation")
+        assert len(replaced) == 1, [e.reason for e in replaced]
+        assert len(in_pool) == 2
+        assert any("all 3 replicas of echo failed together: shared dependency?" in e.reason for e in held), \
+            [e.reason for e in held]
+    finally:
+        await system.stop()
+        await real.aclose()
