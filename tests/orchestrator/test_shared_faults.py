@@ -129,3 +129,60 @@ async def test_replicas_failing_together_are_not_all_replaced(tmp_path):
     finally:
         await system.stop()
         await real.aclose()
+
+
+async def test_crash_on_request_again_and_again_is_not_a_crash_loop(tmp_path):
+    """acts at one replica; `_crash` through the gateway twice a second for 10 s (whenever a replica
+    is in rotation), GETs meanwhile. Each crashed replica had served, so it is replaced at once:
+    no growing backoff, no outage."""
+    ports = free_port_range(10)
+    stack = acts_stack(ports, autoscale={"policy": "none"}, replicas={"initial": 1, "min": 1, "max": 10},
+                       health=COURSE_HEALTH)
+    system = await start_system(stack, tmp_path)
+    orch = system.orchestrator
+    base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
+    load = None
+    try:
+        await orch.wait_ready(30)
+        load = Load(f"{base}/categories", concurrency=2, pause=0.05).start()  # no catch-up bursts
+        gaps, empty_since, crashes = [], None, 0
+        end = time.monotonic() + 10.0
+        next_crash = time.monotonic()
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
+            while time.monotonic() < end:
+                now = time.monotonic()
+                ready = any(v.state == "ready" for v in system.gateway.pool("acts").replicas)
+                if now >= next_crash and ready:
+                    next_crash = now + 1 / 2
+                    try:
+                        await c.post(f"{base}/_crash")
+                        crashes += 1
+                    except httpx.HTTPError:
+                        pass
+                ready = any(v.state == "ready" for v in system.gateway.pool("acts").replicas)
+                if not ready and empty_since is None:
+                    empty_since = now
+                elif ready and empty_since is not None:
+                    gaps.append(now - empty_since)
+                    empty_since = None
+                await asyncio.sleep(0.02)
+        if empty_since is not None:
+            gaps.append(time.monotonic() - empty_since)
+        await load.stop()
+        total = load.ok + len(load.failures)
+        backoffs = [e.reason for e in orch.events.since(0) if e.kind == "backoff"]
+        print(f"\n{crashes} crashes in 10 s: longest time without a replica {max(gaps, default=0):.2f} s; "
+              f"GETs {load.ok} of {total} ok; backoff events {len(backoffs)}")
+        assert backoffs == [], backoffs[:3]
+        # A replacement boots in about a second here; a crash-loop backoff meant 4-16 s.
+        assert max(gaps, default=0) < 4.0
+        # The only failures are GETs answered by a replica in the few ms between its crash and the
+        # probe the gateway's 5xx hint triggers; none waited in vain for a replica (no 502/503/504).
+        assert load.ok > 0
+        assert all("crashed on purpose" in f for f in load.failures), [f for f in load.failures
+                                                                         if "crashed on purpose" not in f][:3]
+        await wait_until(orch.converged, 30, what="one ready replica again")
+    finally:
+        if load is not None and not load._stop.is_set():
+            await load.stop()
+        await system.stop()
