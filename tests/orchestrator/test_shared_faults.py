@@ -186,3 +186,66 @@ async def test_crash_on_request_again_and_again_is_not_a_crash_loop(tmp_path):
         if load is not None and not load._stop.is_set():
             await load.stop()
         await system.stop()
+
+
+def _holds_sqlite_write_lock(pid: int, shm_inode: int) -> bool:
+    """Whether `pid` holds SQLite's WAL write lock (a POSIX lock on byte 120 of the -shm file)."""
+    with open("/proc/locks") as f:
+        for line in f:
+            parts = line.split()
+            if parts[1] == "->":
+                continue
+            # N: POSIX ADVISORY WRITE pid maj:min:inode start end
+            if parts[1] == "POSIX" and parts[3] == "WRITE" and int(parts[4]) == pid \
+                    and int(parts[5].rsplit(":", 1)[1]) == shm_inode and parts[6] == "120":
+                return True
+    return False
+
+
+async def test_sigstopping_one_replica_never_gets_a_healthy_sibling_replaced(tmp_path):
+    """SIGSTOP one of 3 replicas under load, several times; the worst moment is chosen on purpose:
+    while it holds the database's write lock, which its siblings then cannot take."""
+    ports = free_port_range(10)
+    stack = acts_stack(ports, autoscale={"policy": "none"}, replicas={"initial": 3, "min": 1, "max": 10},
+                       health=COURSE_HEALTH)
+    system = await start_system(stack, tmp_path)
+    orch = system.orchestrator
+    base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
+    load = None
+    try:
+        await orch.wait_ready(30)
+        load = Load(f"{base}/categories", concurrency=4, pause=0.001).start()  # a count write per GET
+        shm = os.stat(tmp_path / stack.name / "acts.db-shm").st_ino
+        caught = 0
+        for trial in range(4):
+            await wait_until(orch.converged, 30, what="3 ready replicas")
+            before = {r["port"]: r["pid"] for r in orch.status()["services"]["acts"]["replicas"]}
+            victim_port = ports[trial % 3]
+            victim = before[victim_port]
+            deadline = time.monotonic() + 10
+            while True:  # stop it at a moment it holds the write lock (else let it go on at once)
+                if _holds_sqlite_write_lock(victim, shm):
+                    os.kill(victim, signal.SIGSTOP)
+                    if _holds_sqlite_write_lock(victim, shm):
+                        caught += 1
+                        break
+                    os.kill(victim, signal.SIGCONT)
+                if time.monotonic() > deadline:
+                    os.kill(victim, signal.SIGSTOP)
+                    break
+                await asyncio.sleep(0)
+            await wait_until(lambda: (p := {r["port"]: r["pid"] for r in orch.status()["services"]["acts"]["replicas"]
+                                            if r["state"] == "ready"}.get(victim_port)) and p != victim,
+                             20, what="the stopped replica replaced")
+            await asyncio.sleep(1.5)  # siblings get a couple more probes
+            after = {r["port"]: r["pid"] for r in orch.status()["services"]["acts"]["replicas"]}
+            siblings = {p: pid for p, pid in before.items() if p != victim_port}
+            assert all(after.get(p) == pid for p, pid in siblings.items()), \
+                (trial, siblings, after, [e.reason for e in orch.events.since(0) if e.kind in ("unhealthy", "held")])
+        await load.stop()
+        print(f"\n4 SIGSTOPs ({caught} while holding the write lock): no sibling replaced; "
+              f"GETs {load.ok} ok, {len(load.failures)} failed")
+    finally:
+        if load is not None and not load._stop.is_set():
+            await load.stop()
+        await system.stop()
