@@ -61,3 +61,11 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_report_header(config):
     if REQUIRE_ALL:
         return "SELFIELESS_REQUIRE_ALL=1: every skip is a failure"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("chaos", "chaos suite (tests/chaos)")
+    group.addoption("--chaos-duration", type=float, default=60.0,
+                    help="seconds of load and injected faults (default 60; longer for local soak runs)")
+    group.addoption("--chaos-seed", type=int, default=None,
+                    help="seed of the fault schedule (default: random, printed; pass it to replay a run)")

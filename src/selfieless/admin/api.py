@@ -94,6 +94,39 @@ class BearerAuth:
         return path in self.PUBLIC or path.startswith("/static/")
 
 
+class SecurityHeaders:
+    """Pure ASGI middleware: every admin response forbids framing, sniffing and foreign content.
+
+    The dashboard is same-origin static files with no inline script or style, so a strict policy
+    costs nothing and stops a page elsewhere from framing the scale buttons (clickjacking) or a
+    reflected value from running as script.
+    """
+
+    HEADERS = [
+        (b"content-security-policy",
+         b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+         b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _log_files(orchestrator: Any, state_dir: Path | None, service: str) -> dict[int, Path]:
     """Log files of a service's replicas by port (process driver: <state>/<stack>/logs/<svc>-<port>.log)."""
     driver = getattr(orchestrator, "driver", None)
@@ -281,4 +314,4 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
-    return BearerAuth(app, token)
+    return SecurityHeaders(BearerAuth(app, token))

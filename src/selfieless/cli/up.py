@@ -178,6 +178,9 @@ async def run_up(opts: UpOptions, console: Console) -> int:
 
     state_dir = opts.state_dir.expanduser()
     check_exposure(opts.admin_host, opts.admin_token)
+    # Everything `up` and its replicas create (state, logs, SQLite databases with users' password
+    # hashes, the admin file) is for the owner only.
+    os.umask(0o077)
     running = read_admin_file(state_dir)
     if running is not None and running.get("pid") != os.getpid():
         raise UpError(f"a selfieless up is already running with this state dir (pid {running.get('pid')}, "

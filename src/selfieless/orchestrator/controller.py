@@ -330,8 +330,6 @@ class Orchestrator:
         # The gateway may have been built before the orchestrator existed; wire the callback now.
         if getattr(gw, "on_eject", "missing") is None:
             gw.on_eject = self.on_eject
-        if getattr(gw, "status_provider", "missing") is None:
-            gw.status_provider = self.status
         if getattr(gw, "on_replica_error", "missing") is None:
             gw.on_replica_error = self.on_replica_error
 

@@ -1,8 +1,8 @@
 """Health probes: the TCP check of dependencies, and the pure verdict on what a probe result means.
 
 An HTTP probe (probe.py) is `GET <path>` with a timeout; anything but a 200 (another status, a
-timeout, a refused or reset connection) is a failure. Probes open a fresh connection each time
-(no keep-alive): a pooled connection could hide that the replica stopped accepting new ones.
+timeout, a refused or reset connection) is a failure. It keeps one connection per replica and
+opens a new one after any failure and at least once a minute (see probe.py for why).
 """
 
 from __future__ import annotations

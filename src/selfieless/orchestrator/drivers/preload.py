@@ -47,7 +47,7 @@ def _run_child(module: str, request: dict) -> None:
         os.setsid()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)
@@ -147,7 +147,8 @@ class Preloader:
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [python, "-m", __name__, module, str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                umask=0o077)  # its forks (the replicas) create databases and logs: owner only
         theirs.close()
         self._reader, self._writer = self._sock.makefile("rb"), self._sock.makefile("wb")
         self._children: set[int] = set()
