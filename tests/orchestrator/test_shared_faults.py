@@ -86,7 +86,7 @@ async def test_a_long_write_does_not_take_every_replica_down(tmp_path):
             left = await c.get(f"{base}/categories")
             assert left.status_code == 204 or "Big" not in left.json(), left.text
             assert replaced == [], [e.reason for e in replaced]
-            assert orch.converged()
+            await wait_until(orch.converged, 30, what="converged")
     finally:
         await system.stop()
 
@@ -174,8 +174,9 @@ async def test_crash_on_request_again_and_again_is_not_a_crash_loop(tmp_path):
         print(f"\n{crashes} crashes in 10 s: longest time without a replica {max(gaps, default=0):.2f} s; "
               f"GETs {load.ok} of {total} ok; backoff events {len(backoffs)}")
         assert backoffs == [], backoffs[:3]
-        # A replacement boots in about a second here; a crash-loop backoff meant 4-16 s.
-        assert max(gaps, default=0) < 4.0
+        # A replacement boots in about a second here (longer on a busy machine); the crash-loop
+        # backoff it replaces grew to 16-30 s. The bound is loose on purpose: `backoffs` is the check.
+        assert max(gaps, default=0) < 6.0
         # The only failures are GETs answered by a replica in the few ms between its crash and the
         # probe the gateway's 5xx hint triggers; none waited in vain for a replica (no 502/503/504).
         assert load.ok > 0
