@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -86,6 +87,42 @@ def test_health_fails_when_the_database_is_broken(tmp_path):
     try:
         with sqlite3.connect(path) as conn:
             conn.execute("DROP TABLE request_counts")
+        r = httpx.get(replica.url + "/api/v1/_health")
+        assert r.status_code == 500 and "database" in r.json()["error"]
+    finally:
+        replica.stop()
+
+
+def test_health_is_ok_while_another_writer_holds_the_database(tmp_path):
+    """A long legitimate write (e.g. a large category delete) makes the database busy, not dead:
+    the check answers 200 well inside the orchestrator's 1 s probe timeout."""
+    path = tmp_path / "users.db"
+    replica = ServiceProcess("users", f"sqlite:///{path}", tmp_path).wait_healthy()
+    writer = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE request_counts SET n = n")
+        time.sleep(1.2)  # older than the replica's last write proof: the check must try to write
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = httpx.get(replica.url + "/api/v1/_health", timeout=30)
+            took = time.monotonic() - t0
+            assert (r.status_code, r.json()) == (200, {})
+            assert took < 3.0, f"the health check waited {took:.2f} s for the lock"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        replica.stop()
+
+
+def test_health_fails_when_the_database_refuses_writes(tmp_path):
+    path = tmp_path / "users.db"
+    replica = ServiceProcess("users", f"sqlite:///{path}", tmp_path).wait_healthy()
+    try:
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON request_counts "
+                         "BEGIN SELECT RAISE(ABORT, 'writes refused'); END")
+        time.sleep(1.2)  # past the last write proof
         r = httpx.get(replica.url + "/api/v1/_health")
         assert r.status_code == 500 and "database" in r.json()["error"]
     finally:

@@ -56,9 +56,13 @@ def test_plan_pending_state_named_in_reason():
 # --- backoff ---------------------------------------------------------------------------------
 
 def test_backoff_failure_forgets_the_healthy_time():
+    # Healthy for 1 s only, then failed: not a crash loop, replaced at once; the next
+    # replica on the slot has to become healthy again to be forgiven.
     st = BackoffState(failures=1, healthy_since=5.0)
     st2, delay = record_failure(st, now=6.0)
-    assert st2 == BackoffState(failures=2, healthy_since=None) and delay == 0.5
+    assert st2 == BackoffState(failures=1, healthy_since=None) and delay == 0.0
+    st3, delay = record_failure(st2, now=7.0)
+    assert st3 == BackoffState(failures=2, healthy_since=None) and delay == 0.5
 
 
 def test_crash_loop_starts_at_the_second_failure():

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import autoscale as auto
+from . import disruption
 from .backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
@@ -80,6 +81,7 @@ class ServiceRuntime:
     last_decision: str | None = None
     dependency: bool = False          # a backing service from `dependencies:` (no pool, TCP check)
     waiting_for: str | None = None    # the dependency a first start waits for (status, events)
+    held: set[str] = field(default_factory=set)  # failing replicas kept by the disruption budget
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state in LIVE]
@@ -593,8 +595,29 @@ class Orchestrator:
             if not rep.in_pool and not svc.dependency:
                 self._join_pool(rep)
                 self.events.emit("ready", svc.name, rep.id, "health probe passed again; back in rotation")
+            if rep.id in svc.held:
+                svc.held.discard(rep.id)
+                self.events.emit("recovered", svc.name, rep.id, "health probe passed again; no longer held")
         elif v == Verdict.UNHEALTHY:
+            if rep.state == S.READY and not svc.dependency and self._hold_failed(svc, rep):
+                return
+            svc.held.discard(rep.id)
             self._mark_unhealthy(svc, rep, rep.last_error or "health probe failed")
+
+    def _hold_failed(self, svc: ServiceRuntime, rep: Replica) -> bool:
+        """The disruption budget (disruption.py): keep a failing ready replica for now?"""
+        ready = [r for r in svc.replicas.values() if r.state == S.READY]
+        unavailable = len(svc.pending) + sum(1 for r in svc.replicas.values()
+                                             if r.state in (S.STARTING, S.UNHEALTHY, S.EXITED))
+        d = disruption.on_failure(len(ready), sum(1 for r in ready if r.consecutive_failures), unavailable)
+        if d.replace:
+            return False
+        if rep.id not in svc.held:
+            svc.held.add(rep.id)
+            self.events.emit("held", svc.name, rep.id,
+                             f"{rep.last_error or 'health probe failed'}; "
+                             + disruption.describe_hold(svc.name, len(ready) + unavailable, d.all_failing, unavailable))
+        return True
 
     async def _driver_ready(self, rep: Replica) -> None:
         try:

@@ -89,6 +89,10 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+class LockBusy(Exception):
+    """The write lock is held by another writer: the database is busy, not broken."""
+
+
 class Database:
     """An engine plus the two kinds of short transaction the services use."""
 
@@ -106,6 +110,8 @@ class Database:
         # SQLite writes of this process take turns anyway (the lock above), so one thread runs
         # them all: a plain executor hand-off is lighter than the general thread pool's.
         self._writer = ThreadPoolExecutor(1, "sqlite-writer") if self.backend == "sqlite" else None
+        # Monotonic time of this process's last committed write: the health check's write proof.
+        self.last_write_proof: float | None = None
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -131,6 +137,34 @@ class Database:
                 tx.commit()
             else:
                 tx.rollback()
+            self.last_write_proof = time.monotonic()
+
+    @contextlib.contextmanager
+    def write_briefly(self, lock_wait: float) -> Iterator[Connection]:
+        """A write transaction that is always rolled back and waits at most about `lock_wait`
+        seconds for SQLite's write lock; raises LockBusy when another writer holds it. (On the
+        server databases the caller locks its rows with NOWAIT instead.)"""
+        if self.backend != "sqlite":
+            with self.write(commit=False) as conn:
+                yield conn
+            return
+        if not self._write_lock.acquire(timeout=lock_wait):
+            raise LockBusy("this replica's own write is holding the database")
+        try:
+            with self.engine.connect().execution_options(write=True) as conn:
+                raw = conn.connection.dbapi_connection
+                raw.execute(f"PRAGMA busy_timeout = {int(lock_wait * 1000)}")
+                try:
+                    tx = conn.begin()  # BEGIN IMMEDIATE: the write lock, or "database is locked"
+                    try:
+                        yield conn
+                    finally:
+                        tx.rollback()
+                finally:
+                    raw.execute("PRAGMA busy_timeout = 30000")
+            self.last_write_proof = time.monotonic()
+        finally:
+            self._write_lock.release()
 
     async def reading(self, fn: Callable[..., T], *args) -> T:
         """Call `fn(*args)`, a function doing only reads, where reads are cheapest (module docstring)."""

@@ -7,6 +7,7 @@ answer; the crash flag is deliberately per process, so one replica fails and its
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fastapi import APIRouter
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, select, update
@@ -16,7 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .counter import GroupCounter
-from .db import Database
+from .db import Database, LockBusy
+from .dbhealth import LOCK_WAIT, is_lock_busy, needs_write_check
 from .responses import json_response
 
 API_PREFIX = "/api/v1"
@@ -77,12 +79,28 @@ class ReplicaState:
         with self.db.write() as conn:
             conn.execute(update(self.counts).where(self.counts.c.service == self.service).values(n=0))
 
-    def check_database(self) -> None:
-        """Read and take the write lock, then roll back: proves both work without changing data."""
-        with self.db.write(commit=False) as conn:
-            conn.execute(update(self.counts).where(self.counts.c.service == self.service)
-                         .values(n=self.counts.c.n))
-            conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).first()
+    def check_database(self) -> str:
+        """Prove the database can be read (always) and written (unless a write of this replica
+        committed within WRITE_PROOF_AGE); changes nothing. Returns "ok", or "busy" when the
+        write lock is held by another writer: a busy database is alive (see dbhealth.py)."""
+        row = self.counts.c.service == self.service
+        with self.db.read() as conn:
+            conn.execute(select(self.counts.c.n).where(row)).first()
+        if not needs_write_check(self.db.last_write_proof, time.monotonic()):
+            return "ok"
+        try:
+            with self.db.write_briefly(LOCK_WAIT) as conn:
+                # NOWAIT: on the server databases a row lock held by another transaction fails at
+                # once instead of waiting (SQLite ignores it; write_briefly bounds its wait).
+                conn.execute(select(self.counts.c.n).where(row).with_for_update(nowait=True)).first()
+                conn.execute(update(self.counts).where(row).values(n=self.counts.c.n))
+        except LockBusy:
+            return "busy"
+        except Exception as exc:
+            if is_lock_busy(exc):
+                return "busy"
+            raise
+        return "ok"
 
 
 _CRASHED_BODY = b'{"error":"this replica was crashed on purpose by POST /api/v1/_crash"}'
