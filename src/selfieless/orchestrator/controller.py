@@ -79,6 +79,7 @@ class ServiceRuntime:
     last_decision: str | None = None
     dependency: bool = False          # a backing service from `dependencies:` (no pool, TCP check)
     waiting_for: str | None = None    # the dependency a first start waits for (status, events)
+    held_by: str | None = None        # a rollout owns this service's replicas: no reconciling
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state in LIVE]
@@ -224,6 +225,49 @@ class Orchestrator:
             if len(ready) != svc.desired or others or svc.pending:
                 return False
         return True
+
+    # --- used by a rollout (rollout_exec.py), which takes over one service's replicas ----------
+
+    def hold(self, service: str, by: str) -> None:
+        """Stop reconciling `service` until release(): its replicas are being replaced by `by`."""
+        self._service(service).held_by = by
+
+    def release(self, service: str, spec: ServiceSpec | None = None) -> None:
+        """Reconcile `service` again, with `spec` from now on when given."""
+        svc = self._service(service)
+        if spec is not None:
+            svc.spec = spec
+        svc.held_by = None
+        self._wake.set()
+
+    async def start_replica(self, service: str, port: int, spec: ServiceSpec, reason: str) -> Replica:
+        """Start one replica of `spec` on `port` and probe it; it joins the pool after its first
+        passing probe. Raises DriverError when the driver cannot start it."""
+        svc = self._service(service)
+        launch = self._launch_spec(ServiceRuntime(svc.name, spec, svc.desired), port)
+        handle = await self.driver.start(launch)
+        rep = Replica(id=handle.id, service=svc.name, port=port, handle=handle, started_at=self._mono())
+        svc.replicas[rep.id] = rep
+        self.events.emit("start", svc.name, rep.id, f"started on port {port}{self._pid_text(handle)}: {reason}")
+        self._probers[rep.id] = asyncio.create_task(self._probe_loop(ServiceRuntime(svc.name, spec, svc.desired,
+                                                                                    replicas=svc.replicas), rep),
+                                                    name=f"probe-{rep.id}")
+        return rep
+
+    async def stop_replica(self, service: str, replica_id: str, drain: bool, reason: str) -> None:
+        """Take one replica out (draining first when asked and it serves) and stop it."""
+        svc = self._service(service)
+        rep = svc.replicas.get(replica_id)
+        if rep is None:
+            return
+        if rep.can(S.STOPPING):
+            rep.transition(S.STOPPING, reason)
+        self._stop_probe(rep)
+        await self._stop_replica(svc, rep, drain=drain and rep.in_pool, reason=reason,
+                                 grace=None if drain else BROKEN_REPLACE_GRACE)
+
+    def replicas_of(self, service: str) -> list[Replica]:
+        return list(self._service(service).replicas.values())
 
     def on_eject(self, service: str, replica_id: str, reason: str) -> None:
         """Gateway callback: it took a replica out of rotation by itself (refused/reset)."""
@@ -378,6 +422,8 @@ class Orchestrator:
 
     def _blocked(self, svc: ServiceRuntime) -> bool:
         """A service with no replica yet waits until each of its dependencies has a ready one."""
+        if svc.held_by is not None:
+            return True
         if svc.replicas or svc.pending:
             return False
         for name in svc.spec.depends_on:
