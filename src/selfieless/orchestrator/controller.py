@@ -266,6 +266,38 @@ class Orchestrator:
         await self._stop_replica(svc, rep, drain=drain and rep.in_pool, reason=reason,
                                  grace=None if drain else BROKEN_REPLACE_GRACE)
 
+    # --- used by apply (apply_exec.py) ---------------------------------------------------------
+
+    def add_service(self, name: str, spec: ServiceSpec) -> None:
+        """A service new in the stack file: started by the reconciler like any other."""
+        svc = self.services[name] = ServiceRuntime(name, spec, spec.replicas.start_count)
+        if not isinstance(spec.autoscale, NoPolicy):
+            self._loops.append(asyncio.create_task(self._autoscale_loop(svc), name=f"autoscale-{name}"))
+        self._wake.set()
+
+    async def remove_service(self, name: str) -> None:
+        """A service gone from the stack file: every replica drained and stopped, then forgotten."""
+        svc = self._service(name)
+        self._cancel_autoscaler(name)
+        svc.desired = 0
+        self._wake.set()
+        while svc.replicas or svc.pending:
+            await asyncio.sleep(0.02)
+        del self.services[name]
+
+    def restart_autoscaler(self, name: str) -> None:
+        """The autoscale loop reads its policy and bounds once: start it again after they changed."""
+        svc = self._service(name)
+        self._cancel_autoscaler(name)
+        if not isinstance(svc.spec.autoscale, NoPolicy):
+            svc.window, svc.rate = auto.WindowState(), auto.RateState()
+            self._loops.append(asyncio.create_task(self._autoscale_loop(svc), name=f"autoscale-{name}"))
+
+    def _cancel_autoscaler(self, name: str) -> None:
+        for t in [t for t in self._loops if t.get_name() == f"autoscale-{name}"]:
+            t.cancel()
+            self._loops.remove(t)
+
     def replicas_of(self, service: str) -> list[Replica]:
         return list(self._service(service).replicas.values())
 
@@ -589,10 +621,10 @@ class Orchestrator:
         return ok
 
     async def _probe_loop(self, svc: ServiceRuntime, rep: Replica) -> None:
-        hs = svc.spec.health
         wake = self._probe_now[rep.id] = asyncio.Event()
         try:
             while rep.state in LIVE:
+                hs = svc.spec.health  # read each time: `apply` may change it live
                 t0 = self._mono()
                 wake.clear()
                 ok = await self._probe_once(svc, rep)
