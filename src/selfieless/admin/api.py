@@ -182,6 +182,26 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         svc = orchestrator.status()["services"][req.service]
         return JSONResponse({"service": req.service, "desired": svc["desired"], "actual": svc["actual"]})
 
+    async def apply_route(request: Request) -> Response:
+        # Imported here: the admin app must not pull the orchestrator in for a bare status page.
+        from selfieless.orchestrator.apply_exec import apply_stack
+        from selfieless.orchestrator.stack import StackError, parse_stack
+
+        try:
+            data = json.loads(await request.body() or b"null")
+        except ValueError:
+            return error(400, 'body must be JSON: {"stack": {...}, "dry_run": false}')
+        if not isinstance(data, dict) or not isinstance(data.get("stack"), dict):
+            return error(400, 'body must be a JSON object with "stack": the stack file as a mapping')
+        try:
+            new = parse_stack(data["stack"], "request body")
+        except StackError as e:
+            return error(400, str(e).splitlines()[0], e.problems)
+        result = await apply_stack(orchestrator, new, dry_run=bool(data.get("dry_run")))
+        if not result.ok:
+            return JSONResponse({"error": result.reason, **result.to_dict()}, status_code=409)
+        return JSONResponse(result.to_dict())
+
     async def shutdown_route(request: Request) -> Response:
         if shutdown is None:
             return error(501, "this admin API cannot shut its orchestrator down")
@@ -241,6 +261,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         Route("/api/status", status),
         Route("/api/events", events),
         Route("/api/scale", scale, methods=["POST"]),
+        Route("/api/apply", apply_route, methods=["POST"]),
         Route("/api/shutdown", shutdown_route, methods=["POST"]),
         Route("/api/logs", logs),
         Route("/metrics", metrics_route),
