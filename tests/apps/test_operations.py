@@ -90,3 +90,26 @@ def test_health_fails_when_the_database_is_broken(tmp_path):
         assert r.status_code == 500 and "database" in r.json()["error"]
     finally:
         replica.stop()
+
+
+def test_client_gone_mid_body_is_quiet_and_writes_nothing(api):
+    """A client (or the gateway, refusing a body) that goes away halfway through a request body:
+    the replica writes nothing and logs no traceback, for a sized body and a chunked one."""
+    import socket
+    import time
+
+    before = api.table_rows()
+    port = int(api.acts.base_url.port)
+    for head, part in (
+        (b"POST /api/v1/categories HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", b'["Half'),
+        (b"POST /api/v1/acts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"6\r\n{\"act\r\n"),
+    ):
+        with socket.create_connection(("127.0.0.1", port), 5) as sock:
+            sock.sendall(head + part)
+            time.sleep(0.3)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        time.sleep(0.3)  # an RST, as the gateway's abort sends
+    assert api.acts.get("/_health").status_code == 200
+    assert api.table_rows() == before
+    log = api.stack.acts.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]

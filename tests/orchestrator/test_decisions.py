@@ -243,10 +243,41 @@ def test_replica_allowed_paths(path):
     (S.STOPPING, S.STOPPED, S.STARTING),
 ])
 def test_replica_forbidden_transitions(path):
+    """Every step but the last is allowed; only the last one raises, and it changes nothing."""
     r = Replica("x", "acts", 8000)
+    *allowed, forbidden = path
+    for s in allowed:
+        r.transition(s)
+    before = (r.state, list(r.history))
+    assert not r.can(forbidden)
     with pytest.raises(InvalidTransition):
-        for s in path:
-            r.transition(s)
+        r.transition(forbidden)
+    assert (r.state, r.history) == before
+
+
+# The life cycle as the module docstring draws it: every pair of states, allowed or not.
+LIFE = {
+    S.STARTING: {S.READY, S.UNHEALTHY, S.EXITED, S.STOPPING},
+    S.READY: {S.UNHEALTHY, S.EXITED, S.STOPPING},
+    S.UNHEALTHY: {S.EXITED, S.STOPPING},
+    S.EXITED: {S.STOPPING, S.STOPPED},
+    S.STOPPING: {S.STOPPED},
+    S.STOPPED: set(),
+}
+
+
+@pytest.mark.parametrize("old", list(S))
+@pytest.mark.parametrize("new", list(S))
+def test_replica_every_transition(old, new):
+    r = Replica("x", "acts", 8000, state=old)
+    assert r.can(new) == (new in LIFE[old])
+    if new in LIFE[old]:
+        r.transition(new, "why")
+        assert r.state == new and r.history == [(new, "why")]
+    else:
+        with pytest.raises(InvalidTransition):
+            r.transition(new)
+        assert r.state == old and r.history == []
 
 
 # --- health verdicts -------------------------------------------------------------------------

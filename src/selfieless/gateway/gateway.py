@@ -29,7 +29,6 @@ class Gateway:
         config: GatewayConfig | None = None,
         routes: Mapping[str, str] | None = None,
         on_eject: EjectCallback | None = None,
-        status_provider: Callable[[], dict] | None = None,
         on_replica_error: Callable[[str, str, int], object] | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
@@ -38,7 +37,6 @@ class Gateway:
         # (service, replica_id, status) for every 5xx a replica answers: the control plane may
         # probe that replica at once instead of at its next health-check interval.
         self.on_replica_error = on_replica_error
-        self.status_provider = status_provider
         self.count_rule = CountRule(self.config.count_prefix, self.config.count_exclude)
         self.clients: set[ClientConnection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -138,23 +136,17 @@ class Gateway:
         return dict(self._stats)
 
     def status(self) -> dict:
-        """What ``GET /`` shows: the status provider's dict, or a small default."""
-        provider = self.status_provider
-        if provider is not None:
-            try:
-                return provider()
-            except Exception:
-                log.exception("gateway status_provider failed")
-                return {"error": "status unavailable"}
+        """What ``GET /`` shows on the public port: which services answer, nothing internal.
+
+        No addresses, ports, replica ids, pids, command lines or settings: the public port is
+        reachable by anyone, and the full status (which may hold a database URL) belongs to the
+        admin API, which is loopback-only unless a token is set.
+        """
         return {
             "gateway": "selfieless",
-            "routes": self.routes.routes,
             "services": {
-                name: {
-                    "replicas": [r._asdict() for r in pool.replicas],
-                    "api_requests": self.stats(name).api_requests,
-                }
-                for name, pool in self._pools.items()
+                name: {"ready_replicas": sum(1 for r in pool.replicas if r.state == "ready")}
+                for name, pool in sorted(self._pools.items())
             },
         }
 

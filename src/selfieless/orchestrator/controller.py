@@ -32,7 +32,8 @@ from . import autoscale as auto
 from .backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
-from .health import HttpProber, Probe, Verdict, tcp_probe, verdict
+from .health import Probe, Verdict, tcp_probe, verdict
+from .probe import HttpProber
 from .plan import PENDING, CancelPending, Replace, Slot, Start, Stop, plan_service
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .stack import NoPolicy, RatePolicy, ServiceSpec, Stack, WindowPolicy, render
@@ -199,9 +200,11 @@ class Orchestrator:
         svc = self._service(service)
         if svc.dependency:
             raise ValueError(f"{service} is a dependency: it always runs exactly one replica")
-        limit = len(svc.spec.host_ports)
-        if not 0 <= n <= limit:
-            raise ValueError(f"{service}: replicas must be between 0 and {limit} (the size of its port range)")
+        # The stack's bounds, which the autoscaler keeps to as well (max never exceeds the port range).
+        low, high = svc.spec.replicas.min, svc.spec.replicas.max
+        if not low <= n <= high:
+            raise ValueError(f"{service}: replicas must be between {low} and {high} (replicas.min and "
+                             f"replicas.max in the stack)")
         old = svc.desired
         svc.desired = n
         # The rate policy's stabilisation period restarts, so a manual count is not undone at once.
@@ -401,8 +404,6 @@ class Orchestrator:
         # The gateway may have been built before the orchestrator existed; wire the callback now.
         if getattr(gw, "on_eject", "missing") is None:
             gw.on_eject = self.on_eject
-        if getattr(gw, "status_provider", "missing") is None:
-            gw.status_provider = self.status
         if getattr(gw, "on_replica_error", "missing") is None:
             gw.on_replica_error = self.on_replica_error
 
@@ -638,7 +639,8 @@ class Orchestrator:
                     # A 5xx hint from the gateway ends the wait early, but never within
                     # HINTED_PROBE_GAP of the last probe: a replica whose app fails some requests
                     # while its health check passes must not be probed per failed request.
-                    await asyncio.wait_for(wake.wait(), max(0.0, interval - (self._mono() - t0)))
+                    async with asyncio.timeout(max(0.0, interval - (self._mono() - t0))):  # no task per wait
+                        await wake.wait()
                     await asyncio.sleep(max(0.0, HINTED_PROBE_GAP - (self._mono() - t0)))
                 except asyncio.TimeoutError:
                     pass

@@ -12,8 +12,10 @@ and stopped after them.
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -458,6 +460,47 @@ class _Strict(dict):
         raise KeyError(f"unknown placeholder {{{key}}}")
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model class a validation error's location points into, for listing the keys allowed
+    there; None when the path leaves the models (a dict of strings...)."""
+    here: Any = Stack
+    for part in loc:
+        while typing.get_origin(here) is Annotated:
+            here = typing.get_args(here)[0]
+        if isinstance(here, type) and issubclass(here, BaseModel):
+            field = here.model_fields.get(str(part))
+            here = field.annotation if field is not None else None
+        else:
+            here = _model_at_part(here, part)
+        if here is None:
+            return None
+    while typing.get_origin(here) is Annotated:
+        here = typing.get_args(here)[0]
+    return here if isinstance(here, type) and issubclass(here, BaseModel) else None
+
+
+def _model_at_part(here: Any, part: Any) -> Any:
+    """One step into a non-model type: a dict's value type, or the tagged member of a union."""
+    origin = typing.get_origin(here)
+    if origin is dict:
+        return typing.get_args(here)[1]
+    if origin is Union:
+        for member in typing.get_args(here):
+            tag = getattr(member, "model_fields", {}).get("policy")
+            if tag is not None and part in typing.get_args(tag.annotation):
+                return member
+    return None
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """` (did you mean 'replicas'?)` for a misspelt key, from the keys allowed where it stands."""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _format(err: ValidationError) -> list[str]:
     """Turn pydantic's errors into `path.to.field: what is wrong` lines."""
     out: list[str] = []
@@ -469,7 +512,7 @@ def _format(err: ValidationError) -> list[str]:
         if e["type"] == "value_error":
             msg = str(e["ctx"]["error"])
         elif e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
         elif e["type"] == "missing":
             msg = "required"
         elif e["type"] == "union_tag_invalid":
