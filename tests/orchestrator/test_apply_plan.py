@@ -167,3 +167,17 @@ def test_window_policy_keeps_its_minimum_of_one():
     data["services"]["acts"]["autoscale"] = {"policy": "rate", "target_rps_per_replica": 10,
                                              "scale_to_zero_after": "30s"}
     assert parse_stack(data).services["acts"].autoscale.scale_to_zero_after == 30.0
+
+
+def test_scale_to_zero_floor_and_wake():
+    from selfieless.orchestrator import scale_to_zero as stz
+    from selfieless.orchestrator.stack import RatePolicy
+
+    pol = RatePolicy(policy="rate", target_rps_per_replica=10, scale_to_zero_after=30)
+    st = stz.observe(stz.IdleState(), 0, now=0.0)
+    assert stz.floor(pol, 0, st, now=29.9) == 1
+    assert stz.floor(pol, 0, st, now=30.0) == 0
+    st = stz.observe(st, 5, now=20.0)         # a request at t=20 restarts the idle period
+    assert stz.floor(pol, 0, st, now=30.0) == 1 and stz.floor(pol, 0, st, now=50.0) == 0
+    assert stz.floor(pol, 2, st, now=100.0) == 2
+    assert stz.wake(0, held=True) == 1 and stz.wake(1, held=True) is None and stz.wake(0, held=False) is None
