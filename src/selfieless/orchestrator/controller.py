@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import autoscale as auto
+from . import scale_to_zero as stz
 from .backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
@@ -81,6 +82,7 @@ class ServiceRuntime:
     dependency: bool = False          # a backing service from `dependencies:` (no pool, TCP check)
     waiting_for: str | None = None    # the dependency a first start waits for (status, events)
     held_by: str | None = None        # a rollout owns this service's replicas: no reconciling
+    idle: stz.IdleState = field(default_factory=stz.IdleState)  # scale to zero: last request seen
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state in LIVE]
@@ -314,6 +316,23 @@ class Orchestrator:
         self.events.emit("ejected", service, replica_id, f"gateway took it out of rotation: {reason}")
         self._spawn(self._confirm_ejection(svc, rep))
 
+    def on_no_replica(self, service: str) -> None:
+        """Gateway callback: a request is held because no replica of `service` is ready. A service
+        scaled to zero gets one replica now (the held requests go out once it is ready)."""
+        svc = self.services.get(service)
+        if svc is None or svc.dependency or svc.held_by is not None:
+            return
+        policy = svc.spec.autoscale
+        if stz.wake(svc.desired, held=True) is None or not (isinstance(policy, RatePolicy) and svc.spec.replicas.min == 0):
+            return
+        now = self._mono()
+        svc.idle = stz.IdleState(self._stats(service).count, now)
+        svc.rate = auto.RateState(samples=svc.rate.samples, since=now)
+        svc.desired = 1
+        svc.last_decision = f"scaled {service} 0\u21921: a request is waiting (scale from zero)"
+        self.events.emit("scaled", service, None, svc.last_decision)
+        self._wake.set()
+
     def on_replica_error(self, service: str, replica_id: str, status: int) -> None:
         """Gateway hint: a replica answered 5xx. Probe it now instead of at its next interval, so a
         replica that fails everything (e.g. after `_crash`) leaves the rotation within milliseconds."""
@@ -406,6 +425,8 @@ class Orchestrator:
             gw.on_eject = self.on_eject
         if getattr(gw, "on_replica_error", "missing") is None:
             gw.on_replica_error = self.on_replica_error
+        if getattr(gw, "on_no_replica", "missing") is None:
+            gw.on_no_replica = self.on_no_replica
 
     def _pool(self, service: str):
         return self.gateway.pool(service)
@@ -756,7 +777,9 @@ class Orchestrator:
                 # Sleep exactly to the end of the window so its count is read right at the boundary.
                 pause = FIRST_REQUEST_POLL if deadline is None else max(0.0, deadline - self._mono())
             elif isinstance(policy, RatePolicy):
-                svc.rate, d = auto.rate_step(svc.rate, sample, now, svc.desired, policy, lo, hi, svc.name)
+                svc.idle = stz.observe(svc.idle, sample.count, now)
+                floor = stz.floor(policy, lo, svc.idle, now)
+                svc.rate, d = auto.rate_step(svc.rate, sample, now, svc.desired, policy, floor, hi, svc.name)
                 self._apply_decision(svc, d)
                 pause = RATE_SAMPLE_INTERVAL
             else:
