@@ -92,3 +92,27 @@ async def test_admin_apply_reports_a_rollback_with_409_and_dry_run_changes_nothi
         assert orch.services["echo"].spec.command == stack.services["echo"].command
     finally:
         await system.stop()
+
+
+async def test_rollout_restart_history_and_undo_through_the_admin_api(tmp_path, ports):
+    system, gw, stack = await launch(tmp_path, ports)
+    orch = system.orchestrator
+    app = create_app(orch, gw)
+    try:
+        before = pids_by_port(orch)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as c:
+            r = await c.post("/api/rollout", json={"service": "echo", "action": "restart"}, timeout=60)
+            assert r.status_code == 200 and r.json()["outcome"] == "complete", r.text
+            restarted = pids_by_port(orch)
+            assert sorted(restarted) == sorted(before) and not set(restarted.values()) & set(before.values())
+            v2 = changed(stack, command=stack.services["echo"].command + ["--v2"])
+            assert (await c.post("/api/apply", json={"stack": v2}, timeout=60)).status_code == 200
+            r = await c.post("/api/rollout", json={"service": "echo", "action": "undo"}, timeout=60)
+            assert r.status_code == 200, r.text
+            assert orch.services["echo"].spec.command == stack.services["echo"].command
+            r = await c.post("/api/rollout", json={"service": "echo", "action": "history"})
+            assert [h["reason"] for h in r.json()["history"]][0::2] == ["rollout restart", "rollout undo"]
+            r = await c.post("/api/rollout", json={"service": "nope", "action": "history"})
+            assert r.status_code == 400
+    finally:
+        await system.stop()

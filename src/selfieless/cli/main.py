@@ -289,6 +289,30 @@ def apply(
     console.print("dry run: nothing changed" if dry_run else f"applied in {r['seconds']:.1f} s")
 
 
+@app.command()
+def rollout(
+    action: str = typer.Argument(..., help="status, history, undo or restart."),
+    service: str = typer.Argument(..., help="Service name, e.g. acts."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """Rolling updates of one service: the last one (status), all of them (history), back to the
+    version before the last one (undo), or every replica replaced by a fresh one (restart)."""
+    if action not in ("status", "history", "undo", "restart"):
+        _fail(f"action must be status, history, undo or restart, not {action!r}")
+    client = _client(admin, admin_token, state_dir)
+    r = _call(client.post, "/api/rollout", {"service": service, "action": action}, timeout=900)
+    if action in ("status", "history"):
+        if r.get("rolling"):
+            console.print(f"{service}: {r['rolling']} under way")
+        for h in r["history"] or []:
+            when = time.strftime("%H:%M:%S", time.localtime(h["at"]))
+            console.print(f"{when}  {h['outcome']:<12} {h['seconds']:>6.1f} s  {h['reason']}: {h['detail']}")
+        if not r["history"] and not r.get("rolling"):
+            console.print(f"{service}: no rolling update since this orchestrator started")
+    else:
+        console.print(f"{service}: {action} {r['outcome']} in {r['seconds']:.1f} s")
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
 def scale(
     service: str = typer.Argument(..., help="Service name, e.g. acts."),

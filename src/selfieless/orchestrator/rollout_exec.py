@@ -78,9 +78,35 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
     finally:
         spec = new_spec if finish is not None and finish.outcome in ("complete", "paused") else old_spec
         orch.release(service, spec)
+    history(orch, service).append({"at": time.time(), "outcome": finish.outcome, "reason": reason,
+                                   "detail": finish.reason, "from": old_spec, "to": new_spec,
+                                   "seconds": round(time.monotonic() - t0, 3)})
     kind = {"complete": "rollout", "rolled_back": "rollback", "paused": "rollout"}[finish.outcome]
     orch.events.emit(kind, service, None, f"rolling update {finish.outcome.replace('_', ' ')}: {finish.reason}")
     return RolloutResult(service, finish.outcome, finish.reason, time.monotonic() - t0)
+
+
+def history(orch, service: str) -> list[dict]:
+    """Every rollout of `service` by this orchestrator, oldest first (specs included, for undo)."""
+    store = orch.__dict__.setdefault("rollout_history", {})
+    return store.setdefault(service, [])
+
+
+def history_json(orch, service: str) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in ("from", "to")} for h in history(orch, service)]
+
+
+async def undo(orch, service: str, timeout: float = 600.0) -> RolloutResult:
+    """Roll back to the spec before the last completed rollout."""
+    done = [h for h in history(orch, service) if h["outcome"] == "complete"]
+    if not done:
+        raise ValueError(f"{service}: no completed rollout to undo")
+    return await roll(orch, service, done[-1]["from"], reason="rollout undo", timeout=timeout)
+
+
+async def restart(orch, service: str, timeout: float = 600.0) -> RolloutResult:
+    """Replace every replica with a fresh one of the same spec, the rolling way."""
+    return await roll(orch, service, orch.services[service].spec, reason="rollout restart", timeout=timeout)
 
 
 async def _start(orch, service: str, spec: ServiceSpec, c: ro.StartReplica):
