@@ -153,3 +153,10 @@ def test_start_that_fails_outright_counts_as_never_healthy():
     assert r.phase == "rolling_back" and "no such image" in r.reason
     r, cmds = ro.decide(r, 0.0)
     assert [type(c) for c in cmds] == [ro.Finish]
+
+
+def test_start_first_without_a_spare_port_replaces_stop_first():
+    sim = Sim(ro.begin("acts", OLD, [8000, 8001, 8002])).run()
+    assert sim.finished.outcome == "complete"
+    assert sim.log[:2] == ["stop old 8000 drain", "start new 8000"]
+    assert ports_of(sim.r, "new") == [8000, 8001, 8002]

@@ -13,6 +13,7 @@ Rules (start-first, the default):
   does that); as soon as more replicas serve than desired, the old one on the lowest port is
   drained and stopped, so an old replica never stops before its replacement is serving;
 - stop-first drains and stops an old replica first and starts the new one on the freed port;
+  start-first does the same for one replica when the range has no spare port left;
 - when every old replica is gone, a new replica left on a borrowed port (outside the first
   `desired` ports) is moved home the same way: a replica starts on the free home port, and once it
   serves the borrowed one is drained and stopped. So the set settles back on 8000.. ;
@@ -183,6 +184,12 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
         while wanted_new > 0 and in_flight < r.parallelism:
             port = _free_port(r)
             if port is None:
+                # No spare port in the range: replace this one stop-first (after draining it).
+                old_alive = sorted(r.of("old", "ready", "starting"), key=lambda m: m.port)
+                if in_flight == 0 and old_alive and not any(m.status == "stopping" for m in r.members):
+                    m = old_alive[0]
+                    cmds.append(StopReplica(m.id, drain=True, reason="no spare port: stop-first for this one"))
+                    r = _set(r, m.id, status="stopping")
                 break
             cmds.append(StartReplica("new", port, reason="rolling replacement (start-first)"))
             r = replace(r, pending=r.pending + (("new", port),))
