@@ -238,6 +238,54 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         svc = orchestrator.status()["services"][req.service]
         return JSONResponse({"service": req.service, "desired": svc["desired"], "actual": svc["actual"]})
 
+    async def apply_route(request: Request) -> Response:
+        # Imported here: the admin app must not pull the orchestrator in for a bare status page.
+        from selfieless.orchestrator.apply_exec import apply_stack
+        from selfieless.orchestrator.stack import StackError, parse_stack
+
+        try:
+            data = json.loads(await request.body() or b"null")
+        except ValueError:
+            return error(400, 'body must be JSON: {"stack": {...}, "dry_run": false}')
+        if not isinstance(data, dict) or not isinstance(data.get("stack"), dict):
+            return error(400, 'body must be a JSON object with "stack": the stack file as a mapping')
+        try:
+            new = parse_stack(data["stack"], "request body")
+        except StackError as e:
+            return error(400, str(e).splitlines()[0], e.problems)
+        result = await apply_stack(orchestrator, new, dry_run=bool(data.get("dry_run")))
+        if not result.ok:
+            return JSONResponse({"error": result.reason, **result.to_dict()}, status_code=409)
+        return JSONResponse(result.to_dict())
+
+    async def rollout_route(request: Request) -> Response:
+        from selfieless.orchestrator import rollout_exec
+
+        try:
+            data = json.loads(await request.body() or b"null")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or data.get("action") not in ("status", "history", "undo", "restart"):
+            return error(400, 'body must be {"service": "<name>", "action": "status|history|undo|restart"}')
+        service = data.get("service")
+        svc = orchestrator.services.get(service) if isinstance(service, str) else None
+        if svc is None or svc.dependency:
+            return error(400, f"unknown service {service!r}; this stack has: {', '.join(sorted(orchestrator.services))}")
+        action = data["action"]
+        if action in ("status", "history"):
+            hist = rollout_exec.history_json(orchestrator, service)
+            return JSONResponse({"service": service, "rolling": svc.held_by,
+                                 "history": hist if action == "history" else hist[-1:]})
+        if svc.held_by is not None:
+            return error(409, f"{service}: a rollout is already under way ({svc.held_by})")
+        try:
+            r = await (rollout_exec.undo if action == "undo" else rollout_exec.restart)(orchestrator, service)
+        except ValueError as e:
+            return error(409, str(e))
+        body = {"service": service, "outcome": r.outcome, "reason": r.reason, "seconds": round(r.seconds, 3)}
+        return JSONResponse(body if r.outcome == "complete" else {"error": r.reason, **body},
+                            status_code=200 if r.outcome == "complete" else 409)
+
     async def shutdown_route(request: Request) -> Response:
         if shutdown is None:
             return error(501, "this admin API cannot shut its orchestrator down")
@@ -307,6 +355,8 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         Route("/api/status", status),
         Route("/api/events", events),
         Route("/api/scale", scale, methods=["POST"]),
+        Route("/api/apply", apply_route, methods=["POST"]),
+        Route("/api/rollout", rollout_route, methods=["POST"]),
         Route("/api/shutdown", shutdown_route, methods=["POST"]),
         Route("/api/logs", logs),
         Route("/api/history", history_route),

@@ -254,6 +254,65 @@ def events(
         return
 
 
+@app.command()
+def apply(
+    stack: Optional[Path] = typer.Argument(None, help="Stack file (default: the bundled SelfieLessActs stack)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
+    timeout: float = typer.Option(900.0, "--timeout", help="How long to wait for the stack to converge (s)."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """Change the running stack to match the file: live where possible, rolling replacement where
+    the replicas must change; returns once converged (exit 1 with the reason otherwise)."""
+    import yaml
+
+    from selfieless.orchestrator.stack import BUNDLED_STACK, StackError, load_stack
+
+    path = stack or BUNDLED_STACK
+    try:
+        load_stack(path)  # the clear local error first
+    except StackError as e:
+        _fail(str(e))
+    client = _client(admin, admin_token, state_dir)
+    body = {"stack": yaml.safe_load(path.read_text()), "dry_run": dry_run}
+    try:
+        r = client.post("/api/apply", body, timeout=timeout)
+    except NoRunningUp as e:
+        _fail(str(e))
+    except AdminError as e:
+        for line in (e.body or {}).get("actions", []) if isinstance(e.body, dict) else []:
+            console.print(f"  {line}")
+        _fail(str(e))
+    for line in r["actions"] or ["no change"]:
+        console.print(f"  {line}")
+    for ro in r.get("rollouts", []):
+        console.print(f"{ro['service']}: rolling update {ro['outcome']} in {ro['seconds']:.1f} s")
+    console.print("dry run: nothing changed" if dry_run else f"applied in {r['seconds']:.1f} s")
+
+
+@app.command()
+def rollout(
+    action: str = typer.Argument(..., help="status, history, undo or restart."),
+    service: str = typer.Argument(..., help="Service name, e.g. acts."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """Rolling updates of one service: the last one (status), all of them (history), back to the
+    version before the last one (undo), or every replica replaced by a fresh one (restart)."""
+    if action not in ("status", "history", "undo", "restart"):
+        _fail(f"action must be status, history, undo or restart, not {action!r}")
+    client = _client(admin, admin_token, state_dir)
+    r = _call(client.post, "/api/rollout", {"service": service, "action": action}, timeout=900)
+    if action in ("status", "history"):
+        if r.get("rolling"):
+            console.print(f"{service}: {r['rolling']} under way")
+        for h in r["history"] or []:
+            when = time.strftime("%H:%M:%S", time.localtime(h["at"]))
+            console.print(f"{when}  {h['outcome']:<12} {h['seconds']:>6.1f} s  {h['reason']}: {h['detail']}")
+        if not r["history"] and not r.get("rolling"):
+            console.print(f"{service}: no rolling update since this orchestrator started")
+    else:
+        console.print(f"{service}: {action} {r['outcome']} in {r['seconds']:.1f} s")
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
 def scale(
     service: str = typer.Argument(..., help="Service name, e.g. acts."),

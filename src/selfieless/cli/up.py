@@ -172,6 +172,31 @@ def next_steps(gateway_url: str, admin_url: str, stack: Stack, cli: str = "selfi
     return lines
 
 
+def _apply_to_running(opts: UpOptions, state_dir: Path, console: Console) -> int | None:
+    """`up` of a stack that is already running under this state dir is an `apply` of it.
+    None: what runs there is another stack (the caller reports it)."""
+    from .client import AdminClient, AdminError, NoRunningUp
+
+    stack = prepare_stack(opts)
+    try:
+        client = AdminClient.discover(None, opts.admin_token, state_dir)
+        if client.get("/api/status").get("stack") != stack.name:
+            return None
+        console.print(f"{stack.name} is already running: applying the file to it")
+        r = client.post("/api/apply", {"stack": stack.model_dump(mode="json")}, timeout=900)
+    except NoRunningUp:
+        return None
+    except AdminError as e:
+        for line in (e.body or {}).get("actions", []) if isinstance(e.body, dict) else []:
+            console.print(f"  {line}")
+        console.print(f"[red]error:[/] {e}", highlight=False)
+        return 1
+    for line in r["actions"] or ["no change"]:
+        console.print(f"  {line}")
+    console.print(f"applied in {r['seconds']:.1f} s")
+    return 0
+
+
 async def run_up(opts: UpOptions, console: Console) -> int:
     from selfieless.admin import AdminServer, check_exposure
     from selfieless.orchestrator.assemble import start_system
@@ -183,6 +208,9 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     os.umask(0o077)
     running = read_admin_file(state_dir)
     if running is not None and running.get("pid") != os.getpid():
+        code = _apply_to_running(opts, state_dir, console)
+        if code is not None:
+            return code
         raise UpError(f"a selfieless up is already running with this state dir (pid {running.get('pid')}, "
                       f"admin {running.get('url')}); stop it with `selfieless down` or use another --state-dir")
     stack = prepare_stack(opts)

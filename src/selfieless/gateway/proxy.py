@@ -466,22 +466,29 @@ class ClientConnection(asyncio.Protocol):
         """No ready replica: hold the request until one is added, or answer 503."""
         loop = self.loop
         pool = r.pool
-        deadline = loop.time() + self.cfg.no_replica_wait
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                await asyncio.wait_for(pool.wait_ready(), remaining)
-            except asyncio.TimeoutError:
-                break
-            if self.closed or r is not self.active:
-                return
-            if pool.ready_count:
-                r.waiter = None
-                r.tries -= 1  # waiting is not an attempt
-                self._dispatch(r)
-                return
+        if not self.gw.hold(pool.service):
+            r.waiter = None
+            self._gateway_error(r, 503, f"no ready replica for service {pool.service} (too many requests waiting)")
+            return
+        try:
+            deadline = loop.time() + self.cfg.no_replica_wait
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(pool.wait_ready(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if self.closed or r is not self.active:
+                    return
+                if pool.ready_count:
+                    r.waiter = None
+                    r.tries -= 1  # waiting is not an attempt
+                    self._dispatch(r)
+                    return
+        finally:
+            self.gw.unhold(pool.service)
         r.waiter = None
         if not self.closed and r is self.active:
             self._gateway_error(r, 503, f"no ready replica for service {pool.service}")

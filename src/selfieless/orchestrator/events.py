@@ -15,6 +15,7 @@ from typing import Callable
 KINDS = frozenset({
     "start", "ready", "unhealthy", "ejected", "replaced", "scaled", "drained",
     "adopted", "backoff", "exited", "stopped", "waiting", "held", "recovered",
+    "rollout", "rollback", "applied",
 })
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "WindowPolicy",
     "RatePolicy",
     "NoPolicy",
+    "UpdateSpec",
     "StackError",
     "load_stack",
     "parse_stack",
@@ -178,6 +179,8 @@ class RatePolicy(_Model):
     target_rps_per_replica: float = Field(gt=0)
     window_seconds: PositiveSeconds = 2.0
     scale_in_delay: Seconds = 30.0
+    # With replicas.min 0: stop the last replica after this long without a request (None: never).
+    scale_to_zero_after: PositiveSeconds | None = None
 
 
 class NoPolicy(_Model):
@@ -185,6 +188,21 @@ class NoPolicy(_Model):
 
 
 AutoscaleSpec = Annotated[Union[WindowPolicy, RatePolicy, NoPolicy], Field(discriminator="policy")]
+
+
+class UpdateSpec(_Model):
+    """How a rolling replacement proceeds (image, command or environment changed).
+
+    start-first: a new replica starts on a spare port and joins the rotation after its first
+    passing probe, then one old replica is drained and stopped. stop-first: the old replica is
+    drained and stopped first and the new one starts on its port (for services that cannot run
+    two versions side by side). `monitor`: how long a new replica must stay healthy after joining
+    before it counts as good; a failure before then triggers `failure_action`."""
+
+    parallelism: int = Field(default=1, ge=1)
+    order: Literal["start-first", "stop-first"] = "start-first"
+    monitor: Seconds = 5.0
+    failure_action: Literal["rollback", "pause"] = "rollback"
 
 
 def _default_policy(value: Any) -> Any:
@@ -211,6 +229,7 @@ class ServiceSpec(_Model):
     # Service-level placeholder values, overriding the stack-level `variables`.
     variables: dict[str, str] = Field(default_factory=dict)
     drain_timeout: Seconds = 10.0
+    update: UpdateSpec = Field(default_factory=UpdateSpec)
     # Process driver: fork replicas from a process that imported `python -m MODULE` once
     # (drivers/preload.py). Only for modules that do no work at import time.
     preload: bool = False
@@ -246,6 +265,12 @@ class ServiceSpec(_Model):
     def _fits(self) -> "ServiceSpec":
         if self.image is None and self.command is None:
             raise ValueError("image: a service needs an `image` (docker driver) or a `command` (process driver)")
+        if self.replicas.min == 0 and not isinstance(self.autoscale, (RatePolicy, NoPolicy)):
+            # The course window policy counts requests from the first one: it keeps one replica.
+            raise ValueError("replicas.min: 0 needs the `rate` autoscale policy (the window policy keeps one replica)")
+        if isinstance(self.autoscale, RatePolicy) and self.autoscale.scale_to_zero_after is not None \
+                and self.replicas.min != 0:
+            raise ValueError("autoscale.scale_to_zero_after: needs replicas.min: 0")
         if self.replicas.max > len(self.host_ports):
             raise ValueError(
                 f"replicas.max: must be <= the number of host_ports ({len(self.host_ports)} in {self.host_ports})"
