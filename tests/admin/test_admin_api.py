@@ -29,7 +29,8 @@ def test_exposed_admin_without_token_refuses_to_start(stack):
         check_exposure(host, None)  # loopback: no token needed
 
 
-@pytest.mark.parametrize("path", ["/api/status", "/api/events", "/metrics", "/api/logs?service=acts"])
+@pytest.mark.parametrize("path", ["/api/status", "/api/events", "/metrics", "/api/logs?service=acts",
+                                  "/api/history"])
 def test_token_required_on_every_api_route(stack, path):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
                     {"Authorization": TOKEN}, {"Authorization": f"Bearer {TOKEN}x"}):
@@ -62,8 +63,8 @@ def test_status(stack):
 
 
 BAD = [
-    ({"service": "acts", "replicas": -1}, "replicas must be between 0 and 4"),
-    ({"service": "acts", "replicas": 5}, "replicas must be between 0 and 4"),
+    ({"service": "acts", "replicas": -1}, "replicas must be between 1 and 4"),
+    ({"service": "acts", "replicas": 5}, "replicas must be between 1 and 4"),
     ({"service": "nope", "replicas": 1}, "unknown service 'nope'; this stack has: acts"),
     ({"service": "acts", "replicas": "2"}, "replicas: Input should be a valid integer"),
     ({"service": "acts", "replicas": 2.0}, "replicas: Input should be a valid integer"),
@@ -120,6 +121,28 @@ def test_scale_and_long_poll_events(stack):
     assert httpx.get(stack.url + "/api/events?after=x", headers=AUTH, timeout=10).status_code == 400
     httpx.post(stack.url + "/api/scale", headers=AUTH, json={"service": "acts", "replicas": 1}, timeout=10)
     stack.wait(lambda: stack.orch.converged() and stack.orch.services["acts"].desired == 1, 40, "back to 1")
+
+
+def test_history_has_the_request_rate_of_the_last_seconds(stack):
+    with httpx.Client(base_url=stack.gateway_url, timeout=10) as client:
+        t_end = time.monotonic() + 3.5
+        while time.monotonic() < t_end:
+            client.get("/api/v1/categories")
+            time.sleep(0.02)
+    deadline = time.monotonic() + 15
+    while True:
+        h = httpx.get(stack.url + "/api/history?seconds=60", headers=AUTH, timeout=10).json()
+        points = h["services"]["acts"]
+        if sum(1 for _, rate in points if rate > 5) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert h["interval"] == 1.0 and set(h["services"]) == {"acts"}
+    assert sum(1 for _, rate in points if rate > 5) >= 2, points
+    now = time.time()
+    assert all(now - 61 < t <= now + 1 for t, _ in points)
+    for bad in ("0", "-1", "601", "soon"):
+        r = httpx.get(stack.url + "/api/history", params={"seconds": bad}, headers=AUTH, timeout=10)
+        assert r.status_code == 400 and "seconds must be" in r.json()["error"]
 
 
 def test_shutdown_route_calls_back(stack):

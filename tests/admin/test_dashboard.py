@@ -47,7 +47,10 @@ def stack(browser, tmp_path_factory):
 
 @pytest.fixture
 def page(browser, stack):
-    ctx = browser.new_context(base_url=stack.url, viewport={"width": 1280, "height": 800})
+    # The test's own wait_for_function predicates are evaluated as strings, which the dashboard's
+    # Content-Security-Policy forbids; test_dashboard_runs_under_its_content_security_policy
+    # checks the page itself with the policy enforced.
+    ctx = browser.new_context(base_url=stack.url, viewport={"width": 1280, "height": 800}, bypass_csp=True)
     ctx.set_default_timeout(15_000)
     pg = ctx.new_page()
     errors: list[str] = []
@@ -169,3 +172,54 @@ def test_plus_and_minus_buttons_scale(page, stack):
     feed = page.text_content("[data-testid=events]")
     assert "scaled acts 1\u21922: manual scale (admin API)" in feed and "scaled acts 2\u21921" in feed
     assert page.errors == []
+
+
+def test_fresh_page_shows_recent_history_title_and_policy(browser, stack):
+    # Traffic first, with no page open: the charts of a page opened afterwards start from it.
+    with httpx.Client(base_url=stack.gateway_url, timeout=10) as cl:
+        t_end = time.monotonic() + 12
+        while time.monotonic() < t_end:
+            cl.get("/api/v1/categories")
+            time.sleep(0.03)
+    time.sleep(1.5)
+    ctx = browser.new_context(base_url=stack.url, viewport={"width": 1280, "height": 800}, bypass_csp=True)
+    ctx.set_default_timeout(15_000)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        opened = time.monotonic()
+        authed(page)
+        page.wait_for_function("+document.querySelector('[data-testid=chart-acts]').dataset.points >= 10")
+        # Ten or more points within a few seconds of opening: they came from the admin API's history,
+        # not from this page's own polls (one a second).
+        assert time.monotonic() - opened < 8
+        chart = page.locator("[data-testid=chart-acts]")
+        assert float(chart.get_attribute("data-peak")) > 5
+        shot(page, "dashboard-fresh-with-history.png")
+        name = stack.orch.stack.name
+        assert page.title() == f"stack {name} · selfieless dashboard"
+        assert page.text_content("header h1").split() == ["selfieless", "dashboard", "stack", name]
+        policy = page.text_content("[data-testid=service-acts] .policy")
+        assert policy.startswith("autoscale: none (scaled by hand) · ports "), policy
+        assert errors == []
+    finally:
+        ctx.close()
+
+
+def test_dashboard_runs_under_its_content_security_policy(browser, stack):
+    """With the admin API's CSP enforced, the page renders, polls and draws with no violation."""
+    ctx = browser.new_context(base_url=stack.url, viewport={"width": 1280, "height": 800})
+    ctx.set_default_timeout(15_000)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    try:
+        authed(page)
+        page.wait_for_selector("[data-testid=replicas-acts] li[data-health=green]")
+        page.wait_for_selector("[data-testid=chart-acts]")
+        time.sleep(2.5)  # a few polls and redraws
+        assert errors == []
+    finally:
+        ctx.close()

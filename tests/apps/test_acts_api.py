@@ -38,11 +38,15 @@ def test_upload_returns_201_empty_object(ready):
 
 
 def test_upload_without_content_type(ready):
-    r = ready.acts.post("/acts", content=json.dumps(act_body("alice", "Nature")).encode())
-    assert r.status_code == 201, r.text
-    r = ready.acts.post("/acts", content=json.dumps(act_body("alice", "Nature")).encode(),
+    first, second = act_body("alice", "Nature"), act_body("alice", "Nature", caption="second")
+    r = ready.acts.post("/acts", content=json.dumps(first).encode())
+    assert (r.status_code, r.json()) == (201, {}), r.text
+    r = ready.acts.post("/acts", content=json.dumps(second).encode(),
                         headers={"Content-Type": "application/json;charset=utf-8"})
-    assert r.status_code == 201, r.text
+    assert (r.status_code, r.json()) == (201, {}), r.text
+    stored = {a["actId"]: a for a in ready.acts.get("/categories/Nature/acts").json()}
+    assert set(stored) == {first["actId"], second["actId"]}
+    assert stored[second["actId"]]["caption"] == "second" and stored[first["actId"]]["username"] == "alice"
 
 
 def test_largest_act_id_accepted(ready):
@@ -51,7 +55,10 @@ def test_largest_act_id_accepted(ready):
     ids = {a["actId"] for a in ready.acts.get("/categories/Nature/acts").json()}
     assert ids == {2**63 - 1, 0}
     assert ready.acts.post("/acts/upvote", json=[2**63 - 1]).status_code == 200
+    votes = {a["actId"]: a["upvotes"] for a in ready.acts.get("/categories/Nature/acts").json()}
+    assert votes == {2**63 - 1: 1, 0: 0}
     assert ready.acts.delete(f"/acts/{2**63 - 1}").status_code == 200
+    assert [a["actId"] for a in ready.acts.get("/categories/Nature/acts").json()] == [0]
 
 
 BAD_UPLOADS = [
@@ -97,6 +104,7 @@ def test_bad_upload_is_400_and_writes_nothing(ready, name, change, mentioned):
 def test_upload_body_not_an_object_is_400(ready, body):
     r = ready.acts.post("/acts", content=json.dumps(body).encode())
     assert r.status_code == 400 and r.json()["error"]
+    assert ready.table_rows()["acts"] == 0
 
 
 @pytest.mark.parametrize("timestamp", [
@@ -124,8 +132,12 @@ def test_malformed_timestamps_are_400(ready, timestamp):
 
 
 def test_valid_edge_timestamps(ready):
-    for ts in ("29-02-2020:59-59-23", "01-01-0001:00-00-00", "31-12-9999:59-59-23"):
+    stamps = ("29-02-2020:59-59-23", "01-01-0001:00-00-00", "31-12-9999:59-59-23")
+    for ts in stamps:
         ready.upload("alice", "Nature", timestamp=ts)
+    # Stored and returned exactly as sent (newest first).
+    assert [a["timestamp"] for a in ready.acts.get("/categories/Nature/acts").json()] == \
+        ["31-12-9999:59-59-23", "29-02-2020:59-59-23", "01-01-0001:00-00-00"]
 
 
 def test_duplicate_act_id_in_any_category_is_400(ready):
@@ -147,6 +159,7 @@ def test_unknown_user_is_400(ready):
 def test_unknown_category_is_400(ready):
     r = ready.acts.post("/acts", json=act_body("alice", "Roads"))
     assert r.status_code == 400 and "no such category" in r.json()["error"]
+    assert ready.table_rows()["acts"] == 0 and ready.table_rows()["categories"] == 1
 
 
 def test_empty_caption_allowed(ready):
@@ -164,6 +177,7 @@ def test_line_wrapped_base64_is_accepted_and_returned_exactly(ready):
 def test_base64_length_need_not_be_multiple_of_four(ready):
     ready.upload("alice", "Nature", imgB64="aGVsbG8")
     ready.upload("alice", "Nature", imgB64="a")
+    assert sorted(a["imgB64"] for a in ready.acts.get("/categories/Nature/acts").json()) == ["a", "aGVsbG8"]
 
 
 def test_large_image_and_long_caption(ready):
@@ -190,7 +204,7 @@ def test_users_service_down_is_503_and_writes_nothing(ready, tmp_path):
         assert r.status_code == 503 and "users service" in r.json()["error"]
         # A bad upload is still a 400: local rules are checked before the users service is asked.
         r = httpx.post(orphan.url + "/api/v1/acts", json=act_body("alice", "Nowhere"), timeout=30)
-        assert r.status_code == 400
+        assert r.status_code == 400 and "no such category" in r.json()["error"]
     finally:
         orphan.stop()
     assert ready.table_rows()["acts"] == 0
@@ -217,8 +231,11 @@ def test_bad_upvote_bodies_are_400(ready, payload):
 
 @pytest.mark.parametrize("act_id", [424242, 2**63, 2**70, "99999999999999999999999999"])
 def test_upvote_unknown_act_is_400(ready, act_id):
+    body = ready.upload("alice", "Nature")
     r = ready.acts.post("/acts/upvote", json=[act_id])
     assert r.status_code == 400 and "no such act" in r.json()["error"]
+    assert [(a["actId"], a["upvotes"]) for a in ready.acts.get("/categories/Nature/acts").json()] == \
+        [(body["actId"], 0)]
 
 
 def test_fifty_concurrent_upvotes_all_count(ready):
@@ -236,14 +253,17 @@ def test_delete_act(ready):
     body = ready.upload("alice", "Nature")
     r = ready.acts.delete(f"/acts/{body['actId']}")
     assert (r.status_code, r.json()) == (200, {})
-    assert ready.act_count() == 0
-    assert ready.acts.delete(f"/acts/{body['actId']}").status_code == 400
+    assert ready.act_count() == 0 and ready.table_rows()["acts"] == 0
+    r = ready.acts.delete(f"/acts/{body['actId']}")
+    assert r.status_code == 400 and "no such act" in r.json()["error"]
 
 
 @pytest.mark.parametrize("act_id", ["abc", "-1", "1.5", "١٢", "99999999999999999999999", "%20"])
 def test_delete_bad_act_id_is_400(ready, act_id):
+    kept = ready.upload("alice", "Nature", actId=1)
     r = ready.acts.delete(f"/acts/{act_id}")
     assert r.status_code == 400 and r.json()["error"]
+    assert [a["actId"] for a in ready.acts.get("/categories/Nature/acts").json()] == [kept["actId"]]
 
 
 def test_fixed_act_routes_own_their_paths(ready):

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from conftest import sha1
+
 
 def test_no_categories_is_204(api):
     r = api.acts.get("/categories")
@@ -60,12 +62,15 @@ def test_delete_category_removes_its_acts(api):
 
 
 def test_delete_unknown_category_is_400(api):
+    api.add_category("Nature")
     r = api.acts.delete("/categories/Nowhere")
     assert r.status_code == 400 and "no such category" in r.json()["error"]
+    assert api.acts.get("/categories").json() == {"Nature": 0}
 
 
 def test_size(api):
-    assert api.acts.get("/categories/Nature/acts/size").status_code == 204
+    r = api.acts.get("/categories/Nature/acts/size")
+    assert r.status_code == 204 and r.content == b""
     api.add_category("Nature")
     assert api.acts.get("/categories/Nature/acts/size").json() == [0]
     user = api.add_user()
@@ -91,3 +96,19 @@ def test_names_with_spaces_and_unicode_in_paths(api):
     user = api.add_user()
     api.upload(user, "Green Roads ✓")
     assert api.acts.get("/categories/Green Roads ✓/acts/size").json() == [1]
+
+
+def test_names_longer_than_fit_in_a_url_are_400_and_write_nothing(api):
+    """A name must be readable and deletable through the gateway once created: 1024 characters of
+    up to 4 UTF-8 bytes, percent-encoded, fit in its 64 KiB request line; 1025 are refused."""
+    before = api.table_rows()
+    for too_long in ("c" * 1025, "é" * 70_000):
+        r = api.acts.post("/categories", json=[too_long])
+        assert r.status_code == 400 and "at most 1024 characters" in r.json()["error"]
+        r = api.users.post("/users", json={"username": too_long, "password": sha1("x")})
+        assert r.status_code == 400 and "at most 1024 characters" in r.json()["error"]
+    assert api.table_rows() == before
+    longest = "😀" * 1024
+    api.add_category(longest)
+    assert api.acts.get(f"/categories/{longest}/acts/size").json() == [0]
+    assert api.acts.delete(f"/categories/{longest}").status_code == 200

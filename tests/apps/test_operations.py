@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -90,3 +91,62 @@ def test_health_fails_when_the_database_is_broken(tmp_path):
         assert r.status_code == 500 and "database" in r.json()["error"]
     finally:
         replica.stop()
+
+
+def test_health_is_ok_while_another_writer_holds_the_database(tmp_path):
+    """A long legitimate write (e.g. a large category delete) makes the database busy, not dead:
+    the check answers 200 well inside the orchestrator's 1 s probe timeout."""
+    path = tmp_path / "users.db"
+    replica = ServiceProcess("users", f"sqlite:///{path}", tmp_path).wait_healthy()
+    writer = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE request_counts SET n = n")
+        time.sleep(1.2)  # older than the replica's last write proof: the check must try to write
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = httpx.get(replica.url + "/api/v1/_health", timeout=30)
+            took = time.monotonic() - t0
+            assert (r.status_code, r.json()) == (200, {})
+            assert took < 3.0, f"the health check waited {took:.2f} s for the lock"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        replica.stop()
+
+
+def test_health_fails_when_the_database_refuses_writes(tmp_path):
+    path = tmp_path / "users.db"
+    replica = ServiceProcess("users", f"sqlite:///{path}", tmp_path).wait_healthy()
+    try:
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON request_counts "
+                         "BEGIN SELECT RAISE(ABORT, 'writes refused'); END")
+        time.sleep(1.2)  # past the last write proof
+        r = httpx.get(replica.url + "/api/v1/_health")
+        assert r.status_code == 500 and "database" in r.json()["error"]
+    finally:
+        replica.stop()
+
+
+def test_client_gone_mid_body_is_quiet_and_writes_nothing(api):
+    """A client (or the gateway, refusing a body) that goes away halfway through a request body:
+    the replica writes nothing and logs no traceback, for a sized body and a chunked one."""
+    import socket
+    import time
+
+    before = api.table_rows()
+    port = int(api.acts.base_url.port)
+    for head, part in (
+        (b"POST /api/v1/categories HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", b'["Half'),
+        (b"POST /api/v1/acts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"6\r\n{\"act\r\n"),
+    ):
+        with socket.create_connection(("127.0.0.1", port), 5) as sock:
+            sock.sendall(head + part)
+            time.sleep(0.3)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        time.sleep(0.3)  # an RST, as the gateway's abort sends
+    assert api.acts.get("/_health").status_code == 200
+    assert api.table_rows() == before
+    log = api.stack.acts.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]

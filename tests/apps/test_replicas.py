@@ -83,3 +83,43 @@ def test_replicas_starting_together_create_the_schema_once(backend, tmp_path):
         finally:
             for replica in replicas:
                 replica.stop()
+
+
+def test_count_is_exact_under_concurrent_load_on_three_replicas(api, stack, tmp_path):
+    """Counted requests are committed in batches (group commit): none may be lost or doubled,
+    and every replica must answer the same count."""
+    import asyncio
+
+    extra = [ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url) for _ in range(2)]
+    try:
+        for replica in extra:
+            replica.wait_healthy()
+        urls = [stack.acts.url] + [r.url for r in extra]
+        api.add_category()
+        api.acts.delete("/_count")
+        # Several clients per replica, each with many requests in flight; reads, failed writes
+        # (400) and unknown paths (404) all count.
+        paths = [("GET", "/categories"), ("GET", "/acts/count"), ("POST", "/acts/upvote"), ("GET", "/no/such/route")]
+        per_client, clients_per_replica, in_flight = 250, 3, 20
+
+        async def client(base: str, offset: int) -> list[int]:
+            async with httpx.AsyncClient(base_url=base + "/api/v1", timeout=60,
+                                         limits=httpx.Limits(max_connections=in_flight)) as c:
+                async def one(i: int) -> int:
+                    method, path = paths[(i + offset) % len(paths)]
+                    body = [999999999999] if method == "POST" else None
+                    return (await c.request(method, path, json=body)).status_code
+                return await asyncio.gather(*(one(i) for i in range(per_client)))
+
+        async def everyone() -> list[list[int]]:
+            return await asyncio.gather(*(client(url, k) for url in urls for k in range(clients_per_replica)))
+
+        statuses = [code for codes in asyncio.run(everyone()) for code in codes]
+        sent = len(urls) * clients_per_replica * per_client
+        assert len(statuses) == sent == 2250
+        assert set(statuses) <= {200, 400, 404}, sorted(set(statuses))
+        counts = [httpx.get(url + "/api/v1/_count", timeout=30).json() for url in urls]
+        assert counts == [[sent]] * 3
+    finally:
+        for replica in extra:
+            replica.stop()

@@ -32,7 +32,10 @@ def test_names_are_case_sensitive(api):
     api.add_user("Alice")
     api.add_user("alice")
     assert sorted(api.users.get("/users").json()) == ["Alice", "alice"]
-    assert api.users.delete("/users/ALICE").status_code == 400
+    r = api.users.delete("/users/ALICE")
+    assert r.status_code == 400 and "no such user" in r.json()["error"]
+    assert api.users.delete("/users/alice").status_code == 200
+    assert api.users.get("/users").json() == ["Alice"]
 
 
 def test_taken_username_is_400(api):
@@ -44,14 +47,22 @@ def test_taken_username_is_400(api):
 
 
 def test_remove_unknown_user_is_400(api):
+    api.add_user("alice")
     r = api.users.delete("/users/nobody")
     assert r.status_code == 400
     assert "no such user" in r.json()["error"]
+    assert api.users.get("/users").json() == ["alice"]
 
 
 def test_password_accepts_upper_and_lower_hex(api):
     assert api.users.post("/users", json={"username": "u1", "password": "A" * 40}).status_code == 201
-    assert api.users.post("/users", json={"username": "u2", "password": "0123456789abcdefABCDEF0123456789abcdefAB"}).status_code == 201
+    mixed = "0123456789abcdefABCDEF0123456789abcdefAB"
+    assert api.users.post("/users", json={"username": "u2", "password": mixed}).status_code == 201
+    assert api.users.get("/users").json() == ["u1", "u2"]
+    # Stored as the digest it is, whatever the case of its hex digits.
+    with api.stack.db.read() as conn:
+        stored = dict(conn.execute(select(users.c.name, users.c.password_hash)).all())
+    assert verify_digest("a" * 40, stored["u1"]) and verify_digest(mixed.lower(), stored["u2"])
 
 
 BAD_BODIES = [
@@ -88,6 +99,7 @@ def test_unparseable_body_is_400(api, raw):
     r = api.users.post("/users", content=raw)
     assert r.status_code == 400
     assert r.json()["error"]
+    assert api.table_rows()["users"] == 0
 
 
 def test_body_without_content_type_is_parsed_as_json(api):
@@ -127,7 +139,7 @@ def test_sql_shaped_username_is_stored_literally(api):
 
 
 def test_unicode_and_long_names(api):
-    long_name = "n" * 5000
+    long_name = "n" * 1024  # the longest allowed (MAX_NAME_LENGTH)
     api.add_user("Zoë 🌱")
     api.add_user(long_name)
     assert api.users.get("/users").json() == ["Zoë 🌱", long_name]

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cli_support import UpProcess, cli, pid_alive, replica_pids, run_cli, write_test_stack
+from selfieless.cli.main import replica_prefix
 from support.ports import free_port_range
 
 
@@ -50,8 +51,10 @@ def test_status_table_and_json(up):
     acts_port = st["services"]["acts"]["replicas"][0]["port"]
     rep = st["services"]["acts"]["replicas"][0]
     for text in ("stack clitest-", "converged", "service", "desired", "actual", "window count", "in-flight",
-                 "restarts", rep["id"], str(acts_port), "ready", "passing"):
+                 "restarts", rep["id"], str(acts_port), "ready", "passing", "pid"):
         assert text in r.stdout, (text, r.stdout)
+    row = next(line for line in r.stdout.splitlines() if rep["id"] in line)
+    assert str(rep["pid"]) in row.split()  # the PID has its own column
     j = run_cli("status", "--json", *sd(up))
     data = json.loads(j.stdout)
     assert set(data["services"]) == {"acts", "users"}
@@ -62,8 +65,8 @@ def test_status_table_and_json(up):
 def test_scale_with_errors_and_events(up):
     before = up.status()
     bad = [
-        (["scale", "acts", "-1"], "replicas must be between 0 and 4"),
-        (["scale", "acts", "99"], "replicas must be between 0 and 4"),
+        (["scale", "acts", "0"], "replicas must be between 1 and 4"),
+        (["scale", "acts", "99"], "replicas must be between 1 and 4"),
         (["scale", "nope", "2"], "unknown service 'nope'; this stack has: acts, users"),
         (["scale", "acts", "two"], "replicas must be a whole number"),
     ]
@@ -108,10 +111,11 @@ def test_events_follow_sees_new_events(up):
     try:
         # It prints the last past event once connected; only then make something happen.
         assert read_until(lambda: len(lines) >= 1, 30), "follower printed nothing"
-        assert run_cli("scale", "users", "0", *sd(up)).returncode == 0
-        read_until(lambda: any("stopped   users/" in x for x in lines), 20)
-        assert any("scaled    users: scaled users 1→0" in x for x in lines), lines
-        assert any("stopped   users/" in x for x in lines), lines
+        before = up.status()["services"]["acts"]["desired"]
+        assert run_cli("scale", "acts", str(before + 1), *sd(up)).returncode == 0
+        read_until(lambda: any("ready     acts/" in x for x in lines), 30)
+        assert any(f"scaled    acts: scaled acts {before}→{before + 1}" in x for x in lines), lines
+        assert any("start     acts/" in x for x in lines) and any("ready     acts/" in x for x in lines), lines
     finally:
         follower.terminate()
         follower.wait(10)
@@ -122,13 +126,45 @@ def test_logs(up):
     port = up.status()["services"]["acts"]["replicas"][0]["port"]
     r = run_cli("logs", "acts", *sd(up))
     assert r.returncode == 0, r.stderr
-    assert f"[{port}] --- " in r.stdout and "start:" in r.stdout and "selfieless.apps.acts" in r.stdout
+    assert f"{replica_prefix('acts', port)}--- " in r.stdout and "start:" in r.stdout
+    assert "selfieless.apps.acts" in r.stdout
     one = run_cli("logs", "acts", "--replica", str(port), "-n", "5", *sd(up))
-    assert one.returncode == 0 and "selfieless.apps.acts" in one.stdout and f"[{port}]" not in one.stdout
+    assert one.returncode == 0 and "selfieless.apps.acts" in one.stdout and f"acts-{port}" not in one.stdout
     missing = run_cli("logs", "acts", "--replica", "1", *sd(up))
     assert missing.returncode == 1 and "no log for acts on port 1" in missing.stderr
     unknown = run_cli("logs", "nope", *sd(up))
     assert unknown.returncode == 1 and "unknown service 'nope'" in unknown.stderr
+
+
+def test_logs_follow_every_replica_with_request_lines(up):
+    if up.status()["services"]["acts"]["desired"] < 2:
+        assert run_cli("scale", "acts", "2", "--wait", *sd(up), timeout=90).returncode == 0
+    ports = sorted(replica_pids(up.status(), "acts"))
+    assert len(ports) >= 2
+    out = up.tmp / "logs-follow.out"
+    with open(out, "wb") as sink:
+        follow = subprocess.Popen(cli("logs", "-f", "acts", "-n", "0", *sd(up)), stdout=sink,
+                                  stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        time.sleep(1.5)  # its first read done: what follows is new
+        marker = f"/api/v1/categories/follow{int(time.time())}/acts"
+        for _ in range(6):  # round-robin: every replica gets some
+            httpx.get(up.gateway + marker, timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = out.read_text(errors="replace")
+            if all(f"{replica_prefix('acts', p)}" in text and f"GET {marker} " in text.split(
+                    replica_prefix('acts', p), 1)[-1] for p in ports):
+                break
+            time.sleep(0.2)
+        text = out.read_text(errors="replace")
+        for p in ports:
+            mine = [line for line in text.splitlines() if line.startswith(replica_prefix("acts", p))]
+            assert any(f"GET {marker} " in line and line.endswith(" ms") for line in mine), (p, text)
+        assert "Warning" not in text
+    finally:
+        follow.terminate()
+        follow.wait(10)
 
 
 def test_load_through_the_gateway(up):
@@ -180,11 +216,22 @@ def test_ctrl_c_drains_and_stops(tmp_path):
         # A second `up` on the same state dir is refused while this one runs.
         second = run_cli("up", str(stack), "--port", "0", "--admin-port", "0", "--state-dir", str(up.state_dir))
         assert second.returncode == 1 and "already running" in second.stdout
+        # Followers are connected (`events -f` long-polls), as when a user watches while stopping.
+        follower = subprocess.Popen(cli("events", "-f", "--state-dir", str(up.state_dir)),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        t0 = time.monotonic()
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(30) == 0
+        took = time.monotonic() - t0
         assert not any(pid_alive(p) for p in pids)
         out = up.output()
-        assert "drained" in out and "stopped in" in out and "Traceback" not in out
+        assert "drained" in out and "Traceback" not in out and "ERROR" not in out, out
+        # The figure printed is the time from Ctrl-C to the end, give or take the interpreter's exit.
+        said = float(out.rsplit("stopped in ", 1)[1].split(" s")[0])
+        assert said <= took + 0.05 and took - said < 0.6, (said, took)
+        _, follower_err = follower.communicate(timeout=30)
+        assert "the stack stopped" in follower_err and "Internal Server Error" not in follower_err
         assert not (up.state_dir / "admin.json").exists()
     finally:
         up.stop()

@@ -1,5 +1,6 @@
 """`selfieless validate`, `--help` everywhere, and `up` refusing bad settings before starting anything."""
 
+import os
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ def test_validate_bundled_stack_ok():
 @pytest.mark.parametrize("mutate,expected", [
     (lambda d: d["services"]["acts"]["replicas"].update(max=20),
      "services.acts.replicas.max: must be <= the number of host_ports (10 in 8000-8009)"),
-    (lambda d: d["services"]["acts"].update(helth={}), "services.acts.helth: unknown key"),
+    (lambda d: d["services"]["acts"].update(helth={}), "services.acts.helth: unknown key; did you mean 'health'?"),
     (lambda d: d["services"]["users"].update(host_ports="8005-8006"),
      "services.users.host_ports: port 8005 is also used by service 'acts'"),
     (lambda d: d["services"]["acts"]["health"].update(interval="soon"), "services.acts.health.interval: not a duration"),
@@ -101,3 +102,24 @@ def test_commands_without_a_running_up_say_so(tmp_path):
         r = runner.invoke(app, [*cmd, "--state-dir", str(tmp_path)], env={"COLUMNS": "300", "SELFIELESS_ADMIN_URL": ""})
         assert r.exit_code == 1, (cmd, r.output)
         assert "no running `selfieless up` found" in r.output
+
+
+def test_output_to_a_pipe_is_never_wrapped(tmp_path):
+    # A long error and a long summary line, printed to a pipe with no $COLUMNS: each stays one line.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    data = yaml.safe_load(BUNDLED_STACK.read_text())
+    data["name"] = "a-stack-name-long-enough-to-push-the-summary-line-well-past-eighty-columns"
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "selfieless", "validate", str(good)], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("ok: stack 'a-stack-name") and first.endswith("3 services") and len(first) > 80
+    data["services"]["acts"]["health"]["interval_between_probes_of_every_replica"] = 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "selfieless", "validate", str(bad)], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 1
+    assert "  services.acts.health.interval_between_probes_of_every_replica: unknown key\n" in r.stderr

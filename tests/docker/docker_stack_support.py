@@ -1,5 +1,5 @@
 """Helpers for the Docker deployment tests: a real `selfieless up --driver docker` in a subprocess,
-`docker ps` as the course grader reads it, and the skip reason when the machine is not prepared.
+`docker ps` as the course grader reads it, and the check that the machine is prepared.
 
 (tests/docker has no __init__.py on purpose: it must never shadow the `docker` SDK package.)
 """
@@ -18,37 +18,17 @@ import httpx
 import pytest
 import yaml
 from support.ports import free_port as any_free_port, free_port_range, port_is_free as port_free  # noqa: E402
+from support.docker_engine import require_docker  # noqa: E402
 from support.processes import wait_until  # noqa: E402
 
 IMAGES = ("users:latest", "acts:latest", "web:latest", "selfieless/mariadb:latest")
 LABEL_STACK = "selfieless.stack"
 
 
-def not_ready_reason() -> str | None:
-    """None when an engine answers and every image exists; else why not and what to run."""
-    from selfieless.orchestrator.drivers.docker import docker_available
-
-    why = docker_available()
-    if why is None:
-        import docker
-
-        client = docker.from_env()
-        missing = []
-        for image in IMAGES:
-            try:
-                client.images.get(image)
-            except Exception:
-                missing.append(image)
-        client.close()
-        if missing:
-            why = f"images missing: {', '.join(missing)}"
-    if why is None:
-        return None
-    return f"{why}. Run `scripts/docker-prepare` as root (installs docker.io, starts dockerd, builds the images offline)"
-
-
-NOT_READY = not_ready_reason()
-needs_docker_images = pytest.mark.skipif(NOT_READY is not None, reason=str(NOT_READY))
+def require_images() -> None:
+    """Skip (saying to run scripts/docker-prepare) without an engine or the images; fail if the
+    engine is there but broken."""
+    require_docker(*IMAGES)
 
 
 def free_port(candidates=None) -> int:

@@ -4,7 +4,8 @@ Behaviour is picked by the last path segment, whatever the prefix:
 ``.../slow?s=1`` sleeps, ``.../stream?n=..&chunks=..`` streams a chunked body, ``.../big?n=..``
 sends n bytes with Content-Length, ``.../upload?delay=..`` reads the body slowly and reports its
 size and hash, ``.../die`` SIGKILLs the process once the request head is in (subprocess only),
-``.../_log`` lists the requests this replica saw. Anything else echoes the request as JSON.
+``.../_log`` lists the requests this replica saw (``seen``: the head arrived; ``complete``: the
+whole body arrived too). Anything else echoes the request as JSON.
 A WebSocket connection (any path) is accepted, greeted with the replica's id and echoed.
 """
 
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs
 
 def make_app(replica_id: str):
     seen: list[list[str]] = []
+    complete: list[list[str]] = []
 
     async def send_json(send, payload, status=200, extra=()):
         body = json.dumps(payload).encode()
@@ -63,7 +65,7 @@ def make_app(replica_id: str):
         qs = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
         last = path.rstrip("/").rsplit("/", 1)[-1]
         if last == "_log":
-            await send_json(send, {"replica": replica_id, "seen": seen})
+            await send_json(send, {"replica": replica_id, "seen": seen, "complete": complete})
             return
         seen.append([scope["method"], path])
         if last == "die":
@@ -82,8 +84,11 @@ def make_app(replica_id: str):
                 h.update(body)
                 if delay:
                     await asyncio.sleep(delay)
+            if msg["type"] == "http.disconnect":
+                return  # the body never ended: not a complete request
             if not msg.get("more_body"):
                 break
+        complete.append([scope["method"], path])
         if last == "slow":
             await asyncio.sleep(float(qs.get("s", 1)))
         if last == "stream":

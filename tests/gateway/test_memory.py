@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import subprocess
 import sys
@@ -39,22 +40,27 @@ def gateway_proc():
 def test_16mib_upload_and_download_bounded_memory(gateway_proc):
     proc, port = gateway_proc
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("GET", "/api/v1/warmup")
-    conn.getresponse().read()
-    base = vm_kb(proc.pid, "VmHWM")
-
     piece = os.urandom(64 * 1024)
     total = 16 * MiB
 
-    def body():
-        for _ in range(total // len(piece)):
+    def body(size=total):
+        for _ in range(size // len(piece)):
             yield piece
+
+    # Warm up every path measured below with 1 MiB bodies, so that what is measured is what a
+    # body's size costs, not the first use of the code (imports, parser and buffer allocations).
+    conn.request("POST", "/api/v1/upload", body=body(MiB), headers={"Content-Length": str(MiB)})
+    assert json.loads(conn.getresponse().read())["body_len"] == MiB
+    conn.request("PUT", "/api/v1/upload", body=body(MiB))
+    assert json.loads(conn.getresponse().read())["body_len"] == MiB
+    conn.request("GET", f"/api/v1/big?n={MiB}")
+    assert len(conn.getresponse().read()) == MiB
+    base = vm_kb(proc.pid, "VmHWM")
 
     # Content-Length upload to a replica that reads slowly.
     conn.request("POST", "/api/v1/upload?delay=0.01", body=body(),
                  headers={"Content-Length": str(total)})
     resp = conn.getresponse()
-    import json
     result = json.loads(resp.read())
     assert resp.status == 200 and result["body_len"] == total
     h = hashlib.sha256()
@@ -81,5 +87,8 @@ def test_16mib_upload_and_download_bounded_memory(gateway_proc):
     assert got == total
     growth = vm_kb(proc.pid, "VmHWM") - base
     print("HWM growth KiB: upload", upload_growth, "total", growth)
-    assert upload_growth < 4 * 1024, f"gateway peak RSS grew {upload_growth} KiB on a 16 MiB upload"
-    assert growth < 4 * 1024, f"gateway peak RSS grew {growth} KiB while streaming 16 MiB bodies"
+    # The README's claim: a 16 MiB upload grows the gateway by about 250 KiB. Measured with this
+    # warm-up: 12-116 KiB for the upload, up to about 300 KiB for all three on a busy machine
+    # (allocator noise); a gateway that holds even one extra MiB of body fails both.
+    assert upload_growth < 256, f"gateway peak RSS grew {upload_growth} KiB on a 16 MiB upload"
+    assert growth < 512, f"gateway peak RSS grew {growth} KiB while streaming 16 MiB bodies"

@@ -52,14 +52,35 @@ def test_round_robin_fair_under_changes():
 
 def test_least_outstanding_with_round_robin_ties():
     p = ReplicaPool("s", balance="least_outstanding")
-    for rid in "AB":
+    for rid in "ABC":
         p.add(rid, "h", 1)
     a = p.acquire()
     assert a.id == "A"
-    assert [p.acquire().id for _ in range(1)] == ["B"]  # A busy
-    b2 = p.acquire()  # both have one: tie -> rotation
-    assert b2.id in "AB"
-    assert p.acquire().id != b2.id
+    assert p.acquire().id == "B"  # A busy
+    assert p.acquire().id == "C"  # A and B busy
+    # All three have one in flight: the tie goes to the rotation, which is back at A.
+    assert [p.acquire().id for _ in range(3)] == ["A", "B", "C"]
+    # Fewest in flight wins whatever the rotation says: C and A finish, A is next in rotation.
+    c = p.get("C")
+    p.release(c)
+    p.release(c)
+    assert p.acquire().id == "C"
+    assert p.acquire().id == "C"  # still the only one with fewer than two
+    assert p.acquire().id == "A"  # now all at two: rotation continues after C
+    # With nothing in flight it is plain round-robin.
+    for rep in (p.get("A"), p.get("B"), p.get("C")):
+        while rep.in_flight:
+            p.release(rep)
+
+    def take(n):
+        out = []
+        for _ in range(n):
+            r = p.acquire()
+            out.append(r.id)
+            p.release(r)
+        return "".join(out)
+
+    assert take(6) == "BCABCA"
 
 
 def test_eject_and_callback_once():

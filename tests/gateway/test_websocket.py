@@ -70,6 +70,21 @@ def test_upgrade_refused_by_the_replica_is_a_plain_answer(make_gateway, raw_back
     with pytest.raises(InvalidStatus) as info:
         connect(f"ws://127.0.0.1:{gw.port}/api/v1/ws", open_timeout=10)
     assert info.value.response.status_code == 403
+    # The close the docstring promises: a keep-alive client that sent frames right after its
+    # upgrade request gets the answer, then end of stream (the frames are never parsed as HTTP).
+    # (A second replica: this one serves one connection at a time and the gateway may keep it.)
+    b = raw_backend(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno", after="record")
+    gw = make_gateway(replicas={"acts": [b]})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n"
+                  b"Upgrade: websocket\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                  b"GET /api/v1/smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):  # a socket.timeout here means the gateway kept it open
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 403 Forbidden\r\n") and got.endswith(b"\r\n\r\nno")
+    assert got.count(b"HTTP/1.1") == 1  # the bytes after the upgrade request were not answered
+    assert len(b.seen) == 1 and b"smuggled" not in b.seen[0]
 
 
 def test_websocket_handshake_headers_reach_the_replica(make_gateway, raw_backend):

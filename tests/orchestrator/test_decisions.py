@@ -189,15 +189,24 @@ def test_backoff_first_failure_immediate_then_doubling_to_cap():
     assert in_crash_loop(st)
 
 
-def test_backoff_resets_after_60s_healthy():
+def test_backoff_starts_over_once_a_replica_became_healthy():
     st = BackoffState()
     for i in range(4):
         st, _ = record_failure(st, now=float(i))
     st = record_ready(st, now=10.0)
-    st2, d = record_failure(st, now=69.9)
-    assert d == 4.0  # only 59.9 s healthy: still in the loop
-    st3, d = record_failure(st, now=70.0)
-    assert d == 0.0 and st3.failures == 1
+    st2, d = record_failure(st, now=10.1)  # crashed on request right after it became ready
+    assert d == 0.0 and st2.failures == 1 and not in_crash_loop(st2)
+    st3, d = record_failure(st2, now=11.0)  # its replacement died before becoming healthy
+    assert d == 0.5
+
+
+def test_replicas_crashed_after_serving_are_never_delayed():
+    st, delays = BackoffState(), []
+    for i in range(20):
+        st = record_ready(st, now=float(i))
+        st, d = record_failure(st, now=i + 0.5)
+        delays.append(d)
+    assert delays == [0.0] * 20 and not in_crash_loop(st)
 
 
 def test_backoff_ready_keeps_first_healthy_time():
@@ -243,10 +252,41 @@ def test_replica_allowed_paths(path):
     (S.STOPPING, S.STOPPED, S.STARTING),
 ])
 def test_replica_forbidden_transitions(path):
+    """Every step but the last is allowed; only the last one raises, and it changes nothing."""
     r = Replica("x", "acts", 8000)
+    *allowed, forbidden = path
+    for s in allowed:
+        r.transition(s)
+    before = (r.state, list(r.history))
+    assert not r.can(forbidden)
     with pytest.raises(InvalidTransition):
-        for s in path:
-            r.transition(s)
+        r.transition(forbidden)
+    assert (r.state, r.history) == before
+
+
+# The life cycle as the module docstring draws it: every pair of states, allowed or not.
+LIFE = {
+    S.STARTING: {S.READY, S.UNHEALTHY, S.EXITED, S.STOPPING},
+    S.READY: {S.UNHEALTHY, S.EXITED, S.STOPPING},
+    S.UNHEALTHY: {S.EXITED, S.STOPPING},
+    S.EXITED: {S.STOPPING, S.STOPPED},
+    S.STOPPING: {S.STOPPED},
+    S.STOPPED: set(),
+}
+
+
+@pytest.mark.parametrize("old", list(S))
+@pytest.mark.parametrize("new", list(S))
+def test_replica_every_transition(old, new):
+    r = Replica("x", "acts", 8000, state=old)
+    assert r.can(new) == (new in LIFE[old])
+    if new in LIFE[old]:
+        r.transition(new, "why")
+        assert r.state == new and r.history == [(new, "why")]
+    else:
+        with pytest.raises(InvalidTransition):
+            r.transition(new)
+        assert r.state == old and r.history == []
 
 
 # --- health verdicts -------------------------------------------------------------------------

@@ -11,31 +11,28 @@ import pytest
 
 from selfieless.orchestrator.drivers import make_driver, resolve_driver_kind
 from selfieless.orchestrator.drivers.base import LaunchSpec
-from selfieless.orchestrator.drivers.docker import docker_available
 
-from orch_helpers import FakeGateway, echo_command, wait_until
+from orch_helpers import echo_command, wait_until
+from support.docker_engine import require_docker
 from support.ports import free_port_range
 
-WHY = docker_available()
+needs_web_image = pytest.mark.usefixtures("web_image")
 
 
-def _image_missing(image: str) -> str | None:
-    if WHY is not None:
-        return WHY
-    import docker
-
-    try:
-        docker.from_env().images.get(image)
-        return None
-    except Exception:
-        return f"image {image} is missing"
+@pytest.fixture
+def web_image():
+    """Skip without an engine or the image (saying how to get them); fail if the engine is broken."""
+    require_docker("web:latest")
 
 
-def needs_image(image: str):
-    why = _image_missing(image)
-    return pytest.mark.skipif(
-        why is not None, reason=f"{why}; run `scripts/docker-prepare` as root (installs docker.io, starts dockerd, "
-                                f"builds the images offline)")
+def test_no_engine_reason_is_readable(tmp_path, monkeypatch):
+    from selfieless.orchestrator.drivers.docker import docker_available
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    assert docker_available() == f"no Docker engine answers at unix://{tmp_path}/no-engine.sock " \
+                                 f"(no such socket: is dockerd running?)"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+    assert docker_available() == "no Docker engine answers at tcp://127.0.0.1:1 (connection refused: is dockerd running?)"
 
 
 def test_auto_picks_process_without_an_engine(tmp_path, monkeypatch):
@@ -46,7 +43,7 @@ def test_auto_picks_process_without_an_engine(tmp_path, monkeypatch):
 
 
 @pytest.mark.docker
-@needs_image("web:latest")
+@needs_web_image
 @pytest.mark.anyio
 async def test_container_lifecycle_labels_and_die_events():
     """The real engine: start our web image, labels and published port, list, die event, stop."""
@@ -93,7 +90,7 @@ async def test_container_lifecycle_labels_and_die_events():
 
 
 @pytest.mark.docker
-@needs_image("web:latest")
+@needs_web_image
 @pytest.mark.anyio
 async def test_network_fixed_name_loopback_publish_and_cleanup():
     """What a dependency gets: a fixed name, its port on 127.0.0.1 only, the stack network (made
@@ -337,14 +334,12 @@ async def test_dependency_starts_first_stops_last_and_is_not_routed(tmp_path):
     """A dependency (here a bare TCP server that takes 0.6 s to listen) is ready before the service
     that depends on it starts; it never joins a gateway pool; it cannot be scaled; shutdown stops
     the service first."""
-    from selfieless.orchestrator.controller import Orchestrator
-    from selfieless.orchestrator.drivers.process import ProcessDriver
+    from selfieless.orchestrator.assemble import start_system
 
     ports = free_port_range(3)
     stack = _dep_stack(ports)
-    gw = FakeGateway()
-    orch = Orchestrator(stack, ProcessDriver(stack.name, tmp_path), gw, state_dir=str(tmp_path))
-    await orch.start()
+    system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
+    orch, gw = system.orchestrator, system.gateway
     try:
         await orch.wait_ready(20)
         evs = [(e.kind, e.service) for e in orch.events.since(0)]
@@ -353,13 +348,13 @@ async def test_dependency_starts_first_stops_last_and_is_not_routed(tmp_path):
         st = orch.status()["services"]
         assert st["db"]["kind"] == "dependency" and st["echo"]["kind"] == "service"
         assert st["db"]["replicas"][0]["port"] == ports[-1] and st["db"]["replicas"][0]["in_pool"] is False
-        assert "db" not in gw.pools
+        assert "db" not in gw.pools and [v.port for v in gw.pool("echo").replicas] == [ports[0]]
         with pytest.raises(ValueError, match="dependency"):
             await orch.scale("db", 2)
         await orch.scale("echo", 2)
         await orch.wait_ready(20)
     finally:
-        await orch.stop()
+        await system.stop()
     stops = [e.service for e in orch.events.since(0) if e.kind == "stopped"]
     assert stops == ["echo", "echo", "db"]
 

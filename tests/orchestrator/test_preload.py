@@ -89,3 +89,36 @@ async def test_a_module_that_cannot_be_preloaded_starts_normally(tmp_path):
         assert "no_such_module_here" in (tmp_path / "t" / "logs" / "preload-no_such_module_here.log").read_text()
     finally:
         await driver.close()
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preloaded", "plain"])
+async def test_replica_log_has_request_lines_and_no_warning_and_a_process_title(tmp_path, preload):
+    driver = ProcessDriver("t", tmp_path)
+    (port,) = free_port_range(1)
+    try:
+        handle = await driver.start(users_spec(tmp_path, port, preload=preload))
+        await wait_until(lambda: healthy(port), 30, what="replica healthy")
+        async with httpx.AsyncClient(trust_env=False) as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/api/v1/users?x=1")).status_code == 204
+            assert (await client.delete(f"http://127.0.0.1:{port}/api/v1/users/nobody")).status_code == 400
+        log = driver.log_file("users", port)
+
+        def lines():
+            return log.read_text(errors="replace")
+
+        await wait_until(lambda: "DELETE /api/v1/users/nobody 400" in lines(), 10, what="the DELETE's log line")
+        text = lines()
+        assert "GET /api/v1/users?x=1 204 " in text and " ms\n" in text
+        assert "_health" not in text  # passing health probes (one a second) are not logged
+        assert f"selfieless.users: starting on 127.0.0.1:{port} (pid {handle.pid}" in text
+        assert "database schema ready; serving" in text
+        assert "Warning" not in text and "unpredictable" not in text, text
+        with open(f"/proc/{handle.pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").strip().decode()
+        assert title == f"selfieless: users :{port}"
+        await driver.stop(handle, grace=5)
+        assert "selfieless.users: stopped" in lines()
+    finally:
+        for h in await driver.list():
+            await driver.stop(h, grace=1)
+        await driver.close()

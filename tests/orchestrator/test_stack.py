@@ -69,8 +69,32 @@ def test_max_below_min_names_the_field():
 
 
 def test_unknown_keys_are_rejected_with_their_path():
-    assert errors(stack(acts=svc(health={"pth": "/x"}))) == ["services.acts.health.pth: unknown key"]
+    assert errors(stack(acts=svc(health={"pth": "/x"}))) == [
+        "services.acts.health.pth: unknown key; did you mean 'path'?"]
     assert "bogus: unknown key" in errors({**stack(acts=svc()), "bogus": 1})
+
+
+@pytest.mark.parametrize("where,key,suggestion", [
+    ((), "servces", "services"),
+    (("gateway", "limits"), "max_body_sise", "max_body_size"),
+    (("services", "acts"), "replcas", "replicas"),
+    (("services", "acts", "replicas"), "maximum", "max"),
+    (("services", "acts", "autoscale"), "windw_seconds", "window_seconds"),
+])
+def test_unknown_keys_suggest_the_nearest_allowed_key(where, key, suggestion):
+    data = stack(acts=svc(autoscale={"policy": "window"}))
+    node = data
+    for part in where:
+        node = node.setdefault(part, {})
+    node[key] = 1
+    path = ".".join((*where, key))
+    assert f"{path}: unknown key; did you mean {suggestion!r}?" in errors(data)
+
+
+def test_unknown_key_far_from_every_allowed_key_gets_no_guess():
+    assert errors(stack(acts=svc(zzzz=1))) == ["services.acts.zzzz: unknown key"]
+    # A key that exists elsewhere is not suggested where it is not allowed.
+    assert errors(stack(acts=svc(health={"routes": ["/x"]})))[0] == "services.acts.health.routes: unknown key"
 
 
 def test_several_problems_reported_together():

@@ -11,6 +11,7 @@ import re
 from datetime import datetime, timedelta
 
 import httpx
+import pytest
 
 from web_stack import PNG, PNG_B64, sha1
 
@@ -322,15 +323,35 @@ def test_image_helpers_and_timestamps(page, web_stack):
     assert page.evaluate("parseJson('[{\"actId\": 9223372036854775807}]')[0].actId") == "9223372036854775807"
 
 
-def test_api_failure_shows_its_error_and_retry_recovers(page, api):
-    """When the API fails (here: the gateway's own 503 with no replica), the page says so in the
-    API's words and offers a retry that works once the API is back."""
+@pytest.fixture
+def gateway_without_replicas(tmp_path):
+    """A real gateway whose only replica does not listen: it answers the API with its own 503."""
+    from support.ports import free_port
+    from support.processes import ModuleProcess
+
+    port = free_port()
+    gw = ModuleProcess("gateway-no-replica", "selfieless.gateway", [
+        "--host", "127.0.0.1", "--port", str(port), "--no-replica-wait", "0.2",
+        "--route", f"/api/v1=127.0.0.1:{free_port()}"], tmp_path)
+    try:
+        gw.wait_ok(f"http://127.0.0.1:{port}/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        gw.stop()
+
+
+def test_api_failure_shows_its_error_and_retry_recovers(page, api, gateway_without_replicas):
+    """When the API fails (here: the real gateway's own 503 with no replica, relayed to the page
+    as it is), the page says so in the API's words and offers a retry that works once the API is
+    back."""
     api.post("/categories", json=["Recovered"])
-    answer = {"status": 503, "content_type": "application/json", "body": '{"error": "no replica of acts is available"}'}
-    page.route("**/api/v1/categories", lambda route: route.fulfill(**answer))
+    real = httpx.get(f"{gateway_without_replicas}/api/v1/categories", timeout=30)
+    assert real.status_code == 503 and real.json()["error"]
+    page.route("**/api/v1/categories", lambda route: route.fulfill(
+        response=route.fetch(url=f"{gateway_without_replicas}/api/v1/categories")))
     page.goto("/ui/")
     error = page.get_by_test_id("categories").get_by_role("alert")
-    expect(error).to_contain_text("no replica of acts is available")
+    expect(error).to_contain_text(real.json()["error"])
     page.unroute("**/api/v1/categories")
     error.get_by_role("button", name="Try again").click()
     expect(page.locator('[data-category="Recovered"]')).to_be_visible()

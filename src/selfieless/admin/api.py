@@ -7,6 +7,7 @@ Routes (JSON unless said otherwise):
 - ``POST /api/scale``    ``{"service": str, "replicas": int}``
 - ``POST /api/shutdown``                     graceful stop of the whole ``selfieless up``
 - ``GET  /api/logs?service=S[&port=P][&tail=N][&offsets=P:O,...]`` replica log files (process driver)
+- ``GET  /api/history?seconds=S``             requests/s per service, one point a second (history.py)
 - ``GET  /metrics``                          Prometheus text format
 - ``GET  /``, ``/static/...``                the dashboard (static files, no data in them)
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import metrics
+from .history import KEEP_SECONDS, SAMPLE_INTERVAL, RateHistory
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_WAIT = 30.0          # longest long poll, seconds
@@ -91,6 +94,39 @@ class BearerAuth:
         return path in self.PUBLIC or path.startswith("/static/")
 
 
+class SecurityHeaders:
+    """Pure ASGI middleware: every admin response forbids framing, sniffing and foreign content.
+
+    The dashboard is same-origin static files with no inline script or style, so a strict policy
+    costs nothing and stops a page elsewhere from framing the scale buttons (clickjacking) or a
+    reflected value from running as script.
+    """
+
+    HEADERS = [
+        (b"content-security-policy",
+         b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+         b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _log_files(orchestrator: Any, state_dir: Path | None, service: str) -> dict[int, Path]:
     """Log files of a service's replicas by port (process driver: <state>/<stack>/logs/<svc>-<port>.log)."""
     driver = getattr(orchestrator, "driver", None)
@@ -129,10 +165,30 @@ def _read_from(path: Path, offset: int) -> tuple[str, int]:
     return data.decode(errors="replace"), offset + len(data)
 
 
+async def _wait_unless(waiting: Any, closing: asyncio.Event | None) -> list:
+    """`await waiting`, or [] as soon as `closing` is set (the server is stopping: a long poll must
+    not hold its shutdown up, nor be cut off with a 500)."""
+    if closing is None:
+        return await waiting
+    task = asyncio.ensure_future(waiting)
+    closed = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return []
+
+
 def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
-               shutdown: Callable[[], Any] | None = None, state_dir: str | Path | None = None) -> ASGIApp:
-    """The admin ASGI app. `shutdown` is called (on the loop) by POST /api/shutdown."""
+               shutdown: Callable[[], Any] | None = None, state_dir: str | Path | None = None,
+               closing: asyncio.Event | None = None, history: Any = None) -> ASGIApp:
+    """The admin ASGI app. `shutdown` is called (on the loop) by POST /api/shutdown; `closing` is set
+    when the server stops, which ends every long poll at once."""
     registry = metrics.make_registry(gateway, orchestrator)
+    history = history if history is not None else RateHistory()
 
     async def status(request: Request) -> Response:
         return JSONResponse(orchestrator.status())
@@ -153,7 +209,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
             after = 0
         got = log.since(after, limit)
         if not got and wait > 0:
-            got = await log.wait(after, min(wait, MAX_WAIT))
+            got = await _wait_unless(log.wait(after, min(wait, MAX_WAIT)), closing)
             if limit:
                 got = got[:limit]
         return JSONResponse({"events": [e.to_dict() for e in got], "last_id": log.last_id,
@@ -181,6 +237,54 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
             return error(400, str(e))
         svc = orchestrator.status()["services"][req.service]
         return JSONResponse({"service": req.service, "desired": svc["desired"], "actual": svc["actual"]})
+
+    async def apply_route(request: Request) -> Response:
+        # Imported here: the admin app must not pull the orchestrator in for a bare status page.
+        from selfieless.orchestrator.apply_exec import apply_stack
+        from selfieless.orchestrator.stack import StackError, parse_stack
+
+        try:
+            data = json.loads(await request.body() or b"null")
+        except ValueError:
+            return error(400, 'body must be JSON: {"stack": {...}, "dry_run": false}')
+        if not isinstance(data, dict) or not isinstance(data.get("stack"), dict):
+            return error(400, 'body must be a JSON object with "stack": the stack file as a mapping')
+        try:
+            new = parse_stack(data["stack"], "request body")
+        except StackError as e:
+            return error(400, str(e).splitlines()[0], e.problems)
+        result = await apply_stack(orchestrator, new, dry_run=bool(data.get("dry_run")))
+        if not result.ok:
+            return JSONResponse({"error": result.reason, **result.to_dict()}, status_code=409)
+        return JSONResponse(result.to_dict())
+
+    async def rollout_route(request: Request) -> Response:
+        from selfieless.orchestrator import rollout_exec
+
+        try:
+            data = json.loads(await request.body() or b"null")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or data.get("action") not in ("status", "history", "undo", "restart"):
+            return error(400, 'body must be {"service": "<name>", "action": "status|history|undo|restart"}')
+        service = data.get("service")
+        svc = orchestrator.services.get(service) if isinstance(service, str) else None
+        if svc is None or svc.dependency:
+            return error(400, f"unknown service {service!r}; this stack has: {', '.join(sorted(orchestrator.services))}")
+        action = data["action"]
+        if action in ("status", "history"):
+            hist = rollout_exec.history_json(orchestrator, service)
+            return JSONResponse({"service": service, "rolling": svc.held_by,
+                                 "history": hist if action == "history" else hist[-1:]})
+        if svc.held_by is not None:
+            return error(409, f"{service}: a rollout is already under way ({svc.held_by})")
+        try:
+            r = await (rollout_exec.undo if action == "undo" else rollout_exec.restart)(orchestrator, service)
+        except ValueError as e:
+            return error(409, str(e))
+        body = {"service": service, "outcome": r.outcome, "reason": r.reason, "seconds": round(r.seconds, 3)}
+        return JSONResponse(body if r.outcome == "complete" else {"error": r.reason, **body},
+                            status_code=200 if r.outcome == "complete" else 409)
 
     async def shutdown_route(request: Request) -> Response:
         if shutdown is None:
@@ -222,6 +326,16 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
             out.append({"port": p, "path": str(path), "text": text, "offset": end})
         return JSONResponse({"service": service, "files": out})
 
+    async def history_route(request: Request) -> Response:
+        try:
+            seconds = float(request.query_params.get("seconds", "300"))
+        except ValueError:
+            return error(400, "seconds must be a number")
+        if not 0 < seconds <= KEEP_SECONDS:
+            return error(400, f"seconds must be between 0 and {KEEP_SECONDS} (the history kept)")
+        return JSONResponse({"interval": SAMPLE_INTERVAL, "seconds": seconds,
+                             "services": history.series(seconds, time.time())})
+
     async def metrics_route(request: Request) -> Response:
         # Async on purpose: the collector runs on the event loop thread, never in a worker thread.
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
@@ -241,10 +355,13 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         Route("/api/status", status),
         Route("/api/events", events),
         Route("/api/scale", scale, methods=["POST"]),
+        Route("/api/apply", apply_route, methods=["POST"]),
+        Route("/api/rollout", rollout_route, methods=["POST"]),
         Route("/api/shutdown", shutdown_route, methods=["POST"]),
         Route("/api/logs", logs),
+        Route("/api/history", history_route),
         Route("/metrics", metrics_route),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
-    return BearerAuth(app, token)
+    return SecurityHeaders(BearerAuth(app, token))

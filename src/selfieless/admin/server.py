@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import time
 from typing import Any, Callable
 
 import uvicorn
 
 from .api import create_app
+from .history import SAMPLE_INTERVAL, RateHistory, api_request_counts
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
@@ -63,7 +65,12 @@ class AdminServer:
         self.host, self.token = host, token
         self.requested_port = port
         self.port: int | None = None
-        self.app = create_app(orchestrator, gateway, token=token, shutdown=shutdown, state_dir=state_dir)
+        self.closing = asyncio.Event()  # set by stop(): long polls answer at once instead of holding it up
+        self.history = RateHistory()
+        self._counts = lambda: api_request_counts(orchestrator, gateway)
+        self.app = create_app(orchestrator, gateway, token=token, shutdown=shutdown, state_dir=state_dir,
+                              closing=self.closing, history=self.history)
+        self._sampler: asyncio.Task | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
         self._sock: socket.socket | None = None
@@ -97,15 +104,31 @@ class AdminServer:
                                 timeout_graceful_shutdown=1, server_header=False)
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="admin-api")
+        self._sampler = asyncio.create_task(self._sample(), name="admin-history")
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises what went wrong
                 raise RuntimeError("admin API stopped while starting")
             await asyncio.sleep(0.01)
 
+    async def _sample(self) -> None:
+        """The requests/s history: the gateway's counters once a second, on the loop that owns them."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                self.history.record(time.time(), self._counts())
+            except Exception:  # never let a sampling hiccup end the history
+                pass
+            next_at = max(next_at + SAMPLE_INTERVAL, loop.time())  # a stalled loop does not burst
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
     async def stop(self) -> None:
         if self._server is None or self._task is None:
             return
+        self.closing.set()
+        if self._sampler is not None:
+            self._sampler.cancel()
         self._server.should_exit = True
         try:
             await asyncio.wait_for(self._task, 5.0)

@@ -15,6 +15,7 @@ Every command has --help. Commands that talk to a running `up` find it through
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,8 +36,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Width of output that is not a terminal: wide enough that nothing is ever wrapped (a table is only
+# as wide as its contents; rich would otherwise assume 80 columns for a file or a pipe).
+UNWRAPPED_WIDTH = 10_000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console that wraps only on a terminal: written to a file or a pipe, a suggested
+    command or an event line stays on one line (an explicit $COLUMNS still wins)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty() or os.environ.get("COLUMNS"):
+        return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=UNWRAPPED_WIDTH)
+
+
+console = make_console()
+err = make_console(stderr=True)
 
 # Options shared by the commands that talk to a running `up`.
 AdminOpt = typer.Option(None, "--admin", envvar="SELFIELESS_ADMIN_URL", metavar="URL",
@@ -157,7 +172,8 @@ def status_tables(st: dict) -> list:
                     ("policy", {}), ("api req", {"justify": "right"}), ("window count", {})):
         services.add_column(col, **kw)
     replicas = Table(title="replicas", title_justify="left")
-    for col, kw in (("service", {}), ("port", {"justify": "right"}), ("id", {"no_wrap": True}), ("state", {}),
+    for col, kw in (("service", {}), ("port", {"justify": "right"}), ("pid", {"justify": "right"}),
+                    ("id", {"no_wrap": True}), ("state", {}),
                     ("health", {}), ("in-flight", {"justify": "right"}), ("requests", {"justify": "right"}),
                     ("restarts", {"justify": "right"}), ("uptime", {"justify": "right"})):
         replicas.add_column(col, **kw)
@@ -171,10 +187,11 @@ def status_tables(st: dict) -> list:
             decisions.append(f"{name}: {svc['last_decision']}")
         for r in svc["replicas"]:
             c = colours.get(r["state"], "white")
-            replicas.add_row(name, str(r["port"]), r["id"], f"[{c}]{r['state']}[/]", r["health"],
+            replicas.add_row(name, str(r["port"]), str(r.get("pid") or "-"), r["id"], f"[{c}]{r['state']}[/]", r["health"],
                              str(r["in_flight"]), str(r["requests"]), str(r["restarts"]), f"{r['uptime']:.0f} s")
         for p in svc.get("pending", []):
-            replicas.add_row(name, str(p["port"]), "-", "[yellow]pending[/]", "-", "-", "-", "-", f"in {p['in']:.1f} s")
+            replicas.add_row(name, str(p["port"]), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-",
+                             f"in {p['in']:.1f} s")
     out: list = [services, replicas]
     if decisions:
         out.append("last decisions:\n" + "\n".join(f"  {d}" for d in decisions))
@@ -186,7 +203,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the raw status JSON."),
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
 ):
-    """Services and replicas of the running stack: port, id, state, health, in-flight, requests, restarts,
+    """Services and replicas of the running stack: port, pid, id, state, health, in-flight, requests, restarts,
     desired vs actual, and the autoscaler's current window count."""
     st = _call(_client(admin, admin_token, state_dir).get, "/api/status")
     if as_json:
@@ -237,10 +254,69 @@ def events(
         return
 
 
+@app.command()
+def apply(
+    stack: Optional[Path] = typer.Argument(None, help="Stack file (default: the bundled SelfieLessActs stack)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
+    timeout: float = typer.Option(900.0, "--timeout", help="How long to wait for the stack to converge (s)."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """Change the running stack to match the file: live where possible, rolling replacement where
+    the replicas must change; returns once converged (exit 1 with the reason otherwise)."""
+    import yaml
+
+    from selfieless.orchestrator.stack import BUNDLED_STACK, StackError, load_stack
+
+    path = stack or BUNDLED_STACK
+    try:
+        load_stack(path)  # the clear local error first
+    except StackError as e:
+        _fail(str(e))
+    client = _client(admin, admin_token, state_dir)
+    body = {"stack": yaml.safe_load(path.read_text()), "dry_run": dry_run}
+    try:
+        r = client.post("/api/apply", body, timeout=timeout)
+    except NoRunningUp as e:
+        _fail(str(e))
+    except AdminError as e:
+        for line in (e.body or {}).get("actions", []) if isinstance(e.body, dict) else []:
+            console.print(f"  {line}")
+        _fail(str(e))
+    for line in r["actions"] or ["no change"]:
+        console.print(f"  {line}")
+    for ro in r.get("rollouts", []):
+        console.print(f"{ro['service']}: rolling update {ro['outcome']} in {ro['seconds']:.1f} s")
+    console.print("dry run: nothing changed" if dry_run else f"applied in {r['seconds']:.1f} s")
+
+
+@app.command()
+def rollout(
+    action: str = typer.Argument(..., help="status, history, undo or restart."),
+    service: str = typer.Argument(..., help="Service name, e.g. acts."),
+    admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
+):
+    """Rolling updates of one service: the last one (status), all of them (history), back to the
+    version before the last one (undo), or every replica replaced by a fresh one (restart)."""
+    if action not in ("status", "history", "undo", "restart"):
+        _fail(f"action must be status, history, undo or restart, not {action!r}")
+    client = _client(admin, admin_token, state_dir)
+    r = _call(client.post, "/api/rollout", {"service": service, "action": action}, timeout=900)
+    if action in ("status", "history"):
+        if r.get("rolling"):
+            console.print(f"{service}: {r['rolling']} under way")
+        for h in r["history"] or []:
+            when = time.strftime("%H:%M:%S", time.localtime(h["at"]))
+            console.print(f"{when}  {h['outcome']:<12} {h['seconds']:>6.1f} s  {h['reason']}: {h['detail']}")
+        if not r["history"] and not r.get("rolling"):
+            console.print(f"{service}: no rolling update since this orchestrator started")
+    else:
+        console.print(f"{service}: {action} {r['outcome']} in {r['seconds']:.1f} s")
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
 def scale(
     service: str = typer.Argument(..., help="Service name, e.g. acts."),
-    replicas: str = typer.Argument(..., help="Desired replica count (0 up to the size of its port range)."),
+    replicas: str = typer.Argument(..., help="Desired replica count, within the stack's replicas.min..max."),
     wait: bool = typer.Option(False, "--wait", help="Wait until that many replicas are ready."),
     timeout: float = typer.Option(60.0, "--timeout", help="With --wait: how long (s)."),
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
@@ -284,19 +360,22 @@ def logs(
     r = _call(client.get, "/api/logs", params=params)
     if not r["files"]:
         console.print(f"no logs for {service} yet")
-    prefix = len(r["files"]) > 1 or replica is None
+    prefixed = replica is None
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    pending: dict[int, str] = {}
 
-    def show(files):
+    def show(files, final: bool = False):
         for f in files:
             text = f["text"]
-            if not text:
+            if not prefixed:
+                sys.stdout.write(text)
                 continue
-            if prefix:
-                text = "".join(f"[{f['port']}] {line}\n" for line in text.splitlines())
-            sys.stdout.write(text)
+            out, pending[f["port"]] = prefix_lines(replica_prefix(service, f["port"], colour),
+                                                   pending.get(f["port"], ""), text, final)
+            sys.stdout.write(out)
         sys.stdout.flush()
 
-    show(r["files"])
+    show(r["files"], final=not follow)
     if not follow:
         return
     offsets = {f["port"]: f["offset"] for f in r["files"]}
@@ -317,6 +396,29 @@ def logs(
                 offsets[f["port"]] = f["offset"]
     except KeyboardInterrupt:
         return
+
+
+_PREFIX_COLOURS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)  # ANSI foreground colours, as compose cycles them
+
+
+def replica_prefix(service: str, port: int, colour: bool = False) -> str:
+    """`acts-8003  | `, like `docker compose logs`: the same width for every port of a service."""
+    label = f"{service}-{port}".ljust(len(service) + 6)
+    if not colour:
+        return f"{label} | "
+    return f"\x1b[{_PREFIX_COLOURS[port % len(_PREFIX_COLOURS)]}m{label} |\x1b[0m "
+
+
+def prefix_lines(prefix: str, pending: str, text: str, final: bool = False) -> tuple[str, str]:
+    """Prefix every complete line of `pending + text`; an unfinished last line is held back (returned
+    as the new pending text) until the rest of it arrives, unless `final`."""
+    text = pending + text
+    lines = text.split("\n")
+    rest = lines.pop()  # "" when the text ends with a newline
+    if final and rest:
+        lines.append(rest)
+        rest = ""
+    return "".join(f"{prefix}{line}\n" for line in lines), rest
 
 
 # ------------------------------------------------------------------------------------------------

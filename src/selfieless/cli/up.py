@@ -13,7 +13,9 @@ import asyncio
 import errno
 import logging
 import os
+import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,8 @@ class UpOptions:
     state_dir: Path = Path("~/.local/state/selfieless")
     ready_timeout: float = 120.0
     quiet_events: bool = False
+    # When the stop was asked for (signal or POST /api/shutdown), for the "stopped in" figure.
+    stop_requested_at: float | None = None
 
 
 def _is_db_var(name: str) -> bool:
@@ -124,15 +128,34 @@ def _host_for_url(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def next_steps(gateway_url: str, admin_url: str, stack: Stack) -> list[str]:
+def cli_command() -> str:
+    """How to type the CLI in another shell: `selfieless` when it is on the PATH (scripts/up, pip,
+    pipx put it there), else the full path of the one running now."""
+    if shutil.which("selfieless"):
+        return "selfieless"
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "selfieless" and argv0.exists():
+        return str(argv0.resolve().parent / "selfieless")
+    return f"{sys.executable} -m selfieless"
+
+
+def _gateway_text(routes: dict[str, str]) -> str:
+    parts = []
+    if any(r == "/api/v1" or r.startswith("/api/") for r in routes):
+        parts.append("the API (/api/v1/...)")
+    if "/ui" in routes:
+        parts.append("the web page (/ui/)")
+    return " and ".join(parts) if parts else "routes " + ", ".join(sorted(routes))
+
+
+def next_steps(gateway_url: str, admin_url: str, stack: Stack, cli: str = "selfieless") -> list[str]:
     routes = stack.routes()
-    lines = [
-        f"[bold]gateway[/]    {gateway_url}",
-        f"[bold]dashboard[/]  {admin_url}/",
-        f"[bold]metrics[/]    {admin_url}/metrics",
-        "",
-        "try:",
-    ]
+    where = [("gateway", gateway_url, _gateway_text(routes)),
+             ("dashboard", f"{admin_url}/", "replicas, health, requests/s, events, scale buttons"),
+             ("metrics", f"{admin_url}/metrics", "Prometheus text format")]
+    width = max(len(url) for _, url, _ in where) + 2
+    lines = [f"[bold]{name:<9}[/]  {url:<{width}}{text}" for name, url, text in where]
+    lines += ["", "try:"]
     if "/api/v1" in routes:
         lines += [
             f"  curl -i -X POST {gateway_url}/api/v1/categories -H 'content-type: application/json' -d '[\"Nature\"]'",
@@ -141,13 +164,37 @@ def next_steps(gateway_url: str, admin_url: str, stack: Stack) -> list[str]:
     else:
         first = next(iter(routes), "/")
         lines.append(f"  curl -i {gateway_url}{first}")
-    lines += [
-        "  selfieless status          # replicas, health, requests",
-        "  selfieless events -f       # what the control plane does, and why",
-        f"  selfieless load {gateway_url}/api/v1/categories --rps 20 --duration 10",
-        "  selfieless down            # or Ctrl-C here",
-    ]
+    main_service = routes.get("/api/v1") or next(iter(stack.services), "SERVICE")
+    hints = [("status", "replicas, health, requests"), ("events -f", "what the control plane does, and why"),
+             (f"logs -f {main_service}", "every replica's requests and errors"), ("down", "or Ctrl-C here")]
+    pad = max(len(c) for c, _ in hints) + 2
+    lines += [f"  {cli} {c:<{pad}}# {why}" for c, why in hints]
     return lines
+
+
+def _apply_to_running(opts: UpOptions, state_dir: Path, console: Console) -> int | None:
+    """`up` of a stack that is already running under this state dir is an `apply` of it.
+    None: what runs there is another stack (the caller reports it)."""
+    from .client import AdminClient, AdminError, NoRunningUp
+
+    stack = prepare_stack(opts)
+    try:
+        client = AdminClient.discover(None, opts.admin_token, state_dir)
+        if client.get("/api/status").get("stack") != stack.name:
+            return None
+        console.print(f"{stack.name} is already running: applying the file to it")
+        r = client.post("/api/apply", {"stack": stack.model_dump(mode="json")}, timeout=900)
+    except NoRunningUp:
+        return None
+    except AdminError as e:
+        for line in (e.body or {}).get("actions", []) if isinstance(e.body, dict) else []:
+            console.print(f"  {line}")
+        console.print(f"[red]error:[/] {e}", highlight=False)
+        return 1
+    for line in r["actions"] or ["no change"]:
+        console.print(f"  {line}")
+    console.print(f"applied in {r['seconds']:.1f} s")
+    return 0
 
 
 async def run_up(opts: UpOptions, console: Console) -> int:
@@ -156,8 +203,14 @@ async def run_up(opts: UpOptions, console: Console) -> int:
 
     state_dir = opts.state_dir.expanduser()
     check_exposure(opts.admin_host, opts.admin_token)
+    # Everything `up` and its replicas create (state, logs, SQLite databases with users' password
+    # hashes, the admin file) is for the owner only.
+    os.umask(0o077)
     running = read_admin_file(state_dir)
     if running is not None and running.get("pid") != os.getpid():
+        code = _apply_to_running(opts, state_dir, console)
+        if code is not None:
+            return code
         raise UpError(f"a selfieless up is already running with this state dir (pid {running.get('pid')}, "
                       f"admin {running.get('url')}); stop it with `selfieless down` or use another --state-dir")
     stack = prepare_stack(opts)
@@ -166,11 +219,16 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     stop = asyncio.Event()
     signals = {"n": 0}
 
+    def request_stop() -> None:
+        if opts.stop_requested_at is None:
+            opts.stop_requested_at = time.monotonic()
+        stop.set()
+
     def on_signal() -> None:
         signals["n"] += 1
         if signals["n"] > 1:
             console.print("[yellow]still stopping: replicas are draining (drain timeouts bound this)[/]")
-        stop.set()
+        request_stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
@@ -191,7 +249,7 @@ async def run_up(opts: UpOptions, console: Console) -> int:
         raise UpError(f"cannot start stack {stack.name}: {type(e).__name__}: {e}") from None
     orch, gw = system.orchestrator, system.gateway
     admin = AdminServer(orch, gw, host=opts.admin_host, port=opts.admin_port, token=opts.admin_token,
-                        shutdown=stop.set, state_dir=str(state_dir))
+                        shutdown=request_stop, state_dir=str(state_dir))
     try:
         await admin.start()
     except OSError as e:
@@ -226,12 +284,13 @@ async def run_up(opts: UpOptions, console: Console) -> int:
             else:
                 console.print(f"[yellow]not every replica is ready after {opts.ready_timeout:g} s;[/] carrying on "
                               f"(see `selfieless status` and `selfieless events`)")
-            for line in next_steps(gateway_url, admin.url, stack):
+            for line in next_steps(gateway_url, admin.url, stack, cli_command()):
                 console.print(line, highlight=False)
             await stop.wait()
     finally:
         console.print("[bold]stopping:[/] draining and stopping every replica...")
-        t1 = time.monotonic()
+        if opts.stop_requested_at is None:
+            opts.stop_requested_at = time.monotonic()
         try:
             await system.stop()
         finally:
@@ -241,14 +300,18 @@ async def run_up(opts: UpOptions, console: Console) -> int:
             remove_admin_file(state_dir, os.getpid())
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        console.print(f"stopped in {time.monotonic() - t1:.1f} s")
     return 0
 
 
 def up_main(opts: UpOptions, console: Console) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(run_up(opts, console))
+        code = asyncio.run(run_up(opts, console))
+        # Printed once the event loop and its threads are gone: from the Ctrl-C (or `selfieless
+        # down`) to here is what the user waits for; only the interpreter's exit remains.
+        if opts.stop_requested_at is not None:
+            console.print(f"stopped in {time.monotonic() - opts.stop_requested_at:.1f} s")
+        return code
     except (UpError, StackError) as e:
         console.print(f"[red]error:[/] {e}", highlight=False)
         return 1

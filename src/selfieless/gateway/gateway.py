@@ -21,6 +21,10 @@ from .stats import CountRule, ServiceStats
 log = logging.getLogger(__name__)
 
 
+# Requests held per service while no replica is ready (beyond that: 503 at once).
+MAX_HELD_PER_SERVICE = 1000
+
+
 class Gateway:
     """HTTP/1.1 reverse proxy in front of every service (the data plane)."""
 
@@ -29,7 +33,6 @@ class Gateway:
         config: GatewayConfig | None = None,
         routes: Mapping[str, str] | None = None,
         on_eject: EjectCallback | None = None,
-        status_provider: Callable[[], dict] | None = None,
         on_replica_error: Callable[[str, str, int], object] | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
@@ -38,7 +41,10 @@ class Gateway:
         # (service, replica_id, status) for every 5xx a replica answers: the control plane may
         # probe that replica at once instead of at its next health-check interval.
         self.on_replica_error = on_replica_error
-        self.status_provider = status_provider
+        # (service) when a request starts waiting because no replica is ready: the control plane
+        # may start one (scale from zero). `held` bounds how many wait per service.
+        self.on_no_replica: Callable[[str], object] | None = None
+        self.held: dict[str, int] = {}
         self.count_rule = CountRule(self.config.count_prefix, self.config.count_exclude)
         self.clients: set[ClientConnection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -138,27 +144,38 @@ class Gateway:
         return dict(self._stats)
 
     def status(self) -> dict:
-        """What ``GET /`` shows: the status provider's dict, or a small default."""
-        provider = self.status_provider
-        if provider is not None:
-            try:
-                return provider()
-            except Exception:
-                log.exception("gateway status_provider failed")
-                return {"error": "status unavailable"}
+        """What ``GET /`` shows on the public port: which services answer, nothing internal.
+
+        No addresses, ports, replica ids, pids, command lines or settings: the public port is
+        reachable by anyone, and the full status (which may hold a database URL) belongs to the
+        admin API, which is loopback-only unless a token is set.
+        """
         return {
             "gateway": "selfieless",
-            "routes": self.routes.routes,
             "services": {
-                name: {
-                    "replicas": [r._asdict() for r in pool.replicas],
-                    "api_requests": self.stats(name).api_requests,
-                }
-                for name, pool in self._pools.items()
+                name: {"ready_replicas": sum(1 for r in pool.replicas if r.state == "ready")}
+                for name, pool in sorted(self._pools.items())
             },
         }
 
     # Internals ------------------------------------------------------------------------------
+    def hold(self, service: str) -> bool:
+        """A request starts waiting for a replica of `service`; False when too many already wait."""
+        n = self.held.get(service, 0)
+        if n >= MAX_HELD_PER_SERVICE:
+            return False
+        self.held[service] = n + 1
+        cb = self.on_no_replica
+        if cb is not None:
+            try:
+                cb(service)
+            except Exception:  # a control-plane bug must not strand the held request
+                log.exception("on_no_replica callback failed")
+        return True
+
+    def unhold(self, service: str) -> None:
+        self.held[service] = max(0, self.held.get(service, 1) - 1)
+
     def replica_error(self, service: str, replica_id: str, status: int) -> None:
         cb = self.on_replica_error
         if cb is not None:

@@ -126,6 +126,10 @@ class Request:
     waiter = None  # task: connecting or waiting for a ready replica
     upgrade = False  # a WebSocket upgrade request: a 101 turns the exchange into a tunnel
     early = b""  # bytes the client sent after an upgrade request, before the replica agreed
+    # A chunked body is read (up to retry_body_limit) before a replica is chosen: its size is
+    # unknown until its last chunk, and one that turns out too large or malformed early must not
+    # reach a replica, which would count it and then see the client vanish.
+    held = False
 
     def __init__(self, method: bytes, target: bytes, path: bytes, head: bytes, chunked: bool,
                  entry, started_at: float) -> None:
@@ -386,7 +390,11 @@ class ClientConnection(asyncio.Protocol):
                 r.unsent.append(body)
             else:
                 r.unsent = [body]
-            self._pause(P_WAIT)
+            if r.held and r.received > self.retry_body_limit:
+                r.held = False  # a large chunked body: stream it from here on
+                self._dispatch(r)  # may attach at once and send what is buffered
+            if not r.held and not (r.sent and self.upstream is not None):
+                self._pause(P_WAIT)
         if self.deadline_kind == D_BODY and r is self.active:
             self.deadline = self.gw.now + self.body_timeout
 
@@ -407,6 +415,11 @@ class ClientConnection(asyncio.Protocol):
                 up.transport.write(CHUNK_END)
             else:
                 r.unsent = [*r.unsent, CHUNK_END]
+            if r.held:
+                r.held = False
+                self.deadline_kind = D_NONE
+                self._dispatch(r)
+                return
         if r is self.active:
             if r.sent:
                 self.deadline_kind = D_RESPONSE
@@ -427,6 +440,9 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(CONTINUE_100)
             self.deadline_kind = D_BODY
             self.deadline = self.gw.now + self.body_timeout
+            if r.chunked and r.received <= self.retry_body_limit:
+                r.held = True
+                return
         self._dispatch(r)
 
     def _dispatch(self, r: Request, exclude=None) -> None:
@@ -450,22 +466,29 @@ class ClientConnection(asyncio.Protocol):
         """No ready replica: hold the request until one is added, or answer 503."""
         loop = self.loop
         pool = r.pool
-        deadline = loop.time() + self.cfg.no_replica_wait
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                await asyncio.wait_for(pool.wait_ready(), remaining)
-            except asyncio.TimeoutError:
-                break
-            if self.closed or r is not self.active:
-                return
-            if pool.ready_count:
-                r.waiter = None
-                r.tries -= 1  # waiting is not an attempt
-                self._dispatch(r)
-                return
+        if not self.gw.hold(pool.service):
+            r.waiter = None
+            self._gateway_error(r, 503, f"no ready replica for service {pool.service} (too many requests waiting)")
+            return
+        try:
+            deadline = loop.time() + self.cfg.no_replica_wait
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(pool.wait_ready(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if self.closed or r is not self.active:
+                    return
+                if pool.ready_count:
+                    r.waiter = None
+                    r.tries -= 1  # waiting is not an attempt
+                    self._dispatch(r)
+                    return
+        finally:
+            self.gw.unhold(pool.service)
         r.waiter = None
         if not self.closed and r is self.active:
             self._gateway_error(r, 503, f"no ready replica for service {pool.service}")

@@ -60,7 +60,6 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
         orch = Orchestrator(stack, driver, gw, state_dir=str(state / stack.name), **orchestrator_kwargs)
         gw.on_eject = orch.on_eject
         gw.on_replica_error = orch.on_replica_error
-        gw.status_provider = orch.status
         await orch.start()
     except BaseException:
         await gw.stop()

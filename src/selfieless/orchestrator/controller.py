@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import autoscale as auto
+from . import disruption
+from . import scale_to_zero as stz
 from .backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
-from .health import HttpProber, Probe, Verdict, tcp_probe, verdict
+from .health import Probe, Verdict, tcp_probe, verdict
+from .probe import HttpProber
 from .plan import PENDING, CancelPending, Replace, Slot, Start, Stop, plan_service
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .stack import NoPolicy, RatePolicy, ServiceSpec, Stack, WindowPolicy, render
@@ -79,6 +82,9 @@ class ServiceRuntime:
     last_decision: str | None = None
     dependency: bool = False          # a backing service from `dependencies:` (no pool, TCP check)
     waiting_for: str | None = None    # the dependency a first start waits for (status, events)
+    held: set[str] = field(default_factory=set)  # failing replicas kept by the disruption budget
+    held_by: str | None = None        # a rollout owns this service's replicas: no reconciling
+    idle: stz.IdleState = field(default_factory=stz.IdleState)  # scale to zero: last request seen
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state in LIVE]
@@ -198,9 +204,11 @@ class Orchestrator:
         svc = self._service(service)
         if svc.dependency:
             raise ValueError(f"{service} is a dependency: it always runs exactly one replica")
-        limit = len(svc.spec.host_ports)
-        if not 0 <= n <= limit:
-            raise ValueError(f"{service}: replicas must be between 0 and {limit} (the size of its port range)")
+        # The stack's bounds, which the autoscaler keeps to as well (max never exceeds the port range).
+        low, high = svc.spec.replicas.min, svc.spec.replicas.max
+        if not low <= n <= high:
+            raise ValueError(f"{service}: replicas must be between {low} and {high} (replicas.min and "
+                             f"replicas.max in the stack)")
         old = svc.desired
         svc.desired = n
         # The rate policy's stabilisation period restarts, so a manual count is not undone at once.
@@ -225,6 +233,81 @@ class Orchestrator:
                 return False
         return True
 
+    # --- used by a rollout (rollout_exec.py), which takes over one service's replicas ----------
+
+    def hold(self, service: str, by: str) -> None:
+        """Stop reconciling `service` until release(): its replicas are being replaced by `by`."""
+        self._service(service).held_by = by
+
+    def release(self, service: str, spec: ServiceSpec | None = None) -> None:
+        """Reconcile `service` again, with `spec` from now on when given."""
+        svc = self._service(service)
+        if spec is not None:
+            svc.spec = spec
+        svc.held_by = None
+        self._wake.set()
+
+    async def start_replica(self, service: str, port: int, spec: ServiceSpec, reason: str) -> Replica:
+        """Start one replica of `spec` on `port` and probe it; it joins the pool after its first
+        passing probe. Raises DriverError when the driver cannot start it."""
+        svc = self._service(service)
+        launch = self._launch_spec(ServiceRuntime(svc.name, spec, svc.desired), port)
+        handle = await self.driver.start(launch)
+        rep = Replica(id=handle.id, service=svc.name, port=port, handle=handle, started_at=self._mono())
+        svc.replicas[rep.id] = rep
+        self.events.emit("start", svc.name, rep.id, f"started on port {port}{self._pid_text(handle)}: {reason}")
+        self._probers[rep.id] = asyncio.create_task(self._probe_loop(ServiceRuntime(svc.name, spec, svc.desired,
+                                                                                    replicas=svc.replicas), rep),
+                                                    name=f"probe-{rep.id}")
+        return rep
+
+    async def stop_replica(self, service: str, replica_id: str, drain: bool, reason: str) -> None:
+        """Take one replica out (draining first when asked and it serves) and stop it."""
+        svc = self._service(service)
+        rep = svc.replicas.get(replica_id)
+        if rep is None:
+            return
+        if rep.can(S.STOPPING):
+            rep.transition(S.STOPPING, reason)
+        self._stop_probe(rep)
+        await self._stop_replica(svc, rep, drain=drain and rep.in_pool, reason=reason,
+                                 grace=None if drain else BROKEN_REPLACE_GRACE)
+
+    # --- used by apply (apply_exec.py) ---------------------------------------------------------
+
+    def add_service(self, name: str, spec: ServiceSpec) -> None:
+        """A service new in the stack file: started by the reconciler like any other."""
+        svc = self.services[name] = ServiceRuntime(name, spec, spec.replicas.start_count)
+        if not isinstance(spec.autoscale, NoPolicy):
+            self._loops.append(asyncio.create_task(self._autoscale_loop(svc), name=f"autoscale-{name}"))
+        self._wake.set()
+
+    async def remove_service(self, name: str) -> None:
+        """A service gone from the stack file: every replica drained and stopped, then forgotten."""
+        svc = self._service(name)
+        self._cancel_autoscaler(name)
+        svc.desired = 0
+        self._wake.set()
+        while svc.replicas or svc.pending:
+            await asyncio.sleep(0.02)
+        del self.services[name]
+
+    def restart_autoscaler(self, name: str) -> None:
+        """The autoscale loop reads its policy and bounds once: start it again after they changed."""
+        svc = self._service(name)
+        self._cancel_autoscaler(name)
+        if not isinstance(svc.spec.autoscale, NoPolicy):
+            svc.window, svc.rate = auto.WindowState(), auto.RateState()
+            self._loops.append(asyncio.create_task(self._autoscale_loop(svc), name=f"autoscale-{name}"))
+
+    def _cancel_autoscaler(self, name: str) -> None:
+        for t in [t for t in self._loops if t.get_name() == f"autoscale-{name}"]:
+            t.cancel()
+            self._loops.remove(t)
+
+    def replicas_of(self, service: str) -> list[Replica]:
+        return list(self._service(service).replicas.values())
+
     def on_eject(self, service: str, replica_id: str, reason: str) -> None:
         """Gateway callback: it took a replica out of rotation by itself (refused/reset)."""
         svc = self.services.get(service)
@@ -234,6 +317,23 @@ class Orchestrator:
         rep.in_pool = False
         self.events.emit("ejected", service, replica_id, f"gateway took it out of rotation: {reason}")
         self._spawn(self._confirm_ejection(svc, rep))
+
+    def on_no_replica(self, service: str) -> None:
+        """Gateway callback: a request is held because no replica of `service` is ready. A service
+        scaled to zero gets one replica now (the held requests go out once it is ready)."""
+        svc = self.services.get(service)
+        if svc is None or svc.dependency or svc.held_by is not None:
+            return
+        policy = svc.spec.autoscale
+        if stz.wake(svc.desired, held=True) is None or not (isinstance(policy, RatePolicy) and svc.spec.replicas.min == 0):
+            return
+        now = self._mono()
+        svc.idle = stz.IdleState(self._stats(service).count, now)
+        svc.rate = auto.RateState(samples=svc.rate.samples, since=now)
+        svc.desired = 1
+        svc.last_decision = f"scaled {service} 0\u21921: a request is waiting (scale from zero)"
+        self.events.emit("scaled", service, None, svc.last_decision)
+        self._wake.set()
 
     def on_replica_error(self, service: str, replica_id: str, status: int) -> None:
         """Gateway hint: a replica answered 5xx. Probe it now instead of at its next interval, so a
@@ -325,10 +425,10 @@ class Orchestrator:
         # The gateway may have been built before the orchestrator existed; wire the callback now.
         if getattr(gw, "on_eject", "missing") is None:
             gw.on_eject = self.on_eject
-        if getattr(gw, "status_provider", "missing") is None:
-            gw.status_provider = self.status
         if getattr(gw, "on_replica_error", "missing") is None:
             gw.on_replica_error = self.on_replica_error
+        if getattr(gw, "on_no_replica", "missing") is None:
+            gw.on_no_replica = self.on_no_replica
 
     def _pool(self, service: str):
         return self.gateway.pool(service)
@@ -378,6 +478,8 @@ class Orchestrator:
 
     def _blocked(self, svc: ServiceRuntime) -> bool:
         """A service with no replica yet waits until each of its dependencies has a ready one."""
+        if svc.held_by is not None:
+            return True
         if svc.replicas or svc.pending:
             return False
         for name in svc.spec.depends_on:
@@ -543,10 +645,10 @@ class Orchestrator:
         return ok
 
     async def _probe_loop(self, svc: ServiceRuntime, rep: Replica) -> None:
-        hs = svc.spec.health
         wake = self._probe_now[rep.id] = asyncio.Event()
         try:
             while rep.state in LIVE:
+                hs = svc.spec.health  # read each time: `apply` may change it live
                 t0 = self._mono()
                 wake.clear()
                 ok = await self._probe_once(svc, rep)
@@ -560,7 +662,8 @@ class Orchestrator:
                     # A 5xx hint from the gateway ends the wait early, but never within
                     # HINTED_PROBE_GAP of the last probe: a replica whose app fails some requests
                     # while its health check passes must not be probed per failed request.
-                    await asyncio.wait_for(wake.wait(), max(0.0, interval - (self._mono() - t0)))
+                    async with asyncio.timeout(max(0.0, interval - (self._mono() - t0))):  # no task per wait
+                        await wake.wait()
                     await asyncio.sleep(max(0.0, HINTED_PROBE_GAP - (self._mono() - t0)))
                 except asyncio.TimeoutError:
                     pass
@@ -591,8 +694,29 @@ class Orchestrator:
             if not rep.in_pool and not svc.dependency:
                 self._join_pool(rep)
                 self.events.emit("ready", svc.name, rep.id, "health probe passed again; back in rotation")
+            if rep.id in svc.held:
+                svc.held.discard(rep.id)
+                self.events.emit("recovered", svc.name, rep.id, "health probe passed again; no longer held")
         elif v == Verdict.UNHEALTHY:
+            if rep.state == S.READY and not svc.dependency and self._hold_failed(svc, rep):
+                return
+            svc.held.discard(rep.id)
             self._mark_unhealthy(svc, rep, rep.last_error or "health probe failed")
+
+    def _hold_failed(self, svc: ServiceRuntime, rep: Replica) -> bool:
+        """The disruption budget (disruption.py): keep a failing ready replica for now?"""
+        ready = [r for r in svc.replicas.values() if r.state == S.READY]
+        unavailable = len(svc.pending) + sum(1 for r in svc.replicas.values()
+                                             if r.state in (S.STARTING, S.UNHEALTHY, S.EXITED))
+        d = disruption.on_failure(len(ready), sum(1 for r in ready if r.consecutive_failures), unavailable)
+        if d.replace:
+            return False
+        if rep.id not in svc.held:
+            svc.held.add(rep.id)
+            self.events.emit("held", svc.name, rep.id,
+                             f"{rep.last_error or 'health probe failed'}; "
+                             + disruption.describe_hold(svc.name, len(ready) + unavailable, d.all_failing, unavailable))
+        return True
 
     async def _driver_ready(self, rep: Replica) -> None:
         try:
@@ -676,7 +800,9 @@ class Orchestrator:
                 # Sleep exactly to the end of the window so its count is read right at the boundary.
                 pause = FIRST_REQUEST_POLL if deadline is None else max(0.0, deadline - self._mono())
             elif isinstance(policy, RatePolicy):
-                svc.rate, d = auto.rate_step(svc.rate, sample, now, svc.desired, policy, lo, hi, svc.name)
+                svc.idle = stz.observe(svc.idle, sample.count, now)
+                floor = stz.floor(policy, lo, svc.idle, now)
+                svc.rate, d = auto.rate_step(svc.rate, sample, now, svc.desired, policy, floor, hi, svc.name)
                 self._apply_decision(svc, d)
                 pause = RATE_SAMPLE_INTERVAL
             else:

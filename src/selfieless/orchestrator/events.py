@@ -14,7 +14,8 @@ from typing import Callable
 
 KINDS = frozenset({
     "start", "ready", "unhealthy", "ejected", "replaced", "scaled", "drained",
-    "adopted", "backoff", "exited", "stopped", "waiting",
+    "adopted", "backoff", "exited", "stopped", "waiting", "held", "recovered",
+    "rollout", "rollback", "applied",
 })
 
 

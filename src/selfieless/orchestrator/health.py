@@ -1,8 +1,8 @@
-"""Health probes: the HTTP probe itself, and the pure verdict on what a probe result means.
+"""Health probes: the TCP check of dependencies, and the pure verdict on what a probe result means.
 
-A probe is `GET <path>` with a timeout; anything but a 200 (another status, a timeout, a refused
-or reset connection) is a failure. Probes open a fresh connection each time (no keep-alive): a
-pooled connection could hide that the replica stopped accepting new ones.
+An HTTP probe (probe.py) is `GET <path>` with a timeout; anything but a 200 (another status, a
+timeout, a refused or reset connection) is a failure. It keeps one connection per replica and
+opens a new one after any failure and at least once a minute (see probe.py for why).
 """
 
 from __future__ import annotations
@@ -11,39 +11,10 @@ import asyncio
 import enum
 from typing import Awaitable, Callable
 
-import httpx
-
 from .replica import ReplicaState
 
 # (host, port, path, timeout) -> (ok, detail)
 Probe = Callable[[str, int, str, float], Awaitable[tuple[bool, str]]]
-
-
-class HttpProber:
-    """One shared client for every probe of the runtime."""
-
-    def __init__(self) -> None:
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_keepalive_connections=0, max_connections=1000),
-            follow_redirects=False,
-            trust_env=False,  # a proxy from the environment must never sit between us and a replica
-        )
-
-    async def __call__(self, host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
-        try:
-            r = await self._client.get(f"http://{host}:{port}{path}", timeout=timeout)
-        except httpx.TimeoutException:
-            return False, f"no answer within {timeout:g} s"
-        except httpx.ConnectError as e:
-            return False, f"connection failed ({_short(e)})"
-        except httpx.HTTPError as e:
-            return False, f"{type(e).__name__} ({_short(e)})"
-        if r.status_code == 200:
-            return True, "200"
-        return False, f"status {r.status_code}"
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 # How long a TCP check waits to see whether the peer closes a fresh connection at once.
@@ -68,11 +39,6 @@ async def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
         return False, f"connection reset ({e.strerror or e})"
     finally:
         writer.close()
-
-
-def _short(e: Exception) -> str:
-    text = str(e) or type(e).__name__
-    return text if len(text) < 80 else text[:77] + "..."
 
 
 class Verdict(str, enum.Enum):

@@ -12,8 +12,10 @@ and stopped after them.
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -41,6 +43,7 @@ __all__ = [
     "WindowPolicy",
     "RatePolicy",
     "NoPolicy",
+    "UpdateSpec",
     "StackError",
     "load_stack",
     "parse_stack",
@@ -176,6 +179,8 @@ class RatePolicy(_Model):
     target_rps_per_replica: float = Field(gt=0)
     window_seconds: PositiveSeconds = 2.0
     scale_in_delay: Seconds = 30.0
+    # With replicas.min 0: stop the last replica after this long without a request (None: never).
+    scale_to_zero_after: PositiveSeconds | None = None
 
 
 class NoPolicy(_Model):
@@ -183,6 +188,21 @@ class NoPolicy(_Model):
 
 
 AutoscaleSpec = Annotated[Union[WindowPolicy, RatePolicy, NoPolicy], Field(discriminator="policy")]
+
+
+class UpdateSpec(_Model):
+    """How a rolling replacement proceeds (image, command or environment changed).
+
+    start-first: a new replica starts on a spare port and joins the rotation after its first
+    passing probe, then one old replica is drained and stopped. stop-first: the old replica is
+    drained and stopped first and the new one starts on its port (for services that cannot run
+    two versions side by side). `monitor`: how long a new replica must stay healthy after joining
+    before it counts as good; a failure before then triggers `failure_action`."""
+
+    parallelism: int = Field(default=1, ge=1)
+    order: Literal["start-first", "stop-first"] = "start-first"
+    monitor: Seconds = 5.0
+    failure_action: Literal["rollback", "pause"] = "rollback"
 
 
 def _default_policy(value: Any) -> Any:
@@ -209,6 +229,7 @@ class ServiceSpec(_Model):
     # Service-level placeholder values, overriding the stack-level `variables`.
     variables: dict[str, str] = Field(default_factory=dict)
     drain_timeout: Seconds = 10.0
+    update: UpdateSpec = Field(default_factory=UpdateSpec)
     # Process driver: fork replicas from a process that imported `python -m MODULE` once
     # (drivers/preload.py). Only for modules that do no work at import time.
     preload: bool = False
@@ -244,6 +265,12 @@ class ServiceSpec(_Model):
     def _fits(self) -> "ServiceSpec":
         if self.image is None and self.command is None:
             raise ValueError("image: a service needs an `image` (docker driver) or a `command` (process driver)")
+        if self.replicas.min == 0 and not isinstance(self.autoscale, (RatePolicy, NoPolicy)):
+            # The course window policy counts requests from the first one: it keeps one replica.
+            raise ValueError("replicas.min: 0 needs the `rate` autoscale policy (the window policy keeps one replica)")
+        if isinstance(self.autoscale, RatePolicy) and self.autoscale.scale_to_zero_after is not None \
+                and self.replicas.min != 0:
+            raise ValueError("autoscale.scale_to_zero_after: needs replicas.min: 0")
         if self.replicas.max > len(self.host_ports):
             raise ValueError(
                 f"replicas.max: must be <= the number of host_ports ({len(self.host_ports)} in {self.host_ports})"
@@ -433,6 +460,47 @@ class _Strict(dict):
         raise KeyError(f"unknown placeholder {{{key}}}")
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model class a validation error's location points into, for listing the keys allowed
+    there; None when the path leaves the models (a dict of strings...)."""
+    here: Any = Stack
+    for part in loc:
+        while typing.get_origin(here) is Annotated:
+            here = typing.get_args(here)[0]
+        if isinstance(here, type) and issubclass(here, BaseModel):
+            field = here.model_fields.get(str(part))
+            here = field.annotation if field is not None else None
+        else:
+            here = _model_at_part(here, part)
+        if here is None:
+            return None
+    while typing.get_origin(here) is Annotated:
+        here = typing.get_args(here)[0]
+    return here if isinstance(here, type) and issubclass(here, BaseModel) else None
+
+
+def _model_at_part(here: Any, part: Any) -> Any:
+    """One step into a non-model type: a dict's value type, or the tagged member of a union."""
+    origin = typing.get_origin(here)
+    if origin is dict:
+        return typing.get_args(here)[1]
+    if origin is Union:
+        for member in typing.get_args(here):
+            tag = getattr(member, "model_fields", {}).get("policy")
+            if tag is not None and part in typing.get_args(tag.annotation):
+                return member
+    return None
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """` (did you mean 'replicas'?)` for a misspelt key, from the keys allowed where it stands."""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _format(err: ValidationError) -> list[str]:
     """Turn pydantic's errors into `path.to.field: what is wrong` lines."""
     out: list[str] = []
@@ -444,7 +512,7 @@ def _format(err: ValidationError) -> list[str]:
         if e["type"] == "value_error":
             msg = str(e["ctx"]["error"])
         elif e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
         elif e["type"] == "missing":
             msg = "required"
         elif e["type"] == "union_tag_invalid":

@@ -6,7 +6,7 @@
 "use strict";
 
 const POLL_MS = 1000;
-const HISTORY = 90;         // chart points (one per poll)
+const HISTORY = 300;        // chart points, one a second: the last five minutes
 const GHOST_MS = 15000;     // how long a failed replica stays on screen after it is gone
 
 const state = {
@@ -16,6 +16,7 @@ const state = {
   ports: {},               // replica id -> port, as last seen in a status
   cursor: null,
   needToken: false,
+  historyLoaded: false,
 };
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -83,14 +84,14 @@ function serviceView(name) {
   up.addEventListener("click", () => scaleBy(name, +1));
   down.addEventListener("click", () => scaleBy(name, -1));
   $("#services").appendChild(node);
-  sv = state.services[name] = { el: node, history: [], series: [], desired: 0, max: 0 };
+  sv = state.services[name] = { el: node, history: [], series: [], desired: 0, min: 0, max: 0 };
   return sv;
 }
 
 async function scaleBy(name, delta) {
   const sv = state.services[name];
   const target = sv.desired + delta;
-  if (target < 0) return;
+  if (target < sv.min || target > sv.max) return;
   try {
     const r = await api("/api/scale", {
       method: "POST",
@@ -132,14 +133,36 @@ function replicaCard(r) {
   return li;
 }
 
+function policyText(svc) {
+  const w = svc.window;
+  if (svc.policy === "window" && w) return `window of ${w.seconds} s, ${w.requests_per_replica} req per replica`;
+  if (svc.policy === "none") return "none (scaled by hand)";
+  return svc.policy;
+}
+
+// The admin API keeps the last minutes of requests/s; a fresh page starts its charts from them.
+async function loadHistory() {
+  const h = await api(`/api/history?seconds=${HISTORY}`);
+  for (const [name, points] of Object.entries(h.services)) {
+    const sv = state.services[name];
+    if (!sv) continue;
+    sv.series = points.map((p) => p[1]).slice(-HISTORY);
+    if (sv.series.length) $(".rps", sv.el).textContent = sv.series[sv.series.length - 1].toFixed(1);
+    drawChart($(".chart", sv.el), sv.series);
+  }
+  state.historyLoaded = true;
+}
+
 function renderService(name, svc, now) {
   const sv = serviceView(name);
   sv.desired = svc.desired;
+  sv.min = svc.min;
   sv.max = svc.max;
   $(".desired", sv.el).textContent = svc.desired;
   $(".actual", sv.el).textContent = svc.actual;
-  $(".scale-down", sv.el).disabled = svc.desired <= 0;
-  $(".policy", sv.el).textContent = `${svc.policy} · ports ${svc.host_ports} · ${svc.ready} ready`;
+  $(".scale-down", sv.el).disabled = svc.desired <= svc.min;
+  $(".scale-up", sv.el).disabled = svc.desired >= svc.max;
+  $(".policy", sv.el).textContent = `autoscale: ${policyText(svc)} · ports ${svc.host_ports} · ${svc.ready} ready`;
   const w = svc.window;
   $(".window", sv.el).textContent = w ? (w.started ? `· window ${w.count} req, ends in ${Math.round(w.ends_in)} s`
                                                    : "· window starts at the first request") : "";
@@ -181,6 +204,8 @@ function drawChart(canvas, series) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
+  canvas.dataset.points = series.length;  // for tests: how much history the chart holds
+  canvas.dataset.peak = series.length ? Math.max(...series).toFixed(1) : "0";
   const peak = Math.max(1, ...series);
   const top = niceCeil(peak);
   ctx.strokeStyle = "#e3e6eb";
@@ -222,11 +247,13 @@ async function pollStatus() {
     const st = await api("/api/status");
     const now = Date.now();
     $("#stack-name").textContent = st.stack;
+    document.title = `stack ${st.stack} · selfieless dashboard`;
     $("#driver").textContent = "driver: " + st.driver;
     const conv = $("#converged");
     conv.textContent = st.converged ? "converged" : "converging";
     conv.className = "badge" + (st.converged ? " ok" : "");
     for (const [name, svc] of Object.entries(st.services)) renderService(name, svc, now);
+    if (!state.historyLoaded) await loadHistory();
     $("#updated").textContent = "updated " + new Date(now).toLocaleTimeString();
     showError("");
     if (state.cursor === null) followEvents(st.last_event_id);

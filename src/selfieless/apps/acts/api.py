@@ -7,13 +7,12 @@ from typing import Annotated, Union
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
-from starlette.concurrency import run_in_threadpool
 from starlette.convertors import StringConvertor, register_url_convertor
-from starlette.responses import JSONResponse
 
 from ..common.body import check_name, parse_uint, read_json, validate
 from ..common.errors import ApiError
 from ..common.openapi import json_body
+from ..common.responses import empty_object, json_response
 from ..common.service import ServiceContext
 from .rules import MAX_ACT_ID, is_base64_text, timestamp_sort_key
 from .store import ActsStore, NewAct
@@ -84,6 +83,7 @@ register_url_convertor("act_id", _ActIdConvertor())
 def make_router(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["acts"])
     store = ActsStore(ctx.db)
+    db = ctx.db
     settings = ctx.settings
     users = UsersClient(settings.users_url, settings.origin, settings.users_timeout)
     ctx.closers.append(users.close)
@@ -92,8 +92,8 @@ def make_router(ctx: ServiceContext) -> APIRouter:
     @router.get("/categories", summary="Every category with its number of acts (204 when none)",
                 responses={204: {"description": "no categories"}})
     async def list_categories():
-        counts = await run_in_threadpool(store.category_counts)
-        return counts if counts else Response(status_code=204)
+        counts = await db.reading(store.category_counts)
+        return json_response(counts) if counts else Response(status_code=204)
 
     @router.post("/categories", status_code=201, summary="Add a category",
                  openapi_extra=json_body(CategoryBody, ["Nature"]),
@@ -102,14 +102,14 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         body = await read_json(request, settings.max_body_bytes)
         (name,) = validate(CategoryBody, body)
         check_name(name, "category name")
-        await run_in_threadpool(store.add_category, name)
-        return JSONResponse({}, status_code=201)
+        await db.writing(store.add_category, name)
+        return empty_object(201)
 
     @router.delete("/categories/{name}", summary="Remove a category and all its acts",
                    responses={400: {"description": "no such category"}})
     async def delete_category(name: str):
-        await run_in_threadpool(store.delete_category, name)
-        return {}
+        await db.writing(store.delete_category, name)
+        return empty_object()
 
     @router.get("/categories/{name}/acts", summary="Acts of a category newest first, all or ?start=&end=",
                 responses={204: {"description": "missing, empty or out of range"},
@@ -120,21 +120,21 @@ def make_router(ctx: ServiceContext) -> APIRouter:
             start, end = _query_int(request, "start"), _query_int(request, "end")
             if end - start + 1 > PAGE_LIMIT:
                 raise ApiError(413, f"range {start}..{end} holds more than {PAGE_LIMIT} acts")
-            found = await run_in_threadpool(store.list_range, name, start, end)
+            found = await db.reading(store.list_range, name, start, end)
         else:
-            found = await run_in_threadpool(store.list_acts, name, PAGE_LIMIT)
-        return found if found else Response(status_code=204)
+            found = await db.reading(store.list_acts, name, PAGE_LIMIT)
+        return json_response(found) if found else Response(status_code=204)
 
     @router.get("/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
                 responses={204: {"description": "no such category"}})
     async def category_size(name: str):
-        size = await run_in_threadpool(store.category_size, name)
-        return Response(status_code=204) if size is None else [size]
+        size = await db.reading(store.category_size, name)
+        return Response(status_code=204) if size is None else json_response([size])
 
     # acts ---------------------------------------------------------------------------------
     @router.get("/acts/count", summary="Number of acts in all categories, as [n]")
     async def count_acts():
-        return [await run_in_threadpool(store.count_acts)]
+        return json_response([await db.reading(store.count_acts)])
 
     @router.post("/acts/upvote", summary="Add one upvote to an act", openapi_extra=json_body(UpvoteBody, [1]),
                  responses={400: {"description": "no such act, or a body other than [actId]"}})
@@ -144,14 +144,14 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         act_id = raw if isinstance(raw, int) else parse_uint(raw, "actId", maximum=2**4000)
         if act_id > MAX_ACT_ID:
             raise ApiError(400, f"no such act: {act_id}")
-        await run_in_threadpool(store.upvote, act_id)
-        return {}
+        await db.writing(store.upvote, act_id)
+        return empty_object()
 
     @router.delete("/acts/{actId:act_id}", summary="Remove an act",
                    responses={400: {"description": "no such act, or not a non-negative integer"}})
     async def delete_act(actId: str):
-        await run_in_threadpool(store.delete_act, parse_uint(actId, "actId"))
-        return {}
+        await db.writing(store.delete_act, parse_uint(actId, "actId"))
+        return empty_object()
 
     @router.post("/acts", status_code=201, summary="Upload an act",
                  openapi_extra=json_body(UploadBody, _EXAMPLE_UPLOAD),
@@ -165,13 +165,13 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         act = validate(UploadBody, body)
         # Cheap local checks first, the users service last: a bad upload is a 400 even when
         # the users service is down, and nothing is written unless every check passed.
-        await run_in_threadpool(store.check_new_act, act.actId, act.categoryName)
+        await db.reading(store.check_new_act, act.actId, act.categoryName)
         if not await users.exists(act.username):
             raise ApiError(400, f"no such user: {act.username!r}")
-        await run_in_threadpool(store.insert_act, NewAct(
+        await db.writing(store.insert_act, NewAct(
             act_id=act.actId, username=act.username, timestamp=act.timestamp,
             ts_sort=timestamp_sort_key(act.timestamp), caption=act.caption,
             category=act.categoryName, img=act.imgB64))
-        return JSONResponse({}, status_code=201)
+        return empty_object(201)
 
     return router

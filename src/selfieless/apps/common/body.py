@@ -10,7 +10,7 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .errors import ApiError, describe_validation_errors
 
@@ -23,11 +23,16 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise ApiError(413, f"request body larger than {max_bytes} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, f"request body larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ApiError(413, f"request body larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer and nothing was written: not an error of this replica's, so
+        # no traceback (the gateway cuts the connection when it refuses a body halfway).
+        raise ApiError(400, "the client went away before the request body ended") from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "request body must be JSON; it was empty")
@@ -67,8 +72,16 @@ def validate(adapter: TypeAdapter[T], value: Any) -> T:
         raise ApiError(400, describe_validation_errors(exc.errors())) from None
 
 
+# Names end up in URL paths (/users/{name}, /categories/{name}/acts): percent-encoded, 1024
+# characters of up to 4 UTF-8 bytes take at most 12 KiB of the request line, well inside the
+# gateway's 64 KiB header limit, so every name that can be created can also be read and deleted.
+MAX_NAME_LENGTH = 1024
+
+
 def check_name(name: str, what: str) -> None:
-    """Names end up in URL paths: they need a visible character and no slash."""
+    """Names end up in URL paths: they need a visible character, no slash, and a bounded length."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise ApiError(400, f"{what} must be at most {MAX_NAME_LENGTH} characters (got {len(name)})")
     if not name.strip():
         raise ApiError(400, f"{what} must contain a non-whitespace character")
     if "/" in name:

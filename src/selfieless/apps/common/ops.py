@@ -6,14 +6,20 @@ answer; the crash flag is deliberately per process, so one replica fails and its
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from fastapi import APIRouter
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, select, update
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .db import Database
+from .counter import GroupCounter
+from .db import Database, LockBusy
+from .dbhealth import LOCK_WAIT, is_lock_busy, needs_write_check
+from .responses import json_response
 
 API_PREFIX = "/api/v1"
 OPERATIONAL = ("/api/v1/_count", "/api/v1/_health", "/api/v1/_crash")
@@ -42,6 +48,11 @@ class ReplicaState:
         self.counts = counts
         self.allow_crash = allow_crash
         self.crashed = False
+        self.counter = GroupCounter(self._commit_count)
+        # Built once: the counter's statements run on every counted request.
+        self._add = (update(counts).where(counts.c.service == bindparam("which"))
+                     .values(n=counts.c.n + bindparam("k", type_=BigInteger)))
+        self._get = select(counts.c.n).where(counts.c.service == bindparam("which"))
 
     def ensure_counter(self) -> None:
         with self.db.read() as conn:
@@ -53,25 +64,43 @@ class ReplicaState:
             except IntegrityError:
                 pass  # a sibling replica inserted it first
 
-    def increment(self) -> None:
+    def increment(self, k: int = 1) -> None:
         with self.db.write() as conn:
-            conn.execute(update(self.counts).where(self.counts.c.service == self.service)
-                         .values(n=self.counts.c.n + 1))
+            conn.execute(self._add, {"which": self.service, "k": k})
+
+    async def _commit_count(self, k: int) -> None:
+        await self.db.writing(self.increment, k)
 
     def count(self) -> int:
         with self.db.read() as conn:
-            return conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).scalar_one()
+            return conn.execute(self._get, {"which": self.service}).scalar_one()
 
     def reset(self) -> None:
         with self.db.write() as conn:
             conn.execute(update(self.counts).where(self.counts.c.service == self.service).values(n=0))
 
-    def check_database(self) -> None:
-        """Read and take the write lock, then roll back: proves both work without changing data."""
-        with self.db.write(commit=False) as conn:
-            conn.execute(update(self.counts).where(self.counts.c.service == self.service)
-                         .values(n=self.counts.c.n))
-            conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).first()
+    def check_database(self) -> str:
+        """Prove the database can be read (always) and written (unless a write of this replica
+        committed within WRITE_PROOF_AGE); changes nothing. Returns "ok", or "busy" when the
+        write lock is held by another writer: a busy database is alive (see dbhealth.py)."""
+        row = self.counts.c.service == self.service
+        with self.db.read() as conn:
+            conn.execute(select(self.counts.c.n).where(row)).first()
+        if not needs_write_check(self.db.last_write_proof, time.monotonic()):
+            return "ok"
+        try:
+            with self.db.write_briefly(LOCK_WAIT) as conn:
+                # NOWAIT: on the server databases a row lock held by another transaction fails at
+                # once instead of waiting (SQLite ignores it; write_briefly bounds its wait).
+                conn.execute(select(self.counts.c.n).where(row).with_for_update(nowait=True)).first()
+                conn.execute(update(self.counts).where(row).values(n=self.counts.c.n))
+        except LockBusy:
+            return "busy"
+        except Exception as exc:
+            if is_lock_busy(exc):
+                return "busy"
+            raise
+        return "ok"
 
 
 _CRASHED_BODY = b'{"error":"this replica was crashed on purpose by POST /api/v1/_crash"}'
@@ -95,12 +124,32 @@ class ReplicaMiddleware:
                                     (b"content-length", str(len(_CRASHED_BODY)).encode())]})
             await send({"type": "http.response.body", "body": _CRASHED_BODY})
             return
-        if is_counted(scope["path"]):
-            await run_in_threadpool(self.state.increment)
-        if scope["method"] == "HEAD":
+        method = scope["method"]
+        if method == "HEAD":
             # Served as GET; the server still sends no body, as it keeps its own copy of the scope.
             scope = {**scope, "method": "GET"}
-        await self.app(scope, receive, send)
+        if not is_counted(scope["path"]):
+            await self.app(scope, receive, send)
+        elif method in ("GET", "HEAD"):
+            await self._read_while_counting(scope, receive, send)
+        else:
+            # Anything that may write waits for its count first: a failed count is a 500 that
+            # must not follow a committed write.
+            await self.state.counter.add()
+            await self.app(scope, receive, send)
+
+    async def _read_while_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A read changes nothing, so it runs while its count is being committed; only its answer
+        waits for the commit. The loop keeps serving instead of idling through every commit."""
+        counted = asyncio.ensure_future(self.state.counter.add())
+
+        async def send_when_counted(message: Message) -> None:
+            await counted  # raises if the count failed: the request then gets a 500
+            await send(message)
+        try:
+            await self.app(scope, receive, send_when_counted)
+        finally:
+            await counted  # also before an unhandled error's 500, which is sent further out
 
 
 def operational_router(state: ReplicaState) -> APIRouter:
@@ -123,7 +172,7 @@ def operational_router(state: ReplicaState) -> APIRouter:
 
     @router.get("/_count", summary="Requests this service received under /api/v1 since the last reset")
     async def get_count():
-        return [await run_in_threadpool(state.count)]
+        return json_response([await state.db.reading(state.count)])
 
     @router.delete("/_count", summary="Reset the request counter")
     async def reset_count():

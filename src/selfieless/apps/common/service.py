@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -10,8 +11,10 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import MetaData
+from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 
+from .accesslog import AccessLog, set_process_title
 from .db import Database
 from .errors import install_error_handlers
 from .ops import ReplicaMiddleware, ReplicaState, operational_router, request_counts_table
@@ -40,12 +43,14 @@ def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(db.create_schema, metadata)
         await run_in_threadpool(ctx.replica.ensure_counter)
+        logging.getLogger(f"selfieless.{name}").info("database schema ready; serving")
         try:
             yield
         finally:
             for close in ctx.closers:
                 await close()
             db.dispose()
+            logging.getLogger(f"selfieless.{name}").info("stopped")
 
     app = FastAPI(title=f"SelfieLessActs {name} service", description=description, version="1.0",
                   lifespan=lifespan, redirect_slashes=False, docs_url="/docs",
@@ -59,10 +64,19 @@ def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per users check is noise
+    name = app.state.ctx.name
+    set_process_title(name, settings.port)
+    log = logging.getLogger(f"selfieless.{name}")
+    log.info("starting on %s:%d (pid %d, database %s, access log %s)", settings.host, settings.port, os.getpid(),
+             make_url(settings.database_url).render_as_string(hide_password=True),
+             "on" if settings.access_log else "off")
+    # Outside every FastAPI layer, so a line shows exactly what was sent, 500s from errors included.
+    asgi = AccessLog(app) if settings.access_log else app
     # ws="none": no route is a websocket, and uvicorn would otherwise import a websocket library at
     # every start, which a replacement replica waits for.
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="auto", http="auto", ws="none",
+    uvicorn.run(asgi, host=settings.host, port=settings.port, loop="auto", http="auto", ws="none",
                 access_log=False, log_level="warning", timeout_graceful_shutdown=5,
                 proxy_headers=False, server_header=False)

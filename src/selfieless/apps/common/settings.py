@@ -19,6 +19,7 @@ class ServiceSettings:
     allow_crash: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY
     users_timeout: float = 5.0
+    access_log: bool = True
 
     @property
     def origin(self) -> str:
@@ -55,6 +56,9 @@ def parse_settings(service: str, argv: list[str] | None = None, with_users_url: 
     parser.add_argument("--max-body-bytes", type=int,
                         default=int(env("SELFIELESS_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY))),
                         help="largest request body accepted, else 413 (env SELFIELESS_MAX_BODY_BYTES) [%(default)s]")
+    parser.add_argument("--no-access-log", action="store_true",
+                        default=not _env_bool("SELFIELESS_ACCESS_LOG", True),
+                        help="do not write a line per request to standard output (env SELFIELESS_ACCESS_LOG=0)")
     args = parser.parse_args(argv)
     return ServiceSettings(
         database_url=args.database_url,
@@ -64,4 +68,5 @@ def parse_settings(service: str, argv: list[str] | None = None, with_users_url: 
         public_url=args.public_url,
         allow_crash=not args.no_crash,
         max_body_bytes=args.max_body_bytes,
+        access_log=not args.no_access_log,
     )

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
 
 from ..common.body import check_name, read_json, validate
 from ..common.db import name_key
 from ..common.errors import ApiError
 from ..common.openapi import json_body
+from ..common.responses import empty_object, json_response
 from ..common.service import ServiceContext
 from .passwords import hash_digest, is_sha1_hex
 from .schema import users
@@ -25,6 +25,10 @@ class NewUser(BaseModel):
 
 
 NEW_USER = TypeAdapter(NewUser)
+
+# Built once (see acts/store.py): the list runs for every upload's username check.
+_USER_ID = select(users.c.id).where(users.c.name_key == bindparam("key"))
+_NAMES = select(users.c.name).order_by(users.c.id)
 
 
 def make_router(ctx: ServiceContext) -> APIRouter:
@@ -42,7 +46,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
 
     def user_exists(name: str) -> bool:
         with db.read() as conn:
-            return conn.execute(select(users.c.id).where(users.c.name_key == name_key(name))).first() is not None
+            return conn.execute(_USER_ID, {"key": name_key(name)}).first() is not None
 
     @router.post("/users", status_code=201, summary="Add a user",
                  openapi_extra=json_body(NEW_USER, {"username": "alice", "password": "a" * 40}),
@@ -57,11 +61,11 @@ def make_router(ctx: ServiceContext) -> APIRouter:
             raise ApiError(400, "password must be 40 hex characters (SHA-1)")
         # Checked before hashing so a taken name costs no scrypt work; the unique key still
         # settles a race between two sign-ups.
-        if await run_in_threadpool(user_exists, user.username):
+        if await db.reading(user_exists, user.username):
             raise ApiError(400, f"username {user.username!r} is already taken")
         password_hash = await run_in_threadpool(hash_digest, user.password)
-        await run_in_threadpool(insert_user, user.username, password_hash)
-        return JSONResponse({}, status_code=201)
+        await db.writing(insert_user, user.username, password_hash)
+        return empty_object(201)
 
     def remove_user(name: str) -> None:
         with db.write() as conn:
@@ -71,19 +75,19 @@ def make_router(ctx: ServiceContext) -> APIRouter:
     @router.delete("/users/{username}", summary="Remove a user (their acts stay)",
                    responses={400: {"description": "no such user"}})
     async def delete_user(username: str):
-        await run_in_threadpool(remove_user, username)
-        return {}
+        await db.writing(remove_user, username)
+        return empty_object()
 
     def list_names() -> list[str]:
         with db.read() as conn:
-            return list(conn.execute(select(users.c.name).order_by(users.c.id)).scalars())
+            return list(conn.execute(_NAMES).scalars())
 
     @router.get("/users", summary="All usernames (204 when there are none)",
                 responses={204: {"description": "no users"}})
     async def list_users():
-        names = await run_in_threadpool(list_names)
+        names = await db.reading(list_names)
         if not names:
             return Response(status_code=204)
-        return names
+        return json_response(names)
 
     return router

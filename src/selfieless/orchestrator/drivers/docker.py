@@ -26,6 +26,7 @@ All blocking SDK calls run in worker threads so the event loop never stalls on t
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import threading
 import time
@@ -57,7 +58,37 @@ def docker_available(timeout: float = 2.0) -> str | None:
         client.close()
         return None
     except Exception as e:  # the SDK raises many kinds (DockerException, requests errors...)
-        return f"no Docker engine reachable ({type(e).__name__}: {e})"
+        return f"no Docker engine answers at {_engine_address()} ({engine_problem(e)})"
+
+
+def _engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+# What the socket error behind the SDK's nested exception text means, in a few words.
+_PROBLEMS = (
+    ("FileNotFoundError", "no such socket: is dockerd running?"),
+    ("No such file or directory", "no such socket: is dockerd running?"),
+    ("Connection refused", "connection refused: is dockerd running?"),
+    ("PermissionError", "permission denied: run as root or join the docker group"),
+    ("Permission denied", "permission denied: run as root or join the docker group"),
+    ("timed out", "no answer in time"),
+    ("Read timed out", "no answer in time"),
+)
+
+
+def engine_problem(exc: BaseException) -> str:
+    """The SDK's `Error while fetching server API version: ('Connection aborted.',
+    FileNotFoundError(2, ...))` as something a person can act on."""
+    text = f"{type(exc).__name__}: {exc}"
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        text += f" {type(seen).__name__}: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    for needle, meaning in _PROBLEMS:
+        if needle in text:
+            return meaning
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 class DockerDriver(Driver):

@@ -47,7 +47,7 @@ def _run_child(module: str, request: dict) -> None:
         os.setsid()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)
@@ -59,6 +59,11 @@ def _run_child(module: str, request: dict) -> None:
         os.environ.update(request["env"])
         # argv as `python -m MODULE args...` would see it; run_module sets argv[0] itself.
         sys.argv = [module, *request["argv"]]
+        # The preloader imported the code run_module is about to execute as __main__ (for a package,
+        # MODULE.__main__). Left in sys.modules, runpy warns that running it again "may result in
+        # unpredictable behaviour"; dropped, it is executed once more as __main__, and what it imports
+        # (the app, FastAPI, SQLAlchemy...) stays imported, which is the point of preloading.
+        sys.modules.pop(_main_module_of(module), None)
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
@@ -76,6 +81,12 @@ def _run_child(module: str, request: dict) -> None:
             os._exit(code)
 
 
+def _main_module_of(module: str) -> str:
+    """The module `python -m MODULE` executes: MODULE.__main__ for a package, else MODULE."""
+    imported = sys.modules.get(module)
+    return f"{module}.__main__" if hasattr(imported, "__path__") else module
+
+
 def _reap(pid: int) -> int | None:
     try:
         _, status = os.waitpid(pid, 0)
@@ -87,6 +98,12 @@ def _reap(pid: int) -> int | None:
 def serve(module: str, fd: int) -> None:
     """The preloader's main loop: import `module`, then fork a replica per spawn request."""
     sock = socket.socket(fileno=fd)
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"selfieless: preloader {module}")
+    except ImportError:
+        pass
     imported = importlib.import_module(module)
     if hasattr(imported, "__path__"):  # a package: `python -m pkg` runs pkg.__main__
         importlib.import_module(f"{module}.__main__")
@@ -130,7 +147,8 @@ class Preloader:
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [python, "-m", __name__, module, str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                umask=0o077)  # its forks (the replicas) create databases and logs: owner only
         theirs.close()
         self._reader, self._writer = self._sock.makefile("rb"), self._sock.makefile("wb")
         self._children: set[int] = set()

@@ -32,6 +32,13 @@ from pathlib import Path
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .preload import Preloader, PreloadError, module_of
 
+# Files a replica creates (SQLite databases, logs) are readable by the owner only.
+PRIVATE_UMASK = 0o077
+
+
+def private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1
@@ -101,8 +108,10 @@ class ProcessDriver(Driver):
         self.root = Path(state_dir) / stack
         self.state_path = self.root / "replicas"
         self.log_path = self.root / "logs"
-        self.state_path.mkdir(parents=True, exist_ok=True)
-        self.log_path.mkdir(parents=True, exist_ok=True)
+        # Replica logs and databases may hold users' data and connection strings: owner only.
+        for d in (self.root, self.state_path, self.log_path):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o700)
         self._children: dict[int, subprocess.Popen] = {}      # pid -> Popen, for reaping our own
         self._watched: dict[str, asyncio.Future] = {}          # replica id -> resolves on exit
         self._handles: dict[str, ReplicaHandle] = {}
@@ -126,7 +135,7 @@ class ProcessDriver(Driver):
             cmd[0] = sys.executable
         log_file = self.log_path / f"{spec.service}-{spec.host_port}.log"
         env = {**os.environ, **spec.environment}
-        with open(log_file, "ab") as out:
+        with open(log_file, "ab", opener=private_opener) as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
         pid = await self._fork_preloaded(spec, cmd, env, log_file) if spec.preload else None
         if pid is None:
@@ -206,7 +215,7 @@ class ProcessDriver(Driver):
         with open(log_file, "ab") as out:
             try:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True, close_fds=True)
+                                        env=env, start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
             except OSError as e:
                 raise DriverError(f"cannot start {cmd[0]!r}: {e.strerror}") from e
         self._children[proc.pid] = proc

@@ -1,0 +1,137 @@
+"""Carries out a rolling replacement (rollout.py) on a running orchestrator.
+
+The thin I/O half: it holds the service (the reconciler leaves it alone meanwhile), turns the state
+machine's commands into controller calls, and turns what the replicas do (first passing probe,
+exit, failed probes) into the machine's events. The decisions are all in rollout.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from . import rollout as ro
+from .drivers.base import DriverError
+from .replica import ReplicaState as S
+from .stack import ServiceSpec
+
+POLL = 0.02
+
+
+@dataclass
+class RolloutResult:
+    service: str
+    outcome: str          # complete | rolled_back | paused | timeout
+    reason: str
+    seconds: float
+
+
+async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "apply",
+               timeout: float = 600.0) -> RolloutResult:
+    """Replace every replica of `service` with one of `new_spec`; on failure go back to the old spec.
+
+    Returns once the service has converged on one version (or the rollout paused or timed out)."""
+    svc = orch.services[service]
+    old_spec = svc.spec
+    update = new_spec.update
+    ready_old = [(r.id, r.port) for r in orch.replicas_of(service) if r.state == S.READY]
+    state = ro.begin(service, ready_old, list(new_spec.host_ports.ports), desired=svc.desired,
+                     parallelism=update.parallelism, order=update.order, monitor=update.monitor,
+                     failure_action=update.failure_action)
+    orch.hold(service, f"rollout ({reason})")
+    orch.events.emit("rollout", service, None,
+                     f"rolling update started: {reason}; {update.order}, {update.parallelism} at a time, "
+                     f"monitor {update.monitor:g} s")
+    t0 = time.monotonic()
+    jobs: set[asyncio.Task] = set()
+    seen: dict[str, str] = {}                 # replica id -> last status reported to the machine
+    finish: ro.Finish | None = None
+    try:
+        while finish is None:
+            now = time.monotonic()
+            if now - t0 > timeout:
+                return RolloutResult(service, "timeout", f"not converged after {timeout:g} s", now - t0)
+            state = _observe(orch, service, state, seen, now)
+            state, cmds = ro.decide(state, now)
+            for c in cmds:
+                if isinstance(c, ro.Finish):
+                    finish = c
+                elif isinstance(c, ro.StartReplica):
+                    spec = new_spec if c.version == "new" else old_spec
+                    jobs.add(asyncio.create_task(_start(orch, service, spec, c)))
+                elif isinstance(c, ro.StopReplica):
+                    jobs.add(asyncio.create_task(orch.stop_replica(service, c.id, c.drain,
+                                                                   f"rollout: {c.reason}")))
+            for t in [t for t in jobs if t.done()]:
+                jobs.discard(t)
+                result = t.result()
+                if isinstance(result, tuple):        # a start: (version, port, replica id or error)
+                    version, port, rid, err = result
+                    if rid is None:
+                        state = ro.start_failed(state, version, port, err)
+                    else:
+                        state = ro.started(state, rid, version, port)
+                        seen[rid] = "starting"
+            await asyncio.sleep(POLL)
+        await asyncio.gather(*jobs, return_exceptions=True)
+    finally:
+        spec = new_spec if finish is not None and finish.outcome in ("complete", "paused") else old_spec
+        orch.release(service, spec)
+    history(orch, service).append({"at": time.time(), "outcome": finish.outcome, "reason": reason,
+                                   "detail": finish.reason, "from": old_spec, "to": new_spec,
+                                   "seconds": round(time.monotonic() - t0, 3)})
+    kind = {"complete": "rollout", "rolled_back": "rollback", "paused": "rollout"}[finish.outcome]
+    orch.events.emit(kind, service, None, f"rolling update {finish.outcome.replace('_', ' ')}: {finish.reason}")
+    return RolloutResult(service, finish.outcome, finish.reason, time.monotonic() - t0)
+
+
+def history(orch, service: str) -> list[dict]:
+    """Every rollout of `service` by this orchestrator, oldest first (specs included, for undo)."""
+    store = orch.__dict__.setdefault("rollout_history", {})
+    return store.setdefault(service, [])
+
+
+def history_json(orch, service: str) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in ("from", "to")} for h in history(orch, service)]
+
+
+async def undo(orch, service: str, timeout: float = 600.0) -> RolloutResult:
+    """Roll back to the spec before the last completed rollout."""
+    done = [h for h in history(orch, service) if h["outcome"] == "complete"]
+    if not done:
+        raise ValueError(f"{service}: no completed rollout to undo")
+    return await roll(orch, service, done[-1]["from"], reason="rollout undo", timeout=timeout)
+
+
+async def restart(orch, service: str, timeout: float = 600.0) -> RolloutResult:
+    """Replace every replica with a fresh one of the same spec, the rolling way."""
+    return await roll(orch, service, orch.services[service].spec, reason="rollout restart", timeout=timeout)
+
+
+async def _start(orch, service: str, spec: ServiceSpec, c: ro.StartReplica):
+    try:
+        rep = await orch.start_replica(service, c.port, spec, f"rollout: {c.reason}")
+        return (c.version, c.port, rep.id, None)
+    except DriverError as e:
+        return (c.version, c.port, None, str(e))
+
+
+def _observe(orch, service: str, state: ro.Rollout, seen: dict[str, str], now: float) -> ro.Rollout:
+    """Turn replica state changes since the last look into state-machine events."""
+    reps = {r.id: r for r in orch.replicas_of(service)}
+    for m in state.members:
+        if m.status in ("stopped", "stopping") and m.id not in reps:
+            if m.status == "stopping":
+                state = ro.stopped(state, m.id)
+            continue
+        rep = reps.get(m.id)
+        if rep is None:
+            if m.status != "stopped" and not m.id.startswith("failed-start:"):
+                state = ro.failed(state, m.id, "gone", now)
+            continue
+        if m.status == "starting" and rep.state == S.READY:
+            state = ro.ready(state, m.id, now)
+        elif m.status in ("starting", "ready") and rep.state in (S.UNHEALTHY, S.EXITED):
+            state = ro.failed(state, m.id, rep.last_error or rep.state.value, now)
+    return state

@@ -1,0 +1,75 @@
+"""The group commit behind `_count` (common/counter.py), driven without a database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from selfieless.apps.common.counter import GroupCounter
+
+
+class SlowCommit:
+    """Records each batch size; each commit takes a few loop turns, like a real transaction."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.batches: list[int] = []
+        self.fail_on = fail_on
+
+    async def __call__(self, k: int) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.batches.append(k)
+        if self.fail_on == len(self.batches):
+            raise RuntimeError("database is gone")
+
+
+def test_a_lone_request_is_committed_alone():
+    commit = SlowCommit()
+
+    async def main():
+        counter = GroupCounter(commit)
+        await counter.add()
+        await counter.add()
+    asyncio.run(main())
+    assert commit.batches == [1, 1]
+
+
+def test_requests_arriving_during_a_commit_share_the_next_one():
+    commit = SlowCommit()
+
+    async def main():
+        counter = GroupCounter(commit)
+        await asyncio.gather(*(counter.add() for _ in range(50)))
+    asyncio.run(main())
+    assert sum(commit.batches) == 50
+    assert len(commit.batches) < 50
+
+
+def test_a_failed_commit_fails_its_batch_only():
+    commit = SlowCommit(fail_on=1)
+
+    async def main():
+        counter = GroupCounter(commit)
+        first = [asyncio.ensure_future(counter.add()) for _ in range(5)]
+        results = await asyncio.gather(*first, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results)
+        await counter.add()  # the next batch commits again
+    asyncio.run(main())
+    assert commit.batches == [5, 1]
+
+
+def test_a_request_that_goes_away_does_not_cancel_its_batch():
+    commit = SlowCommit()
+
+    async def main():
+        counter = GroupCounter(commit)
+        leaver = asyncio.ensure_future(counter.add())
+        stayer = asyncio.ensure_future(counter.add())
+        await asyncio.sleep(0)
+        leaver.cancel()
+        await stayer
+        with pytest.raises(asyncio.CancelledError):
+            await leaver
+    asyncio.run(main())
+    assert commit.batches == [2]

@@ -1,0 +1,183 @@
+"""Pure tests of the apply plan: every kind of change -> the right actions, nothing restarted for a
+live change."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from selfieless.orchestrator.apply_plan import (
+    AddService, LiveUpdate, Refuse, RemoveService, Rescale, RollingReplace, SetGatewayLimits, SetRoutes,
+    describe, plan_apply, restarts_nothing,
+)
+from selfieless.orchestrator.stack import parse_stack
+
+BASE = {
+    "name": "demo",
+    "driver": "process",
+    "variables": {"db": "sqlite:///{state_dir}/acts.db"},
+    "services": {
+        "acts": {
+            "command": ["python", "-m", "acts", "--port", "{port}"],
+            "environment": {"DATABASE_URL": "{db}"},
+            "host_ports": "8000-8009",
+            "routes": ["/api/v1/acts"],
+            "replicas": {"min": 3, "max": 10},
+            "autoscale": {"policy": "window"},
+        },
+        "users": {
+            "command": ["python", "-m", "users", "--port", "{port}"],
+            "host_ports": "8080",
+            "routes": ["/api/v1/users"],
+            "replicas": {"min": 1, "max": 1},
+        },
+    },
+}
+
+
+def changed(fn):
+    data = copy.deepcopy(BASE)
+    fn(data)
+    return parse_stack(BASE), parse_stack(data)
+
+
+def plan(fn, **kw):
+    return plan_apply(*changed(fn), **kw)
+
+
+def test_same_file_is_an_empty_plan():
+    assert plan_apply(parse_stack(BASE), parse_stack(copy.deepcopy(BASE))) == []
+
+
+def test_scale_change_is_live():
+    actions = plan(lambda d: d["services"]["acts"]["replicas"].update(min=5))
+    assert actions == [Rescale("acts", (3, 10, None), (5, 10, None))]
+    assert restarts_nothing(actions)
+
+
+def test_limit_change_is_live():
+    actions = plan(lambda d: d.setdefault("gateway", {}).setdefault("limits", {}).update(max_body_size=1024))
+    assert len(actions) == 1 and isinstance(actions[0], SetGatewayLimits)
+    assert actions[0].fields == ("max_body_size",) and actions[0].limits.max_body_size == 1024
+    assert restarts_nothing(actions)
+
+
+def test_route_change_swaps_the_whole_table():
+    actions = plan(lambda d: d["services"]["acts"]["routes"].append("/api/v2/acts"))
+    assert actions == [SetRoutes((("/api/v1/acts", "acts"), ("/api/v1/users", "users"), ("/api/v2/acts", "acts")))]
+    assert restarts_nothing(actions)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("health", {"path": "/healthz", "interval": 2}),
+    ("autoscale", {"policy": "rate", "target_rps_per_replica": 50}),
+    ("drain_timeout", 3),
+    ("update", {"parallelism": 2}),
+])
+def test_settings_read_at_decision_time_are_live(field, value):
+    actions = plan(lambda d: d["services"]["acts"].__setitem__(field, value))
+    assert actions == [LiveUpdate("acts", (field,))]
+    assert restarts_nothing(actions)
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda s: s.__setitem__("command", ["python", "-m", "acts2", "--port", "{port}"]), "command changed"),
+    (lambda s: s["environment"].__setitem__("DEBUG", "1"), "environment changed"),
+    (lambda s: s.__setitem__("preload", True), "preload changed"),
+    (lambda s: s.__setitem__("host_ports", "8100-8109"), "host_ports changed"),
+])
+def test_launch_changes_roll(mutate, reason):
+    actions = plan(lambda d: mutate(d["services"]["acts"]))
+    assert actions == [RollingReplace("acts", (reason,), parse_stack(BASE).services["acts"].update)]
+    assert not restarts_nothing(actions)
+
+
+def test_variable_used_by_the_environment_rolls_only_its_users():
+    actions = plan(lambda d: d["variables"].__setitem__("db", "sqlite:///other.db"))
+    assert [(a.service, a.reasons) for a in actions] == [("acts", ("variable db changed",))]
+
+
+def test_unused_variable_restarts_nothing():
+    assert plan(lambda d: d["variables"].__setitem__("unused", "x")) == []
+
+
+def test_rebuilt_image_with_the_same_name_rolls():
+    def docker(d):
+        for s in d["services"].values():
+            s["image"] = s["command"][2] + ":latest"
+    old_data = copy.deepcopy(BASE)
+    docker(old_data)
+    old = parse_stack(old_data)
+    new = parse_stack(copy.deepcopy(old_data))
+    actions = plan_apply(old, new, running_images={"acts": "sha256:aaaa", "users": "sha256:cccc"},
+                         current_images={"acts": "sha256:bbbb", "users": "sha256:cccc"})
+    assert [type(a) for a in actions] == [RollingReplace]
+    assert actions[0].service == "acts" and "new content" in actions[0].reasons[0]
+
+
+def test_update_settings_travel_with_the_replacement():
+    def f(d):
+        d["services"]["acts"]["command"] = ["python", "-m", "acts", "--port", "{port}", "--v2"]
+        d["services"]["acts"]["update"] = {"parallelism": 2, "order": "stop-first", "monitor": "10s",
+                                           "failure_action": "pause"}
+    (action,) = [a for a in plan(f) if isinstance(a, RollingReplace)]
+    assert (action.update.parallelism, action.update.order, action.update.monitor,
+            action.update.failure_action) == (2, "stop-first", 10.0, "pause")
+
+
+def test_added_service_starts_before_routes_and_removed_stops_after():
+    def f(d):
+        d["services"]["web"] = {"command": ["python", "-m", "web", "--port", "{port}"], "host_ports": "8090",
+                                "routes": ["/"], "replicas": {"min": 1, "max": 1}}
+        del d["services"]["users"]
+    actions = plan(f)
+    kinds = [type(a) for a in actions]
+    assert kinds == [AddService, SetRoutes, RemoveService]
+    assert actions[0] == AddService("web", 1) and actions[-1] == RemoveService("users")
+
+
+def test_what_cannot_change_live_is_refused_alone():
+    def f(d):
+        d["driver"] = "docker"
+        d["services"]["acts"]["replicas"]["min"] = 4
+        d["gateway"] = {"port": 81}
+        for s in d["services"].values():
+            s["image"] = "x"
+    actions = plan(f)
+    assert all(isinstance(a, Refuse) for a in actions)
+    assert {a.what for a in actions} == {"driver", "gateway.port"}
+
+
+def test_every_action_describes_itself():
+    def f(d):
+        d["services"]["acts"]["command"].append("--v2")
+        d["services"]["acts"]["replicas"]["min"] = 4
+        d["services"]["acts"]["health"] = {"interval": 2}
+        d["services"]["acts"]["routes"].append("/x")
+    for a in plan(f):
+        assert describe(a)
+
+
+def test_window_policy_keeps_its_minimum_of_one():
+    data = copy.deepcopy(BASE)
+    data["services"]["acts"]["replicas"]["min"] = 0
+    with pytest.raises(ValueError, match="rate"):
+        parse_stack(data)
+    data["services"]["acts"]["autoscale"] = {"policy": "rate", "target_rps_per_replica": 10,
+                                             "scale_to_zero_after": "30s"}
+    assert parse_stack(data).services["acts"].autoscale.scale_to_zero_after == 30.0
+
+
+def test_scale_to_zero_floor_and_wake():
+    from selfieless.orchestrator import scale_to_zero as stz
+    from selfieless.orchestrator.stack import RatePolicy
+
+    pol = RatePolicy(policy="rate", target_rps_per_replica=10, scale_to_zero_after=30)
+    st = stz.observe(stz.IdleState(), 0, now=0.0)
+    assert stz.floor(pol, 0, st, now=29.9) == 1
+    assert stz.floor(pol, 0, st, now=30.0) == 0
+    st = stz.observe(st, 5, now=20.0)         # a request at t=20 restarts the idle period
+    assert stz.floor(pol, 0, st, now=30.0) == 1 and stz.floor(pol, 0, st, now=50.0) == 0
+    assert stz.floor(pol, 2, st, now=100.0) == 2
+    assert stz.wake(0, held=True) == 1 and stz.wake(1, held=True) is None and stz.wake(0, held=False) is None

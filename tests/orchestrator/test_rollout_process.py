@@ -1,0 +1,78 @@
+"""Rolling replacement on a running orchestrator with the process driver, real echo-app replicas
+and the real gateway, under a steady GET load that must see no failure."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from selfieless.orchestrator.assemble import start_system
+from selfieless.orchestrator.rollout_exec import roll
+
+from orch_helpers import Load, echo_command, echo_stack, kinds, pids_by_port
+
+pytestmark = pytest.mark.anyio
+
+
+async def launch(tmp_path, ports, **svc):
+    stack = echo_stack(ports, replicas={"initial": 3}, update={"monitor": 0.5}, **svc)
+    system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
+    await system.orchestrator.wait_ready(20)
+    load = Load(f"http://127.0.0.1:{system.gateway.port}/api/v1/who", concurrency=3).start()
+    return system, system.orchestrator, stack, load
+
+
+def new_spec(stack, command):
+    return stack.services["echo"].model_copy(update={"command": command})
+
+
+def ready_ports(system):
+    return sorted(v.port for v in system.gateway.pool("echo").replicas if v.state == "ready")
+
+
+async def test_roll_to_a_new_command_replaces_every_replica_and_settles_home(tmp_path, ports):
+    system, orch, stack, load = await launch(tmp_path, ports)
+    try:
+        before = pids_by_port(orch)
+        result = await roll(orch, "echo", new_spec(stack, echo_command() + ["--v2"]), timeout=60)
+        await load.stop()
+        assert result.outcome == "complete", result
+        assert load.failures == [] and load.ok > 0
+        after = pids_by_port(orch)
+        assert sorted(after) == list(ports[:3])
+        assert not set(after.values()) & set(before.values())
+        assert ready_ports(system) == list(ports[:3])
+        assert orch.services["echo"].spec.command[-1] == "--v2"
+        # An old replica was only ever drained after a new one had joined the rotation.
+        events = [e for e in orch.events.since(0) if e.service == "echo"]
+        first_drain = next(i for i, e in enumerate(events) if e.kind == "drained")
+        assert sum(1 for e in events[:first_drain] if e.kind == "ready") >= 4
+        await orch.wait_ready(10)
+    finally:
+        await load.stop()
+        await system.stop()
+
+
+@pytest.mark.parametrize("broken", ["exits", "unhealthy"])
+async def test_broken_new_version_is_rolled_back_and_no_old_replica_stops(tmp_path, ports, broken):
+    system, orch, stack, load = await launch(tmp_path, ports,
+                                             health={"interval": 0.2, "timeout": 0.5, "start_grace": 2})
+    try:
+        before = pids_by_port(orch)
+        command = ([sys.executable, "-c", "raise SystemExit(3)"] if broken == "exits"
+                   else [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "{port}"])
+        result = await roll(orch, "echo", new_spec(stack, command), timeout=60)
+        await load.stop()
+        assert result.outcome == "rolled_back", result
+        assert "never became healthy" in result.reason
+        assert load.failures == [] and load.ok > 0
+        assert pids_by_port(orch) == before
+        assert "drained" not in kinds(orch)
+        assert orch.services["echo"].spec.command == stack.services["echo"].command
+        assert "rollback" in kinds(orch)
+        await orch.wait_ready(10)
+        assert pids_by_port(orch) == before
+    finally:
+        await load.stop()
+        await system.stop()
