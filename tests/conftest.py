@@ -69,3 +69,11 @@ def pytest_addoption(parser):
                     help="seconds of load and injected faults (default 60; longer for local soak runs)")
     group.addoption("--chaos-seed", type=int, default=None,
                     help="seed of the fault schedule (default: random, printed; pass it to replay a run)")
+
+
+def pytest_collection_modifyitems(config, items):
+    # The chaos run lasts as long as asked: its time limit follows --chaos-duration.
+    limit = config.getoption("--chaos-duration") + 300
+    for item in items:
+        if "chaos" in item.nodeid.split("/"):
+            item.add_marker(pytest.mark.timeout(limit))
