@@ -179,7 +179,8 @@ class RatePolicy(_Model):
     target_rps_per_replica: float = Field(gt=0)
     window_seconds: PositiveSeconds = 2.0
     scale_in_delay: Seconds = 30.0
-    # With replicas.min 0: stop the last replica after this long without a request (None: never).
+    # With replicas.min 0: stop the last replica only after this long without a request (None: when
+    # the rate policy alone scales in, after scale_in_delay).
     scale_to_zero_after: PositiveSeconds | None = None
 
 
