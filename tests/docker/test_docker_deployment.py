@@ -117,7 +117,11 @@ def test_docker_kill_is_replaced_on_the_same_port_quickly(deployment):
     print("\ndocker kill -> replacement serving on the same port: " +
           ", ".join(f"{p}: {t:.2f} s" for p, t in timings.items()))
     kinds = [e["kind"] for e in up.events() if e.get("service") == "acts"]
-    assert kinds.count("exited") >= 3 and kinds.count("replaced") >= 3
+    # Each kill is seen either by the engine's die event ("exited") or, first, by the kept-alive
+    # health probe's connection being reset ("unhealthy"); whichever comes first wins the race.
+    detected = kinds.count("exited") + kinds.count("unhealthy")
+    assert detected >= 3 and kinds.count("replaced") >= 3, \
+        [(e["kind"], e.get("reason")) for e in up.events() if e.get("service") == "acts"]
     assert min(timings.values()) <= 1.5, timings
     assert max(timings.values()) <= 3.0, timings  # a busy 2-core machine: generous bound
     _scale(up, 1)
