@@ -11,7 +11,7 @@ import hashlib
 import socket
 import threading
 
-from gw_support import ThreadBackend, free_port, jrequest, request
+from gw_support import RawBackend, ThreadBackend, free_port, jrequest
 
 from selfieless.gateway import pool as pool_states
 
@@ -38,39 +38,14 @@ def test_round_robin_order_over_three_replicas(make_gateway, backends, loop_thre
     assert got == "BACBAC"
 
 
-class ClosingReplica:
-    """Accepts connections, reads a request head, then closes without answering: the request was
-    sent and lost. ``heads`` is every request head it received."""
+def closing_replica() -> RawBackend:
+    """Reads a request head, then closes without answering: the request was sent and lost."""
+    return RawBackend(b"", after="close")
 
-    def __init__(self) -> None:
-        self.heads: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.id = f"closing{self.port}"
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            data = b""
-            conn.settimeout(10)
-            try:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            except OSError:
-                pass
-            if data:
-                self.heads.append(data.split(b"\r\n\r\n")[0])
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
+def heads(replica: RawBackend) -> list[bytes]:
+    """The request heads a raw replica received, one per connection that sent anything."""
+    return [seen.split(b"\r\n\r\n")[0] for seen in replica.seen if seen]
 
 
 def fresh(*names):
@@ -105,26 +80,26 @@ def test_refused_connection_is_retried_once_elsewhere(make_gateway, loop_thread)
 def test_lost_request_is_retried_exactly_once(make_gateway, loop_thread):
     """A GET sent to a replica that closes without answering is retried on one other replica, and
     only one: when that one fails too, the client gets 502 and the third replica never sees it."""
-    first, second = ClosingReplica(), ClosingReplica()
+    first, second = closing_replica(), closing_replica()
     (third,) = fresh("T")
     try:
         gw = make_gateway(replicas={"acts": [first, second, third]})
         st, _, body = jrequest(gw.port, path="/api/v1/lost")
         assert st == 502 and "error" in body
-        assert [h.split(b"\r\n")[0] for h in first.heads] == [b"GET /api/v1/lost HTTP/1.1"]
-        assert [h.split(b"\r\n")[0] for h in second.heads] == [b"GET /api/v1/lost HTTP/1.1"]
+        assert [h.split(b"\r\n")[0] for h in heads(first)] == [b"GET /api/v1/lost HTTP/1.1"]
+        assert [h.split(b"\r\n")[0] for h in heads(second)] == [b"GET /api/v1/lost HTTP/1.1"]
         assert log_of(third)["seen"] == []
         assert gw.stats("acts").retries == 1
 
         # One failure, then a replica that answers: the retry succeeds, the client sees 200.
-        gw2 = make_gateway(replicas={"acts": [ClosingReplicaOnce := ClosingReplica(), third]})
+        gw2 = make_gateway(replicas={"acts": [lost_once := closing_replica(), third]})
         try:
             st, _, body = jrequest(gw2.port, path="/api/v1/again")
             assert st == 200 and body["replica"] == "T"
-            assert len(ClosingReplicaOnce.heads) == 1
+            assert len(heads(lost_once)) == 1
             assert log_of(third)["complete"] == [["GET", "/api/v1/again"]]
         finally:
-            ClosingReplicaOnce.close()
+            lost_once.close()
     finally:
         first.close()
         second.close()
@@ -137,12 +112,12 @@ def test_replay_body_limit(make_gateway):
     small = bytes(range(256)) * 4          # 1024 bytes: at the limit
     large = bytes(range(256)) * 4 + b"x"   # one byte over
     for body, replayed in ((small, True), (large, False)):
-        lost = ClosingReplica()
+        lost = closing_replica()
         (live,) = fresh("R")
         try:
             gw = make_gateway(replicas={"acts": [lost, live]}, retry_body_limit=1024)
             st, _, got = jrequest(gw.port, "PUT", path="/api/v1/doc", body=body)
-            assert len(lost.heads) == 1
+            assert len(heads(lost)) == 1
             if replayed:
                 assert st == 200 and got["replica"] == "R"
                 assert got["body_len"] == len(body) and got["body_sha"] == hashlib.sha256(body).hexdigest()
