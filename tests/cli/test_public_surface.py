@@ -11,7 +11,6 @@ from __future__ import annotations
 import stat
 
 import httpx
-import pytest
 from sqlalchemy.engine import make_url
 
 from cli_support import UpProcess, replica_pids, write_test_stack

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 from support.ports import free_port as any_free_port, free_port_range, port_is_free as port_free  # noqa: E402
 from support.docker_engine import require_docker  # noqa: E402

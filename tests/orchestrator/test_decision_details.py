@@ -22,7 +22,7 @@ from selfieless.orchestrator.autoscale import (
 )
 from selfieless.orchestrator.backoff import BackoffState, in_crash_loop, record_failure
 from selfieless.orchestrator.health import Verdict, verdict
-from selfieless.orchestrator.plan import PENDING, CancelPending, Replace, Slot, Start, Stop, plan_service
+from selfieless.orchestrator.plan import PENDING, CancelPending, Replace, Slot, Stop, plan_service
 from selfieless.orchestrator.replica import InvalidTransition, Replica, ReplicaState as S
 from selfieless.orchestrator.stack import RatePolicy, WindowPolicy
 

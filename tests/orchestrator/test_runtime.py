@@ -406,7 +406,7 @@ async def test_rate_policy_scales_in_after_the_delay(tmp_path, ports):
         assert ready_ports(system) == [ports[0]]
         scaled = [e.reason for e in orch.events.since(0) if e.kind == "scaled"]
         assert scaled[0].startswith("scaled echo 1\u2192") and "target 10 per replica" in scaled[0]
-        assert scaled[-1].startswith(f"scaled echo ") and scaled[-1].split(":")[0].endswith("\u21921")
+        assert scaled[-1].startswith("scaled echo ") and scaled[-1].split(":")[0].endswith("\u21921")
         assert "stable for 3 s" in scaled[-1] and peak >= 2
     finally:
         await system.stop()

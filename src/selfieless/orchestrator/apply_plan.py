@@ -140,8 +140,8 @@ def _refusals(running: Stack, new: Stack) -> list[ApplyAction]:
             out.append(Refuse(field, f"{field} cannot change on a running stack: run `down` then `up`"))
     for field in ("host", "port"):
         if getattr(running.gateway, field) != getattr(new.gateway, field):
-            out.append(Refuse(f"gateway.{field}", f"the gateway's address cannot change on a running stack: "
-                                                   f"run `down` then `up`"))
+            out.append(Refuse(f"gateway.{field}", "the gateway's address cannot change on a running stack: "
+                                                   "run `down` then `up`"))
     return out
 
 
