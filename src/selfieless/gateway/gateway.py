@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from .config import GatewayConfig
-from .pool import EjectCallback, ReplicaPool
+from .pool import READY, EjectCallback, ReplicaPool
 from .proxy import ClientConnection
 from .routing import RouteTable
 from .stats import CountRule, ServiceStats
@@ -153,7 +153,7 @@ class Gateway:
         return {
             "gateway": "selfieless",
             "services": {
-                name: {"ready_replicas": sum(1 for r in pool.replicas if r.state == "ready")}
+                name: {"ready_replicas": sum(1 for r in pool.replicas if r.state == READY)}
                 for name, pool in sorted(self._pools.items())
             },
         }

@@ -129,7 +129,7 @@ class Request:
     # A chunked body is read (up to retry_body_limit) before a replica is chosen: its size is
     # unknown until its last chunk, and one that turns out too large or malformed early must not
     # reach a replica, which would count it and then see the client vanish.
-    held = False
+    buffering = False
 
     def __init__(self, method: bytes, target: bytes, path: bytes, head: bytes, chunked: bool,
                  entry, started_at: float) -> None:
@@ -390,10 +390,10 @@ class ClientConnection(asyncio.Protocol):
                 r.unsent.append(body)
             else:
                 r.unsent = [body]
-            if r.held and r.received > self.retry_body_limit:
-                r.held = False  # a large chunked body: stream it from here on
+            if r.buffering and r.received > self.retry_body_limit:
+                r.buffering = False  # a large chunked body: stream it from here on
                 self._dispatch(r)  # may attach at once and send what is buffered
-            if not r.held and not (r.sent and self.upstream is not None):
+            if not r.buffering and not (r.sent and self.upstream is not None):
                 self._pause(P_WAIT)
         if self.deadline_kind == D_BODY and r is self.active:
             self.deadline = self.gw.now + self.body_timeout
@@ -415,8 +415,8 @@ class ClientConnection(asyncio.Protocol):
                 up.transport.write(CHUNK_END)
             else:
                 r.unsent = [*r.unsent, CHUNK_END]
-            if r.held:
-                r.held = False
+            if r.buffering:
+                r.buffering = False
                 self.deadline_kind = D_NONE
                 self._dispatch(r)
                 return
@@ -441,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
             self.deadline_kind = D_BODY
             self.deadline = self.gw.now + self.body_timeout
             if r.chunked and r.received <= self.retry_body_limit:
-                r.held = True
+                r.buffering = True
                 return
         self._dispatch(r)
 
