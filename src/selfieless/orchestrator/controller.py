@@ -12,6 +12,9 @@ records of its replicas, and runs on one asyncio loop:
   replica is replaced or put back;
 - an autoscaler task per service (autoscale.py), reading the gateway's request counters;
 - adoption at start (driver.list()) and graceful shutdown;
+- with a driver that owns the replica count (swarm: `driver.owns_replica_count`), no starts or
+  replacements of its own: the desired count goes to the driver, the driver's snapshots of what
+  runs become the records (driver_owned.py decides), and probing and the pool work as above;
 - dependencies (the stack's `dependencies:`, e.g. the database) run as fixed one-replica services
   without a gateway pool, checked over TCP; a service that `depends_on` one starts its first
   replica only once the dependency is ready, and shutdown stops them last.
@@ -30,6 +33,7 @@ from typing import Any, Callable
 
 from . import autoscale as auto
 from . import disruption
+from . import driver_owned
 from . import scale_to_zero as stz
 from .backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
@@ -85,6 +89,8 @@ class ServiceRuntime:
     held: set[str] = field(default_factory=set)  # failing replicas kept by the disruption budget
     held_by: str | None = None        # a rollout owns this service's replicas: no reconciling
     idle: stz.IdleState = field(default_factory=stz.IdleState)  # scale to zero: last request seen
+    driver_count: int | None = None   # owns_replica_count: the count the driver last accepted
+    applying: bool = False            # owns_replica_count: a count is being sent to the driver
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state in LIVE]
@@ -151,7 +157,11 @@ class Orchestrator:
             self._probe_fn = self._prober
         self._hook_gateway()
         self._loops.append(asyncio.create_task(self._watch_exits(), name="orchestrator-exits"))
-        if self._adopt:
+        if self.driver.owns_replica_count:
+            if self._adopt:
+                await self._adopt_counts()
+            self._loops.append(asyncio.create_task(self._watch_snapshots(), name="orchestrator-snapshots"))
+        elif self._adopt:
             await self._adopt_existing()
         for svc in self.services.values():
             if not isinstance(svc.spec.autoscale, NoPolicy):
@@ -387,7 +397,8 @@ class Orchestrator:
                 "actual": len(svc.live()),
                 "ready": sum(1 for r in svc.replicas.values() if r.state == S.READY),
                 "min": svc.spec.replicas.min, "max": svc.spec.replicas.max,
-                "host_ports": str(svc.spec.host_ports), "routes": list(svc.spec.routes),
+                "host_ports": str(svc.spec.host_ports) if svc.spec.host_ports is not None else "-",
+                "routes": list(svc.spec.routes),
                 "policy": policy.policy,
                 "api_requests": stats.count,
                 "window": None,
@@ -451,7 +462,7 @@ class Orchestrator:
     def _join_pool(self, rep: Replica) -> None:
         if self.services[rep.service].dependency:
             return  # no routes, no pool: other replicas reach it directly
-        self._pool(rep.service).add(rep.id, REPLICA_HOST, rep.port)
+        self._pool(rep.service).add(rep.id, self._host(rep), rep.port)
         rep.in_pool = True
 
     def _leave_pool(self, rep: Replica) -> None:
@@ -471,7 +482,9 @@ class Orchestrator:
             self._wake.clear()
             for svc in self.services.values():
                 try:
-                    if not self._blocked(svc):
+                    if self.driver.owns_replica_count:
+                        self._reconcile_owned(svc)
+                    elif not self._blocked(svc):
                         self._reconcile(svc)
                 except Exception:
                     log.exception("reconcile of %s failed", svc.name)
@@ -618,6 +631,8 @@ class Orchestrator:
             image=svc.spec.image, container_port=svc.spec.container_port,
             environment={k: render(v, values) for k, v in svc.spec.environment.items()},
             preload=getattr(svc.spec, "preload", False),
+            constraints=tuple(svc.spec.placement.constraints), preferences=tuple(svc.spec.placement.preferences),
+            health_path=None if svc.dependency else svc.spec.health.path, stop_grace=svc.spec.drain_timeout,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -636,9 +651,9 @@ class Orchestrator:
         hs = svc.spec.health
         assert self._probe_fn is not None
         if svc.dependency:
-            ok, detail = await tcp_probe(REPLICA_HOST, rep.port, hs.timeout)
+            ok, detail = await tcp_probe(self._host(rep), rep.port, hs.timeout)
         else:
-            ok, detail = await self._probe_fn(REPLICA_HOST, rep.port, hs.path, hs.timeout)
+            ok, detail = await self._probe_fn(self._host(rep), rep.port, hs.path, hs.timeout)
         rep.last_probe_ok, rep.last_probe_at = ok, self._mono()
         if not ok:
             rep.last_error = f"health probe {'tcp' if svc.dependency else hs.path}: {detail}"
@@ -869,8 +884,82 @@ class Orchestrator:
                 svc.desired = max(svc.spec.replicas.min, min(svc.spec.replicas.max, n))
 
     # ------------------------------------------------------------------------------------------
+    # Drivers that own the replica count (swarm): decisions in driver_owned.py
+    # ------------------------------------------------------------------------------------------
+
+    async def _adopt_counts(self) -> None:
+        """Services the engine already runs for this stack: carry on with their counts."""
+        counts = await self.driver.replica_counts()
+        for svc in self.services.values():
+            n = driver_owned.adopted_count(counts.get(svc.name), svc.spec.replicas.min, svc.spec.replicas.max)
+            if n is None:
+                continue
+            svc.desired = 1 if svc.dependency else n
+            svc.driver_count = counts[svc.name]
+            self.events.emit("adopted", svc.name, None, f"found running with {counts[svc.name]} replica(s); "
+                                                        f"carrying on with {svc.desired}")
+
+    def _reconcile_owned(self, svc: ServiceRuntime) -> None:
+        for rid in driver_owned.to_forget({r.id: r.state for r in svc.replicas.values()}):
+            rep = svc.replicas[rid]
+            rep.transition(S.STOPPING, "left to the driver to replace")
+            self._stop_probe(rep)
+            self._spawn(self._stop_replica(svc, rep, drain=False, reason=f"forgotten: {rep.last_error or 'broken'}; "
+                                           f"the {self.driver.name} engine replaces it", grace=0.0, quiet=True))
+        if svc.driver_count is None and self._blocked(svc):
+            return  # first creation waits for the dependencies, as a first start does
+        n = driver_owned.count_to_set(svc.desired, svc.driver_count, svc.applying)
+        if n is not None:
+            svc.applying = True
+            self._spawn(self._send_count(svc, n))
+
+    async def _send_count(self, svc: ServiceRuntime, n: int) -> None:
+        try:
+            await self.driver.set_replicas(self._launch_spec(svc, 0), n)
+            svc.driver_count = n
+            self.events.emit("start" if n else "stopped", svc.name, None,
+                             f"the {self.driver.name} engine runs {n} replica(s) of it now")
+        except Exception as e:
+            self.events.emit("backoff", svc.name, None, f"cannot set {n} replica(s): {e}; retry in 1 s")
+            await asyncio.sleep(1.0)
+        finally:
+            svc.applying = False
+            self._wake.set()
+
+    async def _watch_snapshots(self) -> None:
+        async for handles in self.driver.snapshots():
+            try:
+                self._apply_snapshot(handles)
+            except Exception:
+                log.exception("applying the driver's snapshot failed")
+
+    def _apply_snapshot(self, handles: list[ReplicaHandle]) -> None:
+        by_service: dict[str, list[ReplicaHandle]] = {name: [] for name in self.services}
+        for h in handles:
+            if h.service in by_service:
+                by_service[h.service].append(h)
+        for name, found in by_service.items():
+            svc = self.services[name]
+            ids = {h.id: h for h in found}
+            ch = driver_owned.snapshot_changes({r.id: r.state for r in svc.replicas.values()}, list(ids))
+            for rid in ch.gone:
+                self._on_exit(ExitEvent(rid, name, svc.replicas[rid].port, None,
+                                        "no longer running (its task ended or its node is down)"))
+            for rid in ch.new:
+                h = ids[rid]
+                rep = Replica(id=rid, service=name, port=h.port, handle=h, started_at=self._mono())
+                svc.replicas[rid] = rep
+                self.events.emit("start", name, rid, f"running: {h.detail}")
+                self._start_probe(svc, rep)
+
+    # ------------------------------------------------------------------------------------------
     # Helpers
     # ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _host(rep: Replica) -> str:
+        """Where a replica is reached: this host, or (swarm) its node's address."""
+        return getattr(rep.handle, "host", None) or REPLICA_HOST
 
     def _service(self, name: str) -> ServiceRuntime:
         try:
