@@ -364,7 +364,7 @@ class Orchestrator:
                              "crash_loops": {port: failures},
                              "replicas": [{"id", "port", "state", "health", "in_pool",
                                            "in_flight", "requests", "restarts", "adopted",
-                                           "pid", "detail", "started_at", "uptime",
+                                           "pid", "detail", "host", "started_at", "uptime",
                                            "last_error"}]}}}
         """
         now = self._mono()
@@ -387,6 +387,7 @@ class Orchestrator:
                     "in_pool": rep.in_pool, "in_flight": v.in_flight if v else 0, "requests": v.served if v else 0,
                     "restarts": rep.restarts, "adopted": rep.adopted,
                     "pid": getattr(h, "pid", None), "detail": getattr(h, "detail", ""),
+                    "host": self._host(rep),
                     "started_at": getattr(h, "started_at", None),
                     "uptime": round(now - rep.started_at, 3),
                     "last_error": rep.last_error,

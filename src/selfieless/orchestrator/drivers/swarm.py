@@ -97,7 +97,22 @@ class SwarmDriver(Driver):
                 return
         mode = (found.attrs.get("Spec") or {}).get("Mode") or {}
         if (mode.get("Replicated") or {}).get("Replicas") != count:
-            found.scale(count)
+            self._scale(found.id, count)
+
+    def _scale(self, service_id: str, count: int) -> None:
+        """Send the service's stored spec back with only the count changed, as `docker service
+        scale` does. (The SDK's Service.scale() re-reads the spec with Swarm's defaults filled in,
+        which Swarm takes for a changed spec: it replaces every running task, on other nodes.)"""
+        from docker import types
+
+        current = self.client.api.inspect_service(service_id)
+        spec = current["Spec"]
+        self.client.api.update_service(
+            service_id, current["Version"]["Index"], task_template=spec["TaskTemplate"], name=spec["Name"],
+            labels=spec.get("Labels"), mode=types.ServiceMode("replicated", replicas=count),
+            update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
+            endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False,
+        )
 
     def _service(self, name: str) -> Any:
         for s in self.client.services.list(filters={"name": name, "label": f"{LABEL_STACK}={self.stack}"}):
