@@ -106,15 +106,16 @@ def test_running_tasks_on_ready_nodes_become_replicas_at_node_address_and_port()
 def test_tasks_that_are_not_serving_are_left_out():
     nodes = [_node("N1", "10.211.0.12"), _node("DOWN", "10.211.0.13", state="down")]
     tasks = [
-        _task("starting", "N1", 1, state="starting"),
+        _task("preparing", "N1", 1, state="preparing"),
         _task("shutdown", "N1", 2, desired="shutdown"),
         _task("on-down-node", "DOWN", 3),
         _task("other-stack", "N1", 4, stack="other"),
         _task("unknown-node", "N9", 5),
         _task("no-port", "N1", None),
         _task("ok", "N1", 6),
+        _task("health-pending", "N1", 7, state="starting"),  # our probe decides when it serves
     ]
-    assert [r.port for r in tasks_to_replicas("t", tasks, nodes)] == [6]
+    assert [r.port for r in tasks_to_replicas("t", tasks, nodes)] == [7, 6]
 
 
 def test_published_port_matches_the_container_port_in_host_mode():

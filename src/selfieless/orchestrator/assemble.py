@@ -56,8 +56,10 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
     gw = Gateway(gateway_config(stack, **(gateway_overrides or {})), routes=stack.routes())
     await gw.start()
     try:
-        driver = make_driver(stack.name, driver_setting or stack.driver, state,
-                             manager=stack.swarm.manager, network=stack.network)
+        setting = driver_setting or stack.driver
+        # Only the swarm driver talks to another engine (the manager) and makes an overlay network.
+        swarm = {"manager": stack.swarm.manager, "network": stack.network} if setting == "swarm" else {}
+        driver = make_driver(stack.name, setting, state, **swarm)
         orch = Orchestrator(stack, driver, gw, state_dir=str(state / stack.name), **orchestrator_kwargs)
         gw.on_eject = orch.on_eject
         gw.on_replica_error = orch.on_replica_error

@@ -8,8 +8,11 @@ node records as the replicas the control plane probes and routes to. No sockets 
   SDK's empty `RestartPolicy()`/`UpdateConfig()` would otherwise replace Swarm's own defaults, and
   a Docker health check's default interval (30 s) would keep a new task from counting as running.
   The container health check is what makes Swarm replace a task that is alive but silent.
-- A task is a replica while Swarm wants it running, it runs, its node is `ready` and it has a
-  host port: a task on a node that went down stops being a replica as soon as Swarm says so.
+- A task is a replica while Swarm wants it running, its container has started (Swarm's state
+  `starting`, while its container health check has not passed yet, or `running`), its node is
+  `ready` and it has a host port. Our own probe decides when it serves: waiting for Swarm's
+  `running` would add up to a health-check interval to every new task. A task on a node that
+  went down stops being a replica as soon as Swarm says so.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ RESTART_DELAY = 1.0
 HEALTH_INTERVAL = 1.0
 HEALTH_TIMEOUT = 2.0
 HEALTH_RETRIES = 3
+# Task states whose container exists and may answer (see the module docstring).
+SERVING_STATES = ("starting", "running")
 
 
 def service_name(stack: str, service: str) -> str:
@@ -124,7 +129,7 @@ def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[
     where = ready_nodes(nodes)
     out = []
     for t in tasks:
-        if t.get("DesiredState") != "running" or (t.get("Status") or {}).get("State") != "running":
+        if t.get("DesiredState") != "running" or (t.get("Status") or {}).get("State") not in SERVING_STATES:
             continue
         labels = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
         if labels.get(LABEL_STACK) != stack or LABEL_SERVICE not in labels:
