@@ -127,6 +127,63 @@ def test_a_lost_node_leaves_the_rotation_and_its_tasks_come_back_elsewhere(deplo
     wait_until(lambda: up.status()["converged"] and len(up.ready("acts")) == 1, 90, what="acts back to 1")
 
 
+def test_a_killed_task_is_replaced_by_swarm_with_no_failed_get_and_no_lost_upload(deployment, lab):
+    import threading
+
+    import docker
+
+    up = deployment
+    up.scale("acts", 2)
+    wait_until(lambda: len(up.ready("acts")) == 2 and up.status()["converged"], 90, what="2 acts tasks ready")
+    gw = up.gateway
+    user, category = f"u{random.randrange(10**9)}", f"k{random.randrange(10**9)}"
+    with httpx.Client(timeout=10) as c:
+        assert c.post(f"{gw}/api/v1/users", json={"username": user, "password": "b" * 40}).status_code == 201
+        assert c.post(f"{gw}/api/v1/categories", json=[category]).status_code == 201
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def uploads() -> None:
+        with httpx.Client(timeout=10) as c:
+            while not stop.is_set():
+                act_id = random.randrange(10**12)
+                act = {"actId": act_id, "username": user, "timestamp": "28-11-2026:00-00-00", "caption": "k",
+                       "categoryName": category, "imgB64": "aGVsbG8="}
+                try:
+                    if c.post(f"{gw}/api/v1/acts", json=act).status_code == 201:
+                        acked.append(act_id)
+                except httpx.HTTPError:
+                    pass  # not acknowledged: it may or may not be stored
+                time.sleep(0.05)
+
+    victim = up.ready("acts")[0]
+    task_prefix = victim["detail"].split()[1]
+    [task] = [t for t in lab.client().api.tasks(filters={"service": f"{STACK}-acts"}) if t["ID"].startswith(task_prefix)]
+    node = int(victim["host"].rsplit(".", 1)[1]) - 10
+    before = {r["id"] for r in up.ready("acts")}
+    poster = threading.Thread(target=uploads, daemon=True)
+    with GetLoad(f"{gw}/api/v1/acts/count", clients=3) as load:
+        poster.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        engine = docker.DockerClient(base_url=lab.node_socket(node), timeout=30)
+        engine.containers.get(task["Status"]["ContainerStatus"]["ContainerID"]).kill()
+        engine.close()
+        wait_until(lambda: {r["id"] for r in up.ready("acts")} - before, 60, what="a replacement task in rotation")
+        took = time.monotonic() - t0
+        time.sleep(1.0)
+        stop.set()
+        poster.join(15)
+    print(f"\ntask killed: replacement serving after {took:.2f} s, failed GETs {len(load.failures)}/{load.total}, "
+          f"{len(acked)} uploads acknowledged")
+    assert load.failures == []
+    assert acked
+    with httpx.Client(timeout=10) as c:
+        stored = {a["actId"] for a in c.get(f"{gw}/api/v1/categories/{category}/acts").json()}
+    assert set(acked) <= stored
+    wait_until(lambda: len(up.ready("acts")) == 2 and up.status()["converged"], 60, what="2 acts tasks again")
+
+
 def test_a_restarted_orchestrator_adopts_the_services_and_down_removes_them(deployment, lab, tmp_path):
     up = deployment
     up.scale("acts", 2)
