@@ -33,8 +33,9 @@ from .lifecycle import BROKEN_REPLACE_GRACE
 from .backoff import BackoffPolicy, BackoffState, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
-from .health import Probe, tcp_probe
+from .health import Probe
 from .probe import HttpProber
+from .probing import REPLICA_HOST, Probing
 from .plan import CancelPending, Replace, Start, Stop, plan_service
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
@@ -44,12 +45,6 @@ from .stack import NoPolicy, ServiceSpec, Stack, render
 
 log = logging.getLogger(__name__)
 
-REPLICA_HOST = "127.0.0.1"
-# A starting replica is probed this often (not every `interval`): readiness is what a replacement
-# waits for, and a refused connection costs next to nothing.
-STARTING_PROBE_INTERVAL = 0.05
-# Earliest next probe after a gateway 5xx hint (see _probe_loop).
-HINTED_PROBE_GAP = 0.05
 # A replica found running but not wanted (adoption) only has to free its port quickly.
 REPLACE_GRACE = 1.0
 
@@ -75,8 +70,7 @@ class Orchestrator:
         self.state_dir = state_dir or ""
         self.events = events or EventLog()
         self.backoff_policy = backoff
-        self._probe_fn = probe
-        self._prober: HttpProber | None = None
+        self._prober: HttpProber | None = None   # the default probe, ours to close
         self._mono = monotonic
         self._wall = wall
         self._adopt = adopt
@@ -91,8 +85,8 @@ class Orchestrator:
         self.scaling = Scaling(self.events, self._wake, self._stats, monotonic, wall)
         self._tasks: set[asyncio.Task] = set()        # one-off work: stops, probes after ejection
         self._loops: list[asyncio.Task] = []          # long-running loops
-        self._probers: dict[str, asyncio.Task] = {}   # replica id -> probe loop
-        self._probe_now: dict[str, asyncio.Event] = {}  # replica id -> set to cut its probe wait short
+        self.probing = Probing(self._apply_probe, monotonic)
+        self.probing.probe = probe
         self._running = False
         self._stopping = False
 
@@ -106,9 +100,8 @@ class Orchestrator:
         if self._running:
             return
         self._running = True
-        if self._probe_fn is None:
-            self._prober = HttpProber()
-            self._probe_fn = self._prober
+        if self.probing.probe is None:
+            self._prober = self.probing.probe = HttpProber()
         self._hook_gateway()
         self._loops.append(asyncio.create_task(self._watch_exits(), name="orchestrator-exits"))
         if self._adopt:
@@ -125,17 +118,17 @@ class Orchestrator:
         if not self._running or self._stopping:
             return
         self._stopping = True
-        for t in self._loops + list(self._probers.values()):
+        for t in self._loops + list(self.probing.tasks.values()):
             t.cancel()
         for svc in self.services.values():
             for p in svc.pending.values():
                 if not p.committed:
                     p.task.cancel()
-        await asyncio.gather(*self._loops, *self._probers.values(), return_exceptions=True)
+        await asyncio.gather(*self._loops, *self.probing.tasks.values(), return_exceptions=True)
         # Let in-progress starts and stops finish so nothing is left half-made.
         pending = [p.task for svc in self.services.values() for p in svc.pending.values()]
         await asyncio.gather(*pending, *list(self._tasks), return_exceptions=True)
-        for t in list(self._probers.values()):
+        for t in list(self.probing.tasks.values()):
             t.cancel()
         if stop_replicas:
             # Services first (they may still be using a dependency while they drain), then dependencies.
@@ -202,9 +195,7 @@ class Orchestrator:
         rep = Replica(id=handle.id, service=svc.name, port=port, handle=handle, started_at=self._mono())
         svc.replicas[rep.id] = rep
         self.events.emit("start", svc.name, rep.id, f"started on port {port}{self._pid_text(handle)}: {reason}")
-        self._probers[rep.id] = asyncio.create_task(self._probe_loop(ServiceRuntime(svc.name, spec, svc.desired,
-                                                                                    replicas=svc.replicas), rep),
-                                                    name=f"probe-{rep.id}")
+        self.probing.start(ServiceRuntime(svc.name, spec, svc.desired, replicas=svc.replicas), rep)
         return rep
 
     async def stop_replica(self, service: str, replica_id: str, drain: bool, reason: str) -> None:
@@ -215,7 +206,7 @@ class Orchestrator:
             return
         if rep.can(S.STOPPING):
             rep.transition(S.STOPPING, reason)
-        self._stop_probe(rep)
+        self.probing.stop(rep)
         await self._stop_replica(svc, rep, drain=drain and rep.in_pool, reason=reason,
                                  grace=None if drain else BROKEN_REPLACE_GRACE)
 
@@ -275,9 +266,7 @@ class Orchestrator:
     def on_replica_error(self, service: str, replica_id: str, status: int) -> None:
         """Gateway hint: a replica answered 5xx. Probe it now instead of at its next interval, so a
         replica that fails everything (e.g. after `_crash`) leaves the rotation within milliseconds."""
-        wake = self._probe_now.get(replica_id)
-        if wake is not None:
-            wake.set()
+        self.probing.hint(replica_id)
 
     def snapshot(self) -> StackStatus:
         """The typed status (status.py) that the admin API, the CLI, the metrics and `up` render."""
@@ -377,7 +366,7 @@ class Orchestrator:
             elif isinstance(a, Stop):
                 rep = svc.replicas[a.replica_id]
                 rep.transition(S.STOPPING, a.reason)
-                self._stop_probe(rep)
+                self.probing.stop(rep)
                 self._spawn(self._stop_replica(svc, rep, drain=a.drain, reason=a.reason))
             elif isinstance(a, Replace):
                 self._replace(svc, svc.replicas[a.replica_id], a.reason)
@@ -392,7 +381,7 @@ class Orchestrator:
         r = lifecycle.replacement(old.id, old.port, old.last_error or why, svc.backoff.get(old.port, BackoffState()),
                                   self._mono(), self.backoff_policy, svc.dependency, svc.spec.drain_timeout)
         old.transition(S.STOPPING, r.why)
-        self._stop_probe(old)
+        self.probing.stop(old)
         svc.backoff[old.port] = r.backoff
         svc.restarts[old.port] = svc.restarts.get(old.port, 0) + 1
         # The old one must be gone before the new one can bind the same port; shielded, so
@@ -445,7 +434,7 @@ class Orchestrator:
         svc.replicas[rep.id] = rep
         kind = "replaced" if replaces else "start"
         self.events.emit(kind, svc.name, rep.id, f"started on port {port}{self._pid_text(handle)}: {reason}")
-        self._start_probe(svc, rep)
+        self.probing.start(svc, rep)
         self._wake.set()
 
     async def _stop_replica(self, svc: ServiceRuntime, rep: Replica, drain: bool, reason: str,
@@ -493,55 +482,6 @@ class Orchestrator:
     # Health
     # ------------------------------------------------------------------------------------------
 
-    def _start_probe(self, svc: ServiceRuntime, rep: Replica) -> None:
-        self._probers[rep.id] = asyncio.create_task(self._probe_loop(svc, rep), name=f"probe-{rep.id}")
-
-    def _stop_probe(self, rep: Replica) -> None:
-        t = self._probers.pop(rep.id, None)
-        if t is not None and t is not asyncio.current_task():
-            t.cancel()
-
-    async def _probe_once(self, svc: ServiceRuntime, rep: Replica) -> bool:
-        hs = svc.spec.health
-        assert self._probe_fn is not None
-        if svc.dependency:
-            ok, detail = await tcp_probe(REPLICA_HOST, rep.port, hs.timeout)
-        else:
-            ok, detail = await self._probe_fn(REPLICA_HOST, rep.port, hs.path, hs.timeout)
-        rep.last_probe_ok, rep.last_probe_at = ok, self._mono()
-        if not ok:
-            rep.last_error = f"health probe {'tcp' if svc.dependency else hs.path}: {detail}"
-        return ok
-
-    async def _probe_loop(self, svc: ServiceRuntime, rep: Replica) -> None:
-        wake = self._probe_now[rep.id] = asyncio.Event()
-        try:
-            while rep.state in LIVE:
-                hs = svc.spec.health  # read each time: `apply` may change it live
-                t0 = self._mono()
-                wake.clear()
-                ok = await self._probe_once(svc, rep)
-                if rep.state not in LIVE:
-                    return
-                self._apply_probe(svc, rep, ok)
-                if rep.state not in LIVE:
-                    return
-                interval = hs.interval if rep.state == S.READY else min(hs.interval, STARTING_PROBE_INTERVAL)
-                try:
-                    # A 5xx hint from the gateway ends the wait early, but never within
-                    # HINTED_PROBE_GAP of the last probe: a replica whose app fails some requests
-                    # while its health check passes must not be probed per failed request.
-                    async with asyncio.timeout(max(0.0, interval - (self._mono() - t0))):  # no task per wait
-                        await wake.wait()
-                    await asyncio.sleep(max(0.0, HINTED_PROBE_GAP - (self._mono() - t0)))
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            if self._probers.get(rep.id) is asyncio.current_task():
-                del self._probers[rep.id]
-            if self._probe_now.get(rep.id) is wake:
-                del self._probe_now[rep.id]
-
     def _apply_probe(self, svc: ServiceRuntime, rep: Replica, ok: bool) -> None:
         self._carry_out(svc, rep, lifecycle.probed(svc.facts(rep), ok, svc.rules(),
                                                     svc.siblings(rep), self._mono(), svc.name))
@@ -553,7 +493,7 @@ class Orchestrator:
             log.exception("driver: marking %s ready failed", rep.id)
 
     async def _confirm_ejection(self, svc: ServiceRuntime, rep: Replica) -> None:
-        ok = await self._probe_once(svc, rep)
+        ok = await self.probing.once(svc, rep)
         self._carry_out(svc, rep, lifecycle.confirmed(svc.facts(rep), ok, svc.rules()))
 
     # ------------------------------------------------------------------------------------------
@@ -565,7 +505,7 @@ class Orchestrator:
         if step.failures is not None:
             rep.consecutive_failures = step.failures
         if step.stop_probe:
-            self._stop_probe(rep)
+            self.probing.stop(rep)
         if step.leave_pool:
             self._leave_pool(rep)
         if step.ejected:
@@ -635,7 +575,7 @@ class Orchestrator:
                           started_at=self._mono() - age)
             svc.replicas[rep.id] = rep
             adopted.append((svc, rep))
-        results = await asyncio.gather(*(self._probe_once(svc, rep) for svc, rep in adopted))
+        results = await asyncio.gather(*(self.probing.once(svc, rep) for svc, rep in adopted))
         for (svc, rep), ok in zip(adopted, results):
             if rep.state != S.STARTING:
                 continue  # exited while we were probing
@@ -643,7 +583,7 @@ class Orchestrator:
             step = lifecycle.found(svc.facts(rep), ok, svc.rules(), self._mono(), what)
             self._carry_out(svc, rep, step)
             if step.probe_again:
-                self._start_probe(svc, rep)
+                self.probing.start(svc, rep)
         for svc in self.services.values():
             n = sum(1 for r in svc.replicas.values() if r.adopted)
             if n:
