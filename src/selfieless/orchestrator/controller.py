@@ -41,7 +41,7 @@ from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
 from .service import ScheduledStart, ServiceRuntime
 from .status import StackStatus, to_json
-from .stack import NoPolicy, ServiceSpec, Stack, render
+from .stack import NoPolicy, ServiceSpec, Stack
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +165,7 @@ class Orchestrator:
             await asyncio.sleep(0.02)
 
     def converged(self) -> bool:
-        for svc in self.services.values():
-            ready = [r for r in svc.replicas.values() if r.state == S.READY]
-            others = [r for r in svc.replicas.values() if r.state != S.READY]
-            if len(ready) != svc.desired or others or svc.pending:
-                return False
-        return True
+        return all(svc.converged() for svc in self.services.values())
 
     # --- used by a rollout (rollout_exec.py), which takes over one service's replicas ----------
 
@@ -461,22 +456,7 @@ class Orchestrator:
 
     def _launch_spec(self, svc: ServiceRuntime, port: int) -> LaunchSpec:
         gw_port = getattr(self.gateway, "port", None) or self.stack.gateway.port
-        values = {
-            **self.stack.variables, **svc.spec.variables,
-            "port": port, "service": svc.name, "stack": self.stack.name, "host": REPLICA_HOST,
-            "gateway_url": f"http://127.0.0.1:{gw_port}", "gateway_port": gw_port, "state_dir": self.state_dir,
-        }
-        docker: dict[str, Any] = {"network": self.stack.network, "extra_hosts": dict(svc.spec.extra_hosts)}
-        if svc.dependency:
-            dep = self.stack.dependencies[svc.name]
-            docker.update(name=f"{self.stack.name}-{svc.name}", host_ip=REPLICA_HOST, volumes=dict(dep.volumes))
-        return LaunchSpec(**docker,
-            stack=self.stack.name, service=svc.name, host_port=port,
-            command=[render(a, values) for a in svc.spec.command] if svc.spec.command else None,
-            image=svc.spec.image, container_port=svc.spec.container_port,
-            environment={k: render(v, values) for k, v in svc.spec.environment.items()},
-            preload=getattr(svc.spec, "preload", False),
-        )
+        return svc.launch_spec(self.stack, port, gw_port, self.state_dir, REPLICA_HOST)
 
     # ------------------------------------------------------------------------------------------
     # Health

@@ -13,7 +13,8 @@ from . import scale_to_zero as stz
 from .backoff import BackoffState, in_crash_loop
 from .plan import PENDING, Slot
 from .replica import LIVE, Replica, ReplicaState as S
-from .stack import ServiceSpec, WindowPolicy
+from .drivers.base import LaunchSpec
+from .stack import ServiceSpec, Stack, WindowPolicy, render
 from .status import PendingStart, ReplicaStatus, ServiceStatus, WindowStatus
 
 
@@ -46,6 +47,11 @@ class ServiceRuntime:
     rollout_owner: str | None = None  # the rollout that owns this service's replicas: no reconciling
     idle: stz.IdleState = field(default_factory=stz.IdleState)  # scale to zero: last request seen
 
+    def converged(self) -> bool:
+        """Exactly `desired` replicas, all ready, and no start pending."""
+        return (all(r.state == S.READY for r in self.replicas.values()) and len(self.replicas) == self.desired
+                and not self.pending)
+
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state in LIVE]
 
@@ -53,6 +59,25 @@ class ServiceRuntime:
         out = [Slot(r.port, r.state, r.id) for r in self.replicas.values() if r.state != S.STOPPED]
         out += [Slot(port, PENDING) for port in self.pending]
         return out
+
+    def launch_spec(self, stack: Stack, port: int, gateway_port: int, state_dir: str, host: str) -> LaunchSpec:
+        """What the driver needs to start one replica on `port`: the stack's placeholders filled in."""
+        values = {
+            **stack.variables, **self.spec.variables,
+            "port": port, "service": self.name, "stack": stack.name, "host": host,
+            "gateway_url": f"http://127.0.0.1:{gateway_port}", "gateway_port": gateway_port, "state_dir": state_dir,
+        }
+        docker: dict[str, Any] = {"network": stack.network, "extra_hosts": dict(self.spec.extra_hosts)}
+        if self.dependency:
+            dep = stack.dependencies[self.name]
+            docker.update(name=f"{stack.name}-{self.name}", host_ip=host, volumes=dict(dep.volumes))
+        return LaunchSpec(**docker,
+            stack=stack.name, service=self.name, host_port=port,
+            command=[render(a, values) for a in self.spec.command] if self.spec.command else None,
+            image=self.spec.image, container_port=self.spec.container_port,
+            environment={k: render(v, values) for k, v in self.spec.environment.items()},
+            preload=getattr(self.spec, "preload", False),
+        )
 
     # --- what lifecycle.py's decisions are told about one replica ----------------------------
 
