@@ -85,8 +85,7 @@ class Orchestrator:
         self.scaling = Scaling(self.events, self._wake, self._stats, monotonic, wall)
         self._tasks: set[asyncio.Task] = set()        # one-off work: stops, probes after ejection
         self._loops: list[asyncio.Task] = []          # long-running loops
-        self.probing = Probing(self._apply_probe, monotonic)
-        self.probing.probe = probe
+        self.probing = Probing(self._apply_probe, monotonic, probe)
         self._running = False
         self._stopping = False
 

@@ -27,8 +27,8 @@ class Probing:
     """The probe loops. `on_result(svc, rep, ok)` is called after every probe of a live replica."""
 
     def __init__(self, on_result: Callable[[ServiceRuntime, Replica, bool], None],
-                 monotonic: Callable[[], float]):
-        self.probe: Probe | None = None    # set by the controller at start
+                 monotonic: Callable[[], float], probe: Probe | None = None):
+        self.probe = probe    # None: the controller sets the default HTTP prober at start
         self._on_result = on_result
         self._mono = monotonic
         self.tasks: dict[str, asyncio.Task] = {}      # replica id -> probe loop
