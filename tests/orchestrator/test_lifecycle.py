@@ -171,6 +171,16 @@ def test_adoption(ok, error, now, expected):
     assert step.events[kinds(step).index("adopted")][1].startswith("found running on port 8000; ")
 
 
+def test_triage_of_what_was_found_running():
+    ports = {"acts": range(8000, 8003), "users": range(9000, 9001)}
+    running = [("acts", 8000), ("acts", 8001), ("acts", 8000), ("gone", 8000), ("acts", 8009), ("users", 9000)]
+    assert lc.triage(running, ports) == [
+        None, None, "duplicate replica on port 8000; kept the older one",
+        "found running but not part of this stack (any more)",
+        "found running but not part of this stack (any more)", None]
+    assert lc.triage([], ports) == []
+
+
 # --- replacement and restarts ----------------------------------------------------------------
 
 POLICY = BackoffPolicy(initial=0.5, factor=2.0, maximum=4.0)

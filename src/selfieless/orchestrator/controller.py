@@ -534,19 +534,15 @@ class Orchestrator:
 
     async def _adopt_existing(self) -> None:
         handles = sorted(await self.driver.list(), key=lambda h: h.started_at)
-        seen: set[tuple[str, int]] = set()
+        unwanted = lifecycle.triage([(h.service, h.port) for h in handles],
+                                    {name: svc.spec.host_ports.ports for name, svc in self.services.items()})
         adopted: list[tuple[ServiceRuntime, Replica]] = []
-        for h in handles:
-            svc = self.services.get(h.service)
-            if svc is None or h.port not in svc.spec.host_ports.ports:
+        for h, why in zip(handles, unwanted):
+            if why is not None:
                 await self.driver.stop(h, grace=REPLACE_GRACE)
-                self.events.emit("stopped", h.service, h.id, "found running but not part of this stack (any more)")
+                self.events.emit("stopped", h.service, h.id, why)
                 continue
-            if (h.service, h.port) in seen:
-                await self.driver.stop(h, grace=REPLACE_GRACE)
-                self.events.emit("stopped", h.service, h.id, f"duplicate replica on port {h.port}; kept the older one")
-                continue
-            seen.add((h.service, h.port))
+            svc = self.services[h.service]
             await self.driver.adopt(h)
             # started_at is wall clock; translate to our monotonic clock for the start grace.
             age = max(0.0, self._wall() - h.started_at)

@@ -6,12 +6,13 @@ gets back. A step names the state transition (replica.py's table decides whether
 together with the event that says why, so every transition the lifecycle makes is recorded in the
 event log the way supervisord records one event per process state change. Nothing here touches a
 socket, a task or a clock: every input is a plain value, so the whole sequence
-(probe -> unhealthy -> replace -> start when due) is tested as tables (tests/orchestrator/test_lifecycle.py).
+(adopt or not -> probe -> unhealthy -> replace -> start when due) is tested as tables (tests/orchestrator/test_lifecycle.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Container, Mapping, Sequence
 
 from . import disruption
 from .backoff import BackoffPolicy, BackoffState, record_failure
@@ -138,6 +139,22 @@ def exited(f: Facts, reason: str) -> Step:
         return NOTHING  # expected (we stopped it) or already handled
     return Step(to=S.EXITED, why=reason, stop_probe=True, leave_pool=True, last_error=reason,
                 events=(("exited", f"{reason}; will be replaced"),), wake=True)
+
+
+def triage(running: Sequence[tuple[str, int]], ports: Mapping[str, Container[int]]) -> list[str | None]:
+    """Replicas found running at start as (service, port), oldest first, and each service's port
+    range: None for one to adopt, else why it is stopped instead."""
+    seen: set[tuple[str, int]] = set()
+    out: list[str | None] = []
+    for service, port in running:
+        if service not in ports or port not in ports[service]:
+            out.append("found running but not part of this stack (any more)")
+        elif (service, port) in seen:
+            out.append(f"duplicate replica on port {port}; kept the older one")
+        else:
+            seen.add((service, port))
+            out.append(None)
+    return out
 
 
 def found(f: Facts, ok: bool, rules: Rules, now: float, what: str) -> Step:
