@@ -136,8 +136,10 @@ def _read_tail(path: Path, lines: int) -> tuple[str, int]:
         start = max(0, end - MAX_LOG_BYTES)
         fh.seek(start)
         data = fh.read(end - start)
-    text = data.decode(errors="replace").splitlines()
-    return "\n".join(text[-lines:]) + ("\n" if text and lines else ""), end
+    # The last `lines` lines as they are (an unfinished last one stays unfinished: the rest of it
+    # comes with the next read); `lines` 0 is none at all (text[-0:] would be every line).
+    text = data.decode(errors="replace").splitlines(keepends=True)[-lines:] if lines > 0 else []
+    return "".join(text), end
 
 
 def _read_from(path: Path, offset: int) -> tuple[str, int]:
