@@ -11,11 +11,11 @@ Modules: ``config`` (settings), ``routing`` (prefix table), ``pool`` (replica ch
 
 from .config import GatewayConfig
 from .gateway import Gateway
-from .pool import DRAINING, EJECTED, READY, REMOVED, Replica, ReplicaPool, ReplicaView
+from .pool import DRAINING, EJECTED, READY, REMOVED, Backend, ReplicaPool, ReplicaView
 from .stats import LATENCY_BUCKETS, CountRule, LatencyHistogram, ServiceStats
 
 __all__ = [
-    "Gateway", "GatewayConfig", "ReplicaPool", "ReplicaView", "Replica", "ServiceStats",
+    "Gateway", "GatewayConfig", "ReplicaPool", "ReplicaView", "Backend", "ServiceStats",
     "LatencyHistogram", "CountRule", "LATENCY_BUCKETS", "READY", "DRAINING", "EJECTED", "REMOVED",
     "new_event_loop",
 ]
