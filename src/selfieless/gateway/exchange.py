@@ -188,9 +188,10 @@ def on_deadline(kind: Deadline, busy: bool, in_head: bool, reading_paused: bool,
                 progress: Progress = Progress.NOTHING) -> Decision:
     """A client connection's deadline of ``kind`` has passed.
 
-    ``kind`` may be the plain int the connection stores. ``busy``: a request is being proxied or answered; ``in_head``: a request head is being read;
-    ``reading_paused``: we stopped reading the side that fell silent (flow control), so the
-    silence is ours; ``progress``: of the active request's response (for ``RESPONSE``).
+    ``kind`` may be the plain int the connection stores. ``busy``: a request is being proxied
+    or answered; ``in_head``: a request head is being read; ``reading_paused``: we stopped
+    reading the side that fell silent (flow control), so the silence is ours; ``progress``: of
+    the active request's response (for ``RESPONSE``).
     """
     if kind == Deadline.IDLE:
         return Decision(Act.CLOSE) if not busy and not in_head else Decision(Act.WAIT)
