@@ -181,6 +181,11 @@ def test_named_rows(what, kind, facts, detail, expect):
     assert on_failure(kind, facts, detail) == expect
 
 
+def test_an_ejection_reason_without_detail_is_just_the_cause():
+    assert on_failure(Failure.RESET, Facts()).eject == "connection reset"
+    assert on_failure(Failure.REFUSED, Facts()).eject == "connection refused"
+
+
 # Client-side deadlines: every kind in every connection state.
 DEADLINE_STATES = list(itertools.product((False, True), (False, True), (False, True), tuple(Progress)))
 

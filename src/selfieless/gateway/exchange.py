@@ -149,7 +149,7 @@ def _connect_failed(kind: Failure, f: Facts, detail: str) -> Decision:
 
 def _lost(kind: Failure, f: Facts) -> Decision:
     progress = f.progress
-    if kind is Failure.BAD_RESPONSE and progress < Progress.PARTIAL:
+    if kind is Failure.BAD_RESPONSE and progress is Progress.NOTHING:
         progress = Progress.PARTIAL  # bad bytes are bytes
     if progress is Progress.COMMITTED:
         # Mid-body: nothing honest to add; closing tells the client the body is short.
