@@ -213,3 +213,15 @@ def test_deadlines(kind):
                 assert d == Decision(Act.DISARM), state
             else:
                 assert d == on_failure(Failure.RESPONSE_TIMEOUT, Facts(progress=progress, reading_paused=paused))
+
+
+def test_a_request_describes_itself_to_the_exchange():
+    from selfieless.gateway.request import Request
+
+    r = Request(b"POST", b"/api/v1/acts", b"/api/v1/acts", b"POST ...\r\n\r\n", False, None, 0.0)
+    assert r.facts() == Facts(idempotent=False, sent=False, body_held=True, tries=0)
+    r.sent, r.replay, r.tries, r.retried_other = True, None, 2, True
+    assert r.facts(reused=True, progress=Progress.HEAD_HELD, others_ready=False) == Facts(
+        idempotent=False, sent=True, body_held=False, tries=2, retried_other=True, reused=True,
+        progress=Progress.HEAD_HELD, others_ready=False)
+    assert Request(b"GET", b"/", b"/", b"", False, None, 0.0).facts().idempotent

@@ -32,7 +32,7 @@ from collections import deque
 
 import httptools
 
-from .exchange import Act, Deadline, Decision, Facts, Failure, Progress, on_deadline, on_failure
+from .exchange import Act, Deadline, Decision, Failure, Progress, on_deadline, on_failure
 from .headers import CHUNK_END, FRAME_CHUNKED, BadRequest, build_request_head, websocket_upgrade, with_upgrade
 from .pool import READY
 from .request import Request
@@ -434,9 +434,7 @@ class ClientConnection(asyncio.Protocol):
         r.waiter = None
         if self.closed or r is not self.active or r.backend is not rep:
             return  # the client is gone; _abort_exchange released the backend
-        facts = Facts(idempotent=r.idempotent, sent=r.sent, body_held=r.replay is not None,
-                      tries=r.tries, retried_other=r.retried_other,
-                      others_ready=r.pool.ready_count > (1 if rep.state == READY else 0))
+        facts = r.facts(others_ready=r.pool.ready_count > (1 if rep.state == READY else 0))
         self._carry_out(r, rep, on_failure(kind, facts, detail))
 
     def _carry_out(self, r: Request, rep, d: Decision) -> None:
@@ -609,9 +607,7 @@ class ClientConnection(asyncio.Protocol):
             self.out.clear()
             r.response_started = False
             r.framing = 0
-        facts = Facts(idempotent=r.idempotent, sent=r.sent, body_held=r.replay is not None,
-                      tries=r.tries, retried_other=r.retried_other, reused=conn.reused,
-                      progress=progress)
+        facts = r.facts(reused=conn.reused, progress=progress)
         self._carry_out(r, rep, on_failure(Failure.BAD_RESPONSE if bad else Failure.CLOSED, facts))
 
     def _progress(self, r: Request, got_bytes: bool) -> Progress:
