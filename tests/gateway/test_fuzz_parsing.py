@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from selfieless.gateway import Gateway, GatewayConfig
 from selfieless.gateway.headers import BadRequest, build_request_head
-from selfieless.gateway.proxy import ClientConnection
+from selfieless.gateway.client import ClientConnection
 
 HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
        b"proxy-authenticate", b"proxy-authorization", b"transfer-encoding"}
