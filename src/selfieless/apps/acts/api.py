@@ -89,7 +89,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
     ctx.closers.append(users.close)
 
     # categories ---------------------------------------------------------------------------
-    @router.get("/categories", summary="Every category with its number of acts (204 when none)",
+    @ctx.hot.get(router, "/categories", summary="Every category with its number of acts (204 when none)",
                 responses={204: {"description": "no categories"}})
     async def list_categories():
         counts = await db.reading(store.category_counts)
@@ -111,7 +111,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         await db.writing(store.delete_category, name)
         return empty_object()
 
-    @router.get("/categories/{name}/acts", summary="Acts of a category newest first, all or ?start=&end=",
+    @ctx.hot.get(router, "/categories/{name}/acts", summary="Acts of a category newest first, all or ?start=&end=",
                 responses={204: {"description": "missing, empty or out of range"},
                            413: {"description": "too many acts for one answer"}})
     async def list_acts(name: str, request: Request):
@@ -125,14 +125,14 @@ def make_router(ctx: ServiceContext) -> APIRouter:
             found = await db.reading(store.list_acts, name, PAGE_LIMIT)
         return json_response(found) if found else Response(status_code=204)
 
-    @router.get("/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
+    @ctx.hot.get(router, "/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
                 responses={204: {"description": "no such category"}})
     async def category_size(name: str):
         size = await db.reading(store.category_size, name)
         return Response(status_code=204) if size is None else json_response([size])
 
     # acts ---------------------------------------------------------------------------------
-    @router.get("/acts/count", summary="Number of acts in all categories, as [n]")
+    @ctx.hot.get(router, "/acts/count", summary="Number of acts in all categories, as [n]")
     async def count_acts():
         return json_response([await db.reading(store.count_acts)])
 
