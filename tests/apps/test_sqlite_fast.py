@@ -17,6 +17,7 @@ from selfieless.apps.acts.schema import acts, metadata
 from selfieless.apps.acts.store import ActsStore, NewAct
 from selfieless.apps.common import db as dbmod
 from selfieless.apps.common.db import Database
+from selfieless.apps.common.errors import ApiError
 from selfieless.apps.common.ops import ReplicaState, request_counts_table
 
 counter_metadata = MetaData()  # the services add this table to their own metadata at start-up
@@ -104,12 +105,12 @@ def test_write_now_leaves_a_held_database_to_the_writer_thread(database, tmp_pat
     state.ensure_counter()
     holder = sqlite3.connect(tmp_path / "fast.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process's write in progress
-    assert database.write_now(state._add, {"which": "acts", "k": 1}) is False
+    assert database.write_now(state._add, {"which": "acts", "k": 1}) is None
     holder.execute("COMMIT")
-    assert database.write_now(state._add, {"which": "acts", "k": 1}) is True
+    assert database.write_now(state._add, {"which": "acts", "k": 1}) == 1
     # This process's own writer holds the lock: not taken either.
     with database.write():
-        assert database.write_now(state._add, {"which": "acts", "k": 1}) is False
+        assert database.write_now(state._add, {"which": "acts", "k": 1}) is None
     assert holder.execute("SELECT n FROM request_counts WHERE service = 'acts'").fetchone() == (1,)
     holder.close()
 
@@ -122,6 +123,15 @@ def test_the_writer_thread_checkpoints_after_loop_commits(database, tmp_path, mo
     real = database._checkpoint
     monkeypatch.setattr(database, "_checkpoint", lambda: ran.append(threading.current_thread().name) or real())
     for _ in range(7):
-        assert database.write_now(state._add, {"which": "acts", "k": 1})
+        assert database.write_now(state._add, {"which": "acts", "k": 1}) == 1
     database._writer.submit(lambda: None).result()  # the writer thread has done what it was given
     assert len(ran) == 2 and all(name.startswith("sqlite-writer") for name in ran)
+
+
+def test_an_upvote_commits_on_the_loop_and_a_missing_act_is_still_a_400(database):
+    store = _seed(database)
+    assert store.upvote_now(100) is True
+    with pytest.raises(ApiError) as missing:
+        store.upvote_now(999)
+    assert missing.value.status == 400
+    assert [a["upvotes"] for a in store.list_range("Nature", 1, 5)] == [0, 0, 0, 0, 1]

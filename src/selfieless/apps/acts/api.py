@@ -144,7 +144,8 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         act_id = raw if isinstance(raw, int) else parse_uint(raw, "actId", maximum=2**4000)
         if act_id > MAX_ACT_ID:
             raise ApiError(400, f"no such act: {act_id}")
-        await db.writing(store.upvote, act_id)
+        if not store.upvote_now(act_id):
+            await db.writing(store.upvote, act_id)
         return empty_object()
 
     @router.delete("/acts/{actId:act_id}", summary="Remove an act",

@@ -70,7 +70,7 @@ class ReplicaState:
 
     async def _commit_count(self, k: int) -> None:
         # SQLite commits it on the loop when the database is free at this instant (db.write_now).
-        if not self.db.write_now(self._add, {"which": self.service, "k": k}):
+        if self.db.write_now(self._add, {"which": self.service, "k": k}) is None:
             await self.db.writing(self.increment, k)
 
     def count(self) -> int:
