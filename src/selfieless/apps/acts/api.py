@@ -90,7 +90,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
 
     # categories ---------------------------------------------------------------------------
     @ctx.hot.get(router, "/categories", summary="Every category with its number of acts (204 when none)",
-                responses={204: {"description": "no categories"}})
+                     responses={204: {"description": "no categories"}})
     async def list_categories():
         counts = await db.reading(store.category_counts)
         return json_response(counts) if counts else Response(status_code=204)
@@ -112,8 +112,8 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         return empty_object()
 
     @ctx.hot.get(router, "/categories/{name}/acts", summary="Acts of a category newest first, all or ?start=&end=",
-                responses={204: {"description": "missing, empty or out of range"},
-                           413: {"description": "too many acts for one answer"}})
+                     responses={204: {"description": "missing, empty or out of range"},
+                                413: {"description": "too many acts for one answer"}})
     async def list_acts(name: str, request: Request):
         params = request.query_params
         if "start" in params or "end" in params:
@@ -126,7 +126,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         return json_response(found) if found else Response(status_code=204)
 
     @ctx.hot.get(router, "/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
-                responses={204: {"description": "no such category"}})
+                     responses={204: {"description": "no such category"}})
     async def category_size(name: str):
         size = await db.reading(store.category_size, name)
         return Response(status_code=204) if size is None else json_response([size])

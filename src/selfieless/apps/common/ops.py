@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, select, update
@@ -20,6 +21,9 @@ from .counter import GroupCounter
 from .db import Database, LockBusy
 from .dbhealth import LOCK_WAIT, is_lock_busy, needs_write_check
 from .responses import json_response
+
+if TYPE_CHECKING:
+    from .hotpath import HotRoutes  # which imports this module
 
 API_PREFIX = "/api/v1"
 OPERATIONAL = ("/api/v1/_count", "/api/v1/_health", "/api/v1/_crash")
@@ -154,7 +158,7 @@ class ReplicaMiddleware:
             await counted  # also before an unhandled error's 500, which is sent further out
 
 
-def operational_router(state: ReplicaState, hot) -> APIRouter:
+def operational_router(state: ReplicaState, hot: HotRoutes) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, tags=["operations"])
 
     @router.get("/_health", summary="200 {} when this replica can read and write its database")

@@ -55,8 +55,8 @@ def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
             logging.getLogger(f"selfieless.{name}").info("stopped")
 
     app = ServiceApp(title=f"SelfieLessActs {name} service", description=description, version="1.0",
-                  lifespan=lifespan, redirect_slashes=False, docs_url="/docs",
-                  openapi_url="/openapi.json", redoc_url=None)
+                     lifespan=lifespan, redirect_slashes=False, docs_url="/docs",
+                     openapi_url="/openapi.json", redoc_url=None)
     install_error_handlers(app)
     app.include_router(operational_router(ctx.replica, ctx.hot))
     app.include_router(make_router(ctx))

@@ -83,7 +83,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
             return list(conn.execute(_NAMES).scalars())
 
     @ctx.hot.get(router, "/users", summary="All usernames (204 when there are none)",
-                responses={204: {"description": "no users"}})
+                 responses={204: {"description": "no users"}})
     async def list_users():
         names = await db.reading(list_names)
         if not names:
