@@ -12,7 +12,11 @@ pinned to the other (--wrk-cpu). Next to them, on the same core, a bare Starlett
 endpoint wrk runs on the replica and on the bare app alternately (--rounds times each, the order
 swapped every round) and the medians are compared:
 
-    sqlite GET /categories: 9,210 rps = 0.29x bare (31,600)
+    sqlite GET /categories: 9,210 rps = 0.29x bare (31,600); CPU per request 105 µs = 0.30x bare (32 µs)
+
+The CPU time the serving processes spent per request (all their threads, from /proc) is printed
+too, and its ratio: on a shared machine the rate depends on what else ran on the core during
+each run, the CPU a request costs much less so.
 
 Endpoints: GET /api/v1/categories (5 categories), GET /api/v1/categories/{c}/acts (20 acts with
 --img-bytes of base64 each), POST /api/v1/acts (uploads with fresh actIds; each asks the users
@@ -152,14 +156,18 @@ def database(backend: str, tmp: str):
         admin.dispose()
 
 
-def run_wrk(url: str, args, script: str | None = None) -> tuple[float, str]:
+def run_wrk(url: str, args, script: str | None = None, pids: tuple[int, ...] = ()) -> tuple[float, float, str]:
+    """Requests/s, and the CPU time the server processes `pids` spent per request (s)."""
     cmd = ["taskset", "-c", args.wrk_cpu, "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s"]
     if script:
         cmd += ["-s", script]
+    cpu0 = sum(cpu_seconds(pid) for pid in pids)
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return rps, errors.group(0) if errors else ""
+    return rps, cpu / max(total, 1), errors.group(0) if errors else ""
 
 
 # --- the bare app -----------------------------------------------------------------------------------
@@ -254,19 +262,20 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
         upvote_path = Path(tmp, "upvote.lua")
         upvote_path.write_text(f'wrk.method = "POST"\nwrk.body = "[{upvote_id}]"\n'
                               'wrk.headers["Content-Type"] = "application/json"\n')
-        endpoints = [  # (label, replica URL, bare path, wrk script)
-            ("GET /categories", acts_url + "/api/v1/categories", "/api/v1/categories", None),
+        endpoints = [  # (label, replica URL, bare path, wrk script, processes doing the work)
+            ("GET /categories", acts_url + "/api/v1/categories", "/api/v1/categories", None, (acts.pid,)),
             (f"GET /categories/{{c}}/acts ({N_ACTS} acts)", f"{acts_url}/api/v1/categories/{LISTED}/acts",
-             f"/api/v1/categories/{LISTED}/acts", None),
-            ("POST /acts (upload)", acts_url + "/api/v1/acts", "/api/v1/acts", upload_lua),
-            ("POST /acts/upvote", acts_url + "/api/v1/acts/upvote", "/api/v1/acts/upvote", lambda: str(upvote_path)),
+             f"/api/v1/categories/{LISTED}/acts", None, (acts.pid,)),
+            ("POST /acts (upload)", acts_url + "/api/v1/acts", "/api/v1/acts", upload_lua, (acts.pid, users.pid)),
+            ("POST /acts/upvote", acts_url + "/api/v1/acts/upvote", "/api/v1/acts/upvote", lambda: str(upvote_path),
+             (acts.pid,)),
             (f"users GET /users ({N_USERS} users, the username check)", users_url + "/api/v1/users",
-             "/api/v1/users", None),
+             "/api/v1/users", None, (users.pid,)),
         ]
         # The bare app answers exactly what the replica answered, from memory.
         bodies = []
         with httpx.Client(timeout=30, trust_env=False) as c:
-            for _, real, path, script in endpoints:
+            for _, real, path, script, _ in endpoints:
                 if script is None:
                     r = c.get(real)
                     assert r.status_code == 200, r.text
@@ -281,22 +290,25 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
                                  f"{tmp}/bodies.json"], env=env, start_new_session=True,
                                 stdout=open(f"{tmp}/bare.log", "wb"), stderr=subprocess.STDOUT)
         wait_200(bare_url + "/api/v1/categories", bare)
-        for label, real, path, script in endpoints:
+        for label, real, path, script, pids in endpoints:
             for target in (real, bare_url + path):  # warm up: connections, statement caches
                 subprocess.run(["wrk", "-t1", "-c2", "-d1s", *(["-s", script()] if script else []), target],
                                capture_output=True, check=True)
-            mine, theirs, errors = [], [], set()
+            mine, theirs, mine_cpu, theirs_cpu, errors = [], [], [], [], set()
             for i in range(args.rounds):
-                order = [("real", real), ("bare", bare_url + path)]
-                for side, target in (order if i % 2 == 0 else order[::-1]):
-                    rps, err = run_wrk(target, args, script() if script else None)
+                order = [("real", real, pids), ("bare", bare_url + path, (bare.pid,))]
+                for side, target, busy in (order if i % 2 == 0 else order[::-1]):
+                    rps, cpu, err = run_wrk(target, args, script() if script else None, busy)
                     (mine if side == "real" else theirs).append(rps)
+                    (mine_cpu if side == "real" else theirs_cpu).append(cpu)
                     if err:
                         errors.add(f"{side}: {err}")
             m, b = statistics.median(mine), statistics.median(theirs)
+            mc, bc = statistics.median(mine_cpu), statistics.median(theirs_cpu)
             results[(backend, label)] = (m, b)
             note = f"   !! {'; '.join(sorted(errors))}" if errors else ""
-            print(f"{backend} {label}: {m:,.0f} rps = {m / b:.2f}x bare ({b:,.0f})"
+            print(f"{backend} {label}: {m:,.0f} rps = {m / b:.2f}x bare ({b:,.0f}); "
+                  f"CPU per request {mc * 1e6:,.0f} µs = {bc / mc:.2f}x bare ({bc * 1e6:,.0f} µs)"
                   f"   [runs: {', '.join(f'{x:,.0f}' for x in mine)} vs {', '.join(f'{x:,.0f}' for x in theirs)}]{note}",
                   flush=True)
     finally:

@@ -89,8 +89,8 @@ def make_router(ctx: ServiceContext) -> APIRouter:
     ctx.closers.append(users.close)
 
     # categories ---------------------------------------------------------------------------
-    @router.get("/categories", summary="Every category with its number of acts (204 when none)",
-                responses={204: {"description": "no categories"}})
+    @ctx.hot.get(router, "/categories", summary="Every category with its number of acts (204 when none)",
+                     responses={204: {"description": "no categories"}})
     async def list_categories():
         counts = await db.reading(store.category_counts)
         return json_response(counts) if counts else Response(status_code=204)
@@ -111,9 +111,9 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         await db.writing(store.delete_category, name)
         return empty_object()
 
-    @router.get("/categories/{name}/acts", summary="Acts of a category newest first, all or ?start=&end=",
-                responses={204: {"description": "missing, empty or out of range"},
-                           413: {"description": "too many acts for one answer"}})
+    @ctx.hot.get(router, "/categories/{name}/acts", summary="Acts of a category newest first, all or ?start=&end=",
+                     responses={204: {"description": "missing, empty or out of range"},
+                                413: {"description": "too many acts for one answer"}})
     async def list_acts(name: str, request: Request):
         params = request.query_params
         if "start" in params or "end" in params:
@@ -125,14 +125,14 @@ def make_router(ctx: ServiceContext) -> APIRouter:
             found = await db.reading(store.list_acts, name, PAGE_LIMIT)
         return json_response(found) if found else Response(status_code=204)
 
-    @router.get("/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
-                responses={204: {"description": "no such category"}})
+    @ctx.hot.get(router, "/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
+                     responses={204: {"description": "no such category"}})
     async def category_size(name: str):
         size = await db.reading(store.category_size, name)
         return Response(status_code=204) if size is None else json_response([size])
 
     # acts ---------------------------------------------------------------------------------
-    @router.get("/acts/count", summary="Number of acts in all categories, as [n]")
+    @ctx.hot.get(router, "/acts/count", summary="Number of acts in all categories, as [n]")
     async def count_acts():
         return json_response([await db.reading(store.count_acts)])
 
@@ -144,7 +144,8 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         act_id = raw if isinstance(raw, int) else parse_uint(raw, "actId", maximum=2**4000)
         if act_id > MAX_ACT_ID:
             raise ApiError(400, f"no such act: {act_id}")
-        await db.writing(store.upvote, act_id)
+        if not store.upvote_now(act_id):
+            await db.writing(store.upvote, act_id)
         return empty_object()
 
     @router.delete("/acts/{actId:act_id}", summary="Remove an act",

@@ -124,6 +124,16 @@ class ActsStore:
             if done.rowcount == 0:
                 raise ApiError(400, f"no such act: {act_id}")
 
+    def upvote_now(self, act_id: int) -> bool:
+        """`upvote` on the event loop when SQLite's write lock is free (Database.write_now); False,
+        with nothing done, when it is not (or on a server database): then call `upvote`."""
+        done = self.db.write_now(_UPVOTE, {"id": act_id})
+        if done is None:
+            return False
+        if done == 0:
+            raise ApiError(400, f"no such act: {act_id}")
+        return True
+
     def delete_act(self, act_id: int) -> None:
         with self.db.write() as conn:
             if conn.execute(delete(acts).where(acts.c.act_id == act_id)).rowcount == 0:

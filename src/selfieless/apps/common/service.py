@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from .accesslog import AccessLog, set_process_title
 from .db import Database
 from .errors import install_error_handlers
+from .hotpath import HotRoutes, ServiceApp
 from .ops import OperationalContext, ReplicaMiddleware, operational_router, request_counts_table
 from .settings import ServiceSettings
 
@@ -30,6 +31,7 @@ class ServiceContext:
     db: Database
     metadata: MetaData
     replica: OperationalContext
+    hot: HotRoutes = field(default_factory=HotRoutes)  # routes ServiceApp answers itself
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -52,14 +54,15 @@ def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
             db.dispose()
             logging.getLogger(f"selfieless.{name}").info("stopped")
 
-    app = FastAPI(title=f"SelfieLessActs {name} service", description=description, version="1.0",
-                  lifespan=lifespan, redirect_slashes=False, docs_url="/docs",
-                  openapi_url="/openapi.json", redoc_url=None)
+    app = ServiceApp(title=f"SelfieLessActs {name} service", description=description, version="1.0",
+                     lifespan=lifespan, redirect_slashes=False, docs_url="/docs",
+                     openapi_url="/openapi.json", redoc_url=None)
     install_error_handlers(app)
-    app.include_router(operational_router(ctx.replica))
+    app.include_router(operational_router(ctx.replica, ctx.hot))
     app.include_router(make_router(ctx))
     app.add_middleware(ReplicaMiddleware, state=ctx.replica)
     app.state.ctx = ctx
+    app.hot, app.replica = ctx.hot, ctx.replica
     return app
 
 

@@ -82,8 +82,8 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         with db.read() as conn:
             return list(conn.execute(_NAMES).scalars())
 
-    @router.get("/users", summary="All usernames (204 when there are none)",
-                responses={204: {"description": "no users"}})
+    @ctx.hot.get(router, "/users", summary="All usernames (204 when there are none)",
+                 responses={204: {"description": "no users"}})
     async def list_users():
         names = await db.reading(list_names)
         if not names:
