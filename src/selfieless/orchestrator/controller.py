@@ -859,6 +859,12 @@ class Orchestrator:
                 self.events.emit("adopted", svc.name, rep.id, f"{what}; failing its health probe, replacing")
                 self._mark_unhealthy(svc, rep, rep.last_error or "health probe failed")
         for svc in self.services.values():
+            if not svc.dependency:
+                # A gateway that outlived the previous control plane may still list replicas that
+                # are gone (or were just stopped above): forget them.
+                for v in self._pool_views(svc.name):
+                    if v.id not in svc.replicas:
+                        self.gateway.remove_backend(svc.name, v.id)
             n = sum(1 for r in svc.replicas.values() if r.adopted)
             if n:
                 # Carry on with what was running (within bounds) rather than the initial count.
