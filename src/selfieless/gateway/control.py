@@ -64,6 +64,10 @@ class GatewayControl(Protocol):
     def counters(self, service: str) -> ServiceStats | None:
         """The service's request counters (the autoscaler's input); None before any request."""
 
+    async def refresh(self) -> None:
+        """Make the next reads of counters and backends current (a remote gateway's are otherwise
+        up to a poll interval old; in-process there is nothing to do)."""
+
     @property
     def all_stats(self) -> Mapping[str, ServiceStats]:
         """Counters of every service that has seen a request."""

@@ -29,6 +29,7 @@ from .stats import ServiceStats
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = 0.2
+NO_EVENTS = 2**62  # an event cursor beyond any event: a poll that reads counters only
 
 
 class GatewayUnreachable(ConnectionError):
@@ -165,6 +166,12 @@ class RemoteGateway:
     def counters(self, service: str) -> ServiceStats | None:
         return self._stats.get(service)
 
+    async def refresh(self) -> None:
+        """Read the counters and backends now (no events: the poller hands those out, once)."""
+        r = await self._http.get("/control/poll", params={"after": NO_EVENTS, "wait": 0})
+        r.raise_for_status()
+        self._take_snapshot(r.json())
+
     @property
     def all_stats(self) -> dict[str, ServiceStats]:
         return dict(self._stats)
@@ -225,10 +232,13 @@ class RemoteGateway:
             self.instance, self._port = data["instance"], data["port"]
             self._replay()
         self._next = data["next"]
-        self._stats = {name: stats_from_snapshot(s) for name, s in data["stats"].items()}
-        self._pools = {name: PoolSnapshot([ReplicaView(**v) for v in views]) for name, views in data["pools"].items()}
+        self._take_snapshot(data)
         for ev in data["events"]:
             self._dispatch(ev)
+
+    def _take_snapshot(self, data: dict) -> None:
+        self._stats = {name: stats_from_snapshot(s) for name, s in data["stats"].items()}
+        self._pools = {name: PoolSnapshot([ReplicaView(**v) for v in views]) for name, views in data["pools"].items()}
 
     def _dispatch(self, ev: dict) -> None:
         kind = ev["kind"]

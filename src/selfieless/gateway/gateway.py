@@ -133,6 +133,9 @@ class Gateway:
     def counters(self, service: str) -> ServiceStats | None:
         return self._stats.get(service)
 
+    async def refresh(self) -> None:
+        """Counters and pools are read live in-process: nothing to refresh."""
+
     def resolve(self, path: bytes) -> tuple | None:
         """``(pool, stats, counted)`` for a request path, or None when no route matches."""
         service = self.routes.match(path)
