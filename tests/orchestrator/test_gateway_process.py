@@ -216,3 +216,23 @@ def test_gateway_process_refuses_a_busy_port(tmp_path):
         assert e.value.errno == 98  # EADDRINUSE
     finally:
         s.close()
+
+
+async def test_down_stops_a_gateway_left_serving_by_a_killed_up(tmp_path):
+    """No `up` is running but its gateway is (the `up` was killed and not restarted): `down` stops it."""
+    from selfieless.gateway import GatewayConfig
+
+    gw, proc = await attach_or_start(tmp_path / "left", GatewayConfig(host="127.0.0.1", port=0), {})
+    await gw.close()  # as if the control plane had died: nothing of it remains
+    try:
+        down = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "selfieless", "down", "--state-dir",
+                                                        str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert f"stopped the gateway of stack left (pid {proc.pid})" in " ".join(down.stdout.split())
+        assert await proc.wait_exit(10)
+        again = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "selfieless", "down", "--state-dir",
+                                                         str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "no running `selfieless up` found" in again.stderr
+    finally:
+        if pid_alive(proc.pid):
+            os.kill(proc.pid, signal.SIGKILL)

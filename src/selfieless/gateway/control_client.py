@@ -205,8 +205,11 @@ class RemoteGateway:
                 batch = list(self._ops)
                 try:
                     r = await self._http.post("/control/ops", json={"ops": batch})
-                except httpx.TransportError:
-                    await asyncio.sleep(RETRY_DELAY)  # gateway restarting: the poller notices a new instance
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # gateway restarting (the poller notices a new instance), ...
+                    log.debug("sending control ops failed: %s", e)
+                    await asyncio.sleep(RETRY_DELAY)
                     continue
                 if r.status_code >= 400:  # a bug on our side: retrying the same batch cannot help
                     log.error("gateway refused control ops (%s): %s", r.status_code, r.text)

@@ -36,6 +36,11 @@ def gateway_config(stack: Stack, **overrides: Any):
     return GatewayConfig(**kwargs)
 
 
+# Read once when a gateway starts (the listening socket, the count rule): a re-attached gateway
+# keeps the ones it has.
+RESTART_ONLY_GATEWAY_FIELDS = frozenset({"host", "port", "backlog", "balance", "count_prefix", "count_exclude"})
+
+
 @dataclass
 class System:
     stack: Stack
@@ -80,6 +85,9 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
         from .gateway_process import attach_or_start
 
         gw, proc = await attach_or_start(state / stack.name, config, stack.routes())
+        if proc.attached:  # it kept the settings it was started with: give it the stack's current ones
+            gw.set_limits(config.balance, {k: v for k, v in dataclasses.asdict(config).items()
+                                           if k not in RESTART_ONLY_GATEWAY_FIELDS})
     else:
         gw = await _in_process_gateway(config, stack.routes())
     system = None

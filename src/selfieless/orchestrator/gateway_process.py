@@ -149,3 +149,31 @@ async def attach_or_start(state_dir: Path, config, routes: dict[str, str]) -> tu
     if found is not None:
         return found
     return await _spawn(state_dir, config, routes, token)
+
+
+def stop_left_over(state_dir: Path, timeout: float = 15.0) -> list[tuple[str, int]]:
+    """Stop every gateway process recorded under ``state_dir`` whose control plane is gone (a
+    killed `up` that was not restarted): ``[(stack, pid), ...]`` of those stopped. Synchronous,
+    for the CLI."""
+    import httpx
+
+    stopped = []
+    for path in sorted(state_dir.glob(f"*/{STATE_FILE}")):
+        state = read_state(path)
+        pid = (state or {}).get("pid")
+        if not isinstance(pid, int) or not pid_alive(pid) or not state.get("control_socket"):
+            continue
+        token = os.environ.get(TOKEN_ENV)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=state["control_socket"]), base_url="http://gateway",
+                              headers=headers, timeout=5, trust_env=False) as client:
+                client.post("/control/stop").raise_for_status()
+        except httpx.HTTPError as e:
+            log.warning("the gateway pid %s recorded in %s does not answer its control socket: %s", pid, path, e)
+            continue
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped.append((path.parent.name, pid))
+    return stopped
