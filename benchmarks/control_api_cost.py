@@ -39,28 +39,28 @@ class ControlPlanePoller(threading.Thread):
         self.socket_path = socket_path
         self.ready = threading.Event()
         self.polls = 0
-        self._stop = None
+        self._done = None
         self._loop = None
 
     def run(self) -> None:
         from selfieless.gateway.control_client import RemoteGateway
 
         async def main():
-            self._stop = asyncio.Event()
+            self._done = asyncio.Event()
             self._loop = asyncio.get_running_loop()
             gw = RemoteGateway(self.socket_path)
             await gw.attach()
             self.ready.set()
-            while not self._stop.is_set():
+            while not self._done.is_set():
                 await asyncio.sleep(0.5)
-                self.polls += 1 if gw.counters("bench") is not None else 0
+                self.polls += 1 if gw.counters("api-v1") is not None else 0
             await gw.close()
 
         asyncio.run(main())
 
     def stop(self) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            self._loop.call_soon_threadsafe(self._done.set)
         self.join(10)
 
 
