@@ -152,7 +152,8 @@ async def test_control_api_drives_a_gateway_process(tmp_path):
                             stderr=subprocess.DEVNULL)
     gw = proc = None
     try:
-        gw, proc = await attach_or_start(tmp_path / "g", GatewayConfig(host="127.0.0.1", port=0), {})
+        config = GatewayConfig(host="127.0.0.1", port=0, no_replica_wait=0.5)  # no replica: 503 soon
+        gw, proc = await attach_or_start(tmp_path / "g", config, {})
         assert not proc.attached and proc.pid != os.getpid()
         url = f"http://127.0.0.1:{gw.port}"
         ejected: list = []
@@ -176,14 +177,14 @@ async def test_control_api_drives_a_gateway_process(tmp_path):
 
             # Detach: the gateway process keeps serving; a new client re-attaches to it.
             await gw.close()
-            gw, proc = await attach_or_start(tmp_path / "g", GatewayConfig(host="127.0.0.1", port=0), {})
+            gw, proc = await attach_or_start(tmp_path / "g", config, {})
             assert proc.attached and (await c.get(f"{url}/api/v1/who")).status_code == 200
             gw.on_eject = lambda s, r, why: ejected.append((s, r))
 
             # The replica stops listening: the gateway ejects it by itself and reports it.
             echo.kill()
             echo.wait()
-            await c.get(f"{url}/api/v1/who")
+            assert (await c.get(f"{url}/api/v1/who")).status_code in (502, 503)
             await wait_until(lambda: ejected == [("echo", "e1")], 10, what="the ejection reported")
             assert await gw.drain_backend("echo", "e1", timeout=1) is True
     finally:
