@@ -28,6 +28,7 @@ STATE_FILE = "gateway.json"
 SOCKET_FILE = "gateway.sock"
 LOG_FILE = "gateway.log"
 START_TIMEOUT = 30.0
+STOP_GRACE = 5.0  # requests in flight when the gateway is told to stop (as Gateway.stop's default)
 TOKEN_ENV = "SELFIELESS_GATEWAY_TOKEN"
 
 
@@ -74,7 +75,7 @@ class GatewayProcess:
             await asyncio.sleep(0.05)
         return False
 
-    async def stop(self, client: RemoteGateway, grace: float = 10.0) -> None:
+    async def stop(self, client: RemoteGateway, grace: float = STOP_GRACE + 5.0) -> None:
         """Ask it to stop (requests in flight finish), then make sure it is gone."""
         await client.stop_gateway()
         await client.close()
@@ -114,7 +115,8 @@ async def _spawn(state_dir: Path, config, routes: dict[str, str], token: str | N
     state_file, sock = state_dir / STATE_FILE, state_dir / SOCKET_FILE
     state_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "selfieless.gateway", "--control-socket", str(sock), "--state-file", str(state_file),
-           "--config-json", json.dumps(dataclasses.asdict(config)), "--routes-json", json.dumps(routes)]
+           "--config-json", json.dumps(dataclasses.asdict(config)), "--routes-json", json.dumps(routes),
+           "--grace", str(STOP_GRACE)]
     env = dict(os.environ)
     if token:
         env[TOKEN_ENV] = token
