@@ -237,3 +237,27 @@ async def test_down_stops_a_gateway_left_serving_by_a_killed_up(tmp_path):
     finally:
         if pid_alive(proc.pid):
             os.kill(proc.pid, signal.SIGKILL)
+
+
+async def test_a_gateway_process_that_dies_is_started_again_with_its_routes_and_backends(tmp_path):
+    """The other way round: the control plane outlives the data plane. kill -9 of the gateway
+    process; the control plane starts it again on the same port and sends it the routes and pools."""
+    from selfieless.orchestrator.assemble import start_system
+
+    from orch_helpers import echo_stack
+
+    system = await start_system(echo_stack(free_port_range(2), name="gwrs"), tmp_path,
+                                gateway_overrides={"host": "127.0.0.1"}, gateway_process=True)
+    try:
+        await system.orchestrator.wait_ready(60)
+        url = f"http://127.0.0.1:{system.gateway.port}/api/v1/who"
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+            assert (await c.get(url)).status_code == 200
+            old = system.gateway_process.pid
+            os.kill(old, signal.SIGKILL)
+            await wait_until(lambda: system.gateway_process.pid != old, 30, 0.05, "a new gateway process")
+            await wait_until(lambda: _answers(c, url), 30, 0.1, "the restarted gateway routing to the replica")
+            assert system.gateway.port == int(url.split(":")[2].split("/")[0])
+    finally:
+        await system.stop()
+    assert not pid_alive(system.gateway_process.pid)

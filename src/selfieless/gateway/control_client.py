@@ -132,6 +132,11 @@ class RemoteGateway:
     def port(self) -> int | None:
         return self._port
 
+    @property
+    def routes(self) -> dict[str, str] | None:
+        """The route table this control plane last set (None before any)."""
+        return None if self._routes is None else dict(self._routes)
+
     def set_routes(self, routes: Mapping[str, str]) -> None:
         self._routes = dict(routes)
         self._queue({"op": "routes", "routes": self._routes})

@@ -14,6 +14,7 @@ a control plane that dies leaves it serving, and the next start re-attaches to i
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class System:
     gateway: Any          # a GatewayControl: the in-process Gateway, or a RemoteGateway
     orchestrator: Orchestrator
     gateway_process: Any = None   # a GatewayProcess when the gateway runs as its own process
+    supervisor: Any = None        # the task that starts that process again if it dies
 
     @property
     def gateway_attached(self) -> bool:
@@ -56,6 +58,9 @@ class System:
     async def stop(self, detach: bool = False) -> None:
         """Stop the control plane and (unless ``detach``) the replicas and the gateway. With
         ``detach`` a separate gateway process keeps serving, for the next start to re-attach to."""
+        if self.supervisor is not None:
+            self.supervisor.cancel()
+            await asyncio.gather(self.supervisor, return_exceptions=True)
         await self.orchestrator.stop(stop_replicas=not detach)
         if self.gateway_process is None:
             await self.gateway.stop()
@@ -96,6 +101,8 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
         orch = Orchestrator(stack, driver, gw, state_dir=str(state / stack.name), **orchestrator_kwargs)
         system = System(stack, gw, orch, proc)
         await orch.start()
+        if proc is not None:
+            system.supervisor = asyncio.create_task(proc.supervise(gw, config), name="gateway-supervisor")
     except BaseException:
         if proc is None:
             await gw.stop()

@@ -75,6 +75,29 @@ class GatewayProcess:
             await asyncio.sleep(0.05)
         return False
 
+    def alive(self) -> bool:
+        if self.popen is not None and self.popen.pid == self.pid:
+            return self.popen.poll() is None
+        return pid_alive(self.pid)
+
+    async def supervise(self, client: RemoteGateway, config, interval: float = 0.5) -> None:
+        """Start the gateway again, on the port it had, whenever its process dies (until cancelled).
+        The client keeps the same control socket path; seeing a new instance there, it sends the
+        routes and backends again."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.alive():
+                continue
+            log.warning("the gateway process (pid %s) died; starting it again on port %s", self.pid, client.port)
+            try:
+                popen = await _start_process(self.state_dir, dataclasses.replace(config, port=client.port or config.port),
+                                             client.routes or {}, os.environ.get(TOKEN_ENV) or None)
+            except Exception as e:  # e.g. the port taken meanwhile: keep trying
+                log.error("restarting the gateway failed: %s", e)
+                await asyncio.sleep(2.0)
+                continue
+            self.pid, self.popen, self.attached = popen.pid, popen, False
+
     async def stop(self, client: RemoteGateway, grace: float = STOP_GRACE + 5.0) -> None:
         """Ask it to stop (requests in flight finish), then make sure it is gone."""
         await client.stop_gateway()
@@ -112,6 +135,14 @@ async def _attach(state_dir: Path, config, token: str | None) -> tuple[RemoteGat
 
 
 async def _spawn(state_dir: Path, config, routes: dict[str, str], token: str | None) -> tuple[RemoteGateway, GatewayProcess]:
+    popen = await _start_process(state_dir, config, routes, token)
+    client = RemoteGateway(str(state_dir / SOCKET_FILE), token=token)
+    await client.attach()
+    return client, GatewayProcess(popen.pid, state_dir, attached=False, popen=popen)
+
+
+async def _start_process(state_dir: Path, config, routes: dict[str, str], token: str | None) -> subprocess.Popen:
+    """Start the gateway process; return once it listens (its state file says so)."""
     state_file, sock = state_dir / STATE_FILE, state_dir / SOCKET_FILE
     state_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "selfieless.gateway", "--control-socket", str(sock), "--state-file", str(state_file),
@@ -138,9 +169,7 @@ async def _spawn(state_dir: Path, config, routes: dict[str, str], token: str | N
             popen.kill()
             raise RuntimeError(f"the gateway process did not start within {START_TIMEOUT:g} s")
         await asyncio.sleep(0.02)
-    client = RemoteGateway(str(sock), token=token)
-    await client.attach()
-    return client, GatewayProcess(popen.pid, state_dir, attached=False, popen=popen)
+    return popen
 
 
 async def attach_or_start(state_dir: Path, config, routes: dict[str, str]) -> tuple[RemoteGateway, GatewayProcess]:
