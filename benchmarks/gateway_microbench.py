@@ -14,7 +14,8 @@ import sys
 import time
 
 from selfieless.gateway import Gateway, GatewayConfig, new_event_loop
-from selfieless.gateway.proxy import ClientConnection, UpstreamConnection
+from selfieless.gateway.client import ClientConnection
+from selfieless.gateway.upstream import UpstreamConnection
 
 REQUEST = b"GET /api/v1/bench HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 03:00:00 GMT\r\n"

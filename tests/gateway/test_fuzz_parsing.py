@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from selfieless.gateway import Gateway, GatewayConfig
 from selfieless.gateway.headers import BadRequest, build_request_head
-from selfieless.gateway.proxy import ClientConnection
+from selfieless.gateway.client import ClientConnection
 
 HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
        b"proxy-authenticate", b"proxy-authorization", b"transfer-encoding"}
@@ -69,6 +69,7 @@ def parse_request(data: bytes) -> tuple[Parsed, httptools.HttpRequestParser]:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(method=b"GET", path=b"/api/v1/", headers=[(b"0", b""), (b"Connection", b"0")])
+@example(method=b"GET", path=b"/api/v1/", headers=[(b"0", b""), (b"Proxy-Connection", b"0")])
 @given(method=st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH"]),
        path=st.text(alphabet="abc/%-_.~09", max_size=20).map(lambda p: b"/api/v1/" + p.encode()),
        headers=st.lists(st.tuples(NAMES, VALUES), max_size=8))
@@ -95,8 +96,10 @@ def test_request_head_rewrite_forwards_the_same_request_and_nothing_hop_by_hop(m
     xff = dict((n.lower(), v) for n, v in out.headers)[b"x-forwarded-for"]
     assert xff.endswith(b"10.9.8.7")
     # Every other header the client sent arrives unchanged and in order (none merged or split).
-    # (A Connection header also makes the headers it names hop-by-hop: RFC 9110 7.6.1.)
-    named = {t.strip().lower() for n, v in received.headers if n.lower() == b"connection" for t in v.split(b",")}
+    # (A Connection header also makes the headers it names hop-by-hop: RFC 9110 7.6.1; the
+    # gateway reads the legacy Proxy-Connection the same way.)
+    named = {t.strip().lower() for n, v in received.headers
+             if n.lower() in (b"connection", b"proxy-connection") for t in v.split(b",")}
     kept = [(n, v) for n, v in received.headers
             if n.lower() not in HOP | named | {b"x-forwarded-for", b"x-forwarded-proto", b"expect", b"content-length"}]
     assert [(n, v) for n, v in out.headers if n.lower() in {k.lower() for k, _ in kept}] == kept

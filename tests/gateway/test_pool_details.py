@@ -42,7 +42,7 @@ def test_views_and_repr():
     assert p.add("A", "127.0.0.1", "9000") == ReplicaView("A", "127.0.0.1", 9000, READY, 0, 0)
     rep = p.acquire()
     assert p.replicas == [ReplicaView("A", "127.0.0.1", 9000, READY, 1, 0)]
-    assert repr(rep) == "Replica('A', 127.0.0.1:9000, ready, in_flight=1)"
+    assert repr(rep) == "Backend('A', 127.0.0.1:9000, ready, in_flight=1)"
     p.release(rep)
     p.release(p.acquire(), served=False)
     assert p.replicas == [ReplicaView("A", "127.0.0.1", 9000, READY, 0, 1)]

@@ -2,7 +2,7 @@
 
 Order: load and adjust the stack (driver, gateway port, database URL), start (or re-attach to) the
 gateway process and start the orchestrator (selfieless.orchestrator.assemble, run by
-selfieless.orchestrator.lifecycle), start the admin API on the same event loop, write
+selfieless.orchestrator.runner), start the admin API on the same event loop, write
 ``<state dir>/admin.json`` so the other commands find us, show progress until every service has its
 replicas ready, print where everything is, then wait. On SIGINT/SIGTERM or POST /api/shutdown:
 drain and stop every replica, stop the gateway process and the admin API, remove admin.json.
@@ -34,6 +34,7 @@ from selfieless.orchestrator.stack import (
     load_stack,
     parse_stack,
 )
+from selfieless.orchestrator.status import StackStatus
 
 from .client import read_admin_file, remove_admin_file, write_admin_file
 
@@ -112,16 +113,16 @@ def _bind_message(e: OSError, port: int, host: str) -> str:
     return f"cannot listen on {host}:{port}: {e.strerror or e}"
 
 
-def progress_table(status: dict) -> Table:
-    t = Table(title=f"starting stack {status['stack']} (driver {status['driver']})", title_justify="left")
+def progress_table(status: StackStatus) -> Table:
+    t = Table(title=f"starting stack {status.stack} (driver {status.driver})", title_justify="left")
     t.add_column("service")
     t.add_column("ready / desired", justify="right")
     t.add_column("replicas")
-    for name, svc in status["services"].items():
-        states = " ".join(f"{r['port']}:{r['state']}" for r in svc["replicas"])
-        pend = " ".join(f"{p['port']}:pending" for p in svc.get("pending", []))
-        mark = "[green]✓[/]" if svc["ready"] == svc["desired"] else "[yellow]…[/]"
-        t.add_row(name, f"{svc['ready']} / {svc['desired']} {mark}", " ".join(x for x in (states, pend) if x))
+    for name, svc in status.services.items():
+        states = " ".join(f"{r.port}:{r.state}" for r in svc.replicas)
+        pend = " ".join(f"{p.port}:pending" for p in svc.pending)
+        mark = "[green]✓[/]" if svc.ready == svc.desired else "[yellow]…[/]"
+        t.add_row(name, f"{svc.ready} / {svc.desired} {mark}", " ".join(x for x in (states, pend) if x))
     return t
 
 
@@ -200,7 +201,7 @@ def _apply_to_running(opts: UpOptions, state_dir: Path, console: Console) -> int
 
 async def run_up(opts: UpOptions, console: Console) -> int:
     from selfieless.admin import AdminServer, check_exposure
-    from selfieless.orchestrator.lifecycle import Lifecycle
+    from selfieless.orchestrator.runner import Runner
 
     state_dir = opts.state_dir.expanduser()
     check_exposure(opts.admin_host, opts.admin_token)
@@ -220,15 +221,15 @@ async def run_up(opts: UpOptions, console: Console) -> int:
         if n > 1:
             console.print("[yellow]still stopping: replicas are draining (drain timeouts bound this)[/]")
 
-    lifecycle = Lifecycle(on_signal=on_signal)
+    runner = Runner(on_signal=on_signal)
 
     def request_stop() -> None:
-        lifecycle.request_stop()
+        runner.request_stop()
         if opts.stop_requested_at is None:
-            opts.stop_requested_at = lifecycle.requested_at
+            opts.stop_requested_at = runner.requested_at
 
-    lifecycle.install_signals()
-    stop = lifecycle.stop_requested
+    runner.install_signals()
+    stop = runner.stop_requested
 
     if (opts.driver or stack.driver) == "docker":
         from selfieless.orchestrator.drivers.docker import docker_available
@@ -241,7 +242,7 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     try:
         # The gateway runs as its own process: it keeps serving if this one dies, and the next
         # `up` re-attaches to it (and adopts the replicas).
-        system = await lifecycle.start(stack, state_dir, driver_setting=opts.driver, gateway_process=True)
+        system = await runner.start(stack, state_dir, driver_setting=opts.driver, gateway_process=True)
     except OSError as e:
         raise UpError(_bind_message(e, gw_port, gw_host)) from None
     except Exception as e:  # a driver that cannot start, ...: one clear line, not a traceback
@@ -254,7 +255,7 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     try:
         await admin.start()
     except OSError as e:
-        await lifecycle.stop()
+        await runner.stop()
         raise UpError("admin API: " + _bind_message(e, opts.admin_port, opts.admin_host).replace(
             "--port 8080", "--admin-port 8091").replace("with --port", "with --admin-port")) from None
 
@@ -266,25 +267,25 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     })
     unsubscribe = None
     # Run once the replicas and the gateway have stopped (the admin API answers until then).
-    lifecycle.after_stop(lambda: remove_admin_file(state_dir, os.getpid()))
-    lifecycle.after_stop(admin.stop)
-    lifecycle.after_stop(lambda: unsubscribe() if unsubscribe is not None else None)
+    runner.after_stop(lambda: remove_admin_file(state_dir, os.getpid()))
+    runner.after_stop(admin.stop)
+    runner.after_stop(lambda: unsubscribe() if unsubscribe is not None else None)
     try:
         if not opts.quiet_events:
             unsubscribe = orch.events.subscribe(lambda ev: console.print(f"[dim]{ev}[/]", highlight=False))
         t0 = time.monotonic()
-        with Live(progress_table(orch.status()), console=console, refresh_per_second=4, transient=True) as live:
+        with Live(progress_table(orch.snapshot()), console=console, refresh_per_second=4, transient=True) as live:
             while not stop.is_set() and not orch.converged():
                 if time.monotonic() - t0 > opts.ready_timeout:
                     break
-                live.update(progress_table(orch.status()))
+                live.update(progress_table(orch.snapshot()))
                 try:
                     await asyncio.wait_for(stop.wait(), 0.25)
                 except asyncio.TimeoutError:
                     pass
         if not stop.is_set():
             if orch.converged():
-                ready = ", ".join(f"{n} {s['ready']}/{s['desired']}" for n, s in orch.status()["services"].items())
+                ready = ", ".join(f"{n} {s.ready}/{s.desired}" for n, s in orch.snapshot().services.items())
                 console.print(f"[green]stack {stack.name} is up[/] ({ready} ready, driver {orch.driver.name}, "
                               f"{time.monotonic() - t0:.1f} s)")
             else:
@@ -296,8 +297,8 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     finally:
         console.print("[bold]stopping:[/] draining and stopping every replica...")
         if opts.stop_requested_at is None:
-            opts.stop_requested_at = lifecycle.requested_at or time.monotonic()
-        await lifecycle.stop()
+            opts.stop_requested_at = runner.requested_at or time.monotonic()
+        await runner.stop()
     return 0
 
 

@@ -4,18 +4,20 @@ Public API (docs/interfaces.md): :class:`Gateway`, :class:`GatewayConfig`, :clas
 :class:`ReplicaView`, :class:`ServiceStats`. The gateway never imports the orchestrator; the
 control plane drives it through this API and hears about passive ejections via ``on_eject``.
 
-Modules: ``config`` (settings), ``routing`` (prefix table), ``pool`` (replica choice),
-``headers`` (rewriting), ``stats`` (counters), ``responses`` (gateway-made JSON answers) are pure;
-``proxy`` is the socket edge; ``gateway`` is the facade; ``__main__`` runs it standalone.
+Modules: ``config`` (settings), ``routing`` (prefix table), ``pool`` (backend choice: a
+*backend* is the gateway's view of a replica), ``headers`` (rewriting), ``stats`` (counters),
+``responses`` (gateway-made JSON answers) and ``exchange`` (what a failure or a deadline means
+for a request) are pure; ``client`` and ``upstream`` are the socket edge (the client and the
+backend side of an exchange); ``gateway`` is the facade; ``__main__`` runs it standalone.
 """
 
 from .config import GatewayConfig
 from .gateway import Gateway
-from .pool import DRAINING, EJECTED, READY, REMOVED, Replica, ReplicaPool, ReplicaView
+from .pool import DRAINING, EJECTED, READY, REMOVED, Backend, ReplicaPool, ReplicaView
 from .stats import LATENCY_BUCKETS, CountRule, LatencyHistogram, ServiceStats
 
 __all__ = [
-    "Gateway", "GatewayConfig", "ReplicaPool", "ReplicaView", "Replica", "ServiceStats",
+    "Gateway", "GatewayConfig", "ReplicaPool", "ReplicaView", "Backend", "ServiceStats",
     "LatencyHistogram", "CountRule", "LATENCY_BUCKETS", "READY", "DRAINING", "EJECTED", "REMOVED",
     "new_event_loop",
 ]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 
 from .config import GatewayConfig
 from .pool import READY, EjectCallback, ReplicaPool
-from .proxy import ClientConnection
+from .client import ClientConnection
 from .routing import RouteTable
 from .stats import CountRule, ServiceStats
 

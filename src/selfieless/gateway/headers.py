@@ -113,7 +113,7 @@ def build_request_head(method: bytes, target: bytes, headers: list, client_ip: b
         elif kind == K_XFP:
             continue  # we are the edge: the scheme is ours to state
         elif kind == K_EXPECT and value.strip().lower() == b"100-continue":
-            expect = True  # answered by the gateway itself, see proxy.ClientConnection
+            expect = True  # answered by the gateway itself, see client.ClientConnection
             continue
         add((name, b": ", value, CRLF))
     if chunked and content_length >= 0:

@@ -1,8 +1,9 @@
 """Replica pools: which replica gets the next request (pure bookkeeping, no sockets).
 
-A :class:`ReplicaPool` holds the replicas of one service, the rotation of *ready* ones and, per
-replica, the idle keep-alive connections the proxy may reuse (opaque objects with ``closed``,
-``idle_since`` and ``close()``; the pool never reads or writes them). Selection is strict
+A :class:`ReplicaPool` holds the gateway's view of one service's replicas, its *backends*
+(:class:`Backend`), the rotation of *ready* ones and, per backend, the idle keep-alive
+connections the proxy may reuse (opaque objects with ``closed``, ``idle_since`` and ``close()``;
+the pool parks and closes them but never reads or writes their bytes). Selection is strict
 round-robin over the ready list, or least-outstanding with round-robin tie-breaking.
 
 Round-robin stays fair and deterministic under change: the rotation is a list and a cursor;
@@ -41,8 +42,11 @@ class ReplicaView(NamedTuple):
     served: int
 
 
-class Replica:
-    """One replica of a service. Mutated only by its pool and by the proxy on the event loop."""
+class Backend:
+    """The gateway's view of one replica of a service: its address, state, load and idle connections.
+
+    Mutated only by its pool (and, for the idle list, by the proxy) on the event loop.
+    """
 
     __slots__ = ("id", "host", "port", "state", "in_flight", "served", "idle", "eject_reason",
                  "_drain_waiters")
@@ -93,7 +97,7 @@ class Replica:
         return ReplicaView(self.id, self.host, self.port, self.state, self.in_flight, self.served)
 
     def __repr__(self) -> str:
-        return f"Replica({self.id!r}, {self.host}:{self.port}, {self.state}, in_flight={self.in_flight})"
+        return f"Backend({self.id!r}, {self.host}:{self.port}, {self.state}, in_flight={self.in_flight})"
 
 
 class ReplicaPool:
@@ -106,8 +110,8 @@ class ReplicaPool:
         self.service = service
         self.balance = balance
         self.on_eject = on_eject
-        self._replicas: dict[str, Replica] = {}
-        self._ready: list[Replica] = []
+        self._replicas: dict[str, Backend] = {}
+        self._ready: list[Backend] = []
         self._next = 0  # rotation cursor into _ready
         self._ready_waiters: list[asyncio.Future] = []
         self._least = balance == "least_outstanding"
@@ -117,7 +121,7 @@ class ReplicaPool:
         """Make ``replica_id`` ready: it joins the end of the rotation (again, if ejected)."""
         rep = self._replicas.get(replica_id)
         if rep is None:
-            rep = Replica(replica_id, host, int(port))
+            rep = Backend(replica_id, host, int(port))
             self._replicas[replica_id] = rep
         elif (rep.host, rep.port) != (host, int(port)):
             rep.close_idle()  # pooled connections point at the old address
@@ -172,7 +176,7 @@ class ReplicaPool:
         """Snapshot views, in the order replicas were first added."""
         return [rep.view() for rep in self._replicas.values()]
 
-    def get(self, replica_id: str) -> Replica | None:
+    def get(self, replica_id: str) -> Backend | None:
         return self._replicas.get(replica_id)
 
     @property
@@ -180,7 +184,7 @@ class ReplicaPool:
         return len(self._ready)
 
     # Data-plane API (hot path) --------------------------------------------------------------
-    def acquire(self, exclude: Replica | None = None) -> Replica | None:
+    def acquire(self, exclude: Backend | None = None) -> Backend | None:
         """Next replica for a request (its ``in_flight`` already counted), or None if none ready."""
         ready = self._ready
         n = len(ready)
@@ -213,7 +217,7 @@ class ReplicaPool:
         rep.in_flight += 1
         return rep
 
-    def release(self, rep: Replica, served: bool = True) -> None:
+    def release(self, rep: Backend, served: bool = True) -> None:
         """A request to ``rep`` is over (``served``: a response was relayed)."""
         rep.in_flight -= 1
         if served:
@@ -221,11 +225,28 @@ class ReplicaPool:
         if rep.in_flight == 0 and rep._drain_waiters:
             self._resolve_drain(rep)
 
-    def release_drained(self, rep: Replica) -> None:
+    def release_drained(self, rep: Backend) -> None:
         """``rep`` has nothing in flight any more: wake its drain() waiters."""
         self._resolve_drain(rep)
 
-    def eject(self, rep: Replica, reason: str) -> bool:
+    def finish(self, rep: Backend, conn, keep: bool, now: float, max_idle: int) -> None:
+        """``rep`` answered a request on ``conn``: park ``conn`` for reuse if ``keep`` (and ``rep``
+        is ready and has room), else close it; then count the request served.
+
+        :meth:`Backend.put_idle` and :meth:`release` in one call: this runs once per request.
+        """
+        idle = rep.idle
+        if keep and rep.state == READY and not conn.closed and len(idle) < max_idle:
+            conn.idle_since = now
+            idle.append(conn)
+        else:
+            conn.close()
+        rep.in_flight -= 1
+        rep.served += 1
+        if rep.in_flight == 0 and rep._drain_waiters:
+            self._resolve_drain(rep)
+
+    def eject(self, rep: Backend, reason: str) -> bool:
         """Passive health: take a failing replica out of rotation and tell the control plane."""
         if rep.state != READY or self._replicas.get(rep.id) is not rep:
             return False  # already out (ejected, draining or removed): nothing to report
@@ -255,7 +276,7 @@ class ReplicaPool:
             rep.close_idle()
 
     # Internals ------------------------------------------------------------------------------
-    def _leave_rotation(self, rep: Replica) -> None:
+    def _leave_rotation(self, rep: Backend) -> None:
         ready = self._ready
         try:
             j = ready.index(rep)
@@ -272,7 +293,7 @@ class ReplicaPool:
                 fut.set_result(None)
 
     @staticmethod
-    def _resolve_drain(rep: Replica) -> None:
+    def _resolve_drain(rep: Backend) -> None:
         waiters, rep._drain_waiters = rep._drain_waiters, []
         for fut in waiters:
             if not fut.done():

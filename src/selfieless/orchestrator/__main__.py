@@ -15,7 +15,7 @@ import logging
 import sys
 
 from .assemble import DEFAULT_STATE_DIR
-from .lifecycle import Lifecycle
+from .runner import Runner
 from .stack import StackError, load_stack
 
 
@@ -34,7 +34,7 @@ async def _main(args: argparse.Namespace) -> int:
         host = system.gateway.host if args.gateway_process else system.gateway.config.host
         print(f"stack {stack.name}: {how} on {host}:{system.gateway.port}, driver {orch.driver.name}", flush=True)
 
-    await Lifecycle(detach=args.detach_on_exit).run(
+    await Runner(detach=args.detach_on_exit).run(
         stack, args.state_dir, on_started=started, driver_setting=args.driver, gateway_overrides=overrides,
         gateway_process=args.gateway_process)
     return 0

@@ -116,6 +116,6 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
 
 async def run_until_signalled(stack: Stack, state_dir: str | os.PathLike | None = None, **kw: Any) -> None:
     """Run a stack in the foreground until SIGINT/SIGTERM, then shut down gracefully."""
-    from .lifecycle import Lifecycle
+    from .runner import Runner
 
-    await Lifecycle().run(stack, state_dir, **kw)
+    await Runner().run(stack, state_dir, **kw)

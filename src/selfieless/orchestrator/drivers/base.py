@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator
 
 
@@ -80,6 +81,11 @@ class Driver(abc.ABC):
     async def ready(self, handle: ReplicaHandle) -> None:
         """The replica passed its first health probe: a driver may now take back what it gave the
         replica only to start quickly."""
+
+    def log_files(self, service: str) -> dict[int, Path]:
+        """Where the driver keeps the output of `service`'s replicas, by host port; {} when it keeps
+        none itself (containers: `docker logs`)."""
+        return {}
 
     async def close(self) -> None:
         """Release resources. Replicas keep running (so a restarted orchestrator can adopt them)."""

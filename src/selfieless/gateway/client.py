@@ -1,27 +1,23 @@
-"""The socket edge: client and replica connections as callback-style ``asyncio.Protocol``\\s.
+"""The client side of the socket edge: one :class:`ClientConnection` per accepted client socket.
 
-One :class:`ClientConnection` per accepted client socket parses requests with httptools and
-proxies them one at a time (pipelined requests queue behind the active one). One
-:class:`UpstreamConnection` per replica socket parses responses; it is lent to a client
-connection for one exchange and then parked in the replica's idle list for keep-alive reuse.
+It parses requests with httptools and proxies them one at a time (pipelined requests queue
+behind the active one) over an :class:`~selfieless.gateway.upstream.UpstreamConnection` to a
+backend. When the backend side fails or a deadline passes, it asks
+:mod:`~selfieless.gateway.exchange` what to do and carries out the answer.
 
 Why callbacks and not streams: the request path is a handful of method calls per request with no
 coroutine, task or future in it (measured ~5x faster than async/await streams). Coroutines are
 used only off the hot path: opening a new replica connection and waiting for a ready replica.
 
-Decisions (routing, replica choice, header rewriting, counting) live in the pure modules;
-this one moves bytes, keeps flow control and handles failures:
+Decisions (routing, backend choice, header rewriting, counting, what a failure or a deadline
+means) live in the pure modules; this one moves bytes and keeps flow control:
 
 * Flow control both ways: a full write buffer on one side pauses reading on the other, so a slow
   client or a 16 MiB upload never makes us hold a whole body.
-* Passive health: a replica that refuses a connection, or resets/closes a fresh one before any
-  response byte, is ejected; idempotent requests whose body we still hold are retried once on
-  another replica. A reused keep-alive connection that dies that way is taken as stale (the
-  replica closed it while idle) and the request is retried on a fresh connection to the same
-  replica.
-* A response head that arrives without body bytes is held until the next replica read (for a
-  streaming response: until its first body bytes). A replica that dies in between has shown the
-  client nothing, so the request is still retried elsewhere instead of answered with a
+* Passive health and retries: see :mod:`~selfieless.gateway.exchange` for the rules.
+* A response head that arrives without body bytes is held until the next backend read (for a
+  streaming response: until its first body bytes). A backend that dies in between has shown the
+  client nothing, so the request can still be retried elsewhere instead of answered with a
   truncated response.
 * Timeouts are checked by one periodic sweep (see ``Gateway._sweep``) against per-connection
   deadlines, so the hot path only stores a float instead of arming a timer per request.
@@ -30,26 +26,19 @@ this one moves bytes, keeps flow control and handles failures:
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import socket
 import time
 from collections import deque
 
 import httptools
 
-from .headers import (
-    CHUNK_END,
-    FRAME_CHUNKED,
-    BadRequest,
-    ResponseHeadReader,
-    build_request_head,
-    websocket_upgrade,
-    with_upgrade,
-)
+from .exchange import Act, Deadline, Decision, Failure, Progress, on_deadline, on_failure
+from .headers import CHUNK_END, FRAME_CHUNKED, BadRequest, build_request_head, websocket_upgrade, with_upgrade
 from .pool import READY
+from .request import Request
 from .responses import CONTINUE_100, error_response, json_response
 from .tunnel import Tunnel
+from .upstream import UpstreamConnection, set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +49,14 @@ P_PIPELINE = 4  # a further request is queued behind the active one
 P_DEAD = 8  # the connection is finishing (error answered or about to be)
 P_UPGRADE = 16  # a WebSocket upgrade is sent: what follows is not HTTP, wait for the 101
 
-# What the connection's single deadline currently means.
-D_NONE = 0
-D_IDLE = 1  # keep-alive idle: close quietly
-D_HEADER = 2  # reading a request head: 408
-D_BODY = 3  # reading a request body: 408
-D_RESPONSE = 4  # waiting for the replica: its response head (504), or more of its body (close)
-D_LINGER = 5  # answered and half-closed, draining what the client still sends: close
-D_TUNNEL = 6  # an upgraded connection, silent for too long: close
+# What the connection's single deadline currently means (exchange.Deadline, as plain ints: they
+# are compared on the hot path, where an exact int is the cheapest thing to compare).
+D_NONE, D_IDLE, D_HEADER, D_BODY, D_RESPONSE, D_LINGER, D_TUNNEL = (int(d) for d in Deadline)
 
 # Closing a socket with unread input makes the kernel send RST, which can destroy the error
 # response we just wrote before the client reads it. So after an error we half-close and read
 # (and drop) what the client still sends for a little while, like nginx's lingering_close.
 LINGER_SECONDS = 2.0
-
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
-MAX_TRIES = 8  # attempts per request, all causes together (refused connects are cheap)
 
 
 _MISS = object()
@@ -83,66 +64,6 @@ _MISS = object()
 
 class _Abort(Exception):
     """Raised inside a parser callback to stop parsing after we have answered."""
-
-
-def _nodelay(transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
-
-
-class Request:
-    """One client request on its way through the gateway.
-
-    Defaults live on the class and only what differs is stored per instance: creating one per
-    request is then a handful of stores instead of thirty.
-    """
-
-    pool = None
-    stats = None
-    counted = False
-    keep_alive = True
-    http11 = True
-    ka_header = False  # HTTP/1.0 client that asked for keep-alive: say so in the response
-    received = 0
-    complete = False
-    unsent: tuple | list = ()  # body bytes (framed) not yet written to the current replica
-    replay: tuple | list | None = ()  # all body bytes so far while small enough to resend
-    replay_size = 0
-    sent = False  # some byte of this request was written to a replica
-    replica = None
-    tries = 0
-    retried_other = False
-    accounted = False
-    local = None  # (status, payload) when the gateway answers itself
-    expect_continue = False
-    response_started = False
-    framing = 0
-    close_after = False
-    status = 0
-    waiter = None  # task: connecting or waiting for a ready replica
-    upgrade = False  # a WebSocket upgrade request: a 101 turns the exchange into a tunnel
-    early = b""  # bytes the client sent after an upgrade request, before the replica agreed
-    # A chunked body is read (up to retry_body_limit) before a replica is chosen: its size is
-    # unknown until its last chunk, and one that turns out too large or malformed early must not
-    # reach a replica, which would count it and then see the client vanish.
-    buffering = False
-
-    def __init__(self, method: bytes, target: bytes, path: bytes, head: bytes, chunked: bool,
-                 entry, started_at: float) -> None:
-        self.method = method
-        self.target = target
-        self.path = path
-        if entry is not None:
-            self.pool, self.stats, self.counted = entry
-        self.head = head
-        self.chunked = chunked
-        self.started_at = started_at
-        self.idempotent = method in IDEMPOTENT
-        self.is_head = method == b"HEAD"
 
 
 class ClientConnection(asyncio.Protocol):
@@ -193,7 +114,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         cfg = self.cfg
         transport.set_write_buffer_limits(cfg.write_buffer_high, cfg.write_buffer_low)
-        _nodelay(transport)
+        set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()
@@ -324,6 +245,8 @@ class ClientConnection(asyncio.Protocol):
             r.ka_header = r.keep_alive
         if expect:
             r.expect_continue = True
+        if chunked or content_length > 0 or expect:
+            r.reads_body = True
         if upgrade is not None:
             r.upgrade = True
         if entry is None or path == b"/":
@@ -335,20 +258,6 @@ class ClientConnection(asyncio.Protocol):
         self.cur = r
         if self.active is None:
             self.active = r
-            if entry is not None and not chunked and content_length <= 0 and not expect:
-                # Fast path, the common case: a bodiless request and a pooled connection.
-                self.deadline_kind = D_NONE
-                r.tries = 1
-                rep = entry[0].acquire(None)
-                if rep is not None:
-                    r.replica = rep
-                    conn = rep.take_idle(gw.now, self.up_idle_timeout)
-                    if conn is not None:
-                        self._attach(r, conn, True)
-                    else:
-                        r.waiter = self.loop.create_task(self._connect(r, rep))
-                    return
-                r.tries = 0
             self._start(r)
         else:
             self.queue.append(r)
@@ -435,7 +344,7 @@ class ClientConnection(asyncio.Protocol):
             if r.complete:
                 self._answer_local(r)
             return
-        if not r.complete:
+        if r.reads_body and not r.complete:
             if r.expect_continue:
                 self.transport.write(CONTINUE_100)
             self.deadline_kind = D_BODY
@@ -446,16 +355,16 @@ class ClientConnection(asyncio.Protocol):
         self._dispatch(r)
 
     def _dispatch(self, r: Request, exclude=None) -> None:
-        """Pick a replica for ``r`` and get a connection to it (pooled, or a new one)."""
+        """Pick a backend for ``r`` and get a connection to it (pooled, or a new one).
+
+        (How many tries a request gets is the exchange's decision, made before a retry.)
+        """
         r.tries += 1
-        if r.tries > MAX_TRIES:
-            self._gateway_error(r, 502, "replicas failed")
-            return
         rep = r.pool.acquire(exclude)
         if rep is None:
             r.waiter = self.loop.create_task(self._await_replica(r))
             return
-        r.replica = rep
+        r.backend = rep
         conn = rep.take_idle(self.gw.now, self.up_idle_timeout)
         if conn is not None:
             self._attach(r, conn, True)
@@ -502,46 +411,59 @@ class ClientConnection(asyncio.Protocol):
                 self.cfg.connect_timeout,
             )
         except asyncio.TimeoutError:
-            self._connect_failed(r, rep, None)
+            self._connect_failed(r, rep, Failure.CONNECT_TIMEOUT, "")
             return
         except OSError as exc:
-            self._connect_failed(r, rep, exc)
+            kind = Failure.RESET if isinstance(exc, ConnectionResetError) else Failure.REFUSED
+            self._connect_failed(r, rep, kind, exc.strerror or exc.__class__.__name__)
             return
         if conn.closed or conn.transport.is_closing():
-            # Accepted, then reset before we could write (a replica dying with connections still
+            # Accepted, then reset before we could write (a backend dying with connections still
             # in its listen backlog): nothing was sent, so this is a refusal, not a lost exchange.
-            self._connect_failed(r, rep, ConnectionResetError(errno.ECONNRESET, "reset right after connect"))
+            self._connect_failed(r, rep, Failure.RESET, "reset right after connect")
             return
         r.waiter = None
-        if self.closed or r is not self.active or r.replica is not rep:
+        if self.closed or r is not self.active or r.backend is not rep:
             # The client left meanwhile: keep the fresh connection for the next request.
             if not rep.put_idle(conn, self.gw.now, self.cfg.upstream_max_idle):
                 conn.close()
             return
         self._attach(r, conn, False)
 
-    def _connect_failed(self, r: Request, rep, exc: OSError | None) -> None:
+    def _connect_failed(self, r: Request, rep, kind: Failure, detail: str) -> None:
         r.waiter = None
-        if self.closed or r is not self.active or r.replica is not rep:
-            return  # the client is gone; _abort_exchange released the replica
-        r.replica = None
-        r.pool.release(rep, False)
-        if r.sent and not self._replayable(r):
-            self._gateway_error(r, 502, "replica connection failed")
+        if self.closed or r is not self.active or r.backend is not rep:
+            return  # the client is gone; _abort_exchange released the backend
+        facts = r.facts(others_ready=r.pool.ready_count > (1 if rep.state == READY else 0))
+        self._carry_out(r, rep, on_failure(kind, facts, detail))
+
+    def _carry_out(self, r: Request, rep, d: Decision) -> None:
+        """Do what the exchange decided after ``r``'s attempt on backend ``rep`` failed."""
+        act = d.act
+        if act is Act.RETRY_SAME:
+            # ``rep`` stays counted in flight: the request is still its.
+            r.tries += 1
+            r.waiter = self.loop.create_task(self._connect(r, rep))
             return
-        if exc is None:
-            # Slow to accept is not proof of death: no ejection, but try someone else.
-            if r.pool.ready_count > (1 if rep.state == "ready" else 0):
+        r.backend = None
+        pool = r.pool
+        if rep is not None:
+            pool.release(rep, False)
+            if d.eject is not None:
+                pool.eject(rep, d.eject)
+        if act is Act.RETRY_OTHER:
+            if d.moves:
+                r.retried_other = True
+            if d.retry_counted:
                 r.stats.retries += 1
-                self._dispatch(r, exclude=rep)
-            else:
-                self._gateway_error(r, 504, "replica connect timeout")
-            return
-        what = "connection reset" if isinstance(exc, ConnectionResetError) else "connection refused"
-        reason = f"{what} ({exc.strerror or exc.__class__.__name__})"
-        r.pool.eject(rep, reason)
-        r.stats.retries += 1
-        self._dispatch(r)  # nothing of this attempt was sent: any method may go elsewhere
+            self._dispatch(r, exclude=rep)
+        elif act is Act.ANSWER:
+            self._gateway_error(r, d.status, d.message)
+        else:  # Act.CLOSE
+            if d.error_counted and r.stats is not None:
+                r.stats.gateway_errors += 1
+            self._abort_exchange(r)
+            self._close()
 
     def _attach(self, r: Request, conn: UpstreamConnection, reused: bool) -> None:
         """Send ``r`` on ``conn``: head, then the body received so far; the rest streams."""
@@ -579,12 +501,15 @@ class ClientConnection(asyncio.Protocol):
                 if st.first_request_at is None:
                     st.first_request_at = time.monotonic()
 
-    @staticmethod
-    def _replayable(r: Request) -> bool:
-        return not r.sent or (r.idempotent and r.replay is not None)
-
     # Called by UpstreamConnection -----------------------------------------------------------
-    def _response_head(self, conn, code: int) -> bool:
+    def upstream_full(self, full: bool) -> None:
+        """The backend connection's write buffer filled up (True) or drained: stop/resume reading."""
+        if full:
+            self._pause(P_UPSTREAM)
+        else:
+            self._unpause(P_UPSTREAM)
+
+    def response_head(self, conn, code: int) -> bool:
         """Relay the response head; returns whether the replica delimits the body by closing."""
         r = self.active
         no_body = r.is_head or code == 204 or code == 304
@@ -613,27 +538,16 @@ class ClientConnection(asyncio.Protocol):
             out.clear()
             self.committed = True
 
-    def _response_done(self, conn, reusable: bool) -> None:
+    def response_done(self, conn, reusable: bool) -> None:
         r = self.active
         self.upstream = None
-        rep = r.replica
-        r.replica = None
+        rep = r.backend
+        r.backend = None
         if conn.read_paused:
-            conn.resume_reading()  # an idle connection must notice the replica closing it
-        # Park the connection for reuse (Replica.put_idle, inlined: this runs per request).
-        idle = rep.idle
-        if reusable and r.complete and rep.state == READY and not conn.closed \
-                and len(idle) < self.up_max_idle:
-            conn.idle_since = self.gw.now
-            idle.append(conn)
-        else:
-            conn.close()
-        # Count before the last bytes go out, so whoever sees the response sees it counted.
-        # (ReplicaPool.release, inlined.)
-        rep.in_flight -= 1
-        rep.served += 1
-        if rep.in_flight == 0 and rep._drain_waiters:
-            r.pool.release_drained(rep)
+            conn.resume_reading()  # an idle connection must notice the backend closing it
+        # Park the connection for reuse, or close it; count the request served. Before the last
+        # bytes go out, so whoever sees the response sees it counted.
+        r.pool.finish(rep, conn, reusable and r.complete, self.gw.now, self.up_max_idle)
         st = r.stats
         st.latency.observe(self.loop.time() - r.started_at)
         code = r.status
@@ -649,18 +563,18 @@ class ClientConnection(asyncio.Protocol):
             self.flush()
         self._finish(r)
 
-    def _switch_protocols(self, conn, replica_bytes: bytes) -> None:
-        """The replica agreed to a WebSocket upgrade: relay its 101 and splice the sockets."""
+    def switch_protocols(self, conn, backend_bytes: bytes) -> None:
+        """The backend agreed to a WebSocket upgrade: relay its 101 and splice the sockets."""
         r = self.active
         head = conn.response_head(101, True, True, True, False)[0]
         protocol = conn.upgrade_to or b"websocket"
         self.upstream = None
-        self.active = None  # the HTTP exchange is over; the tunnel holds the replica now
+        self.active = None  # the HTTP exchange is over; the tunnel holds the backend now
         r.status = 101
         st = r.stats
         st.latency.observe(self.loop.time() - r.started_at)
         st.status_classes[1] += 1
-        self.transport.write(with_upgrade(head, protocol) + replica_bytes)
+        self.transport.write(with_upgrade(head, protocol) + backend_bytes)
         if r.early:
             conn.transport.write(r.early)
         self.pause_bits = 0  # reading is the tunnel's business from now on
@@ -674,61 +588,32 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.deadline_kind = D_NONE
             self.gw.clients.discard(self)
-            r.pool.release(r.replica, True)
-            r.replica = None
+            r.pool.release(r.backend, True)
+            r.backend = None
 
         self.tunnel = Tunnel(self.transport, conn.transport, touch, ended,
                              client_full=self.write_paused, replica_full=conn.write_paused)
 
-    def _upstream_lost(self, conn, got_bytes: bool) -> None:
-        """The replica connection failed (closed, reset or bad response) mid-exchange."""
+    def upstream_lost(self, conn, got_bytes: bool, bad: bool = False) -> None:
+        """The backend connection failed mid-exchange: closed or reset, or (``bad``) it sent
+        something that is not a valid response."""
         r = self.active
         self.upstream = None
-        rep = r.replica
-        r.replica = None
-        if r.response_started:
-            if self.committed:
-                # Mid-body: nothing honest to add; closing tells the client the body is short.
-                r.pool.release(rep, False)
-                self._close()
-                return
-            # The replica died between its response head (held back, see
-            # UpstreamConnection.data_received) and its body: the client has seen nothing, so
-            # this is a failure before the response, handled as such below.
+        rep = r.backend
+        progress = self._progress(r, got_bytes)
+        if progress == Progress.HEAD_HELD:
+            # The backend died between its response head (held back, see
+            # UpstreamConnection.data_received) and its body: the client has seen nothing.
             self.out.clear()
             r.response_started = False
             r.framing = 0
-            r.pool.release(rep, False)
-            r.pool.eject(rep, "connection closed in the middle of a response")
-            if self._replayable(r) and not r.retried_other:
-                r.retried_other = True
-                r.stats.retries += 1
-                self._dispatch(r)
-                return
-            self._gateway_error(r, 502, "replica closed the connection while responding")
-            return
-        r.pool.release(rep, False)
-        if got_bytes:
-            self._gateway_error(r, 502, "invalid response from replica")
-            return
-        if conn.reused:
-            # Most likely a keep-alive connection the replica closed as we reused it.
-            if self._replayable(r):
-                r.tries += 1
-                if r.tries <= MAX_TRIES:
-                    rep.in_flight += 1
-                    r.replica = rep
-                    r.waiter = self.loop.create_task(self._connect(r, rep))
-                    return
-            self._gateway_error(r, 502, "replica closed the connection")
-            return
-        r.pool.eject(rep, "connection closed before any response byte")
-        if self._replayable(r) and not r.retried_other:
-            r.retried_other = True
-            r.stats.retries += 1
-            self._dispatch(r)
-            return
-        self._gateway_error(r, 502, "replica closed the connection before responding")
+        facts = r.facts(reused=conn.reused, progress=progress)
+        self._carry_out(r, rep, on_failure(Failure.BAD_RESPONSE if bad else Failure.CLOSED, facts))
+
+    def _progress(self, r: Request, got_bytes: bool) -> Progress:
+        if r.response_started:
+            return Progress.COMMITTED if self.committed else Progress.HEAD_HELD
+        return Progress.PARTIAL if got_bytes else Progress.NOTHING
 
     # Endings --------------------------------------------------------------------------------
     def _finish(self, r: Request) -> None:
@@ -817,7 +702,7 @@ class ClientConnection(asyncio.Protocol):
             self._client_error(413, "request body too large")
 
     def _abort_exchange(self, r: Request) -> None:
-        """Drop ``r``'s replica side: close its connection mid-exchange, release the replica."""
+        """Drop ``r``'s backend side: close its connection mid-exchange, release the backend."""
         if r.waiter is not None:
             r.waiter.cancel()
             r.waiter = None
@@ -827,9 +712,9 @@ class ClientConnection(asyncio.Protocol):
             conn.client = None
             conn.abort()
         self.out.clear()  # a held response head must not leak into what we answer instead
-        rep = r.replica
+        rep = r.backend
         if rep is not None:
-            r.replica = None
+            r.backend = None
             r.pool.release(rep, False)
         self.active = None
 
@@ -869,210 +754,37 @@ class ClientConnection(asyncio.Protocol):
         kind = self.deadline_kind
         if kind == D_NONE or now < self.deadline or self.closed:
             return
-        if kind == D_IDLE:
-            if self.active is None and not self._in_head:
-                self._close()
-        elif kind == D_LINGER:
-            self._close()
+        r = self.active
+        conn = self.upstream
+        if kind == D_RESPONSE:
+            paused = conn is not None and conn.read_paused
+            progress = Progress.NOTHING if r is None else self._progress(r, False)
+        else:
+            paused = bool(self.pause_bits)
+            progress = Progress.NOTHING
+        d = on_deadline(kind, r is not None, self._in_head, paused, progress)
+        act = d.act
+        if act is Act.WAIT:
+            return
+        if act is Act.EXTEND:
+            self.deadline = now + (self.response_timeout if kind == D_RESPONSE else self.body_timeout)
+        elif act is Act.DISARM:
+            self.deadline_kind = D_NONE
+        elif act is Act.REFUSE:
+            self._client_error(d.status, d.message)
         elif kind == D_TUNNEL:
             self.tunnel.close()
-        elif kind == D_HEADER:
-            self._client_error(408, "request header timeout")
-        elif kind == D_BODY:
-            if self.pause_bits:
-                self.deadline = now + self.body_timeout  # we are the ones not reading
-            else:
-                self._client_error(408, "request body timeout")
-        elif kind == D_RESPONSE:
-            r = self.active
-            if r is None:
-                self.deadline_kind = D_NONE
-                return
-            conn = self.upstream
-            if conn is not None and conn.read_paused:
-                self.deadline = now + self.response_timeout  # we are the ones not reading
-                return
-            if r.response_started:
-                if self.committed:
-                    # Stalled in the middle of the body: nothing honest to add, and closing
-                    # tells the client its response is short.
-                    if r.stats is not None:
-                        r.stats.gateway_errors += 1
-                    self._abort_exchange(r)
-                    self._close()
-                    return
-                # Only a held-back head: the client has seen nothing, so it gets a clean 504.
-                self.out.clear()
+        elif kind != D_RESPONSE:
+            self._close()  # Act.CLOSE: idle or lingering
+        else:
+            # The backend fell silent: a CLOSE mid-body, or a clean 504. The connection is
+            # dropped either way (aborted: it may still answer, to nobody).
+            if act is Act.ANSWER:
+                self.out.clear()  # only a held-back head: the client has seen nothing
                 r.response_started = False
             if conn is not None:
                 self.upstream = None
                 conn.client = None
                 conn.abort()
-            rep = r.replica
-            if rep is not None:
-                r.replica = None
-                r.pool.release(rep, False)
-            self._gateway_error(r, 504, "replica response timeout")
+            self._carry_out(r, r.backend, d)
 
-
-class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
-    """A connection to one replica; lent to one client connection per exchange.
-
-    Its response parser calls :class:`ResponseHeadReader`'s ``on_status``/``on_header``, which
-    rewrite the head as it arrives.
-    """
-
-    def __init__(self, gw, replica) -> None:
-        self.gw = gw
-        self.replica = replica
-        self.transport = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self.reused = False
-        self.got_bytes = False
-        self.write_paused = False
-        self.read_paused = False
-        self.begin_head()
-        self.head_done = False
-        self.body_seen = False
-        self.until_close = False
-        self.done = False
-        self.keep = False
-        self.skip = False
-        self.switching = False
-
-    # asyncio.Protocol ------------------------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        cfg = self.gw.config
-        transport.set_write_buffer_limits(cfg.write_buffer_high, cfg.write_buffer_low)
-        _nodelay(transport)
-
-    def data_received(self, data: bytes) -> None:
-        client = self.client
-        if client is None:
-            # Bytes on an idle connection: not a response to anything of ours. Unusable.
-            self.close()
-            return
-        self.got_bytes = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            if self.switching and self.client is client:
-                self.client = None
-                client._switch_protocols(self, data[exc.args[0]:])
-            else:
-                self._bad_response(client)  # a 101 nobody asked for
-            return
-        except httptools.HttpParserError:
-            self._bad_response(client)
-            return
-        if self.done and self.client is client:
-            self.client = None
-            client._response_done(self, self.keep)  # flushes, ending included
-            return
-        client.deadline = self.gw.now + client.response_timeout  # the replica is not silent
-        if self.body_seen or client.committed:
-            client.flush()
-        # else: this read held only the response head. Keep it back until the next read brings
-        # body bytes (uvicorn, for one, writes head and body separately): if the replica dies
-        # in between, the client has seen nothing and the request can still go elsewhere.
-
-    def _bad_response(self, client: ClientConnection) -> None:
-        """The replica sent something that is not a valid response (to this request)."""
-        if self.body_seen or client.committed:
-            client.flush()  # relay the good part; the close tells the client it is short
-        if self.client is client:
-            self.client = None
-            self.abort()
-            if self.done:
-                client._response_done(self, False)
-            else:
-                client._upstream_lost(self, True)
-
-    def eof_received(self):
-        return False  # close our side too; connection_lost does the rest
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        client = self.client
-        if client is None:
-            return  # idle (the pool skips closed connections) or already detached
-        self.client = None
-        if self.head_done and (self.done or (self.until_close and exc is None)):
-            client._response_done(self, False)
-        else:
-            client._upstream_lost(self, self.got_bytes)
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.client is not None:
-            self.client._pause(P_UPSTREAM)
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.client is not None:
-            self.client._unpause(P_UPSTREAM)
-
-    # httptools callbacks ---------------------------------------------------------------------
-    def on_headers_complete(self) -> None:
-        code = self.parser.get_status_code()
-        if code < 200:
-            if code == 101 and self.client.active.upgrade:
-                self.switching = True  # feed_data raises HttpParserUpgrade where the tunnel starts
-                return
-            # Informational (we never forward Expect, so no 100 is expected): drop it.
-            self.skip = True
-            return
-        client = self.client
-        self.head_done = True
-        self.until_close = client._response_head(self, code)
-        if client.active.is_head:
-            # The parser cannot know a HEAD response has no body; end it here and start a
-            # fresh parser for the next response on this connection.
-            self.keep = self.parser.should_keep_alive() and not self.until_close
-            self.done = True
-            self.parser = httptools.HttpResponseParser(self)
-
-    def on_body(self, body: bytes) -> None:
-        if not self.done:
-            self.body_seen = True
-            client = self.client
-            if client.active.framing == FRAME_CHUNKED:
-                client.out.append(b"%x\r\n%b\r\n" % (len(body), body))
-            else:
-                client.out.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.skip:
-            self.skip = False
-            self.begin_head()
-            return
-        if not self.done:
-            self.done = True
-            self.keep = self.parser.should_keep_alive()
-
-    # Helpers --------------------------------------------------------------------------------
-    def pause_reading(self) -> None:
-        if not self.read_paused and not self.closed:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.read_paused and not self.closed:
-            self.read_paused = False
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        self.client = None
-        if not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.client = None
-        if not self.closed:
-            self.closed = True
-            self.transport.abort()
