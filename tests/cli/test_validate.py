@@ -85,7 +85,7 @@ def test_up_bad_database_override_and_driver(tmp_path):
                             "--state-dir", str(tmp_path)], env={"COLUMNS": "300"})
     assert r.exit_code == 1 and "no `database_url`" in r.output
     r = runner.invoke(app, ["up", "--driver", "kubernetes"], env={"COLUMNS": "300"})
-    assert r.exit_code == 1 and "--driver must be process, docker or auto" in r.output
+    assert r.exit_code == 1 and "--driver must be process, docker, swarm or auto" in r.output
 
 
 def test_bind_errors_say_what_to_do():

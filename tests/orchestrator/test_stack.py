@@ -128,7 +128,7 @@ def test_unknown_policy_and_missing_fields():
     assert errors(stack(a=svc(autoscale={"policy": "rate"}))) == [
         "services.a.autoscale.target_rps_per_replica: required"]
     probs = errors({"name": "t", "services": {"a": {"command": ["x"]}}})
-    assert probs == ["services.a.host_ports: required"]
+    assert probs == ["services.a.host_ports: required with driver 'auto' (only the swarm driver picks host ports itself)"]
 
 
 def test_yaml_errors_carry_a_line(tmp_path):

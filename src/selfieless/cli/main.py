@@ -93,7 +93,7 @@ def _call(fn, *a, **kw) -> Any:
 @app.command()
 def up(
     stack: Optional[Path] = typer.Argument(None, help="Stack file (default: the bundled SelfieLessActs stack)."),
-    driver: Optional[str] = typer.Option(None, "--driver", help="process, docker or auto (default: the stack's; "
+    driver: Optional[str] = typer.Option(None, "--driver", help="process, docker, swarm or auto (default: the stack's; "
                                          "auto = docker when an engine answers, else process)."),
     port: Optional[int] = typer.Option(None, "--port", help="Gateway port (the bundled stack says 80, which needs "
                                        "root; e.g. --port 8080)."),
@@ -114,8 +114,8 @@ def up(
     """Run a stack in the foreground: gateway, replicas, admin API and dashboard. Ctrl-C stops it cleanly."""
     from .up import UpOptions, up_main
 
-    if driver is not None and driver not in ("process", "docker", "auto"):
-        _fail(f"--driver must be process, docker or auto, not {driver!r}")
+    if driver is not None and driver not in ("process", "docker", "swarm", "auto"):
+        _fail(f"--driver must be process, docker, swarm or auto, not {driver!r}")
     opts = UpOptions(stack_path=stack, driver=driver, port=port, database_url=database_url, admin_host=admin_host,
                      admin_port=admin_port, admin_token=admin_token or None,
                      state_dir=state_dir or default_state_dir(), ready_timeout=ready_timeout, quiet_events=quiet)

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from selfieless.orchestrator.stack import (
     BUNDLED_DOCKER_STACK,
+    BUNDLED_SWARM_STACK,
     BUNDLED_STACK,
     Stack,
     StackError,
@@ -68,6 +69,8 @@ def default_stack_path(driver: str | None) -> Path:
     container) when the driver is or resolves to docker, else the local-process stack."""
     if driver == "docker":
         return BUNDLED_DOCKER_STACK
+    if driver == "swarm":
+        return BUNDLED_SWARM_STACK
     if driver in (None, "auto"):
         setting = load_stack(BUNDLED_STACK).driver if driver is None else "auto"
         from selfieless.orchestrator.drivers import resolve_driver_kind

@@ -97,7 +97,10 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
         gw = await _in_process_gateway(config, stack.routes())
     system = None
     try:
-        driver = make_driver(stack.name, driver_setting or stack.driver, state)
+        setting = driver_setting or stack.driver
+        # Only the swarm driver talks to another engine (the manager) and makes an overlay network.
+        swarm = {"manager": stack.swarm.manager, "network": stack.network} if setting == "swarm" else {}
+        driver = make_driver(stack.name, setting, state, **swarm)
         orch = Orchestrator(stack, driver, gw, state_dir=str(state / stack.name), **orchestrator_kwargs)
         system = System(stack, gw, orch, proc)
         await orch.start()

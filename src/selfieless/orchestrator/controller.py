@@ -12,7 +12,10 @@ on one asyncio loop. Each loop observes, asks a pure decision, and acts on the a
   lifecycle.confirmed (back in rotation, or replaced);
 - adoption at start (driver.list()): one probe each -> lifecycle.found;
 - an autoscaler task per service and scale from zero (scaling.py), reading the gateway's counters;
-- graceful shutdown.
+- graceful shutdown;
+- with a driver that owns the replica count (swarm: `driver.owns_replica_count`), no starts or
+  replacements of its own: the desired count goes to the driver, the driver's snapshots of what
+  runs become the records (driver_owned.py decides), and probing and the pool work as above.
 
 Dependencies (the stack's `dependencies:`, e.g. the database) run as fixed one-replica services
 without a gateway pool, checked over TCP; a service that `depends_on` one starts its first replica
@@ -28,6 +31,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from . import autoscale as auto
+from . import driver_owned
 from . import lifecycle
 from .lifecycle import BROKEN_REPLACE_GRACE
 from .backoff import BackoffPolicy, BackoffState, record_ready
@@ -35,7 +39,7 @@ from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHan
 from .events import EventLog
 from .health import Probe
 from .probe import HttpProber
-from .probing import REPLICA_HOST, Probing
+from .probing import REPLICA_HOST, Probing, replica_host
 from .plan import CancelPending, Replace, Start, Stop, plan_service
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
@@ -106,7 +110,11 @@ class Orchestrator:
             self._prober = self.probing.probe = HttpProber()
         self._hook_gateway()
         self._loops.append(asyncio.create_task(self._watch_exits(), name="orchestrator-exits"))
-        if self._adopt:
+        if self.driver.owns_replica_count:
+            if self._adopt:
+                await self._adopt_counts()
+            self._loops.append(asyncio.create_task(self._watch_snapshots(), name="orchestrator-snapshots"))
+        elif self._adopt:
             await self._adopt_existing()
         for svc in self.services.values():
             if not isinstance(svc.spec.autoscale, NoPolicy):
@@ -309,7 +317,7 @@ class Orchestrator:
     def _join_pool(self, rep: Replica) -> None:
         if self.services[rep.service].dependency:
             return  # no routes, no pool: other replicas reach it directly
-        self.gateway.add_backend(rep.service, rep.id, REPLICA_HOST, rep.port)
+        self.gateway.add_backend(rep.service, rep.id, replica_host(rep), rep.port)
         rep.in_pool = True
 
     def _leave_pool(self, rep: Replica) -> None:
@@ -329,7 +337,9 @@ class Orchestrator:
             self._wake.clear()
             for svc in self.services.values():
                 try:
-                    if not self._blocked(svc):
+                    if self.driver.owns_replica_count:
+                        self._reconcile_owned(svc)
+                    elif not self._blocked(svc):
                         self._reconcile(svc)
                 except Exception:
                     log.exception("reconcile of %s failed", svc.name)
@@ -566,6 +576,75 @@ class Orchestrator:
             if n:
                 # Carry on with what was running (within bounds) rather than the initial count.
                 svc.desired = max(svc.spec.replicas.min, min(svc.spec.replicas.max, n))
+
+    # ------------------------------------------------------------------------------------------
+    # Drivers that own the replica count (swarm): decisions in driver_owned.py
+    # ------------------------------------------------------------------------------------------
+
+    async def _adopt_counts(self) -> None:
+        """Services the engine already runs for this stack: carry on with their counts."""
+        counts = await self.driver.replica_counts()
+        for svc in self.services.values():
+            n = driver_owned.adopted_count(counts.get(svc.name), svc.spec.replicas.min, svc.spec.replicas.max)
+            if n is None:
+                continue
+            svc.desired = 1 if svc.dependency else n
+            svc.driver_count = counts[svc.name]
+            self.events.emit("adopted", svc.name, None, f"found running with {counts[svc.name]} replica(s); "
+                                                        f"carrying on with {svc.desired}")
+
+    def _reconcile_owned(self, svc: ServiceRuntime) -> None:
+        for rid in driver_owned.to_forget({r.id: r.state for r in svc.replicas.values()}):
+            rep = svc.replicas[rid]
+            rep.transition(S.STOPPING, "left to the driver to replace")
+            self.probing.stop(rep)
+            self._spawn(self._stop_replica(svc, rep, drain=False, reason=f"forgotten: {rep.last_error or 'broken'}; "
+                                           f"the {self.driver.name} engine replaces it", grace=0.0, quiet=True))
+        if svc.driver_count is None and self._blocked(svc):
+            return  # first creation waits for the dependencies, as a first start does
+        n = driver_owned.count_to_set(svc.desired, svc.driver_count, svc.applying)
+        if n is not None:
+            svc.applying = True
+            self._spawn(self._send_count(svc, n))
+
+    async def _send_count(self, svc: ServiceRuntime, n: int) -> None:
+        try:
+            await self.driver.set_replicas(self._launch_spec(svc, 0), n)
+            svc.driver_count = n
+            self.events.emit("start" if n else "stopped", svc.name, None,
+                             f"the {self.driver.name} engine runs {n} replica(s) of it now")
+        except Exception as e:
+            self.events.emit("backoff", svc.name, None, f"cannot set {n} replica(s): {e}; retry in 1 s")
+            await asyncio.sleep(1.0)
+        finally:
+            svc.applying = False
+            self._wake.set()
+
+    async def _watch_snapshots(self) -> None:
+        async for handles in self.driver.snapshots():
+            try:
+                self._apply_snapshot(handles)
+            except Exception:
+                log.exception("applying the driver's snapshot failed")
+
+    def _apply_snapshot(self, handles: list[ReplicaHandle]) -> None:
+        by_service: dict[str, list[ReplicaHandle]] = {name: [] for name in self.services}
+        for h in handles:
+            if h.service in by_service:
+                by_service[h.service].append(h)
+        for name, found in by_service.items():
+            svc = self.services[name]
+            ids = {h.id: h for h in found}
+            ch = driver_owned.snapshot_changes({r.id: r.state for r in svc.replicas.values()}, list(ids))
+            for rid in ch.gone:
+                self._on_exit(ExitEvent(rid, name, svc.replicas[rid].port, None,
+                                        "no longer running (its task ended or its node is down)"))
+            for rid in ch.new:
+                h = ids[rid]
+                rep = Replica(id=rid, service=name, port=h.port, handle=h, started_at=self._mono())
+                svc.replicas[rid] = rep
+                self.events.emit("start", name, rid, f"running: {h.detail}")
+                self.probing.start(svc, rep)
 
     # ------------------------------------------------------------------------------------------
     # Helpers

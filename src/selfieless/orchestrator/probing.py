@@ -16,6 +16,12 @@ from .replica import LIVE, Replica, ReplicaState as S
 from .service import ServiceRuntime
 
 REPLICA_HOST = "127.0.0.1"
+
+
+def replica_host(rep: Replica) -> str:
+    """Where a replica is reached: this host, or (swarm) its node's address."""
+    return getattr(rep.handle, "host", None) or REPLICA_HOST
+
 # A starting replica is probed this often (not every `interval`): readiness is what a replacement
 # waits for, and a refused connection costs next to nothing.
 STARTING_PROBE_INTERVAL = 0.05
@@ -53,9 +59,9 @@ class Probing:
         hs = svc.spec.health
         assert self.probe is not None
         if svc.dependency:
-            ok, detail = await tcp_probe(REPLICA_HOST, rep.port, hs.timeout)
+            ok, detail = await tcp_probe(replica_host(rep), rep.port, hs.timeout)
         else:
-            ok, detail = await self.probe(REPLICA_HOST, rep.port, hs.path, hs.timeout)
+            ok, detail = await self.probe(replica_host(rep), rep.port, hs.path, hs.timeout)
         rep.last_probe_ok, rep.last_probe_at = ok, self._mono()
         if not ok:
             rep.last_error = f"health probe {'tcp' if svc.dependency else hs.path}: {detail}"

@@ -46,6 +46,8 @@ class ServiceRuntime:
     spared: set[str] = field(default_factory=set)
     rollout_owner: str | None = None  # the rollout that owns this service's replicas: no reconciling
     idle: stz.IdleState = field(default_factory=stz.IdleState)  # scale to zero: last request seen
+    driver_count: int | None = None   # owns_replica_count: the count the driver last accepted
+    applying: bool = False            # owns_replica_count: a count is being sent to the driver
 
     def converged(self) -> bool:
         """Exactly `desired` replicas, all ready, and no start pending."""
@@ -77,6 +79,8 @@ class ServiceRuntime:
             image=self.spec.image, container_port=self.spec.container_port,
             environment={k: render(v, values) for k, v in self.spec.environment.items()},
             preload=getattr(self.spec, "preload", False),
+            constraints=tuple(self.spec.placement.constraints), preferences=tuple(self.spec.placement.preferences),
+            health_path=None if self.dependency else self.spec.health.path, stop_grace=self.spec.drain_timeout,
         )
 
     # --- what lifecycle.py's decisions are told about one replica ----------------------------
@@ -113,7 +117,7 @@ class ServiceRuntime:
                 in_flight=v.in_flight if v else 0, requests=v.served if v else 0, restarts=rep.restarts,
                 adopted=rep.adopted, pid=getattr(h, "pid", None), detail=getattr(h, "detail", ""),
                 started_at=getattr(h, "started_at", None), uptime=round(now - rep.started_at, 3),
-                last_error=rep.last_error))
+                last_error=rep.last_error, host=getattr(h, "host", None) or "127.0.0.1"))
         policy = self.spec.autoscale
         window = None
         if isinstance(policy, WindowPolicy):
@@ -130,7 +134,7 @@ class ServiceRuntime:
             desired=self.desired, actual=len(self.live()),
             ready=sum(1 for r in self.replicas.values() if r.state == S.READY),
             min=self.spec.replicas.min, max=self.spec.replicas.max,
-            host_ports=str(self.spec.host_ports), routes=tuple(self.spec.routes), policy=policy.policy,
+            host_ports=str(self.spec.host_ports) if self.spec.host_ports is not None else "-", routes=tuple(self.spec.routes), policy=policy.policy,
             api_requests=stats.count, window=window, last_decision=self.last_decision, replicas=tuple(replicas),
             pending=tuple(PendingStart(port, round(max(0.0, p.due - now), 3), p.reason)
                           for port, p in sorted(self.pending.items())),

@@ -44,18 +44,23 @@ __all__ = [
     "RatePolicy",
     "NoPolicy",
     "UpdateSpec",
+    "PlacementSpec",
+    "SwarmSpec",
     "StackError",
     "load_stack",
     "parse_stack",
     "render",
     "BUNDLED_STACK",
     "BUNDLED_DOCKER_STACK",
+    "BUNDLED_SWARM_STACK",
     "BUILTIN_PLACEHOLDERS",
 ]
 
 BUNDLED_STACK = Path(__file__).resolve().parent.parent / "stacks" / "selfieless.yaml"
 # The same app as the course deploys it with Docker: MariaDB container, every service in a container.
 BUNDLED_DOCKER_STACK = BUNDLED_STACK.with_name("selfieless-docker.yaml")
+# The course topology on a Docker Swarm cluster: users and acts on different nodes.
+BUNDLED_SWARM_STACK = BUNDLED_STACK.with_name("selfieless-swarm.yaml")
 
 # Placeholders the orchestrator fills in itself when it starts a replica; anything else used in a
 # command or environment value must be declared under `variables`.
@@ -206,6 +211,54 @@ class UpdateSpec(_Model):
     failure_action: Literal["rollback", "pause"] = "rollback"
 
 
+_CONSTRAINT = re.compile(r"^\s*[A-Za-z][A-Za-z0-9_.-]*\s*(==|!=)\s*\S.*$")
+
+
+def _spread(value: Any) -> Any:
+    # `{spread: node.labels.zone}` and `spread=node.labels.zone` (Swarm's own CLI form) both mean
+    # "spread the tasks evenly over the values of this label".
+    if isinstance(value, dict) and set(value) == {"spread"}:
+        return value["spread"]
+    if isinstance(value, str) and value.startswith("spread="):
+        return value[len("spread="):]
+    return value
+
+
+class PlacementSpec(_Model):
+    """Swarm driver: where the tasks of a service may run (passed to Swarm as they are).
+
+    `constraints` are Swarm's expressions, e.g. `node.labels.selfieless.acts==true` or
+    `node.role==manager`; `preferences` spread tasks over a label's values (`spread:
+    node.labels.zone`). Other drivers run everything on one host and ignore placement."""
+
+    constraints: list[str] = Field(default_factory=list)
+    preferences: list[Annotated[str, BeforeValidator(_spread)]] = Field(default_factory=list)
+
+    @field_validator("constraints")
+    @classmethod
+    def _expressions(cls, v: list[str]) -> list[str]:
+        for c in v:
+            if not _CONSTRAINT.match(c):
+                raise ValueError(f"constraint {c!r}: write `ATTRIBUTE==VALUE` or `ATTRIBUTE!=VALUE`, "
+                                 f"e.g. node.labels.selfieless.acts==true")
+        return v
+
+    @field_validator("preferences")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        for label in v:
+            if not re.fullmatch(r"node\.(labels|platform)\.[A-Za-z0-9_.-]+|engine\.labels\.[A-Za-z0-9_.-]+", label):
+                raise ValueError(f"preference {label!r}: write `spread: node.labels.NAME`")
+        return v
+
+
+class SwarmSpec(_Model):
+    """Swarm driver: which swarm manager to talk to. `manager` is a Docker engine address
+    (`unix:///...sock`, `tcp://HOST:2376`, `ssh://user@host`); without it, DOCKER_HOST."""
+
+    manager: str | None = Field(default=None, pattern=r"^(unix|tcp|ssh|http|https)://\S+$")
+
+
 def _default_policy(value: Any) -> Any:
     # `autoscale: {}` or a mapping without `policy` means the course window policy.
     if isinstance(value, dict) and "policy" not in value:
@@ -219,7 +272,8 @@ class ServiceSpec(_Model):
     image: str | None = None
     command: list[str] | None = None
     container_port: int = Field(default=80, ge=1, le=65535)
-    host_ports: PortRange
+    # Required by the process and docker drivers; Swarm picks each task's host port itself.
+    host_ports: PortRange | None = None
     routes: list[str] = Field(default_factory=list)
     health: HealthSpec = Field(default_factory=HealthSpec)
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
@@ -238,6 +292,7 @@ class ServiceSpec(_Model):
     depends_on: list[str] = Field(default_factory=list)
     # Docker driver: extra /etc/hosts entries, e.g. {host.docker.internal: host-gateway}.
     extra_hosts: dict[str, str] = Field(default_factory=dict)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
     @field_validator("routes")
     @classmethod
@@ -272,7 +327,7 @@ class ServiceSpec(_Model):
         if isinstance(self.autoscale, RatePolicy) and self.autoscale.scale_to_zero_after is not None \
                 and self.replicas.min != 0:
             raise ValueError("autoscale.scale_to_zero_after: needs replicas.min: 0")
-        if self.replicas.max > len(self.host_ports):
+        if self.host_ports is not None and self.replicas.max > len(self.host_ports):
             raise ValueError(
                 f"replicas.max: must be <= the number of host_ports ({len(self.host_ports)} in {self.host_ports})"
             )
@@ -300,12 +355,15 @@ class DependencySpec(_Model):
     image: str | None = None
     command: list[str] | None = None
     container_port: int = Field(ge=1, le=65535)
-    host_port: int = Field(ge=1, le=65535)
+    # Required by the process and docker drivers; Swarm picks the task's host port itself.
+    host_port: int | None = Field(default=None, ge=1, le=65535)
     environment: dict[str, str] = Field(default_factory=dict)
     variables: dict[str, str] = Field(default_factory=dict)
     volumes: dict[str, str] = Field(default_factory=dict)
     health: TcpHealthSpec = Field(default_factory=TcpHealthSpec)
     stop_timeout: Seconds = 10.0
+    # Swarm driver: pin it to the node holding its volume, e.g. node.labels.selfieless.acts==true.
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
     _env_strings = field_validator("environment", mode="before")(ServiceSpec._env_strings.__func__)
 
@@ -319,12 +377,14 @@ class DependencySpec(_Model):
         """The same thing as a fixed one-replica service without routes (how the runtime runs it)."""
         return ServiceSpec(
             image=self.image, command=self.command, container_port=self.container_port,
-            host_ports=PortRange(first=self.host_port, last=self.host_port), routes=[],
+            host_ports=None if self.host_port is None else PortRange(first=self.host_port, last=self.host_port),
+            routes=[],
             health=HealthSpec(path="/", interval=self.health.interval, timeout=self.health.timeout,
                               failure_threshold=self.health.failure_threshold,
                               start_grace=self.health.start_grace),
             replicas=ReplicasSpec(initial=1, min=1, max=1), autoscale=NoPolicy(policy="none"),
             environment=self.environment, variables=self.variables, drain_timeout=self.stop_timeout,
+            placement=self.placement,
         )
 
 
@@ -352,11 +412,14 @@ class GatewaySpec(_Model):
 
 class Stack(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    driver: Literal["process", "docker", "auto"] = "auto"
+    driver: Literal["process", "docker", "auto", "swarm"] = "auto"
+    # Swarm driver: the manager to talk to (else DOCKER_HOST).
+    swarm: SwarmSpec = Field(default_factory=SwarmSpec)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     variables: dict[str, str] = Field(default_factory=dict)
     # Docker driver: a user-defined network every container of the stack joins (created on
     # first start, removed when the stack stops); containers reach each other by name on it.
+    # Swarm driver: an attachable overlay network (default: the stack's name), spanning the nodes.
     network: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
     dependencies: dict[str, DependencySpec] = Field(default_factory=dict)
     services: dict[str, ServiceSpec]
@@ -382,6 +445,12 @@ class Stack(_Model):
                 problems.append(f"{where}: use lowercase letters, digits, '-' and '_' in the name")
             if name in self.services:
                 problems.append(f"{where}: also the name of a service")
+            if dep.host_port is None:
+                if self.driver != "swarm":
+                    problems.append(f"{where}.host_port: required with driver {self.driver!r} "
+                                    f"(only the swarm driver picks host ports itself)")
+                problems += self._launch_problems(where, dep)
+                continue
             if dep.host_port in owner:
                 problems.append(f"{where}.host_port: port {dep.host_port} is also used by {owner[dep.host_port]!r}")
             owner[dep.host_port] = name
@@ -393,12 +462,15 @@ class Stack(_Model):
                 if d not in self.dependencies:
                     problems.append(f"services.{name}.depends_on: no dependency {d!r} "
                                     f"(known: {', '.join(sorted(self.dependencies)) or 'none'})")
-            for p in svc.host_ports.ports:
+            if svc.host_ports is None and self.driver != "swarm":
+                problems.append(f"services.{name}.host_ports: required with driver {self.driver!r} "
+                                f"(only the swarm driver picks host ports itself)")
+            for p in (svc.host_ports.ports if svc.host_ports is not None else ()):
                 if p in owner:
                     problems.append(f"services.{name}.host_ports: port {p} is also used by service {owner[p]!r}")
                     break
                 owner[p] = name
-            if self.gateway.port and self.gateway.port in svc.host_ports.ports:
+            if self.gateway.port and svc.host_ports is not None and self.gateway.port in svc.host_ports.ports:
                 problems.append(f"services.{name}.host_ports: overlaps the gateway port {self.gateway.port}")
             for r in svc.routes:
                 if r in route_owner:
@@ -415,8 +487,8 @@ class Stack(_Model):
         problems = []
         if self.driver == "process" and spec.command is None:
             problems.append(f"{where}.command: required with driver 'process'")
-        if self.driver == "docker" and spec.image is None:
-            problems.append(f"{where}.image: required with driver 'docker'")
+        if self.driver in ("docker", "swarm") and spec.image is None:
+            problems.append(f"{where}.image: required with driver {self.driver!r}")
         known = BUILTIN_PLACEHOLDERS | set(self.variables) | set(spec.variables)
         for i, arg in enumerate(spec.command or []):
             for ph in _placeholders(arg) - known:

@@ -1,4 +1,5 @@
-"""Drivers run replicas: `process` (local child processes) and `docker` (containers).
+"""Drivers run replicas: `process` (local child processes), `docker` (containers) and `swarm`
+(Swarm services on a cluster, whose replica count the driver owns).
 
 `make_driver(stack, state_dir)` picks one from the stack's `driver` setting; nothing else in the
 control plane knows which one it got.
@@ -22,8 +23,14 @@ def resolve_driver_kind(setting: str) -> str:
     return "docker" if docker_available() is None else "process"
 
 
-def make_driver(stack_name: str, setting: str, state_dir: str | os.PathLike) -> Driver:
+def make_driver(stack_name: str, setting: str, state_dir: str | os.PathLike, *,
+                manager: str | None = None, network: str | None = None) -> Driver:
+    """`manager` and `network`: the swarm driver's manager address and overlay network."""
     kind = resolve_driver_kind(setting)
+    if kind == "swarm":
+        from .swarm import SwarmDriver
+
+        return SwarmDriver(stack_name, manager=manager, network=network)
     if kind == "docker":
         from .docker import DockerDriver
 

@@ -3,6 +3,11 @@
 A driver starts a replica of a service on a host port from a fully rendered `LaunchSpec`, stops
 it, lists the replicas of its stack that exist right now (including ones started by an earlier
 orchestrator, for adoption), and reports exits as they happen through `exits()`.
+
+A driver whose engine runs, places and restarts the replicas itself (swarm) says so with
+`owns_replica_count = True`. The control plane then only tells it how many replicas a service
+should have (`set_replicas`), learns which replicas run, and where, from `snapshots()`, and
+keeps the rest of its job: probing, the gateway pool, autoscaling, events.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ class LaunchSpec:
     network: str | None = None            # user-defined network to join (created if missing)
     extra_hosts: dict[str, str] = field(default_factory=dict)
     volumes: dict[str, str] = field(default_factory=dict)   # named volume -> path in the container
+    # Swarm driver only: placement (constraints, spread labels), the HTTP health path its
+    # container health check asks (None: no check in the container), the stop grace period.
+    constraints: tuple[str, ...] = ()
+    preferences: tuple[str, ...] = ()
+    health_path: str | None = None
+    stop_grace: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class ReplicaHandle:
     started_at: float       # wall clock
     pid: int | None = None  # process driver
     detail: str = ""        # container id, command line... for status output
+    host: str | None = None  # address it is reached at when not this host (a swarm node's)
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,9 @@ class DriverError(RuntimeError):
 
 class Driver(abc.ABC):
     name: str = "base"
+    # True when the engine behind the driver starts, places and replaces replicas itself (swarm):
+    # the control plane sets a count with set_replicas() and reads what runs from snapshots().
+    owns_replica_count: bool = False
 
     def __init__(self) -> None:
         self._exit_queue: asyncio.Queue[ExitEvent] = asyncio.Queue()
@@ -93,6 +108,21 @@ class Driver(abc.ABC):
     async def cleanup(self) -> None:
         """After every replica was stopped: remove what the driver made for the stack beside its
         replicas (the docker network). Data volumes stay."""
+
+    async def set_replicas(self, spec: LaunchSpec, count: int) -> None:
+        """(owns_replica_count) Create the service from `spec` if missing, and make the engine run
+        `count` replicas of it."""
+        raise NotImplementedError(f"the {self.name} driver starts replicas one by one")
+
+    async def replica_counts(self) -> dict[str, int]:
+        """(owns_replica_count) Replica count per service of this stack that exists now (adoption)."""
+        return {}
+
+    async def snapshots(self) -> AsyncIterator[list[ReplicaHandle]]:
+        """(owns_replica_count) Every replica of the stack that runs now, again and again (often
+        enough that a new replica is seen within a fraction of a second)."""
+        raise NotImplementedError(f"the {self.name} driver reports replicas as it starts them")
+        yield []  # pragma: no cover - makes this an async generator
 
     async def exits(self) -> AsyncIterator[ExitEvent]:
         """Exit events as they happen, for replicas started or adopted by this driver."""

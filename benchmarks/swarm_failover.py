@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Failover on a real multi-node swarm (the lab, scripts/swarm-lab), under a 4-client GET load
+through the gateway of `selfieless up --driver swarm`:
+
+- task-kill: one acts task's container killed on its node (`docker kill`): how long until a new
+  task is in rotation (Swarm's restart delay, the container start, our first probe);
+- node-loss: the node of one acts task cut off the network (`scripts/swarm-lab cut 3`): how long
+  until its tasks are out of rotation, and until the service serves with its count again (Swarm
+  reschedules them after it declares the node down);
+- load-step: acts scaled 1 -> 2 under load: how long until the first new task serves (this is
+  what follows an autoscaler decision; the decision itself is measured by benchmarks/failover.py);
+and the failed GETs (no answer, or a 5xx) in each.
+
+It brings the lab up when none is running (and takes down what it brought up), exits non-zero
+when it could not measure, and prints one summary line per figure:
+
+    flock /tmp/selfieless-heavy.lock python benchmarks/swarm_failover.py [--trials 1]
+
+Bars (README "Several machines"): replacement serving <= 3 s; node out of rotation <= 1.5 s;
+restored <= 20 s; failed GETs 0; first new task serving <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The lab wrapper, the `selfieless up` subprocess and the GET load are the swarm tests' helpers.
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "swarm")]
+
+from swarm_support import GetLoad, Lab, SwarmUp, lab_unavailable, make_stack_file, remove_stack  # noqa: E402
+
+BARS = {"replace": 3.0, "out_of_rotation": 1.5, "restored": 20.0, "scale_out": 3.0}
+STACK = "slbench"
+CLIENTS = 4
+
+
+def wait(pred, timeout: float, what: str, step: float = 0.02) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"no {what} within {timeout:g} s")
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def ready_ids(up: SwarmUp) -> set[str]:
+    return {r["id"] for r in up.ready("acts")}
+
+
+def settle(up: SwarmUp, n: int) -> None:
+    up.scale("acts", n)
+    wait(lambda: len(up.ready("acts")) == n and up.status()["converged"], 120, f"{n} acts tasks ready", 0.1)
+
+
+def task_kill(up: SwarmUp, lab: Lab) -> tuple[float, int, int]:
+    import docker
+
+    settle(up, 3)
+    victim = next(r for r in up.ready("acts") if r["host"] == lab.address(3))
+    task_id = victim["detail"].split()[1]
+    api = lab.client().api
+    [task] = [t for t in api.tasks(filters={"service": f"{STACK}-acts"}) if t["ID"].startswith(task_id)]
+    container = task["Status"]["ContainerStatus"]["ContainerID"]
+    before = ready_ids(up)
+    node = docker.DockerClient(base_url=lab.node_socket(3), timeout=30)
+    with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=CLIENTS) as load:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        node.containers.get(container).kill()
+        wait(lambda: len(ready_ids(up) - before) >= 1, 60, "replacement task in rotation")
+        took = time.monotonic() - t0
+        time.sleep(1.0)
+    node.close()
+    return took, len(load.failures), load.total
+
+
+def node_loss(up: SwarmUp, lab: Lab) -> tuple[float, float, int, int]:
+    settle(up, 3)
+    lost = lab.address(3)
+    if lost not in {r["host"] for r in up.ready("acts")}:
+        raise RuntimeError("no acts task on node 3 to lose")
+    try:
+        with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=CLIENTS) as load:
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            lab.cut(3)
+            out = wait(lambda: lost not in {r["host"] for r in up.ready("acts")}, 30, "node out of rotation")
+            restored = out + wait(lambda: len(up.ready("acts")) == 3, 120, "3 acts tasks again", 0.1)
+            time.sleep(1.0)
+    finally:
+        lab.heal(3)
+    # Back to a healthy spread for the next trial: the healed node takes tasks on the next scale-out.
+    wait(lambda: all(n["Status"]["State"] == "ready" for n in lab.client().api.nodes()), 60, "node 3 ready", 0.2)
+    return out, restored, len(load.failures), load.total
+
+
+def load_step(up: SwarmUp) -> tuple[float, int, int]:
+    settle(up, 1)
+    before = ready_ids(up)
+    with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=CLIENTS) as load:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        up.scale("acts", 2)
+        wait(lambda: len(ready_ids(up) - before) >= 1, 60, "a new acts task in rotation")
+        took = time.monotonic() - t0
+        time.sleep(1.0)
+    return took, len(load.failures), load.total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=1, help="rounds of each fault (default 1)")
+    args = ap.parse_args()
+    why = lab_unavailable()
+    if why is not None:
+        print(f"cannot measure: {why}", file=sys.stderr)
+        return 2
+    lab = Lab()
+    lab.up()
+    tmp = Path(tempfile.mkdtemp(prefix="swarm-failover-"))
+    up = SwarmUp(make_stack_file(tmp / "stack.yaml", STACK), tmp / "state", lab.manager).start()
+    client = lab.client()
+    try:
+        print(f"stack up in {up.wait_converged(300):.1f} s (lab of {lab.env['SWARM_LAB_NODES']} nodes)", flush=True)
+        kills, losses, steps = [], [], []
+        for i in range(args.trials):
+            kills.append(task_kill(up, lab))
+            print(f"  trial {i + 1}: task-kill {kills[-1]}", flush=True)
+            losses.append(node_loss(up, lab))
+            print(f"  trial {i + 1}: node-loss {losses[-1]}", flush=True)
+            steps.append(load_step(up))
+            print(f"  trial {i + 1}: load-step {steps[-1]}", flush=True)
+    except Exception as e:
+        print(f"cannot measure: {type(e).__name__}: {e}\n{up.log()}", file=sys.stderr)
+        return 1
+    finally:
+        up.stop_quietly()
+        remove_stack(client, STACK)
+        client.close()
+        lab.down()
+
+    def fig(xs):
+        """Median, and the worst when there were several trials."""
+        text = f"{statistics.median(xs):.1f} s"
+        return text + (f" (max {max(xs):.1f} s)" if len(xs) > 1 else "")
+
+    print(f"task-kill: replacement serving {fig([k[0] for k in kills])} [bar <= {BARS['replace']:g} s], "
+          f"failed GETs {sum(k[1] for k in kills)}/{sum(k[2] for k in kills)}")
+    print(f"node-loss: out of rotation {fig([x[0] for x in losses])} [bar <= {BARS['out_of_rotation']:g} s], "
+          f"restored {fig([x[1] for x in losses])} [bar <= {BARS['restored']:g} s], "
+          f"failed GETs {sum(x[2] for x in losses)}/{sum(x[3] for x in losses)}")
+    print(f"load-step: first new task serving {fig([s[0] for s in steps])} [bar <= {BARS['scale_out']:g} s; "
+          f"from the scale decision], failed GETs {sum(s[1] for s in steps)}/{sum(s[2] for s in steps)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The swarm driver's pure half: a LaunchSpec as a Swarm service definition, and Swarm's task and
+node records as the replicas the control plane probes and routes to. No sockets here.
+
+- Every service is replicated, with endpoint mode `dnsrr` and its container port published in
+  host mode on a port Swarm picks per task: our own gateway is the load balancer, and a kernel
+  without IPVS has no routing mesh anyway. A task is reached at `its node's address : that port`.
+- Restart policy, update order and the container health check are always set explicitly: the
+  SDK's empty `RestartPolicy()`/`UpdateConfig()` would otherwise replace Swarm's own defaults, and
+  a Docker health check's default interval (30 s) would keep a new task from counting as running.
+  The container health check is what makes Swarm replace a task that is alive but silent.
+- A task is a replica while Swarm wants it running, its container has started (Swarm's state
+  `starting`, while its container health check has not passed yet, or `running`), its node is
+  `ready` and it has a host port. Our own probe decides when it serves: waiting for Swarm's
+  `running` would add up to a health-check interval to every new task. A task on a node that
+  went down stops being a replica as soon as Swarm says so.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from typing import Any
+
+from .base import LaunchSpec, ReplicaHandle
+
+LABEL_STACK = "selfieless.stack"
+LABEL_SERVICE = "selfieless.service"
+LABEL_CONTAINER_PORT = "selfieless.container_port"
+
+NS = 1_000_000_000
+# Swarm's restart delay after a task ends, and the container health check's period: with these a
+# killed or hung task is replaced in about 3 s.
+RESTART_DELAY = 1.0
+HEALTH_INTERVAL = 1.0
+HEALTH_TIMEOUT = 2.0
+HEALTH_RETRIES = 3
+# Task states whose container exists and may answer (see the module docstring).
+SERVING_STATES = ("starting", "running")
+
+
+def service_name(stack: str, service: str) -> str:
+    """`<stack>-<service>`: also the DNS name other tasks reach it by on the stack's network."""
+    return f"{stack}-{service}"
+
+
+def health_command(path: str, container_port: int) -> list[str]:
+    """An HTTP GET of the health path from inside the container. Needs python3 in the image
+    (every image of this project has it); a plain exec, so no shell is needed either."""
+    code = ("import sys,urllib.request as u;"
+            f"sys.exit(0 if u.urlopen('http://127.0.0.1:{container_port}{path}',timeout={HEALTH_TIMEOUT:g})"
+            ".status<500 else 1)")
+    return ["CMD", "python3", "-c", code]
+
+
+def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str) -> dict[str, Any]:
+    """Keyword arguments for the SDK's low-level `create_service`."""
+    from docker import types
+
+    labels = {LABEL_STACK: stack, LABEL_SERVICE: spec.service}
+    health = None
+    if spec.health_path:
+        health = types.Healthcheck(test=health_command(spec.health_path, spec.container_port),
+                                   interval=int(HEALTH_INTERVAL * NS), timeout=int(HEALTH_TIMEOUT * NS),
+                                   retries=HEALTH_RETRIES, start_period=int(30 * NS))
+    mounts = [types.Mount(target=path, source=vol, type="volume", labels={LABEL_STACK: stack})
+              for vol, path in spec.volumes.items()]
+    container = types.ContainerSpec(
+        spec.image,
+        env=dict(spec.environment),
+        labels={**labels, LABEL_CONTAINER_PORT: str(spec.container_port)},
+        mounts=mounts or None,
+        stop_grace_period=int(spec.stop_grace * NS),
+        healthcheck=health,
+        # PID 1 of the image must react to SIGTERM (a Python app as PID 1 ignores it otherwise).
+        init=True,
+    )
+    placement = types.Placement(constraints=list(spec.constraints) or None,
+                                preferences=[("spread", label) for label in spec.preferences] or None)
+    template = types.TaskTemplate(
+        container_spec=container,
+        restart_policy=types.RestartPolicy(condition="any", delay=int(RESTART_DELAY * NS), max_attempts=0),
+        placement=placement,
+        networks=[{"Target": network}],
+    )
+    return {
+        "task_template": template,
+        "name": service_name(stack, spec.service),
+        "labels": labels,
+        "mode": types.ServiceMode("replicated", replicas=replicas),
+        # start-first: a replacement (new image, environment) serves before the old task stops.
+        "update_config": types.UpdateConfig(parallelism=1, delay=0, failure_action="rollback",
+                                             monitor=int(5 * NS), order="start-first"),
+        "endpoint_spec": types.EndpointSpec(mode="dnsrr", ports=[
+            {"Protocol": "tcp", "TargetPort": spec.container_port, "PublishMode": "host"}]),
+    }
+
+
+def ready_nodes(nodes: list[dict]) -> dict[str, tuple[str, str]]:
+    """Node id -> (address, hostname) for the nodes Swarm reports `ready`."""
+    out = {}
+    for n in nodes:
+        status = n.get("Status") or {}
+        if status.get("State") != "ready":
+            continue
+        addr = status.get("Addr") or ""
+        if addr in ("", "0.0.0.0"):
+            # A manager may report 0.0.0.0 here; its advertised address is in ManagerStatus.
+            addr = ((n.get("ManagerStatus") or {}).get("Addr") or "").rsplit(":", 1)[0]
+        if addr:
+            out[n["ID"]] = (addr, (n.get("Description") or {}).get("Hostname", ""))
+    return out
+
+
+def published_port(task: dict, container_port: int) -> int | None:
+    for p in ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []:
+        if p.get("TargetPort") == container_port and p.get("PublishMode", "ingress") == "host" \
+                and p.get("PublishedPort"):
+            return int(p["PublishedPort"])
+    return None
+
+
+def replica_id(service: str, task: dict) -> str:
+    """`acts.2.k3j4l5m6n7p8`: the service, Swarm's slot, the task: unique per incarnation."""
+    return f"{service}.{task.get('Slot', 0)}.{str(task.get('ID', ''))[:12]}"
+
+
+def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[ReplicaHandle]:
+    """The running, reachable tasks of `stack` as replicas, sorted by id."""
+    where = ready_nodes(nodes)
+    out = []
+    for t in tasks:
+        if t.get("DesiredState") != "running" or (t.get("Status") or {}).get("State") not in SERVING_STATES:
+            continue
+        labels = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+        if labels.get(LABEL_STACK) != stack or LABEL_SERVICE not in labels:
+            continue
+        node = where.get(t.get("NodeID", ""))
+        if node is None:
+            continue
+        try:
+            container_port = int(labels.get(LABEL_CONTAINER_PORT, "0"))
+        except ValueError:
+            continue
+        port = published_port(t, container_port)
+        if port is None:
+            continue
+        service = labels[LABEL_SERVICE]
+        addr, hostname = node
+        out.append(ReplicaHandle(
+            id=replica_id(service, t), service=service, port=port, host=addr,
+            started_at=parse_timestamp((t.get("Status") or {}).get("Timestamp", "")),
+            detail=f"task {str(t.get('ID', ''))[:12]} on {hostname or 'node'} {addr}:{port}",
+        ))
+    return sorted(out, key=lambda h: h.id)
+
+
+def parse_timestamp(value: str) -> float:
+    """Swarm's RFC 3339 time (nanoseconds, UTC) as wall-clock seconds; now when unreadable."""
+    try:
+        return float(calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")))
+    except (ValueError, TypeError):
+        return time.time()

@@ -1,0 +1,198 @@
+"""The swarm driver's pure parts, without sockets: stack-file validation for `driver: swarm`,
+Swarm's task and node records as replicas, the service definition, and the decisions of a driver
+that owns the replica count."""
+
+import pytest
+
+from selfieless.orchestrator import driver_owned
+from selfieless.orchestrator.drivers.base import LaunchSpec
+from selfieless.orchestrator.drivers.swarm_spec import (
+    LABEL_CONTAINER_PORT, LABEL_SERVICE, LABEL_STACK, health_command, parse_timestamp, published_port,
+    ready_nodes, service_definition, tasks_to_replicas,
+)
+from selfieless.orchestrator.replica import ReplicaState as S
+from selfieless.orchestrator.stack import BUNDLED_SWARM_STACK, StackError, load_stack, parse_stack
+
+
+def _stack(**over):
+    data = {"name": "t", "driver": "swarm",
+            "services": {"acts": {"image": "acts:latest", "routes": ["/api/v1"]}}}
+    data.update(over)
+    return data
+
+
+# --- stack file ---------------------------------------------------------------------------------
+
+def test_bundled_swarm_stack_is_the_course_topology():
+    st = load_stack(BUNDLED_SWARM_STACK)
+    assert st.driver == "swarm"
+    assert st.services["users"].placement.constraints == ["node.labels.selfieless.users==true"]
+    assert st.services["acts"].placement.constraints == ["node.labels.selfieless.acts==true"]
+    assert st.dependencies["db"].placement.constraints == ["node.labels.selfieless.acts==true"]
+    assert st.services["acts"].host_ports is None
+
+
+def test_swarm_needs_no_host_ports_but_other_drivers_do():
+    parse_stack(_stack())
+    with pytest.raises(StackError) as e:
+        parse_stack(_stack(driver="docker"))
+    assert "services.acts.host_ports: required with driver 'docker'" in str(e.value)
+
+
+def test_swarm_needs_an_image():
+    with pytest.raises(StackError) as e:
+        parse_stack(_stack(services={"acts": {"command": ["python", "-m", "x"]}}))
+    assert "services.acts.image: required with driver 'swarm'" in str(e.value)
+
+
+def test_placement_is_checked_and_spread_has_two_spellings():
+    st = parse_stack(_stack(services={"acts": {"image": "a", "placement": {
+        "constraints": ["node.role==worker"],
+        "preferences": [{"spread": "node.labels.zone"}, "spread=node.labels.rack"]}}}))
+    assert st.services["acts"].placement.preferences == ["node.labels.zone", "node.labels.rack"]
+    with pytest.raises(StackError) as e:
+        parse_stack(_stack(services={"acts": {"image": "a", "placement": {"constraints": ["node.role worker"]}}}))
+    assert "constraint 'node.role worker'" in str(e.value)
+    with pytest.raises(StackError) as e:
+        parse_stack(_stack(services={"acts": {"image": "a", "placement": {"preferences": [{"spread": "zone"}]}}}))
+    assert "spread: node.labels.NAME" in str(e.value)
+    with pytest.raises(StackError) as e:
+        parse_stack(_stack(services={"acts": {"image": "a", "placement": {"constraint": []}}}))
+    assert "did you mean 'constraints'" in str(e.value)
+
+
+def test_swarm_manager_address_is_checked():
+    assert parse_stack(_stack(swarm={"manager": "tcp://10.0.0.1:2376"})).swarm.manager == "tcp://10.0.0.1:2376"
+    with pytest.raises(StackError) as e:
+        parse_stack(_stack(swarm={"manager": "10.0.0.1"}))
+    assert "swarm.manager" in str(e.value)
+
+
+def test_dependency_host_port_optional_only_for_swarm():
+    dep = {"db": {"image": "m", "container_port": 3306}}
+    assert parse_stack(_stack(dependencies=dep)).dependencies["db"].host_port is None
+    with pytest.raises(StackError) as e:
+        parse_stack(_stack(driver="docker", dependencies=dep,
+                           services={"acts": {"image": "a", "host_ports": "8000-8009"}}))
+    assert "dependencies.db.host_port: required with driver 'docker'" in str(e.value)
+
+
+# --- tasks -> replicas ----------------------------------------------------------------------------
+
+def _node(nid, addr, state="ready", host="n"):
+    return {"ID": nid, "Status": {"State": state, "Addr": addr}, "Description": {"Hostname": host}}
+
+
+def _task(tid, node, port, service="acts", state="running", desired="running", slot=1, stack="t", cport=80):
+    return {"ID": tid, "NodeID": node, "Slot": slot, "DesiredState": desired,
+            "Spec": {"ContainerSpec": {"Labels": {LABEL_STACK: stack, LABEL_SERVICE: service,
+                                                  LABEL_CONTAINER_PORT: str(cport)}}},
+            "Status": {"State": state, "Timestamp": "2026-11-28T10:14:51.123456789Z",
+                       "PortStatus": {"Ports": [{"Protocol": "tcp", "TargetPort": cport, "PublishedPort": port,
+                                                 "PublishMode": "host"}] * 2}}}
+
+
+def test_running_tasks_on_ready_nodes_become_replicas_at_node_address_and_port():
+    nodes = [_node("N1", "10.211.0.12", host="n2"), _node("N2", "10.211.0.13")]
+    tasks = [_task("aaaaaaaaaaaaXYZ", "N1", 32768), _task("bbbbbbbbbbbbXYZ", "N2", 32769, slot=2)]
+    reps = tasks_to_replicas("t", tasks, nodes)
+    assert [(r.id, r.service, r.host, r.port) for r in reps] == [
+        ("acts.1.aaaaaaaaaaaa", "acts", "10.211.0.12", 32768),
+        ("acts.2.bbbbbbbbbbbb", "acts", "10.211.0.13", 32769)]
+    assert reps[0].detail == "task aaaaaaaaaaaa on n2 10.211.0.12:32768"
+    assert reps[0].started_at == parse_timestamp("2026-11-28T10:14:51Z")
+
+
+def test_tasks_that_are_not_serving_are_left_out():
+    nodes = [_node("N1", "10.211.0.12"), _node("DOWN", "10.211.0.13", state="down")]
+    tasks = [
+        _task("preparing", "N1", 1, state="preparing"),
+        _task("shutdown", "N1", 2, desired="shutdown"),
+        _task("on-down-node", "DOWN", 3),
+        _task("other-stack", "N1", 4, stack="other"),
+        _task("unknown-node", "N9", 5),
+        _task("no-port", "N1", None),
+        _task("ok", "N1", 6),
+        _task("health-pending", "N1", 7, state="starting"),  # our probe decides when it serves
+    ]
+    assert [r.port for r in tasks_to_replicas("t", tasks, nodes)] == [7, 6]
+
+
+def test_published_port_matches_the_container_port_in_host_mode():
+    t = _task("x", "N1", 30001, cport=80)
+    assert published_port(t, 80) == 30001
+    assert published_port(t, 8080) is None
+    t["Status"]["PortStatus"]["Ports"] = [{"TargetPort": 80, "PublishedPort": 30000, "PublishMode": "ingress"}]
+    assert published_port(t, 80) is None
+
+
+def test_a_manager_reporting_0000_is_found_by_its_manager_address():
+    n = _node("M", "0.0.0.0")
+    n["ManagerStatus"] = {"Addr": "10.211.0.11:2377"}
+    assert ready_nodes([n]) == {"M": ("10.211.0.11", "n")}
+
+
+# --- the service definition -----------------------------------------------------------------------
+
+def test_service_definition_sets_everything_swarm_would_otherwise_default():
+    spec = LaunchSpec(stack="t", service="acts", host_port=0, image="acts:latest", container_port=80,
+                      environment={"A": "1"}, constraints=("node.role==worker",),
+                      preferences=("node.labels.zone",), health_path="/api/v1/_health", stop_grace=7)
+    d = service_definition("t", spec, 3, "t-net")
+    assert d["name"] == "t-acts" and d["labels"] == {LABEL_STACK: "t", LABEL_SERVICE: "acts"}
+    assert d["mode"].mode == "replicated" and d["mode"].replicas == 3
+    assert d["endpoint_spec"]["Mode"] == "dnsrr"
+    assert d["endpoint_spec"]["Ports"] == [{"Protocol": "tcp", "TargetPort": 80, "PublishMode": "host"}]
+    tt = d["task_template"]
+    assert tt["RestartPolicy"] == {"Condition": "any", "Delay": 1_000_000_000, "MaxAttempts": 0, "Window": 0}
+    assert tt["Placement"]["Constraints"] == ["node.role==worker"]
+    assert tt["Placement"]["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]
+    assert tt["Networks"] == [{"Target": "t-net"}]
+    cs = tt["ContainerSpec"]
+    assert cs["Init"] is True and cs["StopGracePeriod"] == 7_000_000_000
+    assert cs["Labels"][LABEL_CONTAINER_PORT] == "80"
+    assert cs["Healthcheck"]["Interval"] == 1_000_000_000
+    assert cs["Healthcheck"]["Test"] == health_command("/api/v1/_health", 80)
+    assert d["update_config"]["Order"] == "start-first"
+
+
+def test_a_dependency_has_its_volume_and_no_http_health_check():
+    spec = LaunchSpec(stack="t", service="db", host_port=0, image="m", container_port=3306,
+                      volumes={"t-db": "/var/lib/mysql"}, constraints=("node.role==manager",))
+    cs = service_definition("t", spec, 1, "t")["task_template"]["ContainerSpec"]
+    assert "Healthcheck" not in cs
+    assert cs["Mounts"][0]["Source"] == "t-db" and cs["Mounts"][0]["Target"] == "/var/lib/mysql"
+
+
+def test_health_command_runs_without_a_shell():
+    cmd = health_command("/h", 8080)
+    assert cmd[:3] == ["CMD", "python3", "-c"]
+    assert "http://127.0.0.1:8080/h" in cmd[3]
+    compile(cmd[3], "<health>", "exec")
+
+
+# --- decisions of a driver that owns the count ----------------------------------------------------
+
+def test_snapshot_changes():
+    records = {"a": S.READY, "b": S.STARTING, "c": S.STOPPING, "d": S.UNHEALTHY}
+    ch = driver_owned.snapshot_changes(records, ["a", "c", "e"])
+    assert ch.new == ["e"]       # c is being forgotten: it comes back on a later snapshot
+    assert ch.gone == ["b"]      # only live records can be gone; d is broken already
+
+
+def test_broken_records_are_forgotten():
+    assert driver_owned.to_forget({"a": S.READY, "b": S.EXITED, "c": S.UNHEALTHY}) == ["b", "c"]
+
+
+def test_count_to_set():
+    assert driver_owned.count_to_set(3, None, False) == 3
+    assert driver_owned.count_to_set(3, 3, False) is None
+    assert driver_owned.count_to_set(5, 3, True) is None
+    assert driver_owned.count_to_set(0, 3, False) == 0
+
+
+def test_adopted_count_stays_in_bounds():
+    assert driver_owned.adopted_count(None, 1, 5) is None
+    assert driver_owned.adopted_count(7, 1, 5) == 5
+    assert driver_owned.adopted_count(0, 1, 5) == 1
+    assert driver_owned.adopted_count(3, 1, 5) == 3
