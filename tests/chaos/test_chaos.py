@@ -129,7 +129,13 @@ class Up:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        for pid in self.replica_pids():  # whatever is left (should be nothing): not our problem next
+        gateways = []  # the gateway runs as its own process: left over only if `up` died at the end
+        for f in self.state_dir.glob("*/gateway.json"):
+            try:
+                gateways.append(int(yaml.safe_load(f.read_text())["pid"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        for pid in self.replica_pids() + gateways:  # whatever is left (should be nothing): not our problem next
             for sig in (signal.SIGCONT, signal.SIGKILL):
                 try:
                     os.kill(pid, sig)

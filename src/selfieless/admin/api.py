@@ -179,7 +179,18 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
     registry = metrics.make_registry(gateway, orchestrator)
     history = history if history is not None else RateHistory()
 
+    async def fresh_counters() -> None:
+        # A gateway in its own process is read through a poll: make what we show current, so a
+        # client that just sent requests sees them counted.
+        refresh = getattr(gateway, "refresh", None)
+        if refresh is not None:
+            try:
+                await refresh()
+            except Exception:  # unreachable for a moment: show the last counters rather than fail
+                pass
+
     async def status(request: Request) -> Response:
+        await fresh_counters()
         return JSONResponse(to_json(orchestrator.snapshot()))
 
     async def events(request: Request) -> Response:
@@ -326,6 +337,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
                              "services": history.series(seconds, time.time())})
 
     async def metrics_route(request: Request) -> Response:
+        await fresh_counters()
         # Async on purpose: the collector runs on the event loop thread, never in a worker thread.
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 

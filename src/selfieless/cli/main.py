@@ -130,7 +130,20 @@ def down(
                                  "(the database), which are kept by default."),
 ):
     """Ask the running `selfieless up` to drain and stop everything, and wait until it has."""
-    client = _client(admin, admin_token, state_dir)
+    try:
+        client = AdminClient.discover(admin, admin_token, state_dir)
+    except NoRunningUp as e:
+        # No control plane: an `up` killed (kill -9) and not restarted leaves its gateway serving.
+        from selfieless.orchestrator.gateway_process import stop_left_over
+
+        stopped = [] if admin else stop_left_over(state_dir or default_state_dir())
+        if not stopped:
+            _fail(str(e))
+        for stack_name, pid in stopped:
+            console.print(f"stopped the gateway of stack {stack_name} (pid {pid}), left serving by an `up` that "
+                          f"is gone; its replicas may still run: `selfieless up` adopts them, then "
+                          f"`selfieless down` stops them")
+        return
     st = _call(client.get, "/api/status") if volumes else None
     _call(client.post, "/api/shutdown")
     console.print(f"asked the stack at {client.url} to shut down; waiting for its replicas to drain...")

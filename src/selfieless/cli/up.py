@@ -1,10 +1,12 @@
 """`selfieless up`: run a stack in the foreground with its admin API, until Ctrl-C or `selfieless down`.
 
-Order: load and adjust the stack (driver, gateway port, database URL), start gateway + orchestrator
-(selfieless.orchestrator.assemble), start the admin API on the same event loop, write
+Order: load and adjust the stack (driver, gateway port, database URL), start (or re-attach to) the
+gateway process and start the orchestrator (selfieless.orchestrator.assemble, run by
+selfieless.orchestrator.runner), start the admin API on the same event loop, write
 ``<state dir>/admin.json`` so the other commands find us, show progress until every service has its
 replicas ready, print where everything is, then wait. On SIGINT/SIGTERM or POST /api/shutdown:
-drain and stop every replica, stop the gateway and the admin API, remove admin.json.
+drain and stop every replica, stop the gateway process and the admin API, remove admin.json.
+After a kill -9 of `up` the gateway keeps serving; the next `up` re-attaches to it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import errno
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ def _apply_to_running(opts: UpOptions, state_dir: Path, console: Console) -> int
 
 async def run_up(opts: UpOptions, console: Console) -> int:
     from selfieless.admin import AdminServer, check_exposure
-    from selfieless.orchestrator.assemble import start_system
+    from selfieless.orchestrator.runner import Runner
 
     state_dir = opts.state_dir.expanduser()
     check_exposure(opts.admin_host, opts.admin_token)
@@ -219,23 +220,19 @@ async def run_up(opts: UpOptions, console: Console) -> int:
                       f"admin {running.get('url')}); stop it with `selfieless down` or use another --state-dir")
     stack = prepare_stack(opts)
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = {"n": 0}
+    def on_signal(n: int) -> None:
+        if n > 1:
+            console.print("[yellow]still stopping: replicas are draining (drain timeouts bound this)[/]")
+
+    runner = Runner(on_signal=on_signal)
 
     def request_stop() -> None:
+        runner.request_stop()
         if opts.stop_requested_at is None:
-            opts.stop_requested_at = time.monotonic()
-        stop.set()
+            opts.stop_requested_at = runner.requested_at
 
-    def on_signal() -> None:
-        signals["n"] += 1
-        if signals["n"] > 1:
-            console.print("[yellow]still stopping: replicas are draining (drain timeouts bound this)[/]")
-        request_stop()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    runner.install_signals()
+    stop = runner.stop_requested
 
     if (opts.driver or stack.driver) == "docker":
         from selfieless.orchestrator.drivers.docker import docker_available
@@ -246,18 +243,22 @@ async def run_up(opts: UpOptions, console: Console) -> int:
                           f"the services as local processes")
     gw_host, gw_port = stack.gateway.host, stack.gateway.port
     try:
-        system = await start_system(stack, state_dir, driver_setting=opts.driver)
+        # The gateway runs as its own process: it keeps serving if this one dies, and the next
+        # `up` re-attaches to it (and adopts the replicas).
+        system = await runner.start(stack, state_dir, driver_setting=opts.driver, gateway_process=True)
     except OSError as e:
         raise UpError(_bind_message(e, gw_port, gw_host)) from None
     except Exception as e:  # a driver that cannot start, ...: one clear line, not a traceback
         raise UpError(f"cannot start stack {stack.name}: {type(e).__name__}: {e}") from None
     orch, gw = system.orchestrator, system.gateway
+    if system.gateway_attached:
+        console.print(f"re-attached to the gateway still serving on port {gw.port} (pid {system.gateway_process.pid})")
     admin = AdminServer(orch, gw, host=opts.admin_host, port=opts.admin_port, token=opts.admin_token,
                         shutdown=request_stop, state_dir=str(state_dir))
     try:
         await admin.start()
     except OSError as e:
-        await system.stop()
+        await runner.stop()
         raise UpError("admin API: " + _bind_message(e, opts.admin_port, opts.admin_host).replace(
             "--port 8080", "--admin-port 8091").replace("with --port", "with --admin-port")) from None
 
@@ -265,8 +266,13 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     write_admin_file(state_dir, {
         "url": admin.url, "pid": os.getpid(), "stack": stack.name, "gateway_url": gateway_url,
         "token_required": bool(opts.admin_token), "started_at": time.time(), "driver": orch.driver.name,
+        "gateway_pid": system.gateway_process.pid,
     })
     unsubscribe = None
+    # Run once the replicas and the gateway have stopped (the admin API answers until then).
+    runner.after_stop(lambda: remove_admin_file(state_dir, os.getpid()))
+    runner.after_stop(admin.stop)
+    runner.after_stop(lambda: unsubscribe() if unsubscribe is not None else None)
     try:
         if not opts.quiet_events:
             unsubscribe = orch.events.subscribe(lambda ev: console.print(f"[dim]{ev}[/]", highlight=False))
@@ -294,16 +300,8 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     finally:
         console.print("[bold]stopping:[/] draining and stopping every replica...")
         if opts.stop_requested_at is None:
-            opts.stop_requested_at = time.monotonic()
-        try:
-            await system.stop()
-        finally:
-            if unsubscribe is not None:
-                unsubscribe()
-            await admin.stop()
-            remove_admin_file(state_dir, os.getpid())
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            opts.stop_requested_at = runner.requested_at or time.monotonic()
+        await runner.stop()
     return 0
 
 

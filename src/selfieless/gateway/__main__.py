@@ -1,17 +1,26 @@
-"""Run the gateway standalone (benchmarks, manual tests).
+"""Run the gateway as its own process: standalone (benchmarks, manual tests) or under a control plane.
 
     python -m selfieless.gateway --port 8080 --route /api/v1=127.0.0.1:8000,127.0.0.1:8001
 
 Each ``--route PREFIX=HOST:PORT[,HOST:PORT...]`` makes one service (named after the prefix)
 whose replicas are the given addresses. Uses uvloop when installed.
+
+With ``--control-socket PATH`` it also serves the control API (selfieless.gateway.control_api) on
+that unix socket, and ``--state-file`` records its pid, public port and socket for a control
+plane to find (``selfieless up`` starts it so: the gateway outlives a crashed control plane).
+``--config-json`` gives every GatewayConfig field; the control token, if any, comes from the
+environment (SELFIELESS_GATEWAY_TOKEN), never the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
+import json
 import logging
+import os
 import signal
 
 from . import Gateway, GatewayConfig, new_event_loop
@@ -32,29 +41,70 @@ def parse_route(spec: str) -> tuple[str, str, list[tuple[str, int]]]:
     return prefix, service, addrs
 
 
+def write_state(path: str, data: dict) -> None:
+    """Replace the state file in one rename, so a reader never sees half of it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
 async def serve(args) -> None:
     config = GatewayConfig(host=args.host, port=args.port, balance=args.balance,
                            no_replica_wait=args.no_replica_wait)
+    if args.config_json:
+        fields = json.loads(args.config_json)
+        if "count_exclude" in fields:  # a tuple, which JSON carries as a list
+            fields["count_exclude"] = tuple(fields["count_exclude"])
+        config = dataclasses.replace(config, **fields)
     routes = [parse_route(s) for s in args.route]
-    gw = Gateway(config, routes={p: s for p, s, _ in routes},
+    table = {p: s for p, s, _ in routes}
+    if args.routes_json:
+        table.update(json.loads(args.routes_json))
+    gw = Gateway(config, routes=table,
                  on_eject=lambda s, r, why: logging.warning("ejected %s/%s: %s", s, r, why))
     for _, service, addrs in routes:
         pool = gw.pool(service)
         for host, port in addrs:
             pool.add(f"{service}-{port}", host, port)
-    await gw.start()
+    stop = asyncio.Event()
+    try:
+        await gw.start()
+    except OSError as e:
+        if args.state_file:  # the starter reads why, to say it in one line
+            write_state(args.state_file, {"pid": os.getpid(), "error": e.strerror or str(e), "errno": e.errno})
+        raise SystemExit(1) from None
+    control = None
+    if args.control_socket:
+        from .control_api import ControlServer
+
+        control = ControlServer(gw, args.control_socket, token=os.environ.get("SELFIELESS_GATEWAY_TOKEN") or None,
+                                on_stop=stop.set)
+        await control.start()
+    if args.state_file:
+        write_state(args.state_file, {"pid": os.getpid(), "host": config.host, "port": gw.port,
+                                      "control_socket": args.control_socket, "instance": control and control.instance})
     # Everything allocated so far lives as long as the process: keep the collector off it, and
     # collect young objects less often (the request path makes short-lived containers only).
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
-    print(f"gateway listening on {args.host}:{gw.port}", flush=True)
-    stop = asyncio.Event()
+    print(f"gateway listening on {config.host}:{gw.port}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await gw.stop(grace=1.0)
+    await gw.stop(grace=args.grace)
+    if control is not None:
+        await control.stop()
+    if args.state_file:
+        try:
+            with open(args.state_file) as f:
+                mine = json.load(f).get("pid") == os.getpid()
+        except (OSError, ValueError):
+            mine = False
+        if mine:
+            os.unlink(args.state_file)
 
 
 def main(argv=None) -> None:
@@ -65,6 +115,11 @@ def main(argv=None) -> None:
     ap.add_argument("--balance", default="round_robin", choices=["round_robin", "least_outstanding"])
     ap.add_argument("--no-replica-wait", type=float, default=10.0)
     ap.add_argument("--log-level", default="WARNING")
+    ap.add_argument("--control-socket", metavar="PATH", help="serve the control API on this unix socket")
+    ap.add_argument("--state-file", metavar="PATH", help="write pid, port and control socket here (JSON)")
+    ap.add_argument("--config-json", metavar="JSON", help="GatewayConfig fields (override the flags above)")
+    ap.add_argument("--routes-json", metavar="JSON", help="route table {prefix: service}")
+    ap.add_argument("--grace", type=float, default=1.0, help="seconds requests in flight get at stop")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     with asyncio.Runner(loop_factory=new_event_loop) as runner:

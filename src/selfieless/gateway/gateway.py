@@ -1,5 +1,8 @@
 """The :class:`Gateway` facade: the control API of docs/interfaces.md.
 
+It implements :class:`~selfieless.gateway.control.GatewayControl` in-process; the same protocol is
+served to a control plane in another process by :mod:`selfieless.gateway.control_api`.
+
 It owns the listening socket, the route table (swapped whole by :meth:`set_routes`), one
 :class:`~selfieless.gateway.pool.ReplicaPool` and one
 :class:`~selfieless.gateway.stats.ServiceStats` per service, and the periodic sweep that enforces
@@ -9,6 +12,7 @@ timeouts. All methods run on the event loop that called :meth:`start`; none of t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 
@@ -109,6 +113,28 @@ class Gateway:
         # table and cache, or the new table with an empty cache.
         self.routes = table
         self.resolved = {}
+
+    def set_limits(self, balance: str, limits: Mapping) -> None:
+        """New connections read the new limits; open ones finish under the old."""
+        self.config = dataclasses.replace(self.config, balance=balance, **dict(limits))
+
+    def add_backend(self, service: str, backend_id: str, host: str, port: int) -> None:
+        self.pool(service).add(backend_id, host, port)
+
+    def remove_backend(self, service: str, backend_id: str) -> None:
+        self.pool(service).remove(backend_id)
+
+    async def drain_backend(self, service: str, backend_id: str, timeout: float) -> bool:
+        return await self.pool(service).drain(backend_id, timeout=timeout)
+
+    def backends(self, service: str) -> list:
+        return self.pool(service).replicas  # creates the pool: `/` then lists the service
+
+    def counters(self, service: str) -> ServiceStats | None:
+        return self._stats.get(service)
+
+    async def refresh(self) -> None:
+        """Counters and pools are read live in-process: nothing to refresh."""
 
     def resolve(self, path: bytes) -> tuple | None:
         """``(pool, stats, counted)`` for a request path, or None when no route matches."""

@@ -2,7 +2,9 @@
 
 A minimal runner for development and tests; the `selfieless` CLI is the user-facing front end.
 Events are printed as they happen. SIGINT/SIGTERM drain and stop every replica; `--detach-on-exit`
-leaves them running for the next start to adopt.
+leaves them running for the next start to adopt. `--gateway-process` runs the gateway as its own
+process (as `selfieless up` does): it keeps serving if this one dies, and the next start
+re-attaches to it.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
-from .assemble import DEFAULT_STATE_DIR, start_system
+from .assemble import DEFAULT_STATE_DIR
+from .runner import Runner
 from .stack import StackError, load_stack
 
 
@@ -24,17 +26,17 @@ async def _main(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.host is not None:
         overrides["host"] = args.host
-    system = await start_system(stack, args.state_dir, driver_setting=args.driver, gateway_overrides=overrides)
-    orch = system.orchestrator
-    orch.events.subscribe(lambda e: print(e, flush=True))
-    print(f"stack {stack.name}: gateway on {system.gateway.config.host}:{system.gateway.port}, "
-          f"driver {orch.driver.name}", flush=True)
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    await done.wait()
-    await system.stop(detach=args.detach_on_exit)
+
+    def started(system) -> None:
+        orch = system.orchestrator
+        orch.events.subscribe(lambda e: print(e, flush=True))
+        how = "re-attached to the running gateway" if system.gateway_attached else "gateway"
+        host = system.gateway.host if args.gateway_process else system.gateway.config.host
+        print(f"stack {stack.name}: {how} on {host}:{system.gateway.port}, driver {orch.driver.name}", flush=True)
+
+    await Runner(detach=args.detach_on_exit).run(
+        stack, args.state_dir, on_started=started, driver_setting=args.driver, gateway_overrides=overrides,
+        gateway_process=args.gateway_process)
     return 0
 
 
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", help="gateway listen address (overrides the stack)")
     p.add_argument("--port", type=int, help="gateway port (overrides the stack)")
     p.add_argument("--detach-on-exit", action="store_true", help="leave replicas running on exit")
+    p.add_argument("--gateway-process", action="store_true",
+                   help="run the gateway as its own process (it outlives this one; a restart re-attaches)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

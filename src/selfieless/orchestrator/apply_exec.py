@@ -64,13 +64,9 @@ async def apply_stack(orch, new: Stack, *, dry_run: bool = False, timeout: float
                 await orch.scale(a.service, wanted, reason=f"apply: replicas min {lo} max {hi}")
             orch.restart_autoscaler(a.service)
         elif isinstance(a, ap.SetGatewayLimits):
-            gw = orch.gateway
-            if hasattr(gw, "config"):
-                # New connections read the new limits; open ones finish under the old.
-                gw.config = dataclasses.replace(gw.config, balance=a.balance, **a.limits.model_dump())
+            orch.gateway.set_limits(a.balance, a.limits.model_dump())
         elif isinstance(a, ap.SetRoutes):
-            if hasattr(orch.gateway, "set_routes"):
-                orch.gateway.set_routes(dict(a.routes))
+            orch.gateway.set_routes(dict(a.routes))
         elif isinstance(a, ap.RollingReplace):
             r = await roll(orch, a.service, new.services[a.service], reason="; ".join(a.reasons),
                            timeout=max(1.0, timeout - (time.monotonic() - t0)))

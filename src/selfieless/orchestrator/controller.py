@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import autoscale as auto
 from . import driver_owned
@@ -47,6 +47,9 @@ from .service import ScheduledStart, ServiceRuntime
 from .status import StackStatus, to_json
 from .stack import NoPolicy, ServiceSpec, Stack
 
+if TYPE_CHECKING:
+    from selfieless.gateway.control import GatewayControl
+
 log = logging.getLogger(__name__)
 
 # A replica found running but not wanted (adoption) only has to free its port quickly.
@@ -58,7 +61,7 @@ class Orchestrator:
         self,
         stack: Stack,
         driver: Driver,
-        gateway: Any,
+        gateway: GatewayControl,
         *,
         state_dir: str | None = None,
         events: EventLog | None = None,
@@ -290,45 +293,38 @@ class Orchestrator:
 
     def _hook_gateway(self) -> None:
         gw = self.gateway
-        if hasattr(gw, "set_routes"):
-            gw.set_routes(self.stack.routes())
+        gw.set_routes(self.stack.routes())
         # The gateway may have been built before the orchestrator existed; wire the callback now.
-        if getattr(gw, "on_eject", "missing") is None:
+        if gw.on_eject is None:
             gw.on_eject = self.on_eject
-        if getattr(gw, "on_replica_error", "missing") is None:
+        if gw.on_replica_error is None:
             gw.on_replica_error = self.on_replica_error
-        if getattr(gw, "on_no_replica", "missing") is None:
+        if gw.on_no_replica is None:
             gw.on_no_replica = self.on_no_replica
-
-    def _pool(self, service: str):
-        return self.gateway.pool(service)
 
     def _pool_views(self, service: str) -> list:
         try:
-            return list(self._pool(service).replicas)
+            return list(self.gateway.backends(service))
         except Exception:
             return []
 
     def _stats(self, service: str) -> auto.Sample:
-        try:
-            st = self.gateway.stats(service)
-        except KeyError:
+        st = self.gateway.counters(service)
+        if st is None:
             return auto.Sample(0, None)  # no request routed to it yet
-        if isinstance(st, dict):
-            return auto.Sample(st.get("api_requests", 0), st.get("first_request_at"))
         return auto.Sample(st.api_requests, st.first_request_at)
 
     def _join_pool(self, rep: Replica) -> None:
         if self.services[rep.service].dependency:
             return  # no routes, no pool: other replicas reach it directly
-        self._pool(rep.service).add(rep.id, replica_host(rep), rep.port)
+        self.gateway.add_backend(rep.service, rep.id, replica_host(rep), rep.port)
         rep.in_pool = True
 
     def _leave_pool(self, rep: Replica) -> None:
         # Always tell the pool, even when we think it is out: it also forgets an entry the
         # gateway ejected by itself and still lists.
         if not self.services[rep.service].dependency:
-            self._pool(rep.service).remove(rep.id)
+            self.gateway.remove_backend(rep.service, rep.id)
         rep.in_pool = False
 
     # ------------------------------------------------------------------------------------------
@@ -446,7 +442,7 @@ class Orchestrator:
         try:
             if drain and rep.in_pool:
                 t0 = self._mono()
-                ok = await self._pool(svc.name).drain(rep.id, timeout=svc.spec.drain_timeout)
+                ok = await self.gateway.drain_backend(svc.name, rep.id, timeout=svc.spec.drain_timeout)
                 self.events.emit("drained", svc.name, rep.id,
                                  f"{'drained' if ok else 'drain timed out'} after {self._mono() - t0:.2f} s ({reason})")
             self._leave_pool(rep)
@@ -464,7 +460,7 @@ class Orchestrator:
             self._wake.set()
 
     def _launch_spec(self, svc: ServiceRuntime, port: int) -> LaunchSpec:
-        gw_port = getattr(self.gateway, "port", None) or self.stack.gateway.port
+        gw_port = self.gateway.port or self.stack.gateway.port
         return svc.launch_spec(self.stack, port, gw_port, self.state_dir, REPLICA_HOST)
 
     # ------------------------------------------------------------------------------------------
@@ -570,6 +566,12 @@ class Orchestrator:
             if step.probe_again:
                 self.probing.start(svc, rep)
         for svc in self.services.values():
+            if not svc.dependency:
+                # A gateway that outlived the previous control plane may still list replicas that
+                # are gone (or were just stopped above): forget them.
+                for v in self._pool_views(svc.name):
+                    if v.id not in svc.replicas:
+                        self.gateway.remove_backend(svc.name, v.id)
             n = sum(1 for r in svc.replicas.values() if r.adopted)
             if n:
                 # Carry on with what was running (within bounds) rather than the initial count.

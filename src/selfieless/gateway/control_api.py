@@ -1,0 +1,273 @@
+"""The gateway's control API: :class:`~.control.GatewayControl` for a control plane in another process.
+
+Served with uvicorn on a unix socket (created owner-only, 0600, in the stack's state directory)
+on the gateway's own event loop, beside the proxy and never in its request path: the public port
+shows nothing of it. A token, when set, is required as ``Authorization: Bearer``.
+
+    GET  /control/info                      instance id, pid, public host/port, routes, next event
+    POST /control/ops    {"ops": [...]}     routes / add / remove / limits, applied in order
+    POST /control/drain  {service,id,timeout}  -> {"drained": bool}
+    GET  /control/poll?after=N&wait=S       events after N (long poll, up to S s), counters, pools
+    POST /control/stop                      stop serving and exit the gateway process
+
+Events are what the in-process gateway reports through callbacks: ``eject`` (passive ejection),
+``replica_error`` (a 5xx answer) and ``no_replica`` (a request held, scale from zero). They are
+numbered and kept in a bounded buffer, so a control plane that restarts reads on from where the
+gateway is now; while none is attached the gateway keeps serving its last route table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import logging
+import os
+import socket
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Union
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .gateway import Gateway
+from .routing import RouteTable
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT = 30.0  # longest long poll a client may ask for
+
+
+class _Op(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RoutesOp(_Op):
+    op: Literal["routes"]
+    routes: dict[str, str]
+
+
+class AddOp(_Op):
+    op: Literal["add"]
+    service: str
+    id: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class RemoveOp(_Op):
+    op: Literal["remove"]
+    service: str
+    id: str
+
+
+class LimitsOp(_Op):
+    op: Literal["limits"]
+    balance: Literal["round_robin", "least_outstanding"]
+    limits: dict[str, Any]
+
+
+Op = Annotated[Union[RoutesOp, AddOp, RemoveOp, LimitsOp], Field(discriminator="op")]
+
+
+class OpsBody(_Op):
+    ops: list[Op]
+
+
+class DrainBody(_Op):
+    service: str
+    id: str
+    timeout: float = Field(ge=0, le=3600)
+
+
+class EventFeed:
+    """Numbered reports for the control plane, newest ``maxlen`` kept; readers long-poll."""
+
+    def __init__(self, maxlen: int = 4096) -> None:
+        self.next = 1  # number the next event gets
+        self.items: deque[dict] = deque(maxlen=maxlen)
+        self._changed = asyncio.Event()
+
+    def add(self, kind: str, service: str, backend: str | None = None, detail: Any = None) -> None:
+        self.items.append({"seq": self.next, "kind": kind, "service": service, "id": backend, "detail": detail})
+        self.next += 1
+        self._changed.set()
+
+    def after(self, seq: int) -> list[dict]:
+        return [e for e in self.items if e["seq"] > seq]
+
+    async def wait_after(self, seq: int, timeout: float) -> list[dict]:
+        found = self.after(seq)
+        if found or timeout <= 0:
+            return found
+        self._changed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        return self.after(seq)
+
+
+def _stats_json(st) -> dict:
+    """A service's counters as JSON: the snapshot, with the latency buckets as raw counts (the
+    cumulative form ends in an infinite bound, which JSON cannot carry)."""
+    snap = st.snapshot()
+    snap["latency"] = {"counts": list(st.latency.counts), "sum": st.latency.sum, "count": st.latency.count}
+    return snap
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: str | None = None,
+                       on_stop: Callable[[], object] | None = None) -> Starlette:
+    """The Starlette app of the control API over ``gw`` (whose callbacks must feed ``feed``)."""
+    async def body(request: Request, model):
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise _BadRequest("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+
+    def info(_: Request) -> JSONResponse:
+        return JSONResponse({"instance": instance, "pid": os.getpid(), "host": gw.config.host, "port": gw.port,
+                             "routes": dict(gw.routes.routes),
+                             "next": feed.next - 1})
+
+    async def ops(request: Request) -> JSONResponse:
+        parsed = await body(request, OpsBody)
+        for op in parsed.ops:  # a bad batch changes nothing: check what the models cannot
+            try:
+                if isinstance(op, RoutesOp):
+                    RouteTable(op.routes)
+                elif isinstance(op, LimitsOp):
+                    dataclasses.replace(gw.config, balance=op.balance, **op.limits)
+            except (TypeError, ValueError) as e:
+                return _error(400, f"{op.op}: {e}")
+        for op in parsed.ops:
+            if isinstance(op, RoutesOp):
+                gw.set_routes(op.routes)
+            elif isinstance(op, AddOp):
+                gw.add_backend(op.service, op.id, op.host, op.port)
+            elif isinstance(op, RemoveOp):
+                gw.remove_backend(op.service, op.id)
+            else:
+                gw.set_limits(op.balance, op.limits)
+        return JSONResponse({"applied": len(parsed.ops)})
+
+    async def drain(request: Request) -> JSONResponse:
+        d = await body(request, DrainBody)
+        return JSONResponse({"drained": await gw.drain_backend(d.service, d.id, d.timeout)})
+
+    async def poll(request: Request) -> JSONResponse:
+        try:
+            after = int(request.query_params.get("after", "0"))
+            wait = min(MAX_WAIT, max(0.0, float(request.query_params.get("wait", "0"))))
+        except ValueError:
+            return _error(400, "after must be an integer and wait a number of seconds")
+        events = await feed.wait_after(after, wait)
+        return JSONResponse({
+            "instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
+            "stats": {name: _stats_json(st) for name, st in gw.all_stats.items()},
+            "pools": {name: [v._asdict() for v in pool.replicas] for name, pool in gw.pools.items()},
+        })
+
+    def stop(_: Request) -> JSONResponse:
+        if on_stop is not None:
+            on_stop()
+        return JSONResponse({"stopping": True}, status_code=202)
+
+    class _BadRequest(Exception):
+        pass
+
+    async def bad_request(_: Request, exc: Exception) -> JSONResponse:
+        return _error(400, str(exc))
+
+    async def auth(request: Request, call_next):
+        if token:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _error(401, "missing or wrong token")
+        return await call_next(request)
+
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    return Starlette(
+        routes=[Route("/control/info", info), Route("/control/ops", ops, methods=["POST"]),
+                Route("/control/drain", drain, methods=["POST"]), Route("/control/poll", poll),
+                Route("/control/stop", stop, methods=["POST"])],
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=auth)],
+        exception_handlers={_BadRequest: bad_request},
+    )
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the gateway process owns SIGINT/SIGTERM
+        yield
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+def bind_unix(path: str) -> socket.socket:
+    """A listening unix socket at ``path``, owner-only; a stale socket file there is replaced."""
+    if len(os.fsencode(path)) >= 100:
+        raise OSError(f"control socket path too long for a unix socket ({len(path)} bytes): {path}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+class ControlServer:
+    """Serves the control API of ``gw`` on a unix socket; wires the gateway's callbacks to events."""
+
+    def __init__(self, gw: Gateway, path: str, *, token: str | None = None,
+                 on_stop: Callable[[], object] | None = None) -> None:
+        self.gw, self.path = gw, path
+        self.instance = uuid.uuid4().hex
+        self.feed = EventFeed()
+        gw.on_eject = lambda service, rid, reason: self.feed.add("eject", service, rid, reason)
+        gw.on_replica_error = lambda service, rid, status: self.feed.add("replica_error", service, rid, status)
+        gw.on_no_replica = lambda service: self.feed.add("no_replica", service)
+        self.app = create_control_app(gw, self.feed, instance=self.instance, token=token, on_stop=on_stop)
+        self._server: _Server | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        sock = bind_unix(self.path)
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=1, server_header=False)
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-control-api")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("gateway control API stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        self._server.force_exit = True  # long polls would hold the shutdown up
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, 5)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._server = None
