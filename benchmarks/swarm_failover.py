@@ -88,7 +88,6 @@ def node_loss(up: SwarmUp, lab: Lab) -> tuple[float, float, int, int]:
     try:
         with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=CLIENTS) as load:
             time.sleep(1.0)
-            t0 = time.monotonic()
             lab.cut(3)
             out = wait(lambda: lost not in {r["host"] for r in up.ready("acts")}, 30, "node out of rotation")
             restored = out + wait(lambda: len(up.ready("acts")) == 3, 120, "3 acts tasks again", 0.1)
