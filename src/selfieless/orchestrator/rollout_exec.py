@@ -28,12 +28,14 @@ class RolloutResult:
 
 
 async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "apply",
-               timeout: float = 600.0) -> RolloutResult:
-    """Replace every replica of `service` with one of `new_spec`; on failure go back to the old spec.
+               timeout: float = 600.0, rollback_spec: ServiceSpec | None = None) -> RolloutResult:
+    """Replace every replica of `service` with one of `new_spec`; on failure go back to the old spec
+    (`rollback_spec` when given: the running spec pinned to the image id its replicas run, when the
+    image name now resolves to new content).
 
     Returns once the service has converged on one version (or the rollout paused or timed out)."""
     svc = orch.services[service]
-    old_spec = svc.spec
+    old_spec = rollback_spec or svc.spec
     update = new_spec.update
     ready_old = [(r.id, r.port) for r in orch.replicas_of(service) if r.state == S.READY]
     state = ro.begin(service, ready_old, list(new_spec.host_ports.ports), desired=svc.desired,

@@ -81,6 +81,11 @@ class Driver(abc.ABC):
         """The replica passed its first health probe: a driver may now take back what it gave the
         replica only to start quickly."""
 
+    async def image_ids(self, images: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, str | None]]:
+        """For `apply`: per service, the image ids its running replicas were started from, and the
+        id each image name (service -> name) resolves to now. Empty for drivers without images."""
+        return {}, {}
+
     async def close(self) -> None:
         """Release resources. Replicas keep running (so a restarted orchestrator can adopt them)."""
 

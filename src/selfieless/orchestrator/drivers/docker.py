@@ -275,6 +275,28 @@ class DockerDriver(Driver):
             out.append(h)
         return out
 
+    async def image_ids(self, images: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, str | None]]:
+        """What a rebuilt image (same name, new id) is detected by: the id each running container
+        was created from (an image name is resolved once, at creation) against what the name
+        resolves to now."""
+        import docker.errors
+
+        def look() -> tuple[dict[str, list[str]], dict[str, str | None]]:
+            running: dict[str, list[str]] = {}
+            for c in self.client.api.containers(filters={"label": f"{LABEL_STACK}={self.stack}"}):
+                service = (c.get("Labels") or {}).get(LABEL_SERVICE)
+                if service in images:
+                    running.setdefault(service, []).append(c.get("ImageID"))
+            current: dict[str, str | None] = {}
+            for service, image in images.items():
+                try:
+                    current[service] = self.client.api.inspect_image(image)["Id"]
+                except docker.errors.ImageNotFound:
+                    current[service] = None   # the start will say so; no content to compare
+            return running, current
+
+        return await asyncio.to_thread(look)
+
     async def adopt(self, handle: ReplicaHandle) -> None:
         self._ensure_watcher()
 
