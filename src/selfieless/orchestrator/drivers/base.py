@@ -31,6 +31,7 @@ class LaunchSpec:
     network: str | None = None            # user-defined network to join (created if missing)
     extra_hosts: dict[str, str] = field(default_factory=dict)
     volumes: dict[str, str] = field(default_factory=dict)   # named volume -> path in the container
+    start_boost: bool = True              # a bigger CPU share until ready (off: others serve meanwhile)
 
 
 @dataclass(frozen=True)
