@@ -107,3 +107,43 @@ async def test_acts_rolls_to_a_new_version_under_writes_and_keeps_every_write(tm
         if load is not None:
             await load.stop()
         await system.stop()
+
+
+async def test_rollout_history_survives_a_restart_and_undo_uses_it(tmp_path, ports):
+    from selfieless.orchestrator.rollout_exec import HISTORY_FILE, history_json, undo
+
+    stack = echo_stack(ports, replicas={"initial": 2}, update={"monitor": 0.3})
+    system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
+    try:
+        await system.orchestrator.wait_ready(20)
+        result = await roll(system.orchestrator, "echo", new_spec(stack, echo_command() + ["--v2"]), timeout=60)
+        assert result.outcome == "complete", result
+    finally:
+        await system.stop()
+    assert (tmp_path / stack.name / HISTORY_FILE).exists()
+
+    # A new orchestrator on the same state dir (as after restarting `up` with the updated file)
+    # knows the rollout, and undo goes back to what it replaced.
+    v2 = stack.model_copy(update={"services": {"echo": new_spec(stack, echo_command() + ["--v2"])}})
+    system = await start_system(v2, tmp_path, gateway_overrides={"host": "127.0.0.1"})
+    orch = system.orchestrator
+    try:
+        await orch.wait_ready(20)
+        assert orch.services["echo"].spec.command[-1] == "--v2"
+        (entry,) = history_json(orch, "echo")
+        assert entry["outcome"] == "complete" and entry["reason"] == "apply"
+        result = await undo(orch, "echo", timeout=60)
+        assert result.outcome == "complete", result
+        assert orch.services["echo"].spec.command == stack.services["echo"].command
+        assert [h["reason"] for h in history_json(orch, "echo")] == ["apply", "rollout undo"]
+    finally:
+        await system.stop()
+
+    # A damaged file does not stop the stack: the history starts again, and an event says why.
+    (tmp_path / stack.name / HISTORY_FILE).write_text("{not json")
+    system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
+    try:
+        assert history_json(system.orchestrator, "echo") == []
+        assert any("unreadable" in e.reason for e in system.orchestrator.events.since(0))
+    finally:
+        await system.stop()
