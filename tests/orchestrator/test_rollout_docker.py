@@ -195,3 +195,25 @@ async def test_scale_to_zero_then_a_burst_of_20_is_all_answered(tmp_path, engine
         assert any("scale from zero" in e.reason for e in orch.events.since(0) if e.kind == "scaled")
     finally:
         await system.stop()
+
+
+async def test_a_spare_replica_starts_without_the_cpu_boost(engine):
+    """A rollout's start-first replica (start_boost off) gets the normal CPU weight from the start."""
+    from selfieless.orchestrator.drivers.base import LaunchSpec
+    from selfieless.orchestrator.drivers.docker import CPU_SHARES, START_CPU_BOOST, DockerDriver
+
+    port, other = free_port_range(2)
+    stack = f"rolls{port}"
+    d = DockerDriver(stack)
+    handles = []
+    try:
+        for p, boost in ((port, False), (other, True)):
+            handles.append(await d.start(LaunchSpec(stack=stack, service="acts", host_port=p, image="acts:latest",
+                                                    start_boost=boost)))
+        shares = [d.client.api.inspect_container(h.id)["HostConfig"]["CpuShares"] for h in handles]
+        assert shares == [CPU_SHARES, CPU_SHARES * START_CPU_BOOST]
+    finally:
+        for h in handles:
+            await d.stop(h, grace=0)
+        await d.cleanup()
+        await d.close()
