@@ -21,8 +21,9 @@
   cgroup v2 the runtime converts shares to cpu.weight; the ratio between this stack's containers
   is the same, but with some runtime versions 1024 shares is a lower weight than the default.)
   A start-first rollout's new replica gets no boost (LaunchSpec.start_boost): every old replica
-  still serves, and a boosted boot took the CPU from them (p99 during a rollout 1.6-2.9x the p99
-  before it, against 0.6-0.9x without the boost; benchmarks/rollout.py --driver docker).
+  still serves, so nothing waits for it, and a boosted boot would take the CPU from them. (On the
+  shared 2-core test machine benchmarks/rollout.py --driver docker put p99 during / before a
+  rollout at 1.6x and 2.9x with the boost, 1.5-2.7x without it over 4 runs: noise dominates.)
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
 """
 
