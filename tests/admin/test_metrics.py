@@ -79,8 +79,9 @@ def test_scrapes_follow_new_requests(stack):
 
 
 def test_window_count_metric():
-    """The window gauge comes from status()['services'][s]['window']['count'] when the policy has one."""
+    """The window gauge comes from the snapshot's window count when the policy has one."""
     from selfieless.admin.metrics import StackCollector
+    from selfieless.orchestrator.status import from_json
 
     class GW:
         pools, all_stats = {}, {}
@@ -89,7 +90,7 @@ def test_window_count_metric():
                                     "window": {"count": 23, "ends_in": 40.5, "started": True}, "replicas": [],
                                     "crash_loops": {"8001": 3}}},
               "converged": False, "last_event_id": 9}
-    fams = {f.name: f for f in StackCollector(GW(), status=lambda: status).collect()}
+    fams = {f.name: f for f in StackCollector(GW(), status=lambda: from_json(status)).collect()}
     assert fams["selfieless_window_requests"].samples[0].value == 23
     assert fams["selfieless_window_ends_in_seconds"].samples[0].value == 40.5
     assert fams["selfieless_replicas_pending"].samples[0].value == 1

@@ -2,7 +2,7 @@
 
 Routes (JSON unless said otherwise):
 
-- ``GET  /api/status``                       Orchestrator.status()
+- ``GET  /api/status``                       the orchestrator's snapshot (orchestrator/status.py) as JSON
 - ``GET  /api/events?after=ID&wait=S&limit=N`` events after cursor ID; with ``wait`` a long poll
 - ``POST /api/scale``    ``{"service": str, "replicas": int}``
 - ``POST /api/shutdown``                     graceful stop of the whole ``selfieless up``
@@ -32,6 +32,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from selfieless.orchestrator.status import to_json
 
 from . import metrics
 from .history import KEEP_SECONDS, SAMPLE_INTERVAL, RateHistory
@@ -127,22 +129,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _log_files(orchestrator: Any, state_dir: Path | None, service: str) -> dict[int, Path]:
-    """Log files of a service's replicas by port (process driver: <state>/<stack>/logs/<svc>-<port>.log)."""
-    driver = getattr(orchestrator, "driver", None)
-    base = getattr(driver, "log_path", None)
-    if base is None and state_dir is not None:
-        base = Path(state_dir) / orchestrator.stack.name / "logs"
-    if base is None:
-        return {}
-    out = {}
-    for f in Path(base).glob(f"{service}-*.log"):
-        rest = f.stem[len(service) + 1:]
-        if rest.isdigit():
-            out[int(rest)] = f
-    return out
-
-
 def _read_tail(path: Path, lines: int) -> tuple[str, int]:
     with open(path, "rb") as fh:
         fh.seek(0, 2)
@@ -186,12 +172,13 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
                shutdown: Callable[[], Any] | None = None, state_dir: str | Path | None = None,
                closing: asyncio.Event | None = None, history: Any = None) -> ASGIApp:
     """The admin ASGI app. `shutdown` is called (on the loop) by POST /api/shutdown; `closing` is set
-    when the server stops, which ends every long poll at once."""
+    when the server stops, which ends every long poll at once. `state_dir` is no longer read: the
+    driver says where its logs are (Driver.log_files)."""
     registry = metrics.make_registry(gateway, orchestrator)
     history = history if history is not None else RateHistory()
 
     async def status(request: Request) -> Response:
-        return JSONResponse(orchestrator.status())
+        return JSONResponse(to_json(orchestrator.snapshot()))
 
     async def events(request: Request) -> Response:
         q = request.query_params
@@ -235,8 +222,8 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
             await orchestrator.scale(req.service, req.replicas, reason="manual scale (admin API)")
         except ValueError as e:
             return error(400, str(e))
-        svc = orchestrator.status()["services"][req.service]
-        return JSONResponse({"service": req.service, "desired": svc["desired"], "actual": svc["actual"]})
+        svc = orchestrator.snapshot().services[req.service]
+        return JSONResponse({"service": req.service, "desired": svc.desired, "actual": svc.actual})
 
     async def apply_route(request: Request) -> Response:
         # Imported here: the admin app must not pull the orchestrator in for a bare status page.
@@ -274,10 +261,10 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         action = data["action"]
         if action in ("status", "history"):
             hist = rollout_exec.history_json(orchestrator, service)
-            return JSONResponse({"service": service, "rolling": svc.held_by,
+            return JSONResponse({"service": service, "rolling": svc.rollout_owner,
                                  "history": hist if action == "history" else hist[-1:]})
-        if svc.held_by is not None:
-            return error(409, f"{service}: a rollout is already under way ({svc.held_by})")
+        if svc.rollout_owner is not None:
+            return error(409, f"{service}: a rollout is already under way ({svc.rollout_owner})")
         try:
             r = await (rollout_exec.undo if action == "undo" else rollout_exec.restart)(orchestrator, service)
         except ValueError as e:
@@ -306,8 +293,8 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
                 offsets[int(p)] = int(o)
         except ValueError:
             return error(400, "port and tail must be integers, offsets like 8000:1234,8001:0")
-        files = _log_files(orchestrator, Path(state_dir) if state_dir else None, service)
-        if not files and getattr(getattr(orchestrator, "driver", None), "name", "") != "process":
+        files = orchestrator.driver.log_files(service)
+        if not files and orchestrator.driver.name != "process":
             return error(501, f"logs are only kept for the process driver (this stack runs "
                               f"{getattr(orchestrator.driver, 'name', '?')}); use `docker logs` for containers")
         if port is not None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics, read at scrape time from the gateway's counters and the orchestrator's status.
+"""Prometheus metrics, read at scrape time from the gateway's counters and the orchestrator's snapshot.
 
 Nothing is recorded on the request path: the gateway already keeps plain integer counters
 (selfieless.gateway.stats) and :class:`StackCollector` turns them into metric families only when
@@ -12,6 +12,8 @@ mutated by that thread only, so a scrape sees one consistent snapshot.
 from __future__ import annotations
 
 from typing import Any, Callable
+
+from selfieless.orchestrator.status import StackStatus
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -32,13 +34,13 @@ def _attr(obj: Any, name: str) -> Any:
 
 
 class StackCollector(Collector):
-    """One scrape = one pass over `gateway.all_stats`, `gateway.pools` and `orchestrator.status()`."""
+    """One scrape = one pass over `gateway.all_stats`, `gateway.pools` and `orchestrator.snapshot()`."""
 
     def __init__(self, gateway: Any, orchestrator: Any | None = None,
-                 status: Callable[[], dict] | None = None) -> None:
+                 status: Callable[[], StackStatus] | None = None) -> None:
         self.gateway = gateway
         self.orchestrator = orchestrator
-        self._status = status or (orchestrator.status if orchestrator is not None else None)
+        self._status = status or (orchestrator.snapshot if orchestrator is not None else None)
 
     def describe(self):
         # No describe: registering must not call collect() (it would read live objects early).
@@ -106,29 +108,29 @@ class StackCollector(Collector):
                                        labels=["service", "port"])
         crash_loops = GaugeMetricFamily(f"{p}_crash_loop_failures", "Consecutive failed starts on a port in backoff",
                                         labels=["service", "port"])
-        for name, svc in sorted(status.get("services", {}).items()):
-            desired.add_metric([name], svc.get("desired", 0))
-            actual.add_metric([name], svc.get("actual", 0))
-            ready.add_metric([name], svc.get("ready", 0))
-            pending.add_metric([name], len(svc.get("pending") or []))
-            w = svc.get("window")
+        for name, svc in sorted(status.services.items()):
+            desired.add_metric([name], svc.desired)
+            actual.add_metric([name], svc.actual)
+            ready.add_metric([name], svc.ready)
+            pending.add_metric([name], len(svc.pending))
+            w = svc.window
             if w:
-                window.add_metric([name], w.get("count", 0))
-                if w.get("ends_in") is not None:
-                    window_left.add_metric([name], w["ends_in"])
-            for r in svc.get("replicas", []):
-                labels = [name, r["id"], str(r["port"])]
+                window.add_metric([name], w.count)
+                if w.ends_in is not None:
+                    window_left.add_metric([name], w.ends_in)
+            for r in svc.replicas:
+                labels = [name, r.id, str(r.port)]
                 for s in REPLICA_STATES:
-                    state.add_metric(labels + [s], 1.0 if r.get("state") == s else 0.0)
-                if r.get("health") in ("passing", "failing"):
-                    healthy.add_metric(labels, 1.0 if r["health"] == "passing" else 0.0)
-                restarts.add_metric([name, str(r["port"])], r.get("restarts", 0))
-            for port, n in (svc.get("crash_loops") or {}).items():
+                    state.add_metric(labels + [s], 1.0 if r.state == s else 0.0)
+                if r.health in ("passing", "failing"):
+                    healthy.add_metric(labels, 1.0 if r.health == "passing" else 0.0)
+                restarts.add_metric([name, str(r.port)], r.restarts)
+            for port, n in svc.crash_loops.items():
                 crash_loops.add_metric([name, str(port)], n)
         converged = GaugeMetricFamily(f"{p}_converged", "1 when every service has exactly its desired ready replicas")
-        converged.add_metric([], 1.0 if status.get("converged") else 0.0)
+        converged.add_metric([], 1.0 if status.converged else 0.0)
         events = CounterMetricFamily(f"{p}_events", "Control-plane events emitted")
-        events.add_metric([], status.get("last_event_id", 0))
+        events.add_metric([], status.last_event_id)
         yield from (desired, actual, ready, pending, window, window_left, state, healthy, restarts, crash_loops,
                     converged, events)
 

@@ -19,13 +19,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from .client import AdminClient, AdminError, NoRunningUp, default_state_dir
+
+if TYPE_CHECKING:  # the CLI reads status over HTTP: it does not import the orchestrator to start
+    from selfieless.orchestrator.status import ServiceStatus, WindowStatus
 
 app = typer.Typer(
     name="selfieless",
@@ -148,24 +151,28 @@ def down(
 # status / events / scale / logs
 
 
-def _window_text(w: dict | None) -> str:
+def _window_text(w: WindowStatus | None) -> str:
     if not w:
         return "-"
-    if not w.get("started"):
+    if not w.started:
         return "0 (not started)"
-    return f"{w['count']} ({w['ends_in']:.0f} s left)"
+    return f"{w.count} ({w.ends_in:.0f} s left)"
 
 
-def _policy_text(svc: dict) -> str:
-    w = svc.get("window")
-    if svc["policy"] == "window" and w:
-        return f"window {w['seconds']:g}s/{w['requests_per_replica']}"
-    return svc["policy"]
+def _policy_text(svc: ServiceStatus) -> str:
+    w = svc.window
+    if svc.policy == "window" and w:
+        return f"window {w.seconds:g}s/{w.requests_per_replica}"
+    return svc.policy
 
 
-def status_tables(st: dict) -> list:
-    """The renderables `selfieless status` prints: a services table, a replicas table, decisions."""
-    title = f"stack {st['stack']} · driver {st['driver']} · {'converged' if st['converged'] else 'converging'}"
+def status_tables(wire: dict) -> list:
+    """The renderables `selfieless status` prints from GET /api/status: a services table, a replicas
+    table, decisions."""
+    from selfieless.orchestrator.status import from_json
+
+    st = from_json(wire)
+    title = f"stack {st.stack} · driver {st.driver} · {'converged' if st.converged else 'converging'}"
     services = Table(title=title, title_justify="left")
     for col, kw in (("service", {}), ("desired", {"justify": "right"}), ("actual", {"justify": "right"}),
                     ("ready", {"justify": "right"}), ("min..max", {"justify": "right"}), ("ports", {}),
@@ -179,19 +186,19 @@ def status_tables(st: dict) -> list:
         replicas.add_column(col, **kw)
     colours = {"ready": "green", "starting": "yellow", "unhealthy": "red", "exited": "red", "stopping": "dim"}
     decisions = []
-    for name, svc in st["services"].items():
-        services.add_row(name, str(svc["desired"]), str(svc["actual"]), str(svc["ready"]),
-                         f"{svc['min']}..{svc['max']}", svc["host_ports"], _policy_text(svc), str(svc["api_requests"]),
-                         _window_text(svc.get("window")))
-        if svc.get("last_decision"):
-            decisions.append(f"{name}: {svc['last_decision']}")
-        for r in svc["replicas"]:
-            c = colours.get(r["state"], "white")
-            replicas.add_row(name, str(r["port"]), str(r.get("pid") or "-"), r["id"], f"[{c}]{r['state']}[/]", r["health"],
-                             str(r["in_flight"]), str(r["requests"]), str(r["restarts"]), f"{r['uptime']:.0f} s")
-        for p in svc.get("pending", []):
-            replicas.add_row(name, str(p["port"]), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-",
-                             f"in {p['in']:.1f} s")
+    for name, svc in st.services.items():
+        services.add_row(name, str(svc.desired), str(svc.actual), str(svc.ready),
+                         f"{svc.min}..{svc.max}", svc.host_ports, _policy_text(svc), str(svc.api_requests),
+                         _window_text(svc.window))
+        if svc.last_decision:
+            decisions.append(f"{name}: {svc.last_decision}")
+        for r in svc.replicas:
+            c = colours.get(r.state, "white")
+            replicas.add_row(name, str(r.port), str(r.pid or "-"), r.id, f"[{c}]{r.state}[/]", r.health,
+                             str(r.in_flight), str(r.requests), str(r.restarts), f"{r.uptime:.0f} s")
+        for p in svc.pending:
+            replicas.add_row(name, str(p.port), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-",
+                             f"in {p.due_in:.1f} s")
     out: list = [services, replicas]
     if decisions:
         out.append("last decisions:\n" + "\n".join(f"  {d}" for d in decisions))

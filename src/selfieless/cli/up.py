@@ -33,6 +33,7 @@ from selfieless.orchestrator.stack import (
     load_stack,
     parse_stack,
 )
+from selfieless.orchestrator.status import StackStatus
 
 from .client import read_admin_file, remove_admin_file, write_admin_file
 
@@ -111,16 +112,16 @@ def _bind_message(e: OSError, port: int, host: str) -> str:
     return f"cannot listen on {host}:{port}: {e.strerror or e}"
 
 
-def progress_table(status: dict) -> Table:
-    t = Table(title=f"starting stack {status['stack']} (driver {status['driver']})", title_justify="left")
+def progress_table(status: StackStatus) -> Table:
+    t = Table(title=f"starting stack {status.stack} (driver {status.driver})", title_justify="left")
     t.add_column("service")
     t.add_column("ready / desired", justify="right")
     t.add_column("replicas")
-    for name, svc in status["services"].items():
-        states = " ".join(f"{r['port']}:{r['state']}" for r in svc["replicas"])
-        pend = " ".join(f"{p['port']}:pending" for p in svc.get("pending", []))
-        mark = "[green]✓[/]" if svc["ready"] == svc["desired"] else "[yellow]…[/]"
-        t.add_row(name, f"{svc['ready']} / {svc['desired']} {mark}", " ".join(x for x in (states, pend) if x))
+    for name, svc in status.services.items():
+        states = " ".join(f"{r.port}:{r.state}" for r in svc.replicas)
+        pend = " ".join(f"{p.port}:pending" for p in svc.pending)
+        mark = "[green]✓[/]" if svc.ready == svc.desired else "[yellow]…[/]"
+        t.add_row(name, f"{svc.ready} / {svc.desired} {mark}", " ".join(x for x in (states, pend) if x))
     return t
 
 
@@ -267,18 +268,18 @@ async def run_up(opts: UpOptions, console: Console) -> int:
         if not opts.quiet_events:
             unsubscribe = orch.events.subscribe(lambda ev: console.print(f"[dim]{ev}[/]", highlight=False))
         t0 = time.monotonic()
-        with Live(progress_table(orch.status()), console=console, refresh_per_second=4, transient=True) as live:
+        with Live(progress_table(orch.snapshot()), console=console, refresh_per_second=4, transient=True) as live:
             while not stop.is_set() and not orch.converged():
                 if time.monotonic() - t0 > opts.ready_timeout:
                     break
-                live.update(progress_table(orch.status()))
+                live.update(progress_table(orch.snapshot()))
                 try:
                     await asyncio.wait_for(stop.wait(), 0.25)
                 except asyncio.TimeoutError:
                     pass
         if not stop.is_set():
             if orch.converged():
-                ready = ", ".join(f"{n} {s['ready']}/{s['desired']}" for n, s in orch.status()["services"].items())
+                ready = ", ".join(f"{n} {s.ready}/{s.desired}" for n, s in orch.snapshot().services.items())
                 console.print(f"[green]stack {stack.name} is up[/] ({ready} ready, driver {orch.driver.name}, "
                               f"{time.monotonic() - t0:.1f} s)")
             else:

@@ -7,9 +7,13 @@ Modules, in the order data flows through them:
     backoff     crash-loop restart delays (pure)
     replica     a replica's state machine
     health      the HTTP probe and what a probe result means
+    lifecycle   observation about one replica -> the step to take and its event (pure)
+    service     what the runtime keeps per service (ServiceRuntime)
+    scaling     the desired counts: manual scale, the autoscaler loops, scale from zero
+    status      the typed status snapshot and its JSON form
     events      ring buffer of events, each with its reason
     drivers/    how replicas run: process (local children) or docker (containers)
-    controller  Orchestrator: the runtime that ties it together
+    controller  Orchestrator: the runtime that carries the decisions out
     assemble    gateway + driver + orchestrator from a stack (for the CLI / admin API)
 """
 

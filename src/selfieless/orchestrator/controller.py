@@ -1,23 +1,23 @@
-"""The runtime: the control plane that keeps a stack running.
+"""The runtime: the control plane that keeps a stack running, carrying out what the pure modules decide.
 
-`Orchestrator(stack, driver, gateway)` owns, per service, the desired replica count and the
-records of its replicas, and runs on one asyncio loop:
+`Orchestrator(stack, driver, gateway)` keeps, per service, a `ServiceRuntime` (service.py) and runs
+on one asyncio loop. Each loop observes, asks a pure decision, and acts on the answer:
 
-- the reconciler: computes a convergence plan (plan.py) whenever something changed and executes
-  it (start, drain-and-stop, replace on the same port after the crash-loop backoff);
-- a health-probe task per replica (health.py): a replica joins the gateway pool after its first
-  successful probe, and one that fails `failure_threshold` probes is taken out and replaced;
-- the exit watcher: driver exit events mark a replica exited at once;
-- passive ejections from the gateway (`on_eject`): confirmed by an immediate probe, then the
-  replica is replaced or put back;
-- an autoscaler task per service (autoscale.py), reading the gateway's request counters;
-- adoption at start (driver.list()) and graceful shutdown;
-- dependencies (the stack's `dependencies:`, e.g. the database) run as fixed one-replica services
-  without a gateway pool, checked over TCP; a service that `depends_on` one starts its first
-  replica only once the dependency is ready, and shutdown stops them last.
+- the reconciler: desired vs actual -> a convergence plan (plan.py) -> start, drain-and-stop, or
+  replace on the same port after the crash-loop backoff (lifecycle.replacement);
+- a health-probe task per replica: probe result -> lifecycle.probed (health.py's verdict and the
+  disruption budget) -> a `Step` (transition, pool, event) that `_carry_out` applies;
+- the exit watcher: driver exit event -> lifecycle.exited;
+- passive ejections from the gateway (`on_eject`): lifecycle.ejected, then an immediate probe ->
+  lifecycle.confirmed (back in rotation, or replaced);
+- adoption at start (driver.list()): one probe each -> lifecycle.found;
+- an autoscaler task per service and scale from zero (scaling.py), reading the gateway's counters;
+- graceful shutdown.
 
-Decisions live in the pure modules; this module only gathers inputs, applies decisions and emits
-events (events.py) that say why.
+Dependencies (the stack's `dependencies:`, e.g. the database) run as fixed one-replica services
+without a gateway pool, checked over TCP; a service that `depends_on` one starts its first replica
+only once the dependency is ready (lifecycle.waits_for), and shutdown stops them last.
+`snapshot()` is the typed status (status.py); events (events.py) say why everything happened.
 """
 
 from __future__ import annotations
@@ -26,74 +26,28 @@ import asyncio
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import autoscale as auto
-from . import disruption
-from . import scale_to_zero as stz
-from .backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
+from . import lifecycle
+from .lifecycle import BROKEN_REPLACE_GRACE
+from .backoff import BackoffPolicy, BackoffState, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
-from .health import Probe, Verdict, tcp_probe, verdict
+from .health import Probe
 from .probe import HttpProber
-from .plan import PENDING, CancelPending, Replace, Slot, Start, Stop, plan_service
+from .probing import REPLICA_HOST, Probing
+from .plan import CancelPending, Replace, Start, Stop, plan_service
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
-from .stack import NoPolicy, RatePolicy, ServiceSpec, Stack, WindowPolicy, render
+from .scaling import Scaling
+from .service import ScheduledStart, ServiceRuntime
+from .status import StackStatus, to_json
+from .stack import NoPolicy, ServiceSpec, Stack
 
 log = logging.getLogger(__name__)
 
-REPLICA_HOST = "127.0.0.1"
-# A starting replica is probed this often (not every `interval`): readiness is what a replacement
-# waits for, and a refused connection costs next to nothing.
-STARTING_PROBE_INTERVAL = 0.05
-# Earliest next probe after a gateway 5xx hint (see _probe_loop).
-HINTED_PROBE_GAP = 0.05
 # A replica found running but not wanted (adoption) only has to free its port quickly.
 REPLACE_GRACE = 1.0
-# Replacing a broken replica (unhealthy, or exited) kills it at once: it is out of rotation already,
-# has nothing to finish, and its successor waits for the port.
-BROKEN_REPLACE_GRACE = 0.0
-# How often the rate policy samples the counters, and the window policy polls for a first request.
-RATE_SAMPLE_INTERVAL = 0.25
-FIRST_REQUEST_POLL = 0.1
-
-
-@dataclass
-class _Pending:
-    """A start scheduled on a port: after a backoff delay, or in progress."""
-
-    task: asyncio.Task
-    due: float             # monotonic
-    reason: str
-    committed: bool = False  # past the delay: the start can no longer be cancelled
-
-
-@dataclass
-class ServiceRuntime:
-    name: str
-    spec: ServiceSpec
-    desired: int
-    replicas: dict[str, Replica] = field(default_factory=dict)
-    pending: dict[int, _Pending] = field(default_factory=dict)
-    backoff: dict[int, BackoffState] = field(default_factory=dict)
-    restarts: dict[int, int] = field(default_factory=dict)
-    window: auto.WindowState = field(default_factory=auto.WindowState)
-    rate: auto.RateState = field(default_factory=auto.RateState)
-    last_decision: str | None = None
-    dependency: bool = False          # a backing service from `dependencies:` (no pool, TCP check)
-    waiting_for: str | None = None    # the dependency a first start waits for (status, events)
-    held: set[str] = field(default_factory=set)  # failing replicas kept by the disruption budget
-    held_by: str | None = None        # a rollout owns this service's replicas: no reconciling
-    idle: stz.IdleState = field(default_factory=stz.IdleState)  # scale to zero: last request seen
-
-    def live(self) -> list[Replica]:
-        return [r for r in self.replicas.values() if r.state in LIVE]
-
-    def slots(self) -> list[Slot]:
-        out = [Slot(r.port, r.state, r.id) for r in self.replicas.values() if r.state != S.STOPPED]
-        out += [Slot(port, PENDING) for port in self.pending]
-        return out
 
 
 class Orchestrator:
@@ -117,8 +71,7 @@ class Orchestrator:
         self.state_dir = state_dir or ""
         self.events = events or EventLog()
         self.backoff_policy = backoff
-        self._probe_fn = probe
-        self._prober: HttpProber | None = None
+        self._prober: HttpProber | None = None   # the default probe, ours to close
         self._mono = monotonic
         self._wall = wall
         self._adopt = adopt
@@ -130,10 +83,10 @@ class Orchestrator:
             (name, ServiceRuntime(name, spec, spec.replicas.start_count)) for name, spec in stack.services.items()
         )
         self._wake = asyncio.Event()
+        self.scaling = Scaling(self.events, self._wake, self._stats, monotonic, wall)
         self._tasks: set[asyncio.Task] = set()        # one-off work: stops, probes after ejection
         self._loops: list[asyncio.Task] = []          # long-running loops
-        self._probers: dict[str, asyncio.Task] = {}   # replica id -> probe loop
-        self._probe_now: dict[str, asyncio.Event] = {}  # replica id -> set to cut its probe wait short
+        self.probing = Probing(self._apply_probe, monotonic, probe)
         self._running = False
         self._stopping = False
 
@@ -147,16 +100,15 @@ class Orchestrator:
         if self._running:
             return
         self._running = True
-        if self._probe_fn is None:
-            self._prober = HttpProber()
-            self._probe_fn = self._prober
+        if self.probing.probe is None:
+            self._prober = self.probing.probe = HttpProber()
         self._hook_gateway()
         self._loops.append(asyncio.create_task(self._watch_exits(), name="orchestrator-exits"))
         if self._adopt:
             await self._adopt_existing()
         for svc in self.services.values():
             if not isinstance(svc.spec.autoscale, NoPolicy):
-                self._loops.append(asyncio.create_task(self._autoscale_loop(svc), name=f"autoscale-{svc.name}"))
+                self._loops.append(asyncio.create_task(self.scaling.run(svc), name=f"autoscale-{svc.name}"))
         self._loops.append(asyncio.create_task(self._reconcile_loop(), name="orchestrator-reconcile"))
         self._wake.set()
 
@@ -166,17 +118,17 @@ class Orchestrator:
         if not self._running or self._stopping:
             return
         self._stopping = True
-        for t in self._loops + list(self._probers.values()):
+        for t in self._loops + list(self.probing.tasks.values()):
             t.cancel()
         for svc in self.services.values():
             for p in svc.pending.values():
                 if not p.committed:
                     p.task.cancel()
-        await asyncio.gather(*self._loops, *self._probers.values(), return_exceptions=True)
+        await asyncio.gather(*self._loops, *self.probing.tasks.values(), return_exceptions=True)
         # Let in-progress starts and stops finish so nothing is left half-made.
         pending = [p.task for svc in self.services.values() for p in svc.pending.values()]
         await asyncio.gather(*pending, *list(self._tasks), return_exceptions=True)
-        for t in list(self._probers.values()):
+        for t in list(self.probing.tasks.values()):
             t.cancel()
         if stop_replicas:
             # Services first (they may still be using a dependency while they drain), then dependencies.
@@ -202,21 +154,7 @@ class Orchestrator:
 
     async def scale(self, service: str, n: int, reason: str = "manual scale") -> None:
         """Set the desired count now; the autoscaler carries on from it at its next decision."""
-        svc = self._service(service)
-        if svc.dependency:
-            raise ValueError(f"{service} is a dependency: it always runs exactly one replica")
-        # The stack's bounds, which the autoscaler keeps to as well (max never exceeds the port range).
-        low, high = svc.spec.replicas.min, svc.spec.replicas.max
-        if not low <= n <= high:
-            raise ValueError(f"{service}: replicas must be between {low} and {high} (replicas.min and "
-                             f"replicas.max in the stack)")
-        old = svc.desired
-        svc.desired = n
-        # The rate policy's stabilisation period restarts, so a manual count is not undone at once.
-        svc.rate = auto.RateState(samples=svc.rate.samples, since=self._mono())
-        svc.last_decision = f"scaled {service} {old}\u2192{n}: {reason}"
-        self.events.emit("scaled", service, None, svc.last_decision)
-        self._wake.set()
+        self.scaling.scale(self._service(service), n, reason)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every service has exactly its desired count of ready replicas, and nothing else."""
@@ -227,25 +165,20 @@ class Orchestrator:
             await asyncio.sleep(0.02)
 
     def converged(self) -> bool:
-        for svc in self.services.values():
-            ready = [r for r in svc.replicas.values() if r.state == S.READY]
-            others = [r for r in svc.replicas.values() if r.state != S.READY]
-            if len(ready) != svc.desired or others or svc.pending:
-                return False
-        return True
+        return all(svc.converged() for svc in self.services.values())
 
     # --- used by a rollout (rollout_exec.py), which takes over one service's replicas ----------
 
     def hold(self, service: str, by: str) -> None:
         """Stop reconciling `service` until release(): its replicas are being replaced by `by`."""
-        self._service(service).held_by = by
+        self._service(service).rollout_owner = by
 
     def release(self, service: str, spec: ServiceSpec | None = None) -> None:
         """Reconcile `service` again, with `spec` from now on when given."""
         svc = self._service(service)
         if spec is not None:
             svc.spec = spec
-        svc.held_by = None
+        svc.rollout_owner = None
         self._wake.set()
 
     async def start_replica(self, service: str, port: int, spec: ServiceSpec, reason: str,
@@ -260,9 +193,7 @@ class Orchestrator:
         rep = Replica(id=handle.id, service=svc.name, port=port, handle=handle, started_at=self._mono())
         svc.replicas[rep.id] = rep
         self.events.emit("start", svc.name, rep.id, f"started on port {port}{self._pid_text(handle)}: {reason}")
-        self._probers[rep.id] = asyncio.create_task(self._probe_loop(ServiceRuntime(svc.name, spec, svc.desired,
-                                                                                    replicas=svc.replicas), rep),
-                                                    name=f"probe-{rep.id}")
+        self.probing.start(ServiceRuntime(svc.name, spec, svc.desired, replicas=svc.replicas), rep)
         return rep
 
     async def stop_replica(self, service: str, replica_id: str, drain: bool, reason: str) -> None:
@@ -273,7 +204,7 @@ class Orchestrator:
             return
         if rep.can(S.STOPPING):
             rep.transition(S.STOPPING, reason)
-        self._stop_probe(rep)
+        self.probing.stop(rep)
         await self._stop_replica(svc, rep, drain=drain and rep.in_pool, reason=reason,
                                  grace=None if drain else BROKEN_REPLACE_GRACE)
 
@@ -283,7 +214,7 @@ class Orchestrator:
         """A service new in the stack file: started by the reconciler like any other."""
         svc = self.services[name] = ServiceRuntime(name, spec, spec.replicas.start_count)
         if not isinstance(spec.autoscale, NoPolicy):
-            self._loops.append(asyncio.create_task(self._autoscale_loop(svc), name=f"autoscale-{name}"))
+            self._loops.append(asyncio.create_task(self.scaling.run(svc), name=f"autoscale-{name}"))
         self._wake.set()
 
     async def remove_service(self, name: str) -> None:
@@ -302,7 +233,7 @@ class Orchestrator:
         self._cancel_autoscaler(name)
         if not isinstance(svc.spec.autoscale, NoPolicy):
             svc.window, svc.rate = auto.WindowState(), auto.RateState()
-            self._loops.append(asyncio.create_task(self._autoscale_loop(svc), name=f"autoscale-{name}"))
+            self._loops.append(asyncio.create_task(self.scaling.run(svc), name=f"autoscale-{name}"))
 
     def _cancel_autoscaler(self, name: str) -> None:
         for t in [t for t in self._loops if t.get_name() == f"autoscale-{name}"]:
@@ -316,107 +247,38 @@ class Orchestrator:
         """Gateway callback: it took a replica out of rotation by itself (refused/reset)."""
         svc = self.services.get(service)
         rep = svc.replicas.get(replica_id) if svc else None
-        if rep is None or rep.state != S.READY:
+        if rep is None:
             return
-        rep.in_pool = False
-        self.events.emit("ejected", service, replica_id, f"gateway took it out of rotation: {reason}")
-        self._spawn(self._confirm_ejection(svc, rep))
+        step = lifecycle.ejected(svc.facts(rep), reason)
+        self._carry_out(svc, rep, step)
+        if step.ejected:
+            self._spawn(self._confirm_ejection(svc, rep))
 
     def on_no_replica(self, service: str) -> None:
         """Gateway callback: a request is held because no replica of `service` is ready. A service
         scaled to zero gets one replica now (the held requests go out once it is ready)."""
         svc = self.services.get(service)
-        if svc is None or svc.dependency or svc.held_by is not None:
-            return
-        policy = svc.spec.autoscale
-        if stz.wake(svc.desired, held=True) is None or not (isinstance(policy, RatePolicy) and svc.spec.replicas.min == 0):
-            return
-        now = self._mono()
-        svc.idle = stz.IdleState(self._stats(service).count, now)
-        svc.rate = auto.RateState(samples=svc.rate.samples, since=now)
-        svc.desired = 1
-        svc.last_decision = f"scaled {service} 0\u21921: a request is waiting (scale from zero)"
-        self.events.emit("scaled", service, None, svc.last_decision)
-        self._wake.set()
+        if svc is not None:
+            self.scaling.wake_from_zero(svc)
 
     def on_replica_error(self, service: str, replica_id: str, status: int) -> None:
         """Gateway hint: a replica answered 5xx. Probe it now instead of at its next interval, so a
         replica that fails everything (e.g. after `_crash`) leaves the rotation within milliseconds."""
-        wake = self._probe_now.get(replica_id)
-        if wake is not None:
-            wake.set()
+        self.probing.hint(replica_id)
+
+    def snapshot(self) -> StackStatus:
+        """The typed status (status.py) that the admin API, the CLI, the metrics and `up` render."""
+        now = self._mono()
+        return StackStatus(
+            stack=self.stack.name, driver=self.driver.name, converged=self.converged(),
+            last_event_id=self.events.last_id,
+            services={svc.name: svc.status({} if svc.dependency else {v.id: v for v in self._pool_views(svc.name)},
+                                           self._stats(svc.name), now)
+                      for svc in self.services.values()})
 
     def status(self) -> dict:
-        """A plain-dict (JSON-ready) snapshot for the admin API, the CLI and the gateway's `/`.
-
-        {"stack", "driver", "converged", "last_event_id",
-         "services": {name: {"desired", "actual", "ready", "min", "max", "host_ports", "routes",
-                             "policy", "api_requests", "last_decision",
-                             "window": None | {"seconds", "requests_per_replica", "count",
-                                               "started", "ends_in"},
-                             "pending": [{"port", "in", "reason"}],   # restarts waiting (backoff)
-                             "crash_loops": {port: failures},
-                             "replicas": [{"id", "port", "state", "health", "in_pool",
-                                           "in_flight", "requests", "restarts", "adopted",
-                                           "pid", "detail", "started_at", "uptime",
-                                           "last_error"}]}}}
-        """
-        now = self._mono()
-        out: dict[str, Any] = {
-            "stack": self.stack.name,
-            "driver": self.driver.name,
-            "converged": self.converged(),
-            "last_event_id": self.events.last_id,
-            "services": {},
-        }
-        for svc in self.services.values():
-            pool_views = {} if svc.dependency else {v.id: v for v in self._pool_views(svc.name)}
-            stats = self._stats(svc.name)
-            replicas = []
-            for rep in sorted(svc.replicas.values(), key=lambda r: r.port):
-                v = pool_views.get(rep.id)
-                h = rep.handle
-                replicas.append({
-                    "id": rep.id, "port": rep.port, "state": rep.state.value, "health": rep.health,
-                    "in_pool": rep.in_pool, "in_flight": v.in_flight if v else 0, "requests": v.served if v else 0,
-                    "restarts": rep.restarts, "adopted": rep.adopted,
-                    "pid": getattr(h, "pid", None), "detail": getattr(h, "detail", ""),
-                    "started_at": getattr(h, "started_at", None),
-                    "uptime": round(now - rep.started_at, 3),
-                    "last_error": rep.last_error,
-                })
-            policy = svc.spec.autoscale
-            info: dict[str, Any] = {
-                "desired": svc.desired,
-                "actual": len(svc.live()),
-                "ready": sum(1 for r in svc.replicas.values() if r.state == S.READY),
-                "min": svc.spec.replicas.min, "max": svc.spec.replicas.max,
-                "host_ports": str(svc.spec.host_ports), "routes": list(svc.spec.routes),
-                "policy": policy.policy,
-                "api_requests": stats.count,
-                "window": None,
-                "last_decision": svc.last_decision,
-                "replicas": replicas,
-                "pending": [{"port": port, "in": round(max(0.0, p.due - now), 3), "reason": p.reason}
-                            for port, p in sorted(svc.pending.items())],
-                "crash_loops": {str(port): st.failures for port, st in svc.backoff.items() if in_crash_loop(st)},
-            }
-            if isinstance(policy, WindowPolicy):
-                ws = svc.window
-                if ws.window_start is None and stats.first_request_at is not None:
-                    ws = auto.WindowState(window_start=stats.first_request_at)
-                info["window"] = {
-                    "seconds": policy.window_seconds,
-                    "requests_per_replica": policy.requests_per_replica,
-                    "count": auto.window_count(ws, stats),
-                    "started": ws.window_start is not None,
-                    "ends_in": None if ws.window_start is None
-                    else round(max(0.0, ws.window_start + policy.window_seconds - now), 3),
-                }
-            info["kind"] = "dependency" if svc.dependency else "service"
-            info["waiting_for"] = svc.waiting_for
-            out["services"][svc.name] = info
-        return out
+        """The snapshot's JSON form (GET /api/status; see status.to_json for its keys)."""
+        return to_json(self.snapshot())
 
     # ------------------------------------------------------------------------------------------
     # Gateway plumbing
@@ -482,19 +344,17 @@ class Orchestrator:
 
     def _blocked(self, svc: ServiceRuntime) -> bool:
         """A service with no replica yet waits until each of its dependencies has a ready one."""
-        if svc.held_by is not None:
+        if svc.rollout_owner is not None:
             return True
         if svc.replicas or svc.pending:
             return False
-        for name in svc.spec.depends_on:
-            dep = self.services.get(name)
-            if dep is not None and not any(r.state == S.READY for r in dep.replicas.values()):
-                if svc.waiting_for != name:
-                    svc.waiting_for = name
-                    self.events.emit("waiting", svc.name, None, f"waiting for dependency {name} to be ready")
-                return True
-        svc.waiting_for = None
-        return False
+        ready = {name: any(r.state == S.READY for r in self.services[name].replicas.values())
+                 for name in svc.spec.depends_on if name in self.services}
+        name = lifecycle.waits_for(svc.spec.depends_on, ready)
+        if name is not None and svc.waiting_for != name:
+            self.events.emit("waiting", svc.name, None, f"waiting for dependency {name} to be ready")
+        svc.waiting_for = name
+        return name is not None
 
     def _reconcile(self, svc: ServiceRuntime) -> None:
         actions = plan_service(svc.name, svc.desired, svc.slots(), svc.spec.host_ports.ports)
@@ -504,7 +364,7 @@ class Orchestrator:
             elif isinstance(a, Stop):
                 rep = svc.replicas[a.replica_id]
                 rep.transition(S.STOPPING, a.reason)
-                self._stop_probe(rep)
+                self.probing.stop(rep)
                 self._spawn(self._stop_replica(svc, rep, drain=a.drain, reason=a.reason))
             elif isinstance(a, Replace):
                 self._replace(svc, svc.replicas[a.replica_id], a.reason)
@@ -516,33 +376,26 @@ class Orchestrator:
 
     def _replace(self, svc: ServiceRuntime, old: Replica, why: str) -> None:
         """Take a broken replica away and start a new one on the same port, after any backoff."""
-        now = self._mono()
-        cause = old.last_error or why
-        # A broken replica is out of rotation and has nothing to finish: kill it, so the port is free
-        # for the new one at once (a dependency, e.g. a database, gets its normal stop timeout).
-        grace = svc.spec.drain_timeout if svc.dependency else BROKEN_REPLACE_GRACE
-        old.transition(S.STOPPING, f"replacing: {cause}")
-        self._stop_probe(old)
-        state, delay = record_failure(svc.backoff.get(old.port, BackoffState()), now, self.backoff_policy)
-        svc.backoff[old.port] = state
+        r = lifecycle.replacement(old.id, old.port, old.last_error or why, svc.backoff.get(old.port, BackoffState()),
+                                  self._mono(), self.backoff_policy, svc.dependency, svc.spec.drain_timeout)
+        old.transition(S.STOPPING, r.why)
+        self.probing.stop(old)
+        svc.backoff[old.port] = r.backoff
         svc.restarts[old.port] = svc.restarts.get(old.port, 0) + 1
         # The old one must be gone before the new one can bind the same port; shielded, so
         # cancelling the pending start (scale-in meanwhile) never leaves the old one half-stopped.
-        stopping = self._spawn(self._stop_replica(svc, old, drain=False, reason=f"replaced: {cause}",
-                                                  grace=grace, quiet=True))
-        if delay > 0:
-            self.events.emit("backoff", svc.name, old.id,
-                             f"crash loop on port {old.port} ({state.failures} failures in a row): "
-                             f"next start in {delay:g} s")
-        self._schedule_start(svc, old.port, delay=delay, reason=f"replacing {old.id} ({cause})",
-                             after=stopping, replaces=old.id)
+        stopping = self._spawn(self._stop_replica(svc, old, drain=False, reason=r.stop_reason,
+                                                  grace=r.grace, quiet=True))
+        for kind, text in r.events:
+            self.events.emit(kind, svc.name, old.id, text)
+        self._schedule_start(svc, old.port, delay=r.delay, reason=r.start_reason, after=stopping, replaces=old.id)
 
     def _schedule_start(self, svc: ServiceRuntime, port: int, delay: float, reason: str,
                         after: asyncio.Task | None = None, replaces: str | None = None) -> None:
         due = self._mono() + delay
         task = asyncio.create_task(self._start_when_due(svc, port, delay, reason, after, replaces),
                                    name=f"start-{svc.name}-{port}")
-        svc.pending[port] = _Pending(task, due, reason)
+        svc.pending[port] = ScheduledStart(task, due, reason)
 
     async def _start_when_due(self, svc: ServiceRuntime, port: int, delay: float, reason: str,
                               after: asyncio.Task | None, replaces: str | None) -> None:
@@ -560,9 +413,8 @@ class Orchestrator:
                     break
                 except DriverError as e:
                     # Could not even launch it (bad image, port taken...): same backoff as a crash.
-                    st, delay = record_failure(svc.backoff.get(port, BackoffState()), self._mono(), self.backoff_policy)
-                    svc.backoff[port] = st
-                    delay = max(delay, self.backoff_policy.initial)
+                    svc.backoff[port], delay = lifecycle.launch_failed(svc.backoff.get(port, BackoffState()),
+                                                                       self._mono(), self.backoff_policy)
                     self.events.emit("backoff", svc.name, None, f"cannot start on port {port}: {e}; retry in {delay:g} s")
                     if p is not None:
                         p.committed = False
@@ -580,7 +432,7 @@ class Orchestrator:
         svc.replicas[rep.id] = rep
         kind = "replaced" if replaces else "start"
         self.events.emit(kind, svc.name, rep.id, f"started on port {port}{self._pid_text(handle)}: {reason}")
-        self._start_probe(svc, rep)
+        self.probing.start(svc, rep)
         self._wake.set()
 
     async def _stop_replica(self, svc: ServiceRuntime, rep: Replica, drain: bool, reason: str,
@@ -607,120 +459,15 @@ class Orchestrator:
 
     def _launch_spec(self, svc: ServiceRuntime, port: int) -> LaunchSpec:
         gw_port = getattr(self.gateway, "port", None) or self.stack.gateway.port
-        values = {
-            **self.stack.variables, **svc.spec.variables,
-            "port": port, "service": svc.name, "stack": self.stack.name, "host": REPLICA_HOST,
-            "gateway_url": f"http://127.0.0.1:{gw_port}", "gateway_port": gw_port, "state_dir": self.state_dir,
-        }
-        docker: dict[str, Any] = {"network": self.stack.network, "extra_hosts": dict(svc.spec.extra_hosts)}
-        if svc.dependency:
-            dep = self.stack.dependencies[svc.name]
-            docker.update(name=f"{self.stack.name}-{svc.name}", host_ip=REPLICA_HOST, volumes=dict(dep.volumes))
-        return LaunchSpec(**docker,
-            stack=self.stack.name, service=svc.name, host_port=port,
-            command=[render(a, values) for a in svc.spec.command] if svc.spec.command else None,
-            image=svc.spec.image, container_port=svc.spec.container_port,
-            environment={k: render(v, values) for k, v in svc.spec.environment.items()},
-            preload=getattr(svc.spec, "preload", False),
-        )
+        return svc.launch_spec(self.stack, port, gw_port, self.state_dir, REPLICA_HOST)
 
     # ------------------------------------------------------------------------------------------
     # Health
     # ------------------------------------------------------------------------------------------
 
-    def _start_probe(self, svc: ServiceRuntime, rep: Replica) -> None:
-        self._probers[rep.id] = asyncio.create_task(self._probe_loop(svc, rep), name=f"probe-{rep.id}")
-
-    def _stop_probe(self, rep: Replica) -> None:
-        t = self._probers.pop(rep.id, None)
-        if t is not None and t is not asyncio.current_task():
-            t.cancel()
-
-    async def _probe_once(self, svc: ServiceRuntime, rep: Replica) -> bool:
-        hs = svc.spec.health
-        assert self._probe_fn is not None
-        if svc.dependency:
-            ok, detail = await tcp_probe(REPLICA_HOST, rep.port, hs.timeout)
-        else:
-            ok, detail = await self._probe_fn(REPLICA_HOST, rep.port, hs.path, hs.timeout)
-        rep.last_probe_ok, rep.last_probe_at = ok, self._mono()
-        if not ok:
-            rep.last_error = f"health probe {'tcp' if svc.dependency else hs.path}: {detail}"
-        return ok
-
-    async def _probe_loop(self, svc: ServiceRuntime, rep: Replica) -> None:
-        wake = self._probe_now[rep.id] = asyncio.Event()
-        try:
-            while rep.state in LIVE:
-                hs = svc.spec.health  # read each time: `apply` may change it live
-                t0 = self._mono()
-                wake.clear()
-                ok = await self._probe_once(svc, rep)
-                if rep.state not in LIVE:
-                    return
-                self._apply_probe(svc, rep, ok)
-                if rep.state not in LIVE:
-                    return
-                interval = hs.interval if rep.state == S.READY else min(hs.interval, STARTING_PROBE_INTERVAL)
-                try:
-                    # A 5xx hint from the gateway ends the wait early, but never within
-                    # HINTED_PROBE_GAP of the last probe: a replica whose app fails some requests
-                    # while its health check passes must not be probed per failed request.
-                    async with asyncio.timeout(max(0.0, interval - (self._mono() - t0))):  # no task per wait
-                        await wake.wait()
-                    await asyncio.sleep(max(0.0, HINTED_PROBE_GAP - (self._mono() - t0)))
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            if self._probers.get(rep.id) is asyncio.current_task():
-                del self._probers[rep.id]
-            if self._probe_now.get(rep.id) is wake:
-                del self._probe_now[rep.id]
-
     def _apply_probe(self, svc: ServiceRuntime, rep: Replica, ok: bool) -> None:
-        hs = svc.spec.health
-        now = self._mono()
-        v, rep.consecutive_failures = verdict(rep.state, ok, rep.consecutive_failures, hs.failure_threshold,
-                                              rep.started_at, now, hs.start_grace)
-        if v == Verdict.BECAME_READY:
-            rep.transition(S.READY, "first probe passed")
-            rep.ready_at = now
-            rep.last_error = None
-            self._join_pool(rep)
-            if rep.handle is not None:
-                self._spawn(self._driver_ready(rep))
-            svc.backoff[rep.port] = record_ready(svc.backoff.get(rep.port, BackoffState()), now)
-            self.events.emit("ready", svc.name, rep.id,
-                             f"passed its first health probe {now - rep.started_at:.2f} s after start; "
-                             f"{'ready' if svc.dependency else 'in rotation'}")
-            self._wake.set()
-        elif v in (Verdict.HEALTHY, Verdict.RECOVERED):
-            if not rep.in_pool and not svc.dependency:
-                self._join_pool(rep)
-                self.events.emit("ready", svc.name, rep.id, "health probe passed again; back in rotation")
-            if rep.id in svc.held:
-                svc.held.discard(rep.id)
-                self.events.emit("recovered", svc.name, rep.id, "health probe passed again; no longer held")
-        elif v == Verdict.UNHEALTHY:
-            if rep.state == S.READY and not svc.dependency and self._hold_failed(svc, rep):
-                return
-            svc.held.discard(rep.id)
-            self._mark_unhealthy(svc, rep, rep.last_error or "health probe failed")
-
-    def _hold_failed(self, svc: ServiceRuntime, rep: Replica) -> bool:
-        """The disruption budget (disruption.py): keep a failing ready replica for now?"""
-        ready = [r for r in svc.replicas.values() if r.state == S.READY]
-        unavailable = len(svc.pending) + sum(1 for r in svc.replicas.values()
-                                             if r.state in (S.STARTING, S.UNHEALTHY, S.EXITED))
-        d = disruption.on_failure(len(ready), sum(1 for r in ready if r.consecutive_failures), unavailable)
-        if d.replace:
-            return False
-        if rep.id not in svc.held:
-            svc.held.add(rep.id)
-            self.events.emit("held", svc.name, rep.id,
-                             f"{rep.last_error or 'health probe failed'}; "
-                             + disruption.describe_hold(svc.name, len(ready) + unavailable, d.all_failing, unavailable))
-        return True
+        self._carry_out(svc, rep, lifecycle.probed(svc.facts(rep), ok, svc.rules(),
+                                                    svc.siblings(rep), self._mono(), svc.name))
 
     async def _driver_ready(self, rep: Replica) -> None:
         try:
@@ -728,32 +475,45 @@ class Orchestrator:
         except Exception:
             log.exception("driver: marking %s ready failed", rep.id)
 
-    def _mark_unhealthy(self, svc: ServiceRuntime, rep: Replica, why: str) -> None:
-        if rep.in_pool or rep.state == S.READY:
-            self._leave_pool(rep)
-        if rep.state == S.STARTING and not rep.adopted:
-            why = f"not ready {svc.spec.health.start_grace:g} s after start ({why})"
-        else:
-            n = rep.consecutive_failures
-            why = f"{n} consecutive failed probe{'s' if n != 1 else ''}: {why}"
-        rep.transition(S.UNHEALTHY, why)
-        rep.last_error = why
-        self.events.emit("unhealthy", svc.name, rep.id, f"{why}; out of rotation, will be replaced")
-        self._wake.set()
-
     async def _confirm_ejection(self, svc: ServiceRuntime, rep: Replica) -> None:
-        ok = await self._probe_once(svc, rep)
-        if rep.state != S.READY:
-            return  # an exit event or the probe loop got there first
-        if ok:
+        ok = await self.probing.once(svc, rep)
+        self._carry_out(svc, rep, lifecycle.confirmed(svc.facts(rep), ok, svc.rules()))
+
+    # ------------------------------------------------------------------------------------------
+    # Carrying out lifecycle steps (lifecycle.py decides)
+    # ------------------------------------------------------------------------------------------
+
+    def _carry_out(self, svc: ServiceRuntime, rep: Replica, step: lifecycle.Step) -> None:
+        now = self._mono()
+        if step.failures is not None:
+            rep.consecutive_failures = step.failures
+        if step.stop_probe:
+            self.probing.stop(rep)
+        if step.leave_pool:
+            self._leave_pool(rep)
+        if step.ejected:
+            rep.in_pool = False  # the gateway already took it out
+        if step.to is not None:
+            rep.transition(step.to, step.why)
+        if step.became_ready:
+            rep.ready_at = now
+            rep.last_error = None
+        if step.last_error is not None:
+            rep.last_error = step.last_error
+        if step.join_pool:
             self._join_pool(rep)
-            self.events.emit("ready", svc.name, rep.id, "probe passed after ejection; back in rotation")
-        else:
-            # The gateway saw it refuse or reset; a failed probe confirms it: replace now rather
-            # than wait for `failure_threshold` more probes.
-            rep.consecutive_failures = max(rep.consecutive_failures + 1, svc.spec.health.failure_threshold)
-            self._stop_probe(rep)
-            self._mark_unhealthy(svc, rep, rep.last_error or "ejected by the gateway")
+        if step.became_ready:
+            if rep.handle is not None:
+                self._spawn(self._driver_ready(rep))
+            svc.backoff[rep.port] = record_ready(svc.backoff.get(rep.port, BackoffState()), now)
+        if step.spare is True:
+            svc.spared.add(rep.id)
+        elif step.spare is False:
+            svc.spared.discard(rep.id)
+        for kind, why in step.events:
+            self.events.emit(kind, svc.name, rep.id, why)
+        if step.wake:
+            self._wake.set()
 
     # ------------------------------------------------------------------------------------------
     # Exits
@@ -769,59 +529,8 @@ class Orchestrator:
     def _on_exit(self, ev: ExitEvent) -> None:
         svc = self.services.get(ev.service)
         rep = svc.replicas.get(ev.replica_id) if svc else None
-        if rep is None or rep.state in (S.STOPPING, S.STOPPED, S.EXITED):
-            return  # expected (we stopped it) or already handled
-        self._stop_probe(rep)
-        self._leave_pool(rep)
-        rep.transition(S.EXITED, ev.reason)
-        rep.last_error = ev.reason
-        self.events.emit("exited", svc.name, rep.id, f"{ev.reason}; will be replaced")
-        self._wake.set()
-
-    # ------------------------------------------------------------------------------------------
-    # Autoscaling
-    # ------------------------------------------------------------------------------------------
-
-    async def _autoscale_loop(self, svc: ServiceRuntime) -> None:
-        policy = svc.spec.autoscale
-        lo, hi = svc.spec.replicas.min, svc.spec.replicas.max
-        while True:
-            try:
-                sample = self._stats(svc.name)
-            except Exception:
-                log.exception("reading stats of %s failed", svc.name)
-                await asyncio.sleep(1.0)
-                continue
-            now = self._mono()
-            if isinstance(policy, WindowPolicy):
-                while True:
-                    svc.window, d = auto.window_step(svc.window, sample, now, svc.desired, policy, lo, hi,
-                                                     svc.name, self._wall())
-                    if d is None:
-                        break
-                    self._apply_decision(svc, d)
-                deadline = auto.window_next_deadline(svc.window, policy)
-                # Sleep exactly to the end of the window so its count is read right at the boundary.
-                pause = FIRST_REQUEST_POLL if deadline is None else max(0.0, deadline - self._mono())
-            elif isinstance(policy, RatePolicy):
-                svc.idle = stz.observe(svc.idle, sample.count, now)
-                floor = stz.floor(policy, lo, svc.idle, now)
-                svc.rate, d = auto.rate_step(svc.rate, sample, now, svc.desired, policy, floor, hi, svc.name)
-                self._apply_decision(svc, d)
-                pause = RATE_SAMPLE_INTERVAL
-            else:
-                return
-            await asyncio.sleep(pause)
-
-    def _apply_decision(self, svc: ServiceRuntime, d: auto.Decision) -> None:
-        if d.desired == svc.desired:
-            if isinstance(svc.spec.autoscale, WindowPolicy):
-                svc.last_decision = d.reason
-            return
-        svc.last_decision = d.reason
-        svc.desired = d.desired
-        self.events.emit("scaled", svc.name, None, d.reason)
-        self._wake.set()
+        if rep is not None:
+            self._carry_out(svc, rep, lifecycle.exited(svc.facts(rep), ev.reason))
 
     # ------------------------------------------------------------------------------------------
     # Adoption
@@ -829,19 +538,15 @@ class Orchestrator:
 
     async def _adopt_existing(self) -> None:
         handles = sorted(await self.driver.list(), key=lambda h: h.started_at)
-        seen: set[tuple[str, int]] = set()
+        unwanted = lifecycle.triage([(h.service, h.port) for h in handles],
+                                    {name: svc.spec.host_ports.ports for name, svc in self.services.items()})
         adopted: list[tuple[ServiceRuntime, Replica]] = []
-        for h in handles:
-            svc = self.services.get(h.service)
-            if svc is None or h.port not in svc.spec.host_ports.ports:
+        for h, why in zip(handles, unwanted):
+            if why is not None:
                 await self.driver.stop(h, grace=REPLACE_GRACE)
-                self.events.emit("stopped", h.service, h.id, "found running but not part of this stack (any more)")
+                self.events.emit("stopped", h.service, h.id, why)
                 continue
-            if (h.service, h.port) in seen:
-                await self.driver.stop(h, grace=REPLACE_GRACE)
-                self.events.emit("stopped", h.service, h.id, f"duplicate replica on port {h.port}; kept the older one")
-                continue
-            seen.add((h.service, h.port))
+            svc = self.services[h.service]
             await self.driver.adopt(h)
             # started_at is wall clock; translate to our monotonic clock for the start grace.
             age = max(0.0, self._wall() - h.started_at)
@@ -849,23 +554,15 @@ class Orchestrator:
                           started_at=self._mono() - age)
             svc.replicas[rep.id] = rep
             adopted.append((svc, rep))
-        results = await asyncio.gather(*(self._probe_once(svc, rep) for svc, rep in adopted))
+        results = await asyncio.gather(*(self.probing.once(svc, rep) for svc, rep in adopted))
         for (svc, rep), ok in zip(adopted, results):
             if rep.state != S.STARTING:
                 continue  # exited while we were probing
             what = f"found running on port {rep.port}{self._pid_text(rep.handle)}"
-            if ok:
-                self._apply_probe(svc, rep, True)
-                self.events.emit("adopted", svc.name, rep.id, f"{what}; healthy, in rotation")
-                self._start_probe(svc, rep)
-            elif rep.last_error and "connection failed" in rep.last_error and \
-                    self._mono() - rep.started_at < svc.spec.health.start_grace:
-                # Probably still booting (the previous orchestrator had just started it).
-                self.events.emit("adopted", svc.name, rep.id, f"{what}; still starting")
-                self._start_probe(svc, rep)
-            else:
-                self.events.emit("adopted", svc.name, rep.id, f"{what}; failing its health probe, replacing")
-                self._mark_unhealthy(svc, rep, rep.last_error or "health probe failed")
+            step = lifecycle.found(svc.facts(rep), ok, svc.rules(), self._mono(), what)
+            self._carry_out(svc, rep, step)
+            if step.probe_again:
+                self.probing.start(svc, rep)
         for svc in self.services.values():
             n = sum(1 for r in svc.replicas.values() if r.adopted)
             if n:

@@ -39,8 +39,9 @@ def is_counted(path: str) -> bool:
     return not any(path == op or path.startswith(op + "/") for op in OPERATIONAL)
 
 
-class ReplicaState:
-    """What the operational routes need: the database, the counter table, the crash flag."""
+class OperationalContext:
+    """What the operational routes need: the database, the counter table, the crash flag. (Not the
+    orchestrator's replica.ReplicaState: this is one app process's own view of itself.)"""
 
     def __init__(self, service: str, db: Database, counts: Table, allow_crash: bool):
         self.service = service
@@ -110,7 +111,7 @@ class ReplicaMiddleware:
     """Answers 500 to everything once crashed; counts API requests before they are handled;
     answers HEAD like GET."""
 
-    def __init__(self, app: ASGIApp, state: ReplicaState):
+    def __init__(self, app: ASGIApp, state: OperationalContext):
         self.app = app
         self.state = state
 
@@ -152,7 +153,7 @@ class ReplicaMiddleware:
             await counted  # also before an unhandled error's 500, which is sent further out
 
 
-def operational_router(state: ReplicaState) -> APIRouter:
+def operational_router(state: OperationalContext) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, tags=["operations"])
 
     @router.get("/_health", summary="200 {} when this replica can read and write its database")

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from .accesslog import AccessLog, set_process_title
 from .db import Database
 from .errors import install_error_handlers
-from .ops import ReplicaMiddleware, ReplicaState, operational_router, request_counts_table
+from .ops import OperationalContext, ReplicaMiddleware, operational_router, request_counts_table
 from .settings import ServiceSettings
 
 
@@ -29,7 +29,7 @@ class ServiceContext:
     settings: ServiceSettings
     db: Database
     metadata: MetaData
-    replica: ReplicaState
+    replica: OperationalContext
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -37,7 +37,7 @@ def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
               make_router: Callable[[ServiceContext], APIRouter], description: str) -> FastAPI:
     db = Database(settings.database_url)
     counts = request_counts_table(metadata)
-    ctx = ServiceContext(name, settings, db, metadata, ReplicaState(name, db, counts, settings.allow_crash))
+    ctx = ServiceContext(name, settings, db, metadata, OperationalContext(name, db, counts, settings.allow_crash))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

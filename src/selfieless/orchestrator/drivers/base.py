@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator
 
 
@@ -86,6 +87,11 @@ class Driver(abc.ABC):
         """For `apply`: per service, the image ids its running replicas were started from, and the
         id each image name (service -> name) resolves to now. Empty for drivers without images."""
         return {}, {}
+
+    def log_files(self, service: str) -> dict[int, Path]:
+        """Where the driver keeps the output of `service`'s replicas, by host port; {} when it keeps
+        none itself (containers: `docker logs`)."""
+        return {}
 
     async def close(self) -> None:
         """Release resources. Replicas keep running (so a restarted orchestrator can adopt them)."""

@@ -3,7 +3,8 @@
 - Each replica runs in its own session/process group (start_new_session), so a stop signals the
   whole group and nothing it spawned is left behind, and a Ctrl-C aimed at the orchestrator's
   terminal does not hit the replicas.
-- stdout/stderr go to `<state_dir>/<stack>/logs/<replica id>.log`.
+- stdout/stderr go to `<state_dir>/<stack>/logs/<service>-<port>.log` (log_files() lists them; a
+  replacement on the same port appends to its predecessor's file).
 - A JSON state file per replica (`<state_dir>/<stack>/replicas/<id>.json`: pid, port, service,
   start time, command line) lets a restarted orchestrator find and adopt its replicas. A pid is
   only trusted if the kernel's start time for it still matches (pids get reused).
@@ -208,6 +209,15 @@ class ProcessDriver(Driver):
 
     def log_file(self, service: str, port: int) -> Path:
         return self.log_path / f"{service}-{port}.log"
+
+    def log_files(self, service: str) -> dict[int, Path]:
+        """Every log file of `service` (one per port: a replacement appends to its predecessor's)."""
+        out = {}
+        for f in self.log_path.glob(f"{service}-*.log"):
+            rest = f.stem[len(service) + 1:]
+            if rest.isdigit():
+                out[int(rest)] = f
+        return out
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -1,0 +1,91 @@
+"""Health probing: one task per live replica that probes it on its service's interval and hands
+each result to the controller (which asks lifecycle.probed what it means).
+
+An HTTP probe (probe.py) for a service, a TCP check (health.tcp_probe) for a dependency. A
+starting replica is probed more often than a ready one, and a gateway hint (a 5xx answer) cuts
+the wait short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from .health import Probe, tcp_probe
+from .replica import LIVE, Replica, ReplicaState as S
+from .service import ServiceRuntime
+
+REPLICA_HOST = "127.0.0.1"
+# A starting replica is probed this often (not every `interval`): readiness is what a replacement
+# waits for, and a refused connection costs next to nothing.
+STARTING_PROBE_INTERVAL = 0.05
+# Earliest next probe after a gateway 5xx hint (see Probing._loop).
+HINTED_PROBE_GAP = 0.05
+
+
+class Probing:
+    """The probe loops. `on_result(svc, rep, ok)` is called after every probe of a live replica."""
+
+    def __init__(self, on_result: Callable[[ServiceRuntime, Replica, bool], None],
+                 monotonic: Callable[[], float], probe: Probe | None = None):
+        self.probe = probe    # None: the controller sets the default HTTP prober at start
+        self._on_result = on_result
+        self._mono = monotonic
+        self.tasks: dict[str, asyncio.Task] = {}      # replica id -> probe loop
+        self._now: dict[str, asyncio.Event] = {}      # replica id -> set to cut its probe wait short
+
+    def start(self, svc: ServiceRuntime, rep: Replica) -> None:
+        self.tasks[rep.id] = asyncio.create_task(self._loop(svc, rep), name=f"probe-{rep.id}")
+
+    def stop(self, rep: Replica) -> None:
+        t = self.tasks.pop(rep.id, None)
+        if t is not None and t is not asyncio.current_task():
+            t.cancel()
+
+    def hint(self, replica_id: str) -> None:
+        """The gateway saw this replica answer 5xx: probe it now rather than at its next interval."""
+        wake = self._now.get(replica_id)
+        if wake is not None:
+            wake.set()
+
+    async def once(self, svc: ServiceRuntime, rep: Replica) -> bool:
+        """One probe; records its outcome on the replica (last_probe_ok, last_error)."""
+        hs = svc.spec.health
+        assert self.probe is not None
+        if svc.dependency:
+            ok, detail = await tcp_probe(REPLICA_HOST, rep.port, hs.timeout)
+        else:
+            ok, detail = await self.probe(REPLICA_HOST, rep.port, hs.path, hs.timeout)
+        rep.last_probe_ok, rep.last_probe_at = ok, self._mono()
+        if not ok:
+            rep.last_error = f"health probe {'tcp' if svc.dependency else hs.path}: {detail}"
+        return ok
+
+    async def _loop(self, svc: ServiceRuntime, rep: Replica) -> None:
+        wake = self._now[rep.id] = asyncio.Event()
+        try:
+            while rep.state in LIVE:
+                hs = svc.spec.health  # read each time: `apply` may change it live
+                t0 = self._mono()
+                wake.clear()
+                ok = await self.once(svc, rep)
+                if rep.state not in LIVE:
+                    return
+                self._on_result(svc, rep, ok)
+                if rep.state not in LIVE:
+                    return
+                interval = hs.interval if rep.state == S.READY else min(hs.interval, STARTING_PROBE_INTERVAL)
+                try:
+                    # A 5xx hint from the gateway ends the wait early, but never within
+                    # HINTED_PROBE_GAP of the last probe: a replica whose app fails some requests
+                    # while its health check passes must not be probed per failed request.
+                    async with asyncio.timeout(max(0.0, interval - (self._mono() - t0))):  # no task per wait
+                        await wake.wait()
+                    await asyncio.sleep(max(0.0, HINTED_PROBE_GAP - (self._mono() - t0)))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if self.tasks.get(rep.id) is asyncio.current_task():
+                del self.tasks[rep.id]
+            if self._now.get(rep.id) is wake:
+                del self._now[rep.id]
