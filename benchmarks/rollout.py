@@ -11,6 +11,8 @@ write answered 201) through the gateway, then:
 - scale to zero, then one request: time from the held request to its answer.
 
 Bars (README): failed 0; p99 during <= 2x before; cold start <= 1 s (process, preload) / 2 s docker.
+The docker run needs the images of scripts/docker-prepare (acts, selfieless/mariadb); its broken
+version is acts:latest with a CMD that exits, built offline and removed after.
 One summary line per figure, e.g.
 `rolling update (process): 3 replicas in 4.1 s, failed 0/2310, p99 12 ms (before 9 ms)`.
 
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import itertools
-import os
 import sys
 import tempfile
 import time
@@ -50,18 +52,53 @@ def acts_stack(driver: str, **extra) -> object:
         "environment": {"ROLLOUT_VERSION": "1"},
         **extra,
     }
-    if driver == "docker":
-        service.update(image="acts:latest", container_port=int(os.environ.get("ACTS_CONTAINER_PORT", "80")),
-                       environment={"SELFIELESS_DATABASE_URL": "sqlite:////tmp/acts.db", "ROLLOUT_VERSION": "1"})
-    else:
-        service["command"] = ["python", "-m", "selfieless.apps.acts", "--port", "{port}",
-                              "--database-url", "{database_url}", "--users-url", "{gateway_url}"]
-    return parse_stack({
+    data = {
         "name": "bench-rollout", "driver": driver,
         "gateway": {"host": "127.0.0.1", "port": 0, "limits": {"no_replica_wait": 20}},
         "variables": {"database_url": "sqlite:///{state_dir}/acts.db"},
         "services": {"acts": service},
-    })
+    }
+    if driver == "docker":
+        # Old and new containers share one database (the deployment's MariaDB container), so a
+        # write answered 201 by a replica that is later replaced must still be there.
+        data["network"] = "bench-rollout"
+        data["dependencies"] = {"db": {
+            "image": "selfieless/mariadb:latest", "container_port": 3306, "host_port": 13399,
+            "health": {"interval": 1, "timeout": 1, "failure_threshold": 3, "start_grace": 120},
+            "stop_timeout": 10}}
+        service.update(image="acts:latest", container_port=80, depends_on=["db"], environment={
+            "SELFIELESS_DATABASE_URL": "mysql://selfieless:selfieless@bench-rollout-db:3306/acts",
+            "ROLLOUT_VERSION": "1"})
+    else:
+        service["command"] = ["python", "-m", "selfieless.apps.acts", "--port", "{port}",
+                              "--database-url", "{database_url}", "--users-url", "{gateway_url}"]
+    return parse_stack(data)
+
+
+BROKEN_TAG = "selfieless-bench/acts-broken:latest"
+
+
+def build_broken_image() -> str:
+    """acts:latest with a CMD that exits at once, built offline under BROKEN_TAG; its id."""
+    import docker
+
+    client = docker.from_env(timeout=120)
+    dockerfile = 'FROM acts:latest\nCMD ["python3", "-c", "raise SystemExit(3)"]\n'
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=BROKEN_TAG, rm=True,
+                                   network_mode="none")
+    client.close()
+    return image.id
+
+
+def remove_image(image_id: str) -> None:
+    import docker
+
+    client = docker.from_env(timeout=120)
+    try:
+        client.images.remove(image_id, force=True)
+    except docker.errors.APIError:
+        pass
+    client.close()
 
 
 class Load:
@@ -126,7 +163,12 @@ async def main(args) -> int:
         base = f"http://127.0.0.1:{system.gateway.port}"
         try:
             await orch.wait_ready(120)
-            load = Load(base).start()
+            # Warm-up (not counted): the first requests open database connections and fill caches.
+            load = Load(base)
+            load.phase = "warmup"
+            load.start()
+            await asyncio.sleep(args.warmup)
+            load.phase = "before"
             await asyncio.sleep(args.before)
             failed_before = len(load.failed)
             load.phase = "during"
@@ -143,15 +185,23 @@ async def main(args) -> int:
                   f"p99 {load.p99('during'):.0f} ms (before {load.p99('before'):.0f} ms)"
                   + ("" if result.outcome == "complete" else f" [{result.outcome}: {result.reason}]"))
             ok &= result.outcome == "complete" and failed == 0 and not load.failed
+            ok &= load.p99("during") <= 2 * load.p99("before")
 
             # Broken version: exits at start.
             load.phase = "broken"
             f0 = len(load.failed)
-            broken = new.model_copy(update={"command": [sys.executable, "-c", "raise SystemExit(3)"]}) \
-                if driver == "process" else new.model_copy(update={"image": "selfieless-no-such-image:none"})
+            if driver == "process":
+                broken = new.model_copy(update={"command": [sys.executable, "-c", "raise SystemExit(3)"]})
+            else:
+                broken_id = await asyncio.to_thread(build_broken_image)
+                broken = new.model_copy(update={"image": BROKEN_TAG})
             t0 = time.monotonic()
-            result = await roll(orch, "acts", broken, reason="benchmark broken", timeout=300)
-            took = time.monotonic() - t0
+            try:
+                result = await roll(orch, "acts", broken, reason="benchmark broken", timeout=300)
+            finally:
+                took = time.monotonic() - t0
+                if driver == "docker":
+                    await asyncio.to_thread(remove_image, broken_id)
             failed = len(load.failed) - f0
             print(f"broken version ({driver}): {result.outcome.replace('_', ' ')} in {took:.1f} s, "
                   f"failed {failed}/{load.count('broken')}")
@@ -186,7 +236,8 @@ async def main(args) -> int:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--driver", choices=["process", "docker"], default="process")
-    p.add_argument("--before", type=float, default=3.0, help="seconds of load before the rollout")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (not counted)")
+    p.add_argument("--before", type=float, default=5.0, help="seconds of load measured before the rollout")
     args = p.parse_args()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         sys.exit(runner.run(main(args)))

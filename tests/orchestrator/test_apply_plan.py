@@ -9,7 +9,7 @@ import pytest
 
 from selfieless.orchestrator.apply_plan import (
     AddService, LiveUpdate, Refuse, RemoveService, Rescale, RollingReplace, SetGatewayLimits, SetRoutes,
-    describe, plan_apply, restarts_nothing,
+    describe, pinned, plan_apply, restarts_nothing, running_image,
 )
 from selfieless.orchestrator.stack import parse_stack
 
@@ -114,6 +114,28 @@ def test_rebuilt_image_with_the_same_name_rolls():
                          current_images={"acts": "sha256:bbbb", "users": "sha256:cccc"})
     assert [type(a) for a in actions] == [RollingReplace]
     assert actions[0].service == "acts" and "new content" in actions[0].reasons[0]
+    # A rollback must go back to the id the replicas run, not the name (which means the new content).
+    assert actions[0].previous_image == "sha256:aaaa"
+    assert pinned(old.services["acts"], actions[0].previous_image).image == "sha256:aaaa"
+    # Nothing rebuilt, or ids unknown (process driver, image missing): no change.
+    assert plan_apply(old, new, running_images={"acts": "sha256:bbbb"}, current_images={"acts": "sha256:bbbb"}) == []
+    assert plan_apply(old, new, running_images={"acts": None}, current_images={"acts": "sha256:bbbb"}) == []
+    assert plan_apply(old, new, running_images={"acts": "sha256:aaaa"}, current_images={"acts": None}) == []
+    # A new image name rolls for its own reason; the old name still means the old content.
+    renamed = copy.deepcopy(old_data)
+    renamed["services"]["acts"]["image"] = "acts:v2"
+    (action,) = plan_apply(old, parse_stack(renamed), running_images={"acts": "sha256:aaaa"},
+                           current_images={"acts": "sha256:bbbb"})
+    assert action.reasons == ("image changed",) and action.previous_image is None
+
+
+def test_running_image_of_a_service_on_mixed_content():
+    assert running_image([], "sha256:b") is None
+    assert running_image([None], "sha256:b") is None
+    assert running_image(["sha256:b", "sha256:b"], "sha256:b") == "sha256:b"
+    # Partly on old content (a paused rollout): still a change.
+    assert running_image(["sha256:b", "sha256:a"], "sha256:b") == "sha256:a"
+    assert running_image(["sha256:a"], None) == "sha256:a"
 
 
 def test_update_settings_travel_with_the_replacement():

@@ -20,7 +20,7 @@ class Sim:
             if isinstance(c, ro.StartReplica):
                 self.n += 1
                 rid = f"{c.version}{self.n}"
-                self.log.append(f"start {c.version} {c.port}")
+                self.log.append(f"start {c.version} {c.port}" + (" spare" if c.spare else ""))
                 self.r = ro.started(self.r, rid, c.version, c.port)
                 if c.version == "new" and self.fail_new == "exit":
                     self.r = ro.failed(self.r, rid, "exited with status 1", self.now)
@@ -62,8 +62,10 @@ def test_start_first_one_at_a_time_never_drops_below_desired_and_settles_home():
     assert ports_of(sim.r, "new") == [8000, 8001, 8002] and ports_of(sim.r, "old") == []
     assert sim.serving_min == 3
     # The first new replica borrows a spare port; an old one stops only after a new one serves.
-    assert sim.log[:2] == ["start new 8003", "stop old 8000 drain"]
-    assert sim.log[-2:] == ["start new 8002", "stop new 8003 drain"]
+    # Every start happens with 3 serving, so none needs to boot ahead of them ("spare").
+    assert sim.log[:2] == ["start new 8003 spare", "stop old 8000 drain"]
+    assert sim.log[-2:] == ["start new 8002 spare", "stop new 8003 drain"]
+    assert all(line.endswith("spare") for line in sim.log if line.startswith("start"))
 
 
 def test_one_new_replica_unproven_at_a_time():
@@ -158,5 +160,6 @@ def test_start_that_fails_outright_counts_as_never_healthy():
 def test_start_first_without_a_spare_port_replaces_stop_first():
     sim = Sim(ro.begin("acts", OLD, [8000, 8001, 8002])).run()
     assert sim.finished.outcome == "complete"
+    # One short of the desired count while it boots: not a spare.
     assert sim.log[:2] == ["stop old 8000 drain", "start new 8000"]
     assert ports_of(sim.r, "new") == [8000, 8001, 8002]

@@ -328,7 +328,7 @@ def rollout(
             when = time.strftime("%H:%M:%S", time.localtime(h["at"]))
             console.print(f"{when}  {h['outcome']:<12} {h['seconds']:>6.1f} s  {h['reason']}: {h['detail']}")
         if not r["history"] and not r.get("rolling"):
-            console.print(f"{service}: no rolling update since this orchestrator started")
+            console.print(f"{service}: no rolling update recorded")
     else:
         console.print(f"{service}: {action} {r['outcome']} in {r['seconds']:.1f} s")
 

@@ -28,18 +28,33 @@ class ApplyResult:
         return dataclasses.asdict(self)
 
 
-def plan_for(orch, new: Stack, current_images: dict[str, str | None] | None = None) -> list[ap.ApplyAction]:
+def plan_for(orch, new: Stack, running_images: dict[str, str | None] | None = None,
+             current_images: dict[str, str | None] | None = None) -> list[ap.ApplyAction]:
     running = orch.stack
     # The running spec of each service is the controller's (a rollout or live update changed it).
     services = {n: orch.services[n].spec for n in running.services if n in orch.services}
     running = running.model_copy(update={"services": services})
-    return ap.plan_apply(running, new, getattr(orch, "image_ids", {}), current_images)
+    return ap.plan_apply(running, new, running_images, current_images)
+
+
+async def image_ids(orch, new: Stack) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """(running, current) image id per service of `new` that runs now and names an image: a rebuilt
+    image with an unchanged name is a change only these ids show (docker driver)."""
+    images = {n: s.image for n, s in new.services.items() if s.image and n in orch.services}
+    if not images:
+        return {}, {}
+    ran, current = await orch.driver.image_ids(images)
+    return {n: ap.running_image(ran.get(n, []), current.get(n)) for n in images}, current
 
 
 async def apply_stack(orch, new: Stack, *, dry_run: bool = False, timeout: float = 600.0,
                       current_images: dict[str, str | None] | None = None) -> ApplyResult:
     t0 = time.monotonic()
-    actions = plan_for(orch, new, current_images)
+    try:
+        running_images, found = await image_ids(orch, new)
+    except Exception as e:  # the engine did not answer: without the ids a rebuild would go unseen
+        return ApplyResult(False, [], f"cannot read the running image ids: {e}")
+    actions = plan_for(orch, new, running_images, {**found, **(current_images or {})})
     lines = [ap.describe(a) for a in actions]
     refused = [a for a in actions if isinstance(a, ap.Refuse)]
     if refused:
@@ -68,8 +83,10 @@ async def apply_stack(orch, new: Stack, *, dry_run: bool = False, timeout: float
         elif isinstance(a, ap.SetRoutes):
             orch.gateway.set_routes(dict(a.routes))
         elif isinstance(a, ap.RollingReplace):
+            old = orch.services[a.service].spec
             r = await roll(orch, a.service, new.services[a.service], reason="; ".join(a.reasons),
-                           timeout=max(1.0, timeout - (time.monotonic() - t0)))
+                           timeout=max(1.0, timeout - (time.monotonic() - t0)),
+                           rollback_spec=ap.pinned(old, a.previous_image) if a.previous_image else None)
             result.rollouts.append(dataclasses.asdict(r))
             if r.outcome != "complete":
                 result.ok = False

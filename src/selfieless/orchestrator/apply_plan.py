@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any, Iterable, Mapping, Union
 
 from .stack import GatewayLimits, ServiceSpec, Stack, UpdateSpec
 
@@ -69,6 +69,9 @@ class RollingReplace:
     service: str
     reasons: tuple[str, ...]
     update: UpdateSpec
+    # Set when the image name is unchanged but its content is new: the id the replicas run now.
+    # A rollback must start that id, not the name, which resolves to the new content by now.
+    previous_image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,12 @@ def plan_apply(running: Stack, new: Stack, running_images: Mapping[str, str | No
     for name in new.services:
         if name in added:
             continue
-        reasons = _replace_reasons(running, new, name, running_images.get(name), current_images.get(name))
+        was, now = running_images.get(name), current_images.get(name)
+        reasons = _replace_reasons(running, new, name, was, now)
         if reasons:
-            actions.append(RollingReplace(name, tuple(reasons), new.services[name].update))
+            content = _new_content(running.services[name], new.services[name], was, now)
+            actions.append(RollingReplace(name, tuple(reasons), new.services[name].update,
+                                          previous_image=was if content else None))
     for name in removed:
         actions.append(RemoveService(name))
     return actions
@@ -152,9 +158,32 @@ def _replace_reasons(running: Stack, new: Stack, name: str, running_image: str |
     for var in sorted(_used_variables(new, new_svc) | _used_variables(running, old_svc)):
         if _variable(running, old_svc, var) != _variable(new, new_svc, var):
             reasons.append(f"variable {var} changed")
-    if old_svc.image == new_svc.image and running_image and current_image and running_image != current_image:
+    if _new_content(old_svc, new_svc, running_image, current_image):
         reasons.append(f"image {new_svc.image} has new content ({_short(running_image)} -> {_short(current_image)})")
     return reasons
+
+
+def _new_content(old_svc: ServiceSpec, new_svc: ServiceSpec, running_image: str | None,
+                 current_image: str | None) -> bool:
+    return bool(old_svc.image == new_svc.image and running_image and current_image and running_image != current_image)
+
+
+def running_image(ids: Iterable[str | None], current: str | None) -> str | None:
+    """The one image id to compare with `current` for a service whose replicas run `ids`.
+
+    The current id when every replica runs it; otherwise an id some replica runs that is not the
+    current one, so a service left partly on old content (say, a rollout paused halfway) still
+    rolls. None when no replica runs (nothing to compare)."""
+    known = sorted({i for i in ids if i})
+    others = [i for i in known if i != current]
+    if others:
+        return others[0]
+    return current if known else None
+
+
+def pinned(spec: ServiceSpec, image_id: str | None) -> ServiceSpec:
+    """`spec` running exactly `image_id` (what a rollback after a content change goes back to)."""
+    return spec.model_copy(update={"image": image_id}) if image_id else spec
 
 
 def _variable(stack: Stack, svc: ServiceSpec, name: str) -> str | None:

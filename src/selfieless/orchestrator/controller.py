@@ -26,6 +26,7 @@ only once the dependency is ready (lifecycle.waits_for), and shutdown stops them
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Callable
@@ -191,11 +192,14 @@ class Orchestrator:
         svc.rollout_owner = None
         self._wake.set()
 
-    async def start_replica(self, service: str, port: int, spec: ServiceSpec, reason: str) -> Replica:
+    async def start_replica(self, service: str, port: int, spec: ServiceSpec, reason: str,
+                            boost: bool = True) -> Replica:
         """Start one replica of `spec` on `port` and probe it; it joins the pool after its first
-        passing probe. Raises DriverError when the driver cannot start it."""
+        passing probe (boost=False: the others serve meanwhile, see LaunchSpec.start_boost).
+        Raises DriverError when the driver cannot start it."""
         svc = self._service(service)
         launch = self._launch_spec(ServiceRuntime(svc.name, spec, svc.desired), port)
+        launch = dataclasses.replace(launch, start_boost=boost)
         handle = await self.driver.start(launch)
         rep = Replica(id=handle.id, service=svc.name, port=port, handle=handle, started_at=self._mono())
         svc.replicas[rep.id] = rep

@@ -57,6 +57,9 @@ class StartReplica:
     version: Version
     port: int
     reason: str
+    # The service serves at full strength meanwhile (start-first): the new replica need not boot
+    # at the expense of the serving ones (the docker driver's start CPU boost is left off).
+    spare: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
                     cmds.append(StopReplica(m.id, drain=True, reason="no spare port: stop-first for this one"))
                     r = _set(r, m.id, status="stopping")
                 break
-            cmds.append(StartReplica("new", port, reason="rolling replacement (start-first)"))
+            cmds.append(StartReplica("new", port, reason="rolling replacement (start-first)", spare=_full(r)))
             r = replace(r, pending=r.pending + (("new", port),))
             in_flight += 1
             wanted_new -= 1
@@ -226,12 +229,18 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
             cmds.append(StopReplica(m.id, drain=True, reason=f"settled back on port {sorted(r.home)[0]}.."))
             r = _set(r, m.id, status="stopping")
         elif borrowed and free_home:
-            cmds.append(StartReplica("new", free_home[0], reason=f"move home from borrowed port {borrowed[0].port}"))
+            cmds.append(StartReplica("new", free_home[0], reason=f"move home from borrowed port {borrowed[0].port}",
+                                     spare=_full(r)))
             r = replace(r, pending=r.pending + (("new", free_home[0]),))
         elif not r.of("new", "stopping") and not any(m.status == "stopping" for m in r.members):
             cmds.append(Finish("complete", f"{r.desired} replica(s) on the new version"))
             r = replace(r, phase="complete", reason="complete")
     return r, cmds
+
+
+def _full(r: Rollout) -> bool:
+    """As many replicas serve as the service wants: a new one is a spare until it is ready."""
+    return len(r.of("old", "ready")) + len(r.of("new", "ready")) >= r.desired
 
 
 def _rollback(r: Rollout) -> tuple[Rollout, list[Command]]:

@@ -3,13 +3,20 @@
 The thin I/O half: it holds the service (the reconciler leaves it alone meanwhile), turns the state
 machine's commands into controller calls, and turns what the replicas do (first passing probe,
 exit, failed probes) into the machine's events. The decisions are all in rollout.py.
+
+The rollout history (what `rollout history` shows and `rollout undo` goes back to) is kept in
+`<stack state dir>/rollouts.json`, beside the stack's other state, so it survives a restart of `up`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import rollout as ro
 from .drivers.base import DriverError
@@ -17,6 +24,10 @@ from .replica import ReplicaState as S
 from .stack import ServiceSpec
 
 POLL = 0.02
+HISTORY_FILE = "rollouts.json"
+HISTORY_KEEP = 50          # rollouts kept per service (the oldest go first)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,12 +39,14 @@ class RolloutResult:
 
 
 async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "apply",
-               timeout: float = 600.0) -> RolloutResult:
-    """Replace every replica of `service` with one of `new_spec`; on failure go back to the old spec.
+               timeout: float = 600.0, rollback_spec: ServiceSpec | None = None) -> RolloutResult:
+    """Replace every replica of `service` with one of `new_spec`; on failure go back to the old spec
+    (`rollback_spec` when given: the running spec pinned to the image id its replicas run, when the
+    image name now resolves to new content).
 
     Returns once the service has converged on one version (or the rollout paused or timed out)."""
     svc = orch.services[service]
-    old_spec = svc.spec
+    old_spec = rollback_spec or svc.spec
     update = new_spec.update
     ready_old = [(r.id, r.port) for r in orch.replicas_of(service) if r.state == S.READY]
     state = ro.begin(service, ready_old, list(new_spec.host_ports.ports), desired=svc.desired,
@@ -78,18 +91,60 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
     finally:
         spec = new_spec if finish is not None and finish.outcome in ("complete", "paused") else old_spec
         orch.release(service, spec)
-    history(orch, service).append({"at": time.time(), "outcome": finish.outcome, "reason": reason,
-                                   "detail": finish.reason, "from": old_spec, "to": new_spec,
-                                   "seconds": round(time.monotonic() - t0, 3)})
+    entries = history(orch, service)
+    entries.append({"at": time.time(), "outcome": finish.outcome, "reason": reason,
+                    "detail": finish.reason, "from": old_spec, "to": new_spec,
+                    "seconds": round(time.monotonic() - t0, 3)})
+    del entries[:-HISTORY_KEEP]
+    _save_history(orch)
     kind = {"complete": "rollout", "rolled_back": "rollback", "paused": "rollout"}[finish.outcome]
     orch.events.emit(kind, service, None, f"rolling update {finish.outcome.replace('_', ' ')}: {finish.reason}")
     return RolloutResult(service, finish.outcome, finish.reason, time.monotonic() - t0)
 
 
 def history(orch, service: str) -> list[dict]:
-    """Every rollout of `service` by this orchestrator, oldest first (specs included, for undo)."""
-    store = orch.__dict__.setdefault("rollout_history", {})
+    """The last HISTORY_KEEP rollouts of `service`, oldest first (specs included, for undo), by this
+    orchestrator and the earlier ones of the same stack and state dir."""
+    store = orch.__dict__.get("rollout_history")
+    if store is None:
+        store = orch.__dict__["rollout_history"] = _load_history(orch)
     return store.setdefault(service, [])
+
+
+def _history_path(orch) -> Path | None:
+    return Path(orch.state_dir) / HISTORY_FILE if getattr(orch, "state_dir", "") else None
+
+
+def _load_history(orch) -> dict[str, list[dict]]:
+    path = _history_path(orch)
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {service: [{**h, "from": ServiceSpec.model_validate(h["from"]),
+                           "to": ServiceSpec.model_validate(h["to"])} for h in entries]
+                for service, entries in data.items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError covers pydantic's errors
+        # A damaged file must not stop the stack; the history starts again (and says so).
+        log.warning("ignoring the rollout history in %s: %s", path, e)
+        orch.events.emit("rollout", None, None, f"rollout history in {path.name} unreadable, starting a new one: {e}")
+        return {}
+
+
+def _save_history(orch) -> None:
+    path = _history_path(orch)
+    if path is None:
+        return
+    data = {service: [{**h, "from": h["from"].model_dump(mode="json"), "to": h["to"].model_dump(mode="json")}
+                      for h in entries]
+            for service, entries in orch.__dict__.get("rollout_history", {}).items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)  # a crash mid-write leaves the previous file whole
+    except OSError as e:
+        log.warning("cannot save the rollout history to %s: %s", path, e)
 
 
 def history_json(orch, service: str) -> list[dict]:
@@ -111,7 +166,7 @@ async def restart(orch, service: str, timeout: float = 600.0) -> RolloutResult:
 
 async def _start(orch, service: str, spec: ServiceSpec, c: ro.StartReplica):
     try:
-        rep = await orch.start_replica(service, c.port, spec, f"rollout: {c.reason}")
+        rep = await orch.start_replica(service, c.port, spec, f"rollout: {c.reason}", boost=not c.spare)
         return (c.version, c.port, rep.id, None)
     except DriverError as e:
         return (c.version, c.port, None, str(e))

@@ -43,6 +43,7 @@ class LaunchSpec:
     preferences: tuple[str, ...] = ()
     health_path: str | None = None
     stop_grace: float = 10.0
+    start_boost: bool = True              # a bigger CPU share until ready (off: others serve meanwhile)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ class Driver(abc.ABC):
     async def ready(self, handle: ReplicaHandle) -> None:
         """The replica passed its first health probe: a driver may now take back what it gave the
         replica only to start quickly."""
+
+    async def image_ids(self, images: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, str | None]]:
+        """For `apply`: per service, the image ids its running replicas were started from, and the
+        id each image name (service -> name) resolves to now. Empty for drivers without images."""
+        return {}, {}
 
     def log_files(self, service: str) -> dict[int, Path]:
         """Where the driver keeps the output of `service`'s replicas, by host port; {} when it keeps
