@@ -37,13 +37,13 @@ class LaunchSpec:
     network: str | None = None            # user-defined network to join (created if missing)
     extra_hosts: dict[str, str] = field(default_factory=dict)
     volumes: dict[str, str] = field(default_factory=dict)   # named volume -> path in the container
+    start_boost: bool = True              # a bigger CPU share until ready (off: others serve meanwhile)
     # Swarm driver only: placement (constraints, spread labels), the HTTP health path its
     # container health check asks (None: no check in the container), the stop grace period.
     constraints: tuple[str, ...] = ()
     preferences: tuple[str, ...] = ()
     health_path: str | None = None
     stop_grace: float = 10.0
-    start_boost: bool = True              # a bigger CPU share until ready (off: others serve meanwhile)
 
 
 @dataclass(frozen=True)
