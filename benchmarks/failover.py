@@ -37,7 +37,7 @@ import time
 import httpx
 
 from selfieless.gateway import new_event_loop
-from selfieless.orchestrator.assemble import start_system
+from selfieless.orchestrator.runner import Runner
 from selfieless.orchestrator.stack import parse_stack
 
 BARS = {"replace_process": 1.0, "replace_docker": 1.5, "scale_out": 3.0}
@@ -171,7 +171,8 @@ async def scale_out_trial(driver: str, first_port: int, state_dir: str, preload:
     stack = acts_stack(driver, first_port, {"policy": "rate", "target_rps_per_replica": 25,
                                             "window_seconds": 2, "scale_in_delay": 60},
                        {"initial": 1, "min": 1, "max": 10}, preload)
-    system = await start_system(stack, state_dir)
+    runner = Runner(signals=False)  # the start / stop `up` uses (Ctrl-C stays ours)
+    system = await runner.start(stack, state_dir)
     try:
         await system.orchestrator.wait_ready(60)
         await asyncio.sleep(1.0)
@@ -182,7 +183,7 @@ async def scale_out_trial(driver: str, first_port: int, state_dir: str, preload:
         await load.stop()
         return {"reaction": reaction, "failed": len(load.failed), "requests": load.ok + len(load.failed)}
     finally:
-        await system.stop()
+        await runner.stop()
 
 
 class ControlPlane:
@@ -330,7 +331,8 @@ async def replica_faults(args, state_dir: str, results: dict) -> None:
     replicas = 1 + 3 * args.trials
     stack = acts_stack(args.driver, args.first_port, {"policy": "none"},
                        {"initial": replicas, "min": 1, "max": replicas}, not args.no_preload)
-    system = await start_system(stack, state_dir)
+    runner = Runner(signals=False)  # the start / stop `up` uses (Ctrl-C stays ours)
+    system = await runner.start(stack, state_dir)
     try:
         await system.orchestrator.wait_ready(60)
         fresh_ports = iter(range(args.first_port + 1, args.first_port + replicas))
@@ -345,7 +347,7 @@ async def replica_faults(args, state_dir: str, results: dict) -> None:
                       f"{t['replace']:.3f} s, failed GETs {t['failed']}/{t['requests']}", flush=True)
             results["faults"][kind] = trials
     finally:
-        await system.stop()
+        await runner.stop()
 
 
 if __name__ == "__main__":
@@ -362,5 +364,5 @@ if __name__ == "__main__":
     parser.add_argument("--only", choices=["control-plane"],
                         help="run only this fault (the control-plane kill)")
     arguments = parser.parse_args()
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        sys.exit(runner.run(main(arguments)))
+    with asyncio.Runner(loop_factory=new_event_loop) as loop:
+        sys.exit(loop.run(main(arguments)))

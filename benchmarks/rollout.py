@@ -32,7 +32,7 @@ import time
 import httpx
 
 from selfieless.gateway import new_event_loop
-from selfieless.orchestrator.assemble import start_system
+from selfieless.orchestrator.runner import Runner
 from selfieless.orchestrator.rollout_exec import roll
 from selfieless.orchestrator.stack import RatePolicy, parse_stack
 
@@ -158,7 +158,8 @@ async def main(args) -> int:
     stack = acts_stack(driver)
     ok = True
     with tempfile.TemporaryDirectory() as state:
-        system = await start_system(stack, state)
+        runner = Runner(signals=False)  # the start / stop `up` uses (Ctrl-C stays ours)
+        system = await runner.start(stack, state)
         orch = system.orchestrator
         base = f"http://127.0.0.1:{system.gateway.port}"
         try:
@@ -229,7 +230,7 @@ async def main(args) -> int:
                   f"failed {0 if r.status_code in (200, 204) else 1}/1 (bar {bar:g} s)")
             ok &= r.status_code in (200, 204)
         finally:
-            await system.stop()
+            await runner.stop()
     return 0 if ok else 1
 
 
@@ -239,5 +240,5 @@ if __name__ == "__main__":
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (not counted)")
     p.add_argument("--before", type=float, default=5.0, help="seconds of load measured before the rollout")
     args = p.parse_args()
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        sys.exit(runner.run(main(args)))
+    with asyncio.Runner(loop_factory=new_event_loop) as loop:
+        sys.exit(loop.run(main(args)))

@@ -25,8 +25,12 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Runner:
-    def __init__(self, *, detach: bool = False, on_signal: Callable[[int], object] | None = None) -> None:
+    def __init__(self, *, detach: bool = False, on_signal: Callable[[int], object] | None = None,
+                 signals: bool = True) -> None:
         self.detach = detach            # on stop, leave replicas (and a gateway process) running
+        # False for a caller that stops the system itself (a benchmark): Ctrl-C then interrupts it
+        # as usual instead of asking for a stop nobody waits for.
+        self.signals_handled = signals
         self.on_signal = on_signal      # called with the number of signals received so far
         self.stop_requested = asyncio.Event()
         self.requested_at: float | None = None   # monotonic time of the first stop request
@@ -36,7 +40,7 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def install_signals(self) -> None:
-        if self._loop is None:
+        if self._loop is None and self.signals_handled:
             self._loop = asyncio.get_running_loop()
             for sig in SIGNALS:
                 self._loop.add_signal_handler(sig, self._signalled)
