@@ -379,9 +379,15 @@ def part_stack(args, tmp: str) -> None:
         httpx.post(admin + "/api/scale", json={"service": "acts", "replicas": count}, timeout=10, trust_env=False)
         ready_ports(count)
         time.sleep(3)  # let starts and their events settle
-        c0, t0 = cpu_seconds(up.pid), time.monotonic()
+        c0, t0 = control_cpu(), time.monotonic()
         time.sleep(args.idle)
-        return (cpu_seconds(up.pid) - c0) / (time.monotonic() - t0)
+        return (control_cpu() - c0) / (time.monotonic() - t0)
+
+    def control_cpu() -> float:
+        """`up` and the gateway process it started: the control plane's whole cost (the gateway
+        hears of every replica added or removed)."""
+        pids = [up.pid] + [json.loads(f.read_text())["pid"] for f in Path(tmp, "state").rglob("gateway.json")]
+        return sum(cpu_seconds(pid) for pid in pids)
 
     try:
         ready_ports(3)
@@ -390,7 +396,7 @@ def part_stack(args, tmp: str) -> None:
             low, high = idle_cpu(3), idle_cpu(12)
             per_probe = (high - low) / 9 * 1e6  # 9 more replicas, one probe a second each
             runs.append(per_probe)
-            print(f"  `up` CPU idle: {low * 1000:.2f} ms/s with 3 replicas, {high * 1000:.2f} ms/s with 12 "
+            print(f"  `up` + gateway CPU idle: {low * 1000:.2f} ms/s with 3 replicas, {high * 1000:.2f} ms/s with 12 "
                   f"-> {per_probe:,.0f} µs per probe", flush=True)
         print(f"control plane: {statistics.median(runs):,.0f} µs CPU per probe (3 → 12 replicas; "
               f"median of {len(runs)}, each {args.idle:g} s idle)", flush=True)
