@@ -224,11 +224,16 @@ class SlowSim:
             how = self.fail_new.get(port) if version == "new" else None
             if how == "exit":
                 return ro.failed(r, rid, "exited with status 1", self.now)
-            self.events.append((self.now + 1, lambda r: ro.ready(r, rid, self.now)))
+            self.events.append((self.now + 1, lambda r: self._ready(r, rid)))
             if how == "monitor":
                 self.events.append((self.now + 2, lambda r: ro.failed(r, rid, "probe failed", self.now)))
             return r
         return event
+
+    def _ready(self, r: ro.Rollout, rid: str) -> ro.Rollout:
+        # Like the executor, only a replica still starting is reported as passing its probe.
+        m = next(m for m in r.members if m.id == rid)
+        return ro.ready(r, rid, self.now) if m.status == "starting" else r
 
     def run(self, limit: int = 200) -> "SlowSim":
         for _ in range(limit):
@@ -284,3 +289,222 @@ def test_stop_first_replaces_at_most_parallelism_replicas_at_once():
     for par in (1, 2):
         sim = _slow("stop-first", par, PORTS, [8000, 8001, 8002], 3)
         assert min(sim.serving) == 3 - par and max(sim.unproven) <= par, sim.log
+
+
+def test_slow_executor_rollbacks_restore_the_old_version_before_the_new_one_leaves():
+    three = [8000, 8001, 8002]
+    cases = [  # order, parallelism, ports, new replica that fails (port: how) -> reason, commands
+        ("start-first", 1, PORTS, {8003: "exit"},
+         "new replica new1 on port 8003 never became healthy: exited with status 1",
+         ["0 start new 8003", "1 stop new 8003"]),
+        ("start-first", 1, three, {8000: "exit"},
+         "new replica new1 on port 8000 never became healthy: exited with status 1",
+         ["0 stop old 8000 drain", "2 start new 8000", "3 stop new 8000", "5 start old 8000"]),
+        ("start-first", 1, PORTS, {8000: "monitor"},
+         "new replica new2 on port 8000 failed within its monitor period: probe failed",
+         ["0 start new 8003", "2 stop old 8000 drain", "5 start new 8000", "7 stop old 8001 drain",
+          "8 stop new 8000", "8 start old 8004", "8 start old 8005", "10 stop new 8003 drain"]),
+        ("start-first", 2, PORTS, {8004: "monitor"},
+         "new replica new2 on port 8004 failed within its monitor period: probe failed",
+         ["0 start new 8003", "0 start new 8004", "2 stop old 8000 drain", "2 stop old 8001 drain",
+          "3 stop new 8004", "3 start old 8005", "3 start old 8006", "5 stop new 8003 drain"]),
+        ("start-first", 2, PORTS, {8000: "monitor"},
+         "new replica new3 on port 8000 failed within its monitor period: probe failed",
+         ["0 start new 8003", "0 start new 8004", "2 stop old 8000 drain", "2 stop old 8001 drain",
+          "5 start new 8000", "7 stop old 8002 drain", "8 stop new 8000", "8 start old 8001",
+          "8 start old 8005", "8 start old 8006", "10 stop new 8004 drain", "10 stop new 8003 drain"]),
+        # The other new replica is still starting: it never served, so it goes at once too.
+        ("start-first", 2, PORTS, {8004: "exit"},
+         "new replica new2 on port 8004 never became healthy: exited with status 1",
+         ["0 start new 8003", "0 start new 8004", "1 stop new 8003", "1 stop new 8004"]),
+    ]
+    for order, par, ports, fail, reason, log in cases:
+        sim = _slow(order, par, ports, [8000, 8001, 8002], 3, fail_new=fail)
+        where = (order, par, ports, fail, sim.log)
+        assert sim.finished == ro.Finish("rolled_back", reason), where
+        # The failed replica is out of rotation: it stops at once. Serving new replicas are drained
+        # (highest port first) only once as many old-version replicas serve as before.
+        assert sim.log == log, where
+        # Finished only once the old version serves at full strength and every new replica is gone.
+        assert len(ports_of(sim.r, "old")) == 3, where
+        assert {m.status for m in sim.r.members if m.version == "new"} == {"stopped"}, where
+        assert min(sim.serving) >= 2, where
+
+
+def test_a_finished_rollout_decides_nothing_more():
+    # A timer tick racing the end must not start or stop anything (after a rollback that would be
+    # new-version replicas again).
+    for sim in (Sim(ro.begin("acts", OLD, PORTS)).run(),
+                Sim(ro.begin("acts", OLD, PORTS), fail_new="exit").run(),
+                Sim(ro.begin("acts", OLD, PORTS, failure_action="pause"), fail_new="exit").run()):
+        assert sim.r.phase == sim.finished.outcome
+        assert ro.decide(sim.r, sim.now + 100) == (sim.r, [])
+
+
+def test_a_new_replica_is_proven_exactly_monitor_seconds_after_it_joined():
+    cases = [  # joined at, monitor, now -> the next one starts
+        (1.0, 5, 5.5, False), (1.0, 5, 5.99, False), (1.0, 5, 6.0, True),
+        (0.0, 5, 4.99, False), (0.0, 5, 5.0, True),
+    ]
+    for joined, monitor, now, starts in cases:
+        r = ro.begin("acts", OLD, PORTS, monitor=monitor)
+        r, (start,) = ro.decide(r, joined)
+        r = ro.ready(ro.started(r, "n1", "new", start.port), "n1", joined)
+        r, (stop,) = ro.decide(r, joined)
+        assert stop == ro.StopReplica("a", drain=True, reason="replaced by a new replica that is serving")
+        r, cmds = ro.decide(ro.stopped(r, "a"), now)
+        expected = [ro.StartReplica("new", 8000, "rolling replacement (start-first)", spare=True)] if starts else []
+        assert cmds == expected, (joined, monitor, now)
+
+
+def test_a_failure_within_monitor_rolls_back_and_one_after_it_does_not():
+    cases = [  # joined at, failed at -> the rollout rolls back
+        (1.0, 1.0, True), (1.0, 5.5, True), (1.0, 5.99, True), (1.0, 6.0, False), (1.0, 60, False),
+        (0.0, 4.99, True), (0.0, 5.0, False),
+    ]
+    for joined, at, rolls_back in cases:
+        r = ro.begin("acts", OLD, PORTS, monitor=5)
+        r, (start,) = ro.decide(r, joined)
+        r = ro.ready(ro.started(r, "n1", "new", start.port), "n1", joined)
+        r = ro.failed(r, "n1", "probe failed", now=at)
+        assert r.phase == ("rolling_back" if rolls_back else "rolling"), (joined, at)
+        assert r.reason == ("new replica n1 on port 8003 failed within its monitor period: probe failed"
+                            if rolls_back else ""), (joined, at)
+
+
+def test_reports_about_replicas_on_their_way_out_change_nothing():
+    # The executor reports a replica it is stopping (or already stopped, or never knew) as gone.
+    r = ro.begin("acts", OLD, PORTS)
+    r, (start,) = ro.decide(r, 0.0)
+    r = ro.ready(ro.started(r, "n1", "new", start.port), "n1", 0.0)
+    r, (stop,) = ro.decide(r, 0.0)                    # old "a" is draining
+    r = ro.stopped(ro.failed(r, "n1", "probe failed", 1.0), "n1")   # a rollback, n1 gone
+    r, cmds = ro.decide(r, 1.0)
+    assert cmds == [ro.StartReplica("old", 8003, "rollback: previous version")]
+    for id in ("a", "n1", "nobody"):               # stopping, stopped, unknown
+        assert ro.failed(r, id, "gone", 2.0) == r
+    new = ro.begin("acts", OLD, PORTS)
+    new, (start,) = ro.decide(new, 0.0)
+    new = ro.started(new, "n1", "new", start.port)
+    assert ro.failed(new, "nobody", "gone", 1.0) == new
+
+
+def test_replicas_that_fail_during_the_rollout_are_stopped_and_replaced():
+    # An old replica that crashes is cleared away and the rollout goes on; no other old one stops
+    # for its sake, the new replica that starts next takes its place.
+    r = ro.begin("acts", OLD, PORTS)
+    r, (start,) = ro.decide(r, 0.0)
+    r = ro.started(r, "n1", "new", start.port)
+    r = ro.failed(r, "b", "exited with status 137", 0.5)
+    assert r.phase == "rolling"
+    r, cmds = ro.decide(r, 0.5)
+    assert cmds == [ro.StopReplica("b", drain=False, reason="failed")]
+    r, cmds = ro.decide(r, 0.6)
+    assert cmds == []                                 # not asked twice while it stops
+    r = ro.ready(ro.stopped(r, "b"), "n1", 1.0)
+    r, cmds = ro.decide(r, 1.0)
+    assert cmds == []                                 # a, c and n1 serve: nothing to retire
+    r, cmds = ro.decide(r, 6.0)
+    assert cmds == [ro.StartReplica("new", 8001, "rolling replacement (start-first)", spare=True)]
+    # A new replica that served past its monitor and then fails is replaced like any broken one.
+    r = ro.failed(r, "n1", "exited with status 1", 7.0)
+    assert r.phase == "rolling"
+    r, cmds = ro.decide(r, 7.0)
+    assert cmds == [ro.StopReplica("n1", drain=False, reason="failed")]
+    r = ro.ready(ro.started(ro.stopped(r, "n1"), "n2", "new", 8001), "n2", 8.0)
+    r, cmds = ro.decide(r, 8.0)
+    assert cmds == []                                 # a, c, n2 serve; n2 unproven
+    r, cmds = ro.decide(r, 13.0)
+    assert cmds == [ro.StartReplica("new", 8003, "rolling replacement (start-first)", spare=True)]
+
+
+def test_decide_while_starts_are_under_way_asks_for_nothing_more():
+    for par, ports in [(1, [8003]), (5, [8003, 8004, 8005])]:
+        r = ro.begin("acts", OLD, PORTS, parallelism=par)
+        r, cmds = ro.decide(r, 0.0)
+        assert [(c.version, c.port) for c in cmds] == [("new", p) for p in ports]
+        assert ro.decide(r, 0.1)[1] == []
+    r = ro.begin("acts", OLD, PORTS, order="stop-first")
+    r, cmds = ro.decide(r, 0.0)
+    assert cmds == [ro.StopReplica("a", drain=True, reason="stop-first: makes room for a new replica")]
+    assert ro.decide(r, 0.1)[1] == []                 # still draining
+    r, cmds = ro.decide(ro.stopped(r, "a"), 1.0)
+    assert cmds[0] == ro.StartReplica("new", 8000, "rolling replacement (stop-first)")
+
+
+def _rolling_back_with_old_a_stopped() -> ro.Rollout:
+    """n1 (new, 8003) served, old a (8000) was stopped for it, then n1 failed within its monitor."""
+    r = ro.begin("acts", OLD, PORTS)
+    r, (start,) = ro.decide(r, 0.0)
+    r = ro.ready(ro.started(r, "n1", "new", start.port), "n1", 1.0)
+    r, (stop,) = ro.decide(r, 1.0)
+    return ro.failed(ro.stopped(r, "a"), "n1", "probe failed", 2.0)
+
+
+def test_rollback_clears_away_old_replicas_that_fail_meanwhile():
+    r, cmds = ro.decide(_rolling_back_with_old_a_stopped(), 2.0)
+    assert cmds == [ro.StopReplica("n1", drain=False, reason="rollback"),
+                    ro.StartReplica("old", 8000, "rollback: previous version")]
+    r = ro.ready(ro.started(ro.stopped(r, "n1"), "o1", "old", 8000), "o1", 3.0)
+    r = ro.failed(r, "c", "exited with status 137", 3.5)
+    assert r.phase == "rolling_back"
+    r, cmds = ro.decide(r, 3.5)
+    # c still holds 8002 until it is stopped: its successor takes the next free port.
+    assert cmds == [ro.StartReplica("old", 8003, "rollback: previous version"),
+                    ro.StopReplica("c", drain=False, reason="failed")]
+    assert ro.decide(r, 3.6)[1] == []                 # c is not asked twice; o2 not started twice
+    r = ro.ready(ro.started(ro.stopped(r, "c"), "o2", "old", 8003), "o2", 4.0)
+    r, cmds = ro.decide(r, 4.0)
+    assert cmds == [ro.Finish("rolled_back", "new replica n1 on port 8003 failed within its monitor "
+                                             "period: probe failed")]
+
+
+def test_rollback_waits_for_the_old_version_to_serve_again_before_finishing():
+    r, _ = ro.decide(_rolling_back_with_old_a_stopped(), 2.0)
+    r = ro.stopped(r, "n1")
+    assert ro.decide(r, 2.5)[1] == []                 # the old replica is asked for, not reported
+    r = ro.started(r, "o1", "old", 8000)
+    assert ro.decide(r, 3.0)[1] == []                 # started, not yet serving: none more started
+    r = ro.ready(r, "o1", 3.5)
+    assert [type(c) for c in ro.decide(r, 3.5)[1]] == [ro.Finish]
+
+
+def test_rollback_without_a_free_port_starts_the_old_version_once_the_new_one_is_gone():
+    r = ro.begin("acts", OLD, [8000, 8001, 8002])
+    r, (stop,) = ro.decide(r, 0.0)
+    r, (start,) = ro.decide(ro.stopped(r, stop.id), 1.0)
+    r = ro.failed(ro.started(r, "n1", "new", start.port), "n1", "exited with status 1", 2.0)
+    r, cmds = ro.decide(r, 2.0)
+    assert cmds == [ro.StopReplica("n1", drain=False, reason="rollback")]
+    r, cmds = ro.decide(ro.stopped(r, "n1"), 3.0)
+    assert cmds == [ro.StartReplica("old", 8000, "rollback: previous version")]
+
+
+def test_rollback_drains_serving_new_replicas_one_per_old_replica_back_highest_port_first():
+    r = ro.Rollout("acts", 3, tuple(PORTS), parallelism=3, phase="rolling_back", reason="why", members=(
+        ro.Member("c", 8002, "old", "ready", 0.0),
+        ro.Member("n1", 8003, "new", "ready", 1.0), ro.Member("n2", 8004, "new", "ready", 1.0),
+        ro.Member("n3", 8000, "new", "failed", 1.0),
+        ro.Member("a", 8000, "old", "stopped"), ro.Member("b", 8001, "old", "stopped")))
+    r, cmds = ro.decide(r, 2.0)
+    assert cmds == [ro.StopReplica("n3", drain=False, reason="rollback"),
+                    ro.StartReplica("old", 8001, "rollback: previous version"),
+                    ro.StartReplica("old", 8005, "rollback: previous version")]
+    r = ro.ready(ro.started(ro.stopped(r, "n3"), "o1", "old", 8001), "o1", 3.0)
+    r, cmds = ro.decide(r, 3.0)
+    assert cmds == [ro.StopReplica("n2", drain=True, reason="rollback")]
+    r = ro.ready(ro.started(r, "o2", "old", 8005), "o2", 4.0)
+    r, cmds = ro.decide(r, 4.0)
+    assert cmds == [ro.StopReplica("n1", drain=True, reason="rollback")]
+    assert ro.decide(r, 4.1)[1] == []                 # n2 and n1 still draining
+    r, cmds = ro.decide(ro.stopped(ro.stopped(r, "n1"), "n2"), 5.0)
+    assert cmds == [ro.Finish("rolled_back", "why")]
+
+
+def test_pause_finishes_at_once_and_leaves_every_replica_where_it_is():
+    r = ro.begin("acts", OLD, PORTS, failure_action="pause")
+    r, (start,) = ro.decide(r, 0.0)
+    r = ro.failed(ro.started(r, "n1", "new", start.port), "n1", "exited with status 1", 1.0)
+    r, cmds = ro.decide(r, 1.0)
+    assert cmds == [ro.Finish("paused", "new replica n1 on port 8003 never became healthy: exited with status 1")]
+    assert r.phase == "paused" and [m.status for m in r.members] == ["ready"] * 3 + ["failed"]
