@@ -176,8 +176,9 @@ class SlowSim:
     stop takes `stop_ticks`). Fails on a command the executor would carry out twice, or a start on
     a port a replica (or another start) still holds."""
 
-    def __init__(self, r: ro.Rollout, stop_ticks: int = 2, fail_new: dict[int, str] | None = None):
-        self.r, self.now, self.n, self.stop_ticks = r, 0.0, 0, stop_ticks
+    def __init__(self, r: ro.Rollout, stop_ticks: int = 2, fail_new: dict[int, str] | None = None,
+                 start_ticks: int = 1):
+        self.r, self.now, self.n, self.stop_ticks, self.start_ticks = r, 0.0, 0, stop_ticks, start_ticks
         self.fail_new = fail_new or {}           # port -> "exit" | "monitor", for new replicas
         self.events: list[tuple[float, object]] = []
         self.starting: dict[str, int] = {}       # asked for, not yet reported: id -> port
@@ -201,7 +202,7 @@ class SlowSim:
                 rid = f"{c.version}{self.n}"
                 self.log.append(f"{self.now:g} start {c.version} {c.port}")
                 self.starting[rid] = c.port
-                self.events.append((self.now + 1, self._started(rid, c.version, c.port)))
+                self.events.append((self.now + self.start_ticks, self._started(rid, c.version, c.port)))
             elif isinstance(c, ro.StopReplica):
                 assert c.id not in self.asked_stop, f"{c.id} stopped twice: {self.log}"
                 self.asked_stop.add(c.id)
@@ -453,8 +454,9 @@ def test_rollback_clears_away_old_replicas_that_fail_meanwhile():
     assert cmds == [ro.StartReplica("old", 8003, "rollback: previous version"),
                     ro.StopReplica("c", drain=False, reason="failed")]
     assert ro.decide(r, 3.6)[1] == []                 # c is not asked twice; o2 not started twice
-    r = ro.ready(ro.started(ro.stopped(r, "c"), "o2", "old", 8003), "o2", 4.0)
-    r, cmds = ro.decide(r, 4.0)
+    r = ro.ready(ro.started(r, "o2", "old", 8003), "o2", 4.0)
+    assert ro.decide(r, 4.0)[1] == []                 # finished only once c is gone
+    r, cmds = ro.decide(ro.stopped(r, "c"), 4.5)
     assert cmds == [ro.Finish("rolled_back", "new replica n1 on port 8003 failed within its monitor "
                                              "period: probe failed")]
 
@@ -508,3 +510,67 @@ def test_pause_finishes_at_once_and_leaves_every_replica_where_it_is():
     r, cmds = ro.decide(r, 1.0)
     assert cmds == [ro.Finish("paused", "new replica n1 on port 8003 never became healthy: exited with status 1")]
     assert r.phase == "paused" and [m.status for m in r.members] == ["ready"] * 3 + ["failed"]
+
+
+def test_slow_starts_and_a_new_port_range_still_converge_without_repeating_a_command():
+    # Starts reported three ticks later: decide runs meanwhile with the start still pending. And a
+    # new spec may move the service to another port range: the old replicas are all outside it.
+    three, nine = [8000, 8001, 8002], [9000, 9001, 9002]
+    for order, par, ports, start_ticks in [
+            ("start-first", 1, PORTS, 3), ("start-first", 2, PORTS, 3), ("start-first", 1, three, 3),
+            ("stop-first", 1, PORTS, 3), ("stop-first", 2, three, 3),
+            ("start-first", 1, nine, 1), ("start-first", 2, nine, 3),
+            ("stop-first", 1, nine, 1), ("stop-first", 2, nine, 3)]:
+        r = ro.begin("acts", [(f"old{p}", p) for p in three], ports, parallelism=par, order=order, monitor=3)
+        sim = SlowSim(r, start_ticks=start_ticks).run()
+        where = (order, par, ports, start_ticks, sim.log)
+        assert sim.finished.outcome == "complete", where
+        assert ports_of(sim.r, "new") == ports[:3], where
+        assert {m.status for m in sim.r.members} == {"ready", "stopped"}, where
+        if order == "start-first":
+            assert min(sim.serving) == (2 if ports == three else 3) and max(sim.unproven) <= par, where
+
+
+def test_commands_say_why_in_the_events():
+    # Each command's reason is shown in the events ("rollout: <reason>").
+    r, cmds = ro.decide(ro.begin("acts", OLD, [8000, 8001, 8002]), 0.0)
+    assert cmds == [ro.StopReplica("a", drain=True, reason="no spare port: stop-first for this one")]
+    assert ro.decide(r, 0.1)[1] == []                 # not a second one while it drains
+    r, cmds = ro.decide(ro.stopped(r, "a"), 1.0)
+    assert cmds == [ro.StartReplica("new", 8000, "rolling replacement (start-first)", spare=False)]
+    # Moving home: three new replicas serve, one on the borrowed 8003 and 8002 free.
+    r = ro.Rollout("acts", 3, tuple(PORTS), members=(
+        ro.Member("a", 8000, "old", "stopped"), ro.Member("c", 8002, "old", "stopped"),
+        ro.Member("n1", 8003, "new", "ready", 1.0), ro.Member("n2", 8000, "new", "ready", 1.0),
+        ro.Member("n3", 8001, "new", "ready", 1.0)))
+    r, cmds = ro.decide(r, 10.0)
+    assert cmds == [ro.StartReplica("new", 8002, "move home from borrowed port 8003", spare=True)]
+    assert ro.decide(r, 10.1)[1] == []                # the move is under way: not asked twice
+    r = ro.ready(ro.started(r, "n4", "new", 8002), "n4", 11.0)
+    assert ro.decide(r, 12.0)[1] == []                # n4 within its monitor period
+    r, cmds = ro.decide(r, 16.0)
+    assert cmds == [ro.StopReplica("n1", drain=True, reason="settled back on port 8000..")]
+    assert ro.decide(r, 16.1)[1] == []                # n1 still draining: not finished
+    r, cmds = ro.decide(ro.stopped(r, "n1"), 17.0)
+    assert cmds == [ro.Finish("complete", "3 replica(s) on the new version")]
+
+
+def test_a_borrowed_replica_failing_at_the_end_is_gone_before_the_rollout_completes():
+    r = ro.Rollout("acts", 3, tuple(PORTS), members=(
+        ro.Member("n1", 8003, "new", "ready", 1.0), ro.Member("n2", 8000, "new", "ready", 1.0),
+        ro.Member("n3", 8001, "new", "ready", 1.0), ro.Member("n4", 8002, "new", "ready", 1.0)))
+    r = ro.failed(r, "n1", "exited with status 1", 10.0)
+    r, cmds = ro.decide(r, 10.0)
+    assert cmds == [ro.StopReplica("n1", drain=False, reason="failed")]
+    r, cmds = ro.decide(ro.stopped(r, "n1"), 11.0)
+    assert cmds == [ro.Finish("complete", "3 replica(s) on the new version")]
+
+
+def test_stop_first_waits_for_the_new_replica_to_be_proven_before_the_next_old_one_stops():
+    for a in ("stopped", "stopping"):                 # the range moved to 9000..: a's port is no obstacle
+        r = ro.Rollout("acts", 3, (9000, 9001, 9002), order="stop-first", members=(
+            ro.Member("a", 8000, "old", a), ro.Member("b", 8001, "old", "ready"),
+            ro.Member("c", 8002, "old", "ready"), ro.Member("n1", 9000, "new", "ready", 1.0)))
+        assert ro.decide(r, 2.0)[1] == [], a          # n1 within its monitor period
+    r, cmds = ro.decide(ro.stopped(r, "a"), 6.0)
+    assert cmds[0] == ro.StopReplica("b", drain=True, reason="stop-first: makes room for a new replica")
