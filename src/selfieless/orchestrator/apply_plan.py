@@ -243,6 +243,3 @@ def restarts_nothing(actions: list[ApplyAction]) -> bool:
     """True when the plan changes no running replica (only live settings)."""
     return not any(isinstance(a, (RollingReplace, RemoveService, Refuse)) for a in actions)
 
-
-def as_json(actions: list[ApplyAction]) -> list[dict[str, Any]]:
-    return [{"action": type(a).__name__, "text": describe(a)} for a in actions]
