@@ -196,3 +196,45 @@ def test_adopted_count_stays_in_bounds():
     assert driver_owned.adopted_count(7, 1, 5) == 5
     assert driver_owned.adopted_count(0, 1, 5) == 1
     assert driver_owned.adopted_count(3, 1, 5) == 3
+
+
+# --- more of the same, each case a way Swarm's records really look ----------------------------------
+
+def test_the_container_runs_the_image_with_its_environment_and_stack_labelled_volumes():
+    spec = LaunchSpec(stack="t", service="db", host_port=0, image="mariadb:11", container_port=3306,
+                      environment={"MARIADB_DATABASE": "acts", "TZ": "UTC"},
+                      volumes={"t-db": "/var/lib/mysql", "t-conf": "/etc/mysql/conf.d"})
+    cs = service_definition("t", spec, 1, "t")["task_template"]["ContainerSpec"]
+    assert cs["Image"] == "mariadb:11"
+    assert sorted(cs["Env"]) == ["MARIADB_DATABASE=acts", "TZ=UTC"]
+    # Named volumes labelled with the stack, so they can be told apart from anything else's.
+    assert [(m["Source"], m["Target"], m["Type"], m["VolumeOptions"]["Labels"]) for m in cs["Mounts"]] == [
+        ("t-db", "/var/lib/mysql", "volume", {LABEL_STACK: "t"}),
+        ("t-conf", "/etc/mysql/conf.d", "volume", {LABEL_STACK: "t"})]
+
+
+def test_only_ready_nodes_with_an_address_count_whatever_their_order():
+    down = _node("D", "10.211.0.9", state="down")
+    no_addr = {"ID": "X", "Status": {"State": "ready"}}                     # no address at all
+    lost_manager = _node("L", "0.0.0.0")                                    # 0.0.0.0, no ManagerStatus
+    manager = {"ID": "M", "Status": {"State": "ready"}, "ManagerStatus": {"Addr": "10.211.0.11:2377"},
+               "Description": {"Hostname": "m"}}                            # Addr missing: the manager's
+    plain = _node("N", "10.211.0.12", host="n2")
+    assert ready_nodes([down, no_addr, lost_manager, manager, plain]) == {
+        "M": ("10.211.0.11", "m"), "N": ("10.211.0.12", "n2")}
+
+
+def test_replica_detail_names_a_node_without_a_hostname_plainly():
+    node = {"ID": "N", "Status": {"State": "ready", "Addr": "10.211.0.12"}}
+    (rep,) = tasks_to_replicas("t", [_task("cccccccccccc0", "N", 30001)], [node])
+    assert rep.detail == "task cccccccccccc on node 10.211.0.12:30001"
+
+
+def test_a_task_without_a_usable_container_port_label_is_skipped_not_fatal():
+    nodes = [_node("N1", "10.211.0.12")]
+    unlabelled = _task("unlabelled", "N1", 30001)
+    del unlabelled["Spec"]["ContainerSpec"]["Labels"][LABEL_CONTAINER_PORT]
+    garbled = _task("garbled", "N1", 30002)
+    garbled["Spec"]["ContainerSpec"]["Labels"][LABEL_CONTAINER_PORT] = "eighty"
+    later = _task("later", "N1", 30003)
+    assert [r.port for r in tasks_to_replicas("t", [unlabelled, garbled, later], nodes)] == [30003]

@@ -113,7 +113,7 @@ def ready_nodes(nodes: list[dict]) -> dict[str, tuple[str, str]]:
 
 def published_port(task: dict, container_port: int) -> int | None:
     for p in ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []:
-        if p.get("TargetPort") == container_port and p.get("PublishMode", "ingress") == "host" \
+        if p.get("TargetPort") == container_port and p.get("PublishMode") == "host" \
                 and p.get("PublishedPort"):
             return int(p["PublishedPort"])
     return None
@@ -134,7 +134,7 @@ def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[
         labels = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
         if labels.get(LABEL_STACK) != stack or LABEL_SERVICE not in labels:
             continue
-        node = where.get(t.get("NodeID", ""))
+        node = where.get(t.get("NodeID"))
         if node is None:
             continue
         try:
