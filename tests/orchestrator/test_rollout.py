@@ -574,3 +574,26 @@ def test_stop_first_waits_for_the_new_replica_to_be_proven_before_the_next_old_o
         assert ro.decide(r, 2.0)[1] == [], a          # n1 within its monitor period
     r, cmds = ro.decide(ro.stopped(r, "a"), 6.0)
     assert cmds[0] == ro.StopReplica("b", drain=True, reason="stop-first: makes room for a new replica")
+
+
+def test_long_drains_finish_before_the_rollout_does():
+    # Drains longer than the monitor period (a long drain_timeout): the rollout completes only once
+    # every old replica is gone, and stop-first drains one old replica at a time per unit of
+    # parallelism even where the new range leaves room to start at once.
+    three, nine = [8000, 8001, 8002], [9000, 9001, 9002]
+    for order, par, ports in [("start-first", 1, PORTS), ("start-first", 2, PORTS), ("start-first", 1, three),
+                              ("start-first", 1, nine), ("stop-first", 1, nine), ("stop-first", 2, nine),
+                              ("stop-first", 1, PORTS), ("stop-first", 1, three)]:
+        r = ro.begin("acts", [(f"old{p}", p) for p in three], ports, parallelism=par, order=order, monitor=3)
+        sim = SlowSim(r, stop_ticks=8)
+        draining = []
+        while not sim.finished:
+            sim.step()
+            draining.append(len(sim.r.of("old", "stopping")))
+            assert sim.now < 300, sim.log
+        where = (order, par, ports, sim.log)
+        assert sim.finished.outcome == "complete", where
+        assert {m.status for m in sim.r.members} == {"ready", "stopped"}, where
+        assert ports_of(sim.r, "new") == ports[:3], where
+        if order == "stop-first":
+            assert max(draining) <= par, where
