@@ -255,7 +255,8 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     if system.gateway_attached:
         console.print(f"re-attached to the gateway still serving on port {gw.port} (pid {system.gateway_process.pid})")
     admin = AdminServer(orch, gw, host=opts.admin_host, port=opts.admin_port, token=opts.admin_token,
-                        shutdown=request_stop, state_dir=str(state_dir))
+                        shutdown=request_stop, state_dir=str(state_dir),
+                        up_overrides={"port": opts.port, "driver": opts.driver})
     try:
         await admin.start()
     except OSError as e:

@@ -215,6 +215,22 @@ def _short(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
+def with_up_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+                      port: int | None = None) -> dict[str, Any]:
+    """The stack file (a mapping) to apply, with what the running `up` was told on its command
+    line (`overrides`: "port", "driver"; None values were not given) put back in: `up --port P`
+    then `apply FILE` keeps P whatever port the file names. `port` (apply --port) wins over both."""
+    out = dict(data)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if port is None:
+        port = overrides.get("port")
+    if port is not None:
+        out["gateway"] = {**(out.get("gateway") or {}), "port": port}
+    if overrides.get("driver") is not None:
+        out["driver"] = overrides["driver"]
+    return out
+
+
 def describe(action: ApplyAction) -> str:
     """One line for `apply --dry-run` and the events."""
     if isinstance(action, Refuse):
