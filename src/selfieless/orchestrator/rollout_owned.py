@@ -53,7 +53,7 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
         except DriverError as e:
             outcome, detail = "refused", str(e)
             return _finish(orch, service, reason, old_spec, new_spec, outcome, detail, t0)
-        said = None
+        said, why = None, None
         while time.monotonic() - t0 < timeout:
             status = (await orch.driver.update_status(service)).get("UpdateStatus") or {}
             done = update_outcome(before, status, undo=how == "rollback")
@@ -61,8 +61,12 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
                 said = status.get("State")
                 orch.events.emit("rollout", service, None, f"the {orch.driver.name} engine: "
                                  f"{said.replace('_', ' ')}: {status.get('Message') or '-'}")
+                if said in ("rollback_started", "paused") and status.get("Message"):
+                    why = status["Message"]   # the engine says why here (which task failed)
             if done is not None:
                 outcome, detail = done
+                if why and outcome != "complete" and why != detail:
+                    detail = f"{why}; {detail}"
                 break
             await asyncio.sleep(POLL)
         if outcome != "timeout":
