@@ -137,6 +137,38 @@ def tail_causes(samples: list[tuple[float, float]], events: list[tuple[float, st
     return out
 
 
+WARMUP = {"warmup": 8, "warmup_path": "/api/v1/categories"}
+
+
+async def compare_warmup(orch, stack, load: WriteLoad, driver: str, pairs: int, before: float) -> bool:
+    """Rollouts with the warm-up off and on, alternating (off, on, on, off, ...), each measured
+    against the `before` seconds just ahead of it: p99 during / p99 before per rollout."""
+    acts = stack.services["acts"]
+    ratios: dict[str, list[str]] = {"off": [], "on": []}
+    failed: dict[str, list[int]] = {"off": [0, 0], "on": [0, 0]}
+    order = [v for i in range(pairs) for v in (("off", "on") if i % 2 == 0 else ("on", "off"))]
+    ok = True
+    for i, variant in enumerate(order):
+        health = acts.health.model_copy(update=WARMUP if variant == "on" else {"warmup": 0})
+        new = acts.model_copy(update={"health": health,
+                                      "environment": {**acts.environment, "ROLLOUT_VERSION": f"c{i}"}})
+        load.phase = f"before-{i}"
+        await asyncio.sleep(before)
+        f0 = len(load.failures)
+        load.phase = f"during-{i}"
+        result = await roll(orch, "acts", new, reason=f"benchmark warm-up {variant}", timeout=300)
+        load.phase = f"after-{i}"
+        ok &= result.outcome == "complete"
+        failed[variant][0] += len(load.failures) - f0
+        failed[variant][1] += load.count(f"during-{i}")
+        ratios[variant].append(f"{load.p99(f'during-{i}') / load.p99(f'before-{i}'):.1f}x "
+                               f"({load.p99(f'during-{i}'):.0f}/{load.p99(f'before-{i}'):.0f} ms)")
+    for variant in ("off", "on"):
+        print(f"warm-up {variant} ({driver}): p99 during/before {', '.join(ratios[variant])}, "
+              f"failed {failed[variant][0]}/{failed[variant][1]}")
+    return ok and not load.failures
+
+
 async def main(args) -> int:
     driver = args.driver
     stack = acts_stack(driver)
@@ -153,6 +185,10 @@ async def main(args) -> int:
             load.phase = "warmup"
             load.start()
             await asyncio.sleep(args.warmup)
+            if args.compare:
+                ok = await compare_warmup(orch, stack, load, driver, args.compare, args.before)
+                await load.stop()
+                return 0 if ok else 1
             load.phase = "before"
             await asyncio.sleep(args.before)
             failed_before = len(load.failures)
@@ -176,6 +212,10 @@ async def main(args) -> int:
                                   if e.service == "acts"], threshold)
             print(f"tail ({driver}): requests over 2x the p99 before ({threshold * 1000:.0f} ms): "
                   + ", ".join(f"{n} {k}" for k, n in causes.items()))
+            top = tail_causes([(t, d) for t, d, ph in load.samples if ph == "during"],
+                              [(e.ts, e.kind, e.replica, e.reason) for e in orch.events.since(cursor)
+                               if e.service == "acts"], load.p99("during") / 1000 * 0.999)
+            print(f"tail ({driver}): the slowest 1% during the rollout: " + ", ".join(f"{n} {k}" for k, n in top.items()))
             ok &= result.outcome == "complete" and failed == 0 and not load.failures
             ok &= load.p99("during") <= 2 * load.p99("before")
 
@@ -230,6 +270,8 @@ if __name__ == "__main__":
     p.add_argument("--driver", choices=["process", "docker"], default="process")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (not counted)")
     p.add_argument("--before", type=float, default=5.0, help="seconds of load measured before the rollout")
+    p.add_argument("--compare", type=int, default=0, metavar="PAIRS",
+                   help="only compare rollouts with the warm-up (health.warmup) off and on, PAIRS of each")
     args = p.parse_args()
     with asyncio.Runner(loop_factory=new_event_loop) as loop:
         sys.exit(loop.run(main(args)))
