@@ -121,9 +121,10 @@ class Driver(abc.ABC):
         """Ask the engine to go back to the service's previous spec."""
         raise DriverError(f"the {self.name} driver does not roll a service back in place")
 
-    async def update_status(self, service: str) -> tuple[dict | None, dict | None]:
-        """(the engine's status of the service's last update or None, its previous spec or None)."""
-        return None, None
+    async def update_status(self, service: str) -> dict:
+        """The engine's record of the service: its last update's `UpdateStatus`, its `Spec` and
+        `PreviousSpec` (Swarm's names); {} when the engine keeps none."""
+        return {}
 
     def log_files(self, service: str) -> dict[int, Path]:
         """Where the driver keeps the output of `service`'s replicas, by host port; {} when it keeps
