@@ -10,13 +10,19 @@ write answered 201) through the gateway, then:
 - rolls to a broken version (exits at start): time until rolled back, failed requests;
 - scale to zero, then one request: time from the held request to its answer.
 
+New acts replicas are warmed up before they join (health.warmup: 8 GETs of the categories);
+`--no-warmup` measures without it, and `--compare PAIRS` runs only rollouts with it off and on,
+alternating, and prints p99 during / before for each (pooled, and per rollout). The tail line says
+where the slowest requests of the rollout fall: within 2 s after a replica joined (cold), while an
+old one drained, while a new one started, or elsewhere.
+
 Bars (README): failed 0; p99 during <= 2x before; cold start <= 1 s (process, preload) / 2 s docker.
 The docker run needs the images of scripts/docker-prepare (acts, selfieless/mariadb); its broken
 version is acts:latest with a CMD that exits, built offline and removed after.
 One summary line per figure, e.g.
 `rolling update (process): 3 replicas in 4.1 s, failed 0/2310, p99 12 ms (before 9 ms)`.
 
-    flock /tmp/selfieless-heavy.lock python benchmarks/rollout.py [--driver process|docker]
+    flock /tmp/selfieless-heavy.lock python benchmarks/rollout.py [--driver process|docker] [--compare 2]
 """
 
 from __future__ import annotations
@@ -41,14 +47,21 @@ from selfieless.orchestrator.stack import RatePolicy, parse_stack
 from support.loads import WriteLoad  # the rollout tests' GET + POST load  # noqa: E402
 
 FIRST_PORT = 8000
+# The warm-up of a new acts replica (health.warmup): reads of the categories, the load's GET.
+WARMUP = {"warmup": 8, "warmup_path": "/api/v1/categories"}
 
 
-def acts_stack(driver: str, **extra) -> object:
+def _p99(xs: list[float]) -> float:
+    xs = sorted(xs) or [0.0]
+    return xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000
+
+
+def acts_stack(driver: str, warmup: bool = True, **extra) -> object:
     service = {
         "preload": driver == "process",
         "host_ports": f"{FIRST_PORT}-{FIRST_PORT + 9}",
         "routes": ["/api/v1"],
-        "health": {"interval": 1.0, "timeout": 1.0, "start_grace": 20},
+        "health": {"interval": 1.0, "timeout": 1.0, "start_grace": 20, **(WARMUP if warmup else {})},
         "replicas": {"initial": 3, "min": 1, "max": 10},
         "autoscale": {"policy": "none"},
         "drain_timeout": 5,
@@ -137,9 +150,6 @@ def tail_causes(samples: list[tuple[float, float]], events: list[tuple[float, st
     return out
 
 
-WARMUP = {"warmup": 8, "warmup_path": "/api/v1/categories"}
-
-
 async def compare_warmup(orch, stack, load: WriteLoad, driver: str, pairs: int, before: float) -> bool:
     """Rollouts with the warm-up off and on, alternating (off, on, on, off, ...), each measured
     against the `before` seconds just ahead of it: p99 during / p99 before per rollout."""
@@ -164,14 +174,18 @@ async def compare_warmup(orch, stack, load: WriteLoad, driver: str, pairs: int, 
         ratios[variant].append(f"{load.p99(f'during-{i}') / load.p99(f'before-{i}'):.1f}x "
                                f"({load.p99(f'during-{i}'):.0f}/{load.p99(f'before-{i}'):.0f} ms)")
     for variant in ("off", "on"):
-        print(f"warm-up {variant} ({driver}): p99 during/before {', '.join(ratios[variant])}, "
+        runs = [i for i, v in enumerate(order) if v == variant]
+        during = _p99([x for i in runs for x in load.lat.get(f"during-{i}", [])])
+        before_ = _p99([x for i in runs for x in load.lat.get(f"before-{i}", [])])
+        print(f"warm-up {variant} ({driver}): p99 during/before {during / before_:.1f}x pooled "
+              f"({during:.0f}/{before_:.0f} ms); per rollout {', '.join(ratios[variant])}; "
               f"failed {failed[variant][0]}/{failed[variant][1]}")
     return ok and not load.failures
 
 
 async def main(args) -> int:
     driver = args.driver
-    stack = acts_stack(driver)
+    stack = acts_stack(driver, warmup=not args.no_warmup)
     ok = True
     with tempfile.TemporaryDirectory() as state:
         runner = Runner(signals=False)  # the start / stop `up` uses (Ctrl-C stays ours)
@@ -270,6 +284,7 @@ if __name__ == "__main__":
     p.add_argument("--driver", choices=["process", "docker"], default="process")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (not counted)")
     p.add_argument("--before", type=float, default=5.0, help="seconds of load measured before the rollout")
+    p.add_argument("--no-warmup", action="store_true", help="new replicas join without the warm-up (as before)")
     p.add_argument("--compare", type=int, default=0, metavar="PAIRS",
                    help="only compare rollouts with the warm-up (health.warmup) off and on, PAIRS of each")
     args = p.parse_args()
