@@ -216,3 +216,5 @@ def test_apply_keeps_what_up_was_told_on_its_command_line():
     assert with_up_overrides(data, {"port": 8080}, port=9090)["gateway"]["port"] == 9090   # apply --port wins
     assert with_up_overrides({"name": "s"}, {"port": 8080})["gateway"] == {"port": 8080}
     assert data["gateway"]["port"] == 80                                               # the input is left alone
+    # A second `up --driver D` (explicit in the request) wins over the running up's --driver.
+    assert with_up_overrides(data, {"driver": "docker"}, driver="process")["driver"] == "process"

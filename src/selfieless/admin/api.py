@@ -252,11 +252,13 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
             return error(400, 'body must be JSON: {"stack": {...}, "dry_run": false}')
         if not isinstance(data, dict) or not isinstance(data.get("stack"), dict):
             return error(400, 'body must be a JSON object with "stack": the stack file as a mapping')
-        port = data.get("port")
+        port, driver = data.get("port"), data.get("driver")
         if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535):
             return error(400, f'"port" must be a port number (0-65535), not {port!r}')
+        if driver is not None and not isinstance(driver, str):
+            return error(400, f'"driver" must be a driver name, not {driver!r}')
         try:
-            new = parse_stack(with_up_overrides(data["stack"], up_overrides, port), "request body")
+            new = parse_stack(with_up_overrides(data["stack"], up_overrides, port, driver), "request body")
         except StackError as e:
             return error(400, str(e).splitlines()[0], e.problems)
         result = await apply_stack(orchestrator, new, dry_run=bool(data.get("dry_run")))

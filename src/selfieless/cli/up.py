@@ -189,7 +189,9 @@ def _apply_to_running(opts: UpOptions, state_dir: Path, console: Console) -> int
         if client.get("/api/status").get("stack") != stack.name:
             return None
         console.print(f"{stack.name} is already running: applying the file to it")
-        r = client.post("/api/apply", {"stack": stack.model_dump(mode="json")}, timeout=900)
+        # What this `up` was told on its command line wins over what the running one was told.
+        body = {"stack": stack.model_dump(mode="json"), "port": opts.port, "driver": opts.driver}
+        r = client.post("/api/apply", body, timeout=900)
     except NoRunningUp:
         return None
     except AdminError as e:
