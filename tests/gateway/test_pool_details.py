@@ -328,3 +328,20 @@ async def test_finish_of_the_last_request_in_flight_completes_a_drain():
     p.finish(a, Conn("2"), keep=True, now=1.0, max_idle=8)
     assert await asyncio.wait_for(drained, 1) is True
     assert a.idle == [] and a.served == 2
+
+
+def test_withdraw_and_reinstate():
+    p = pool_of("A", "B", "C")
+    a, b = p.get("A"), p.get("B")
+    assert p.withdraw(b, "stalled") and b.state == "withdrawn" and b.eject_reason == "stalled"
+    assert not p.withdraw(b, "again")  # only a ready one
+    assert [p.acquire().id for _ in range(4)] == ["A", "C", "A", "C"]
+    assert not p.eject(b, "refused")  # already out: nothing more to report
+    assert p.reinstate(b) and b.state == "ready" and b.eject_reason is None
+    assert not p.reinstate(a)  # only a withdrawn one
+    assert sorted(p.acquire().id for _ in range(3)) == ["A", "B", "C"]
+    p.withdraw(b, "stalled")
+    p.add("B", "127.0.0.1", 9001)  # a passing probe: the control plane adds it again
+    assert b.state == "ready" and p.ready_count == 3
+    p.remove("B")
+    assert not p.reinstate(b)  # removed meanwhile: stays out

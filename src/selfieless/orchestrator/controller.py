@@ -270,6 +270,20 @@ class Orchestrator:
         if step.ejected:
             self._spawn(self._confirm_ejection(svc, rep))
 
+    def on_withdraw(self, service: str, replica_id: str, reason: str) -> None:
+        """Gateway callback: a replica stalled while its siblings answered, and the gateway took it
+        out of rotation. Not a verdict: its health probes decide (now rather than at the next
+        interval). A pass puts it back in the pool; failures make it unhealthy as usual (under the
+        disruption budget), and then what it still holds is given up."""
+        svc = self.services.get(service)
+        rep = svc.replicas.get(replica_id) if svc else None
+        if rep is None or rep.state != S.READY or not rep.in_pool:
+            return
+        rep.in_pool = False
+        self.events.emit("withdrawn", service, replica_id,
+                         f"gateway took it out of rotation: {reason}; its health probes decide")
+        self.probing.hint(replica_id)
+
     def on_no_replica(self, service: str) -> None:
         """Gateway callback: a request is held because no replica of `service` is ready. A service
         scaled to zero gets one replica now (the held requests go out once it is ready)."""
@@ -306,6 +320,8 @@ class Orchestrator:
         # The gateway may have been built before the orchestrator existed; wire the callback now.
         if gw.on_eject is None:
             gw.on_eject = self.on_eject
+        if getattr(gw, "on_withdraw", None) is None:
+            gw.on_withdraw = self.on_withdraw
         if gw.on_replica_error is None:
             gw.on_replica_error = self.on_replica_error
         if gw.on_no_replica is None:
@@ -329,11 +345,13 @@ class Orchestrator:
         self.gateway.add_backend(rep.service, rep.id, replica_host(rep), rep.port)
         rep.in_pool = True
 
-    def _leave_pool(self, rep: Replica) -> None:
+    def _leave_pool(self, rep: Replica, failed: bool = False) -> None:
         # Always tell the pool, even when we think it is out: it also forgets an entry the
-        # gateway ejected by itself and still lists.
+        # gateway ejected by itself and still lists. A replica that `failed` its probes will not
+        # answer what it holds: the gateway moves or answers those requests now. Any other
+        # leave (drained, stopped, exited: perhaps finishing gracefully) lets them finish.
         if not self.services[rep.service].dependency:
-            self.gateway.remove_backend(rep.service, rep.id)
+            self.gateway.remove_backend(rep.service, rep.id, failed=failed)
         rep.in_pool = False
 
     # ------------------------------------------------------------------------------------------
@@ -501,7 +519,7 @@ class Orchestrator:
         if step.stop_probe:
             self.probing.stop(rep)
         if step.leave_pool:
-            self._leave_pool(rep)
+            self._leave_pool(rep, failed=step.to is S.UNHEALTHY)
         if step.ejected:
             rep.in_pool = False  # the gateway already took it out
         if step.to is not None:

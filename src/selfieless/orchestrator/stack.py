@@ -406,6 +406,9 @@ class GatewayLimits(_Model):
     response_timeout: PositiveSeconds = 60.0
     keepalive_timeout: PositiveSeconds = 15.0
     tunnel_idle_timeout: PositiveSeconds = 600.0
+    # A replica holding a read this long with no response byte, silent while a sibling answers,
+    # leaves the rotation until its probe passes (gateway/stall.py); 0 turns it off.
+    stall_timeout: Seconds = 0.5
 
 
 class GatewaySpec(_Model):
