@@ -207,6 +207,11 @@ class Orchestrator:
         self.probing.start(ServiceRuntime(svc.name, spec, svc.desired, replicas=svc.replicas), rep)
         return rep
 
+    def launch_spec(self, service: str, spec: ServiceSpec) -> LaunchSpec:
+        """What the driver gets for a replica of `spec` (a driver owning the count: for the service)."""
+        svc = self._service(service)
+        return self._launch_spec(ServiceRuntime(svc.name, spec, svc.desired), 0)
+
     async def stop_replica(self, service: str, replica_id: str, drain: bool, reason: str) -> None:
         """Take one replica out (draining first when asked and it serves) and stop it."""
         svc = self._service(service)
@@ -624,6 +629,8 @@ class Orchestrator:
                                            f"the {self.driver.name} engine replaces it", grace=0.0, quiet=True))
         if svc.driver_count is None and self._blocked(svc):
             return  # first creation waits for the dependencies, as a first start does
+        if svc.rollout_owner is not None:
+            return  # the engine is rolling the service (rollout_owned.py); a count change waits
         n = driver_owned.count_to_set(svc.desired, svc.driver_count, svc.applying)
         if n is not None:
             svc.applying = True
@@ -656,7 +663,16 @@ class Orchestrator:
                 by_service[h.service].append(h)
         for name, found in by_service.items():
             svc = self.services[name]
-            ids = {h.id: h for h in found}
+            for h in found:
+                rep = svc.replicas.get(h.id)
+                if h.leaving and rep is not None and rep.state in LIVE and rep.can(S.STOPPING):
+                    # The engine is shutting it down (the old side of an update, a scale-in):
+                    # out of the pool now, in-flight requests finish.
+                    rep.transition(S.STOPPING, "the engine is shutting its task down")
+                    self.probing.stop(rep)
+                    self._spawn(self._stop_replica(svc, rep, drain=True,
+                                                   reason=f"the {self.driver.name} engine is shutting its task down"))
+            ids = {h.id: h for h in found if not h.leaving}
             ch = driver_owned.snapshot_changes({r.id: r.state for r in svc.replicas.values()}, list(ids))
             for rid in ch.gone:
                 self._on_exit(ExitEvent(rid, name, svc.replicas[rid].port, None,
