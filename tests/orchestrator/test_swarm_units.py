@@ -312,3 +312,17 @@ def test_a_task_without_a_usable_container_port_label_is_skipped_not_fatal():
     garbled["Spec"]["ContainerSpec"]["Labels"][LABEL_CONTAINER_PORT] = "eighty"
     later = _task("later", "N1", 30003)
     assert [r.port for r in tasks_to_replicas("t", [unlabelled, garbled, later], nodes)] == [30003]
+
+
+def test_undo_is_swarms_rollback_only_when_the_previous_spec_differs_in_the_task():
+    three, five = {"Replicated": {"Replicas": 3}}, {"Replicated": {"Replicas": 5}}
+    v1, v2 = {"ContainerSpec": {"Image": "acts@sha256:1"}}, {"ContainerSpec": {"Image": "acts@sha256:2"}}
+    cases = [  # previous (Mode, TaskTemplate), current -> Swarm's rollback undoes the update
+        ((three, v1), (three, v2), True),
+        ((three, v2), (five, v2), False),        # only a scale since: rolling back would undo it
+        ((three, v1), (five, v2), False),        # a scale and an update: go to the spec instead
+        ((three, v2), (three, v2), False),
+    ]
+    for (pm, pt), (m, t), expected in cases:
+        assert undo_by_rollback({"Mode": m, "TaskTemplate": t}, {"Mode": pm, "TaskTemplate": pt}) is expected
+    assert undo_by_rollback({"Mode": three, "TaskTemplate": v2}, None) is False
