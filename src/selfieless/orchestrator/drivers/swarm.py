@@ -14,6 +14,10 @@ records). Probing, the gateway pool, passive ejection and autoscaling stay in th
 - `stop()` of one replica does nothing: Swarm decides which task ends when the count goes down,
   and replaces a broken one by itself.
 - The task list is read every SNAPSHOT_INTERVAL seconds (three cheap API calls).
+- `end(handle)` ends one task that is alive but silent (paused, hung), which Swarm does not
+  replace by itself when its container health check cannot run (a paused container's); and
+  `remove_volumes()` removes the stack's volumes on every node. Both run a one-shot job on the
+  node concerned (swarm_spec.node_job_definition): the manager cannot reach a worker's engine.
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
 """
 
@@ -27,11 +31,17 @@ import time
 from typing import Any, AsyncIterator
 
 from .base import Driver, DriverError, LaunchSpec, ReplicaHandle
-from .swarm_spec import LABEL_STACK, LABEL_SERVICE, service_definition, service_name, tasks_to_replicas
+from .swarm_spec import (END_CONTAINER_CODE, LABEL_SERVICE, LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace,
+                         job_outcome, node_job_definition, node_socket, ready_nodes, service_definition,
+                         service_name, task_places, tasks_to_replicas)
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL = 0.25
+# How long a node job (ending a task, removing volumes) may take, placement and image included.
+JOB_TIMEOUT = 60.0
+# How long the volume job waits for the containers that use a volume to be removed.
+VOLUME_WAIT = 30.0
 
 
 def swarm_available(manager: str | None = None, timeout: float = 3.0) -> str | None:
@@ -63,7 +73,8 @@ class SwarmDriver(Driver):
     name = "swarm"
     owns_replica_count = True
 
-    def __init__(self, stack: str, manager: str | None = None, network: str | None = None, client: Any = None):
+    def __init__(self, stack: str, manager: str | None = None, network: str | None = None, client: Any = None,
+                 helper_image: str | None = None):
         super().__init__()
         import docker
 
@@ -73,6 +84,8 @@ class SwarmDriver(Driver):
         self.client = client or docker.DockerClient(base_url=self.manager, timeout=30)
         self._network_ready = False
         self._lock = threading.Lock()   # network creation and service creation run in threads
+        self._places: dict[str, TaskPlace] = {}   # replica id -> its task's node and container
+        self._helper: str | None = helper_image   # the node jobs' image (see _helper_image)
 
     # --- the count -------------------------------------------------------------------------------
 
@@ -89,6 +102,8 @@ class SwarmDriver(Driver):
 
     def _set_replicas(self, spec: LaunchSpec, count: int) -> None:
         name = service_name(self.stack, spec.service)
+        if spec.health_path and self._helper is None:
+            self._helper = spec.image
         with self._lock:
             found = self._service(name)
             if found is None:
@@ -150,7 +165,9 @@ class SwarmDriver(Driver):
         if not ids:
             return []
         tasks = api.tasks(filters={"service": ids, "desired-state": "running"})
-        return tasks_to_replicas(self.stack, tasks, api.nodes())
+        replicas = tasks_to_replicas(self.stack, tasks, api.nodes())
+        self._places = task_places(tasks, replicas)
+        return replicas
 
     async def snapshots(self) -> AsyncIterator[list[ReplicaHandle]]:
         failing = False
@@ -168,6 +185,83 @@ class SwarmDriver(Driver):
                 continue
             yield handles
             await asyncio.sleep(SNAPSHOT_INTERVAL)
+
+    # --- work on one node ---------------------------------------------------------------------------
+
+    async def end(self, handle: ReplicaHandle) -> str:
+        """Kill the container of a task that is alive but silent, on its node; Swarm's restart
+        policy then replaces the task. Returns what happened."""
+        place = self._places.get(handle.id)
+        if place is None:
+            return "its task is no longer listed"
+        ok, why = await asyncio.to_thread(self._node_job, "end-task", place.node, place.image,
+                                          END_CONTAINER_CODE, [place.container])
+        if not ok:
+            raise DriverError(f"cannot end task {place.task[:12]}: {why}")
+        return why
+
+    async def remove_volumes(self) -> list[str]:
+        """Remove the stack's named volumes on every node that is up (after cleanup(): the
+        services are gone); returns `node: volume` for each removed. Nodes that are down keep
+        theirs."""
+        def run() -> list[str]:
+            image = self._helper_image()
+            if image is None:
+                return []
+            nodes = ready_nodes(self.client.api.nodes())
+            out: list[str] = []
+            for node_id, (_addr, hostname) in nodes.items():
+                ok, why = self._node_job("remove-volumes", node_id, image, REMOVE_VOLUMES_CODE,
+                                         [f"{LABEL_STACK}={self.stack}", f"{VOLUME_WAIT:g}"])
+                if not ok:
+                    raise DriverError(f"removing the volumes on node {hostname or node_id}: {why}")
+                out += [f"{hostname or node_id[:12]}: {line.split(None, 1)[1]}"
+                        for line in why.splitlines() if line.startswith("removed ")]
+            return out
+
+        return await asyncio.to_thread(run)
+
+    def _helper_image(self) -> str | None:
+        """An image of the stack's own services with a container health check (so python3 is in
+        it), for the node jobs; remembered at set_replicas() or read from the services."""
+        if self._helper is None:
+            for s in self.client.services.list(filters={"label": f"{LABEL_STACK}={self.stack}"}):
+                tmpl = (s.attrs.get("Spec") or {}).get("TaskTemplate") or {}
+                cs = tmpl.get("ContainerSpec") or {}
+                if cs.get("Healthcheck") and LABEL_SERVICE in (cs.get("Labels") or {}):
+                    self._helper = cs.get("Image")
+                    break
+        return self._helper
+
+    def _node_job(self, job: str, node_id: str, image: str, code: str, args: list[str]) -> tuple[bool, str]:
+        """Run `code` once on node `node_id` as a Swarm job; (succeeded, its output or why not)."""
+        api = self.client.api
+        node = api.inspect_node(node_id)
+        name = f"{self.stack}-{job}-{node_id[:10]}-{int(time.time() * 1000) % 10**8}"
+        created = api.create_service(**node_job_definition(self.stack, job, name, node_id, node_socket(node), image,
+                                                           code, args))
+        job_id = created["ID"]
+        try:
+            deadline = time.monotonic() + JOB_TIMEOUT
+            while True:
+                outcome = job_outcome(api.tasks(filters={"service": job_id}))
+                if outcome is not None:
+                    break
+                if time.monotonic() > deadline:
+                    return False, f"the job did not finish within {JOB_TIMEOUT:g} s"
+                time.sleep(0.1)
+            ok, why = outcome
+            try:
+                logs = b"".join(api.service_logs(job_id, stdout=True, stderr=True, follow=False))
+                text = logs.decode(errors="replace").strip()
+            except Exception:  # the output is only for the message
+                text = ""
+            return ok, (text or why) if ok else f"{why} {text}".strip()
+        finally:
+            try:
+                api.remove_service(job_id)
+            except Exception:
+                log.warning("swarm driver: cannot remove the job service %s", name)
 
     # --- the Driver interface for drivers that start replicas one by one ---------------------------
 

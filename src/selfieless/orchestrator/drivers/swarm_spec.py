@@ -8,6 +8,9 @@ node records as the replicas the control plane probes and routes to. No sockets 
   SDK's empty `RestartPolicy()`/`UpdateConfig()` would otherwise replace Swarm's own defaults, and
   a Docker health check's default interval (30 s) would keep a new task from counting as running.
   The container health check is what makes Swarm replace a task that is alive but silent.
+- Work on one node (end a task that is alive but silent, remove the stack's volumes there) is a
+  one-shot Swarm job pinned to that node by `node.id`, with the node's engine socket mounted: the
+  manager cannot reach the workers' engines, but every node runs what Swarm schedules on it.
 - A task is a replica while Swarm wants it running, its container has started (Swarm's state
   `starting`, while its container health check has not passed yet, or `running`), its node is
   `ready` and it has a host port. Our own probe decides when it serves: waiting for Swarm's
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from .base import LaunchSpec, ReplicaHandle
@@ -26,6 +30,11 @@ from .base import LaunchSpec, ReplicaHandle
 LABEL_STACK = "selfieless.stack"
 LABEL_SERVICE = "selfieless.service"
 LABEL_CONTAINER_PORT = "selfieless.container_port"
+LABEL_JOB = "selfieless.job"                  # on the one-shot node jobs (node_job_definition)
+# A node label naming where that node's engine socket is, when not at the usual place (rootless
+# engines, or the lab's engines, which share one file system).
+LABEL_NODE_SOCKET = "selfieless.docker-socket"
+DEFAULT_SOCKET = "/var/run/docker.sock"
 
 NS = 1_000_000_000
 # Swarm's restart delay after a task ends, and the container health check's period: with these a
@@ -152,6 +161,103 @@ def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[
             detail=f"task {str(t.get('ID', ''))[:12]} on {hostname or 'node'} {addr}:{port}",
         ))
     return sorted(out, key=lambda h: h.id)
+
+
+@dataclass(frozen=True)
+class TaskPlace:
+    """Where one task's container is: what a node job needs to end it."""
+
+    task: str
+    node: str
+    container: str
+    image: str
+
+
+def task_places(tasks: list[dict], replicas: list[ReplicaHandle]) -> dict[str, TaskPlace]:
+    """Replica id -> its task's place, for the replicas `tasks_to_replicas` made of `tasks`."""
+    by_task = {str(t.get("ID", ""))[:12]: t for t in tasks}
+    out = {}
+    for h in replicas:
+        t = by_task.get(h.id.rsplit(".", 1)[-1])
+        if t is None:
+            continue
+        container = ((t.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
+        if container:
+            image = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Image", "")
+            out[h.id] = TaskPlace(task=t["ID"], node=t.get("NodeID", ""), container=container, image=image)
+    return out
+
+
+def node_socket(node: dict) -> str:
+    """The engine socket on `node` (a node record): its LABEL_NODE_SOCKET label, else the usual path."""
+    return ((node.get("Spec") or {}).get("Labels") or {}).get(LABEL_NODE_SOCKET) or DEFAULT_SOCKET
+
+
+# The node jobs' programs: python3 with the Docker SDK, run by a container of one of the stack's
+# own images (every image of this project has both) with the node's engine socket mounted.
+END_CONTAINER_CODE = """\
+import sys, docker
+c = docker.from_env().containers.get(sys.argv[1])
+if c.status == "paused":
+    c.unpause()   # a paused process cannot be signalled out of the freezer
+c.kill()
+print("killed", c.id[:12])
+"""
+REMOVE_VOLUMES_CODE = """\
+import sys, time, docker
+d = docker.from_env()
+left = d.volumes.list(filters={"label": sys.argv[1]})
+deadline = time.monotonic() + float(sys.argv[2])
+while left:
+    for v in list(left):
+        try:
+            v.remove(force=True)
+            print("removed", v.name)
+            left.remove(v)
+        except docker.errors.NotFound:
+            left.remove(v)
+        except docker.errors.APIError:
+            pass   # still in use by a container that is being removed
+    if left and time.monotonic() > deadline:
+        sys.exit("still in use: " + " ".join(v.name for v in left))
+    time.sleep(0.5)
+"""
+
+
+def node_job_definition(stack: str, job: str, name: str, node_id: str, socket: str, image: str,
+                        code: str, args: list[str]) -> dict[str, Any]:
+    """Keyword arguments for `create_service`: a one-shot job running `python3 -c code args...`
+    once, on node `node_id` only, as root (the socket is root's) with `socket` mounted."""
+    from docker import types
+
+    container = types.ContainerSpec(
+        image, command=["python3", "-c", code, *args], user="0",
+        labels={LABEL_STACK: stack, LABEL_JOB: job},
+        mounts=[types.Mount(target=DEFAULT_SOCKET, source=socket, type="bind")],
+    )
+    template = types.TaskTemplate(
+        container_spec=container,
+        restart_policy=types.RestartPolicy(condition="none"),
+        placement=types.Placement(constraints=[f"node.id=={node_id}"]),
+    )
+    return {
+        "task_template": template,
+        "name": name,
+        "labels": {LABEL_STACK: stack, LABEL_JOB: job},
+        "mode": types.ServiceMode("replicated-job", replicas=1, concurrency=1),
+    }
+
+
+def job_outcome(tasks: list[dict]) -> tuple[bool, str] | None:
+    """A node job's result from its task records: (succeeded, why), or None while it runs."""
+    for t in tasks:
+        status = t.get("Status") or {}
+        state = status.get("State")
+        if state == "complete":
+            return True, "done"
+        if state in ("failed", "rejected", "orphaned", "shutdown"):
+            return False, f"{state}: {status.get('Err') or status.get('Message') or 'no detail'}"
+    return None
 
 
 def parse_timestamp(value: str) -> float:
