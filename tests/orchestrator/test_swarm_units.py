@@ -7,7 +7,7 @@ import pytest
 from selfieless.orchestrator import driver_owned
 from selfieless.orchestrator.drivers.base import LaunchSpec
 from selfieless.orchestrator.drivers.swarm_spec import (
-    DEFAULT_SOCKET, END_CONTAINER_CODE, LABEL_CONTAINER_PORT, LABEL_JOB, LABEL_NODE_SOCKET, LABEL_SERVICE,
+    DEFAULT_SOCKET, END_CONTAINER_CODE, LABEL_CONTAINER_PORT, LABEL_HEALTH_PATH, LABEL_JOB, LABEL_NODE_SOCKET, LABEL_SERVICE,
     LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace, health_command, job_outcome, node_job_definition, node_socket,
     parse_timestamp, published_port, ready_nodes, service_definition, task_places, tasks_to_replicas,
 )
@@ -151,17 +151,25 @@ def test_service_definition_sets_everything_swarm_would_otherwise_default():
     assert tt["Networks"] == [{"Target": "t-net"}]
     cs = tt["ContainerSpec"]
     assert cs["Init"] is True and cs["StopGracePeriod"] == 7_000_000_000
-    assert cs["Labels"][LABEL_CONTAINER_PORT] == "80"
-    assert cs["Healthcheck"]["Interval"] == 1_000_000_000
-    assert cs["Healthcheck"]["Test"] == health_command("/api/v1/_health", 80)
+    assert cs["Labels"][LABEL_CONTAINER_PORT] == "80" and cs["Labels"][LABEL_HEALTH_PATH] == "/api/v1/_health"
+    # No container health check (the image's own is overridden): Swarm would report the task and
+    # its port only once that check passed.
+    assert cs["Healthcheck"] == {"Test": ["NONE"]}
     assert d["update_config"]["Order"] == "start-first"
+    checked = service_definition("t", spec, 3, "t-net", container_health_check=True)
+    hc = checked["task_template"]["ContainerSpec"]["Healthcheck"]
+    assert hc["Interval"] == 1_000_000_000
+    assert hc["Test"] == health_command("/api/v1/_health", 80)
 
 
 def test_a_dependency_has_its_volume_and_no_http_health_check():
     spec = LaunchSpec(stack="t", service="db", host_port=0, image="m", container_port=3306,
                       volumes={"t-db": "/var/lib/mysql"}, constraints=("node.role==manager",))
     cs = service_definition("t", spec, 1, "t")["task_template"]["ContainerSpec"]
-    assert "Healthcheck" not in cs
+    assert cs["Healthcheck"] == {"Test": ["NONE"]}
+    # a dependency has no HTTP check even when services get one
+    spec_cs = service_definition("t", spec, 1, "t", container_health_check=True)["task_template"]["ContainerSpec"]
+    assert spec_cs["Healthcheck"] == {"Test": ["NONE"]} and LABEL_HEALTH_PATH not in cs["Labels"]
     assert cs["Mounts"][0]["Source"] == "t-db" and cs["Mounts"][0]["Target"] == "/var/lib/mysql"
 
 
@@ -273,6 +281,7 @@ def test_job_outcome_from_its_task_records():
 
 def test_helper_image_is_optional_and_not_empty():
     assert parse_stack(_stack()).swarm.helper_image is None
+    assert parse_stack(_stack()).swarm.container_health_check is False
     assert parse_stack(_stack(swarm={"helper_image": "tools:1"})).swarm.helper_image == "tools:1"
     with pytest.raises(StackError):
         parse_stack(_stack(swarm={"helper_image": ""}))

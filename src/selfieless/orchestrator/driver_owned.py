@@ -50,11 +50,11 @@ def adopted_count(found: int | None, low: int, high: int) -> int | None:
 
 
 # A task that stays silent (fails our probes) this long after we forgot it as broken is ended on
-# its node, and again every END_RETRY while it is still listed. Swarm's own container health
-# check replaces a hung task within about interval x retries + timeout (swarm_spec: 1 x 3 + 2 s),
-# so this only acts where that check cannot run: a paused container, or one whose check passes
-# inside while nothing reaches it from outside.
-END_SILENT_AFTER = 10.0
+# its node, and again every END_RETRY while it is still listed. The bound leaves a task that was
+# only slow for a moment time to answer again (a forgotten task that still runs is probed again
+# every 50 ms, as a new one); a hung or paused task is replaced within this bound, the node job
+# (a few seconds) and Swarm's restart delay.
+END_SILENT_AFTER = 5.0
 END_RETRY = 30.0
 
 

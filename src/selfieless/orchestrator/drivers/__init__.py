@@ -24,14 +24,16 @@ def resolve_driver_kind(setting: str) -> str:
 
 
 def make_driver(stack_name: str, setting: str, state_dir: str | os.PathLike, *,
-                manager: str | None = None, network: str | None = None, helper_image: str | None = None) -> Driver:
-    """`manager`, `network`, `helper_image`: the swarm driver's manager address, overlay network
-    and the image of its node jobs."""
+                manager: str | None = None, network: str | None = None, helper_image: str | None = None,
+                container_health_check: bool = False) -> Driver:
+    """`manager`, `network`, `helper_image`, `container_health_check`: the swarm driver's settings
+    (stack.SwarmSpec)."""
     kind = resolve_driver_kind(setting)
     if kind == "swarm":
         from .swarm import SwarmDriver
 
-        return SwarmDriver(stack_name, manager=manager, network=network, helper_image=helper_image)
+        return SwarmDriver(stack_name, manager=manager, network=network, helper_image=helper_image,
+                           container_health_check=container_health_check)
     if kind == "docker":
         from .docker import DockerDriver
 

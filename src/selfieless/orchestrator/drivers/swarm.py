@@ -31,7 +31,7 @@ import time
 from typing import Any, AsyncIterator
 
 from .base import Driver, DriverError, LaunchSpec, ReplicaHandle
-from .swarm_spec import (END_CONTAINER_CODE, LABEL_SERVICE, LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace,
+from .swarm_spec import (END_CONTAINER_CODE, LABEL_HEALTH_PATH, LABEL_SERVICE, LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace,
                          job_outcome, node_job_definition, node_socket, ready_nodes, service_definition,
                          service_name, task_places, tasks_to_replicas)
 
@@ -74,7 +74,7 @@ class SwarmDriver(Driver):
     owns_replica_count = True
 
     def __init__(self, stack: str, manager: str | None = None, network: str | None = None, client: Any = None,
-                 helper_image: str | None = None):
+                 helper_image: str | None = None, container_health_check: bool = False):
         super().__init__()
         import docker
 
@@ -86,6 +86,7 @@ class SwarmDriver(Driver):
         self._lock = threading.Lock()   # network creation and service creation run in threads
         self._places: dict[str, TaskPlace] = {}   # replica id -> its task's node and container
         self._helper: str | None = helper_image   # the node jobs' image (see _helper_image)
+        self.container_health_check = container_health_check
 
     # --- the count -------------------------------------------------------------------------------
 
@@ -108,7 +109,8 @@ class SwarmDriver(Driver):
             found = self._service(name)
             if found is None:
                 self._ensure_network()
-                self.client.api.create_service(**service_definition(self.stack, spec, count, self.network))
+                self.client.api.create_service(**service_definition(self.stack, spec, count, self.network,
+                                                                   self.container_health_check))
                 return
         mode = (found.attrs.get("Spec") or {}).get("Mode") or {}
         if (mode.get("Replicated") or {}).get("Replicas") != count:
@@ -222,13 +224,13 @@ class SwarmDriver(Driver):
         return await asyncio.to_thread(run)
 
     def _helper_image(self) -> str | None:
-        """An image of the stack's own services with a container health check (so python3 is in
-        it), for the node jobs; remembered at set_replicas() or read from the services."""
+        """An image of one of the stack's services (an HTTP app, not a dependency), for the node
+        jobs; remembered at set_replicas() or read from the services."""
         if self._helper is None:
             for s in self.client.services.list(filters={"label": f"{LABEL_STACK}={self.stack}"}):
                 tmpl = (s.attrs.get("Spec") or {}).get("TaskTemplate") or {}
                 cs = tmpl.get("ContainerSpec") or {}
-                if cs.get("Healthcheck") and LABEL_SERVICE in (cs.get("Labels") or {}):
+                if LABEL_HEALTH_PATH in (cs.get("Labels") or {}):
                     self._helper = cs.get("Image")
                     break
         return self._helper
