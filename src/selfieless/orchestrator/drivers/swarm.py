@@ -278,6 +278,7 @@ class SwarmDriver(Driver):
 
     async def cleanup(self) -> None:
         def remove() -> None:
+            self._helper_image()   # read while the services exist: remove_volumes() may need it
             for s in self.client.services.list(filters={"label": f"{LABEL_STACK}={self.stack}"}):
                 s.remove()
             # The overlay network stays in use on a node until that node's tasks are gone.
