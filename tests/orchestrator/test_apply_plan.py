@@ -203,3 +203,18 @@ def test_scale_to_zero_floor_and_wake():
     assert stz.floor(pol, 0, st, now=30.0) == 1 and stz.floor(pol, 0, st, now=50.0) == 0
     assert stz.floor(pol, 2, st, now=100.0) == 2
     assert stz.wake(0, held=True) == 1 and stz.wake(1, held=True) is None and stz.wake(0, held=False) is None
+
+
+def test_apply_keeps_what_up_was_told_on_its_command_line():
+    from selfieless.orchestrator.apply_plan import with_up_overrides
+
+    data = {"name": "s", "driver": "process", "gateway": {"host": "127.0.0.1", "port": 80}}
+    assert with_up_overrides(data, None) == data
+    assert with_up_overrides(data, {"port": None, "driver": None}) == data
+    kept = with_up_overrides(data, {"port": 8080, "driver": "docker"})
+    assert kept["gateway"] == {"host": "127.0.0.1", "port": 8080} and kept["driver"] == "docker"
+    assert with_up_overrides(data, {"port": 8080}, port=9090)["gateway"]["port"] == 9090   # apply --port wins
+    assert with_up_overrides({"name": "s"}, {"port": 8080})["gateway"] == {"port": 8080}
+    assert data["gateway"]["port"] == 80                                               # the input is left alone
+    # A second `up --driver D` (explicit in the request) wins over the running up's --driver.
+    assert with_up_overrides(data, {"driver": "docker"}, driver="process")["driver"] == "process"

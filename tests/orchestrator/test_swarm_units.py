@@ -7,9 +7,10 @@ import pytest
 from selfieless.orchestrator import driver_owned
 from selfieless.orchestrator.drivers.base import LaunchSpec
 from selfieless.orchestrator.drivers.swarm_spec import (
-    DEFAULT_SOCKET, END_CONTAINER_CODE, LABEL_CONTAINER_PORT, LABEL_HEALTH_PATH, LABEL_JOB, LABEL_NODE_SOCKET, LABEL_SERVICE,
-    LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace, health_command, job_outcome, node_job_definition, node_socket,
-    parse_timestamp, published_port, ready_nodes, service_definition, task_places, tasks_to_replicas,
+    DEFAULT_SOCKET, END_CONTAINER_CODE, LABEL_CONTAINER_PORT, LABEL_HEALTH_PATH, LABEL_IMAGE, LABEL_IMAGE_ID,
+    LABEL_JOB, LABEL_NODE_SOCKET, LABEL_SERVICE, LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace, health_command,
+    job_outcome, node_job_definition, node_socket, parse_timestamp, pinned_image, published_port, ready_nodes,
+    service_definition, task_places, tasks_to_replicas, undo_by_rollback, update_configs, update_outcome,
 )
 from selfieless.orchestrator.replica import ReplicaState as S
 from selfieless.orchestrator.stack import BUNDLED_SWARM_STACK, StackError, load_stack, parse_stack
@@ -108,7 +109,7 @@ def test_tasks_that_are_not_serving_are_left_out():
     nodes = [_node("N1", "10.211.0.12"), _node("DOWN", "10.211.0.13", state="down")]
     tasks = [
         _task("preparing", "N1", 1, state="preparing"),
-        _task("shutdown", "N1", 2, desired="shutdown"),
+        _task("shutdown", "N1", 2, desired="shutdown", state="shutdown"),
         _task("on-down-node", "DOWN", 3),
         _task("other-stack", "N1", 4, stack="other"),
         _task("unknown-node", "N9", 5),
@@ -285,3 +286,74 @@ def test_helper_image_is_optional_and_not_empty():
     assert parse_stack(_stack(swarm={"helper_image": "tools:1"})).swarm.helper_image == "tools:1"
     with pytest.raises(StackError):
         parse_stack(_stack(swarm={"helper_image": ""}))
+def test_a_task_swarm_is_shutting_down_is_reported_leaving_while_its_container_runs():
+    nodes = [_node("N1", "10.211.0.12")]
+    tasks = [_task("old", "N1", 1, desired="shutdown"), _task("new", "N1", 2, state="starting"),
+             _task("gone", "N1", 3, desired="shutdown", state="complete")]
+    reps = {r.port: r.leaving for r in tasks_to_replicas("t", tasks, nodes)}
+    assert reps == {1: True, 2: False}
+
+
+# --- rolling updates (Swarm's own) ------------------------------------------------------------------
+
+def _launch(**over):
+    return LaunchSpec(stack="t", service="acts", host_port=0, image="acts:latest", **over)
+
+
+def test_the_update_block_becomes_swarms_update_and_rollback_config_with_every_field_set():
+    update, rollback = update_configs(_launch(update_parallelism=2, update_order="stop-first",
+                                              update_monitor=7.5, update_failure_action="pause"))
+    assert update == {"Parallelism": 2, "Delay": 0, "FailureAction": "pause", "Monitor": 7_500_000_000,
+                      "MaxFailureRatio": 0.0, "Order": "stop-first"}
+    # A failed rollback pauses (rolling back a rollback would loop); otherwise the same way back.
+    assert rollback == {**update, "FailureAction": "pause"}
+    update, rollback = update_configs(_launch())
+    assert update["FailureAction"] == "rollback" and update["Order"] == "start-first"
+    assert update["Parallelism"] == 1 and update["Monitor"] == 5_000_000_000
+    d = service_definition("t", _launch(), 3, "t")
+    assert d["update_config"] == update and d["rollback_config"] == rollback
+
+
+def test_the_image_is_pinned_to_a_repo_digest_else_to_its_id():
+    assert pinned_image("acts:latest", None) == ("acts:latest", None)
+    local = {"Id": "sha256:aaa", "RepoDigests": []}
+    assert pinned_image("acts:latest", local) == ("sha256:aaa", "sha256:aaa")
+    pushed = {"Id": "sha256:aaa", "RepoDigests": ["other/x@sha256:111", "reg:5000/acts@sha256:222"]}
+    assert pinned_image("reg:5000/acts:latest", pushed) == ("reg:5000/acts@sha256:222", "sha256:aaa")
+    assert pinned_image("reg:5000/acts", pushed) == ("reg:5000/acts@sha256:222", "sha256:aaa")
+    cs = service_definition("t", _launch(), 1, "t", image=("sha256:aaa", "sha256:aaa"))["task_template"]["ContainerSpec"]
+    assert cs["Image"] == "sha256:aaa"
+    assert cs["Labels"][LABEL_IMAGE] == "acts:latest" and cs["Labels"][LABEL_IMAGE_ID] == "sha256:aaa"
+    cs = service_definition("t", _launch(), 1, "t")["task_template"]["ContainerSpec"]
+    assert cs["Image"] == "acts:latest" and LABEL_IMAGE_ID not in cs["Labels"]
+
+
+def _st(state, started="2026-11-28T10:00:00Z", message=""):
+    return {"State": state, "StartedAt": started, "Message": message}
+
+
+def test_update_outcome_reads_swarms_update_status_of_our_update_only():
+    before = _st("completed", "2026-11-28T09:00:00Z")
+    assert update_outcome(before, before) is None                      # the previous update's verdict
+    assert update_outcome(None, None) is None and update_outcome(None, {}) is None
+    assert update_outcome(before, _st("updating")) is None
+    assert update_outcome(before, _st("rollback_started")) is None
+    assert update_outcome(before, _st("completed", message="update completed")) == ("complete", "update completed")
+    assert update_outcome(None, _st("completed")) == ("complete", "completed")
+    assert update_outcome(before, _st("paused", message="update paused due to failure")) == \
+        ("paused", "update paused due to failure")
+    why = "update rolled back due to failure or early termination of task x"
+    assert update_outcome(before, _st("rollback_completed", message=why)) == ("rolled_back", why)
+    assert update_outcome(before, _st("rollback_paused")) == ("paused", "rollback paused")
+    # A rollback we asked for (undo): its completion is a success.
+    assert update_outcome(before, _st("rollback_completed"), undo=True) == ("complete", "rollback completed")
+    assert update_outcome(before, _st("completed"), undo=True) is None
+
+
+def test_undo_is_swarms_rollback_only_when_the_previous_spec_is_the_last_update():
+    one = {"Mode": {"Replicated": {"Replicas": 3}}, "TaskTemplate": {"ContainerSpec": {"Image": "a"}}}
+    two = {**one, "TaskTemplate": {"ContainerSpec": {"Image": "b"}}}
+    scaled = {**two, "Mode": {"Replicated": {"Replicas": 5}}}
+    assert undo_by_rollback(two, one)
+    assert not undo_by_rollback(scaled, two)      # the last change was a scale
+    assert not undo_by_rollback(two, None) and not undo_by_rollback(None, one)

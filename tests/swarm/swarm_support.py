@@ -138,6 +138,10 @@ class SwarmUp(UpProcess):
     def ready(self, service: str) -> list[dict]:
         return [r for r in self.replicas(service) if r["state"] == "ready"]
 
+    def in_rotation(self, service: str) -> list[dict]:
+        """Ready replicas the gateway sends requests to (not withdrawn as stalled, not ejected)."""
+        return [r for r in self.ready(service) if r["in_pool"]]
+
     def scale(self, service: str, n: int) -> None:
         r = httpx.post(f"{self.admin}/api/scale", json={"service": service, "replicas": n}, timeout=10)
         assert r.status_code < 300, r.text

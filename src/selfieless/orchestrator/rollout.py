@@ -212,6 +212,7 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
                 cmds.append(StartReplica("new", port, reason="rolling replacement (stop-first)"))
                 r = replace(r, pending=r.pending + (("new", port),))
                 wanted_new -= 1
+                in_flight += 1  # this start is a replacement under way until it is proven
             elif old_alive and in_flight < r.parallelism:
                 m = old_alive[0]
                 cmds.append(StopReplica(m.id, drain=True, reason="stop-first: makes room for a new replica"))
