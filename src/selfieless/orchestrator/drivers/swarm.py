@@ -165,8 +165,12 @@ class SwarmDriver(Driver):
                 raise DriverError(f"no service {name} on {self.manager}")
             current = self.client.api.inspect_service(found.id)
             old = current["Spec"]
+            # A rolling update keeps Swarm's container health check: start-first then stops an
+            # old task only once its replacement passed the check, so a version that exits at
+            # start is rolled back with every serving task untouched. (Tasks created or scaled
+            # without an update get none: their port comes sooner, see swarm_spec.)
             new = service_definition(self.stack, spec, 0, self.network, image=self._pin(spec.image),
-                                     container_health_check=self.container_health_check)
+                                     container_health_check=True)
             template = new["task_template"]
             # ForceUpdate is a counter: a bump replaces every task even when nothing else changed.
             template["ForceUpdate"] = int(old["TaskTemplate"].get("ForceUpdate", 0)) + (1 if force else 0)
