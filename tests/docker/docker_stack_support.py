@@ -7,18 +7,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import yaml
 from support.ports import free_port as any_free_port, free_port_range, port_is_free as port_free  # noqa: E402
 from support.docker_engine import require_docker  # noqa: E402
-from support.processes import wait_until  # noqa: E402
+from support.up_process import UpProcess  # noqa: E402
 
 IMAGES = ("users:latest", "acts:latest", "web:latest", "selfieless/mariadb:latest")
 LABEL_STACK = "selfieless.stack"
@@ -93,91 +89,13 @@ def make_stack_file(tmp_path: Path, name: str, window: float | None = None, port
     return path
 
 
-class Up:
+class Up(UpProcess):
     """`selfieless up STACK --driver docker` as a subprocess on free gateway and admin ports."""
 
-    def __init__(self, stack_path: Path | None, state_dir: Path, gateway_port: int | None = None):
-        self.stack_path = stack_path
-        self.state_dir = state_dir
-        self.gateway_port = gateway_port or free_port()
-        self.admin_port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log_path = state_dir / f"up-{time.time():.0f}.log"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def gateway(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
-
-    def start(self) -> "Up":
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "selfieless", "up", "--driver", "docker", "--port", str(self.gateway_port),
-               "--admin-port", str(self.admin_port), "--state-dir", str(self.state_dir)]
-        if self.stack_path is not None:
-            cmd.insert(4, str(self.stack_path))
-        self.t_start = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "COLUMNS": "200"})
-        return self
-
-    def status(self) -> dict | None:
-        try:
-            r = httpx.get(f"{self.admin}/api/status", timeout=2)
-            return r.json() if r.status_code == 200 else None
-        except httpx.HTTPError:
-            return None
-
-    def events(self) -> list[dict]:
-        r = httpx.get(f"{self.admin}/api/events", params={"after": 0}, timeout=2)
-        data = r.json()
-        return data["events"] if isinstance(data, dict) else data
-
-    def wait_converged(self, timeout: float = 120) -> float:
-        def ok():
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"selfieless up exited ({self.proc.returncode}):\n{self.log()}")
-            st = self.status()
-            return st is not None and st["converged"]
-
-        wait_until(ok, timeout, 0.1, what=f"the stack to converge:\n{self.log()}")
-        return time.monotonic() - self.t_start
-
-    def replicas(self, service: str) -> list[dict]:
-        st = self.status()
-        return st["services"][service]["replicas"] if st else []
+    driver = "docker"
 
     def ready_ports(self, service: str) -> list[int]:
         return sorted(r["port"] for r in self.replicas(service) if r["state"] == "ready")
 
     def served_by_port(self, service: str) -> dict[int, int]:
         return {r["port"]: r["requests"] for r in self.replicas(service) if r["state"] == "ready"}
-
-    def down(self, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        r = subprocess.run([sys.executable, "-m", "selfieless", "down", "--state-dir", str(self.state_dir), *extra],
-                           capture_output=True, text=True, timeout=timeout)
-        if self.proc is not None:
-            self.proc.wait(timeout=timeout)
-        return r
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop_quietly(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text()[-4000:]
-        except OSError:
-            return ""

@@ -7,9 +7,10 @@ import pytest
 from selfieless.orchestrator import driver_owned
 from selfieless.orchestrator.drivers.base import LaunchSpec
 from selfieless.orchestrator.drivers.swarm_spec import (
-    LABEL_CONTAINER_PORT, LABEL_IMAGE, LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, health_command,
-    parse_timestamp, pinned_image, published_port, ready_nodes, service_definition, tasks_to_replicas,
-    undo_by_rollback, update_configs, update_outcome,
+    DEFAULT_SOCKET, END_CONTAINER_CODE, LABEL_CONTAINER_PORT, LABEL_HEALTH_PATH, LABEL_IMAGE, LABEL_IMAGE_ID,
+    LABEL_JOB, LABEL_NODE_SOCKET, LABEL_SERVICE, LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace, health_command,
+    job_outcome, node_job_definition, node_socket, parse_timestamp, pinned_image, published_port, ready_nodes,
+    service_definition, task_places, tasks_to_replicas, undo_by_rollback, update_configs, update_outcome,
 )
 from selfieless.orchestrator.replica import ReplicaState as S
 from selfieless.orchestrator.stack import BUNDLED_SWARM_STACK, StackError, load_stack, parse_stack
@@ -151,17 +152,25 @@ def test_service_definition_sets_everything_swarm_would_otherwise_default():
     assert tt["Networks"] == [{"Target": "t-net"}]
     cs = tt["ContainerSpec"]
     assert cs["Init"] is True and cs["StopGracePeriod"] == 7_000_000_000
-    assert cs["Labels"][LABEL_CONTAINER_PORT] == "80"
-    assert cs["Healthcheck"]["Interval"] == 1_000_000_000
-    assert cs["Healthcheck"]["Test"] == health_command("/api/v1/_health", 80)
+    assert cs["Labels"][LABEL_CONTAINER_PORT] == "80" and cs["Labels"][LABEL_HEALTH_PATH] == "/api/v1/_health"
+    # No container health check (the image's own is overridden): Swarm would report the task and
+    # its port only once that check passed.
+    assert cs["Healthcheck"] == {"Test": ["NONE"]}
     assert d["update_config"]["Order"] == "start-first"
+    checked = service_definition("t", spec, 3, "t-net", container_health_check=True)
+    hc = checked["task_template"]["ContainerSpec"]["Healthcheck"]
+    assert hc["Interval"] == 1_000_000_000
+    assert hc["Test"] == health_command("/api/v1/_health", 80)
 
 
 def test_a_dependency_has_its_volume_and_no_http_health_check():
     spec = LaunchSpec(stack="t", service="db", host_port=0, image="m", container_port=3306,
                       volumes={"t-db": "/var/lib/mysql"}, constraints=("node.role==manager",))
     cs = service_definition("t", spec, 1, "t")["task_template"]["ContainerSpec"]
-    assert "Healthcheck" not in cs
+    assert cs["Healthcheck"] == {"Test": ["NONE"]}
+    # a dependency has no HTTP check even when services get one
+    spec_cs = service_definition("t", spec, 1, "t", container_health_check=True)["task_template"]["ContainerSpec"]
+    assert spec_cs["Healthcheck"] == {"Test": ["NONE"]} and LABEL_HEALTH_PATH not in cs["Labels"]
     assert cs["Mounts"][0]["Source"] == "t-db" and cs["Mounts"][0]["Target"] == "/var/lib/mysql"
 
 
@@ -199,6 +208,84 @@ def test_adopted_count_stays_in_bounds():
     assert driver_owned.adopted_count(3, 1, 5) == 3
 
 
+# --- silent tasks and node jobs -------------------------------------------------------------------
+
+def test_a_task_forgotten_as_broken_and_still_listed_is_ended_after_the_bound_then_retried():
+    s = driver_owned.silent_tasks({}, {}, ["a"], {"a", "b"}, set(), now=100.0, after=10, retry=30)
+    assert s.since == {"a": 100.0} and s.end == []
+    # forgotten again (a new record of the same task failed again): the first time is kept
+    s = driver_owned.silent_tasks(s.since, s.ending, ["a"], {"a", "b"}, set(), now=105.0, after=10, retry=30)
+    assert s.since == {"a": 100.0} and s.end == []
+    s = driver_owned.silent_tasks(s.since, s.ending, [], {"a", "b"}, set(), now=110.0, after=10, retry=30)
+    assert s.end == ["a"] and s.ending == {"a": 110.0}
+    s = driver_owned.silent_tasks(s.since, s.ending, [], {"a", "b"}, set(), now=120.0, after=10, retry=30)
+    assert s.end == []                      # asked once; the next try only after `retry`
+    s = driver_owned.silent_tasks(s.since, s.ending, [], {"a", "b"}, set(), now=140.0, after=10, retry=30)
+    assert s.end == ["a"]
+    # gone from the listing (ended, replaced): forgotten
+    s = driver_owned.silent_tasks(s.since, s.ending, [], {"b"}, set(), now=141.0, after=10, retry=30)
+    assert s == driver_owned.Silence({}, {}, [])
+
+
+def test_a_task_that_answers_again_or_was_gone_already_is_not_ended():
+    s = driver_owned.silent_tasks({}, {}, ["a", "gone"], {"a"}, set(), now=0.0, after=10, retry=30)
+    assert s.since == {"a": 0.0}            # a task no longer listed is not watched
+    s = driver_owned.silent_tasks(s.since, s.ending, [], {"a"}, {"a"}, now=20.0, after=10, retry=30)
+    assert s.since == {} and s.end == []    # it passed a probe again: not silent
+
+
+def test_task_places_name_the_node_container_and_image_of_each_replica():
+    nodes = [_node("N1", "10.211.0.12")]
+    t = _task("aaaaaaaaaaaaXYZ", "N1", 32768)
+    t["Spec"]["ContainerSpec"]["Image"] = "acts:latest@sha256:1"
+    t["Status"]["ContainerStatus"] = {"ContainerID": "c0ffee"}
+    starting = _task("bbbbbbbbbbbbXYZ", "N1", 32769, slot=2)   # no container yet: nothing to end
+    reps = tasks_to_replicas("t", [t, starting], nodes)
+    assert task_places([t, starting], reps) == {
+        "acts.1.aaaaaaaaaaaa": TaskPlace(task="aaaaaaaaaaaaXYZ", node="N1", container="c0ffee",
+                                         image="acts:latest@sha256:1")}
+
+
+def test_node_socket_is_the_usual_path_unless_the_node_is_labelled():
+    assert node_socket({"Spec": {"Labels": {}}}) == DEFAULT_SOCKET == "/var/run/docker.sock"
+    assert node_socket({"Spec": {"Labels": {LABEL_NODE_SOCKET: "/run/n2/docker.sock"}}}) == "/run/n2/docker.sock"
+
+
+def test_a_node_job_runs_once_on_its_node_as_root_with_the_socket_mounted():
+    d = node_job_definition("t", "end-task", "t-end-task-x", "N1", "/run/n2/docker.sock", "acts:latest",
+                            END_CONTAINER_CODE, ["c0ffee"])
+    assert d["name"] == "t-end-task-x"
+    assert d["labels"] == {LABEL_STACK: "t", LABEL_JOB: "end-task"}
+    assert d["mode"] == {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
+    tmpl = d["task_template"]
+    assert tmpl["Placement"]["Constraints"] == ["node.id==N1"]
+    assert tmpl["RestartPolicy"]["Condition"] == "none"   # a job that failed is reported, not rerun
+    cs = tmpl["ContainerSpec"]
+    assert cs["Command"] == ["python3", "-c", END_CONTAINER_CODE, "c0ffee"] and cs["User"] == "0"
+    assert cs["Labels"] == {LABEL_STACK: "t", LABEL_JOB: "end-task"}    # no service label: never a replica
+    assert cs["Mounts"] == [{"Target": "/var/run/docker.sock", "Source": "/run/n2/docker.sock", "Type": "bind",
+                             "ReadOnly": False}]
+
+
+def test_the_job_programs_compile():
+    compile(END_CONTAINER_CODE, "end", "exec")
+    compile(REMOVE_VOLUMES_CODE, "volumes", "exec")
+
+
+def test_job_outcome_from_its_task_records():
+    assert job_outcome([]) is None
+    assert job_outcome([{"Status": {"State": "running"}}]) is None
+    assert job_outcome([{"Status": {"State": "complete"}}]) == (True, "done")
+    assert job_outcome([{"Status": {"State": "failed", "Err": "task: non-zero exit (1)"}}]) == (
+        False, "failed: task: non-zero exit (1)")
+
+
+def test_helper_image_is_optional_and_not_empty():
+    assert parse_stack(_stack()).swarm.helper_image is None
+    assert parse_stack(_stack()).swarm.container_health_check is False
+    assert parse_stack(_stack(swarm={"helper_image": "tools:1"})).swarm.helper_image == "tools:1"
+    with pytest.raises(StackError):
+        parse_stack(_stack(swarm={"helper_image": ""}))
 def test_a_task_swarm_is_shutting_down_is_reported_leaving_while_its_container_runs():
     nodes = [_node("N1", "10.211.0.12")]
     tasks = [_task("old", "N1", 1, desired="shutdown"), _task("new", "N1", 2, state="starting"),

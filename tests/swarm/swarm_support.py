@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from support.ports import free_port
-from support.processes import wait_until
+from support.up_process import UpProcess
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_SCRIPT = REPO / "scripts" / "swarm-lab"
@@ -123,61 +120,23 @@ def make_stack_file(path: Path, name: str) -> Path:
     return path
 
 
-class SwarmUp:
+class SwarmUp(UpProcess):
     """`selfieless up STACK --driver swarm` as a subprocess, talking to the lab's manager."""
 
+    driver = "swarm"
+    converge_timeout = 240.0
+    stop_timeout = 120.0
+    down_timeout = 180.0
+
     def __init__(self, stack_path: Path, state_dir: Path, manager: str):
-        self.stack_path = stack_path
-        self.state_dir = state_dir
+        super().__init__(stack_path, state_dir)
         self.manager = manager
-        self.gateway_port = free_port()
-        self.admin_port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log_path = state_dir / f"up-{time.time():.0f}.log"
 
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def gateway(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
-
-    def start(self) -> "SwarmUp":
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "selfieless", "up", str(self.stack_path), "--driver", "swarm",
-               "--port", str(self.gateway_port), "--admin-port", str(self.admin_port),
-               "--state-dir", str(self.state_dir)]
-        self.t_start = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "DOCKER_HOST": self.manager, "COLUMNS": "200"})
-        return self
-
-    def status(self) -> dict | None:
-        try:
-            r = httpx.get(f"{self.admin}/api/status", timeout=2)
-            return r.json() if r.status_code == 200 else None
-        except httpx.HTTPError:
-            return None
-
-    def events(self) -> list[dict]:
-        data = httpx.get(f"{self.admin}/api/events", params={"after": 0}, timeout=2).json()
-        return data["events"] if isinstance(data, dict) else data
-
-    def wait_converged(self, timeout: float = 240) -> float:
-        def ok():
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"selfieless up exited ({self.proc.returncode}):\n{self.log()}")
-            st = self.status()
-            return st is not None and st["converged"]
-
-        wait_until(ok, timeout, 0.1, what=f"the stack to converge:\n{self.log()}")
-        return time.monotonic() - self.t_start
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "DOCKER_HOST": self.manager}
 
     def ready(self, service: str) -> list[dict]:
-        st = self.status()
-        return [r for r in st["services"][service]["replicas"] if r["state"] == "ready"] if st else []
+        return [r for r in self.replicas(service) if r["state"] == "ready"]
 
     def in_rotation(self, service: str) -> list[dict]:
         """Ready replicas the gateway sends requests to (not withdrawn as stalled, not ejected)."""
@@ -186,32 +145,6 @@ class SwarmUp:
     def scale(self, service: str, n: int) -> None:
         r = httpx.post(f"{self.admin}/api/scale", json={"service": service, "replicas": n}, timeout=10)
         assert r.status_code < 300, r.text
-
-    def down(self, timeout: float = 180) -> subprocess.CompletedProcess:
-        r = subprocess.run([sys.executable, "-m", "selfieless", "down", "--state-dir", str(self.state_dir)],
-                           capture_output=True, text=True, timeout=timeout)
-        if self.proc is not None:
-            self.proc.wait(timeout=timeout)
-        return r
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop_quietly(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text()[-4000:]
-        except OSError:
-            return ""
 
 
 def remove_stack(client, name: str) -> None:

@@ -5,7 +5,9 @@ Routes (JSON unless said otherwise):
 - ``GET  /api/status``                       the orchestrator's snapshot (orchestrator/status.py) as JSON
 - ``GET  /api/events?after=ID&wait=S&limit=N`` events after cursor ID; with ``wait`` a long poll
 - ``POST /api/scale``    ``{"service": str, "replicas": int}``
-- ``POST /api/shutdown``                     graceful stop of the whole ``selfieless up``
+- ``POST /api/shutdown[?volumes=1]``         graceful stop of the whole ``selfieless up`` (volumes: a
+                                              driver that removes its data volumes itself, swarm's
+                                              on every node, does so at the end)
 - ``GET  /api/logs?service=S[&port=P][&tail=N][&offsets=P:O,...]`` replica log files (process driver)
 - ``GET  /api/history?seconds=S``             requests/s per service, one point a second (history.py)
 - ``GET  /metrics``                          Prometheus text format
@@ -297,6 +299,12 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
     async def shutdown_route(request: Request) -> Response:
         if shutdown is None:
             return error(501, "this admin API cannot shut its orchestrator down")
+        volumes = request.query_params.get("volumes", "0")
+        if volumes not in ("0", "1", "false", "true"):
+            return error(400, f"volumes must be 0 or 1, not {volumes!r}")
+        if volumes in ("1", "true") and orchestrator is not None:
+            # A driver that removes its volumes itself (swarm: on every node) does it after cleanup.
+            orchestrator.remove_volumes_at_stop = True
         asyncio.get_running_loop().call_soon(shutdown)
         return JSONResponse({"status": "shutting down"}, status_code=202)
 

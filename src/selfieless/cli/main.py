@@ -126,8 +126,8 @@ def up(
 def down(
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
     timeout: float = typer.Option(120.0, "--timeout", help="How long to wait for it to finish stopping (s)."),
-    volumes: bool = typer.Option(False, "--volumes", help="Docker driver: also remove the stack's data volumes "
-                                 "(the database), which are kept by default."),
+    volumes: bool = typer.Option(False, "--volumes", help="Also remove the stack's data volumes (the database), "
+                                 "which are kept by default; with the swarm driver on every node."),
 ):
     """Ask the running `selfieless up` to drain and stop everything, and wait until it has."""
     try:
@@ -145,7 +145,7 @@ def down(
                           f"`selfieless down` stops them")
         return
     st = _call(client.get, "/api/status") if volumes else None
-    _call(client.post, "/api/shutdown")
+    _call(client.post, "/api/shutdown", params={"volumes": "1"} if volumes else None)
     console.print(f"asked the stack at {client.url} to shut down; waiting for its replicas to drain...")
     deadline = time.monotonic() + timeout
     while client.alive():
@@ -158,6 +158,8 @@ def down(
 
         removed = remove_volumes(st["stack"])
         console.print(f"removed volumes: {', '.join(removed) if removed else 'none'}")
+    elif st is not None and st.get("driver") == "swarm":
+        console.print("removed the stack's volumes on every node that is up (the `up` output lists them)")
 
 
 # ------------------------------------------------------------------------------------------------

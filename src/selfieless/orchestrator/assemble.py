@@ -99,7 +99,9 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
     try:
         setting = driver_setting or stack.driver
         # Only the swarm driver talks to another engine (the manager) and makes an overlay network.
-        swarm = {"manager": stack.swarm.manager, "network": stack.network} if setting == "swarm" else {}
+        swarm = ({"manager": stack.swarm.manager, "network": stack.network, "helper_image": stack.swarm.helper_image,
+                  "container_health_check": stack.swarm.container_health_check}
+                 if setting == "swarm" else {})
         driver = make_driver(stack.name, setting, state, **swarm)
         orch = Orchestrator(stack, driver, gw, state_dir=str(state / stack.name), **orchestrator_kwargs)
         system = System(stack, gw, orch, proc)

@@ -96,6 +96,10 @@ class Orchestrator:
         self.probing = Probing(self._apply_probe, monotonic, probe)
         self._running = False
         self._stopping = False
+        # Drivers that own the replica count: tasks silent since (driver_owned.silent_tasks).
+        self._silence = driver_owned.Silence({}, {}, [])
+        self._forgotten: list[str] = []
+        self.remove_volumes_at_stop = False   # `down --volumes` (a driver that removes them itself)
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -158,6 +162,13 @@ class Orchestrator:
                 await self.driver.cleanup()
             except Exception:
                 log.exception("driver cleanup failed")
+            if self.remove_volumes_at_stop:
+                try:
+                    removed = await self.driver.remove_volumes()
+                    if removed is not None:
+                        log.warning("removed volumes: %s", ", ".join(removed) or "none")
+                except Exception:
+                    log.exception("removing the volumes failed")
         await self.driver.close()
         if self._prober is not None:
             await self._prober.aclose()
@@ -623,6 +634,8 @@ class Orchestrator:
     def _reconcile_owned(self, svc: ServiceRuntime) -> None:
         for rid in driver_owned.to_forget({r.id: r.state for r in svc.replicas.values()}):
             rep = svc.replicas[rid]
+            if rep.state != S.EXITED:
+                self._forgotten.append(rid)   # still running, maybe: watched for silence
             rep.transition(S.STOPPING, "left to the driver to replace")
             self.probing.stop(rep)
             self._spawn(self._stop_replica(svc, rep, drain=False, reason=f"forgotten: {rep.last_error or 'broken'}; "
@@ -661,6 +674,7 @@ class Orchestrator:
         for h in handles:
             if h.service in by_service:
                 by_service[h.service].append(h)
+        self._end_silent({h.id: h for h in handles})
         for name, found in by_service.items():
             svc = self.services[name]
             for h in found:
@@ -683,6 +697,29 @@ class Orchestrator:
                 svc.replicas[rid] = rep
                 self.events.emit("start", name, rid, f"running: {h.detail}")
                 self.probing.start(svc, rep)
+
+    def _end_silent(self, reported: dict[str, ReplicaHandle]) -> None:
+        """Tasks forgotten as broken that the driver still lists, silent for too long: end them
+        (a paused task, which Swarm never replaces by itself)."""
+        ready = {r.id for svc in self.services.values() for r in svc.replicas.values() if r.state == S.READY}
+        s = driver_owned.silent_tasks(self._silence.since, self._silence.ending, self._forgotten, set(reported),
+                                      ready, self._mono())
+        self._forgotten = []
+        self._silence = s
+        for rid in s.end:
+            h = reported[rid]
+            self.events.emit("replaced", h.service, rid, f"silent for {self._mono() - s.since[rid]:.0f} s and "
+                                                          f"still running: ending it so the {self.driver.name} "
+                                                          f"engine replaces it")
+            self._spawn(self._end_replica(h))
+
+    async def _end_replica(self, h: ReplicaHandle) -> None:
+        try:
+            what = await self.driver.end(h)
+            log.info("ended %s: %s", h.id, what)
+        except Exception as e:
+            self.events.emit("backoff", h.service, h.id, f"cannot end it: {e}; retry in "
+                                                         f"{driver_owned.END_RETRY:g} s")
 
     # ------------------------------------------------------------------------------------------
     # Helpers

@@ -47,3 +47,36 @@ def adopted_count(found: int | None, low: int, high: int) -> int | None:
     if found is None:
         return None
     return max(low, min(high, found))
+
+
+# A task that stays silent (fails our probes) this long after we forgot it as broken is ended on
+# its node, and again every END_RETRY while it is still listed. The bound leaves a task that was
+# only slow for a moment time to answer again (a forgotten task that still runs is probed again
+# every 50 ms, as a new one); a hung or paused task is replaced within this bound, the node job
+# (a few seconds) and Swarm's restart delay.
+END_SILENT_AFTER = 5.0
+END_RETRY = 30.0
+
+
+@dataclass(frozen=True)
+class Silence:
+    since: dict[str, float]    # replica id -> when it was first forgotten as broken (kept)
+    ending: dict[str, float]   # replica id -> when it was last asked to end (kept)
+    end: list[str]             # replica ids to end now
+
+
+def silent_tasks(since: dict[str, float], ending: dict[str, float], forgotten: list[str], reported: set[str],
+                 ready: set[str], now: float, after: float = END_SILENT_AFTER, retry: float = END_RETRY) -> Silence:
+    """Which silent replicas to end now. `forgotten`: records just dropped as broken; `reported`:
+    the ids the driver lists running; `ready`: ids whose record passed a probe since (not silent).
+    A replica no longer reported is gone: nothing to remember."""
+    keep = {rid: t for rid, t in since.items() if rid in reported and rid not in ready}
+    for rid in forgotten:
+        if rid in reported:
+            keep.setdefault(rid, now)
+    still_ending = {rid: t for rid, t in ending.items() if rid in keep}
+    end = [rid for rid, t in keep.items()
+           if now - t >= after and (rid not in still_ending or now - still_ending[rid] >= retry)]
+    for rid in end:
+        still_ending[rid] = now
+    return Silence(since=keep, ending=still_ending, end=end)

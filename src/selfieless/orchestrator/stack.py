@@ -259,9 +259,16 @@ class PlacementSpec(_Model):
 
 class SwarmSpec(_Model):
     """Swarm driver: which swarm manager to talk to. `manager` is a Docker engine address
-    (`unix:///...sock`, `tcp://HOST:2376`, `ssh://user@host`); without it, DOCKER_HOST."""
+    (`unix:///...sock`, `tcp://HOST:2376`, `ssh://user@host`); without it, DOCKER_HOST.
+    `helper_image` runs the one-shot jobs on a node (end a silent task, remove volumes): python3
+    with the Docker SDK; without it, the image of one of the stack's services (this project's
+    images have both). `container_health_check`: also give each service's tasks Swarm's own
+    container health check (1 s); off by default, because Swarm then reports a new task, and its
+    port, only after that check passes (see drivers/swarm_spec.py)."""
 
     manager: str | None = Field(default=None, pattern=r"^(unix|tcp|ssh|http|https)://\S+$")
+    helper_image: str | None = Field(default=None, min_length=1)
+    container_health_check: bool = False
 
 
 def _default_policy(value: Any) -> Any:

@@ -24,13 +24,16 @@ def resolve_driver_kind(setting: str) -> str:
 
 
 def make_driver(stack_name: str, setting: str, state_dir: str | os.PathLike, *,
-                manager: str | None = None, network: str | None = None) -> Driver:
-    """`manager` and `network`: the swarm driver's manager address and overlay network."""
+                manager: str | None = None, network: str | None = None, helper_image: str | None = None,
+                container_health_check: bool = False) -> Driver:
+    """`manager`, `network`, `helper_image`, `container_health_check`: the swarm driver's settings
+    (stack.SwarmSpec)."""
     kind = resolve_driver_kind(setting)
     if kind == "swarm":
         from .swarm import SwarmDriver
 
-        return SwarmDriver(stack_name, manager=manager, network=network)
+        return SwarmDriver(stack_name, manager=manager, network=network, helper_image=helper_image,
+                           container_health_check=container_health_check)
     if kind == "docker":
         from .docker import DockerDriver
 

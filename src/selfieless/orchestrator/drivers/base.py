@@ -153,6 +153,16 @@ class Driver(abc.ABC):
         raise NotImplementedError(f"the {self.name} driver reports replicas as it starts them")
         yield []  # pragma: no cover - makes this an async generator
 
+    async def end(self, handle: ReplicaHandle) -> str:
+        """(owns_replica_count) End a replica that runs but does not answer, so that the engine
+        replaces it; returns what was done."""
+        raise NotImplementedError(f"the {self.name} driver replaces replicas through the control plane")
+
+    async def remove_volumes(self) -> list[str] | None:
+        """After cleanup(): remove the stack's data volumes wherever the driver made them; the
+        names removed, or None when the driver leaves that to `selfieless down` (docker)."""
+        return None
+
     async def exits(self) -> AsyncIterator[ExitEvent]:
         """Exit events as they happen, for replicas started or adopted by this driver."""
         while True:

@@ -14,6 +14,10 @@ records). Probing, the gateway pool, passive ejection and autoscaling stay in th
 - `stop()` of one replica does nothing: Swarm decides which task ends when the count goes down,
   and replaces a broken one by itself.
 - The task list is read every SNAPSHOT_INTERVAL seconds (three cheap API calls).
+- `end(handle)` ends one task that is alive but silent (paused, hung), which Swarm does not
+  replace by itself when its container health check cannot run (a paused container's); and
+  `remove_volumes()` removes the stack's volumes on every node. Both run a one-shot job on the
+  node concerned (swarm_spec.node_job_definition): the manager cannot reach a worker's engine.
 - A rolling update (new image, command, environment, rebuilt image, restart) is Swarm's own:
   `update_service()` sends the new task spec with the service's UpdateConfig, `rollback_service()`
   asks for Swarm's rollback to the previous spec, and `update_status()` reads how it went; the
@@ -31,12 +35,17 @@ import time
 from typing import Any, AsyncIterator
 
 from .base import Driver, DriverError, LaunchSpec, ReplicaHandle
-from .swarm_spec import (LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, pinned_image, service_definition,
-                         service_name, tasks_to_replicas)
+from .swarm_spec import (END_CONTAINER_CODE, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK,
+                         REMOVE_VOLUMES_CODE, TaskPlace, job_outcome, node_job_definition, node_socket, pinned_image,
+                         ready_nodes, service_definition, service_name, task_places, tasks_to_replicas)
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL = 0.25
+# How long a node job (ending a task, removing volumes) may take, placement and image included.
+JOB_TIMEOUT = 60.0
+# How long the volume job waits for the containers that use a volume to be removed.
+VOLUME_WAIT = 30.0
 
 
 def swarm_available(manager: str | None = None, timeout: float = 3.0) -> str | None:
@@ -68,7 +77,8 @@ class SwarmDriver(Driver):
     name = "swarm"
     owns_replica_count = True
 
-    def __init__(self, stack: str, manager: str | None = None, network: str | None = None, client: Any = None):
+    def __init__(self, stack: str, manager: str | None = None, network: str | None = None, client: Any = None,
+                 helper_image: str | None = None, container_health_check: bool = False):
         super().__init__()
         import docker
 
@@ -78,6 +88,9 @@ class SwarmDriver(Driver):
         self.client = client or docker.DockerClient(base_url=self.manager, timeout=30)
         self._network_ready = False
         self._lock = threading.Lock()   # network creation and service creation run in threads
+        self._places: dict[str, TaskPlace] = {}   # replica id -> its task's node and container
+        self._helper: str | None = helper_image   # the node jobs' image (see _helper_image)
+        self.container_health_check = container_health_check
 
     # --- the count -------------------------------------------------------------------------------
 
@@ -94,12 +107,15 @@ class SwarmDriver(Driver):
 
     def _set_replicas(self, spec: LaunchSpec, count: int) -> None:
         name = service_name(self.stack, spec.service)
+        if spec.health_path and self._helper is None:
+            self._helper = spec.image
         with self._lock:
             found = self._service(name)
             if found is None:
                 self._ensure_network()
                 self.client.api.create_service(**service_definition(self.stack, spec, count, self.network,
-                                                                     image=self._pin(spec.image)))
+                                                                   image=self._pin(spec.image),
+                                                                   container_health_check=self.container_health_check))
                 return
         mode = (found.attrs.get("Spec") or {}).get("Mode") or {}
         if (mode.get("Replicated") or {}).get("Replicas") != count:
@@ -149,7 +165,12 @@ class SwarmDriver(Driver):
                 raise DriverError(f"no service {name} on {self.manager}")
             current = self.client.api.inspect_service(found.id)
             old = current["Spec"]
-            new = service_definition(self.stack, spec, 0, self.network, image=self._pin(spec.image))
+            # A rolling update keeps Swarm's container health check: start-first then stops an
+            # old task only once its replacement passed the check, so a version that exits at
+            # start is rolled back with every serving task untouched. (Tasks created or scaled
+            # without an update get none: their port comes sooner, see swarm_spec.)
+            new = service_definition(self.stack, spec, 0, self.network, image=self._pin(spec.image),
+                                     container_health_check=True)
             template = new["task_template"]
             # ForceUpdate is a counter: a bump replaces every task even when nothing else changed.
             template["ForceUpdate"] = int(old["TaskTemplate"].get("ForceUpdate", 0)) + (1 if force else 0)
@@ -243,7 +264,9 @@ class SwarmDriver(Driver):
             return []
         # Tasks being shut down too: the old side of an update leaves the pool (drained) then.
         tasks = api.tasks(filters={"service": ids, "desired-state": ["running", "shutdown"]})
-        return tasks_to_replicas(self.stack, tasks, api.nodes())
+        replicas = tasks_to_replicas(self.stack, tasks, api.nodes())
+        self._places = task_places(tasks, replicas)
+        return replicas
 
     async def snapshots(self) -> AsyncIterator[list[ReplicaHandle]]:
         failing = False
@@ -262,6 +285,83 @@ class SwarmDriver(Driver):
             yield handles
             await asyncio.sleep(SNAPSHOT_INTERVAL)
 
+    # --- work on one node ---------------------------------------------------------------------------
+
+    async def end(self, handle: ReplicaHandle) -> str:
+        """Kill the container of a task that is alive but silent, on its node; Swarm's restart
+        policy then replaces the task. Returns what happened."""
+        place = self._places.get(handle.id)
+        if place is None:
+            return "its task is no longer listed"
+        ok, why = await asyncio.to_thread(self._node_job, "end-task", place.node, place.image,
+                                          END_CONTAINER_CODE, [place.container])
+        if not ok:
+            raise DriverError(f"cannot end task {place.task[:12]}: {why}")
+        return why
+
+    async def remove_volumes(self) -> list[str]:
+        """Remove the stack's named volumes on every node that is up (after cleanup(): the
+        services are gone); returns `node: volume` for each removed. Nodes that are down keep
+        theirs."""
+        def run() -> list[str]:
+            image = self._helper_image()
+            if image is None:
+                return []
+            nodes = ready_nodes(self.client.api.nodes())
+            out: list[str] = []
+            for node_id, (_addr, hostname) in nodes.items():
+                ok, why = self._node_job("remove-volumes", node_id, image, REMOVE_VOLUMES_CODE,
+                                         [f"{LABEL_STACK}={self.stack}", f"{VOLUME_WAIT:g}"])
+                if not ok:
+                    raise DriverError(f"removing the volumes on node {hostname or node_id}: {why}")
+                out += [f"{hostname or node_id[:12]}: {line.split(None, 1)[1]}"
+                        for line in why.splitlines() if line.startswith("removed ")]
+            return out
+
+        return await asyncio.to_thread(run)
+
+    def _helper_image(self) -> str | None:
+        """An image of one of the stack's services (an HTTP app, not a dependency), for the node
+        jobs; remembered at set_replicas() or read from the services."""
+        if self._helper is None:
+            for s in self.client.services.list(filters={"label": f"{LABEL_STACK}={self.stack}"}):
+                tmpl = (s.attrs.get("Spec") or {}).get("TaskTemplate") or {}
+                cs = tmpl.get("ContainerSpec") or {}
+                if LABEL_HEALTH_PATH in (cs.get("Labels") or {}):
+                    self._helper = cs.get("Image")
+                    break
+        return self._helper
+
+    def _node_job(self, job: str, node_id: str, image: str, code: str, args: list[str]) -> tuple[bool, str]:
+        """Run `code` once on node `node_id` as a Swarm job; (succeeded, its output or why not)."""
+        api = self.client.api
+        node = api.inspect_node(node_id)
+        name = f"{self.stack}-{job}-{node_id[:10]}-{int(time.time() * 1000) % 10**8}"
+        created = api.create_service(**node_job_definition(self.stack, job, name, node_id, node_socket(node), image,
+                                                           code, args))
+        job_id = created["ID"]
+        try:
+            deadline = time.monotonic() + JOB_TIMEOUT
+            while True:
+                outcome = job_outcome(api.tasks(filters={"service": job_id}))
+                if outcome is not None:
+                    break
+                if time.monotonic() > deadline:
+                    return False, f"the job did not finish within {JOB_TIMEOUT:g} s"
+                time.sleep(0.1)
+            ok, why = outcome
+            try:
+                logs = b"".join(api.service_logs(job_id, stdout=True, stderr=True, follow=False))
+                text = logs.decode(errors="replace").strip()
+            except Exception:  # the output is only for the message
+                text = ""
+            return ok, (text or why) if ok else f"{why} {text}".strip()
+        finally:
+            try:
+                api.remove_service(job_id)
+            except Exception:
+                log.warning("swarm driver: cannot remove the job service %s", name)
+
     # --- the Driver interface for drivers that start replicas one by one ---------------------------
 
     async def start(self, spec: LaunchSpec) -> ReplicaHandle:
@@ -275,6 +375,7 @@ class SwarmDriver(Driver):
 
     async def cleanup(self) -> None:
         def remove() -> None:
+            self._helper_image()   # read while the services exist: remove_volumes() may need it
             for s in self.client.services.list(filters={"label": f"{LABEL_STACK}={self.stack}"}):
                 s.remove()
             # The overlay network stays in use on a node until that node's tasks are gone.

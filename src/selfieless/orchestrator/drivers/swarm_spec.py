@@ -4,17 +4,27 @@ node records as the replicas the control plane probes and routes to. No sockets 
 - Every service is replicated, with endpoint mode `dnsrr` and its container port published in
   host mode on a port Swarm picks per task: our own gateway is the load balancer, and a kernel
   without IPVS has no routing mesh anyway. A task is reached at `its node's address : that port`.
-- Restart policy, update order and the container health check are always set explicitly: the
-  SDK's empty `RestartPolicy()`/`UpdateConfig()` would otherwise replace Swarm's own defaults, and
-  a Docker health check's default interval (30 s) would keep a new task from counting as running.
-  The container health check is what makes Swarm replace a task that is alive but silent.
-- A task is a replica while Swarm wants it running, its container has started (Swarm's state
-  `starting`, while its container health check has not passed yet, or `running`), its node is
-  `ready` and it has a host port. Our own probe decides when it serves: waiting for Swarm's
-  `running` would add up to a health-check interval to every new task. A task on a node that
-  went down stops being a replica as soon as Swarm says so. A task Swarm is shutting down (desired
-  state `shutdown`, container still running: the old side of an update) is reported as `leaving`,
-  so the control plane drains it out of the pool.
+- Restart policy and update order are always set explicitly: the SDK's empty
+  `RestartPolicy()`/`UpdateConfig()` would otherwise replace Swarm's own defaults.
+- The container health check is switched off (`NONE`, which also overrides the images' own
+  HEALTHCHECK) unless the stack asks for one (`swarm: {container_health_check: true}`): Swarm
+  reports a task with a check `running`, and its published port, only after the check first
+  passes, so a new task would wait for the check's 1 s cadence, the check's own start-up and
+  Swarm's report before our first probe could even reach it (measured: 2-4 s of a 4-9 s
+  replacement on the lab). Without it the port is known as soon as the container starts, and our
+  probes (every 50 ms while a replica starts) find it serving at once. Our probes then also decide
+  liveness: a task that fails them is out of rotation at once, and one still silent a few seconds
+  later is ended on its node (driver_owned.silent_tasks; a paused container is never replaced by
+  Swarm, check or not).
+- Work on one node (end a task that is alive but silent, remove the stack's volumes there) is a
+  one-shot Swarm job pinned to that node by `node.id`, with the node's engine socket mounted: the
+  manager cannot reach the workers' engines, but every node runs what Swarm schedules on it.
+- A task is a replica while Swarm wants it running, its state is `starting` or `running`, its
+  node is `ready` and it has a host port (Swarm reports the port with `running`). Our own probe
+  decides when it serves. A task on a node that went down stops being a replica as soon as Swarm
+  says so. A task Swarm is shutting down (desired state `shutdown`, container still
+  running: the old side of an update) is reported as `leaving`, so the control plane drains it
+  out of the pool.
 - The image is pinned: the service names the image by its repo digest (registry images) or its
   image id (images loaded on every node), resolved on the manager, and labels the id. A rebuilt
   `acts:latest` is then a changed spec Swarm rolls, and Swarm's rollback goes back to the exact
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from .base import LaunchSpec, ReplicaHandle
@@ -35,12 +46,18 @@ from .base import LaunchSpec, ReplicaHandle
 LABEL_STACK = "selfieless.stack"
 LABEL_SERVICE = "selfieless.service"
 LABEL_CONTAINER_PORT = "selfieless.container_port"
+LABEL_HEALTH_PATH = "selfieless.health_path"    # a service's (not a dependency's) tasks
+LABEL_JOB = "selfieless.job"                  # on the one-shot node jobs (node_job_definition)
+# A node label naming where that node's engine socket is, when not at the usual place (rootless
+# engines, or the lab's engines, which share one file system).
+LABEL_NODE_SOCKET = "selfieless.docker-socket"
+DEFAULT_SOCKET = "/var/run/docker.sock"
 LABEL_IMAGE = "selfieless.image"        # the image as the stack file names it
 LABEL_IMAGE_ID = "selfieless.image_id"  # the id it resolved to on the manager when the spec was sent
 
 NS = 1_000_000_000
-# Swarm's restart delay after a task ends, and the container health check's period: with these a
-# killed or hung task is replaced in about 3 s.
+# Swarm's restart delay after a task ends (the only crash-loop guard Swarm has), and the optional
+# container health check's settings.
 RESTART_DELAY = 1.0
 HEALTH_INTERVAL = 1.0
 HEALTH_TIMEOUT = 2.0
@@ -130,7 +147,8 @@ def undo_by_rollback(spec: dict | None, previous: dict | None) -> bool:
 
 
 def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str,
-                       image: tuple[str, str | None] | None = None) -> dict[str, Any]:
+                       image: tuple[str, str | None] | None = None,
+                       container_health_check: bool = False) -> dict[str, Any]:
     """Keyword arguments for the SDK's low-level `create_service` (and `update_service`).
     `image`: the pinned reference and id (pinned_image); else the name as it is."""
     from docker import types
@@ -140,8 +158,8 @@ def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str
     image_labels = {LABEL_IMAGE: spec.image or ""}
     if image_id:
         image_labels[LABEL_IMAGE_ID] = image_id
-    health = None
-    if spec.health_path:
+    health: Any = {"Test": ["NONE"]}
+    if spec.health_path and container_health_check:
         health = types.Healthcheck(test=health_command(spec.health_path, spec.container_port),
                                    interval=int(HEALTH_INTERVAL * NS), timeout=int(HEALTH_TIMEOUT * NS),
                                    retries=HEALTH_RETRIES, start_period=int(30 * NS))
@@ -150,7 +168,8 @@ def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str
     container = types.ContainerSpec(
         ref,
         env=dict(spec.environment),
-        labels={**labels, LABEL_CONTAINER_PORT: str(spec.container_port), **image_labels},
+        labels={**labels, LABEL_CONTAINER_PORT: str(spec.container_port), **image_labels,
+                **({LABEL_HEALTH_PATH: spec.health_path} if spec.health_path else {})},
         mounts=mounts or None,
         stop_grace_period=int(spec.stop_grace * NS),
         healthcheck=health,
@@ -238,6 +257,103 @@ def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[
             leaving=t.get("DesiredState") != "running",
         ))
     return sorted(out, key=lambda h: h.id)
+
+
+@dataclass(frozen=True)
+class TaskPlace:
+    """Where one task's container is: what a node job needs to end it."""
+
+    task: str
+    node: str
+    container: str
+    image: str
+
+
+def task_places(tasks: list[dict], replicas: list[ReplicaHandle]) -> dict[str, TaskPlace]:
+    """Replica id -> its task's place, for the replicas `tasks_to_replicas` made of `tasks`."""
+    by_task = {str(t.get("ID", ""))[:12]: t for t in tasks}
+    out = {}
+    for h in replicas:
+        t = by_task.get(h.id.rsplit(".", 1)[-1])
+        if t is None:
+            continue
+        container = ((t.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
+        if container:
+            image = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Image", "")
+            out[h.id] = TaskPlace(task=t["ID"], node=t.get("NodeID", ""), container=container, image=image)
+    return out
+
+
+def node_socket(node: dict) -> str:
+    """The engine socket on `node` (a node record): its LABEL_NODE_SOCKET label, else the usual path."""
+    return ((node.get("Spec") or {}).get("Labels") or {}).get(LABEL_NODE_SOCKET) or DEFAULT_SOCKET
+
+
+# The node jobs' programs: python3 with the Docker SDK, run by a container of one of the stack's
+# own images (every image of this project has both) with the node's engine socket mounted.
+END_CONTAINER_CODE = """\
+import sys, docker
+c = docker.from_env().containers.get(sys.argv[1])
+if c.status == "paused":
+    c.unpause()   # a paused process cannot be signalled out of the freezer
+c.kill()
+print("killed", c.id[:12])
+"""
+REMOVE_VOLUMES_CODE = """\
+import sys, time, docker
+d = docker.from_env()
+left = d.volumes.list(filters={"label": sys.argv[1]})
+deadline = time.monotonic() + float(sys.argv[2])
+while left:
+    for v in list(left):
+        try:
+            v.remove(force=True)
+            print("removed", v.name)
+            left.remove(v)
+        except docker.errors.NotFound:
+            left.remove(v)
+        except docker.errors.APIError:
+            pass   # still in use by a container that is being removed
+    if left and time.monotonic() > deadline:
+        sys.exit("still in use: " + " ".join(v.name for v in left))
+    time.sleep(0.5)
+"""
+
+
+def node_job_definition(stack: str, job: str, name: str, node_id: str, socket: str, image: str,
+                        code: str, args: list[str]) -> dict[str, Any]:
+    """Keyword arguments for `create_service`: a one-shot job running `python3 -c code args...`
+    once, on node `node_id` only, as root (the socket is root's) with `socket` mounted."""
+    from docker import types
+
+    container = types.ContainerSpec(
+        image, command=["python3", "-c", code, *args], user="0",
+        labels={LABEL_STACK: stack, LABEL_JOB: job},
+        mounts=[types.Mount(target=DEFAULT_SOCKET, source=socket, type="bind")],
+    )
+    template = types.TaskTemplate(
+        container_spec=container,
+        restart_policy=types.RestartPolicy(condition="none"),
+        placement=types.Placement(constraints=[f"node.id=={node_id}"]),
+    )
+    return {
+        "task_template": template,
+        "name": name,
+        "labels": {LABEL_STACK: stack, LABEL_JOB: job},
+        "mode": types.ServiceMode("replicated-job", replicas=1, concurrency=1),
+    }
+
+
+def job_outcome(tasks: list[dict]) -> tuple[bool, str] | None:
+    """A node job's result from its task records: (succeeded, why), or None while it runs."""
+    for t in tasks:
+        status = t.get("Status") or {}
+        state = status.get("State")
+        if state == "complete":
+            return True, "done"
+        if state in ("failed", "rejected", "orphaned", "shutdown"):
+            return False, f"{state}: {status.get('Err') or status.get('Message') or 'no detail'}"
+    return None
 
 
 def parse_timestamp(value: str) -> float:
