@@ -5,8 +5,9 @@ through the gateway of `selfieless up --driver swarm`:
 - task-kill: one acts task's container killed on its node (`docker kill`): how long until a new
   task is in rotation (Swarm's restart delay, the container start, our first probe);
 - node-loss: the node of one acts task cut off the network (`scripts/swarm-lab cut 3`): how long
-  until its tasks are out of rotation, and until the service serves with its count again (Swarm
-  reschedules them after it declares the node down);
+  until its tasks are out of the gateway's rotation (withdrawn as stalled, or unhealthy), until
+  the control plane's probe calls them unhealthy, and until the service serves with its count
+  again (Swarm reschedules them after it declares the node down);
 - load-step: acts scaled 1 -> 2 under load: how long until the first new task serves (this is
   what follows an autoscaler decision; the decision itself is measured by benchmarks/failover.py);
 and the failed GETs (no answer, or a 5xx) in each.
@@ -80,7 +81,7 @@ def task_kill(up: SwarmUp, lab: Lab) -> tuple[float, int, int]:
     return took, len(load.failures), load.total
 
 
-def node_loss(up: SwarmUp, lab: Lab) -> tuple[float, float, int, int]:
+def node_loss(up: SwarmUp, lab: Lab) -> tuple[float, float, int, int, float]:
     settle(up, 3)
     lost = lab.address(3)
     if lost not in {r["host"] for r in up.ready("acts")}:
@@ -89,14 +90,17 @@ def node_loss(up: SwarmUp, lab: Lab) -> tuple[float, float, int, int]:
         with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=CLIENTS) as load:
             time.sleep(1.0)
             lab.cut(3)
-            out = wait(lambda: lost not in {r["host"] for r in up.ready("acts")}, 30, "node out of rotation")
-            restored = out + wait(lambda: len(up.ready("acts")) == 3, 120, "3 acts tasks again", 0.1)
+            t0 = time.monotonic()
+            out = wait(lambda: lost not in {r["host"] for r in up.in_rotation("acts")}, 30, "node out of rotation")
+            wait(lambda: lost not in {r["host"] for r in up.ready("acts")}, 30, "node's tasks unhealthy")
+            unhealthy = time.monotonic() - t0
+            restored = unhealthy + wait(lambda: len(up.ready("acts")) == 3, 120, "3 acts tasks again", 0.1)
             time.sleep(1.0)
     finally:
         lab.heal(3)
     # Back to a healthy spread for the next trial: the healed node takes tasks on the next scale-out.
     wait(lambda: all(n["Status"]["State"] == "ready" for n in lab.client().api.nodes()), 60, "node 3 ready", 0.2)
-    return out, restored, len(load.failures), load.total
+    return out, restored, len(load.failures), load.total, unhealthy
 
 
 def load_step(up: SwarmUp) -> tuple[float, int, int]:
@@ -152,7 +156,7 @@ def main() -> int:
     print(f"task-kill: replacement serving {fig([k[0] for k in kills])} [bar <= {BARS['replace']:g} s], "
           f"failed GETs {sum(k[1] for k in kills)}/{sum(k[2] for k in kills)}")
     print(f"node-loss: out of rotation {fig([x[0] for x in losses])} [bar <= {BARS['out_of_rotation']:g} s], "
-          f"restored {fig([x[1] for x in losses])} [bar <= {BARS['restored']:g} s], "
+          f"unhealthy {fig([x[4] for x in losses])}, restored {fig([x[1] for x in losses])} [bar <= {BARS['restored']:g} s], "
           f"failed GETs {sum(x[2] for x in losses)}/{sum(x[3] for x in losses)}")
     print(f"load-step: first new task serving {fig([s[0] for s in steps])} [bar <= {BARS['scale_out']:g} s; "
           f"from the scale decision], failed GETs {sum(s[1] for s in steps)}/{sum(s[2] for s in steps)}")

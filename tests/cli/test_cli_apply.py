@@ -55,3 +55,22 @@ def test_up_again_applies_the_changed_file_and_the_history_survives_a_restart(tm
         assert "complete" in history.stdout and "environment changed" in history.stdout
     finally:
         restarted.stop()
+
+
+def test_apply_keeps_the_port_up_was_given_unless_told_another(tmp_path):
+    path = write_test_stack(tmp_path / "stack.yaml", free_port_range(4), free_port_range(1), probe_interval=0.3)
+    up = UpProcess(tmp_path, path)   # `up FILE --port P`, the file naming another port
+    try:
+        up.wait_ready(90)
+        sd = ["--state-dir", str(up.state_dir)]
+        assert yaml.safe_load(path.read_text())["gateway"]["port"] != up.port
+        same = run_cli("apply", str(path), *sd, timeout=120)
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert "no change" in same.stdout
+        other = run_cli("apply", str(path), "--port", str(up.port + 1), *sd, timeout=120)
+        assert other.returncode != 0
+        assert "gateway.port" in other.stdout + other.stderr
+        explicit = run_cli("apply", str(path), "--port", str(up.port), *sd, timeout=120)
+        assert explicit.returncode == 0 and "no change" in explicit.stdout, explicit.stdout + explicit.stderr
+    finally:
+        up.stop()

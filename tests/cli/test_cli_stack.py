@@ -227,9 +227,10 @@ def test_ctrl_c_drains_and_stops(tmp_path):
         assert not any(pid_alive(p) for p in pids)
         out = up.output()
         assert "drained" in out and "Traceback" not in out and "ERROR" not in out, out
-        # The figure printed is the time from Ctrl-C to the end, give or take the interpreter's exit.
+        # The figure printed is the time from Ctrl-C to the end, give or take the interpreter's exit
+        # (up to about a second on a loaded machine; the figure this replaced was 1.7 s short).
         said = float(out.rsplit("stopped in ", 1)[1].split(" s")[0])
-        assert said <= took + 0.05 and took - said < 0.6, (said, took)
+        assert said <= took + 0.05 and took - said < 1.0, (said, took)
         _, follower_err = follower.communicate(timeout=30)
         assert "the stack stopped" in follower_err and "Internal Server Error" not in follower_err
         assert not (up.state_dir / "admin.json").exists()

@@ -149,3 +149,30 @@ def _revision_polls(gw, server, client):
     other = client.get("/control/poll", params={**held, "instance": "old", "wait": 20}).json()
     assert set(other["stats"]) == {"echo", "other"} and set(other["pools"]) == {"echo", "other"}
     assert client.get("/control/poll", params={**held, "rev": "x"}).status_code == 400
+
+
+def test_a_failed_remove_and_a_withdrawal_cross_the_control_api():
+    """`remove` carries `failed` (the gateway then gives up what waits on the backend), and a
+    withdrawn backend is reported as a `withdraw` event that reaches `on_withdraw` on the other side."""
+    gw = Gateway(GatewayConfig(port=0))
+    _, client = app_for(gw)
+    gw.add_backend("echo", "a", "127.0.0.1", 9001)
+    gw.add_backend("echo", "b", "127.0.0.1", 9002)
+    r = client.post("/control/ops", json={"ops": [{"op": "remove", "service": "echo", "id": "a", "failed": True}]})
+    assert r.status_code == 200 and [v.id for v in gw.backends("echo")] == ["b"]
+    r = client.post("/control/ops", json={"ops": [{"op": "remove", "service": "echo", "id": "b", "failed": "x"}]})
+    assert r.status_code == 400 and "failed" in r.json()["error"]
+
+    remote = RemoteGateway("/nonexistent/unused.sock")
+    remote.remove_backend("echo", "a", failed=True)
+    remote.remove_backend("echo", "b")
+    assert remote._ops == [{"op": "remove", "service": "echo", "id": "a", "failed": True},
+                           {"op": "remove", "service": "echo", "id": "b"}]
+
+    gw.on_withdraw("echo", "b", "stalled: no response byte for 0.61 s")  # what the sweep calls
+    events = client.get("/control/poll", params={"after": 0, "wait": 0}).json()["events"]
+    assert [(e["kind"], e["id"]) for e in events] == [("withdraw", "b")]
+    heard = []
+    remote.on_withdraw = lambda *a: heard.append(a)
+    remote._dispatch(events[0])
+    assert heard == [("echo", "b", "stalled: no response byte for 0.61 s")]

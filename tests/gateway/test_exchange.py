@@ -18,19 +18,21 @@ from selfieless.gateway.exchange import (
 
 CONNECT = (Failure.REFUSED, Failure.RESET, Failure.CONNECT_TIMEOUT)
 LOST = (Failure.CLOSED, Failure.BAD_RESPONSE)
+OUT = (Failure.REMOVED, Failure.STALLED)  # the backend left the rotation while the request waited
 
 STATES = [
-    Facts(idempotent=idem, sent=sent, body_held=held, tries=tries, retried_other=moved,
+    Facts(idempotent=idem, safe=safe, sent=sent, body_held=held, tries=tries, retried_other=moved,
           reused=reused, progress=progress, others_ready=others, reading_paused=paused)
-    for idem, sent, held, tries, moved, reused, progress, others, paused in itertools.product(
-        (True, False), (True, False), (True, False), (1, 2, MAX_TRIES - 1, MAX_TRIES),
+    for idem, safe, sent, held, tries, moved, reused, progress, others, paused in itertools.product(
+        (True, False), (True, False), (True, False), (True, False), (1, 2, MAX_TRIES - 1, MAX_TRIES),
         (False, True), (False, True), tuple(Progress), (True, False), (False, True))
+    if idem or not safe  # every safe method is idempotent
 ]
 ALL_KINDS = tuple(Failure)
 
 
 def test_the_table_is_every_combination():
-    assert len(STATES) == 2 * 2 * 2 * 4 * 2 * 2 * 4 * 2 * 2 == 2048
+    assert len(STATES) == 3 * 2 * 2 * 4 * 2 * 2 * 4 * 2 * 2 == 3072
     assert len(set(STATES)) == len(STATES)
 
 
@@ -122,18 +124,56 @@ def test_rules_that_hold_in_every_state(kind):
             assert replayable(f), f
             assert f.tries < MAX_TRIES, f
         # After a response byte reached the client: no retry, no answer of ours.
-        if f.progress is Progress.COMMITTED and kind not in CONNECT:
+        if f.progress is Progress.COMMITTED and kind in OUT:
+            assert d.act is Act.WAIT, f  # a response under way is left to finish or time out
+        elif f.progress is Progress.COMMITTED and kind not in CONNECT:
             assert d.act in (Act.CLOSE, Act.EXTEND), f
         # After a send, a request moves to another backend once at most.
-        if f.sent and f.retried_other and kind in LOST:
+        if f.sent and f.retried_other and (kind in LOST or kind in OUT):
             assert d.act is not Act.RETRY_OTHER, f
         # Only proof of a dead backend ejects it: never a timeout or a stale keep-alive reuse.
         if kind in (Failure.CONNECT_TIMEOUT, Failure.RESPONSE_TIMEOUT) or d.act is Act.RETRY_SAME:
             assert d.eject is None, f
+        # Leaving the rotation is the pool's business already: no ejection on top, no retry on it.
+        if kind in OUT:
+            assert d.eject is None and d.act is not Act.RETRY_SAME, f
         # Statuses are the gateway's own, never a client error.
         if d.act is Act.ANSWER:
             assert d.status in (502, 504) and d.message, f
-        assert d.act not in (Act.REFUSE, Act.DISARM, Act.WAIT), f
+        assert d.act not in (Act.REFUSE, Act.DISARM), f
+        if kind not in OUT:
+            assert d.act is not Act.WAIT, f
+
+
+def test_a_backend_removed_as_failed():
+    """It will never answer: what waits on it with no response byte goes elsewhere when it may be
+    sent again, else gets a 502 now (never a POST replayed once sent)."""
+    for f in STATES:
+        d = on_failure(Failure.REMOVED, f)
+        if f.progress is not Progress.NOTHING:
+            assert d == Decision(Act.WAIT), f
+        elif f.tries >= MAX_TRIES and (not f.sent or (replayable(f) and not f.retried_other)):
+            assert d == Decision(Act.ANSWER, 502, "replicas failed"), f
+        elif not f.sent:
+            assert d == Decision(Act.RETRY_OTHER, retry_counted=True), f
+        elif f.idempotent and f.body_held and not f.retried_other:
+            assert d == Decision(Act.RETRY_OTHER, retry_counted=True, moves=True), f
+        else:
+            assert d == Decision(Act.ANSWER, 502, "replica failed its health check before responding"), f
+
+
+def test_a_backend_withdrawn_as_stalled():
+    """It may only be slow: only a read (or what was never sent) moves, and only when it can;
+    a write keeps waiting (the long category delete must not run twice); nothing is answered."""
+    for f in STATES:
+        d = on_failure(Failure.STALLED, f)
+        moves = (f.progress is Progress.NOTHING and f.tries < MAX_TRIES and f.others_ready
+                 and (not f.sent or (f.safe and f.body_held and not f.retried_other)))
+        if not moves:
+            assert d == Decision(Act.WAIT), f
+        else:
+            assert d == Decision(Act.RETRY_OTHER, retry_counted=True, moves=f.sent), f
+        assert d.act in (Act.WAIT, Act.RETRY_OTHER), f
 
 
 # Named rows: the cases the socket tests (test_balancing_and_retries, test_failures,
@@ -170,6 +210,15 @@ ROWS = [
     ("a silent backend mid-body: close, and count it",
      Failure.RESPONSE_TIMEOUT, Facts(sent=True, progress=Progress.COMMITTED), "",
      Decision(Act.CLOSE, message="replica stalled in the middle of a response", error_counted=True)),
+    ("a GET waiting on a backend that failed its probe goes elsewhere",
+     Failure.REMOVED, Facts(sent=True), "", Decision(Act.RETRY_OTHER, retry_counted=True, moves=True)),
+    ("a POST sent to a backend that failed its probe: 502 now, not replayed",
+     Failure.REMOVED, Facts(idempotent=False, safe=False, sent=True), "",
+     Decision(Act.ANSWER, 502, "replica failed its health check before responding")),
+    ("a GET on a stalled backend goes elsewhere",
+     Failure.STALLED, Facts(sent=True), "", Decision(Act.RETRY_OTHER, retry_counted=True, moves=True)),
+    ("a DELETE on a stalled backend waits for its answer",
+     Failure.STALLED, Facts(safe=False, sent=True), "", Decision(Act.WAIT)),
     ("a silent backend after a held-back head: 504",
      Failure.RESPONSE_TIMEOUT, Facts(sent=True, progress=Progress.HEAD_HELD), "",
      Decision(Act.ANSWER, 504, "replica response timeout")),
@@ -219,9 +268,11 @@ def test_a_request_describes_itself_to_the_exchange():
     from selfieless.gateway.request import Request
 
     r = Request(b"POST", b"/api/v1/acts", b"/api/v1/acts", b"POST ...\r\n\r\n", False, None, 0.0)
-    assert r.facts() == Facts(idempotent=False, sent=False, body_held=True, tries=0)
+    assert r.facts() == Facts(idempotent=False, safe=False, sent=False, body_held=True, tries=0)
     r.sent, r.replay, r.tries, r.retried_other = True, None, 2, True
     assert r.facts(reused=True, progress=Progress.HEAD_HELD, others_ready=False) == Facts(
-        idempotent=False, sent=True, body_held=False, tries=2, retried_other=True, reused=True,
+        idempotent=False, safe=False, sent=True, body_held=False, tries=2, retried_other=True, reused=True,
         progress=Progress.HEAD_HELD, others_ready=False)
-    assert Request(b"GET", b"/", b"/", b"", False, None, 0.0).facts().idempotent
+    assert Request(b"GET", b"/", b"/", b"", False, None, 0.0).facts().safe
+    d = Request(b"DELETE", b"/", b"/", b"", False, None, 0.0).facts()
+    assert d.idempotent and not d.safe

@@ -289,3 +289,59 @@ async def test_ready_waiters_are_pruned_past_64():
     extra.cancel()
     p.wait_ready()
     assert len(p._ready_waiters) == 1
+
+
+def test_finish_parks_the_connection_only_when_it_may_be_reused_and_counts_the_request():
+    p = pool_of("A", "B")
+    a = p.acquire()
+    assert a.id == "A" and a.in_flight == 1
+    kept = Conn("kept")
+    p.finish(a, kept, keep=True, now=5.0, max_idle=1)
+    assert a.idle == [kept] and kept.idle_since == 5.0 and not kept.closed
+    assert (a.in_flight, a.served) == (0, 1)
+    # Each reason not to keep closes the connection and still counts the request:
+    # the proxy said no; the idle list is full; the connection is already closed; the replica left.
+    for keep, max_idle, closed, leave in ((False, 5, False, False), (True, 1, False, False),
+                                          (True, 5, True, False), (True, 5, False, True)):
+        a.in_flight += 1
+        conn = Conn("c")
+        conn.closed = closed
+        if leave:
+            a.state = DRAINING
+        before = list(a.idle)
+        p.finish(a, conn, keep=keep, now=6.0, max_idle=max_idle)
+        assert a.idle == before and conn.closed and conn.idle_since is None, (keep, max_idle, closed, leave)
+    assert (a.in_flight, a.served) == (0, 5)
+
+
+@pytest.mark.anyio
+async def test_finish_of_the_last_request_in_flight_completes_a_drain():
+    p = pool_of("A")
+    a = p.acquire()
+    b = p.acquire()
+    assert a is b and a.in_flight == 2
+    drained = asyncio.ensure_future(p.drain("A", timeout=5))
+    await asyncio.sleep(0)
+    p.finish(a, Conn("1"), keep=True, now=1.0, max_idle=8)
+    await asyncio.sleep(0)
+    assert not drained.done() and a.state == DRAINING and a.idle == []  # one still in flight
+    p.finish(a, Conn("2"), keep=True, now=1.0, max_idle=8)
+    assert await asyncio.wait_for(drained, 1) is True
+    assert a.idle == [] and a.served == 2
+
+
+def test_withdraw_and_reinstate():
+    p = pool_of("A", "B", "C")
+    a, b = p.get("A"), p.get("B")
+    assert p.withdraw(b, "stalled") and b.state == "withdrawn" and b.eject_reason == "stalled"
+    assert not p.withdraw(b, "again")  # only a ready one
+    assert [p.acquire().id for _ in range(4)] == ["A", "C", "A", "C"]
+    assert not p.eject(b, "refused")  # already out: nothing more to report
+    assert p.reinstate(b) and b.state == "ready" and b.eject_reason is None
+    assert not p.reinstate(a)  # only a withdrawn one
+    assert sorted(p.acquire().id for _ in range(3)) == ["A", "B", "C"]
+    p.withdraw(b, "stalled")
+    p.add("B", "127.0.0.1", 9001)  # a passing probe: the control plane adds it again
+    assert b.state == "ready" and p.ready_count == 3
+    p.remove("B")
+    assert not p.reinstate(b)  # removed meanwhile: stays out

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 
-
 ECHO_APP = str(Path(__file__).with_name("echo_app.py"))
 
 
@@ -133,54 +132,3 @@ class Load:
     async def stop(self):
         self._stop.set()
         await asyncio.gather(*self._tasks)
-
-
-class WriteLoad:
-    """Clients alternating GET and POST /api/v1/categories through the gateway (the acts app):
-    counts answers and failures, and keeps every category name answered 201 to read back after."""
-
-    def __init__(self, base: str, concurrency: int = 4, pause: float = 0.01, prefix: str = "roll"):
-        self.base, self.concurrency, self.pause, self.prefix = base, concurrency, pause, prefix
-        self.ok = 0
-        self.failures: list[str] = []
-        self.created: list[str] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-
-    async def _worker(self, w: int):
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-            i = 0
-            while not self._stop.is_set():
-                i += 1
-                try:
-                    if i % 2:
-                        name = f"{self.prefix}-{w}-{i}"
-                        r = await c.post(self.base + "/api/v1/categories", json=[name])
-                        good = r.status_code == 201
-                        if good:
-                            self.created.append(name)
-                    else:
-                        r = await c.get(self.base + "/api/v1/categories")
-                        good = r.status_code in (200, 204)
-                    if good:
-                        self.ok += 1
-                    else:
-                        self.failures.append(f"{r.request.method} {r.status_code} {r.text[:100]}")
-                except httpx.HTTPError as e:
-                    self.failures.append(repr(e))
-                await asyncio.sleep(self.pause)
-
-    def start(self):
-        self._tasks = [asyncio.create_task(self._worker(w)) for w in range(self.concurrency)]
-        return self
-
-    async def stop(self):
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-    async def missing(self) -> list[str]:
-        """Names answered 201 that the service does not list now (must be none)."""
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-            r = await c.get(self.base + "/api/v1/categories")
-        present = r.json() if r.status_code == 200 else {}
-        return [n for n in self.created if n not in present]

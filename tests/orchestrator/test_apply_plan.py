@@ -203,3 +203,106 @@ def test_scale_to_zero_floor_and_wake():
     assert stz.floor(pol, 0, st, now=30.0) == 1 and stz.floor(pol, 0, st, now=50.0) == 0
     assert stz.floor(pol, 2, st, now=100.0) == 2
     assert stz.wake(0, held=True) == 1 and stz.wake(1, held=True) is None and stz.wake(0, held=False) is None
+
+
+def test_apply_keeps_what_up_was_told_on_its_command_line():
+    from selfieless.orchestrator.apply_plan import with_up_overrides
+
+    data = {"name": "s", "driver": "process", "gateway": {"host": "127.0.0.1", "port": 80}}
+    assert with_up_overrides(data, None) == data
+    assert with_up_overrides(data, {"port": None, "driver": None}) == data
+    kept = with_up_overrides(data, {"port": 8080, "driver": "docker"})
+    assert kept["gateway"] == {"host": "127.0.0.1", "port": 8080} and kept["driver"] == "docker"
+    assert with_up_overrides(data, {"port": 8080}, port=9090)["gateway"]["port"] == 9090   # apply --port wins
+    assert with_up_overrides({"name": "s"}, {"port": 8080})["gateway"] == {"port": 8080}
+    assert data["gateway"]["port"] == 80                                               # the input is left alone
+    # A second `up --driver D` (explicit in the request) wins over the running up's --driver.
+    assert with_up_overrides(data, {"driver": "docker"}, driver="process")["driver"] == "process"
+
+
+def test_a_service_added_first_in_the_file_does_not_hide_changes_to_the_others():
+    def f(d):
+        d["services"] = {"web": {"command": ["python", "-m", "web", "--port", "{port}"], "host_ports": "8090",
+                                 "routes": ["/"], "replicas": {"min": 1, "max": 1}}, **d["services"]}
+        d["services"]["acts"]["replicas"]["min"] = 4
+        d["services"]["acts"]["command"].append("--v2")
+    actions = plan(f)
+    assert [type(a) for a in actions] == [AddService, Rescale, SetRoutes, RollingReplace]
+    assert actions[1].service == actions[3].service == "acts" and actions[3].reasons == ("command changed",)
+
+
+def test_balance_change_is_live_and_carries_the_new_policy():
+    def f(d):
+        d["gateway"] = {"balance": "least_outstanding", "limits": {"max_body_size": 1024}}
+    (action,) = plan(f)
+    assert (action.fields, action.balance) == (("balance", "max_body_size"), "least_outstanding")
+    assert action.limits.max_body_size == 1024
+    assert describe(action) == "gateway balance, max_body_size (live, no restart)"
+    (only,) = plan(lambda d: d.__setitem__("gateway", {"balance": "least_outstanding"}))
+    assert (only.fields, only.balance) == (("balance",), "least_outstanding")
+
+
+def test_refusals_say_what_to_do():
+    def f(d):
+        d["name"] = "other"
+        d["driver"] = "auto"
+        d["gateway"] = {"host": "127.0.0.1", "port": 81}
+    assert plan(f) == [
+        Refuse("name", "the running stack is 'demo', the file describes 'other'"),
+        Refuse("driver", "driver cannot change on a running stack: run `down` then `up`"),
+        Refuse("gateway.host", "the gateway's address cannot change on a running stack: run `down` then `up`"),
+        Refuse("gateway.port", "the gateway's address cannot change on a running stack: run `down` then `up`"),
+    ]
+
+
+def test_variables_reached_through_the_command_other_variables_or_a_service_override_roll():
+    def chained(d):                           # db's text is unchanged; the variable it uses is not
+        d["variables"] = {"base": "sqlite:///a", "db": "{base}/acts.db"}
+    old = copy.deepcopy(BASE)
+    chained(old)
+    new = copy.deepcopy(old)
+    new["variables"]["base"] = "sqlite:///b"
+    (action,) = plan_apply(parse_stack(old), parse_stack(new))
+    assert (action.service, action.reasons) == ("acts", ("variable base changed",))
+    # db no longer goes through base: both are reasons, base for the old version's sake.
+    new["variables"] = {"db": "sqlite:///b/acts.db"}
+    (action,) = plan_apply(parse_stack(old), parse_stack(new))
+    assert action.reasons == ("variable base changed", "variable db changed")
+    # A variable only the command uses.
+    old, new = copy.deepcopy(BASE), copy.deepcopy(BASE)
+    for d, level in ((old, "info"), (new, "debug")):
+        d["variables"]["level"] = level
+        d["services"]["users"]["command"] = ["python", "-m", "users", "--log", "{level}", "--port", "{port}"]
+    (action,) = plan_apply(parse_stack(old), parse_stack(new))
+    assert (action.service, action.reasons) == ("users", ("variable level changed",))
+    # A service's own value overrides the stack's: only that service rolls.
+    (action,) = plan(lambda d: d["services"]["acts"].__setitem__("variables", {"db": "sqlite:///own.db"}))
+    assert (action.service, action.reasons) == ("acts", ("variable db changed",))
+
+
+def test_rebuilt_image_reason_names_both_ids_short():
+    data = copy.deepcopy(BASE)
+    data["services"]["acts"]["image"] = "acts:latest"
+    old, new = parse_stack(data), parse_stack(copy.deepcopy(data))
+    a, b = "sha256:" + "a1" * 32, "sha256:" + "b2" * 32
+    (action,) = plan_apply(old, new, running_images={"acts": a}, current_images={"acts": b})
+    assert action.reasons == ("image acts:latest has new content (a1a1a1a1a1a1 -> b2b2b2b2b2b2)",)
+    # Without a known id to go back to, a rollback keeps the spec as it is.
+    assert pinned(old.services["acts"], None) == old.services["acts"]
+
+
+def test_dry_run_lines():
+    update = parse_stack(BASE).services["acts"].update
+    cases = [
+        (Rescale("acts", (3, 10, None), (4, 12, 5)), "scale   acts: min 3 max 10 -> min 4 max 12 initial 5 (live)"),
+        (LiveUpdate("acts", ("health", "update")), "update  acts: health, update (live, no restart)"),
+        (SetRoutes((("/a", "acts"), ("/u", "users"))), "routes  /a -> acts, /u -> users (atomic swap)"),
+        (RollingReplace("acts", ("command changed", "variable db changed"), update),
+         "roll    acts: command changed; variable db changed "
+         "(start-first, 1 at a time, monitor 5 s, on failure rollback)"),
+        (AddService("web", 2), "add     web: start 2 replica(s)"),
+        (RemoveService("users"), "remove  users: drain and stop every replica"),
+        (Refuse("driver", "why"), "refuse  driver: why"),
+    ]
+    for action, line in cases:
+        assert describe(action) == line

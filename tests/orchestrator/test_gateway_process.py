@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from selfieless.orchestrator.gateway_process import attach_or_start, pid_alive, read_state
+from selfieless.orchestrator.gateway_process import attach_or_start, read_state
+from selfieless.orchestrator.pids import pid_alive
 
 from orch_helpers import ECHO_APP, Load, wait_until
 from support.ports import free_port_range

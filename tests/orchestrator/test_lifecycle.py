@@ -243,3 +243,37 @@ def test_every_step_the_lifecycle_can_take_is_an_allowed_transition_with_an_even
                         if step.to is not None:
                             assert step.to in ALLOWED[state], (state, step)
                             assert step.events and step.why, step
+
+
+def test_adoption_grace_counts_from_the_replicas_own_start():
+    refused = "health probe /_health: connection failed (refused)"
+    # Started at t=100 by the previous orchestrator: at t=105 it may still be booting, at t=111 not.
+    booting = lc.found(facts(S.STARTING, adopted=True, in_pool=False, started_at=100.0, last_error=refused),
+                       False, RULES, 105.0, "found running on port 8000")
+    assert (booting.to, kinds(booting)) == (None, ["adopted"])
+    assert booting.events[0][1] == "found running on port 8000; still starting"
+    late = lc.found(facts(S.STARTING, adopted=True, in_pool=False, started_at=100.0, last_error=refused),
+                    False, RULES, 111.0, "found running on port 8000")
+    assert late.to == S.UNHEALTHY
+
+
+@pytest.mark.parametrize("failures, error, why", [
+    (1, "HTTP 500", "1 consecutive failed probe: HTTP 500"),
+    (2, "HTTP 500", "2 consecutive failed probes: HTTP 500"),
+    (2, None, "2 consecutive failed probes: health probe failed"),
+])
+def test_an_adopted_replica_failing_its_probe_says_how_often_and_why(failures, error, why):
+    step = lc.found(facts(S.STARTING, failures, adopted=True, in_pool=False, last_error=error), False, RULES, 50.0,
+                    "found running on port 8001")
+    assert (step.to, step.why, step.failures, step.stop_probe) == (S.UNHEALTHY, why, failures, False)
+    assert step.events == (("adopted", "found running on port 8001; failing its health probe, replacing"),
+                           ("unhealthy", f"{why}; out of rotation, will be replaced"))
+
+
+def test_a_launch_failure_never_retries_at_once_and_then_doubles():
+    delays = []
+    state = BackoffState()
+    for now in (42.0, 43.0, 44.0, 45.0):
+        state, delay = lc.launch_failed(state, now, POLICY)
+        delays.append(delay)
+    assert state.failures == 4 and delays == [0.5, 0.5, 1.0, 2.0]

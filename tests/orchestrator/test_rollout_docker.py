@@ -19,7 +19,8 @@ from selfieless.orchestrator.apply_exec import apply_stack
 from selfieless.orchestrator.assemble import start_system
 from selfieless.orchestrator.stack import parse_stack
 
-from orch_helpers import WriteLoad, kinds, wait_until
+from orch_helpers import kinds, wait_until
+from support.loads import WriteLoad
 from support.docker_engine import require_docker
 from support.ports import free_port_range
 

@@ -11,7 +11,8 @@ import pytest
 from selfieless.orchestrator.assemble import start_system
 from selfieless.orchestrator.rollout_exec import roll
 
-from orch_helpers import Load, WriteLoad, acts_stack, echo_command, echo_stack, kinds, pids_by_port, wait_until
+from orch_helpers import Load, acts_stack, echo_command, echo_stack, kinds, pids_by_port, wait_until
+from support.loads import WriteLoad
 
 pytestmark = pytest.mark.anyio
 

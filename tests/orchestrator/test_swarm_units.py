@@ -7,8 +7,9 @@ import pytest
 from selfieless.orchestrator import driver_owned
 from selfieless.orchestrator.drivers.base import LaunchSpec
 from selfieless.orchestrator.drivers.swarm_spec import (
-    LABEL_CONTAINER_PORT, LABEL_SERVICE, LABEL_STACK, health_command, parse_timestamp, published_port,
-    ready_nodes, service_definition, tasks_to_replicas,
+    LABEL_CONTAINER_PORT, LABEL_IMAGE, LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, health_command,
+    parse_timestamp, pinned_image, published_port, ready_nodes, service_definition, tasks_to_replicas,
+    undo_by_rollback, update_configs, update_outcome,
 )
 from selfieless.orchestrator.replica import ReplicaState as S
 from selfieless.orchestrator.stack import BUNDLED_SWARM_STACK, StackError, load_stack, parse_stack
@@ -107,7 +108,7 @@ def test_tasks_that_are_not_serving_are_left_out():
     nodes = [_node("N1", "10.211.0.12"), _node("DOWN", "10.211.0.13", state="down")]
     tasks = [
         _task("preparing", "N1", 1, state="preparing"),
-        _task("shutdown", "N1", 2, desired="shutdown"),
+        _task("shutdown", "N1", 2, desired="shutdown", state="shutdown"),
         _task("on-down-node", "DOWN", 3),
         _task("other-stack", "N1", 4, stack="other"),
         _task("unknown-node", "N9", 5),
@@ -196,3 +197,132 @@ def test_adopted_count_stays_in_bounds():
     assert driver_owned.adopted_count(7, 1, 5) == 5
     assert driver_owned.adopted_count(0, 1, 5) == 1
     assert driver_owned.adopted_count(3, 1, 5) == 3
+
+
+def test_a_task_swarm_is_shutting_down_is_reported_leaving_while_its_container_runs():
+    nodes = [_node("N1", "10.211.0.12")]
+    tasks = [_task("old", "N1", 1, desired="shutdown"), _task("new", "N1", 2, state="starting"),
+             _task("gone", "N1", 3, desired="shutdown", state="complete")]
+    reps = {r.port: r.leaving for r in tasks_to_replicas("t", tasks, nodes)}
+    assert reps == {1: True, 2: False}
+
+
+# --- rolling updates (Swarm's own) ------------------------------------------------------------------
+
+def _launch(**over):
+    return LaunchSpec(stack="t", service="acts", host_port=0, image="acts:latest", **over)
+
+
+def test_the_update_block_becomes_swarms_update_and_rollback_config_with_every_field_set():
+    update, rollback = update_configs(_launch(update_parallelism=2, update_order="stop-first",
+                                              update_monitor=7.5, update_failure_action="pause"))
+    assert update == {"Parallelism": 2, "Delay": 0, "FailureAction": "pause", "Monitor": 7_500_000_000,
+                      "MaxFailureRatio": 0.0, "Order": "stop-first"}
+    # A failed rollback pauses (rolling back a rollback would loop); otherwise the same way back.
+    assert rollback == {**update, "FailureAction": "pause"}
+    update, rollback = update_configs(_launch())
+    assert update["FailureAction"] == "rollback" and update["Order"] == "start-first"
+    assert update["Parallelism"] == 1 and update["Monitor"] == 5_000_000_000
+    d = service_definition("t", _launch(), 3, "t")
+    assert d["update_config"] == update and d["rollback_config"] == rollback
+
+
+def test_the_image_is_pinned_to_a_repo_digest_else_to_its_id():
+    assert pinned_image("acts:latest", None) == ("acts:latest", None)
+    local = {"Id": "sha256:aaa", "RepoDigests": []}
+    assert pinned_image("acts:latest", local) == ("sha256:aaa", "sha256:aaa")
+    pushed = {"Id": "sha256:aaa", "RepoDigests": ["other/x@sha256:111", "reg:5000/acts@sha256:222"]}
+    assert pinned_image("reg:5000/acts:latest", pushed) == ("reg:5000/acts@sha256:222", "sha256:aaa")
+    assert pinned_image("reg:5000/acts", pushed) == ("reg:5000/acts@sha256:222", "sha256:aaa")
+    cs = service_definition("t", _launch(), 1, "t", image=("sha256:aaa", "sha256:aaa"))["task_template"]["ContainerSpec"]
+    assert cs["Image"] == "sha256:aaa"
+    assert cs["Labels"][LABEL_IMAGE] == "acts:latest" and cs["Labels"][LABEL_IMAGE_ID] == "sha256:aaa"
+    cs = service_definition("t", _launch(), 1, "t")["task_template"]["ContainerSpec"]
+    assert cs["Image"] == "acts:latest" and LABEL_IMAGE_ID not in cs["Labels"]
+
+
+def _st(state, started="2026-11-28T10:00:00Z", message=""):
+    return {"State": state, "StartedAt": started, "Message": message}
+
+
+def test_update_outcome_reads_swarms_update_status_of_our_update_only():
+    before = _st("completed", "2026-11-28T09:00:00Z")
+    assert update_outcome(before, before) is None                      # the previous update's verdict
+    assert update_outcome(None, None) is None and update_outcome(None, {}) is None
+    assert update_outcome(before, _st("updating")) is None
+    assert update_outcome(before, _st("rollback_started")) is None
+    assert update_outcome(before, _st("completed", message="update completed")) == ("complete", "update completed")
+    assert update_outcome(None, _st("completed")) == ("complete", "completed")
+    assert update_outcome(before, _st("paused", message="update paused due to failure")) == \
+        ("paused", "update paused due to failure")
+    why = "update rolled back due to failure or early termination of task x"
+    assert update_outcome(before, _st("rollback_completed", message=why)) == ("rolled_back", why)
+    assert update_outcome(before, _st("rollback_paused")) == ("paused", "rollback paused")
+    # A rollback we asked for (undo): its completion is a success.
+    assert update_outcome(before, _st("rollback_completed"), undo=True) == ("complete", "rollback completed")
+    assert update_outcome(before, _st("completed"), undo=True) is None
+
+
+def test_undo_is_swarms_rollback_only_when_the_previous_spec_is_the_last_update():
+    one = {"Mode": {"Replicated": {"Replicas": 3}}, "TaskTemplate": {"ContainerSpec": {"Image": "a"}}}
+    two = {**one, "TaskTemplate": {"ContainerSpec": {"Image": "b"}}}
+    scaled = {**two, "Mode": {"Replicated": {"Replicas": 5}}}
+    assert undo_by_rollback(two, one)
+    assert not undo_by_rollback(scaled, two)      # the last change was a scale
+    assert not undo_by_rollback(two, None) and not undo_by_rollback(None, one)
+
+
+# --- more of the same, each case a way Swarm's records really look ----------------------------------
+
+def test_the_container_runs_the_image_with_its_environment_and_stack_labelled_volumes():
+    spec = LaunchSpec(stack="t", service="db", host_port=0, image="mariadb:11", container_port=3306,
+                      environment={"MARIADB_DATABASE": "acts", "TZ": "UTC"},
+                      volumes={"t-db": "/var/lib/mysql", "t-conf": "/etc/mysql/conf.d"})
+    cs = service_definition("t", spec, 1, "t")["task_template"]["ContainerSpec"]
+    assert cs["Image"] == "mariadb:11"
+    assert sorted(cs["Env"]) == ["MARIADB_DATABASE=acts", "TZ=UTC"]
+    # Named volumes labelled with the stack, so they can be told apart from anything else's.
+    assert [(m["Source"], m["Target"], m["Type"], m["VolumeOptions"]["Labels"]) for m in cs["Mounts"]] == [
+        ("t-db", "/var/lib/mysql", "volume", {LABEL_STACK: "t"}),
+        ("t-conf", "/etc/mysql/conf.d", "volume", {LABEL_STACK: "t"})]
+
+
+def test_only_ready_nodes_with_an_address_count_whatever_their_order():
+    down = _node("D", "10.211.0.9", state="down")
+    no_addr = {"ID": "X", "Status": {"State": "ready"}}                     # no address at all
+    lost_manager = _node("L", "0.0.0.0")                                    # 0.0.0.0, no ManagerStatus
+    manager = {"ID": "M", "Status": {"State": "ready"}, "ManagerStatus": {"Addr": "10.211.0.11:2377"},
+               "Description": {"Hostname": "m"}}                            # Addr missing: the manager's
+    plain = _node("N", "10.211.0.12", host="n2")
+    assert ready_nodes([down, no_addr, lost_manager, manager, plain]) == {
+        "M": ("10.211.0.11", "m"), "N": ("10.211.0.12", "n2")}
+
+
+def test_replica_detail_names_a_node_without_a_hostname_plainly():
+    node = {"ID": "N", "Status": {"State": "ready", "Addr": "10.211.0.12"}}
+    (rep,) = tasks_to_replicas("t", [_task("cccccccccccc0", "N", 30001)], [node])
+    assert rep.detail == "task cccccccccccc on node 10.211.0.12:30001"
+
+
+def test_a_task_without_a_usable_container_port_label_is_skipped_not_fatal():
+    nodes = [_node("N1", "10.211.0.12")]
+    unlabelled = _task("unlabelled", "N1", 30001)
+    del unlabelled["Spec"]["ContainerSpec"]["Labels"][LABEL_CONTAINER_PORT]
+    garbled = _task("garbled", "N1", 30002)
+    garbled["Spec"]["ContainerSpec"]["Labels"][LABEL_CONTAINER_PORT] = "eighty"
+    later = _task("later", "N1", 30003)
+    assert [r.port for r in tasks_to_replicas("t", [unlabelled, garbled, later], nodes)] == [30003]
+
+
+def test_undo_is_swarms_rollback_only_when_the_previous_spec_differs_in_the_task():
+    three, five = {"Replicated": {"Replicas": 3}}, {"Replicated": {"Replicas": 5}}
+    v1, v2 = {"ContainerSpec": {"Image": "acts@sha256:1"}}, {"ContainerSpec": {"Image": "acts@sha256:2"}}
+    cases = [  # previous (Mode, TaskTemplate), current -> Swarm's rollback undoes the update
+        ((three, v1), (three, v2), True),
+        ((three, v2), (five, v2), False),        # only a scale since: rolling back would undo it
+        ((three, v1), (five, v2), False),        # a scale and an update: go to the spec instead
+        ((three, v2), (three, v2), False),
+    ]
+    for (pm, pt), (m, t), expected in cases:
+        assert undo_by_rollback({"Mode": m, "TaskTemplate": t}, {"Mode": pm, "TaskTemplate": pt}) is expected
+    assert undo_by_rollback({"Mode": three, "TaskTemplate": v2}, None) is False

@@ -179,6 +179,10 @@ class SwarmUp:
         st = self.status()
         return [r for r in st["services"][service]["replicas"] if r["state"] == "ready"] if st else []
 
+    def in_rotation(self, service: str) -> list[dict]:
+        """Ready replicas the gateway sends requests to (not withdrawn as stalled, not ejected)."""
+        return [r for r in self.ready(service) if r["in_pool"]]
+
     def scale(self, service: str, n: int) -> None:
         r = httpx.post(f"{self.admin}/api/scale", json={"service": service, "replicas": n}, timeout=10)
         assert r.status_code < 300, r.text

@@ -172,10 +172,12 @@ async def _wait_unless(waiting: Any, closing: asyncio.Event | None) -> list:
 
 def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
                shutdown: Callable[[], Any] | None = None, state_dir: str | Path | None = None,
-               closing: asyncio.Event | None = None, history: Any = None) -> ASGIApp:
+               closing: asyncio.Event | None = None, history: Any = None,
+               up_overrides: dict[str, Any] | None = None) -> ASGIApp:
     """The admin ASGI app. `shutdown` is called (on the loop) by POST /api/shutdown; `closing` is set
     when the server stops, which ends every long poll at once. `state_dir` is no longer read: the
-    driver says where its logs are (Driver.log_files)."""
+    driver says where its logs are (Driver.log_files). `up_overrides`: what `up` was given on its
+    command line (port, driver), kept by POST /api/apply (apply_plan.with_up_overrides)."""
     registry = metrics.make_registry(gateway, orchestrator)
     history = history if history is not None else RateHistory()
 
@@ -241,6 +243,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
     async def apply_route(request: Request) -> Response:
         # Imported here: the admin app must not pull the orchestrator in for a bare status page.
         from selfieless.orchestrator.apply_exec import apply_stack
+        from selfieless.orchestrator.apply_plan import with_up_overrides
         from selfieless.orchestrator.stack import StackError, parse_stack
 
         try:
@@ -249,8 +252,13 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
             return error(400, 'body must be JSON: {"stack": {...}, "dry_run": false}')
         if not isinstance(data, dict) or not isinstance(data.get("stack"), dict):
             return error(400, 'body must be a JSON object with "stack": the stack file as a mapping')
+        port, driver = data.get("port"), data.get("driver")
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535):
+            return error(400, f'"port" must be a port number (0-65535), not {port!r}')
+        if driver is not None and not isinstance(driver, str):
+            return error(400, f'"driver" must be a driver name, not {driver!r}')
         try:
-            new = parse_stack(data["stack"], "request body")
+            new = parse_stack(with_up_overrides(data["stack"], up_overrides, port, driver), "request body")
         except StackError as e:
             return error(400, str(e).splitlines()[0], e.problems)
         result = await apply_stack(orchestrator, new, dry_run=bool(data.get("dry_run")))

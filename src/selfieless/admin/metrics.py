@@ -59,6 +59,9 @@ class StackCollector(Collector):
                                       labels=["service"])
         ejections = CounterMetricFamily(f"{p}_ejections", "Replicas taken out of rotation by the gateway itself",
                                         labels=["service"])
+        withdrawals = CounterMetricFamily(f"{p}_withdrawals",
+                                          "Stalled replicas withdrawn from rotation by the gateway until a probe passes",
+                                          labels=["service"])
         gw_errors = CounterMetricFamily(f"{p}_gateway_errors", "Errors the gateway answered itself (502/503/504/413...)",
                                         labels=["service"])
         latency = HistogramMetricFamily(f"{p}_request_duration_seconds",
@@ -76,6 +79,7 @@ class StackCollector(Collector):
                 by_class.add_metric([name, f"{k}xx"], st.status_classes[k])
             retries.add_metric([name], st.retries)
             ejections.add_metric([name], st.ejections)
+            withdrawals.add_metric([name], getattr(st, "withdrawals", 0))
             gw_errors.add_metric([name], st.gateway_errors)
             h = st.latency
             buckets = [("+Inf" if le == float("inf") else repr(float(le)), n) for le, n in h.cumulative()]
@@ -85,7 +89,7 @@ class StackCollector(Collector):
                 labels = [name, v.id, str(v.port)]
                 rep_requests.add_metric(labels, v.served)
                 in_flight.add_metric(labels, v.in_flight)
-        yield from (requests, api, by_class, retries, ejections, gw_errors, latency, rep_requests, in_flight)
+        yield from (requests, api, by_class, retries, ejections, withdrawals, gw_errors, latency, rep_requests, in_flight)
 
         if self._status is None:
             return

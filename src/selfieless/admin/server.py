@@ -60,7 +60,7 @@ class AdminServer:
 
     def __init__(self, orchestrator: Any, gateway: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  token: str | None = None, shutdown: Callable[[], Any] | None = None,
-                 state_dir: str | None = None) -> None:
+                 state_dir: str | None = None, up_overrides: dict | None = None) -> None:
         check_exposure(host, token)
         self.host, self.token = host, token
         self.requested_port = port
@@ -69,7 +69,7 @@ class AdminServer:
         self.history = RateHistory()
         self._counts = lambda: api_request_counts(orchestrator, gateway)
         self.app = create_app(orchestrator, gateway, token=token, shutdown=shutdown, state_dir=state_dir,
-                              closing=self.closing, history=self.history)
+                              closing=self.closing, history=self.history, up_overrides=up_overrides)
         self._sampler: asyncio.Task | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from selfieless.orchestrator.pids import pid_alive
+
 ADMIN_FILE = "admin.json"
 
 
@@ -30,16 +32,6 @@ class AdminError(RuntimeError):
     def __init__(self, status: int, message: str, body: Any = None):
         super().__init__(message)
         self.status, self.body = status, body
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_admin_file(state_dir: Path) -> dict | None:

@@ -279,10 +279,13 @@ def apply(
     stack: Optional[Path] = typer.Argument(None, help="Stack file (default: the bundled SelfieLessActs stack)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
     timeout: float = typer.Option(900.0, "--timeout", help="How long to wait for the stack to converge (s)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Gateway port (default: the one the running `up` "
+                                       "was given with --port, else the file's)."),
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
 ):
     """Change the running stack to match the file: live where possible, rolling replacement where
-    the replicas must change; returns once converged (exit 1 with the reason otherwise)."""
+    the replicas must change; returns once converged (exit 1 with the reason otherwise). The port
+    and driver given to `up` on its command line are kept."""
     import yaml
 
     from selfieless.orchestrator.stack import BUNDLED_STACK, StackError, load_stack
@@ -294,6 +297,8 @@ def apply(
         _fail(str(e))
     client = _client(admin, admin_token, state_dir)
     body = {"stack": yaml.safe_load(path.read_text()), "dry_run": dry_run}
+    if port is not None:
+        body["port"] = port
     try:
         r = client.post("/api/apply", body, timeout=timeout)
     except NoRunningUp as e:

@@ -189,7 +189,9 @@ def _apply_to_running(opts: UpOptions, state_dir: Path, console: Console) -> int
         if client.get("/api/status").get("stack") != stack.name:
             return None
         console.print(f"{stack.name} is already running: applying the file to it")
-        r = client.post("/api/apply", {"stack": stack.model_dump(mode="json")}, timeout=900)
+        # What this `up` was told on its command line wins over what the running one was told.
+        body = {"stack": stack.model_dump(mode="json"), "port": opts.port, "driver": opts.driver}
+        r = client.post("/api/apply", body, timeout=900)
     except NoRunningUp:
         return None
     except AdminError as e:
@@ -255,7 +257,8 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     if system.gateway_attached:
         console.print(f"re-attached to the gateway still serving on port {gw.port} (pid {system.gateway_process.pid})")
     admin = AdminServer(orch, gw, host=opts.admin_host, port=opts.admin_port, token=opts.admin_token,
-                        shutdown=request_stop, state_dir=str(state_dir))
+                        shutdown=request_stop, state_dir=str(state_dir),
+                        up_overrides={"port": opts.port, "driver": opts.driver})
     try:
         await admin.start()
     except OSError as e:

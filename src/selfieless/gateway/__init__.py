@@ -13,12 +13,12 @@ backend side of an exchange); ``gateway`` is the facade; ``__main__`` runs it st
 
 from .config import GatewayConfig
 from .gateway import Gateway
-from .pool import DRAINING, EJECTED, READY, REMOVED, Backend, ReplicaPool, ReplicaView
+from .pool import DRAINING, EJECTED, READY, REMOVED, WITHDRAWN, Backend, ReplicaPool, ReplicaView
 from .stats import LATENCY_BUCKETS, CountRule, LatencyHistogram, ServiceStats
 
 __all__ = [
     "Gateway", "GatewayConfig", "ReplicaPool", "ReplicaView", "Backend", "ServiceStats",
-    "LatencyHistogram", "CountRule", "LATENCY_BUCKETS", "READY", "DRAINING", "EJECTED", "REMOVED",
+    "LatencyHistogram", "CountRule", "LATENCY_BUCKETS", "READY", "DRAINING", "EJECTED", "REMOVED", "WITHDRAWN",
     "new_event_loop",
 ]
 

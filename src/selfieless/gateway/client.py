@@ -32,7 +32,7 @@ from collections import deque
 
 import httptools
 
-from .exchange import Act, Deadline, Decision, Failure, Progress, on_deadline, on_failure
+from .exchange import SAFE, Act, Deadline, Decision, Failure, Progress, on_deadline, on_failure
 from .headers import CHUNK_END, FRAME_CHUNKED, BadRequest, build_request_head, websocket_upgrade, with_upgrade
 from .pool import READY
 from .request import Request
@@ -748,6 +748,50 @@ class ClientConnection(asyncio.Protocol):
             self.pause_bits &= ~bit
             if not self.pause_bits and not self.closed:
                 self.transport.resume_reading()
+
+    # Backends that fail or stall (called by the gateway, off the request path) ---------------
+    def waiting_on(self):
+        """The backend the active request waits on with no response byte yet (maybe still
+        connecting), or None."""
+        r = self.active
+        if r is None or self.closed or r.response_started:
+            return None
+        conn = self.upstream
+        if conn is not None and conn.got_bytes:
+            return None
+        return r.backend
+
+    def silent_read(self, now: float) -> float:
+        """How long a read request sent whole has waited for its first response byte (0: it is
+        not such a request). The response deadline is pushed back on every backend read, so
+        its start is exactly when the wait began."""
+        if self.deadline_kind != D_RESPONSE:
+            return 0.0
+        r = self.active
+        conn = self.upstream
+        if r is None or conn is None or conn.got_bytes or r.response_started or r.method not in SAFE:
+            return 0.0
+        return now - (self.deadline - self.response_timeout)
+
+    def backend_out(self, rep, kind: Failure) -> None:
+        """``rep`` was removed as failed (``REMOVED``) or withdrawn as stalled (``STALLED``):
+        if the active request waits on it with no response byte yet, the exchange decides
+        whether it moves, is answered 502 now, or keeps waiting."""
+        r = self.active
+        if r is None or r.backend is not rep or self.waiting_on() is not rep:
+            return
+        d = on_failure(kind, r.facts(others_ready=r.pool.ready_count > 0))
+        if d.act is Act.WAIT:
+            return
+        if r.waiter is not None:  # connecting (the connect is dropped)
+            r.waiter.cancel()
+            r.waiter = None
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.client = None
+            conn.abort()
+        self._carry_out(r, rep, d)
 
     # Sweeper --------------------------------------------------------------------------------
     def check_deadline(self, now: float) -> None:

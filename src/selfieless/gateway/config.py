@@ -40,6 +40,9 @@ class GatewayConfig:
     # connection that the replica is closing at the same moment
     no_replica_wait: float = 10.0  # hold a request this long for a ready replica, then 503
     tunnel_idle_timeout: float = 600.0  # an upgraded (WebSocket) connection silent this long is closed
+    # A replica holding a read this long without a response byte, and silent meanwhile while a
+    # sibling answers, is withdrawn from the rotation (see stall.py); 0 turns this off.
+    stall_timeout: float = 0.5
 
     # Pools and buffers.
     upstream_max_idle: int = 64  # pooled idle connections kept per replica
@@ -58,6 +61,8 @@ class GatewayConfig:
         for name in ("max_header_size", "max_body_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.stall_timeout < 0:
+            raise ValueError("stall_timeout must not be negative (0 turns it off)")
         if self.write_buffer_low > self.write_buffer_high:
             raise ValueError("write_buffer_low must not exceed write_buffer_high")
 
@@ -71,5 +76,6 @@ class GatewayConfig:
             self.response_timeout,
             self.upstream_idle_timeout,
             self.tunnel_idle_timeout,
+            *((self.stall_timeout,) if self.stall_timeout > 0 else ()),
         )
         return max(0.05, min(1.0, shortest / 4))

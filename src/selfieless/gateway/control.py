@@ -6,9 +6,10 @@ implements the protocol directly) or in its own process behind a loopback-only c
 (:class:`~.control_client.RemoteGateway`, served by :mod:`.control_api`). Names follow the
 gateway's view: a *backend* is one replica's address in a service's pool.
 
-Callbacks flow the other way: the gateway reports passive ejections (``on_eject``), 5xx answers
-(``on_replica_error``) and requests held because no backend is ready (``on_no_replica``, which
-scale-to-zero uses); the control plane assigns them after start.
+Callbacks flow the other way: the gateway reports passive ejections (``on_eject``), stalled
+backends it withdrew from the rotation (``on_withdraw``), 5xx answers (``on_replica_error``) and
+requests held because no backend is ready (``on_no_replica``, which scale-to-zero uses); the
+control plane assigns them after start.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class GatewayControl(Protocol):
     """The data plane as the control plane drives it (docs/interfaces.md)."""
 
     on_eject: EjectCallback | None
+    on_withdraw: EjectCallback | None
     on_replica_error: ErrorCallback | None
     on_no_replica: NoBackendCallback | None
 
@@ -52,8 +54,9 @@ class GatewayControl(Protocol):
     def add_backend(self, service: str, backend_id: str, host: str, port: int) -> None:
         """Put a backend in rotation (again, if it was ejected or draining)."""
 
-    def remove_backend(self, service: str, backend_id: str) -> None:
-        """Take a backend out at once; requests in flight to it finish."""
+    def remove_backend(self, service: str, backend_id: str, failed: bool = False) -> None:
+        """Take a backend out at once; requests in flight to it finish, unless it ``failed`` its
+        health check: then those with no response byte yet go elsewhere or get a 502 at once."""
 
     async def drain_backend(self, service: str, backend_id: str, timeout: float) -> bool:
         """No new requests to the backend; True once nothing is in flight, False at timeout."""

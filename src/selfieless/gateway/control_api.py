@@ -76,6 +76,7 @@ class RemoveOp(_Op):
     op: Literal["remove"]
     service: str
     id: str
+    failed: bool = False  # its health probe failed: give up what waits on it (Gateway.remove_backend)
 
 
 class LimitsOp(_Op):
@@ -165,7 +166,7 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
             elif isinstance(op, AddOp):
                 gw.add_backend(op.service, op.id, op.host, op.port)
             elif isinstance(op, RemoveOp):
-                gw.remove_backend(op.service, op.id)
+                gw.remove_backend(op.service, op.id, op.failed)
             else:
                 gw.set_limits(op.balance, op.limits)
         return JSONResponse({"applied": len(parsed.ops)})
@@ -281,6 +282,7 @@ class ControlServer:
         self.instance = uuid.uuid4().hex
         self.feed = EventFeed()
         gw.on_eject = lambda service, rid, reason: self.feed.add("eject", service, rid, reason)
+        gw.on_withdraw = lambda service, rid, reason: self.feed.add("withdraw", service, rid, reason)
         gw.on_replica_error = lambda service, rid, status: self.feed.add("replica_error", service, rid, status)
         gw.on_no_replica = lambda service: self.feed.add("no_replica", service)
         self.app = create_control_app(gw, self.feed, instance=self.instance, token=token, on_stop=on_stop)

@@ -45,6 +45,7 @@ def stats_from_snapshot(snap: Mapping[str, Any]) -> ServiceStats:
     st = ServiceStats(snap["service"])
     for name in ("api_requests", "first_request_at", "requests", "retries", "ejections", "gateway_errors"):
         setattr(st, name, snap[name])
+    st.withdrawals = snap.get("withdrawals", 0)  # a gateway older than withdrawals sends none
     st.status_classes = [0] + [snap["status"][f"{k}xx"] for k in range(1, 6)]
     lat = snap["latency"]
     st.latency.counts = list(lat["counts"])
@@ -66,6 +67,7 @@ class RemoteGateway:
         self.socket_path = socket_path
         self.poll_wait = poll_wait
         self.on_eject = None
+        self.on_withdraw = None
         self.on_replica_error = None
         self.on_no_replica = None
         self.instance: str | None = None
@@ -154,9 +156,12 @@ class RemoteGateway:
         self._backends.setdefault(service, {})[backend_id] = (host, int(port))
         self._queue({"op": "add", "service": service, "id": backend_id, "host": host, "port": int(port)})
 
-    def remove_backend(self, service: str, backend_id: str) -> None:
+    def remove_backend(self, service: str, backend_id: str, failed: bool = False) -> None:
         self._backends.get(service, {}).pop(backend_id, None)
-        self._queue({"op": "remove", "service": service, "id": backend_id})
+        op = {"op": "remove", "service": service, "id": backend_id}
+        if failed:
+            op["failed"] = True
+        self._queue(op)
 
     async def drain_backend(self, service: str, backend_id: str, timeout: float) -> bool:
         await self.flush()
@@ -276,6 +281,8 @@ class RemoteGateway:
         try:
             if kind == "eject" and self.on_eject is not None:
                 self.on_eject(ev["service"], ev["id"], ev["detail"])
+            elif kind == "withdraw" and self.on_withdraw is not None:
+                self.on_withdraw(ev["service"], ev["id"], ev["detail"])
             elif kind == "replica_error" and self.on_replica_error is not None:
                 self.on_replica_error(ev["service"], ev["id"], ev["detail"])
             elif kind == "no_replica" and self.on_no_replica is not None:

@@ -21,6 +21,14 @@ The rules, in words:
   a failure then is handled like one before the response.
 * A request is tried at most ``MAX_TRIES`` times, all causes together; after a send, it goes to
   another backend at most once.
+* A backend the control plane removes because it failed its health check (``REMOVED``) will not
+  answer: a request waiting on it without any response byte goes elsewhere if it can be sent
+  again (the rules above), else it is answered 502 at once instead of waiting for a timeout.
+  A response already under way is left to finish or time out.
+* A backend withdrawn as stalled (``STALLED``, see :mod:`.stall`) is not proven dead, only
+  silent while its siblings answer: only a *safe* request (GET, HEAD, ...; never a write, which
+  may legitimately take seconds) moves elsewhere; everything else keeps waiting on it, and its
+  health probe decides.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import NamedTuple
 
 MAX_TRIES = 8  # attempts per request, all causes together (refused connects are cheap)
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})  # reads: no effect on the server
 
 
 class Failure(enum.Enum):
@@ -42,6 +51,8 @@ class Failure(enum.Enum):
     CLOSED = "closed"  # an open connection was closed or reset mid-exchange
     BAD_RESPONSE = "bad response"  # the backend sent bytes that are not a valid response
     RESPONSE_TIMEOUT = "response timeout"  # the backend was silent past response_timeout
+    REMOVED = "removed"  # the control plane removed the backend as failed (health probe)
+    STALLED = "stalled"  # the gateway withdrew the backend as stalled (silent, siblings answer)
 
 
 class Progress(enum.IntEnum):
@@ -86,6 +97,7 @@ class Facts:
     """
 
     idempotent: bool = True  # the method may be sent twice (GET, PUT, ...)
+    safe: bool = True  # the method only reads (GET, HEAD, ...)
     sent: bool = False  # some byte of the request was written to a backend (this or an earlier try)
     body_held: bool = True  # every body byte so far is kept for a resend (not over retry_body_limit)
     tries: int = 1  # attempts so far, this one included
@@ -131,6 +143,10 @@ def on_failure(kind: Failure, f: Facts, detail: str = "") -> Decision:
         return _connect_failed(kind, f, detail)
     if kind is Failure.RESPONSE_TIMEOUT:
         return _response_timeout(f)
+    if kind is Failure.REMOVED:
+        return _removed(f)
+    if kind is Failure.STALLED:
+        return _stalled(f)
     return _lost(kind, f)
 
 
@@ -170,6 +186,28 @@ def _lost(kind: Failure, f: Facts) -> Decision:
     if replayable(f) and not f.retried_other:
         return _elsewhere(f, reason, moves=True)
     return _answer(502, "replica closed the connection before responding", reason)
+
+
+def _removed(f: Facts) -> Decision:
+    # The backend failed its health check: nothing more will come from it.
+    if f.progress is not Progress.NOTHING:
+        return Decision(Act.WAIT)  # a response is under way: its own deadline applies
+    if not f.sent:
+        return _elsewhere(f, None)  # still connecting: nothing of it reached anyone
+    if replayable(f) and not f.retried_other:
+        return _elsewhere(f, None, moves=True)
+    return _answer(502, "replica failed its health check before responding")
+
+
+def _stalled(f: Facts) -> Decision:
+    # Silent while its siblings answer, but perhaps only slow: move what cannot hurt to move.
+    if f.progress is not Progress.NOTHING or f.tries >= MAX_TRIES or not f.others_ready:
+        return Decision(Act.WAIT)
+    if not f.sent:
+        return _elsewhere(f, None)
+    if f.safe and f.body_held and not f.retried_other:
+        return _elsewhere(f, None, moves=True)
+    return Decision(Act.WAIT)  # a write (or a body we no longer hold) waits for its answer
 
 
 def _response_timeout(f: Facts) -> Decision:

@@ -17,8 +17,10 @@ import logging
 from collections.abc import Callable, Mapping
 
 from .config import GatewayConfig
-from .pool import READY, EjectCallback, ReplicaPool
+from . import stall
 from .client import ClientConnection
+from .exchange import Failure
+from .pool import READY, WITHDRAWN, EjectCallback, ReplicaPool
 from .routing import RouteTable
 from .stats import CountRule, ServiceStats
 
@@ -48,6 +50,9 @@ class Gateway:
         # (service) when a request starts waiting because no replica is ready: the control plane
         # may start one (scale from zero). `held` bounds how many wait per service.
         self.on_no_replica: Callable[[str], object] | None = None
+        # (service, replica_id, reason) when a stalled replica is withdrawn (see stall.py): the
+        # control plane marks it out of rotation and lets its health probes decide.
+        self.on_withdraw: EjectCallback | None = None
         self.held: dict[str, int] = {}
         self.count_rule = CountRule(self.config.count_prefix, self.config.count_exclude)
         self.clients: set[ClientConnection] = set()
@@ -121,8 +126,15 @@ class Gateway:
     def add_backend(self, service: str, backend_id: str, host: str, port: int) -> None:
         self.pool(service).add(backend_id, host, port)
 
-    def remove_backend(self, service: str, backend_id: str) -> None:
-        self.pool(service).remove(backend_id)
+    def remove_backend(self, service: str, backend_id: str, failed: bool = False) -> None:
+        """Take a backend out. Requests in flight to it finish, unless it ``failed`` (its health
+        probe did): then those with no response byte yet move elsewhere or get a 502 at once
+        (``exchange.Failure.REMOVED``) instead of hanging until a timeout."""
+        pool = self.pool(service)
+        rep = pool.get(backend_id)
+        pool.remove(backend_id)
+        if failed and rep is not None and rep.in_flight:
+            self._give_up(rep, Failure.REMOVED)
 
     async def drain_backend(self, service: str, backend_id: str, timeout: float) -> bool:
         return await self.pool(service).drain(backend_id, timeout=timeout)
@@ -207,24 +219,72 @@ class Gateway:
         if cb is not None:
             cb(service, replica_id, status)
 
+    def _withdraw_stalled(self, pool: ReplicaPool, silent: dict, now: float, threshold: float) -> None:
+        """Withdraw the pool's stalled backends (stall.py decides); bring back one that answered."""
+        reps = list(pool._replicas.values())
+        for rep in reps:
+            if rep.served != rep.served_mark or rep.heard_at == 0.0:
+                rep.served_mark = rep.served
+                rep.heard_at = now
+                if rep.state == WITHDRAWN:
+                    pool.reinstate(rep)  # it answered: the stall is over
+        if len(reps) < 2 or not silent:
+            return
+        seen = [stall.Seen(rep.state == READY, rep.state == WITHDRAWN, silent.get(rep, 0.0), now - rep.heard_at)
+                for rep in reps]
+        for i in stall.to_withdraw(seen, threshold, self.config.sweep_interval):
+            rep = reps[i]
+            reason = (f"stalled: no response byte for {seen[i].waiting:.2f} s while its siblings answer "
+                      f"(stall_timeout {threshold:g} s)")
+            if pool.withdraw(rep, reason):
+                self.stats(pool.service).withdrawals += 1
+                self._give_up(rep, Failure.STALLED)
+                cb = self.on_withdraw  # its probes decide: a pass brings it back (add_backend)
+                if cb is not None:
+                    try:
+                        cb(pool.service, rep.id, reason)
+                    except Exception:
+                        log.exception("on_withdraw callback failed for %s/%s", pool.service, rep.id)
+
     def _ejected(self, service: str, replica_id: str, reason: str) -> None:
         self.stats(service).ejections += 1
         cb = self.on_eject  # read at call time: the control plane may set it after start
         if cb is not None:
             cb(service, replica_id, reason)
 
+    def _give_up(self, rep, kind: Failure) -> None:
+        """Every request waiting on ``rep`` without a response byte: ask the exchange (``kind``)."""
+        for conn in list(self.clients):
+            if conn.active is not None and conn.active.backend is rep:
+                conn.backend_out(rep, kind)
+
     def _sweep(self) -> None:
-        """Enforce timeouts: one pass over connections instead of a timer per request."""
+        """Enforce timeouts and withdraw stalled backends: one pass over connections instead
+        of a timer per request."""
         loop = self.loop
         now = self.now = loop.time()
         try:
+            threshold = self.config.stall_timeout
+            silent: dict = {}  # backend -> longest wait of a read for its first response byte
             for conn in list(self.clients):
                 conn.check_deadline(now)
+                if threshold > 0:
+                    up = conn.upstream
+                    if up is not None and up.got_bytes:
+                        up.backend.heard_at = now  # answering (perhaps a long stream)
+                    else:
+                        waited = conn.silent_read(now)
+                        if waited > 0:
+                            rep = conn.active.backend
+                            if waited > silent.get(rep, 0.0):
+                                silent[rep] = waited
             max_age = self.config.upstream_idle_timeout
             for pool in self._pools.values():
                 for rep in pool._replicas.values():
                     if rep.idle:
                         rep.expire_idle(now, max_age)
+                if threshold > 0:
+                    self._withdraw_stalled(pool, silent, now, threshold)
         except Exception:  # never let the sweeper die
             log.exception("gateway sweep failed")
         if self._server is not None:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 READY = "ready"
 DRAINING = "draining"
 EJECTED = "ejected"
+WITHDRAWN = "withdrawn"  # stalled while its siblings answer (see stall.py); back on a pass or an answer
 REMOVED = "removed"
 
 EjectCallback = Callable[[str, str, str], object]
@@ -49,7 +50,7 @@ class Backend:
     """
 
     __slots__ = ("id", "host", "port", "state", "in_flight", "served", "idle", "eject_reason",
-                 "_drain_waiters")
+                 "_drain_waiters", "served_mark", "heard_at")
 
     def __init__(self, replica_id: str, host: str, port: int) -> None:
         self.id = replica_id
@@ -61,6 +62,10 @@ class Backend:
         self.idle: list = []  # idle upstream connections, oldest first (LIFO reuse)
         self.eject_reason: str | None = None
         self._drain_waiters: list[asyncio.Future] = []
+        # Kept by the gateway's sweep (never on the request path): ``served`` as of the last
+        # sweep, and the sweep time it last saw a sign of life from this backend (0: not yet).
+        self.served_mark = 0
+        self.heard_at = 0.0
 
     # Idle connection pool -------------------------------------------------------------------
     def take_idle(self, now: float, max_age: float):
@@ -134,7 +139,8 @@ class ReplicaPool:
         return rep.view()
 
     def remove(self, replica_id: str) -> bool:
-        """Take the replica out now; requests in flight to it finish. False if unknown."""
+        """Take the replica out now; requests in flight to it finish (unless the gateway, told
+        the replica failed, gives them up: ``Gateway.remove_backend``). False if unknown."""
         rep = self._replicas.pop(replica_id, None)
         if rep is None:
             return False
@@ -260,6 +266,28 @@ class ReplicaPool:
                 self.on_eject(self.service, rep.id, reason)
             except Exception:  # the control plane's bug must not break the request path
                 log.exception("on_eject callback failed for %s/%s", self.service, rep.id)
+        return True
+
+    def withdraw(self, rep: Backend, reason: str) -> bool:
+        """Take a stalled replica out of rotation (see stall.py); the caller tells the control plane."""
+        if rep.state != READY or self._replicas.get(rep.id) is not rep:
+            return False
+        self._leave_rotation(rep)
+        rep.state = WITHDRAWN
+        rep.eject_reason = reason
+        rep.close_idle()  # connections to a silent replica are not worth reusing
+        log.warning("gateway: withdrew %s/%s: %s", self.service, rep.id, reason)
+        return True
+
+    def reinstate(self, rep: Backend) -> bool:
+        """A withdrawn replica answered again: back in rotation (at the end)."""
+        if rep.state != WITHDRAWN or self._replicas.get(rep.id) is not rep:
+            return False
+        rep.state = READY
+        rep.eject_reason = None
+        self._ready.append(rep)
+        self._wake_ready_waiters()
+        log.info("gateway: %s/%s answers again; back in rotation", self.service, rep.id)
         return True
 
     def wait_ready(self) -> asyncio.Future:

@@ -6,7 +6,7 @@ A plain record, written by the client connection and read by the exchange's deci
 
 from __future__ import annotations
 
-from .exchange import IDEMPOTENT, Facts, Progress
+from .exchange import IDEMPOTENT, SAFE, Facts, Progress
 
 
 class Request:
@@ -81,6 +81,6 @@ class Request:
     def facts(self, reused: bool = False, progress: Progress = Progress.NOTHING,
               others_ready: bool = True) -> Facts:
         """This request as the exchange's decisions see it, with what the connection adds."""
-        return Facts(idempotent=self.idempotent, sent=self.sent, body_held=self.replay is not None,
+        return Facts(idempotent=self.idempotent, safe=self.method in SAFE, sent=self.sent, body_held=self.replay is not None,
                      tries=self.tries, retried_other=self.retried_other, reused=reused,
                      progress=progress, others_ready=others_ready)

@@ -59,7 +59,7 @@ class ServiceStats:
     """
 
     __slots__ = ("service", "api_requests", "first_request_at", "requests", "latency",
-                 "status_classes", "retries", "ejections", "gateway_errors")
+                 "status_classes", "retries", "ejections", "withdrawals", "gateway_errors")
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -70,6 +70,7 @@ class ServiceStats:
         self.status_classes: list[int] = [0] * 6
         self.retries = 0
         self.ejections = 0
+        self.withdrawals = 0  # replicas taken out as stalled (gateway/stall.py)
         self.gateway_errors = 0  # errors the gateway answered itself (502/503/504/413...)
 
     def snapshot(self) -> dict:
@@ -82,6 +83,7 @@ class ServiceStats:
             "status": {f"{k}xx": self.status_classes[k] for k in range(1, 6)},
             "retries": self.retries,
             "ejections": self.ejections,
+            "withdrawals": self.withdrawals,
             "gateway_errors": self.gateway_errors,
         }
 

@@ -215,6 +215,23 @@ def _short(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
+def with_up_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+                      port: int | None = None, driver: str | None = None) -> dict[str, Any]:
+    """The stack file (a mapping) to apply, with what the running `up` was told on its command
+    line (`overrides`: "port", "driver"; None values were not given) put back in: `up --port P`
+    then `apply FILE` keeps P whatever port the file names. `port` and `driver` given with this
+    request (apply --port, a second `up --port`) win over both."""
+    out = dict(data)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    port = port if port is not None else overrides.get("port")
+    driver = driver if driver is not None else overrides.get("driver")
+    if port is not None:
+        out["gateway"] = {**(out.get("gateway") or {}), "port": port}
+    if driver is not None:
+        out["driver"] = driver
+    return out
+
+
 def describe(action: ApplyAction) -> str:
     """One line for `apply --dry-run` and the events."""
     if isinstance(action, Refuse):
@@ -243,6 +260,3 @@ def restarts_nothing(actions: list[ApplyAction]) -> bool:
     """True when the plan changes no running replica (only live settings)."""
     return not any(isinstance(a, (RollingReplace, RemoveService, Refuse)) for a in actions)
 
-
-def as_json(actions: list[ApplyAction]) -> list[dict[str, Any]]:
-    return [{"action": type(a).__name__, "text": describe(a)} for a in actions]

@@ -207,6 +207,11 @@ class Orchestrator:
         self.probing.start(ServiceRuntime(svc.name, spec, svc.desired, replicas=svc.replicas), rep)
         return rep
 
+    def launch_spec(self, service: str, spec: ServiceSpec) -> LaunchSpec:
+        """What the driver gets for a replica of `spec` (a driver owning the count: for the service)."""
+        svc = self._service(service)
+        return self._launch_spec(ServiceRuntime(svc.name, spec, svc.desired), 0)
+
     async def stop_replica(self, service: str, replica_id: str, drain: bool, reason: str) -> None:
         """Take one replica out (draining first when asked and it serves) and stop it."""
         svc = self._service(service)
@@ -265,6 +270,20 @@ class Orchestrator:
         if step.ejected:
             self._spawn(self._confirm_ejection(svc, rep))
 
+    def on_withdraw(self, service: str, replica_id: str, reason: str) -> None:
+        """Gateway callback: a replica stalled while its siblings answered, and the gateway took it
+        out of rotation. Not a verdict: its health probes decide (now rather than at the next
+        interval). A pass puts it back in the pool; failures make it unhealthy as usual (under the
+        disruption budget), and then what it still holds is given up."""
+        svc = self.services.get(service)
+        rep = svc.replicas.get(replica_id) if svc else None
+        if rep is None or rep.state != S.READY or not rep.in_pool:
+            return
+        rep.in_pool = False
+        self.events.emit("withdrawn", service, replica_id,
+                         f"gateway took it out of rotation: {reason}; its health probes decide")
+        self.probing.hint(replica_id)
+
     def on_no_replica(self, service: str) -> None:
         """Gateway callback: a request is held because no replica of `service` is ready. A service
         scaled to zero gets one replica now (the held requests go out once it is ready)."""
@@ -301,6 +320,8 @@ class Orchestrator:
         # The gateway may have been built before the orchestrator existed; wire the callback now.
         if gw.on_eject is None:
             gw.on_eject = self.on_eject
+        if getattr(gw, "on_withdraw", None) is None:
+            gw.on_withdraw = self.on_withdraw
         if gw.on_replica_error is None:
             gw.on_replica_error = self.on_replica_error
         if gw.on_no_replica is None:
@@ -324,11 +345,13 @@ class Orchestrator:
         self.gateway.add_backend(rep.service, rep.id, replica_host(rep), rep.port)
         rep.in_pool = True
 
-    def _leave_pool(self, rep: Replica) -> None:
+    def _leave_pool(self, rep: Replica, failed: bool = False) -> None:
         # Always tell the pool, even when we think it is out: it also forgets an entry the
-        # gateway ejected by itself and still lists.
+        # gateway ejected by itself and still lists. A replica that `failed` its probes will not
+        # answer what it holds: the gateway moves or answers those requests now. Any other
+        # leave (drained, stopped, exited: perhaps finishing gracefully) lets them finish.
         if not self.services[rep.service].dependency:
-            self.gateway.remove_backend(rep.service, rep.id)
+            self.gateway.remove_backend(rep.service, rep.id, failed=failed)
         rep.in_pool = False
 
     # ------------------------------------------------------------------------------------------
@@ -496,7 +519,7 @@ class Orchestrator:
         if step.stop_probe:
             self.probing.stop(rep)
         if step.leave_pool:
-            self._leave_pool(rep)
+            self._leave_pool(rep, failed=step.to is S.UNHEALTHY)
         if step.ejected:
             rep.in_pool = False  # the gateway already took it out
         if step.to is not None:
@@ -606,6 +629,8 @@ class Orchestrator:
                                            f"the {self.driver.name} engine replaces it", grace=0.0, quiet=True))
         if svc.driver_count is None and self._blocked(svc):
             return  # first creation waits for the dependencies, as a first start does
+        if svc.rollout_owner is not None:
+            return  # the engine is rolling the service (rollout_owned.py); a count change waits
         n = driver_owned.count_to_set(svc.desired, svc.driver_count, svc.applying)
         if n is not None:
             svc.applying = True
@@ -638,7 +663,16 @@ class Orchestrator:
                 by_service[h.service].append(h)
         for name, found in by_service.items():
             svc = self.services[name]
-            ids = {h.id: h for h in found}
+            for h in found:
+                rep = svc.replicas.get(h.id)
+                if h.leaving and rep is not None and rep.state in LIVE and rep.can(S.STOPPING):
+                    # The engine is shutting it down (the old side of an update, a scale-in):
+                    # out of the pool now, in-flight requests finish.
+                    rep.transition(S.STOPPING, "the engine is shutting its task down")
+                    self.probing.stop(rep)
+                    self._spawn(self._stop_replica(svc, rep, drain=True,
+                                                   reason=f"the {self.driver.name} engine is shutting its task down"))
+            ids = {h.id: h for h in found if not h.leaving}
             ch = driver_owned.snapshot_changes({r.id: r.state for r in svc.replicas.values()}, list(ids))
             for rid in ch.gone:
                 self._on_exit(ExitEvent(rid, name, svc.replicas[rid].port, None,

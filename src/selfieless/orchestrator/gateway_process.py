@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfieless.gateway.control_client import GatewayUnreachable, RemoteGateway
+from selfieless.orchestrator.pids import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +31,6 @@ LOG_FILE = "gateway.log"
 START_TIMEOUT = 30.0
 STOP_GRACE = 5.0  # requests in flight when the gateway is told to stop (as Gateway.stop's default)
 TOKEN_ENV = "SELFIELESS_GATEWAY_TOKEN"
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (an exited child nobody has reaped yet counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def read_state(path: Path) -> dict | None:

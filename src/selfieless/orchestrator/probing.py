@@ -33,6 +33,15 @@ def replica_host(rep: Replica) -> str:
 STARTING_PROBE_INTERVAL = 0.05
 # Earliest next probe after a gateway 5xx hint (see Probing._loop).
 HINTED_PROBE_GAP = 0.05
+# Warm-up requests in flight at once (health.warmup): about what a replica sees under load.
+WARMUP_CONCURRENCY = 4
+
+
+def warmup_requests(warmup: int, state: S, siblings_ready: int) -> int:
+    """How many warm-up GETs a replica gets after a passing probe: `health.warmup` when it is
+    still starting (the probe is its first) and another replica serves meanwhile; none when it is
+    the only one (the requests waiting for it would wait longer)."""
+    return warmup if state == S.STARTING and siblings_ready > 0 else 0
 
 
 def next_tick(tick: float | None, now: float, interval: float) -> float:
@@ -101,6 +110,15 @@ class Probing:
             rep.last_error = f"health probe {'tcp' if svc.dependency else hs.path}: {detail}"
         return ok
 
+    async def _warm_up(self, svc: ServiceRuntime, rep: Replica, n: int) -> None:
+        """`n` GETs of the warm-up path, WARMUP_CONCURRENCY at a time; their answers do not matter
+        (the probe decides), only that the replica has served them before real requests come."""
+        hs = svc.spec.health
+        path = hs.warmup_path or hs.path
+        for first in range(0, n, WARMUP_CONCURRENCY):
+            await asyncio.gather(*(self.probe(replica_host(rep), rep.port, path, hs.timeout)
+                                   for _ in range(min(WARMUP_CONCURRENCY, n - first))))
+
     async def _loop(self, svc: ServiceRuntime, rep: Replica) -> None:
         wake = self._now[rep.id] = _Wake()
         loop = asyncio.get_running_loop()
@@ -114,6 +132,13 @@ class Probing:
                 ok = await self.once(svc, rep)
                 if rep.state not in LIVE:
                     return
+                if ok and rep.state == S.STARTING:  # (no count of siblings per routine probe)
+                    n = warmup_requests(hs.warmup, rep.state, sum(
+                        1 for r in svc.replicas.values() if r is not rep and r.state == S.READY))
+                    if n:
+                        await self._warm_up(svc, rep, n)
+                        if rep.state not in LIVE:
+                            return
                 self._on_result(svc, rep, ok)
                 if rep.state not in LIVE:
                     return

@@ -105,7 +105,7 @@ def begin(service: str, old: list[tuple[str, int]], ports: list[int], *, desired
           parallelism: int = 1, order: str = "start-first", monitor: float = 5.0,
           failure_action: str = "rollback") -> Rollout:
     """A rollout of `service` whose serving replicas are `old` ((id, port) pairs)."""
-    members = tuple(Member(i, p, "old", "ready", ready_at=0.0) for i, p in sorted(old, key=lambda x: x[1]))
+    members = tuple(Member(i, p, "old", "ready") for i, p in sorted(old, key=lambda x: x[1]))
     return Rollout(service, len(old) if desired is None else desired, tuple(sorted(ports)), parallelism, order,
                    monitor, failure_action, members)  # type: ignore[arg-type]
 
@@ -175,7 +175,8 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
     unproven = [m for m in new_alive if m.status == "starting" or (m.ready_at or 0) + r.monitor > now]
     in_flight = len(unproven) + len([p for p in r.pending if p[0] == "new"])
     # Retire old replicas once their replacements serve (start-first).
-    old_ready = sorted(r.of("old", "ready", "starting"), key=lambda m: m.port)
+    # (Old replicas start only in a rollback: while rolling, an alive old one is a ready one.)
+    old_ready = sorted(r.of("old", "ready"), key=lambda m: m.port)
     while old_ready and serving() > r.desired:
         m = old_ready.pop(0)
         cmds.append(StopReplica(m.id, drain=True, reason="replaced by a new replica that is serving"))
@@ -188,7 +189,7 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
             port = _free_port(r)
             if port is None:
                 # No spare port in the range: replace this one stop-first (after draining it).
-                old_alive = sorted(r.of("old", "ready", "starting"), key=lambda m: m.port)
+                old_alive = sorted(r.of("old", "ready"), key=lambda m: m.port)
                 if in_flight == 0 and old_alive and not any(m.status == "stopping" for m in r.members):
                     m = old_alive[0]
                     cmds.append(StopReplica(m.id, drain=True, reason="no spare port: stop-first for this one"))
@@ -202,7 +203,7 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
         # An old replica being stopped to make room is a replacement under way.
         in_flight += len(r.of("old", "stopping"))
         while wanted_new > 0:
-            old_alive = sorted(r.of("old", "ready", "starting"), key=lambda m: m.port)
+            old_alive = sorted(r.of("old", "ready"), key=lambda m: m.port)
             total = len(old_alive) + len(r.of("new", "starting", "ready")) + len([p for p in r.pending if p[0] == "new"])
             if total < r.desired:
                 # Only on a home port: the one the stopped replica frees (wait while it is stopping).
@@ -212,6 +213,7 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
                 cmds.append(StartReplica("new", port, reason="rolling replacement (stop-first)"))
                 r = replace(r, pending=r.pending + (("new", port),))
                 wanted_new -= 1
+                in_flight += 1  # this start is a replacement under way until it is proven
             elif old_alive and in_flight < r.parallelism:
                 m = old_alive[0]
                 cmds.append(StopReplica(m.id, drain=True, reason="stop-first: makes room for a new replica"))
@@ -220,7 +222,7 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
             else:
                 break
     # Everything replaced and proven: settle borrowed ports home, then finish.
-    if not r.of("old", "starting", "ready", "stopping") and not r.pending and not unproven \
+    if not r.of("old", "ready", "stopping") and not r.pending and not unproven \
             and len(r.of("new", "ready")) >= r.desired:
         borrowed = sorted((m for m in r.of("new", "ready") if m.port not in r.home), key=lambda m: -m.port)
         free_home = [p for p in r.home if p not in _taken(r)]
@@ -232,9 +234,9 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
             cmds.append(StartReplica("new", free_home[0], reason=f"move home from borrowed port {borrowed[0].port}",
                                      spare=_full(r)))
             r = replace(r, pending=r.pending + (("new", free_home[0]),))
-        elif not r.of("new", "stopping") and not any(m.status == "stopping" for m in r.members):
+        elif not r.of("new", "stopping"):
             cmds.append(Finish("complete", f"{r.desired} replica(s) on the new version"))
-            r = replace(r, phase="complete", reason="complete")
+            r = replace(r, phase="complete")
     return r, cmds
 
 
@@ -269,8 +271,9 @@ def _rollback(r: Rollout) -> tuple[Rollout, list[Command]]:
         m = new_ready.pop(0)
         cmds.append(StopReplica(m.id, drain=True, reason="rollback"))
         r = _set(r, m.id, status="stopping")
-    if old_ready >= r.desired and not r.of("new", "starting", "ready") and not r.pending \
-            and not any(m.status == "stopping" for m in r.members):
+    # Every new replica is stopping or stopped by now: starting ones were stopped above, and serving
+    # ones are drained while more than `desired` serve.
+    if old_ready >= r.desired and not r.pending and not any(m.status == "stopping" for m in r.members):
         cmds.append(Finish("rolled_back", r.reason))
         r = replace(r, phase="rolled_back")
     return r, cmds

@@ -44,7 +44,12 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
     (`rollback_spec` when given: the running spec pinned to the image id its replicas run, when the
     image name now resolves to new content).
 
-    Returns once the service has converged on one version (or the rollout paused or timed out)."""
+    Returns once the service has converged on one version (or the rollout paused or timed out).
+    With a driver that owns the replica count, the engine rolls and this follows (rollout_owned.py)."""
+    if orch.driver.owns_replica_count:
+        from . import rollout_owned
+
+        return await rollout_owned.roll(orch, service, new_spec, reason=reason, timeout=timeout)
     svc = orch.services[service]
     old_spec = rollback_spec or svc.spec
     update = new_spec.update
@@ -91,15 +96,20 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
     finally:
         spec = new_spec if finish is not None and finish.outcome in ("complete", "paused") else old_spec
         orch.release(service, spec)
-    entries = history(orch, service)
-    entries.append({"at": time.time(), "outcome": finish.outcome, "reason": reason,
-                    "detail": finish.reason, "from": old_spec, "to": new_spec,
-                    "seconds": round(time.monotonic() - t0, 3)})
-    del entries[:-HISTORY_KEEP]
-    _save_history(orch)
+    record(orch, service, finish.outcome, reason, finish.reason, old_spec, new_spec, time.monotonic() - t0)
     kind = {"complete": "rollout", "rolled_back": "rollback", "paused": "rollout"}[finish.outcome]
     orch.events.emit(kind, service, None, f"rolling update {finish.outcome.replace('_', ' ')}: {finish.reason}")
     return RolloutResult(service, finish.outcome, finish.reason, time.monotonic() - t0)
+
+
+def record(orch, service: str, outcome: str, reason: str, detail: str, old_spec: ServiceSpec,
+           new_spec: ServiceSpec, seconds: float) -> None:
+    """Add one rollout to the service's history and save it."""
+    entries = history(orch, service)
+    entries.append({"at": time.time(), "outcome": outcome, "reason": reason, "detail": detail,
+                    "from": old_spec, "to": new_spec, "seconds": round(seconds, 3)})
+    del entries[:-HISTORY_KEEP]
+    _save_history(orch)
 
 
 def history(orch, service: str) -> list[dict]:
@@ -156,11 +166,21 @@ async def undo(orch, service: str, timeout: float = 600.0) -> RolloutResult:
     done = [h for h in history(orch, service) if h["outcome"] == "complete"]
     if not done:
         raise ValueError(f"{service}: no completed rollout to undo")
+    if orch.driver.owns_replica_count:
+        from . import rollout_owned
+
+        return await rollout_owned.undo(orch, service, done[-1]["from"], timeout=timeout)
     return await roll(orch, service, done[-1]["from"], reason="rollout undo", timeout=timeout)
 
 
 async def restart(orch, service: str, timeout: float = 600.0) -> RolloutResult:
-    """Replace every replica with a fresh one of the same spec, the rolling way."""
+    """Replace every replica with a fresh one of the same spec, the rolling way (with a driver
+    that owns the replica count: the engine's forced update)."""
+    if orch.driver.owns_replica_count:
+        from . import rollout_owned
+
+        return await rollout_owned.roll(orch, service, orch.services[service].spec, reason="rollout restart",
+                                        timeout=timeout, how="restart")
     return await roll(orch, service, orch.services[service].spec, reason="rollout restart", timeout=timeout)
 
 

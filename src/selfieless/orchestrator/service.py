@@ -81,6 +81,7 @@ class ServiceRuntime:
             preload=getattr(self.spec, "preload", False),
             constraints=tuple(self.spec.placement.constraints), preferences=tuple(self.spec.placement.preferences),
             health_path=None if self.dependency else self.spec.health.path, stop_grace=self.spec.drain_timeout,
+            **_update_fields(getattr(self.spec, "update", None)),
         )
 
     # --- what lifecycle.py's decisions are told about one replica ----------------------------
@@ -141,3 +142,11 @@ class ServiceRuntime:
             crash_loops={port: st.failures for port, st in self.backoff.items() if in_crash_loop(st)},
             waiting_for=self.waiting_for,
         )
+
+
+def _update_fields(update) -> dict[str, Any]:
+    """The `update:` block as LaunchSpec fields (the swarm driver hands them to Swarm)."""
+    if update is None:
+        return {}
+    return {"update_parallelism": update.parallelism, "update_order": update.order,
+            "update_monitor": update.monitor, "update_failure_action": update.failure_action}

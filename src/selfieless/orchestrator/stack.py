@@ -142,11 +142,16 @@ class HealthSpec(_Model):
     failure_threshold: int = Field(default=1, ge=1)
     # How long a new replica may take to answer its first probe before it counts as failed.
     start_grace: PositiveSeconds = 30.0
+    # Warm-up: after its first passing probe, a new replica that joins while others serve first
+    # gets this many GETs of `warmup_path` (default: `path`), a few at a time, so its first real
+    # requests do not pay for its cold start (database connections, query compilation, caches).
+    warmup: int = Field(default=0, ge=0, le=1000)
+    warmup_path: str | None = None
 
-    @field_validator("path")
+    @field_validator("path", "warmup_path")
     @classmethod
-    def _slash(cls, v: str) -> str:
-        if not v.startswith("/"):
+    def _slash(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
             raise ValueError("must start with '/'")
         return v
 
@@ -401,6 +406,9 @@ class GatewayLimits(_Model):
     response_timeout: PositiveSeconds = 60.0
     keepalive_timeout: PositiveSeconds = 15.0
     tunnel_idle_timeout: PositiveSeconds = 600.0
+    # A replica holding a read this long with no response byte, silent while a sibling answers,
+    # leaves the rotation until its probe passes (gateway/stall.py); 0 turns it off.
+    stall_timeout: Seconds = 0.5
 
 
 class GatewaySpec(_Model):

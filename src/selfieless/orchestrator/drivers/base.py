@@ -44,6 +44,12 @@ class LaunchSpec:
     preferences: tuple[str, ...] = ()
     health_path: str | None = None
     stop_grace: float = 10.0
+    # Swarm driver only: the service's `update:` block, which becomes Swarm's UpdateConfig (a
+    # rolling update is Swarm's own there, see orchestrator/rollout_owned.py).
+    update_parallelism: int = 1
+    update_order: str = "start-first"
+    update_monitor: float = 5.0
+    update_failure_action: str = "rollback"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class ReplicaHandle:
     pid: int | None = None  # process driver
     detail: str = ""        # container id, command line... for status output
     host: str | None = None  # address it is reached at when not this host (a swarm node's)
+    leaving: bool = False    # the engine is shutting it down (a swarm task of an update): drain it
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,22 @@ class Driver(abc.ABC):
         """For `apply`: per service, the image ids its running replicas were started from, and the
         id each image name (service -> name) resolves to now. Empty for drivers without images."""
         return {}, {}
+
+    # --- rolling updates done by the engine (drivers that own the replica count) ---------------
+
+    async def update_service(self, spec: LaunchSpec, force: bool = False) -> None:
+        """Roll the service to `spec` the engine's way (force: replace every replica even when
+        nothing changed). Returns once the engine accepted the update, not when it is done."""
+        raise DriverError(f"the {self.name} driver does not update a service in place")
+
+    async def rollback_service(self, service: str) -> None:
+        """Ask the engine to go back to the service's previous spec."""
+        raise DriverError(f"the {self.name} driver does not roll a service back in place")
+
+    async def update_status(self, service: str) -> dict:
+        """The engine's record of the service: its last update's `UpdateStatus`, its `Spec` and
+        `PreviousSpec` (Swarm's names); {} when the engine keeps none."""
+        return {}
 
     def log_files(self, service: str) -> dict[int, Path]:
         """Where the driver keeps the output of `service`'s replicas, by host port; {} when it keeps

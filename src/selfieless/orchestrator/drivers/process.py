@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..pids import pid_alive, start_ticks
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .preload import Preloader, PreloadError, module_of
 
@@ -44,34 +45,6 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1
 PRELOAD_TIMEOUT = 30.0  # importing the module in the preloader; on a loaded machine it can be slow
-
-
-def _proc_start_ticks(pid: int) -> int | None:
-    """The kernel's start time of `pid` (clock ticks since boot), None if no such live process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rfind(")") + 2:].split()
-    if fields[0] in ("Z", "X"):  # zombie/dead: it is gone, only not reaped yet
-        return None
-    return int(fields[19])
-
-
-def _alive(pid: int, start_ticks: int | None) -> bool:
-    if Path("/proc/self/stat").exists():
-        ticks = _proc_start_ticks(pid)
-        return ticks is not None and (start_ticks is None or ticks == start_ticks)
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def port_in_use(port: int) -> bool:
@@ -154,7 +127,7 @@ class ProcessDriver(Driver):
         pid = handle.pid
         assert pid is not None
         done = self._watched.get(handle.id)
-        if done is None and _alive(pid, self._recorded_ticks(handle)):
+        if done is None and pid_alive(pid, self._recorded_ticks(handle)):
             done = self._watch(handle)
         if done is not None and not done.done():
             self._signal_group(pid, signal.SIGTERM)
@@ -179,7 +152,7 @@ class ProcessDriver(Driver):
             except (OSError, ValueError):
                 f.unlink(missing_ok=True)
                 continue
-            if not _alive(st["pid"], st.get("proc_start_ticks")):
+            if not pid_alive(st["pid"], st.get("proc_start_ticks")):
                 f.unlink(missing_ok=True)  # stale: the process is gone (or its pid was reused)
                 continue
             h = self._handles.get(st["id"]) or ReplicaHandle(
@@ -259,7 +232,7 @@ class ProcessDriver(Driver):
         data = {
             "id": handle.id, "stack": self.stack, "service": handle.service, "port": handle.port,
             "pid": handle.pid, "started_at": handle.started_at,
-            "proc_start_ticks": _proc_start_ticks(handle.pid), "cmdline": cmd, "log": log,
+            "proc_start_ticks": start_ticks(handle.pid), "cmdline": cmd, "log": log,
         }
         tmp = self._state_file(handle).with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -333,10 +306,10 @@ class ProcessDriver(Driver):
 
             loop.add_reader(fd, readable)
         else:
-            ticks = _proc_start_ticks(pid)
+            ticks = start_ticks(pid)
 
             async def poll() -> None:
-                while _alive(pid, ticks) and not (pid in self._children and self._children[pid].poll() is not None):
+                while pid_alive(pid, ticks) and not (pid in self._children and self._children[pid].poll() is not None):
                     await asyncio.sleep(POLL_INTERVAL)
                 exited()
 

@@ -14,6 +14,10 @@ records). Probing, the gateway pool, passive ejection and autoscaling stay in th
 - `stop()` of one replica does nothing: Swarm decides which task ends when the count goes down,
   and replaces a broken one by itself.
 - The task list is read every SNAPSHOT_INTERVAL seconds (three cheap API calls).
+- A rolling update (new image, command, environment, rebuilt image, restart) is Swarm's own:
+  `update_service()` sends the new task spec with the service's UpdateConfig, `rollback_service()`
+  asks for Swarm's rollback to the previous spec, and `update_status()` reads how it went; the
+  control plane follows the tasks (orchestrator/rollout_owned.py).
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
 """
 
@@ -27,7 +31,8 @@ import time
 from typing import Any, AsyncIterator
 
 from .base import Driver, DriverError, LaunchSpec, ReplicaHandle
-from .swarm_spec import LABEL_STACK, LABEL_SERVICE, service_definition, service_name, tasks_to_replicas
+from .swarm_spec import (LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, pinned_image, service_definition,
+                         service_name, tasks_to_replicas)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,8 @@ class SwarmDriver(Driver):
             found = self._service(name)
             if found is None:
                 self._ensure_network()
-                self.client.api.create_service(**service_definition(self.stack, spec, count, self.network))
+                self.client.api.create_service(**service_definition(self.stack, spec, count, self.network,
+                                                                     image=self._pin(spec.image)))
                 return
         mode = (found.attrs.get("Spec") or {}).get("Mode") or {}
         if (mode.get("Replicated") or {}).get("Replicas") != count:
@@ -113,6 +119,92 @@ class SwarmDriver(Driver):
             update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
             endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False,
         )
+
+    # --- rolling updates (Swarm's own; orchestrator/rollout_owned.py follows them) ----------------
+
+    def _pin(self, image: str | None) -> tuple[str, str | None] | None:
+        """The image pinned to what its name resolves to on the manager now (pinned_image)."""
+        import docker.errors
+
+        if not image:
+            return None
+        try:
+            return pinned_image(image, self.client.api.inspect_image(image))
+        except docker.errors.ImageNotFound:
+            return image, None
+
+    async def update_service(self, spec: LaunchSpec, force: bool = False) -> None:
+        try:
+            await asyncio.to_thread(self._update_service, spec, force)
+        except DriverError:
+            raise
+        except Exception as e:
+            raise DriverError(f"cannot update {service_name(self.stack, spec.service)} on {self.manager}: {e}") from e
+
+    def _update_service(self, spec: LaunchSpec, force: bool) -> None:
+        name = service_name(self.stack, spec.service)
+        with self._lock:
+            found = self._service(name)
+            if found is None:
+                raise DriverError(f"no service {name} on {self.manager}")
+            current = self.client.api.inspect_service(found.id)
+            old = current["Spec"]
+            new = service_definition(self.stack, spec, 0, self.network, image=self._pin(spec.image))
+            template = new["task_template"]
+            # ForceUpdate is a counter: a bump replaces every task even when nothing else changed.
+            template["ForceUpdate"] = int(old["TaskTemplate"].get("ForceUpdate", 0)) + (1 if force else 0)
+            self.client.api.update_service(
+                found.id, current["Version"]["Index"], task_template=template, name=old["Name"],
+                labels=old.get("Labels"), mode=old["Mode"],   # the count stays the control plane's
+                update_config=new["update_config"], rollback_config=new["rollback_config"],
+                endpoint_spec=old.get("EndpointSpec"), fetch_current_spec=False,
+            )
+
+    async def rollback_service(self, service: str) -> None:
+        try:
+            await asyncio.to_thread(self._rollback_service, service)
+        except DriverError:
+            raise
+        except Exception as e:
+            raise DriverError(f"cannot roll {service_name(self.stack, service)} back on {self.manager}: {e}") from e
+
+    def _rollback_service(self, service: str) -> None:
+        name = service_name(self.stack, service)
+        with self._lock:
+            found = self._service(name)
+            if found is None:
+                raise DriverError(f"no service {name} on {self.manager}")
+            current = self.client.api.inspect_service(found.id)
+            api = self.client.api
+            # `docker service rollback`: the Engine API's update with rollback=previous, which the
+            # SDK has no parameter for (the body is the current spec; Swarm takes PreviousSpec).
+            resp = api._post_json(api._url("/services/{0}/update", found.id), data=current["Spec"],
+                                  params={"version": current["Version"]["Index"], "rollback": "previous"})
+            api._raise_for_status(resp)
+
+    async def update_status(self, service: str) -> dict:
+        """The manager's record of the service: `UpdateStatus`, `Spec`, `PreviousSpec` ({} when none)."""
+        def read() -> dict:
+            found = self._service(service_name(self.stack, service))
+            return self.client.api.inspect_service(found.id) if found is not None else {}
+
+        return await asyncio.to_thread(read)
+
+    async def image_ids(self, images: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, str | None]]:
+        """The image id each service was pinned to (its spec's label) against what the image name
+        resolves to on the manager now: a rebuilt tag loaded on the nodes is a change."""
+        def look() -> tuple[dict[str, list[str]], dict[str, str | None]]:
+            running: dict[str, list[str]] = {}
+            for s in self.client.api.services(filters={"label": f"{LABEL_STACK}={self.stack}"}):
+                spec = s.get("Spec") or {}
+                service = (spec.get("Labels") or {}).get(LABEL_SERVICE)
+                labels = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+                if service in images and labels.get(LABEL_IMAGE_ID):
+                    running[service] = [labels[LABEL_IMAGE_ID]]
+            current = {service: (self._pin(image) or (image, None))[1] for service, image in images.items()}
+            return running, current
+
+        return await asyncio.to_thread(look)
 
     def _service(self, name: str) -> Any:
         for s in self.client.services.list(filters={"name": name, "label": f"{LABEL_STACK}={self.stack}"}):
@@ -149,7 +241,8 @@ class SwarmDriver(Driver):
         ids = [s["ID"] for s in api.services(filters={"label": f"{LABEL_STACK}={self.stack}"})]
         if not ids:
             return []
-        tasks = api.tasks(filters={"service": ids, "desired-state": "running"})
+        # Tasks being shut down too: the old side of an update leaves the pool (drained) then.
+        tasks = api.tasks(filters={"service": ids, "desired-state": ["running", "shutdown"]})
         return tasks_to_replicas(self.stack, tasks, api.nodes())
 
     async def snapshots(self) -> AsyncIterator[list[ReplicaHandle]]:

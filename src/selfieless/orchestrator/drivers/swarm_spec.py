@@ -12,7 +12,16 @@ node records as the replicas the control plane probes and routes to. No sockets 
   `starting`, while its container health check has not passed yet, or `running`), its node is
   `ready` and it has a host port. Our own probe decides when it serves: waiting for Swarm's
   `running` would add up to a health-check interval to every new task. A task on a node that
-  went down stops being a replica as soon as Swarm says so.
+  went down stops being a replica as soon as Swarm says so. A task Swarm is shutting down (desired
+  state `shutdown`, container still running: the old side of an update) is reported as `leaving`,
+  so the control plane drains it out of the pool.
+- The image is pinned: the service names the image by its repo digest (registry images) or its
+  image id (images loaded on every node), resolved on the manager, and labels the id. A rebuilt
+  `acts:latest` is then a changed spec Swarm rolls, and Swarm's rollback goes back to the exact
+  old content, not to whatever the tag names by then.
+- Rolling updates are Swarm's own (`update_configs`: the service's `update:` block, every field
+  explicit, since the SDK's defaults would silently replace Swarm's); `update_outcome` reads
+  Swarm's UpdateStatus.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from .base import LaunchSpec, ReplicaHandle
 LABEL_STACK = "selfieless.stack"
 LABEL_SERVICE = "selfieless.service"
 LABEL_CONTAINER_PORT = "selfieless.container_port"
+LABEL_IMAGE = "selfieless.image"        # the image as the stack file names it
+LABEL_IMAGE_ID = "selfieless.image_id"  # the id it resolved to on the manager when the spec was sent
 
 NS = 1_000_000_000
 # Swarm's restart delay after a task ends, and the container health check's period: with these a
@@ -52,11 +63,83 @@ def health_command(path: str, container_port: int) -> list[str]:
     return ["CMD", "python3", "-c", code]
 
 
-def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str) -> dict[str, Any]:
-    """Keyword arguments for the SDK's low-level `create_service`."""
+def pinned_image(name: str, inspected: dict | None) -> tuple[str, str | None]:
+    """(the image reference to give Swarm, the image id) for `name` as the manager's engine
+    inspected it (None: the manager does not have it; then the name as it is, no id).
+
+    A repo digest of the same repository when there is one (every node can pull exactly that);
+    otherwise the image id (images copied to every node keep their id)."""
+    if not inspected or not inspected.get("Id"):
+        return name, None
+    image_id = inspected["Id"]
+    digests = inspected.get("RepoDigests") or []
+    repo = name.rsplit("@", 1)[0]
+    if ":" in repo.rsplit("/", 1)[-1]:
+        repo = repo.rsplit(":", 1)[0]
+    same = [d for d in digests if d.split("@", 1)[0] == repo]
+    if same or digests:
+        return (same or digests)[0], image_id
+    return image_id, image_id
+
+
+def update_configs(spec: LaunchSpec) -> tuple[Any, Any]:
+    """(UpdateConfig, RollbackConfig) from the service's `update:` block. Every field is set: an
+    SDK object leaves out what it is not given, and Swarm then uses its own default for it (for
+    the failure action, `pause`; for the order, stop-first).
+
+    The update stops at the first failed task (max failure ratio 0). The rollback goes back the
+    same way (same order and parallelism) and pauses if it fails too: rolling back a rollback
+    would loop."""
+    from docker import types
+
+    common = {"parallelism": spec.update_parallelism, "delay": 0, "monitor": int(spec.update_monitor * NS),
+              "max_failure_ratio": 0.0, "order": spec.update_order}
+    return (types.UpdateConfig(failure_action=spec.update_failure_action, **common),
+            types.RollbackConfig(failure_action="pause", **common))
+
+
+# UpdateStatus.State -> our outcome, for an update and for a rollback we asked for (undo).
+_UPDATE_DONE = {"completed": "complete", "paused": "paused", "rollback_completed": "rolled_back",
+                "rollback_paused": "paused"}
+_UNDO_DONE = {"rollback_completed": "complete", "rollback_paused": "paused"}
+
+
+def update_outcome(before: dict | None, now: dict | None, undo: bool = False) -> tuple[str, str] | None:
+    """(outcome, Swarm's message) once the update started after `before` (the UpdateStatus read
+    before sending it) has ended, else None (not started yet, or still going).
+
+    Outcomes: complete | rolled_back | paused. Swarm stamps each update with its start time; a
+    status with the same start as `before` is the previous update's."""
+    if not now or not now.get("State"):
+        return None
+    if before and before.get("StartedAt") == now.get("StartedAt"):
+        return None
+    outcome = (_UNDO_DONE if undo else _UPDATE_DONE).get(now["State"])
+    if outcome is None:
+        return None
+    return outcome, now.get("Message") or now["State"].replace("_", " ")
+
+
+def undo_by_rollback(spec: dict | None, previous: dict | None) -> bool:
+    """Whether `rollout undo` can be Swarm's own rollback to the previous spec: only when there is
+    one and it differs from the current spec in the task, not in the count (a scale since the last
+    update also leaves a previous spec, and rolling back to it would only undo the scale)."""
+    if not spec or not previous:
+        return False
+    return previous.get("Mode") == spec.get("Mode") and previous.get("TaskTemplate") != spec.get("TaskTemplate")
+
+
+def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str,
+                       image: tuple[str, str | None] | None = None) -> dict[str, Any]:
+    """Keyword arguments for the SDK's low-level `create_service` (and `update_service`).
+    `image`: the pinned reference and id (pinned_image); else the name as it is."""
     from docker import types
 
     labels = {LABEL_STACK: stack, LABEL_SERVICE: spec.service}
+    ref, image_id = image or (spec.image, None)
+    image_labels = {LABEL_IMAGE: spec.image or ""}
+    if image_id:
+        image_labels[LABEL_IMAGE_ID] = image_id
     health = None
     if spec.health_path:
         health = types.Healthcheck(test=health_command(spec.health_path, spec.container_port),
@@ -65,9 +148,9 @@ def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str
     mounts = [types.Mount(target=path, source=vol, type="volume", labels={LABEL_STACK: stack})
               for vol, path in spec.volumes.items()]
     container = types.ContainerSpec(
-        spec.image,
+        ref,
         env=dict(spec.environment),
-        labels={**labels, LABEL_CONTAINER_PORT: str(spec.container_port)},
+        labels={**labels, LABEL_CONTAINER_PORT: str(spec.container_port), **image_labels},
         mounts=mounts or None,
         stop_grace_period=int(spec.stop_grace * NS),
         healthcheck=health,
@@ -82,14 +165,14 @@ def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str
         placement=placement,
         networks=[{"Target": network}],
     )
+    update, rollback = update_configs(spec)
     return {
         "task_template": template,
         "name": service_name(stack, spec.service),
         "labels": labels,
         "mode": types.ServiceMode("replicated", replicas=replicas),
-        # start-first: a replacement (new image, environment) serves before the old task stops.
-        "update_config": types.UpdateConfig(parallelism=1, delay=0, failure_action="rollback",
-                                             monitor=int(5 * NS), order="start-first"),
+        "update_config": update,
+        "rollback_config": rollback,
         "endpoint_spec": types.EndpointSpec(mode="dnsrr", ports=[
             {"Protocol": "tcp", "TargetPort": spec.container_port, "PublishMode": "host"}]),
     }
@@ -113,7 +196,7 @@ def ready_nodes(nodes: list[dict]) -> dict[str, tuple[str, str]]:
 
 def published_port(task: dict, container_port: int) -> int | None:
     for p in ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []:
-        if p.get("TargetPort") == container_port and p.get("PublishMode", "ingress") == "host" \
+        if p.get("TargetPort") == container_port and p.get("PublishMode") == "host" \
                 and p.get("PublishedPort"):
             return int(p["PublishedPort"])
     return None
@@ -125,16 +208,18 @@ def replica_id(service: str, task: dict) -> str:
 
 
 def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[ReplicaHandle]:
-    """The running, reachable tasks of `stack` as replicas, sorted by id."""
+    """The running, reachable tasks of `stack` as replicas, sorted by id (those Swarm is shutting
+    down marked `leaving`)."""
     where = ready_nodes(nodes)
     out = []
     for t in tasks:
-        if t.get("DesiredState") != "running" or (t.get("Status") or {}).get("State") not in SERVING_STATES:
+        if t.get("DesiredState") not in ("running", "shutdown") \
+                or (t.get("Status") or {}).get("State") not in SERVING_STATES:
             continue
         labels = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
         if labels.get(LABEL_STACK) != stack or LABEL_SERVICE not in labels:
             continue
-        node = where.get(t.get("NodeID", ""))
+        node = where.get(t.get("NodeID"))
         if node is None:
             continue
         try:
@@ -150,6 +235,7 @@ def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[
             id=replica_id(service, t), service=service, port=port, host=addr,
             started_at=parse_timestamp((t.get("Status") or {}).get("Timestamp", "")),
             detail=f"task {str(t.get('ID', ''))[:12]} on {hostname or 'node'} {addr}:{port}",
+            leaving=t.get("DesiredState") != "running",
         ))
     return sorted(out, key=lambda h: h.id)
 
