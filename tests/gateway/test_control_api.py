@@ -113,6 +113,44 @@ def test_create_control_app_is_usable_alone():
     assert client.get("/control/info").json()["instance"] == "i"
 
 
+def test_a_poll_with_a_revision_gets_only_what_changed():
+    gw = Gateway(GatewayConfig(port=0))
+    server, client = app_for(gw)
+    with client:  # one event loop for all the requests (the feed's waits are bound to it)
+        _revision_polls(gw, server, client)
+
+
+def _revision_polls(gw, server, client):
+    gw.add_backend("echo", "a", "127.0.0.1", 9001)
+    gw.add_backend("other", "b", "127.0.0.1", 9002)
+    gw.stats("echo")
+    gw.stats("other")
+    first = client.get("/control/poll", params={"after": 0, "wait": 0, "rev": 0}).json()  # holds nothing
+    assert set(first["stats"]) == {"echo", "other"} and set(first["pools"]) == {"echo", "other"}
+    held = {"after": first["next"], "instance": server.instance, "rev": first["rev"], "every": 0.05}
+
+    # Nothing changes: the long poll ends after `wait`, with nothing in it.
+    idle = client.get("/control/poll", params={**held, "wait": 0.3}).json()
+    assert (idle["stats"], idle["pools"], idle["events"], idle["rev"]) == ({}, {}, [], first["rev"])
+
+    # One service's counters change: the poll answers with those alone, long before `wait`.
+    gw.stats("echo").requests += 1
+    changed = client.get("/control/poll", params={**held, "wait": 20}).json()
+    assert list(changed["stats"]) == ["echo"] and changed["stats"]["echo"]["requests"] == 1
+    assert changed["pools"] == {} and changed["rev"] > first["rev"]
+
+    # An event is answered at once, with the counters as they are.
+    gw.replica_error("other", "b", 502)
+    held = {**held, "rev": changed["rev"]}
+    ev = client.get("/control/poll", params={**held, "wait": 20}).json()
+    assert [e["kind"] for e in ev["events"]] == ["replica_error"] and ev["stats"] == {}
+
+    # A reader holding another gateway instance's revision gets everything, at once.
+    other = client.get("/control/poll", params={**held, "instance": "old", "wait": 20}).json()
+    assert set(other["stats"]) == {"echo", "other"} and set(other["pools"]) == {"echo", "other"}
+    assert client.get("/control/poll", params={**held, "rev": "x"}).status_code == 400
+
+
 def test_a_failed_remove_and_a_withdrawal_cross_the_control_api():
     """`remove` carries `failed` (the gateway then gives up what waits on the backend), and a
     withdrawn backend is reported as a `withdraw` event that reaches `on_withdraw` on the other side."""

@@ -8,7 +8,15 @@ shows nothing of it. A token, when set, is required as ``Authorization: Bearer``
     POST /control/ops    {"ops": [...]}     routes / add / remove / limits, applied in order
     POST /control/drain  {service,id,timeout}  -> {"drained": bool}
     GET  /control/poll?after=N&wait=S       events after N (long poll, up to S s), counters, pools
+    GET  /control/poll?after=N&wait=S&instance=I&rev=R&every=E
+                                            the same, but only the counters and pools changed
+                                            since revision R (control_changes.py); answers at the
+                                            first event, or at the first look (every E s) that
+                                            finds a change, or after S s
     POST /control/stop                      stop serving and exit the gateway process
+
+With no traffic nothing changes, and a control plane polling with a revision gets an answer only
+every S seconds; with traffic, at most every E seconds.
 
 Events are what the in-process gateway reports through callbacks: ``eject`` (passive ejection),
 ``replica_error`` (a 5xx answer) and ``no_replica`` (a request held, scale from zero). They are
@@ -37,12 +45,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .control_changes import Published
 from .gateway import Gateway
 from .routing import RouteTable
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 30.0  # longest long poll a client may ask for
+MIN_EVERY = 0.05  # shortest gap between two looks at the counters a client may ask for
 
 
 class _Op(BaseModel):
@@ -165,18 +175,46 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
         d = await body(request, DrainBody)
         return JSONResponse({"drained": await gw.drain_backend(d.service, d.id, d.timeout)})
 
+    published = Published()
+
+    def current() -> tuple[dict, dict]:
+        return ({name: _stats_json(st) for name, st in gw.all_stats.items()},
+                {name: [v._asdict() for v in pool.replicas] for name, pool in gw.pools.items()})
+
     async def poll(request: Request) -> JSONResponse:
+        q = request.query_params
         try:
-            after = int(request.query_params.get("after", "0"))
-            wait = min(MAX_WAIT, max(0.0, float(request.query_params.get("wait", "0"))))
+            after = int(q.get("after", "0"))
+            wait = min(MAX_WAIT, max(0.0, float(q.get("wait", "0"))))
+            rev = int(q["rev"]) if "rev" in q else None
+            every = min(MAX_WAIT, max(MIN_EVERY, float(q.get("every", "0.5"))))
         except ValueError:
-            return _error(400, "after must be an integer and wait a number of seconds")
-        events = await feed.wait_after(after, wait)
-        return JSONResponse({
-            "instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
-            "stats": {name: _stats_json(st) for name, st in gw.all_stats.items()},
-            "pools": {name: [v._asdict() for v in pool.replicas] for name, pool in gw.pools.items()},
-        })
+            return _error(400, "after and rev must be integers, wait and every numbers of seconds")
+        if rev is None:  # a plain read: every counter and pool
+            events = await feed.wait_after(after, wait)
+            stats, pools = current()
+            return JSONResponse({"instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
+                                 "stats": stats, "pools": pools})
+        holds = q.get("instance") == instance
+        if not holds:
+            rev = 0  # what the reader holds came from another gateway (or none): everything, now
+        events = feed.after(after)
+        if holds and not events:
+            # Counters are looked at every `every` s from now (not at once: a reader that polls
+            # again right after an answer would otherwise get one per request under traffic).
+            deadline = asyncio.get_running_loop().time() + wait
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                events = await feed.wait_after(after, min(every, left))
+                if events or left <= every:
+                    break
+                published.update(*current())
+                if published.rev != rev:
+                    break
+        published.update(*current())
+        stats, pools = published.since(rev)
+        return JSONResponse({"instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
+                             "rev": published.rev, "stats": stats, "pools": pools})
 
     def stop(_: Request) -> JSONResponse:
         if on_stop is not None:

@@ -6,9 +6,11 @@ posts the queue in order (``POST /control/ops``), so the gateway sees the change
 they were made. ``drain_backend`` first waits for the queue to be sent.
 
 One poller task long-polls ``/control/poll``: it hands the gateway's reports (ejections, 5xx
-answers, held requests) to the ``on_*`` callbacks as they happen, and refreshes the counters and
-pool views every ``poll_wait`` seconds at most (the autoscaler's input is that fresh). When the
-gateway answers with another instance id (it was restarted), the mirror is sent again whole.
+answers, held requests) to the ``on_*`` callbacks as they happen, and takes the counters and
+pool views that changed, looked at every ``poll_wait`` seconds by the gateway (the autoscaler's
+input is that fresh). Only what changed is sent (control_changes.py): with no traffic and no
+events the poll is answered every IDLE_WAIT seconds, with nothing in it. When the gateway
+answers with another instance id (it was restarted), the mirror is sent again whole.
 Nothing is lost when the gateway is briefly unreachable: both tasks retry.
 """
 
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAY = 0.2
 NO_EVENTS = 2**62  # an event cursor beyond any event: a poll that reads counters only
+IDLE_WAIT = 25.0  # the long poll's length when nothing happens (the gateway allows up to 30 s)
 
 
 class GatewayUnreachable(ConnectionError):
@@ -85,6 +88,8 @@ class RemoteGateway:
         self._next = 0
         self._stats: dict[str, ServiceStats] = {}
         self._pools: dict[str, PoolSnapshot] = {}
+        self._rev = 0  # the revision of the gateway's counters and pools held ...
+        self._rev_of: str | None = None  # ... and the gateway instance it is of (None: nothing held)
         self._tasks: list[asyncio.Task] = []
 
     # Lifecycle ------------------------------------------------------------------------------
@@ -93,7 +98,7 @@ class RemoteGateway:
         info = await self.info()
         self.instance, self.pid, self.host, self._port = info["instance"], info["pid"], info["host"], info["port"]
         self._next = info["next"]  # reports from before we attached were for another control plane
-        await self._refresh(0.0)
+        await self._refresh(0.0)  # everything, at once
         self._tasks = [asyncio.create_task(self._send_loop(), name="gateway-control-send"),
                        asyncio.create_task(self._poll_loop(), name="gateway-control-poll")]
         return info
@@ -229,7 +234,7 @@ class RemoteGateway:
     async def _poll_loop(self) -> None:
         while True:
             try:
-                await self._refresh(self.poll_wait)
+                await self._refresh(IDLE_WAIT)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # unreachable or a bad answer: keep trying, keep the last view
@@ -237,21 +242,39 @@ class RemoteGateway:
                 await asyncio.sleep(RETRY_DELAY)
 
     async def _refresh(self, wait: float) -> None:
-        r = await self._http.get("/control/poll", params={"after": self._next, "wait": wait}, timeout=wait + 10)
+        held = self._rev_of
+        r = await self._http.get("/control/poll", params={
+            "after": self._next, "wait": wait, "instance": held or "", "rev": self._rev, "every": self.poll_wait},
+            timeout=wait + 10)
         r.raise_for_status()
         data = r.json()
+        if held is not None and data["instance"] == held:
+            self._take_changes(data)
+        else:  # everything, from a gateway we held nothing of
+            self._take_snapshot(data)
+        self._rev, self._rev_of = data["rev"], data["instance"]
         if data["instance"] != self.instance:
             log.warning("the gateway was restarted (new instance); sending it the routes and pools again")
             self.instance, self._port = data["instance"], data["port"]
             self._replay()
         self._next = data["next"]
-        self._take_snapshot(data)
         for ev in data["events"]:
             self._dispatch(ev)
 
     def _take_snapshot(self, data: dict) -> None:
+        """Every counter and pool (a plain read)."""
         self._stats = {name: stats_from_snapshot(s) for name, s in data["stats"].items()}
         self._pools = {name: PoolSnapshot([ReplicaView(**v) for v in views]) for name, views in data["pools"].items()}
+
+    def _take_changes(self, data: dict) -> None:
+        """The counters and pools that changed since the revision held."""
+        if not data["stats"] and not data["pools"]:
+            return
+        stats = dict(self._stats)  # new dicts: a reader may be holding the old ones
+        pools = dict(self._pools)
+        stats.update((name, stats_from_snapshot(s)) for name, s in data["stats"].items())
+        pools.update((name, PoolSnapshot([ReplicaView(**v) for v in views])) for name, views in data["pools"].items())
+        self._stats, self._pools = stats, pools
 
     def _dispatch(self, ev: dict) -> None:
         kind = ev["kind"]

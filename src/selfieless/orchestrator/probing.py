@@ -4,11 +4,17 @@ each result to the controller (which asks lifecycle.probed what it means).
 An HTTP probe (probe.py) for a service, a TCP check (health.tcp_probe) for a dependency. A
 starting replica is probed more often than a ready one, and a gateway hint (a 5xx answer) cuts
 the wait short.
+
+Ready replicas are probed on ticks shared by all of them (multiples of the interval on the
+monotonic clock, `next_tick`), not each on its own phase: on an idle control plane most of a
+probe's CPU cost was waking the process up for it, and one wake-up now sends the probes of every
+replica due at that tick. The interval between two probes of a replica never grows by it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Callable
 
 from .health import Probe, tcp_probe
@@ -38,6 +44,34 @@ def warmup_requests(warmup: int, state: S, siblings_ready: int) -> int:
     return warmup if state == S.STARTING and siblings_ready > 0 else 0
 
 
+def next_tick(tick: float | None, now: float, interval: float) -> float:
+    """When a ready replica's next routine probe is due: the first multiple of `interval` after
+    the probe sent at `now`, a grid that every replica probed at this interval shares.
+
+    `tick` is the grid point that probe was due at (None: the replica has just become ready): a
+    timer may fire a hair before its deadline, and the probe it sends is still that tick's, so
+    the next is the following one, not the same one again. No more than `interval` after the
+    probe (a timer firing early aside), so aligning never loosens the interval; a replica whose
+    interval was changed lands on the new grid at once.
+    """
+    base = now if tick is None else max(now, tick)
+    return (math.floor(base / interval + 1e-9) + 1) * interval
+
+
+class _Wake:
+    """What ends a probe loop's wait: its tick's timer or a gateway hint (`hinted` says which)."""
+
+    __slots__ = ("event", "hinted")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.hinted = False
+
+    def hint(self) -> None:
+        self.hinted = True
+        self.event.set()
+
+
 class Probing:
     """The probe loops. `on_result(svc, rep, ok)` is called after every probe of a live replica."""
 
@@ -47,7 +81,7 @@ class Probing:
         self._on_result = on_result
         self._mono = monotonic
         self.tasks: dict[str, asyncio.Task] = {}      # replica id -> probe loop
-        self._now: dict[str, asyncio.Event] = {}      # replica id -> set to cut its probe wait short
+        self._now: dict[str, _Wake] = {}              # replica id -> cuts its probe wait short
 
     def start(self, svc: ServiceRuntime, rep: Replica) -> None:
         self.tasks[rep.id] = asyncio.create_task(self._loop(svc, rep), name=f"probe-{rep.id}")
@@ -61,7 +95,7 @@ class Probing:
         """The gateway saw this replica answer 5xx: probe it now rather than at its next interval."""
         wake = self._now.get(replica_id)
         if wake is not None:
-            wake.set()
+            wake.hint()
 
     async def once(self, svc: ServiceRuntime, rep: Replica) -> bool:
         """One probe; records its outcome on the replica (last_probe_ok, last_error)."""
@@ -86,16 +120,19 @@ class Probing:
                                    for _ in range(min(WARMUP_CONCURRENCY, n - first))))
 
     async def _loop(self, svc: ServiceRuntime, rep: Replica) -> None:
-        wake = self._now[rep.id] = asyncio.Event()
+        wake = self._now[rep.id] = _Wake()
+        loop = asyncio.get_running_loop()
+        tick: float | None = None  # a ready replica's next routine probe: a shared tick
         try:
             while rep.state in LIVE:
                 hs = svc.spec.health  # read each time: `apply` may change it live
                 t0 = self._mono()
-                wake.clear()
+                hinted, wake.hinted = wake.hinted, False
+                wake.event.clear()
                 ok = await self.once(svc, rep)
                 if rep.state not in LIVE:
                     return
-                if ok:
+                if ok and rep.state == S.STARTING:  # (no count of siblings per routine probe)
                     n = warmup_requests(hs.warmup, rep.state, sum(
                         1 for r in svc.replicas.values() if r is not rep and r.state == S.READY))
                     if n:
@@ -105,16 +142,24 @@ class Probing:
                 self._on_result(svc, rep, ok)
                 if rep.state not in LIVE:
                     return
-                interval = hs.interval if rep.state == S.READY else min(hs.interval, STARTING_PROBE_INTERVAL)
+                if rep.state != S.READY:
+                    tick, due = None, t0 + min(hs.interval, STARTING_PROBE_INTERVAL)
+                else:
+                    if not (hinted and tick is not None and t0 < tick):  # a hint's probe is extra
+                        tick = next_tick(tick, t0, hs.interval)
+                    due = tick
+                # A plain timer on the event, no task cancellation per wait (this runs every
+                # second per replica); the timers of one tick fire in one pass of the loop.
+                timer = loop.call_later(max(0.0, due - self._mono()), wake.event.set)
                 try:
+                    await wake.event.wait()
+                finally:
+                    timer.cancel()
+                if wake.hinted:
                     # A 5xx hint from the gateway ends the wait early, but never within
                     # HINTED_PROBE_GAP of the last probe: a replica whose app fails some requests
                     # while its health check passes must not be probed per failed request.
-                    async with asyncio.timeout(max(0.0, interval - (self._mono() - t0))):  # no task per wait
-                        await wake.wait()
                     await asyncio.sleep(max(0.0, HINTED_PROBE_GAP - (self._mono() - t0)))
-                except asyncio.TimeoutError:
-                    pass
         finally:
             if self.tasks.get(rep.id) is asyncio.current_task():
                 del self.tasks[rep.id]
