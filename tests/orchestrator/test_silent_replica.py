@@ -17,7 +17,7 @@ import pytest
 
 from selfieless.orchestrator.assemble import start_system
 
-from orch_helpers import Load, echo_stack, wait_until
+from orch_helpers import Load, echo_stack
 from support.ports import free_port_range
 
 pytestmark = pytest.mark.anyio
