@@ -231,3 +231,40 @@ def test_rollout_restart_history_and_undo(rollout_env, lab):
     r = httpx.post(f"{up.admin}/api/rollout", json={"service": "acts", "action": "undo"}, timeout=400)
     assert r.status_code == 200 and r.json()["outcome"] == "complete", r.text
     wait_until(lambda: len(up.ready("acts")) == 3 and up.status()["converged"], 120, what="3 acts tasks after undo")
+
+
+def test_scale_to_zero_by_apply_then_a_burst_of_20_is_all_answered(rollout_env, lab):
+    """`apply` of a rate policy with `replicas.min: 0` is live (no task replaced); the idle service
+    goes to 0 tasks on the swarm; 20 concurrent requests then wake one task and are all answered."""
+    up, client, host, data, tmp = rollout_env
+    before = _task_ids(up)
+    zero = json.loads(json.dumps(data))
+    zero["services"]["acts"]["replicas"] = {"initial": 1, "min": 0, "max": 3}
+    zero["services"]["acts"]["autoscale"] = {"policy": "rate", "target_rps_per_replica": 1000, "window_seconds": 0.5,
+                                             "scale_in_delay": 0.5, "scale_to_zero_after": 2.0}
+    r = _apply(up, zero)
+    assert r.status_code == 200, r.text
+    assert not any(ro for ro in r.json().get("rollouts", [])), r.text   # a policy change rolls nothing
+    service = client.services.get(f"{STACK}-acts")
+
+    def swarm_count() -> int:
+        service.reload()
+        return service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
+
+    wait_until(lambda: swarm_count() == 0 and not up.replicas("acts") and not _acts_tasks(client), 120,
+               what="acts scaled to zero on the swarm")
+    assert before  # they were serving before, and nothing replaced them before the scale-in
+    t0 = time.monotonic()
+    with httpx.Client(timeout=60) as c:
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(c.get(f"{up.gateway}/api/v1/acts/count").status_code))
+                   for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+    took = time.monotonic() - t0
+    print(f"\nscale from zero on the swarm: 20 held requests answered in {took:.1f} s")
+    assert results == [200] * 20
+    assert swarm_count() >= 1 and len(up.ready("acts")) >= 1
+    assert any(e["kind"] == "scaled" and "scale from zero" in e["reason"] for e in up.events() if e["service"] == "acts")
