@@ -323,7 +323,7 @@ async def test_finish_of_the_last_request_in_flight_completes_a_drain():
     drained = asyncio.ensure_future(p.drain("A", timeout=5))
     await asyncio.sleep(0)
     p.finish(a, Conn("1"), keep=True, now=1.0, max_idle=8)
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
     assert not drained.done() and a.state == DRAINING and a.idle == []  # one still in flight
     p.finish(a, Conn("2"), keep=True, now=1.0, max_idle=8)
     assert await asyncio.wait_for(drained, 1) is True

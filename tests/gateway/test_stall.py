@@ -62,3 +62,34 @@ def test_never_all_never_more_than_half(n, stalled):
         assert out == []
     else:
         assert len(out) == min(stalled, max(1, n // 2))
+
+
+@pytest.mark.parametrize("what,seen,slack,expect", [
+    # A read waiting exactly the threshold, with nothing from its backend for exactly as long: stalled.
+    ("exactly at the threshold", [ANSWERING, Seen(True, False, T, T)], 0.0, [1]),
+    ("just under it (waiting)", [ANSWERING, Seen(True, False, T - 0.01, 1.0)], 0.0, []),
+    ("just under it (quiet)", [ANSWERING, Seen(True, False, 1.0, T - 0.01)], 0.0, []),
+    # The sibling's own waiting read must stay under half the threshold to count as answering.
+    ("a sibling waiting just under half", [Seen(True, False, T / 2 - 0.01, 0.05), STALLED], 0.0, [1]),
+    ("a sibling waiting half the threshold", [Seen(True, False, T / 2, 0.05), STALLED], 0.0, []),
+    # "Answered since the read was sent": the sibling's last answer no older than the wait (plus slack).
+    ("the sibling answered as the read was sent", [Seen(True, False, 0.0, 0.8), STALLED], 0.0, [1]),
+    ("the sibling answered just before it", [Seen(True, False, 0.0, 0.85), STALLED], 0.0, []),
+    ("...which the sweep's slack forgives", [Seen(True, False, 0.0, 0.85), STALLED], 0.1, [1]),
+])
+def test_boundaries(what, seen, slack, expect):
+    assert to_withdraw(seen, T, slack) == expect
+
+
+def test_no_slack_unless_given():
+    # The sweep passes its interval as slack; a caller that passes none gets none.
+    assert to_withdraw([Seen(True, False, 0.0, 0.85), STALLED], T) == []
+    assert to_withdraw([ANSWERING, STALLED], T) == [1]
+
+
+def test_the_budget_rounds_down_but_never_below_one():
+    # 3 backends: half is 1.5, so one at most; 5: two at most.
+    assert to_withdraw([ANSWERING, STALLED, STALLED], T, SLACK) == [1]
+    assert len(to_withdraw([ANSWERING, STALLED, STALLED, STALLED, STALLED], T, SLACK)) == 2
+    assert to_withdraw([ANSWERING, STALLED], T, SLACK, max_fraction=0.1) == [1]
+    assert to_withdraw([ANSWERING, ANSWERING, STALLED, STALLED], T, SLACK, max_fraction=1.0) == [2, 3]

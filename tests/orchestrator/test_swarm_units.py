@@ -146,7 +146,7 @@ def test_service_definition_sets_everything_swarm_would_otherwise_default():
     assert d["endpoint_spec"]["Mode"] == "dnsrr"
     assert d["endpoint_spec"]["Ports"] == [{"Protocol": "tcp", "TargetPort": 80, "PublishMode": "host"}]
     tt = d["task_template"]
-    assert tt["RestartPolicy"] == {"Condition": "any", "Delay": 1_000_000_000, "MaxAttempts": 0, "Window": 0}
+    assert tt["RestartPolicy"] == {"Condition": "any", "Delay": 500_000_000, "MaxAttempts": 0, "Window": 0}
     assert tt["Placement"]["Constraints"] == ["node.role==worker"]
     assert tt["Placement"]["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]
     assert tt["Networks"] == [{"Target": "t-net"}]

@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..backoff import BackoffPolicy
 from .base import LaunchSpec, ReplicaHandle
 
 LABEL_STACK = "selfieless.stack"
@@ -56,9 +57,10 @@ LABEL_IMAGE = "selfieless.image"        # the image as the stack file names it
 LABEL_IMAGE_ID = "selfieless.image_id"  # the id it resolved to on the manager when the spec was sent
 
 NS = 1_000_000_000
-# Swarm's restart delay after a task ends (the only crash-loop guard Swarm has), and the optional
-# container health check's settings.
-RESTART_DELAY = 1.0
+# Swarm's restart delay after a task ends (the only crash-loop guard Swarm has): the first delay
+# of our own crash-loop backoff for the other drivers, so a crash loop is paced alike everywhere.
+RESTART_DELAY = BackoffPolicy.initial
+# The optional container health check's settings.
 HEALTH_INTERVAL = 1.0
 HEALTH_TIMEOUT = 2.0
 HEALTH_RETRIES = 3
