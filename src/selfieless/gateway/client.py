@@ -701,8 +701,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._client_error(413, "request body too large")
 
-    def _abort_exchange(self, r: Request) -> None:
-        """Drop ``r``'s backend side: close its connection mid-exchange, release the backend."""
+    def _drop_upstream(self, r: Request) -> None:
+        """Drop the connect ``r`` is waiting for, if any, and abort the upstream connection."""
         if r.waiter is not None:
             r.waiter.cancel()
             r.waiter = None
@@ -711,6 +711,10 @@ class ClientConnection(asyncio.Protocol):
             self.upstream = None
             conn.client = None
             conn.abort()
+
+    def _abort_exchange(self, r: Request) -> None:
+        """Drop ``r``'s backend side: close its connection mid-exchange, release the backend."""
+        self._drop_upstream(r)
         self.out.clear()  # a held response head must not leak into what we answer instead
         rep = r.backend
         if rep is not None:
@@ -783,14 +787,7 @@ class ClientConnection(asyncio.Protocol):
         d = on_failure(kind, r.facts(others_ready=r.pool.ready_count > 0))
         if d.act is Act.WAIT:
             return
-        if r.waiter is not None:  # connecting (the connect is dropped)
-            r.waiter.cancel()
-            r.waiter = None
-        conn = self.upstream
-        if conn is not None:
-            self.upstream = None
-            conn.client = None
-            conn.abort()
+        self._drop_upstream(r)
         self._carry_out(r, rep, d)
 
     # Sweeper --------------------------------------------------------------------------------
