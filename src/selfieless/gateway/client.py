@@ -781,9 +781,9 @@ class ClientConnection(asyncio.Protocol):
         """``rep`` was removed as failed (``REMOVED``) or withdrawn as stalled (``STALLED``):
         if the active request waits on it with no response byte yet, the exchange decides
         whether it moves, is answered 502 now, or keeps waiting."""
-        r = self.active
-        if r is None or r.backend is not rep or self.waiting_on() is not rep:
+        if self.waiting_on() is not rep:
             return
+        r = self.active
         d = on_failure(kind, r.facts(others_ready=r.pool.ready_count > 0))
         if d.act is Act.WAIT:
             return

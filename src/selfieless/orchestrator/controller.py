@@ -331,7 +331,7 @@ class Orchestrator:
         # The gateway may have been built before the orchestrator existed; wire the callback now.
         if gw.on_eject is None:
             gw.on_eject = self.on_eject
-        if getattr(gw, "on_withdraw", None) is None:
+        if gw.on_withdraw is None:
             gw.on_withdraw = self.on_withdraw
         if gw.on_replica_error is None:
             gw.on_replica_error = self.on_replica_error

@@ -97,13 +97,17 @@ class SwarmDriver(Driver):
     async def set_replicas(self, spec: LaunchSpec, count: int) -> None:
         if not spec.image:
             raise DriverError(f"service {spec.service!r} has no image for the swarm driver")
+        await self._engine(f"set {service_name(self.stack, spec.service)} to {count} replica(s)",
+                           self._set_replicas, spec, count)
+
+    async def _engine(self, what: str, fn, *args) -> None:
+        """Run a blocking SDK call in a worker thread; any failure becomes a DriverError saying `what`."""
         try:
-            await asyncio.to_thread(self._set_replicas, spec, count)
+            await asyncio.to_thread(fn, *args)
         except DriverError:
             raise
         except Exception as e:
-            raise DriverError(f"cannot set {service_name(self.stack, spec.service)} to {count} "
-                              f"replica(s) on {self.manager}: {e}") from e
+            raise DriverError(f"cannot {what} on {self.manager}: {e}") from e
 
     def _set_replicas(self, spec: LaunchSpec, count: int) -> None:
         name = service_name(self.stack, spec.service)
@@ -150,20 +154,11 @@ class SwarmDriver(Driver):
             return image, None
 
     async def update_service(self, spec: LaunchSpec, force: bool = False) -> None:
-        try:
-            await asyncio.to_thread(self._update_service, spec, force)
-        except DriverError:
-            raise
-        except Exception as e:
-            raise DriverError(f"cannot update {service_name(self.stack, spec.service)} on {self.manager}: {e}") from e
+        await self._engine(f"update {service_name(self.stack, spec.service)}", self._update_service, spec, force)
 
     def _update_service(self, spec: LaunchSpec, force: bool) -> None:
-        name = service_name(self.stack, spec.service)
         with self._lock:
-            found = self._service(name)
-            if found is None:
-                raise DriverError(f"no service {name} on {self.manager}")
-            current = self.client.api.inspect_service(found.id)
+            found, current = self._inspect(spec.service)
             old = current["Spec"]
             # A rolling update keeps Swarm's container health check: start-first then stops an
             # old task only once its replacement passed the check, so a version that exits at
@@ -182,20 +177,11 @@ class SwarmDriver(Driver):
             )
 
     async def rollback_service(self, service: str) -> None:
-        try:
-            await asyncio.to_thread(self._rollback_service, service)
-        except DriverError:
-            raise
-        except Exception as e:
-            raise DriverError(f"cannot roll {service_name(self.stack, service)} back on {self.manager}: {e}") from e
+        await self._engine(f"roll {service_name(self.stack, service)} back", self._rollback_service, service)
 
     def _rollback_service(self, service: str) -> None:
-        name = service_name(self.stack, service)
         with self._lock:
-            found = self._service(name)
-            if found is None:
-                raise DriverError(f"no service {name} on {self.manager}")
-            current = self.client.api.inspect_service(found.id)
+            found, current = self._inspect(service)
             api = self.client.api
             # `docker service rollback`: the Engine API's update with rollback=previous, which the
             # SDK has no parameter for (the body is the current spec; Swarm takes PreviousSpec).
@@ -226,6 +212,14 @@ class SwarmDriver(Driver):
             return running, current
 
         return await asyncio.to_thread(look)
+
+    def _inspect(self, service: str) -> tuple[Any, dict]:
+        """The stack's Swarm service for `service` and the manager's record of it (refused if none)."""
+        name = service_name(self.stack, service)
+        found = self._service(name)
+        if found is None:
+            raise DriverError(f"no service {name} on {self.manager}")
+        return found, self.client.api.inspect_service(found.id)
 
     def _service(self, name: str) -> Any:
         for s in self.client.services.list(filters={"name": name, "label": f"{LABEL_STACK}={self.stack}"}):
