@@ -1,5 +1,6 @@
 """Helpers for the swarm tests and benchmark: the lab (scripts/swarm-lab), a real
-`selfieless up --driver swarm` in a subprocess, and a GET load that counts failures.
+`selfieless up --driver swarm` in a subprocess, a GET load that counts failures, and uploads
+that keep what was acknowledged (to read back after).
 
 (No __init__.py here, as in tests/docker: the module names must not shadow packages.)
 """
@@ -7,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import threading
@@ -206,3 +208,66 @@ class GetLoad:
     @property
     def total(self) -> int:
         return self.ok + len(self.failures)
+
+
+class Writes:
+    """Uploads of acts back to back (besides the GETs): what answered 201, and every failure."""
+
+    def __init__(self, gw: str, ready_timeout: float = 120.0):
+        self.gw = gw
+        self.ready_timeout = ready_timeout
+        self.user, self.category = f"u{random.randrange(10**9)}", f"k{random.randrange(10**9)}"
+        self.acked: list[int] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "Writes":
+        with httpx.Client(timeout=10) as c:
+            assert c.post(f"{self.gw}/api/v1/users", json={"username": self.user, "password": "b" * 40}).status_code == 201
+            assert c.post(f"{self.gw}/api/v1/categories", json=[self.category]).status_code == 201
+            # An upload crosses nodes (acts asks users about the name, over the overlay network),
+            # which after an earlier test's node cut may take tens of seconds to carry it again
+            # (README "Several machines"): the fault under test starts from a working write path.
+            deadline = time.monotonic() + self.ready_timeout
+            while not self._upload(c, record_failure=False):
+                assert time.monotonic() < deadline, f"no upload acknowledged within {self.ready_timeout:g} s"
+                time.sleep(0.5)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _upload(self, c: httpx.Client, record_failure: bool = True) -> bool:
+        act_id = random.randrange(10**12)
+        act = {"actId": act_id, "username": self.user, "timestamp": "28-11-2026:00-00-00", "caption": "r",
+               "categoryName": self.category, "imgB64": "aGVsbG8="}
+        try:
+            r = c.post(f"{self.gw}/api/v1/acts", json=act)
+            failure = None if r.status_code == 201 else f"HTTP {r.status_code} {r.text[:80]}"
+        except httpx.HTTPError as e:
+            failure = f"{type(e).__name__}: {e}"
+        if failure is None:
+            self.acked.append(act_id)
+        elif record_failure:
+            self.failures.append(failure)
+        return failure is None
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as c:
+            while not self._stop.is_set():
+                self._upload(c)
+                time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def stored(self) -> set[int]:
+        out: set[int] = set()
+        with httpx.Client(timeout=10) as c:
+            total = c.get(f"{self.gw}/api/v1/categories").json()[self.category]
+            for start in range(1, total + 1, 100):
+                page = c.get(f"{self.gw}/api/v1/categories/{self.category}/acts",
+                             params={"start": start, "end": min(total, start + 99)})
+                assert page.status_code == 200, page.text
+                out |= {a["actId"] for a in page.json()}
+        return out

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from swarm_support import GetLoad, SwarmUp, make_stack_file, remove_stack
+from swarm_support import GetLoad, SwarmUp, Writes, make_stack_file, remove_stack
 from support.processes import wait_until
 
 STACK = f"slroll{random.randrange(10**5)}"
@@ -110,56 +110,6 @@ def _acts_tasks(client) -> list[dict]:
 
 def _task_ids(up) -> set[str]:
     return {r["detail"].split()[1] for r in up.ready("acts")}
-
-
-class Writes:
-    """Uploads of acts back to back (besides the GETs): what answered 201, and every failure."""
-
-    def __init__(self, gw: str):
-        self.gw = gw
-        self.user, self.category = f"u{random.randrange(10**9)}", f"k{random.randrange(10**9)}"
-        self.acked: list[int] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "Writes":
-        with httpx.Client(timeout=10) as c:
-            assert c.post(f"{self.gw}/api/v1/users", json={"username": self.user, "password": "b" * 40}).status_code == 201
-            assert c.post(f"{self.gw}/api/v1/categories", json=[self.category]).status_code == 201
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as c:
-            while not self._stop.is_set():
-                act_id = random.randrange(10**12)
-                act = {"actId": act_id, "username": self.user, "timestamp": "28-11-2026:00-00-00", "caption": "r",
-                       "categoryName": self.category, "imgB64": "aGVsbG8="}
-                try:
-                    r = c.post(f"{self.gw}/api/v1/acts", json=act)
-                    if r.status_code == 201:
-                        self.acked.append(act_id)
-                    else:
-                        self.failures.append(f"HTTP {r.status_code} {r.text[:80]}")
-                except httpx.HTTPError as e:
-                    self.failures.append(f"{type(e).__name__}: {e}")
-                time.sleep(0.05)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def stored(self) -> set[int]:
-        out: set[int] = set()
-        with httpx.Client(timeout=10) as c:
-            total = c.get(f"{self.gw}/api/v1/categories").json()[self.category]
-            for start in range(1, total + 1, 100):
-                page = c.get(f"{self.gw}/api/v1/categories/{self.category}/acts",
-                             params={"start": start, "end": min(total, start + 99)})
-                assert page.status_code == 200, page.text
-                out |= {a["actId"] for a in page.json()}
-        return out
 
 
 def test_a_rebuilt_tag_rolls_every_task_under_get_and_post_with_no_failure(rollout_env, lab):

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from swarm_support import GetLoad, SwarmUp, make_stack_file, remove_stack
+from swarm_support import GetLoad, SwarmUp, Writes, make_stack_file, remove_stack
 from support.processes import wait_until
 
 STACK = f"slswarm{random.randrange(10**5)}"
@@ -31,17 +31,6 @@ def deployment(lab, tmp_path_factory):
         up.stop_quietly()
         remove_stack(client, STACK)
         client.close()
-
-
-def _stored_acts(c: httpx.Client, gw: str, category: str) -> set[int]:
-    """Every act id of a category, read in pages of 100 (the plain listing stops at 100 acts)."""
-    total = c.get(f"{gw}/api/v1/categories").json()[category]
-    out: set[int] = set()
-    for start in range(1, total + 1, 100):
-        page = c.get(f"{gw}/api/v1/categories/{category}/acts", params={"start": start, "end": min(total, start + 99)})
-        assert page.status_code == 200, page.text
-        out |= {a["actId"] for a in page.json()}
-    return out
 
 
 def _hosts(reps: list[dict]) -> list[str]:
@@ -112,78 +101,18 @@ def test_scale_out_spreads_over_nodes_and_scale_in_fails_no_get(deployment, lab)
     assert load.failures == []
 
 
-def test_a_lost_node_leaves_the_rotation_and_its_tasks_come_back_elsewhere(deployment, lab):
-    up = deployment
-    up.scale("acts", 3)
-    wait_until(lambda: len(up.ready("acts")) == 3 and up.status()["converged"], 120, what="3 acts tasks ready")
-    lost = lab.address(3)
-    assert lost in _hosts(up.ready("acts"))
-    try:
-        with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=4) as load:
-            time.sleep(1.0)
-            t0 = time.monotonic()
-            lab.cut(3)
-            wait_until(lambda: lost not in _hosts(up.in_rotation("acts")), 15, 0.02,
-                       what="the lost node out of rotation")
-            out = time.monotonic() - t0
-            wait_until(lambda: lost not in _hosts(up.ready("acts")), 15, 0.05, what="the lost node's tasks unhealthy")
-            unhealthy = time.monotonic() - t0
-            wait_until(lambda: len(up.ready("acts")) == 3, 90, 0.1, what="3 acts tasks again")
-            back = time.monotonic() - t0
-            time.sleep(1.0)
-        print(f"\nnode lost: out of rotation {out:.2f} s, unhealthy {unhealthy:.2f} s, 3 acts tasks serving again "
-              f"{back:.1f} s, failed GETs {len(load.failures)}/{load.total}: {load.failures[:3]}")
-        assert lost not in _hosts(up.ready("acts"))
-        assert out <= 10.0
-        # The GETs in flight on the lost node are replayed on the others (the gateway withdraws
-        # a stalled replica, and gives up what a replica removed as unhealthy still holds): the
-        # benchmark sees none fail. The issue's bar for this test is "none beyond the ones in
-        # flight on that node" (one per client), which is what is asserted: in a full-suite run
-        # on a loaded machine, 4 of 272 in flight once timed out (cause not found yet).
-        assert len(load.failures) <= load.clients, load.failures
-    finally:
-        lab.heal(3)
-    up.scale("acts", 1)
-    wait_until(lambda: up.status()["converged"] and len(up.ready("acts")) == 1, 90, what="acts back to 1")
-
-
 def test_a_killed_task_is_replaced_by_swarm_with_no_failed_get_and_no_lost_upload(deployment, lab):
-    import threading
-
     import docker
 
     up = deployment
     up.scale("acts", 2)
     wait_until(lambda: len(up.ready("acts")) == 2 and up.status()["converged"], 90, what="2 acts tasks ready")
-    gw = up.gateway
-    user, category = f"u{random.randrange(10**9)}", f"k{random.randrange(10**9)}"
-    with httpx.Client(timeout=10) as c:
-        assert c.post(f"{gw}/api/v1/users", json={"username": user, "password": "b" * 40}).status_code == 201
-        assert c.post(f"{gw}/api/v1/categories", json=[category]).status_code == 201
-    acked: list[int] = []
-    stop = threading.Event()
-
-    def uploads() -> None:
-        with httpx.Client(timeout=10) as c:
-            while not stop.is_set():
-                act_id = random.randrange(10**12)
-                act = {"actId": act_id, "username": user, "timestamp": "28-11-2026:00-00-00", "caption": "k",
-                       "categoryName": category, "imgB64": "aGVsbG8="}
-                try:
-                    if c.post(f"{gw}/api/v1/acts", json=act).status_code == 201:
-                        acked.append(act_id)
-                except httpx.HTTPError:
-                    pass  # not acknowledged: it may or may not be stored
-                time.sleep(0.05)
-
     victim = up.ready("acts")[0]
     task_prefix = victim["detail"].split()[1]
     [task] = [t for t in lab.client().api.tasks(filters={"service": f"{STACK}-acts"}) if t["ID"].startswith(task_prefix)]
     node = int(victim["host"].rsplit(".", 1)[1]) - 10
     before = {r["id"] for r in up.ready("acts")}
-    poster = threading.Thread(target=uploads, daemon=True)
-    with GetLoad(f"{gw}/api/v1/acts/count", clients=3) as load:
-        poster.start()
+    with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=3) as load, Writes(up.gateway) as writes:
         time.sleep(1.0)
         t0 = time.monotonic()
         engine = docker.DockerClient(base_url=lab.node_socket(node), timeout=30)
@@ -192,15 +121,11 @@ def test_a_killed_task_is_replaced_by_swarm_with_no_failed_get_and_no_lost_uploa
         wait_until(lambda: {r["id"] for r in up.ready("acts")} - before, 60, what="a replacement task in rotation")
         took = time.monotonic() - t0
         time.sleep(1.0)
-        stop.set()
-        poster.join(15)
     print(f"\ntask killed: replacement serving after {took:.2f} s, failed GETs {len(load.failures)}/{load.total}, "
-          f"{len(acked)} uploads acknowledged")
+          f"{len(writes.acked)} uploads acknowledged, {len(writes.failures)} failed")
     assert load.failures == []
-    assert acked
-    with httpx.Client(timeout=10) as c:
-        stored = _stored_acts(c, gw, category)
-    assert set(acked) <= stored
+    assert writes.acked
+    assert set(writes.acked) <= writes.stored()
     wait_until(lambda: len(up.ready("acts")) == 2 and up.status()["converged"], 60, what="2 acts tasks again")
 
 
@@ -258,6 +183,46 @@ def _container_state(engine, container: str) -> str | None:
         return engine.containers.get(container).status
     except docker.errors.NotFound:
         return None
+
+
+def test_a_lost_node_leaves_the_rotation_and_its_tasks_come_back_elsewhere(deployment, lab):
+    up = deployment
+    up.scale("acts", 3)
+    wait_until(lambda: len(up.ready("acts")) == 3 and up.status()["converged"], 120, what="3 acts tasks ready")
+    lost = lab.address(3)
+    assert lost in _hosts(up.ready("acts"))
+    try:
+        with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=4) as load, Writes(up.gateway) as writes:
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            lab.cut(3)
+            wait_until(lambda: lost not in _hosts(up.in_rotation("acts")), 15, 0.02,
+                       what="the lost node out of rotation")
+            out = time.monotonic() - t0
+            wait_until(lambda: lost not in _hosts(up.ready("acts")), 15, 0.05, what="the lost node's tasks unhealthy")
+            unhealthy = time.monotonic() - t0
+            wait_until(lambda: len(up.ready("acts")) == 3, 90, 0.1, what="3 acts tasks again")
+            back = time.monotonic() - t0
+            time.sleep(1.0)
+        print(f"\nnode lost: out of rotation {out:.2f} s, unhealthy {unhealthy:.2f} s, 3 acts tasks serving again "
+              f"{back:.1f} s, failed GETs {len(load.failures)}/{load.total}: {load.failures[:3]}; "
+              f"{len(writes.acked)} uploads acknowledged, {len(writes.failures)} failed: {writes.failures[:3]}")
+        assert lost not in _hosts(up.ready("acts"))
+        assert out <= 10.0
+        # The GETs in flight on the lost node are replayed on the others (the gateway withdraws
+        # a stalled replica, and gives up what a replica removed as unhealthy still holds): the
+        # benchmark sees none fail. The issue's bar for this test is "none beyond the ones in
+        # flight on that node" (one per client), which is what is asserted: in a full-suite run
+        # on a loaded machine, 4 of 272 in flight once timed out (cause not found yet).
+        assert len(load.failures) <= load.clients, load.failures
+        # An upload the lost node held is never replayed (it may have been stored): it fails, and
+        # nothing acknowledged may be missing. The database runs on the manager, not on node 3.
+        assert writes.acked
+        assert set(writes.acked) <= writes.stored()
+    finally:
+        lab.heal(3)
+    up.scale("acts", 1)
+    wait_until(lambda: up.status()["converged"] and len(up.ready("acts")) == 1, 90, what="acts back to 1")
 
 
 def test_a_restarted_orchestrator_adopts_the_services_and_down_removes_them_and_the_volumes_on_every_node(
