@@ -66,10 +66,6 @@ def settle(up: SwarmUp, n: int) -> None:
     wait(lambda: len(up.ready("acts")) == n and up.status()["converged"], 120, f"{n} acts tasks ready", 0.1)
 
 
-def node_of(lab: Lab, host: str) -> int:
-    return lab.env["SWARM_LAB_ADDRESSES"].split().index(host) + 1
-
-
 def task_kill(up: SwarmUp, lab: Lab) -> tuple[float, int, int]:
     import docker
 
@@ -77,13 +73,16 @@ def task_kill(up: SwarmUp, lab: Lab) -> tuple[float, int, int]:
     # A task on node 2: not the manager's (its engine also runs the database), and not on node 3,
     # which node_loss cuts and rejoin watches: Swarm's scheduler avoids, for 5 minutes, a node
     # where 5 tasks of a service failed.
-    victim = min(up.ready("acts"), key=lambda r: abs(node_of(lab, r["host"]) - 2))
+    on_node_2 = [r for r in up.ready("acts") if lab.node_of(r["host"]) == 2]
+    if not on_node_2:
+        raise RuntimeError("no acts task on node 2 to kill")
+    victim = on_node_2[0]
     task_id = victim["detail"].split()[1]
     api = lab.client().api
     [task] = [t for t in api.tasks(filters={"service": f"{STACK}-acts"}) if t["ID"].startswith(task_id)]
     container = task["Status"]["ContainerStatus"]["ContainerID"]
     before = ready_ids(up)
-    node = docker.DockerClient(base_url=lab.node_socket(node_of(lab, victim["host"])), timeout=30)
+    node = docker.DockerClient(base_url=lab.node_socket(2), timeout=30)
     with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=CLIENTS) as load:
         time.sleep(1.0)
         t0 = time.monotonic()

@@ -80,8 +80,20 @@ class Lab:
     def node_socket(self, n: int) -> str:
         return self.env[f"SWARM_LAB_NODE{n}_DOCKER_HOST"]
 
+    @property
+    def nodes(self) -> range:
+        """The node numbers, from 1 (the manager)."""
+        return range(1, len(self._addresses()) + 1)
+
     def address(self, n: int) -> str:
-        return self.env["SWARM_LAB_ADDRESSES"].split()[n - 1]
+        return self._addresses()[n - 1]
+
+    def node_of(self, address: str) -> int:
+        """The number of the node at `address` (a replica's host)."""
+        return self._addresses().index(address) + 1
+
+    def _addresses(self) -> list[str]:
+        return self.env["SWARM_LAB_ADDRESSES"].split()
 
     def cut(self, n: int) -> None:
         self.run("cut", str(n))

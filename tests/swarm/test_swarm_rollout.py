@@ -45,7 +45,7 @@ def _copy_to_nodes(lab, tag: str, tmp) -> None:
     subprocess.run(["docker", "save", "-o", str(tar), tag], check=True, timeout=300)
     loads = [subprocess.Popen(["docker", "-H", lab.node_socket(n), "load", "-q", "-i", str(tar)],
                               stdout=subprocess.DEVNULL)
-             for n in range(1, len(lab.env["SWARM_LAB_ADDRESSES"].split()) + 1)]
+             for n in lab.nodes]
     for p in loads:
         assert p.wait(300) == 0
     tar.unlink()
@@ -57,8 +57,7 @@ def rollout_env(lab, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("swarm-rollout")
     host = docker.from_env(timeout=300)
-    nodes = range(1, len(lab.env["SWARM_LAB_ADDRESSES"].split()) + 1)
-    for n in nodes:  # version 1: the lab's acts:latest under the test tag
+    for n in lab.nodes:  # version 1: the lab's acts:latest under the test tag
         subprocess.run(["docker", "-H", lab.node_socket(n), "tag", "acts:latest", TAG], check=True, timeout=60)
     path = make_stack_file(tmp / "stack.yaml", STACK)
     data = yaml.safe_load(path.read_text())

@@ -110,7 +110,7 @@ def test_a_killed_task_is_replaced_by_swarm_with_no_failed_get_and_no_lost_uploa
     victim = up.ready("acts")[0]
     task_prefix = victim["detail"].split()[1]
     [task] = [t for t in lab.client().api.tasks(filters={"service": f"{STACK}-acts"}) if t["ID"].startswith(task_prefix)]
-    node = int(victim["host"].rsplit(".", 1)[1]) - 10
+    node = lab.node_of(victim["host"])
     before = {r["id"] for r in up.ready("acts")}
     with GetLoad(f"{up.gateway}/api/v1/acts/count", clients=3) as load, Writes(up.gateway) as writes:
         time.sleep(1.0)
@@ -143,7 +143,7 @@ def test_a_paused_task_leaves_the_rotation_and_is_replaced(deployment, lab):
     api = lab.client().api
     [task] = [t for t in api.tasks(filters={"service": f"{STACK}-acts"}) if t["ID"].startswith(task_prefix)]
     container = task["Status"]["ContainerStatus"]["ContainerID"]
-    node = int(victim["host"].rsplit(".", 1)[1]) - 10
+    node = lab.node_of(victim["host"])
     engine = docker.DockerClient(base_url=lab.node_socket(node), timeout=30)
     before = {r["id"] for r in up.ready("acts")}
     try:
