@@ -206,6 +206,7 @@ def test_scale_to_zero_by_apply_then_a_burst_of_20_is_all_answered(rollout_env, 
 
     wait_until(lambda: swarm_count() == 0 and not up.replicas("acts") and not _acts_tasks(client), 120,
                what="acts scaled to zero on the swarm")
+    seen = max((e["id"] for e in up.events()), default=0)
     t0 = time.monotonic()
     with httpx.Client(timeout=60) as c:
         results: list[int] = []
@@ -218,5 +219,9 @@ def test_scale_to_zero_by_apply_then_a_burst_of_20_is_all_answered(rollout_env, 
     took = time.monotonic() - t0
     print(f"\nscale from zero on the swarm: 20 held requests answered in {took:.1f} s")
     assert results == [200] * 20
-    assert swarm_count() >= 1 and len(up.ready("acts")) >= 1
-    assert any(e["kind"] == "scaled" and "scale from zero" in e["reason"] for e in up.events() if e["service"] == "acts")
+    # What the burst did, from the event log: the service left zero and a task became ready. Its
+    # count now is not asserted: with scale_to_zero_after 2 s a correct stack may be back at 0
+    # already (a loaded machine took 2.5 s for the burst, and CI failed on that).
+    after = [e for e in up.events() if e["id"] > seen and e["service"] == "acts"]
+    assert any(e["kind"] == "scaled" and "scale from zero" in e["reason"] for e in after), after
+    assert any(e["kind"] == "ready" for e in after), after
