@@ -11,7 +11,7 @@ import pytest
 
 from selfieless.gateway.routing import RouteTable, normalise_prefix
 from selfieless.orchestrator.autoscale import (
-    Decision,
+    ScaleDecision,
     RateState,
     Sample,
     WindowState,
@@ -22,7 +22,8 @@ from selfieless.orchestrator.autoscale import (
 )
 from selfieless.orchestrator.backoff import BackoffState, in_crash_loop, record_failure
 from selfieless.orchestrator.health import Verdict, verdict
-from selfieless.orchestrator.plan import PENDING, CancelPending, Replace, Slot, Stop, plan_service
+from selfieless.orchestrator.commands import CancelStart, ReplaceReplica, StopReplica
+from selfieless.orchestrator.plan import PENDING, Slot, plan_service
 from selfieless.orchestrator.replica import InvalidTransition, Replica, ReplicaState as S
 from selfieless.orchestrator.stack import RatePolicy, WindowPolicy
 
@@ -32,25 +33,25 @@ PORTS = range(8000, 8010)
 # --- plans -----------------------------------------------------------------------------------
 
 def test_plan_actions_whole():
-    slots = [Slot(8000, S.READY, "a"), Slot(8001, S.EXITED, None), Slot(8002, S.READY, "c"),
-             Slot(8003, PENDING), Slot(8004, S.UNHEALTHY, None)]
-    assert plan_service("acts", 2, slots, PORTS) == [
-        Stop("acts", "", 8004, drain=False, reason="scale-in to 2: highest port first"),
-        CancelPending("acts", 8003, "scale-in to 2"),
-        Stop("acts", "c", 8002, drain=True, reason="scale-in to 2: highest port first"),
-        Replace("acts", "", 8001, reason="replica is exited"),
+    slots = [Slot(8000, S.READY, "a"), Slot(8001, S.EXITED, "x"), Slot(8002, S.READY, "c"),
+             Slot(8003, PENDING), Slot(8004, S.UNHEALTHY, "u")]
+    assert plan_service(2, slots, PORTS) == [
+        StopReplica("u", drain=False, reason="scale-in to 2: highest port first"),
+        CancelStart(8003, "scale-in to 2"),
+        StopReplica("c", drain=True, reason="scale-in to 2: highest port first"),
+        ReplaceReplica("x", reason="replica is exited"),
     ]
 
 
 def test_plan_exactly_desired_starts_nothing():
-    assert plan_service("acts", 1, [Slot(8000, S.READY, "a")], PORTS) == []
-    assert plan_service("acts", 0, [], PORTS) == []
+    assert plan_service(1, [Slot(8000, S.READY, "a")], PORTS) == []
+    assert plan_service(0, [], PORTS) == []
 
 
 def test_plan_pending_state_named_in_reason():
     # A broken slot is replaced; a pending one is named by its plain string.
-    (a,) = plan_service("acts", 1, [Slot(8000, S.UNHEALTHY, "u")], PORTS)
-    assert a == Replace("acts", "u", 8000, "replica is unhealthy")
+    (a,) = plan_service(1, [Slot(8000, S.UNHEALTHY, "u")], PORTS)
+    assert a == ReplaceReplica("u", "replica is unhealthy")
 
 
 # --- backoff ---------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_window_reason_exact():
     wall_now = time.mktime((2026, 1, 2, 10, 0, 0, 0, 0, -1))
     st, d = window_step(WindowState(), Sample(1, 100.0), 230.0, 1, W, 1, 10, wall_now=wall_now)
     # The window ended at 220 (monotonic), 10 s before "now": 09:59:50 local time.
-    assert d == Decision(1, 1, "kept service at 1: 1 request in the window ending 09:59:50", 1, 220.0)
+    assert d == ScaleDecision(1, 1, "kept service at 1: 1 request in the window ending 09:59:50", 1, 220.0)
     assert st == WindowState(window_start=220.0, base_count=1)
     st, d = window_step(WindowState(), Sample(41, 100.0), 220.0, 1, W, 1, 10, "acts", wall_now=wall_now)
     assert d.reason == "scaled acts 1\u21923: 41 requests in the window ending 10:00:00"
@@ -154,14 +155,14 @@ R = RatePolicy(policy="rate", target_rps_per_replica=10, window_seconds=4, scale
 
 def test_rate_first_sample_reads_zero():
     st, d = rate_step(RateState(), Sample(500, 0.0), 100.0, 1, R, 1, 10, "acts")
-    assert d == Decision(1, 1, "kept acts at 1: 0.0 req/s over the last 0.0 s, target 10 per replica", 0)
+    assert d == ScaleDecision(1, 1, "kept acts at 1: 0.0 req/s over the last 0.0 s, target 10 per replica", 0)
     assert st == RateState(samples=((100.0, 500),), recommendations=((100.0, 1),), since=100.0)
 
 
 def test_rate_reason_and_count_exact():
     st, _ = rate_step(RateState(), Sample(0, 0.0), 100.0, 1, R, 1, 10, "acts")
     st, d = rate_step(st, Sample(30, 0.0), 101.0, 1, R, 1, 10, "acts")
-    assert d == Decision(3, 1, "scaled acts 1\u21923: 30.0 req/s over the last 1.0 s, target 10 per replica", 30)
+    assert d == ScaleDecision(3, 1, "scaled acts 1\u21923: 30.0 req/s over the last 1.0 s, target 10 per replica", 30)
 
 
 def test_rate_default_service_name():
@@ -207,7 +208,7 @@ def test_rate_scale_in_boundary_and_stabilisation():
 def test_rate_equal_recommendation_keeps_current_as_scale_out_reason():
     st = RateState(samples=((99.0, 0),), since=99.0)
     _, d = rate_step(st, Sample(20, 0.0), 100.0, 2, R, 1, 10, "acts")
-    assert d == Decision(2, 2, "kept acts at 2: 20.0 req/s over the last 1.0 s, target 10 per replica", 20)
+    assert d == ScaleDecision(2, 2, "kept acts at 2: 20.0 req/s over the last 1.0 s, target 10 per replica", 20)
 
 
 def test_invalid_transition_without_a_reason():

@@ -11,7 +11,8 @@ from selfieless.orchestrator.autoscale import (
     window_step,
 )
 from selfieless.orchestrator.backoff import BackoffPolicy, BackoffState, in_crash_loop, record_failure, record_ready
-from selfieless.orchestrator.plan import PENDING, CancelPending, Replace, Slot, Start, Stop, plan_service
+from selfieless.orchestrator.commands import CancelStart, ReplaceReplica, StartReplica, StopReplica
+from selfieless.orchestrator.plan import PENDING, Slot, plan_service
 from selfieless.orchestrator.replica import InvalidTransition, Replica, ReplicaState as S
 from selfieless.orchestrator.stack import RatePolicy, WindowPolicy
 
@@ -21,53 +22,54 @@ PORTS = range(8000, 8010)
 # --- plans -----------------------------------------------------------------------------------
 
 def test_plan_from_nothing_starts_on_lowest_ports():
-    acts = plan_service("acts", 3, [], PORTS)
-    assert [(type(a), a.port) for a in acts] == [(Start, 8000), (Start, 8001), (Start, 8002)]
+    acts = plan_service(3, [], PORTS)
+    assert [(type(a), a.port) for a in acts] == [(StartReplica, 8000), (StartReplica, 8001), (StartReplica, 8002)]
 
 
 def test_plan_converged_is_empty():
     slots = [Slot(8000, S.READY, "a"), Slot(8001, S.STARTING, "b")]
-    assert plan_service("acts", 2, slots, PORTS) == []
+    assert plan_service(2, slots, PORTS) == []
 
 
 def test_scale_out_fills_gaps_lowest_first():
     slots = [Slot(8000, S.READY, "a"), Slot(8002, S.READY, "c")]
-    assert [a.port for a in plan_service("acts", 4, slots, PORTS)] == [8001, 8003]
+    assert [a.port for a in plan_service(4, slots, PORTS)] == [8001, 8003]
 
 
 def test_scale_in_removes_highest_ports_first_with_drain():
     slots = [Slot(p, S.READY, f"r{p}") for p in (8000, 8001, 8002, 8003)]
-    acts = plan_service("acts", 1, slots, PORTS)
-    assert [(type(a), a.port, a.drain) for a in acts] == [(Stop, 8003, True), (Stop, 8002, True), (Stop, 8001, True)]
+    acts = plan_service(1, slots, PORTS)
+    assert [(type(a), a.replica_id, a.drain) for a in acts] == [(StopReplica, "r8003", True), (StopReplica, "r8002", True),
+                                                                 (StopReplica, "r8001", True)]
 
 
 def test_broken_replicas_replaced_on_same_port():
     slots = [Slot(8000, S.EXITED, "a"), Slot(8001, S.UNHEALTHY, "b"), Slot(8002, S.READY, "c")]
-    acts = plan_service("acts", 3, slots, PORTS)
-    assert acts == [Replace("acts", "a", 8000, "replica is exited"), Replace("acts", "b", 8001, "replica is unhealthy")]
+    acts = plan_service(3, slots, PORTS)
+    assert acts == [ReplaceReplica("a", "replica is exited"), ReplaceReplica("b", "replica is unhealthy")]
 
 
 def test_broken_replica_beyond_desired_is_stopped_without_drain():
     slots = [Slot(8000, S.READY, "a"), Slot(8001, S.EXITED, "b")]
-    (a,) = plan_service("acts", 1, slots, PORTS)
-    assert isinstance(a, Stop) and a.port == 8001 and not a.drain
+    (a,) = plan_service(1, slots, PORTS)
+    assert isinstance(a, StopReplica) and a.replica_id == "b" and not a.drain
 
 
 def test_stopping_and_pending_ports_are_not_free():
     slots = [Slot(8000, S.STOPPING, "old"), Slot(8001, PENDING), Slot(8002, S.READY, "c")]
-    acts = plan_service("acts", 3, slots, PORTS)
+    acts = plan_service(3, slots, PORTS)
     # 8001 (pending) and 8002 count; one more is needed and 8000 is still held by the stopping one.
-    assert acts == [Start("acts", 8003, "scale-out to 3: lowest free port")]
+    assert acts == [StartReplica("current", 8003, "scale-out to 3: lowest free port")]
 
 
 def test_pending_beyond_desired_is_cancelled():
     slots = [Slot(8000, S.READY, "a"), Slot(8001, PENDING)]
-    assert plan_service("acts", 1, slots, PORTS) == [CancelPending("acts", 8001, "scale-in to 1")]
+    assert plan_service(1, slots, PORTS) == [CancelStart(8001, "scale-in to 1")]
 
 
 def test_plan_runs_out_of_ports_quietly():
     slots = [Slot(8000, S.READY, "a")]
-    assert [a.port for a in plan_service("acts", 5, slots, range(8000, 8002))] == [8001]
+    assert [a.port for a in plan_service(5, slots, range(8000, 8002))] == [8001]
 
 
 # --- window policy ---------------------------------------------------------------------------

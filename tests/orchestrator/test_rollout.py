@@ -30,9 +30,9 @@ class Sim:
                 else:
                     self.r = ro.ready(self.r, rid, self.now)
             elif isinstance(c, ro.StopReplica):
-                m = next(m for m in self.r.members if m.id == c.id)
+                m = next(m for m in self.r.members if m.id == c.replica_id)
                 self.log.append(f"stop {m.version} {m.port}" + (" drain" if c.drain else ""))
-                self.r = ro.stopped(self.r, c.id)
+                self.r = ro.stopped(self.r, c.replica_id)
             else:
                 self.finished = c
         serving = len([m for m in self.r.members if m.status == "ready"])
@@ -79,7 +79,7 @@ def test_one_new_replica_unproven_at_a_time():
     r, cmds = ro.decide(r, 1.0)
     # An old replica leaves, but the next new one waits for the monitor period of the first.
     assert [type(c) for c in cmds] == [ro.StopReplica]
-    r = ro.stopped(r, cmds[0].id)
+    r = ro.stopped(r, cmds[0].replica_id)
     r, cmds = ro.decide(r, 2.0)
     assert cmds == []
     r, cmds = ro.decide(r, 6.5)
@@ -120,7 +120,7 @@ def test_rollback_after_an_old_replica_was_stopped_starts_the_old_version_first(
     r, (start,) = ro.decide(r, 0.0)
     r = ro.ready(ro.started(r, "n1", "new", start.port), "n1", 1.0)
     r, (stop,) = ro.decide(r, 1.0)
-    r = ro.stopped(r, stop.id)               # old 8000 gone, n1 serves on 8003
+    r = ro.stopped(r, stop.replica_id)               # old 8000 gone, n1 serves on 8003
     r = ro.failed(r, "n1", "probe failed", now=2.0)
     r, cmds = ro.decide(r, 2.0)
     # The failed replica is already out of rotation: it stops at once; the old version comes back.
@@ -202,11 +202,11 @@ class SlowSim:
                 self.starting[rid] = c.port
                 self.events.append((self.now + self.start_ticks, self._started(rid, c.version, c.port)))
             elif isinstance(c, ro.StopReplica):
-                assert c.id not in self.asked_stop, f"{c.id} stopped twice: {self.log}"
-                self.asked_stop.add(c.id)
-                m = next(m for m in self.r.members if m.id == c.id)
+                assert c.replica_id not in self.asked_stop, f"{c.replica_id} stopped twice: {self.log}"
+                self.asked_stop.add(c.replica_id)
+                m = next(m for m in self.r.members if m.id == c.replica_id)
                 self.log.append(f"{self.now:g} stop {m.version} {m.port}" + (" drain" if c.drain else ""))
-                self.events.append((self.now + self.stop_ticks, lambda r, i=c.id: ro.stopped(r, i)))
+                self.events.append((self.now + self.stop_ticks, lambda r, i=c.replica_id: ro.stopped(r, i)))
             else:
                 self.finished = c
         members = self.r.members
@@ -471,7 +471,7 @@ def test_rollback_waits_for_the_old_version_to_serve_again_before_finishing():
 def test_rollback_without_a_free_port_starts_the_old_version_once_the_new_one_is_gone():
     r = ro.begin("acts", OLD, [8000, 8001, 8002])
     r, (stop,) = ro.decide(r, 0.0)
-    r, (start,) = ro.decide(ro.stopped(r, stop.id), 1.0)
+    r, (start,) = ro.decide(ro.stopped(r, stop.replica_id), 1.0)
     r = ro.failed(ro.started(r, "n1", "new", start.port), "n1", "exited with status 1", 2.0)
     r, cmds = ro.decide(r, 2.0)
     assert cmds == [ro.StopReplica("n1", drain=False, reason="rollback")]

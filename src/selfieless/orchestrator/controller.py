@@ -36,12 +36,13 @@ from . import driver_owned
 from . import lifecycle
 from .lifecycle import BROKEN_REPLACE_GRACE
 from .backoff import BackoffPolicy, BackoffState, record_ready
-from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .drivers.base import Driver, DriverError, EngineDriver, ExitEvent, LaunchSpec, ReplicaHandle
 from .events import EventLog
 from .health import Probe
 from .probe import HttpProber
 from .probing import REPLICA_HOST, Probing, replica_host
-from .plan import CancelPending, Replace, Start, Stop, plan_service
+from .commands import CancelStart, ReplaceReplica, StartReplica, StopReplica
+from .plan import plan_service
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
 from .service import ScheduledStart, ServiceRuntime
@@ -115,7 +116,7 @@ class Orchestrator:
             self._prober = self.probing.probe = HttpProber()
         self._hook_gateway()
         self._loops.append(asyncio.create_task(self._watch_exits(), name="orchestrator-exits"))
-        if self.driver.owns_replica_count:
+        if isinstance(self.driver, EngineDriver):
             if self._adopt:
                 await self._adopt_counts()
             self._loops.append(asyncio.create_task(self._watch_snapshots(), name="orchestrator-snapshots"))
@@ -375,7 +376,7 @@ class Orchestrator:
             self._wake.clear()
             for svc in self.services.values():
                 try:
-                    if self.driver.owns_replica_count:
+                    if isinstance(self.driver, EngineDriver):
                         self._reconcile_owned(svc)
                     elif not self._blocked(svc):
                         self._reconcile(svc)
@@ -397,18 +398,18 @@ class Orchestrator:
         return name is not None
 
     def _reconcile(self, svc: ServiceRuntime) -> None:
-        actions = plan_service(svc.name, svc.desired, svc.slots(), svc.spec.host_ports.ports)
+        actions = plan_service(svc.desired, svc.slots(), svc.spec.host_ports.ports)
         for a in actions:
-            if isinstance(a, Start):
+            if isinstance(a, StartReplica):
                 self._schedule_start(svc, a.port, delay=0.0, reason=a.reason)
-            elif isinstance(a, Stop):
+            elif isinstance(a, StopReplica):
                 rep = svc.replicas[a.replica_id]
                 rep.transition(S.STOPPING, a.reason)
                 self.probing.stop(rep)
                 self._spawn(self._stop_replica(svc, rep, drain=a.drain, reason=a.reason))
-            elif isinstance(a, Replace):
+            elif isinstance(a, ReplaceReplica):
                 self._replace(svc, svc.replicas[a.replica_id], a.reason)
-            elif isinstance(a, CancelPending):
+            elif isinstance(a, CancelStart):
                 p = svc.pending.get(a.port)
                 if p is not None and not p.committed:
                     p.task.cancel()

@@ -1,6 +1,7 @@
 """Convergence plans: what to do to bring one service from its actual replicas to the desired count.
 
-A pure function of (desired, what exists, port range). The runtime executes the plan; computing it
+A pure function of (desired, what exists, port range), answered in commands.py's vocabulary. The
+executor (executor.py) carries the plan out; computing it
 first (as docker compose does) keeps the decision testable and explainable.
 
 Rules:
@@ -15,8 +16,9 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Iterable
 
+from .commands import CancelStart, Command, ReplaceReplica, StartReplica, StopReplica
 from .replica import BROKEN, LIVE, ReplicaState
 
 PENDING = "pending"  # a start is scheduled on this port (backoff, or start in progress)
@@ -31,64 +33,30 @@ class Slot:
     replica_id: str | None = None
 
 
-@dataclass(frozen=True)
-class Start:
-    service: str
-    port: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Stop:
-    service: str
-    replica_id: str
-    port: int
-    drain: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class Replace:
-    service: str
-    replica_id: str
-    port: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class CancelPending:
-    service: str
-    port: int
-    reason: str
-
-
-Action = Union[Start, Stop, Replace, CancelPending]
-
-
-def plan_service(service: str, desired: int, slots: Iterable[Slot], ports: Iterable[int]) -> list[Action]:
-    """Actions that move `service` toward `desired` replicas. Empty when converged."""
+def plan_service(desired: int, slots: Iterable[Slot], ports: Iterable[int]) -> list[Command]:
+    """Commands (commands.py) that move one service toward `desired` replicas. Empty when converged."""
     slots = sorted(slots, key=lambda s: s.port)
     ports = list(ports)
     # Slots that count: live replicas, broken ones (they will be replaced in place), and pending
     # starts. Stopping/stopped replicas are already leaving and do not count.
     counted = [s for s in slots if s.state in LIVE or s.state in BROKEN or s.state == PENDING]
     keep, extra = counted[:desired], counted[desired:]
-    actions: list[Action] = []
+    actions: list[Command] = []
     for s in reversed(extra):  # highest ports first
         if s.state == PENDING:
-            actions.append(CancelPending(service, s.port, f"scale-in to {desired}"))
+            actions.append(CancelStart(s.port, f"scale-in to {desired}"))
         else:
             # A broken replica has nothing worth draining.
-            actions.append(Stop(service, s.replica_id or "", s.port, drain=s.state in LIVE,
-                                reason=f"scale-in to {desired}: highest port first"))
+            actions.append(StopReplica(s.replica_id or "", drain=s.state in LIVE,
+                                       reason=f"scale-in to {desired}: highest port first"))
     for s in keep:
         if s.state in BROKEN:
-            actions.append(Replace(service, s.replica_id or "", s.port, reason=f"replica is {_name(s.state)}"))
+            actions.append(ReplaceReplica(s.replica_id or "", reason=f"replica is {_name(s.state)}"))
     missing = desired - len(keep)
     if missing > 0:
         busy = {s.port for s in slots}  # stopping replicas still hold their port
         for port in [p for p in ports if p not in busy][:missing]:
-            actions.append(Start(service, port, reason=f"scale-out to {desired}: lowest free port"))
+            actions.append(StartReplica("current", port, reason=f"scale-out to {desired}: lowest free port"))
     return actions
 
 

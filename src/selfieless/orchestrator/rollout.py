@@ -2,7 +2,8 @@
 
 The executor feeds it what happened (a replica started, passed its first probe, failed, stopped)
 and asks `decide(state, now)` what to do next; `decide` returns the new state and commands
-(start a replica of a version on a port, stop a replica with or without draining, finish). No
+(commands.py's: start a replica of a version on a port, stop a replica with or without
+draining; and finish). No
 sockets, no sleeps: every rule below is tested with plain values.
 
 Rules (start-first, the default):
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Literal, Union
+
+from .commands import StartReplica, StopReplica
 
 Version = Literal["old", "new"]
 Status = Literal["starting", "ready", "failed", "stopping", "stopped"]
@@ -53,29 +56,12 @@ class Member:
 
 
 @dataclass(frozen=True)
-class StartReplica:
-    version: Version
-    port: int
-    reason: str
-    # The service serves at full strength meanwhile (start-first): the new replica need not boot
-    # at the expense of the serving ones (the docker driver's start CPU boost is left off).
-    spare: bool = False
-
-
-@dataclass(frozen=True)
-class StopReplica:
-    id: str
-    drain: bool
-    reason: str
-
-
-@dataclass(frozen=True)
 class Finish:
     outcome: Literal["complete", "rolled_back", "paused"]
     reason: str
 
 
-Command = Union[StartReplica, StopReplica, Finish]
+Order = Union[StartReplica, StopReplica, Finish]   # what decide() answers
 
 
 @dataclass(frozen=True)
@@ -158,13 +144,13 @@ def _set(r: Rollout, id: str, **changes) -> Rollout:
 
 # ---- the decision ----
 
-def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
+def decide(r: Rollout, now: float) -> tuple[Rollout, list[Order]]:
     """What to do now. Call after every event and on a timer (for the monitor period)."""
     if r.phase in ("complete", "rolled_back", "paused"):
         return r, []
     if r.phase == "rolling_back":
         return _rollback(r)
-    cmds: list[Command] = []
+    cmds: list[Order] = []
     # A failed member holds its port until stopped; failed old replicas are simply cleared away.
     for m in r.members:
         if m.status == "failed":
@@ -245,8 +231,8 @@ def _full(r: Rollout) -> bool:
     return len(r.of("old", "ready")) + len(r.of("new", "ready")) >= r.desired
 
 
-def _rollback(r: Rollout) -> tuple[Rollout, list[Command]]:
-    cmds: list[Command] = []
+def _rollback(r: Rollout) -> tuple[Rollout, list[Order]]:
+    cmds: list[Order] = []
     if r.failure_action == "pause":
         # Leave everything as it is for a person to look at; the failed replica is out of rotation.
         return replace(r, phase="paused"), [Finish("paused", r.reason)]

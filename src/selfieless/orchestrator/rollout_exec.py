@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import rollout as ro
-from .drivers.base import DriverError
+from .commands import StartReplica, StopReplica
+from .drivers.base import DriverError, EngineDriver
 from .replica import ReplicaState as S
 from .stack import ServiceSpec
 
@@ -46,7 +47,7 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
 
     Returns once the service has converged on one version (or the rollout paused or timed out).
     With a driver that owns the replica count, the engine rolls and this follows (rollout_owned.py)."""
-    if orch.driver.owns_replica_count:
+    if isinstance(orch.driver, EngineDriver):
         from . import rollout_owned
 
         return await rollout_owned.roll(orch, service, new_spec, reason=reason, timeout=timeout)
@@ -75,11 +76,11 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
             for c in cmds:
                 if isinstance(c, ro.Finish):
                     finish = c
-                elif isinstance(c, ro.StartReplica):
+                elif isinstance(c, StartReplica):
                     spec = new_spec if c.version == "new" else old_spec
                     jobs.add(asyncio.create_task(_start(orch, service, spec, c)))
-                elif isinstance(c, ro.StopReplica):
-                    jobs.add(asyncio.create_task(orch.stop_replica(service, c.id, c.drain,
+                elif isinstance(c, StopReplica):
+                    jobs.add(asyncio.create_task(orch.stop_replica(service, c.replica_id, c.drain,
                                                                    f"rollout: {c.reason}")))
             for t in [t for t in jobs if t.done()]:
                 jobs.discard(t)
@@ -166,7 +167,7 @@ async def undo(orch, service: str, timeout: float = 600.0) -> RolloutResult:
     done = [h for h in history(orch, service) if h["outcome"] == "complete"]
     if not done:
         raise ValueError(f"{service}: no completed rollout to undo")
-    if orch.driver.owns_replica_count:
+    if isinstance(orch.driver, EngineDriver):
         from . import rollout_owned
 
         return await rollout_owned.undo(orch, service, done[-1]["from"], timeout=timeout)
@@ -176,7 +177,7 @@ async def undo(orch, service: str, timeout: float = 600.0) -> RolloutResult:
 async def restart(orch, service: str, timeout: float = 600.0) -> RolloutResult:
     """Replace every replica with a fresh one of the same spec, the rolling way (with a driver
     that owns the replica count: the engine's forced update)."""
-    if orch.driver.owns_replica_count:
+    if isinstance(orch.driver, EngineDriver):
         from . import rollout_owned
 
         return await rollout_owned.roll(orch, service, orch.services[service].spec, reason="rollout restart",
@@ -184,7 +185,7 @@ async def restart(orch, service: str, timeout: float = 600.0) -> RolloutResult:
     return await roll(orch, service, orch.services[service].spec, reason="rollout restart", timeout=timeout)
 
 
-async def _start(orch, service: str, spec: ServiceSpec, c: ro.StartReplica):
+async def _start(orch, service: str, spec: ServiceSpec, c: StartReplica):
     try:
         rep = await orch.start_replica(service, c.port, spec, f"rollout: {c.reason}", boost=not c.spare)
         return (c.version, c.port, rep.id, None)

@@ -1,17 +1,24 @@
-"""Drivers run replicas: `process` (local child processes), `docker` (containers) and `swarm`
-(Swarm services on a cluster, whose replica count the driver owns).
+"""Drivers run replicas. Modules:
+    base        the interfaces: `PortDriver` (one replica at a time on a host port), `EngineDriver`
+                (an engine runs the service and its count), their common `Driver`, LaunchSpec...
+    process     PortDriver: local child processes, adopted again after a restart (pid files)
+    preload     the process driver's fork server: replicas forked from a preloaded interpreter
+    docker      PortDriver: containers on the local Docker engine
+    swarm       EngineDriver: Docker Swarm services across a cluster, through the manager
+    swarm_spec  Swarm's records <-> ours: service and job definitions, tasks as replicas (pure)
 
-`make_driver(stack, state_dir)` picks one from the stack's `driver` setting; nothing else in the
-control plane knows which one it got.
+`make_driver(stack, state_dir)` picks one from the stack's `driver` setting; the orchestrator sees
+only which of the two interfaces it got (that picks its reconciler), never which driver.
 """
 
 from __future__ import annotations
 
 import os
 
-from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .base import Driver, DriverError, EngineDriver, ExitEvent, LaunchSpec, PortDriver, ReplicaHandle
 
-__all__ = ["Driver", "DriverError", "ExitEvent", "LaunchSpec", "ReplicaHandle", "make_driver", "resolve_driver_kind"]
+__all__ = ["Driver", "DriverError", "EngineDriver", "ExitEvent", "LaunchSpec", "PortDriver", "ReplicaHandle",
+           "make_driver", "resolve_driver_kind"]
 
 
 def resolve_driver_kind(setting: str) -> str:

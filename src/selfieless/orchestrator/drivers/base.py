@@ -1,13 +1,15 @@
-"""The driver interface: how a replica is run. The rest of the control plane sees only this.
+"""The driver interfaces: how replicas are run. The rest of the control plane sees only these.
 
-A driver starts a replica of a service on a host port from a fully rendered `LaunchSpec`, stops
-it, lists the replicas of its stack that exist right now (including ones started by an earlier
-orchestrator, for adoption), and reports exits as they happen through `exits()`.
-
-A driver whose engine runs, places and restarts the replicas itself (swarm) says so with
-`owns_replica_count = True`. The control plane then only tells it how many replicas a service
-should have (`set_replicas`), learns which replicas run, and where, from `snapshots()`, and
-keeps the rest of its job: probing, the gateway pool, autoscaling, events.
+Two kinds, one per reconcile mode (the orchestrator picks its reconciler by the kind it is given):
+- `PortDriver` (process, docker): starts one replica of a service on a host port from a fully
+  rendered `LaunchSpec`, stops it, lists the replicas of its stack that exist right now (including
+  ones started by an earlier orchestrator, for adoption), and reports exits through `exits()`
+  (the control plane's reconciler: reconcile_ports.py);
+- `EngineDriver` (swarm): the engine runs, places and restarts the replicas itself. The control
+  plane only tells it how many replicas a service should have (`set_replicas`), learns which
+  replicas run, and where, from `snapshots()`, and keeps the rest of its job: probing, the gateway
+  pool, autoscaling, events (reconcile_engine.py).
+Both share `Driver`: readiness, image ids, log files, cleanup.
 """
 
 from __future__ import annotations
@@ -78,10 +80,40 @@ class DriverError(RuntimeError):
 
 
 class Driver(abc.ABC):
+    """What every driver does, whichever side owns the replicas."""
+
     name: str = "base"
-    # True when the engine behind the driver starts, places and replaces replicas itself (swarm):
-    # the control plane sets a count with set_replicas() and reads what runs from snapshots().
-    owns_replica_count: bool = False
+
+    async def ready(self, handle: ReplicaHandle) -> None:
+        """The replica passed its first health probe: a driver may now take back what it gave the
+        replica only to start quickly."""
+
+    async def image_ids(self, images: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, str | None]]:
+        """For `apply`: per service, the image ids its running replicas were started from, and the
+        id each image name (service -> name) resolves to now. Empty for drivers without images."""
+        return {}, {}
+
+    def log_files(self, service: str) -> dict[int, Path]:
+        """Where the driver keeps the output of `service`'s replicas, by host port; {} when it keeps
+        none itself (containers: `docker logs`)."""
+        return {}
+
+    async def close(self) -> None:
+        """Release resources. Replicas keep running (so a restarted orchestrator can adopt them)."""
+
+    async def cleanup(self) -> None:
+        """After every replica was stopped: remove what the driver made for the stack beside its
+        replicas (the docker network, the swarm services). Data volumes stay."""
+
+    async def remove_volumes(self) -> list[str] | None:
+        """After cleanup(): remove the stack's data volumes wherever the driver made them; the
+        names removed, or None when the driver leaves that to `selfieless down` (docker)."""
+        return None
+
+
+class PortDriver(Driver):
+    """Runs replicas one at a time on host ports the control plane picks (process, docker): the
+    control plane decides what starts and stops where, and replaces what breaks."""
 
     def __init__(self) -> None:
         self._exit_queue: asyncio.Queue[ExitEvent] = asyncio.Queue()
@@ -101,68 +133,6 @@ class Driver(abc.ABC):
     async def adopt(self, handle: ReplicaHandle) -> None:
         """Start watching a replica found by list() so its exit is reported."""
 
-    async def ready(self, handle: ReplicaHandle) -> None:
-        """The replica passed its first health probe: a driver may now take back what it gave the
-        replica only to start quickly."""
-
-    async def image_ids(self, images: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, str | None]]:
-        """For `apply`: per service, the image ids its running replicas were started from, and the
-        id each image name (service -> name) resolves to now. Empty for drivers without images."""
-        return {}, {}
-
-    # --- rolling updates done by the engine (drivers that own the replica count) ---------------
-
-    async def update_service(self, spec: LaunchSpec, force: bool = False) -> None:
-        """Roll the service to `spec` the engine's way (force: replace every replica even when
-        nothing changed). Returns once the engine accepted the update, not when it is done."""
-        raise DriverError(f"the {self.name} driver does not update a service in place")
-
-    async def rollback_service(self, service: str) -> None:
-        """Ask the engine to go back to the service's previous spec."""
-        raise DriverError(f"the {self.name} driver does not roll a service back in place")
-
-    async def update_status(self, service: str) -> dict:
-        """The engine's record of the service: its last update's `UpdateStatus`, its `Spec` and
-        `PreviousSpec` (Swarm's names); {} when the engine keeps none."""
-        return {}
-
-    def log_files(self, service: str) -> dict[int, Path]:
-        """Where the driver keeps the output of `service`'s replicas, by host port; {} when it keeps
-        none itself (containers: `docker logs`)."""
-        return {}
-
-    async def close(self) -> None:
-        """Release resources. Replicas keep running (so a restarted orchestrator can adopt them)."""
-
-    async def cleanup(self) -> None:
-        """After every replica was stopped: remove what the driver made for the stack beside its
-        replicas (the docker network). Data volumes stay."""
-
-    async def set_replicas(self, spec: LaunchSpec, count: int) -> None:
-        """(owns_replica_count) Create the service from `spec` if missing, and make the engine run
-        `count` replicas of it."""
-        raise NotImplementedError(f"the {self.name} driver starts replicas one by one")
-
-    async def replica_counts(self) -> dict[str, int]:
-        """(owns_replica_count) Replica count per service of this stack that exists now (adoption)."""
-        return {}
-
-    async def snapshots(self) -> AsyncIterator[list[ReplicaHandle]]:
-        """(owns_replica_count) Every replica of the stack that runs now, again and again (often
-        enough that a new replica is seen within a fraction of a second)."""
-        raise NotImplementedError(f"the {self.name} driver reports replicas as it starts them")
-        yield []  # pragma: no cover - makes this an async generator
-
-    async def end(self, handle: ReplicaHandle) -> str:
-        """(owns_replica_count) End a replica that runs but does not answer, so that the engine
-        replaces it; returns what was done."""
-        raise NotImplementedError(f"the {self.name} driver replaces replicas through the control plane")
-
-    async def remove_volumes(self) -> list[str] | None:
-        """After cleanup(): remove the stack's data volumes wherever the driver made them; the
-        names removed, or None when the driver leaves that to `selfieless down` (docker)."""
-        return None
-
     async def exits(self) -> AsyncIterator[ExitEvent]:
         """Exit events as they happen, for replicas started or adopted by this driver."""
         while True:
@@ -170,3 +140,43 @@ class Driver(abc.ABC):
 
     def _report_exit(self, event: ExitEvent) -> None:
         self._exit_queue.put_nowait(event)
+
+
+class EngineDriver(Driver):
+    """Hands a whole service to an engine that starts, places and replaces its replicas itself
+    (swarm; a Kubernetes Deployment would be another): the control plane sets the count and reads
+    back what runs where."""
+
+    @abc.abstractmethod
+    async def set_replicas(self, spec: LaunchSpec, count: int) -> None:
+        """Create the service from `spec` if missing, and make the engine run `count` replicas of it."""
+
+    @abc.abstractmethod
+    async def replica_counts(self) -> dict[str, int]:
+        """Replica count per service of this stack that exists now (adoption)."""
+
+    @abc.abstractmethod
+    def snapshots(self) -> AsyncIterator[list[ReplicaHandle]]:
+        """Every replica of the stack that runs now, again and again (often enough that a new
+        replica is seen within a fraction of a second)."""
+
+    @abc.abstractmethod
+    async def end(self, handle: ReplicaHandle) -> str:
+        """End a replica that runs but does not answer, so that the engine replaces it; returns
+        what was done."""
+
+    # --- rolling updates, the engine's own (orchestrator/rollout_owned.py follows them) --------
+
+    @abc.abstractmethod
+    async def update_service(self, spec: LaunchSpec, force: bool = False) -> None:
+        """Roll the service to `spec` the engine's way (force: replace every replica even when
+        nothing changed). Returns once the engine accepted the update, not when it is done."""
+
+    @abc.abstractmethod
+    async def rollback_service(self, service: str) -> None:
+        """Ask the engine to go back to the service's previous spec."""
+
+    @abc.abstractmethod
+    async def update_status(self, service: str) -> dict:
+        """The engine's record of the service: its last update's `UpdateStatus`, its `Spec` and
+        `PreviousSpec` (Swarm's names); {} when the engine keeps none."""

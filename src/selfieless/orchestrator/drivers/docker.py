@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any
 
-from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .base import DriverError, ExitEvent, LaunchSpec, PortDriver, ReplicaHandle
 
 LABEL_STACK = "selfieless.stack"
 LABEL_SERVICE = "selfieless.service"
@@ -95,7 +95,7 @@ def engine_problem(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
-class DockerDriver(Driver):
+class DockerDriver(PortDriver):
     name = "docker"
 
     def __init__(self, stack: str, client: Any = None):

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from ..pids import pid_alive, start_ticks
-from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .base import DriverError, ExitEvent, LaunchSpec, PortDriver, ReplicaHandle
 from .preload import Preloader, PreloadError, module_of
 
 # Files a replica creates (SQLite databases, logs) are readable by the owner only.
@@ -73,7 +73,7 @@ def _describe(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-class ProcessDriver(Driver):
+class ProcessDriver(PortDriver):
     name = "process"
 
     def __init__(self, stack: str, state_dir: str | os.PathLike):

@@ -1,18 +1,17 @@
 """The swarm driver: each service is a Docker Swarm service, through the manager's Engine API.
 
 Swarm places, runs and restarts the tasks across the nodes (restart policy, the container health
-check, rescheduling when a node goes down); this driver owns the replica count
-(`owns_replica_count`): the control plane sets it with `set_replicas()` and learns from
-`snapshots()` which tasks run and at which `node address : host port` (swarm_spec.py maps Swarm's
-records). Probing, the gateway pool, passive ejection and autoscaling stay in the control plane.
+check, rescheduling when a node goes down); this driver is an `EngineDriver` (base.py): the
+control plane sets the count with `set_replicas()` and learns from `snapshots()` which tasks run
+and at which `node address : host port` (swarm_spec.py maps Swarm's records). Probing, the gateway pool, passive ejection and autoscaling stay in the control plane.
 
 - Services are named `<stack>-<service>` and labelled with the stack and the service; a
   restarted orchestrator finds them by label (`replica_counts()`) and carries on with their count.
 - All services join one attachable overlay network (the stack's `network`, default its name), so
   tasks reach each other by service name across nodes; it is created on first use with the
   stack's label, and `cleanup()` removes the services and then the network.
-- `stop()` of one replica does nothing: Swarm decides which task ends when the count goes down,
-  and replaces a broken one by itself.
+- There is no start or stop of one replica: Swarm decides which task ends when the count goes
+  down, and replaces a broken one by itself.
 - The task list is read every SNAPSHOT_INTERVAL seconds (three cheap API calls).
 - `end(handle)` ends one task that is alive but silent (paused, hung), which Swarm does not
   replace by itself when its container health check cannot run (a paused container's); and
@@ -34,7 +33,7 @@ import threading
 import time
 from typing import Any, AsyncIterator
 
-from .base import Driver, DriverError, LaunchSpec, ReplicaHandle
+from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle
 from .swarm_spec import (END_CONTAINER_CODE, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK,
                          REMOVE_VOLUMES_CODE, TaskPlace, job_outcome, node_job_definition, node_socket, pinned_image,
                          ready_nodes, service_definition, service_name, task_places, tasks_to_replicas)
@@ -48,34 +47,8 @@ JOB_TIMEOUT = 60.0
 VOLUME_WAIT = 30.0
 
 
-def swarm_available(manager: str | None = None, timeout: float = 3.0) -> str | None:
-    """None when `manager` (else DOCKER_HOST) is a swarm manager that answers; otherwise why not."""
-    try:
-        import docker
-    except ImportError:
-        return "the docker SDK is not installed (pip install docker)"
-    where = manager or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    try:
-        client = docker.DockerClient(base_url=where, timeout=timeout)
-        try:
-            info = client.info()
-        finally:
-            client.close()
-    except Exception as e:  # the SDK raises many kinds
-        from .docker import engine_problem
-
-        return f"no Docker engine answers at {where} ({engine_problem(e)})"
-    swarm = info.get("Swarm") or {}
-    if swarm.get("LocalNodeState") != "active":
-        return f"the engine at {where} is not part of a swarm (docker swarm init)"
-    if not swarm.get("ControlAvailable"):
-        return f"the engine at {where} is a swarm worker, not a manager"
-    return None
-
-
-class SwarmDriver(Driver):
+class SwarmDriver(EngineDriver):
     name = "swarm"
-    owns_replica_count = True
 
     def __init__(self, stack: str, manager: str | None = None, network: str | None = None, client: Any = None,
                  helper_image: str | None = None, container_health_check: bool = False):
@@ -357,15 +330,6 @@ class SwarmDriver(Driver):
                 log.warning("swarm driver: cannot remove the job service %s", name)
 
     # --- the Driver interface for drivers that start replicas one by one ---------------------------
-
-    async def start(self, spec: LaunchSpec) -> ReplicaHandle:
-        raise DriverError("the swarm driver starts no single replica: Swarm runs the tasks (set_replicas)")
-
-    async def stop(self, handle: ReplicaHandle, grace: float = 5.0) -> None:
-        """Nothing to do: Swarm ends tasks when the count goes down and replaces broken ones."""
-
-    async def list(self) -> list[ReplicaHandle]:
-        return await asyncio.to_thread(self.running)
 
     async def cleanup(self) -> None:
         def remove() -> None:
