@@ -174,7 +174,7 @@ async def scale_out_trial(driver: str, first_port: int, state_dir: str, preload:
     runner = Runner(signals=False)  # the start / stop `up` uses (Ctrl-C stays ours)
     system = await runner.start(stack, state_dir)
     try:
-        await system.orchestrator.wait_ready(60)
+        await system.orchestrator.wait_converged(60)
         await asyncio.sleep(1.0)
         load = SteadyLoad(f"http://127.0.0.1:{system.gateway.port}/api/v1/categories", concurrency=4,
                           rate=60).start()
@@ -334,7 +334,7 @@ async def replica_faults(args, state_dir: str, results: dict) -> None:
     runner = Runner(signals=False)  # the start / stop `up` uses (Ctrl-C stays ours)
     system = await runner.start(stack, state_dir)
     try:
-        await system.orchestrator.wait_ready(60)
+        await system.orchestrator.wait_converged(60)
         fresh_ports = iter(range(args.first_port + 1, args.first_port + replicas))
         for kind in ("sigkill", "crash", "sigstop"):
             trials = []

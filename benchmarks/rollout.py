@@ -193,7 +193,7 @@ async def main(args) -> int:
         orch = system.orchestrator
         base = f"http://127.0.0.1:{system.gateway.port}"
         try:
-            await orch.wait_ready(120)
+            await orch.wait_converged(120)
             # Warm-up (not counted): the first requests open database connections and fill caches.
             load = WriteLoad(base, pause=0, prefix="rollout")
             load.phase = "warmup"

@@ -61,7 +61,7 @@ class RunningStack:
         self.shutdown_calls = 0
         self.system = self.lt.run(start_system(acts_stack(free_port_range(4)), tmp))
         self.orch, self.gw = self.system.orchestrator, self.system.gateway
-        self.lt.run(self.orch.wait_ready(60), timeout=70)
+        self.lt.run(self.orch.wait_converged(60), timeout=70)
 
         def on_shutdown():
             self.shutdown_calls += 1

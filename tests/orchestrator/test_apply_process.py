@@ -31,7 +31,7 @@ def changed(stack, **svc):
 async def launch(tmp_path, ports):
     stack = echo_stack(ports, replicas={"initial": 2}, update={"monitor": 0.3})
     system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
-    await system.orchestrator.wait_ready(20)
+    await system.orchestrator.wait_converged(20)
     return system, system.gateway, stack
 
 

@@ -341,7 +341,7 @@ async def test_dependency_starts_first_stops_last_and_is_not_routed(tmp_path):
     system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
     orch, gw = system.orchestrator, system.gateway
     try:
-        await orch.wait_ready(20)
+        await orch.wait_converged(20)
         evs = [(e.kind, e.service) for e in orch.events.since(0)]
         assert evs.index(("ready", "db")) < evs.index(("start", "echo"))
         assert ("waiting", "echo") in evs
@@ -352,7 +352,7 @@ async def test_dependency_starts_first_stops_last_and_is_not_routed(tmp_path):
         with pytest.raises(ValueError, match="dependency"):
             await orch.scale("db", 2)
         await orch.scale("echo", 2)
-        await orch.wait_ready(20)
+        await orch.wait_converged(20)
     finally:
         await system.stop()
     stops = [e.service for e in orch.events.since(0) if e.kind == "stopped"]

@@ -55,7 +55,7 @@ async def test_course_scenario_time_compressed(tmp_path):
     system = await start_system(acts_stack(ports, window=W), tmp_path)
     orch = system.orchestrator
     try:
-        await orch.wait_ready(20)
+        await orch.wait_converged(20)
         assert ready_ports(system) == [p0]
         async with httpx.AsyncClient(trust_env=False) as c:
             # Health checks and _count do not count and do not start the window.
@@ -108,7 +108,7 @@ async def test_chaos_under_steady_load(tmp_path):
     orch = system.orchestrator
     load = None
     try:
-        await orch.wait_ready(20)
+        await orch.wait_converged(20)
         load = Load(f"http://127.0.0.1:{system.gateway.port}/api/v1/categories").start()
         await asyncio.sleep(0.5)
 
@@ -157,13 +157,13 @@ async def test_orchestrator_restart_adopts_without_duplicates(tmp_path):
     ports = free_port_range(10)
     stack = acts_stack(ports, autoscale={"policy": "none"}, replicas={"initial": 2, "min": 1, "max": 10})
     system = await start_system(stack, tmp_path)
-    await system.orchestrator.wait_ready(20)
+    await system.orchestrator.wait_converged(20)
     before = pids_by_port(system.orchestrator, "acts")
     await system.stop(detach=True)
 
     system2 = await start_system(stack, tmp_path)
     try:
-        await system2.orchestrator.wait_ready(10)
+        await system2.orchestrator.wait_converged(10)
         assert pids_by_port(system2.orchestrator, "acts") == before
         assert kinds(system2.orchestrator, "acts").count("adopted") == 2
         assert "start" not in kinds(system2.orchestrator, "acts")
@@ -186,7 +186,7 @@ async def test_rate_policy_scales_out_fast_on_a_load_step(tmp_path):
     orch = system.orchestrator
     load = None
     try:
-        await orch.wait_ready(20)
+        await orch.wait_converged(20)
         await asyncio.sleep(0.5)
         assert orch.status()["services"]["acts"]["desired"] == 1
         t0, wall0 = time.monotonic(), time.time()
@@ -246,7 +246,7 @@ async def test_sigkilled_orchestrator_process_is_replaced_and_adopts(tmp_path):
     system = await start_system(load_stack(stack_file), tmp_path / "state")
     orch = system.orchestrator
     try:
-        await orch.wait_ready(10)
+        await orch.wait_converged(10)
         assert kinds(orch).count("adopted") == 2 and "start" not in kinds(orch), orch.events.since(0)
         pids = pids_by_port(orch)
         assert sorted(pids) == [ports[0], ports[1]]
@@ -278,7 +278,7 @@ async def test_bundled_stack_runs_both_services(tmp_path):
     data["services"]["web"]["host_ports"] = f"{web_ports[0]}-{web_ports[-1]}"
     system = await start_system(parse_stack(data), tmp_path)
     try:
-        await system.orchestrator.wait_ready(30)
+        await system.orchestrator.wait_converged(30)
         base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
         async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
             assert (await c.post(f"{base}/users", json={"username": "alice", "password": "a" * 40})).status_code == 201
@@ -308,7 +308,7 @@ async def test_a_replica_answering_5xx_is_probed_at_once(tmp_path):
     orch = system.orchestrator
     load = None
     try:
-        await orch.wait_ready(20)
+        await orch.wait_converged(20)
         load = Load(f"http://127.0.0.1:{system.gateway.port}/api/v1/categories").start()
         await asyncio.sleep(0.3)
         async with httpx.AsyncClient(trust_env=False) as c:

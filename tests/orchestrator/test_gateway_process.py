@@ -250,7 +250,7 @@ async def test_a_gateway_process_that_dies_is_started_again_with_its_routes_and_
     system = await start_system(echo_stack(free_port_range(2), name="gwrs"), tmp_path,
                                 gateway_overrides={"host": "127.0.0.1"}, gateway_process=True)
     try:
-        await system.orchestrator.wait_ready(60)
+        await system.orchestrator.wait_converged(60)
         url = f"http://127.0.0.1:{system.gateway.port}/api/v1/who"
         async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
             assert (await c.get(url)).status_code == 200

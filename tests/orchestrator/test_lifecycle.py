@@ -277,3 +277,16 @@ def test_a_launch_failure_never_retries_at_once_and_then_doubles():
         state, delay = lc.launch_failed(state, now, POLICY)
         delays.append(delay)
     assert state.failures == 4 and delays == [0.5, 0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("found, dependency, expected", [
+    (None, False, None),   # nothing was running: the initial count stands
+    (7, False, 5),         # above the bounds: the highest
+    (0, False, 1),         # below: the lowest
+    (3, False, 3),
+    (5, False, 5),
+    (1, False, 1),
+    (3, True, 1),          # a dependency runs one
+])
+def test_adopted_count_carries_on_within_bounds(found, dependency, expected):
+    assert lc.adopted_count(found, 1, 5, dependency) == expected

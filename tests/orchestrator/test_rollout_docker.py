@@ -110,7 +110,7 @@ async def test_a_rebuilt_image_with_the_same_tag_rolls_every_replica_under_write
     orch = system.orchestrator
     load = None
     try:
-        await orch.wait_ready(240)
+        await orch.wait_converged(240)
         assert set(containers(engine, stack.name).values()) == {v1}
         before = ready_names(orch)
         load = WriteLoad(f"http://127.0.0.1:{system.gateway.port}").start()
@@ -151,7 +151,7 @@ async def test_a_broken_rebuild_is_rolled_back_to_the_old_image_and_no_old_repli
     orch = system.orchestrator
     load = None
     try:
-        await orch.wait_ready(180)
+        await orch.wait_converged(180)
         before = containers(engine, stack.name)
         assert set(before.values()) == {v1} and set(before) == ready_names(orch)
         load = WriteLoad(f"http://127.0.0.1:{system.gateway.port}").start()
@@ -184,7 +184,7 @@ async def test_scale_to_zero_then_a_burst_of_20_is_all_answered(tmp_path, engine
     system = await start_system(stack, tmp_path)
     orch = system.orchestrator
     try:
-        await orch.wait_ready(180)
+        await orch.wait_converged(180)
         await wait_until(lambda: orch.services["acts"].desired == 0 and not orch.services["acts"].replicas,
                          60, what="scale to zero")
         assert containers(engine, stack.name) == {}

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 async def launch(tmp_path, ports, **svc):
     stack = echo_stack(ports, replicas={"initial": 3}, update={"monitor": 0.5}, **svc)
     system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
-    await system.orchestrator.wait_ready(20)
+    await system.orchestrator.wait_converged(20)
     load = Load(f"http://127.0.0.1:{system.gateway.port}/api/v1/who", concurrency=3).start()
     return system, system.orchestrator, stack, load
 
@@ -50,7 +50,7 @@ async def test_roll_to_a_new_command_replaces_every_replica_and_settles_home(tmp
         events = [e for e in orch.events.since(0) if e.service == "echo"]
         first_drain = next(i for i, e in enumerate(events) if e.kind == "drained")
         assert sum(1 for e in events[:first_drain] if e.kind == "ready") >= 4
-        await orch.wait_ready(10)
+        await orch.wait_converged(10)
     finally:
         await load.stop()
         await system.stop()
@@ -73,7 +73,7 @@ async def test_broken_new_version_is_rolled_back_and_no_old_replica_stops(tmp_pa
         assert "drained" not in kinds(orch)
         assert orch.services["echo"].spec.command == stack.services["echo"].command
         assert "rollback" in kinds(orch)
-        await orch.wait_ready(10)
+        await orch.wait_converged(10)
         assert pids_by_port(orch) == before
     finally:
         await load.stop()
@@ -87,7 +87,7 @@ async def test_acts_rolls_to_a_new_version_under_writes_and_keeps_every_write(tm
     orch = system.orchestrator
     load = None
     try:
-        await orch.wait_ready(60)
+        await orch.wait_converged(60)
         before = pids_by_port(orch, "acts")
         load = WriteLoad(f"http://127.0.0.1:{system.gateway.port}").start()
         await wait_until(lambda: len(load.created) >= 20, 60, what="writes before the rollout")
@@ -116,7 +116,7 @@ async def test_rollout_history_survives_a_restart_and_undo_uses_it(tmp_path, por
     stack = echo_stack(ports, replicas={"initial": 2}, update={"monitor": 0.3})
     system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
     try:
-        await system.orchestrator.wait_ready(20)
+        await system.orchestrator.wait_converged(20)
         result = await roll(system.orchestrator, "echo", new_spec(stack, echo_command() + ["--v2"]), timeout=60)
         assert result.outcome == "complete", result
     finally:
@@ -129,7 +129,7 @@ async def test_rollout_history_survives_a_restart_and_undo_uses_it(tmp_path, por
     system = await start_system(v2, tmp_path, gateway_overrides={"host": "127.0.0.1"})
     orch = system.orchestrator
     try:
-        await orch.wait_ready(20)
+        await orch.wait_converged(20)
         assert orch.services["echo"].spec.command[-1] == "--v2"
         (entry,) = history_json(orch, "echo")
         assert entry["outcome"] == "complete" and entry["reason"] == "apply"

@@ -66,7 +66,7 @@ async def test_start_status_replace_after_sigkill(tmp_path, ports):
     stack = echo_stack(ports, replicas={"initial": 2})
     orch, system = await launch(tmp_path, stack)
     try:
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         assert ready_ports(system) == [ports[0], ports[1]]
         # Routed and balanced by the gateway: four requests, two to each replica.
         answers = await through_gateway(system, 4)
@@ -117,7 +117,7 @@ async def test_driver_is_told_once_when_each_replica_becomes_ready(tmp_path, por
     monkeypatch.setattr(assemble, "make_driver", lambda *a: driver)
     orch, system = await launch(tmp_path, stack)
     try:
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         first = sorted(r["id"] for r in orch.status()["services"]["echo"]["replicas"])
         await wait_until(lambda: sorted(driver.ready_ids) == first, 5, what="ready() for both replicas")
         os.kill(pids_by_port(orch)[ports[0]], signal.SIGKILL)
@@ -132,7 +132,7 @@ async def test_driver_is_told_once_when_each_replica_becomes_ready(tmp_path, por
 async def test_crash_endpoint_makes_it_unhealthy_and_replaced_on_same_port(tmp_path, ports):
     orch, system = await launch(tmp_path, echo_stack(ports))
     try:
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         old = pids_by_port(orch)[ports[0]]
         async with httpx.AsyncClient(trust_env=False) as c:
             await c.post(f"http://127.0.0.1:{ports[0]}/api/v1/_crash")
@@ -151,7 +151,7 @@ async def test_crash_endpoint_makes_it_unhealthy_and_replaced_on_same_port(tmp_p
 async def test_sigstop_is_taken_out_and_replaced(tmp_path, ports):
     orch, system = await launch(tmp_path, echo_stack(ports, health={"interval": 0.2, "timeout": 0.3}))
     try:
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         old = pids_by_port(orch)[ports[0]]
         os.kill(old, signal.SIGSTOP)
         t0 = time.monotonic()
@@ -171,9 +171,9 @@ async def test_manual_scale_out_and_in_highest_first_with_drain(tmp_path, ports)
     stack = echo_stack(ports, drain_timeout=10, environment={"ECHO_EXIT_ON_SIGTERM": "1"})
     orch, system = await launch(tmp_path, stack)
     try:
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         await orch.scale("echo", 4)
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         assert ready_ports(system) == list(ports[:4])
         pids = pids_by_port(orch)
         # One slow POST (never replayed) in flight on each of the four replicas (strict round-robin).
@@ -193,7 +193,7 @@ async def test_manual_scale_out_and_in_highest_first_with_drain(tmp_path, ports)
             assert [r.status_code for r in answers] == [200] * 4
             assert sorted(r.json()["pid"] for r in answers) == sorted(pids.values())
             await scaling
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         assert ready_ports(system) == list(ports[:2])
         assert process_gone(pids[ports[2]]) and process_gone(pids[ports[3]])
         drained = [e.replica for e in orch.events.since(0) if e.kind == "drained"]
@@ -212,13 +212,13 @@ async def test_manual_scale_out_and_in_highest_first_with_drain(tmp_path, ports)
 async def test_restart_adopts_same_replicas_without_duplicates(tmp_path, ports):
     stack = echo_stack(ports, replicas={"initial": 2})
     orch, system = await launch(tmp_path, stack)
-    await orch.wait_ready(15)
+    await orch.wait_converged(15)
     before = pids_by_port(orch)
     await system.stop(detach=True)  # the orchestrator and gateway go away, the replicas do not
 
     orch2, system2 = await launch(tmp_path, stack)
     try:
-        await orch2.wait_ready(10)
+        await orch2.wait_converged(10)
         assert pids_by_port(orch2) == before
         assert kinds(orch2).count("adopted") == 2 and "start" not in kinds(orch2)
         assert ready_ports(system2) == [ports[0], ports[1]]
@@ -236,14 +236,14 @@ async def test_restart_adopts_same_replicas_without_duplicates(tmp_path, ports):
 async def test_adoption_replaces_a_broken_replica(tmp_path, ports):
     stack = echo_stack(ports, replicas={"initial": 2})
     orch, system = await launch(tmp_path, stack)
-    await orch.wait_ready(15)
+    await orch.wait_converged(15)
     before = pids_by_port(orch)
     await system.stop(detach=True)
     async with httpx.AsyncClient(trust_env=False) as c:
         await c.post(f"http://127.0.0.1:{ports[1]}/api/v1/_crash")
     orch2, system2 = await launch(tmp_path, stack)
     try:
-        await orch2.wait_ready(15)
+        await orch2.wait_converged(15)
         after = pids_by_port(orch2)
         assert after[ports[0]] == before[ports[0]] and after[ports[1]] != before[ports[1]]
         assert "unhealthy" in kinds(orch2) and process_gone(before[ports[1]])
@@ -266,7 +266,7 @@ async def test_adoption_stops_strays(tmp_path, ports):
     """Replicas left running by an earlier stack that the new one does not have (a port now out
     of range, a service removed) are stopped; the others are adopted."""
     orch, system = await launch(tmp_path, two_service_stack(ports[:3], ports[5:6], initial=3))
-    await orch.wait_ready(15)
+    await orch.wait_converged(15)
     echo_before = pids_by_port(orch)
     (other_pid,) = pids_by_port(orch, "other").values()
     assert sorted(echo_before) == list(ports[:3])
@@ -275,7 +275,7 @@ async def test_adoption_stops_strays(tmp_path, ports):
     smaller = echo_stack(ports[:2], replicas={"initial": 2})  # echo on two ports; no "other"
     orch2, system2 = await launch(tmp_path, smaller)
     try:
-        await orch2.wait_ready(15)
+        await orch2.wait_converged(15)
         assert pids_by_port(orch2) == {p: echo_before[p] for p in ports[:2]}  # adopted, not restarted
         stopped = [e for e in orch2.events.since(0) if e.kind == "stopped"]
         assert sorted(e.replica for e in stopped) == sorted([f"echo-{ports[2]}-{echo_before[ports[2]]}",
@@ -304,7 +304,7 @@ async def test_adoption_stops_duplicates(tmp_path, ports):
     await driver.close()
     await asyncio.sleep(0.05)  # a strictly later start time for the duplicate
     orch, system = await launch(tmp_path, stack, adopt=False)  # starts its own replica on ports[0] too
-    await orch.wait_ready(15)
+    await orch.wait_converged(15)
     first = pids_by_port(orch)
     await system.stop(detach=True)
     assert sorted((h.port, h.pid) for h in await ProcessDriver(stack.name, tmp_path).list()) == \
@@ -317,7 +317,7 @@ async def test_adoption_stops_duplicates(tmp_path, ports):
         assert "duplicate replica on port" in stopped[0].reason and "kept the older one" in stopped[0].reason
         await wait_until(lambda: (p := pids_by_port(orch2).get(ports[0])) and p not in (stuck.pid, first[ports[0]]),
                          15, what="a serving replica on the port of the duplicates")
-        await orch2.wait_ready(15)
+        await orch2.wait_converged(15)
         after = pids_by_port(orch2)
         assert after[ports[1]] == first[ports[1]]
         assert process_gone(stuck.pid) and process_gone(first[ports[0]])
@@ -354,19 +354,19 @@ async def test_window_autoscale_from_gateway_counters(tmp_path, ports):
     stack = echo_stack(ports, autoscale={"policy": "window", "window_seconds": 3.0, "requests_per_replica": 20})
     orch, system = await launch(tmp_path, stack)
     try:
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         await through_gateway(system, 3, path="/api/v1/_health")  # not counted, starts no window
         assert orch.status()["services"]["echo"]["window"]["started"] is False
         answers = await through_gateway(system, 45)  # the first counted request starts the window
         assert all(st == 200 for st, _ in answers)
         await wait_until(lambda: orch.status()["services"]["echo"]["desired"] == 3, 5, what="scale to 3")
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         assert ready_ports(system) == list(ports[:3])
         scaled = [e.reason for e in orch.events.since(0) if e.kind == "scaled"]
         assert scaled[0].startswith("scaled echo 1\u21923: 45 requests in the window ending")
         # Next window idle: back to min.
         await wait_until(lambda: orch.status()["services"]["echo"]["desired"] == 1, 5, what="scale in")
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         assert ready_ports(system) == [ports[0]]
         w = orch.status()["services"]["echo"]["window"]
         assert w["started"] and w["count"] == 0 and w["seconds"] == 3.0
@@ -381,7 +381,7 @@ async def test_rate_policy_scales_in_after_the_delay(tmp_path, ports):
                                          "scale_in_delay": 3})
     orch, system = await launch(tmp_path, stack)
     try:
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         stop = asyncio.Event()
 
         async def load():  # about 25 req/s: three replicas at 10 per replica
@@ -402,7 +402,7 @@ async def test_rate_policy_scales_in_after_the_delay(tmp_path, ports):
         await wait_until(lambda: orch.status()["services"]["echo"]["desired"] == 1, 15, what="scale in")
         waited = time.monotonic() - t_idle
         assert waited >= 3 - 0.5, f"scaled in after {waited:.1f} s of low rate, before scale_in_delay (3 s)"
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         assert ready_ports(system) == [ports[0]]
         scaled = [e.reason for e in orch.events.since(0) if e.kind == "scaled"]
         assert scaled[0].startswith("scaled echo 1\u2192") and "target 10 per replica" in scaled[0]
@@ -417,7 +417,7 @@ async def test_passive_ejection_confirmed_by_a_probe(tmp_path, ports):
     stack = echo_stack(ports, replicas={"initial": 2}, health={"interval": 5, "timeout": 0.3, "failure_threshold": 5})
     orch, system = await launch(tmp_path, stack)
     try:
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         pids = pids_by_port(orch)
         pool = system.gateway.pool("echo")
         # A false alarm: the gateway ejects a replica that is fine (a one-off reset, which no real
@@ -452,12 +452,12 @@ async def test_unknown_service_scale_and_status_without_traffic(tmp_path, ports)
     try:
         with pytest.raises(KeyError):
             await orch.scale("nope", 1)
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         st = orch.status()
         assert st["stack"] == "t" and st["driver"] == "process" and st["converged"]
         assert st["services"]["echo"]["window"] is None and st["services"]["echo"]["api_requests"] == 0
         await orch.scale("echo", 0)
-        await orch.wait_ready(10)
+        await orch.wait_converged(10)
         assert ready_ports(system) == [] and orch.status()["services"]["echo"]["actual"] == 0
     finally:
         await system.stop()
@@ -477,7 +477,7 @@ async def test_port_taken_by_a_stranger_is_not_probed_and_retried(tmp_path, port
         assert "already in use" in next(e.reason for e in orch.events.since(0) if e.kind == "backoff")
         assert ready_ports(system) == [] and "ready" not in kinds(orch)
         stranger.close()
-        await orch.wait_ready(15)
+        await orch.wait_converged(15)
         assert ready_ports(system) == [ports[0]]
         assert (await get_json(ports[0]))["pid"] == pids_by_port(orch)[ports[0]]
     finally:

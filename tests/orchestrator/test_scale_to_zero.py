@@ -22,7 +22,7 @@ async def test_idle_goes_to_zero_and_a_burst_of_20_is_all_answered(tmp_path, por
     system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
     orch = system.orchestrator
     try:
-        await orch.wait_ready(20)
+        await orch.wait_converged(20)
         await wait_until(lambda: orch.services["echo"].desired == 0 and not orch.services["echo"].replicas,
                          30, what="scale to zero")
         url = f"http://127.0.0.1:{system.gateway.port}/api/v1/who"

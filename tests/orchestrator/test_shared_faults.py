@@ -56,7 +56,7 @@ async def test_a_long_write_does_not_take_every_replica_down(tmp_path):
     orch = system.orchestrator
     base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
     try:
-        await orch.wait_ready(30)
+        await orch.wait_converged(30)
         async with httpx.AsyncClient(timeout=60, trust_env=False) as c:
             assert (await c.post(f"{base}/categories", json=["Big"])).status_code == 201
             # A category with acts, written straight into the database (the upload path needs the
@@ -111,7 +111,7 @@ async def test_replicas_failing_together_are_not_all_replaced(tmp_path):
     system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"}, probe=probe)
     orch = system.orchestrator
     try:
-        await orch.wait_ready(30)
+        await orch.wait_converged(30)
         failing["on"] = True
         await asyncio.sleep(4.0)
         during = [e for e in orch.events.since(0) if e.service == "echo"]
@@ -143,7 +143,7 @@ async def test_crash_on_request_again_and_again_is_not_a_crash_loop(tmp_path):
     base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
     load = None
     try:
-        await orch.wait_ready(30)
+        await orch.wait_converged(30)
         load = Load(f"{base}/categories", concurrency=2, pause=0.05).start()  # no catch-up bursts
         gaps, empty_since, crashes = [], None, 0
         end = time.monotonic() + 10.0
@@ -214,7 +214,7 @@ async def test_sigstopping_one_replica_never_gets_a_healthy_sibling_replaced(tmp
     base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
     load = None
     try:
-        await orch.wait_ready(30)
+        await orch.wait_converged(30)
         load = Load(f"{base}/categories", concurrency=4, pause=0.001).start()  # a count write per GET
         shm = os.stat(tmp_path / stack.name / "acts.db-shm").st_ino
         caught = 0

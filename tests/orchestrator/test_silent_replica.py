@@ -34,7 +34,7 @@ async def test_a_silent_replica_fails_no_get_and_no_post_hangs(tmp_path):
     load = None
     victim = None
     try:
-        await orch.wait_ready(30)
+        await orch.wait_converged(30)
         load = Load(f"{base}/echo", concurrency=4, pause=0.001).start()
         await asyncio.sleep(1.0)
         reps = orch.status()["services"]["echo"]["replicas"]

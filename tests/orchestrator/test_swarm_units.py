@@ -201,13 +201,6 @@ def test_count_to_set():
     assert driver_owned.count_to_set(0, 3, False) == 0
 
 
-def test_adopted_count_stays_in_bounds():
-    assert driver_owned.adopted_count(None, 1, 5) is None
-    assert driver_owned.adopted_count(7, 1, 5) == 5
-    assert driver_owned.adopted_count(0, 1, 5) == 1
-    assert driver_owned.adopted_count(3, 1, 5) == 3
-
-
 # --- silent tasks and node jobs -------------------------------------------------------------------
 
 def test_a_task_forgotten_as_broken_and_still_listed_is_ended_after_the_bound_then_retried():

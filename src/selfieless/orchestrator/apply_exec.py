@@ -98,7 +98,7 @@ async def apply_stack(orch, new: Stack, *, dry_run: bool = False, timeout: float
         # The file is the stack from now on (services rolled back above keep their old spec).
         orch.stack = new
         try:
-            await orch.wait_ready(max(1.0, timeout - (time.monotonic() - t0)))
+            await orch.wait_converged(max(1.0, timeout - (time.monotonic() - t0)))
         except TimeoutError as e:
             result.ok, result.reason = False, str(e)
     orch.events.emit("applied", None, None,

@@ -42,13 +42,6 @@ def count_to_set(desired: int, applied: int | None, applying: bool) -> int | Non
     return desired
 
 
-def adopted_count(found: int | None, low: int, high: int) -> int | None:
-    """An engine service found running at start: carry on with its count, within the stack's bounds."""
-    if found is None:
-        return None
-    return max(low, min(high, found))
-
-
 # A task that stays silent (fails our probes) this long after we forgot it as broken is ended on
 # its node, and again every END_RETRY while it is still listed. The bound leaves a task that was
 # only slow for a moment time to answer again (a forgotten task that still runs is probed again

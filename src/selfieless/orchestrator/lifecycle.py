@@ -157,6 +157,15 @@ def triage(running: Sequence[tuple[str, int]], ports: Mapping[str, Container[int
     return out
 
 
+def adopted_count(found: int | None, low: int, high: int, dependency: bool = False) -> int | None:
+    """The desired count to carry on with when `found` replicas of a service were already running
+    at start (None: none were, keep the initial count): what ran, within the stack's bounds; a
+    dependency always runs one."""
+    if found is None:
+        return None
+    return 1 if dependency else max(low, min(high, found))
+
+
 def found(f: Facts, ok: bool, rules: Rules, now: float, what: str) -> Step:
     """A replica found running at start (adoption) was probed once; `what` says where it runs."""
     if ok:

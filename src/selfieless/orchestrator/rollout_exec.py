@@ -1,56 +1,60 @@
-"""Carries out a rolling replacement (rollout.py) on a running orchestrator.
+"""Rolling updates: the entry points, and the per-port rollout (rollout.py) carried out.
 
-The thin I/O half: it holds the service (the reconciler leaves it alone meanwhile), turns the state
-machine's commands into controller calls, and turns what the replicas do (first passing probe,
-exit, failed probes) into the machine's events. The decisions are all in rollout.py.
+`roll`, `undo` and `restart` hand the rollout to the strategy of the orchestrator's reconcile mode,
+chosen once with the mode: per port here for a PortDriver (reconcile_ports.py), the engine's own
+for an EngineDriver (rollout_owned.py, through reconcile_engine.py). Both record in the same history
+(rollout_history.py).
 
-The rollout history (what `rollout history` shows and `rollout undo` goes back to) is kept in
-`<stack state dir>/rollouts.json`, beside the stack's other state, so it survives a restart of `up`.
+The per-port half is thin I/O: it holds the service (the reconciler leaves it alone meanwhile),
+hands the state machine's commands to the executor (executor.py), and turns what the replicas do
+(first passing probe, exit, failed probes) into the machine's events. The decisions are all in
+rollout.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from . import rollout as ro
 from .commands import StartReplica, StopReplica
-from .drivers.base import DriverError, EngineDriver
+from .drivers.base import DriverError
+from .lifecycle import BROKEN_REPLACE_GRACE
 from .replica import ReplicaState as S
+from .rollout_history import HISTORY_FILE, RolloutResult, history, history_json, record
 from .stack import ServiceSpec
 
+__all__ = ["HISTORY_FILE", "RolloutResult", "history_json", "restart", "roll", "roll_ports", "undo"]
+
 POLL = 0.02
-HISTORY_FILE = "rollouts.json"
-HISTORY_KEEP = 50          # rollouts kept per service (the oldest go first)
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class RolloutResult:
-    service: str
-    outcome: str          # complete | rolled_back | paused | timeout
-    reason: str
-    seconds: float
 
 
 async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "apply",
                timeout: float = 600.0, rollback_spec: ServiceSpec | None = None) -> RolloutResult:
     """Replace every replica of `service` with one of `new_spec`; on failure go back to the old spec
     (`rollback_spec` when given: the running spec pinned to the image id its replicas run, when the
-    image name now resolves to new content).
+    image name now resolves to new content). Returns once the service has converged on one
+    version (or the rollout paused or timed out)."""
+    return await orch.reconciler.roll(service, new_spec, reason=reason, timeout=timeout, rollback_spec=rollback_spec)
 
-    Returns once the service has converged on one version (or the rollout paused or timed out).
-    With a driver that owns the replica count, the engine rolls and this follows (rollout_owned.py)."""
-    if isinstance(orch.driver, EngineDriver):
-        from . import rollout_owned
 
-        return await rollout_owned.roll(orch, service, new_spec, reason=reason, timeout=timeout)
+async def undo(orch, service: str, timeout: float = 600.0) -> RolloutResult:
+    """Roll back to the spec before the last completed rollout."""
+    done = [h for h in history(orch, service) if h["outcome"] == "complete"]
+    if not done:
+        raise ValueError(f"{service}: no completed rollout to undo")
+    return await orch.reconciler.undo(service, done[-1]["from"], timeout)
+
+
+async def restart(orch, service: str, timeout: float = 600.0) -> RolloutResult:
+    """Replace every replica with a fresh one of the same spec, the rolling way (with an engine
+    driver: the engine's forced update)."""
+    return await orch.reconciler.restart(service, timeout)
+
+
+async def roll_ports(orch, service: str, new_spec: ServiceSpec, *, reason: str, timeout: float,
+                     rollback_spec: ServiceSpec | None = None) -> RolloutResult:
+    """The per-port rollout: rollout.py's machine, carried out replica by replica."""
     svc = orch.services[service]
     old_spec = rollback_spec or svc.spec
     update = new_spec.update
@@ -72,26 +76,9 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
             if now - t0 > timeout:
                 return RolloutResult(service, "timeout", f"not converged after {timeout:g} s", now - t0)
             state = _observe(orch, service, state, seen, now)
-            state, cmds = ro.decide(state, now)
-            for c in cmds:
-                if isinstance(c, ro.Finish):
-                    finish = c
-                elif isinstance(c, StartReplica):
-                    spec = new_spec if c.version == "new" else old_spec
-                    jobs.add(asyncio.create_task(_start(orch, service, spec, c)))
-                elif isinstance(c, StopReplica):
-                    jobs.add(asyncio.create_task(orch.stop_replica(service, c.replica_id, c.drain,
-                                                                   f"rollout: {c.reason}")))
-            for t in [t for t in jobs if t.done()]:
-                jobs.discard(t)
-                result = t.result()
-                if isinstance(result, tuple):        # a start: (version, port, replica id or error)
-                    version, port, rid, err = result
-                    if rid is None:
-                        state = ro.start_failed(state, version, port, err)
-                    else:
-                        state = ro.started(state, rid, version, port)
-                        seen[rid] = "starting"
+            state, orders = ro.decide(state, now)
+            finish = _carry_out(orch, service, orders, jobs, {"new": new_spec, "old": old_spec})
+            state = _collect(state, jobs, seen)
             await asyncio.sleep(POLL)
         await asyncio.gather(*jobs, return_exceptions=True)
     finally:
@@ -103,91 +90,43 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
     return RolloutResult(service, finish.outcome, finish.reason, time.monotonic() - t0)
 
 
-def record(orch, service: str, outcome: str, reason: str, detail: str, old_spec: ServiceSpec,
-           new_spec: ServiceSpec, seconds: float) -> None:
-    """Add one rollout to the service's history and save it."""
-    entries = history(orch, service)
-    entries.append({"at": time.time(), "outcome": outcome, "reason": reason, "detail": detail,
-                    "from": old_spec, "to": new_spec, "seconds": round(seconds, 3)})
-    del entries[:-HISTORY_KEEP]
-    _save_history(orch)
+def _carry_out(orch, service: str, orders: list[ro.Order], jobs: set[asyncio.Task],
+               specs: dict[str, ServiceSpec]) -> ro.Finish | None:
+    """Hand the machine's commands to the executor; the Finish among them, if any."""
+    svc = orch.services[service]
+    finish = None
+    for c in orders:
+        if isinstance(c, ro.Finish):
+            finish = c
+        elif isinstance(c, StartReplica):
+            jobs.add(asyncio.create_task(_start(orch, svc, specs[c.version], c)))
+        elif isinstance(c, StopReplica):
+            rep = svc.replicas.get(c.replica_id)
+            if rep is not None:
+                # A replica not drained is one that failed: it need not be given long to stop.
+                jobs.add(orch.executor.retire(svc, rep, f"rollout: {c.reason}", drain=c.drain,
+                                              grace=None if c.drain else BROKEN_REPLACE_GRACE))
+    return finish
 
 
-def history(orch, service: str) -> list[dict]:
-    """The last HISTORY_KEEP rollouts of `service`, oldest first (specs included, for undo), by this
-    orchestrator and the earlier ones of the same stack and state dir."""
-    store = orch.__dict__.get("rollout_history")
-    if store is None:
-        store = orch.__dict__["rollout_history"] = _load_history(orch)
-    return store.setdefault(service, [])
+def _collect(state: ro.Rollout, jobs: set[asyncio.Task], seen: dict[str, str]) -> ro.Rollout:
+    """Report the starts that finished to the machine."""
+    for t in [t for t in jobs if t.done()]:
+        jobs.discard(t)
+        result = t.result()
+        if isinstance(result, tuple):        # a start: (version, port, replica id or error)
+            version, port, rid, err = result
+            if rid is None:
+                state = ro.start_failed(state, version, port, err)
+            else:
+                state = ro.started(state, rid, version, port)
+                seen[rid] = "starting"
+    return state
 
 
-def _history_path(orch) -> Path | None:
-    return Path(orch.state_dir) / HISTORY_FILE if getattr(orch, "state_dir", "") else None
-
-
-def _load_history(orch) -> dict[str, list[dict]]:
-    path = _history_path(orch)
-    if path is None or not path.exists():
-        return {}
+async def _start(orch, svc, spec: ServiceSpec, c: StartReplica):
     try:
-        data = json.loads(path.read_text())
-        return {service: [{**h, "from": ServiceSpec.model_validate(h["from"]),
-                           "to": ServiceSpec.model_validate(h["to"])} for h in entries]
-                for service, entries in data.items()}
-    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError covers pydantic's errors
-        # A damaged file must not stop the stack; the history starts again (and says so).
-        log.warning("ignoring the rollout history in %s: %s", path, e)
-        orch.events.emit("rollout", None, None, f"rollout history in {path.name} unreadable, starting a new one: {e}")
-        return {}
-
-
-def _save_history(orch) -> None:
-    path = _history_path(orch)
-    if path is None:
-        return
-    data = {service: [{**h, "from": h["from"].model_dump(mode="json"), "to": h["to"].model_dump(mode="json")}
-                      for h in entries]
-            for service, entries in orch.__dict__.get("rollout_history", {}).items()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)  # a crash mid-write leaves the previous file whole
-    except OSError as e:
-        log.warning("cannot save the rollout history to %s: %s", path, e)
-
-
-def history_json(orch, service: str) -> list[dict]:
-    return [{k: v for k, v in h.items() if k not in ("from", "to")} for h in history(orch, service)]
-
-
-async def undo(orch, service: str, timeout: float = 600.0) -> RolloutResult:
-    """Roll back to the spec before the last completed rollout."""
-    done = [h for h in history(orch, service) if h["outcome"] == "complete"]
-    if not done:
-        raise ValueError(f"{service}: no completed rollout to undo")
-    if isinstance(orch.driver, EngineDriver):
-        from . import rollout_owned
-
-        return await rollout_owned.undo(orch, service, done[-1]["from"], timeout=timeout)
-    return await roll(orch, service, done[-1]["from"], reason="rollout undo", timeout=timeout)
-
-
-async def restart(orch, service: str, timeout: float = 600.0) -> RolloutResult:
-    """Replace every replica with a fresh one of the same spec, the rolling way (with a driver
-    that owns the replica count: the engine's forced update)."""
-    if isinstance(orch.driver, EngineDriver):
-        from . import rollout_owned
-
-        return await rollout_owned.roll(orch, service, orch.services[service].spec, reason="rollout restart",
-                                        timeout=timeout, how="restart")
-    return await roll(orch, service, orch.services[service].spec, reason="rollout restart", timeout=timeout)
-
-
-async def _start(orch, service: str, spec: ServiceSpec, c: StartReplica):
-    try:
-        rep = await orch.start_replica(service, c.port, spec, f"rollout: {c.reason}", boost=not c.spare)
+        rep = await orch.executor.start_now(svc, c.port, spec, f"rollout: {c.reason}", boost=not c.spare)
         return (c.version, c.port, rep.id, None)
     except DriverError as e:
         return (c.version, c.port, None, str(e))

@@ -1,14 +1,15 @@
-"""A rolling update with a driver that owns the replica count (swarm): the engine rolls, we follow.
+"""A rolling update with an engine driver (swarm): the engine rolls, we follow.
 
 The engine replaces the tasks itself, with the service's `update:` block as its update config
 (order, parallelism, monitor, failure action; see drivers/swarm_spec.py), and rolls back on its
 own when a new task fails. The control plane's part:
 - new tasks join the gateway pool only after our first passing probe (as any new task does);
-- a task the engine is shutting down is drained out of the pool (controller: `leaving` handles);
+- a task the engine is shutting down is drained out of the pool (reconcile_engine.py: `leaving`
+  handles);
 - no count is sent while the update runs (the service is held);
 - the call waits for the engine's verdict (UpdateStatus), then for our own records to settle
   (every replica ready, as many as desired), and says why in the events and the result;
-- the rollout is recorded in the same history as the per-port rollouts (rollout_exec.py), so
+- the rollout is recorded in the same history as the per-port rollouts (rollout_history.py), so
   `rollout history|status|undo|restart` work alike. `undo` is the engine's rollback to its
   previous spec when that spec is the last update's, else an update to the history's old spec.
 """
@@ -18,17 +19,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from . import rollout_exec
 from .drivers.base import DriverError
 from .drivers.swarm_spec import undo_by_rollback, update_outcome
 from .replica import LIVE, ReplicaState as S
+from .rollout_history import RolloutResult, record
 from .stack import ServiceSpec
 
 POLL = 0.25
 
 
 async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "apply", timeout: float = 600.0,
-               how: str = "update") -> "rollout_exec.RolloutResult":
+               how: str = "update") -> RolloutResult:
     """Have the engine roll `service` to `new_spec` (how: update | restart, which replaces every
     task even with an unchanged spec | rollback, the engine's return to its previous spec) and
     follow it. Returns once the service has converged on one version, or paused, or timed out."""
@@ -48,7 +49,7 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
             if how == "rollback":
                 await orch.driver.rollback_service(service)
             else:
-                launch = orch.launch_spec(service, new_spec)
+                launch = orch.launch_spec(svc.with_spec(new_spec), 0)
                 await orch.driver.update_service(launch, force=how == "restart")
         except DriverError as e:
             outcome, detail = "refused", str(e)
@@ -78,7 +79,7 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
     return _finish(orch, service, reason, old_spec, new_spec, outcome, detail, t0)
 
 
-async def undo(orch, service: str, to_spec: ServiceSpec, timeout: float = 600.0) -> "rollout_exec.RolloutResult":
+async def undo(orch, service: str, to_spec: ServiceSpec, timeout: float = 600.0) -> RolloutResult:
     """Back to the spec before the last completed rollout: the engine's own rollback when its
     previous spec is that rollout's (undo_by_rollback), else an update to `to_spec`."""
     state = await orch.driver.update_status(service)
@@ -101,9 +102,9 @@ async def _settled(orch, service: str, timeout: float) -> bool:
 
 
 def _finish(orch, service: str, reason: str, old_spec: ServiceSpec, new_spec: ServiceSpec, outcome: str,
-            detail: str, t0: float) -> "rollout_exec.RolloutResult":
+            detail: str, t0: float) -> RolloutResult:
     seconds = time.monotonic() - t0
-    rollout_exec.record(orch, service, outcome, reason, detail, old_spec, new_spec, seconds)
+    record(orch, service, outcome, reason, detail, old_spec, new_spec, seconds)
     kind = "rollback" if outcome == "rolled_back" else "rollout"
     orch.events.emit(kind, service, None, f"rolling update {outcome.replace('_', ' ')}: {detail}")
-    return rollout_exec.RolloutResult(service, outcome, detail, seconds)
+    return RolloutResult(service, outcome, detail, seconds)

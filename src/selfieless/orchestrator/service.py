@@ -1,5 +1,6 @@
-"""What the controller keeps per service: its spec, desired count, replicas, scheduled starts and
-the state of its autoscaling, crash-loop backoff, disruption budget and rollout ownership."""
+"""What the orchestrator keeps per service: its spec, desired count, replicas, scheduled starts and
+the state of its autoscaling, crash-loop backoff, disruption budget and rollout ownership. (What the
+engine-owned mode keeps besides, the count the engine accepted, is reconcile_engine.py's.)"""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ class ServiceRuntime:
     spec: ServiceSpec
     desired: int
     replicas: dict[str, Replica] = field(default_factory=dict)
+    # Port-owned mode only (reconcile_ports.py; an engine starts and restarts its own replicas),
+    # by host port: starts scheduled or in progress, crash-loop backoff, replicas replaced so far.
     pending: dict[int, ScheduledStart] = field(default_factory=dict)
     backoff: dict[int, BackoffState] = field(default_factory=dict)
     restarts: dict[int, int] = field(default_factory=dict)
@@ -46,8 +49,10 @@ class ServiceRuntime:
     spared: set[str] = field(default_factory=set)
     rollout_owner: str | None = None  # the rollout that owns this service's replicas: no reconciling
     idle: stz.IdleState = field(default_factory=stz.IdleState)  # scale to zero: last request seen
-    driver_count: int | None = None   # owns_replica_count: the count the driver last accepted
-    applying: bool = False            # owns_replica_count: a count is being sent to the driver
+
+    def with_spec(self, spec: ServiceSpec) -> ServiceRuntime:
+        """This service as it would be with `spec` (a rollout's other side), sharing its replicas."""
+        return ServiceRuntime(self.name, spec, self.desired, replicas=self.replicas, dependency=self.dependency)
 
     def converged(self) -> bool:
         """Exactly `desired` replicas, all ready, and no start pending."""

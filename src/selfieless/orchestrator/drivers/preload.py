@@ -153,7 +153,7 @@ class Preloader:
         self._reader, self._writer = self._sock.makefile("rb"), self._sock.makefile("wb")
         self._children: set[int] = set()
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_loaded(self, timeout: float) -> None:
         """Blocks until the module is imported (the first line the preloader sends)."""
         self._sock.settimeout(timeout)
         try:

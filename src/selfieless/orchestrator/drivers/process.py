@@ -217,7 +217,7 @@ class ProcessDriver(PortDriver):
                 preloader = self._preloaders.get(module)
                 if preloader is None or not preloader.alive:
                     preloader = Preloader(cmd[0], module, str(self.log_path / f"preload-{module}.log"))
-                    await asyncio.to_thread(preloader.wait_ready, PRELOAD_TIMEOUT)
+                    await asyncio.to_thread(preloader.wait_loaded, PRELOAD_TIMEOUT)
                     self._preloaders[module] = preloader
             return await asyncio.to_thread(preloader.spawn, args, env, str(log_file))
         except PreloadError as e:
