@@ -15,13 +15,10 @@ from typing import Any
 
 import httpx
 
+from selfieless.orchestrator.assemble import default_state_dir
 from selfieless.orchestrator.pids import pid_alive
 
 ADMIN_FILE = "admin.json"
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("SELFIELESS_STATE_DIR", "~/.local/state/selfieless")).expanduser()
 
 
 class NoRunningUp(RuntimeError):

@@ -8,7 +8,6 @@ find every connection busy wait for one, with that wait counted in their latency
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import httpx
@@ -54,11 +53,3 @@ async def run_load(url: str, rps: float, duration: float, *, method: str = "GET"
         await asyncio.gather(*tasks)
         elapsed = loop.time() - start
     return summarize(results, rps, planned, elapsed=elapsed)
-
-
-def run_load_sync(url: str, rps: float, duration: float, **kw) -> Summary:
-    """Blocking wrapper, for scripts and benchmarks."""
-    t0 = time.monotonic()
-    s = asyncio.run(run_load(url, rps, duration, **kw))
-    s.elapsed = s.elapsed or time.monotonic() - t0
-    return s

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from selfieless.orchestrator.stack import (
     parse_stack,
 )
 from selfieless.gateway import new_event_loop
+from selfieless.orchestrator.assemble import default_state_dir
 from selfieless.orchestrator.status import StackStatus
 
 from .client import read_admin_file, remove_admin_file, write_admin_file
@@ -54,7 +55,7 @@ class UpOptions:
     admin_host: str = "127.0.0.1"
     admin_port: int = 8090
     admin_token: str | None = None
-    state_dir: Path = Path("~/.local/state/selfieless")
+    state_dir: Path = field(default_factory=default_state_dir)
     ready_timeout: float = 120.0
     quiet_events: bool = False
     # When the stop was asked for (signal or POST /api/shutdown), for the "stopped in" figure.

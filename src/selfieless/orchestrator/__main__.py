@@ -15,7 +15,7 @@ import logging
 import sys
 
 from ..gateway import new_event_loop
-from .assemble import DEFAULT_STATE_DIR
+from .assemble import default_state_dir
 from .runner import Runner
 from .stack import StackError, load_stack
 
@@ -44,7 +44,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m selfieless.orchestrator", description=__doc__.splitlines()[0])
     p.add_argument("stack", help="stack file (YAML)")
-    p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="replica state files and logs")
+    p.add_argument("--state-dir", default=str(default_state_dir()), help="replica state files and logs")
     p.add_argument("--driver", choices=["process", "docker", "auto"], help="override the stack's driver")
     p.add_argument("--host", help="gateway listen address (overrides the stack)")
     p.add_argument("--port", type=int, help="gateway port (overrides the stack)")

@@ -18,11 +18,10 @@ Rules:
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
 
-from .stack import GatewayLimits, ServiceSpec, Stack, UpdateSpec
+from .stack import GatewayLimits, ServiceSpec, Stack, UpdateSpec, placeholders
 
 
 @dataclass(frozen=True)
@@ -195,20 +194,13 @@ def _used_variables(stack: Stack, svc: ServiceSpec) -> set[str]:
     todo = [*(svc.command or []), *svc.environment.values()]
     seen: set[str] = set()
     while todo:
-        for name in _placeholders(todo.pop()):
+        for name in placeholders(todo.pop()):
             if name not in seen:
                 seen.add(name)
                 value = _variable(stack, svc, name)
                 if value is not None:
                     todo.append(value)
     return {n for n in seen if _variable(stack, svc, n) is not None}
-
-
-def _placeholders(text: str) -> set[str]:
-    try:
-        return {f for _, f, _, _ in string.Formatter().parse(text) if f}
-    except ValueError:
-        return set()
 
 
 def _short(image_id: str) -> str:

@@ -25,7 +25,9 @@ from .controller import Orchestrator
 from .drivers import make_driver
 from .stack import Stack
 
-DEFAULT_STATE_DIR = Path(os.environ.get("SELFIELESS_STATE_DIR", "~/.local/state/selfieless")).expanduser()
+def default_state_dir() -> Path:
+    """Where a stack keeps its state when not told: $SELFIELESS_STATE_DIR, else ~/.local/state/selfieless."""
+    return Path(os.environ.get("SELFIELESS_STATE_DIR", "~/.local/state/selfieless")).expanduser()
 
 
 def gateway_config(stack: Stack, **overrides: Any):
@@ -82,7 +84,7 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
                        driver_setting: str | None = None, gateway_overrides: dict | None = None,
                        gateway_process: bool = False, **orchestrator_kwargs: Any) -> System:
     """Start (or re-attach to) the gateway, so replicas can be told its URL, then the orchestrator."""
-    state = Path(state_dir or DEFAULT_STATE_DIR).expanduser()
+    state = Path(state_dir or default_state_dir()).expanduser()
     state.mkdir(parents=True, exist_ok=True)
     config = gateway_config(stack, **(gateway_overrides or {}))
     proc = None
@@ -117,10 +119,3 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
             await proc.stop(gw)
         raise
     return system
-
-
-async def run_until_signalled(stack: Stack, state_dir: str | os.PathLike | None = None, **kw: Any) -> None:
-    """Run a stack in the foreground until SIGINT/SIGTERM, then shut down gracefully."""
-    from .runner import Runner
-
-    await Runner().run(stack, state_dir, **kw)

@@ -30,7 +30,7 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class Decision:
+class ScaleDecision:
     desired: int
     current: int
     reason: str
@@ -77,7 +77,7 @@ def window_next_deadline(state: WindowState, cfg: WindowPolicy) -> float | None:
 
 def window_step(state: WindowState, sample: Sample, now: float, current: int, cfg: WindowPolicy,
                 lo: int, hi: int, service: str = "service",
-                wall_now: float | None = None) -> tuple[WindowState, Decision | None]:
+                wall_now: float | None = None) -> tuple[WindowState, ScaleDecision | None]:
     """Close at most one window. Call again while it returns a decision to catch up on several.
 
     Returns (new state, None) when no window has ended by `now`.
@@ -98,7 +98,7 @@ def window_step(state: WindowState, sample: Sample, now: float, current: int, cf
     # The next window starts exactly where this one ended (back to back), so a late sample does
     # not shift the grid; requests that arrived after `end` but before this sample are attributed
     # to the window just closed (the runtime samples right at `end`, so that slack is milliseconds).
-    return WindowState(window_start=end, base_count=sample.count), Decision(desired, current, reason, n, end)
+    return WindowState(window_start=end, base_count=sample.count), ScaleDecision(desired, current, reason, n, end)
 
 
 # --- rate policy -----------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class RateState:
 
 
 def rate_step(state: RateState, sample: Sample, now: float, current: int, cfg: RatePolicy,
-              lo: int, hi: int, service: str = "service") -> tuple[RateState, Decision]:
+              lo: int, hi: int, service: str = "service") -> tuple[RateState, ScaleDecision]:
     samples = tuple(s for s in state.samples if s[0] >= now - cfg.window_seconds) + ((now, sample.count),)
     t0, c0 = samples[0]
     if len(samples) < 2 or now - t0 <= 0:
@@ -142,4 +142,4 @@ def rate_step(state: RateState, sample: Sample, now: float, current: int, cfg: R
             desired = current  # not enough history yet to be sure the load stayed low
         why = (f"{rps:.1f} req/s over the last {now - t0:.1f} s, target {cfg.target_rps_per_replica:g} per replica, "
                f"stable for {cfg.scale_in_delay:g} s")
-    return new_state, Decision(desired, current, f"{_arrow(service, current, desired)}: {why}", sample.count - c0)
+    return new_state, ScaleDecision(desired, current, f"{_arrow(service, current, desired)}: {why}", sample.count - c0)

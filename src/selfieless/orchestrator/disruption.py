@@ -19,12 +19,14 @@ MAX_UNAVAILABLE = 1
 
 
 @dataclass(frozen=True)
-class Decision:
+class Allowance:
+    """What the budget allows for one failed ready replica."""
+
     replace: bool
     all_failing: bool   # every replica of the service is failing or being replaced
 
 
-def on_failure(ready: int, failing_ready: int, unavailable: int, max_unavailable: int = MAX_UNAVAILABLE) -> Decision:
+def on_failure(ready: int, failing_ready: int, unavailable: int, max_unavailable: int = MAX_UNAVAILABLE) -> Allowance:
     """A ready replica failed its probes (threshold reached).
 
     ready: replicas of the service in rotation, this one included; failing_ready: how many of
@@ -32,8 +34,8 @@ def on_failure(ready: int, failing_ready: int, unavailable: int, max_unavailable
     unhealthy, exited) plus starts waiting on a port."""
     all_failing = ready + unavailable >= 2 and failing_ready >= ready
     if ready + unavailable <= 1:
-        return Decision(True, all_failing)
-    return Decision(unavailable < max_unavailable, all_failing)
+        return Allowance(True, all_failing)
+    return Allowance(unavailable < max_unavailable, all_failing)
 
 
 def describe_hold(service: str, total: int, all_failing: bool, unavailable: int) -> str:

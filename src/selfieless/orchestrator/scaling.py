@@ -100,7 +100,7 @@ class Scaling:
                 return
             await asyncio.sleep(pause)
 
-    def _apply(self, svc: ServiceRuntime, d: auto.Decision) -> None:
+    def _apply(self, svc: ServiceRuntime, d: auto.ScaleDecision) -> None:
         if d.desired == svc.desired:
             if isinstance(svc.spec.autoscale, WindowPolicy):
                 svc.last_decision = d.reason

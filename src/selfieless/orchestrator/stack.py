@@ -506,11 +506,11 @@ class Stack(_Model):
             problems.append(f"{where}.image: required with driver {self.driver!r}")
         known = BUILTIN_PLACEHOLDERS | set(self.variables) | set(spec.variables)
         for i, arg in enumerate(spec.command or []):
-            for ph in _placeholders(arg) - known:
+            for ph in placeholders(arg) - known:
                 problems.append(f"{where}.command[{i}]: unknown placeholder {{{ph}}} "
                                 f"(known: {', '.join(sorted(known))})")
         for key, val in spec.environment.items():
-            for ph in _placeholders(val) - known:
+            for ph in placeholders(val) - known:
                 problems.append(f"{where}.environment.{key}: unknown placeholder {{{ph}}}")
         return problems
 
@@ -524,7 +524,8 @@ class Stack(_Model):
         return {r: name for name, svc in self.services.items() for r in svc.routes}
 
 
-def _placeholders(text: str) -> set[str]:
+def placeholders(text: str) -> set[str]:
+    """The `{name}` placeholders `text` uses."""
     try:
         return {f for _, f, _, _ in string.Formatter().parse(text) if f}
     except ValueError:
@@ -537,7 +538,7 @@ def render(template: str, values: dict[str, Any]) -> str:
     # A few passes resolve chains like {database_url} -> {acts_database_url} -> {state_dir};
     # the bound stops a variable that refers to itself from looping forever.
     for _ in range(5):
-        if not _placeholders(text):
+        if not placeholders(text):
             return text
         text = text.format_map(_Strict(values))
     raise KeyError(f"placeholders nested too deep in {template!r}")
