@@ -156,74 +156,89 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Order]]:
         if m.status == "failed":
             cmds.append(StopReplica(m.id, drain=False, reason="failed"))
             r = _set(r, m.id, status="stopping")
-    serving = lambda: len([m for m in r.members if m.status == "ready"])  # noqa: E731
     new_alive = r.of("new", "starting", "ready")
     unproven = [m for m in new_alive if m.status == "starting" or (m.ready_at or 0) + r.monitor > now]
-    in_flight = len(unproven) + len([p for p in r.pending if p[0] == "new"])
+    pending_new = len([p for p in r.pending if p[0] == "new"])
+    in_flight = len(unproven) + pending_new
     # Retire old replicas once their replacements serve (start-first).
     # (Old replicas start only in a rollback: while rolling, an alive old one is a ready one.)
     old_ready = sorted(r.of("old", "ready"), key=lambda m: m.port)
-    while old_ready and serving() > r.desired:
+    while old_ready and len([m for m in r.members if m.status == "ready"]) > r.desired:
         m = old_ready.pop(0)
         cmds.append(StopReplica(m.id, drain=True, reason="replaced by a new replica that is serving"))
         r = _set(r, m.id, status="stopping")
     # Start new replicas.
-    pending_new = len([p for p in r.pending if p[0] == "new"])
     wanted_new = r.desired - len(new_alive) - pending_new
-    if r.order == "start-first":
-        while wanted_new > 0 and in_flight < r.parallelism:
-            port = _free_port(r)
-            if port is None:
-                # No spare port in the range: replace this one stop-first (after draining it).
-                old_alive = sorted(r.of("old", "ready"), key=lambda m: m.port)
-                if in_flight == 0 and old_alive and not any(m.status == "stopping" for m in r.members):
-                    m = old_alive[0]
-                    cmds.append(StopReplica(m.id, drain=True, reason="no spare port: stop-first for this one"))
-                    r = _set(r, m.id, status="stopping")
-                break
-            cmds.append(StartReplica("new", port, reason="rolling replacement (start-first)", spare=_full(r)))
-            r = replace(r, pending=r.pending + (("new", port),))
-            in_flight += 1
-            wanted_new -= 1
-    else:
-        # An old replica being stopped to make room is a replacement under way.
-        in_flight += len(r.of("old", "stopping"))
-        while wanted_new > 0:
-            old_alive = sorted(r.of("old", "ready"), key=lambda m: m.port)
-            total = len(old_alive) + len(r.of("new", "starting", "ready")) + len([p for p in r.pending if p[0] == "new"])
-            if total < r.desired:
-                # Only on a home port: the one the stopped replica frees (wait while it is stopping).
-                port = next((p for p in r.home if p not in _taken(r)), None)
-                if port is None:
-                    break
-                cmds.append(StartReplica("new", port, reason="rolling replacement (stop-first)"))
-                r = replace(r, pending=r.pending + (("new", port),))
-                wanted_new -= 1
-                in_flight += 1  # this start is a replacement under way until it is proven
-            elif old_alive and in_flight < r.parallelism:
-                m = old_alive[0]
-                cmds.append(StopReplica(m.id, drain=True, reason="stop-first: makes room for a new replica"))
-                r = _set(r, m.id, status="stopping")
-                in_flight += 1
-            else:
-                break
+    start = _start_first if r.order == "start-first" else _stop_first
+    r = start(r, cmds, wanted_new, in_flight)
     # Everything replaced and proven: settle borrowed ports home, then finish.
     if not r.of("old", "ready", "stopping") and not r.pending and not unproven \
             and len(r.of("new", "ready")) >= r.desired:
-        borrowed = sorted((m for m in r.of("new", "ready") if m.port not in r.home), key=lambda m: -m.port)
-        free_home = [p for p in r.home if p not in _taken(r)]
-        if len(r.of("new", "ready")) > r.desired and borrowed:
-            m = borrowed[0]
-            cmds.append(StopReplica(m.id, drain=True, reason=f"settled back on port {sorted(r.home)[0]}.."))
-            r = _set(r, m.id, status="stopping")
-        elif borrowed and free_home:
-            cmds.append(StartReplica("new", free_home[0], reason=f"move home from borrowed port {borrowed[0].port}",
-                                     spare=_full(r)))
-            r = replace(r, pending=r.pending + (("new", free_home[0]),))
-        elif not r.of("new", "stopping"):
-            cmds.append(Finish("complete", f"{r.desired} replica(s) on the new version"))
-            r = replace(r, phase="complete")
+        r = _settle(r, cmds)
     return r, cmds
+
+
+def _start_first(r: Rollout, cmds: list[Order], wanted_new: int, in_flight: int) -> Rollout:
+    """Start new replicas on spare ports, `parallelism` unproven at a time (appends to `cmds`)."""
+    while wanted_new > 0 and in_flight < r.parallelism:
+        port = _free_port(r)
+        if port is None:
+            # No spare port in the range: replace this one stop-first (after draining it).
+            old_alive = sorted(r.of("old", "ready"), key=lambda m: m.port)
+            if in_flight == 0 and old_alive and not any(m.status == "stopping" for m in r.members):
+                m = old_alive[0]
+                cmds.append(StopReplica(m.id, drain=True, reason="no spare port: stop-first for this one"))
+                r = _set(r, m.id, status="stopping")
+            break
+        cmds.append(StartReplica("new", port, reason="rolling replacement (start-first)", spare=_full(r)))
+        r = replace(r, pending=r.pending + (("new", port),))
+        in_flight += 1
+        wanted_new -= 1
+    return r
+
+
+def _stop_first(r: Rollout, cmds: list[Order], wanted_new: int, in_flight: int) -> Rollout:
+    """Stop an old replica, then start a new one on the home port it frees (appends to `cmds`)."""
+    # An old replica being stopped to make room is a replacement under way.
+    in_flight += len(r.of("old", "stopping"))
+    while wanted_new > 0:
+        old_alive = sorted(r.of("old", "ready"), key=lambda m: m.port)
+        total = len(old_alive) + len(r.of("new", "starting", "ready")) + len([p for p in r.pending if p[0] == "new"])
+        if total < r.desired:
+            # Only on a home port: the one the stopped replica frees (wait while it is stopping).
+            port = next((p for p in r.home if p not in _taken(r)), None)
+            if port is None:
+                break
+            cmds.append(StartReplica("new", port, reason="rolling replacement (stop-first)"))
+            r = replace(r, pending=r.pending + (("new", port),))
+            wanted_new -= 1
+            in_flight += 1  # this start is a replacement under way until it is proven
+        elif old_alive and in_flight < r.parallelism:
+            m = old_alive[0]
+            cmds.append(StopReplica(m.id, drain=True, reason="stop-first: makes room for a new replica"))
+            r = _set(r, m.id, status="stopping")
+            in_flight += 1
+        else:
+            break
+    return r
+
+
+def _settle(r: Rollout, cmds: list[Order]) -> Rollout:
+    """Every replica replaced and proven: move one off a borrowed port, or finish (appends to `cmds`)."""
+    borrowed = sorted((m for m in r.of("new", "ready") if m.port not in r.home), key=lambda m: -m.port)
+    free_home = [p for p in r.home if p not in _taken(r)]
+    if len(r.of("new", "ready")) > r.desired and borrowed:
+        m = borrowed[0]
+        cmds.append(StopReplica(m.id, drain=True, reason=f"settled back on port {sorted(r.home)[0]}.."))
+        r = _set(r, m.id, status="stopping")
+    elif borrowed and free_home:
+        cmds.append(StartReplica("new", free_home[0], reason=f"move home from borrowed port {borrowed[0].port}",
+                                 spare=_full(r)))
+        r = replace(r, pending=r.pending + (("new", free_home[0]),))
+    elif not r.of("new", "stopping"):
+        cmds.append(Finish("complete", f"{r.desired} replica(s) on the new version"))
+        r = replace(r, phase="complete")
+    return r
 
 
 def _full(r: Rollout) -> bool:
