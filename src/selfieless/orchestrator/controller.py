@@ -31,14 +31,16 @@ from typing import TYPE_CHECKING, Callable
 from . import autoscale as auto
 from . import lifecycle
 from .backoff import BackoffPolicy, BackoffState, record_ready
-from .drivers.base import Driver, LaunchSpec, PortDriver
+from .drivers.base import Driver, EngineDriver, LaunchSpec, PortDriver
 from .events import EventLog
 from .executor import Executor
 from .health import Probe
 from .pool import Pool
 from .probe import HttpProber
 from .probing import REPLICA_HOST, Probing
-from .reconciler import reconciler_for
+from .reconcile_engine import EngineReconciler
+from .reconcile_ports import PortReconciler
+from .reconciler import Reconciler
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
 from .service import ServiceRuntime
@@ -90,7 +92,7 @@ class Orchestrator:
         self.probing = Probing(self._apply_probe, monotonic, probe)
         self.pool = Pool(gateway, lambda name: self.services[name].dependency)
         self.executor = Executor(self, driver if isinstance(driver, PortDriver) else None)
-        self.reconciler = reconciler_for(self, driver)
+        self.reconciler = self._reconciler_for(driver)
         self._running = False
         self._stopping = False
         self.remove_volumes_at_stop = False   # `down --volumes` (a driver that removes them itself)
@@ -278,6 +280,14 @@ class Orchestrator:
             gw.on_replica_error = self.on_replica_error
         if gw.on_no_replica is None:
             gw.on_no_replica = self.on_no_replica
+
+    def _reconciler_for(self, driver: Driver) -> Reconciler:
+        """The reconcile mode, chosen once by the kind of driver (reconciler.py)."""
+        if isinstance(driver, PortDriver):
+            return PortReconciler(self, driver, self.executor)
+        if isinstance(driver, EngineDriver):
+            return EngineReconciler(self, driver, self.executor)
+        raise TypeError(f"{type(driver).__name__} is neither a PortDriver nor an EngineDriver")
 
     def _stats(self, service: str) -> auto.Sample:
         st = self.gateway.counters(service)

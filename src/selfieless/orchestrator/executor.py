@@ -15,24 +15,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
 
 from . import lifecycle
 from .backoff import BackoffState
 from .commands import CancelStart, Command, ReplaceReplica, StartReplica, StopReplica
 from .drivers.base import DriverError, PortDriver, ReplicaHandle
+from .reconciler import Core
 from .replica import Replica, ReplicaState as S
 from .service import ScheduledStart, ServiceRuntime
 from .stack import ServiceSpec
-
-if TYPE_CHECKING:
-    from .controller import Orchestrator
 
 log = logging.getLogger(__name__)
 
 
 class Executor:
-    def __init__(self, orch: Orchestrator, driver: PortDriver | None):
+    def __init__(self, orch: Core, driver: PortDriver | None):
         self.orch = orch
         self.driver = driver   # None: the engine starts and stops replicas itself
 

@@ -17,19 +17,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Coroutine
+from typing import Coroutine
 
 from . import driver_owned
 from . import lifecycle
 from . import rollout_owned
 from .drivers.base import EngineDriver, ReplicaHandle
+from .executor import Executor
+from .reconciler import Core
 from .replica import LIVE, Replica, ReplicaState as S
 from .rollout_history import RolloutResult
 from .service import ServiceRuntime
 from .stack import ServiceSpec
-
-if TYPE_CHECKING:
-    from .controller import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +42,10 @@ class EngineCount:
 
 
 class EngineReconciler:
-    def __init__(self, orch: Orchestrator, driver: EngineDriver):
-        self.orch = orch
+    def __init__(self, orch: Core, driver: EngineDriver, executor: Executor):
+        self.orch = orch   # (a rollout is handed the orchestrator itself)
         self.driver = driver
+        self.executor = executor
         self.counts: dict[str, EngineCount] = {}
         # Tasks silent since (driver_owned.silent_tasks).
         self._silence = driver_owned.Silence({}, {}, [])
@@ -76,7 +76,7 @@ class EngineReconciler:
             rep = svc.replicas[rid]
             if rep.state != S.EXITED:
                 self._forgotten.append(rid)   # still running, maybe: watched for silence
-            orch.executor.retire(svc, rep, f"forgotten: {rep.last_error or 'broken'}; the {self.driver.name} "
+            self.executor.retire(svc, rep, f"forgotten: {rep.last_error or 'broken'}; the {self.driver.name} "
                                            f"engine replaces it", drain=False, quiet=True,
                                  why="left to the driver to replace")
         count = self._count(svc)
@@ -139,7 +139,7 @@ class EngineReconciler:
                 if h.leaving and rep is not None and rep.state in LIVE and rep.can(S.STOPPING):
                     # The engine is shutting it down (the old side of an update, a scale-in):
                     # out of the pool now, in-flight requests finish.
-                    orch.executor.retire(svc, rep, f"the {self.driver.name} engine is shutting its task down",
+                    self.executor.retire(svc, rep, f"the {self.driver.name} engine is shutting its task down",
                                          drain=True, why="the engine is shutting its task down")
             ids = {h.id: h for h in found if not h.leaving}
             ch = driver_owned.snapshot_changes({r.id: r.state for r in svc.replicas.values()}, list(ids))

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Coroutine
+from typing import Coroutine
 
 from . import lifecycle
 from . import rollout_exec
 from .drivers.base import PortDriver
-from .executor import pid_text
+from .executor import Executor, pid_text
 from .plan import plan_service
+from .reconciler import Core
 from .replica import Replica, ReplicaState as S
 from .rollout_history import RolloutResult
 from .service import ServiceRuntime
 from .stack import ServiceSpec
-
-if TYPE_CHECKING:
-    from .controller import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +32,10 @@ REPLACE_GRACE = 1.0
 
 
 class PortReconciler:
-    def __init__(self, orch: Orchestrator, driver: PortDriver):
-        self.orch = orch
+    def __init__(self, orch: Core, driver: PortDriver, executor: Executor):
+        self.orch = orch   # (a rollout is handed the orchestrator itself)
         self.driver = driver
+        self.executor = executor
 
     def watchers(self) -> list[Coroutine]:
         return [self._watch_exits()]
@@ -45,7 +44,7 @@ class PortReconciler:
         if self.orch.blocked(svc):
             return
         for cmd in plan_service(svc.desired, svc.slots(), svc.spec.host_ports.ports):
-            self.orch.executor.execute(svc, cmd)
+            self.executor.execute(svc, cmd)
 
     # --- rolling updates: ours, port by port -----------------------------------------------------
 

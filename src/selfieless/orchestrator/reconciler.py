@@ -1,7 +1,8 @@
-"""The interface of a reconcile mode, and the choice of one by the kind of driver.
+"""The interface of a reconcile mode, and what a mode uses of the orchestrator.
 
 The orchestrator (controller.py) keeps what both modes share: probing, the pool, scaling, the
-gateway's callbacks, status. What differs is behind `Reconciler`:
+gateway's callbacks, status; `Core` is what of it the modes use. What differs is behind
+`Reconciler`, and the orchestrator picks one by the kind of driver it is given:
 - `PortReconciler` (reconcile_ports.py) for a PortDriver: the control plane starts every replica
   on a host port and replaces what breaks; rollouts port by port (rollout.py);
 - `EngineReconciler` (reconcile_engine.py) for an EngineDriver: the engine runs the replicas, the
@@ -11,17 +12,41 @@ Another engine (Kubernetes) needs another EngineDriver only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Coroutine, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
 
-from .drivers.base import Driver, EngineDriver, PortDriver
-from .reconcile_engine import EngineReconciler
-from .reconcile_ports import PortReconciler
+from . import lifecycle
+from .backoff import BackoffPolicy
+from .drivers.base import LaunchSpec
+from .events import EventLog
+from .pool import Pool
+from .probing import Probing
 from .rollout_history import RolloutResult
 from .service import ServiceRuntime
 from .stack import ServiceSpec
 
-if TYPE_CHECKING:
-    from .controller import Orchestrator
+
+class Core(Protocol):
+    """What a reconciler and the executor use of the orchestrator (controller.Orchestrator)."""
+
+    services: dict[str, ServiceRuntime]
+    events: EventLog
+    probing: Probing
+    pool: Pool
+    backoff_policy: BackoffPolicy
+    mono: Callable[[], float]
+    wall: Callable[[], float]
+
+    def wake(self) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> Awaitable: ...
+
+    def blocked(self, svc: ServiceRuntime) -> bool: ...
+
+    def launch_spec(self, svc: ServiceRuntime, port: int) -> LaunchSpec: ...
+
+    def carry_out(self, svc: ServiceRuntime, rep: Any, step: lifecycle.Step) -> None: ...
+
+    def replica_exited(self, service: str, replica_id: str, reason: str) -> None: ...
 
 
 class Reconciler(Protocol):
@@ -43,11 +68,3 @@ class Reconciler(Protocol):
 
     async def restart(self, service: str, timeout: float) -> RolloutResult:
         """Every replica replaced by a fresh one of the same spec."""
-
-
-def reconciler_for(orch: Orchestrator, driver: Driver) -> Reconciler:
-    if isinstance(driver, PortDriver):
-        return PortReconciler(orch, driver)
-    if isinstance(driver, EngineDriver):
-        return EngineReconciler(orch, driver)
-    raise TypeError(f"{type(driver).__name__} is neither a PortDriver nor an EngineDriver")
