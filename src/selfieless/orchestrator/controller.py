@@ -185,11 +185,11 @@ class Orchestrator:
 
     # --- used by a rollout, which takes over one service's replicas meanwhile -------------------
 
-    def hold(self, service: str, by: str) -> None:
-        """Stop reconciling `service` until release(): its replicas are being replaced by `by`."""
+    def hand_to_rollout(self, service: str, by: str) -> None:
+        """Stop reconciling `service` until take_back(): its replicas are being replaced by `by`."""
         self._service(service).rollout_owner = by
 
-    def release(self, service: str, spec: ServiceSpec | None = None) -> None:
+    def take_back(self, service: str, spec: ServiceSpec | None = None) -> None:
         """Reconcile `service` again, with `spec` from now on when given."""
         svc = self._service(service)
         if spec is not None:

@@ -5,7 +5,7 @@ chosen once with the mode: per port here for a PortDriver (reconcile_ports.py), 
 for an EngineDriver (rollout_owned.py, through reconcile_engine.py). Both record in the same history
 (rollout_history.py).
 
-The per-port half is thin I/O: it holds the service (the reconciler leaves it alone meanwhile),
+The per-port half is thin I/O: it takes the service over (the reconciler leaves it alone meanwhile),
 hands the state machine's commands to the executor (executor.py), and turns what the replicas do
 (first passing probe, exit, failed probes) into the machine's events. The decisions are all in
 rollout.py.
@@ -62,7 +62,7 @@ async def roll_ports(orch, service: str, new_spec: ServiceSpec, *, reason: str, 
     state = ro.begin(service, ready_old, list(new_spec.host_ports.ports), desired=svc.desired,
                      parallelism=update.parallelism, order=update.order, monitor=update.monitor,
                      failure_action=update.failure_action)
-    orch.hold(service, f"rollout ({reason})")
+    orch.hand_to_rollout(service, f"rollout ({reason})")
     orch.events.emit("rollout", service, None,
                      f"rolling update started: {reason}; {update.order}, {update.parallelism} at a time, "
                      f"monitor {update.monitor:g} s")
@@ -83,7 +83,7 @@ async def roll_ports(orch, service: str, new_spec: ServiceSpec, *, reason: str, 
         await asyncio.gather(*jobs, return_exceptions=True)
     finally:
         spec = new_spec if finish is not None and finish.outcome in ("complete", "paused") else old_spec
-        orch.release(service, spec)
+        orch.take_back(service, spec)
     record(orch, service, finish.outcome, reason, finish.reason, old_spec, new_spec, time.monotonic() - t0)
     kind = {"complete": "rollout", "rolled_back": "rollback", "paused": "rollout"}[finish.outcome]
     orch.events.emit(kind, service, None, f"rolling update {finish.outcome.replace('_', ' ')}: {finish.reason}")

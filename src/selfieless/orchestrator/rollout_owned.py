@@ -6,7 +6,7 @@ own when a new task fails. The control plane's part:
 - new tasks join the gateway pool only after our first passing probe (as any new task does);
 - a task the engine is shutting down is drained out of the pool (reconcile_engine.py: `leaving`
   handles);
-- no count is sent while the update runs (the service is held);
+- no count is sent while the update runs (the service is handed to the rollout);
 - the call waits for the engine's verdict (UpdateStatus), then for our own records to settle
   (every replica ready, as many as desired), and says why in the events and the result;
 - the rollout is recorded in the same history as the per-port rollouts (rollout_history.py), so
@@ -37,7 +37,7 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
     old_spec = svc.spec
     update = new_spec.update
     t0 = time.monotonic()
-    orch.hold(service, f"rollout ({reason})")
+    orch.hand_to_rollout(service, f"rollout ({reason})")
     orch.events.emit("rollout", service, None,
                      f"rolling update started: {reason}; the {orch.driver.name} engine replaces the tasks "
                      f"({update.order}, {update.parallelism} at a time, monitor {update.monitor:g} s, "
@@ -75,7 +75,7 @@ async def roll(orch, service: str, new_spec: ServiceSpec, *, reason: str = "appl
             if not await _settled(orch, service, left):
                 outcome, detail = "timeout", f"{detail}; the replicas did not settle within {left:.0f} s"
     finally:
-        orch.release(service, new_spec if outcome in ("complete", "paused") else old_spec)
+        orch.take_back(service, new_spec if outcome in ("complete", "paused") else old_spec)
     return _finish(orch, service, reason, old_spec, new_spec, outcome, detail, t0)
 
 
