@@ -110,14 +110,11 @@ class Orchestrator:
         if self.probing.probe is None:
             self._prober = self.probing.probe = HttpProber()
         self._hook_gateway()
-        if self._adopt:
-            await self.reconciler.adopt()
-        for watcher in self.reconciler.watchers():
-            self._loops.append(asyncio.create_task(watcher, name="orchestrator-watch"))
+        await self.reconciler.begin(self._adopt)
         for svc in self.services.values():
             if not isinstance(svc.spec.autoscale, NoPolicy):
-                self._loops.append(asyncio.create_task(self.scaling.run(svc), name=f"autoscale-{svc.name}"))
-        self._loops.append(asyncio.create_task(self._reconcile_loop(), name="orchestrator-reconcile"))
+                self.run_loop(self.scaling.run(svc), f"autoscale-{svc.name}")
+        self.run_loop(self._reconcile_loop(), "orchestrator-reconcile")
         self._wake.set()
 
     async def stop(self, stop_replicas: bool = True) -> None:
@@ -203,7 +200,7 @@ class Orchestrator:
         """A service new in the stack file: started by the reconciler like any other."""
         svc = self.services[name] = ServiceRuntime(name, spec, spec.replicas.start_count)
         if not isinstance(spec.autoscale, NoPolicy):
-            self._loops.append(asyncio.create_task(self.scaling.run(svc), name=f"autoscale-{name}"))
+            self.run_loop(self.scaling.run(svc), f"autoscale-{name}")
         self._wake.set()
 
     async def remove_service(self, name: str) -> None:
@@ -222,7 +219,7 @@ class Orchestrator:
         self._cancel_autoscaler(name)
         if not isinstance(svc.spec.autoscale, NoPolicy):
             svc.window, svc.rate = auto.WindowState(), auto.RateState()
-            self._loops.append(asyncio.create_task(self.scaling.run(svc), name=f"autoscale-{name}"))
+            self.run_loop(self.scaling.run(svc), f"autoscale-{name}")
 
     def _cancel_autoscaler(self, name: str) -> None:
         for t in [t for t in self._loops if t.get_name() == f"autoscale-{name}"]:
@@ -408,6 +405,10 @@ class Orchestrator:
     def wake(self) -> None:
         """Something changed: run a reconcile pass soon."""
         self._wake.set()
+
+    def run_loop(self, coro, name: str) -> None:
+        """A long-running loop, cancelled at shutdown."""
+        self._loops.append(asyncio.create_task(coro, name=name))
 
     def spawn(self, coro) -> asyncio.Task:
         """One-off work (a stop, a probe after an ejection) that shutdown waits for."""

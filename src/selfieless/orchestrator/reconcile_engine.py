@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Coroutine
 
 from . import driver_owned
 from . import lifecycle
@@ -51,13 +50,15 @@ class EngineReconciler:
         self._silence = driver_owned.Silence({}, {}, [])
         self._forgotten: list[str] = []
 
-    def watchers(self) -> list[Coroutine]:
-        return [self._watch_snapshots()]
+    async def begin(self, adopt: bool) -> None:
+        if adopt:
+            await self._adopt()
+        self.orch.run_loop(self._watch_snapshots(), "orchestrator-snapshots")
 
     def _count(self, svc: ServiceRuntime) -> EngineCount:
         return self.counts.setdefault(svc.name, EngineCount())
 
-    async def adopt(self) -> None:
+    async def _adopt(self) -> None:
         """Services the engine already runs for this stack: carry on with their counts."""
         counts = await self.driver.replica_counts()
         for svc in self.orch.services.values():

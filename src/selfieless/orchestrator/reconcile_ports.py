@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Coroutine
 
 from . import lifecycle
 from . import rollout_exec
@@ -37,8 +36,11 @@ class PortReconciler:
         self.driver = driver
         self.executor = executor
 
-    def watchers(self) -> list[Coroutine]:
-        return [self._watch_exits()]
+    async def begin(self, adopt: bool) -> None:
+        # Exits are followed from the start: a replica found running may exit while it is probed.
+        self.orch.run_loop(self._watch_exits(), "orchestrator-exits")
+        if adopt:
+            await self._adopt()
 
     def reconcile(self, svc: ServiceRuntime) -> None:
         if self.orch.blocked(svc):
@@ -70,7 +72,7 @@ class PortReconciler:
 
     # --- adoption ---------------------------------------------------------------------------------
 
-    async def adopt(self) -> None:
+    async def _adopt(self) -> None:
         """Carry on with the replicas an earlier orchestrator left running."""
         orch = self.orch
         adopted = await self._take_over()

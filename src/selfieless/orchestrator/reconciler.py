@@ -38,6 +38,8 @@ class Core(Protocol):
 
     def wake(self) -> None: ...
 
+    def run_loop(self, coro: Coroutine[Any, Any, Any], name: str) -> None: ...
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> Awaitable: ...
 
     def blocked(self, svc: ServiceRuntime) -> bool: ...
@@ -50,11 +52,9 @@ class Core(Protocol):
 
 
 class Reconciler(Protocol):
-    async def adopt(self) -> None:
-        """At start: take over what an earlier orchestrator left running."""
-
-    def watchers(self) -> list[Coroutine]:
-        """The loops that follow the driver's reports (exits, snapshots), run until shutdown."""
+    async def begin(self, adopt: bool) -> None:
+        """At start: follow the driver's reports (exits, snapshots) until shutdown (Core.run_loop),
+        and with `adopt`, take over what an earlier orchestrator left running."""
 
     def reconcile(self, svc: ServiceRuntime) -> None:
         """One pass for one service: move it toward its desired count (never blocks)."""
