@@ -91,11 +91,21 @@ class Orchestrator:
         self._loops: list[asyncio.Task] = []          # long-running loops
         self.probing = Probing(self._apply_probe, monotonic, probe)
         self.pool = Pool(gateway, lambda name: self.services[name].dependency)
-        self.executor = Executor(self, driver if isinstance(driver, PortDriver) else None)
-        self.reconciler = self._reconciler_for(driver)
+        self.executor, self.reconciler = self._mode(driver)
         self._running = False
         self._stopping = False
         self.remove_volumes_at_stop = False   # `down --volumes` (a driver that removes them itself)
+
+    def _mode(self, driver: Driver) -> tuple[Executor, Reconciler]:
+        """The reconcile mode, chosen once by the kind of driver (reconciler.py), and the executor
+        it uses (with the driver's start and stop of one replica, when it has them)."""
+        if isinstance(driver, PortDriver):
+            executor = Executor(self, driver)
+            return executor, PortReconciler(self, driver, executor)
+        if isinstance(driver, EngineDriver):
+            executor = Executor(self, None)
+            return executor, EngineReconciler(self, driver, executor)
+        raise TypeError(f"{type(driver).__name__} is neither a PortDriver nor an EngineDriver")
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -277,14 +287,6 @@ class Orchestrator:
             gw.on_replica_error = self.on_replica_error
         if gw.on_no_replica is None:
             gw.on_no_replica = self.on_no_replica
-
-    def _reconciler_for(self, driver: Driver) -> Reconciler:
-        """The reconcile mode, chosen once by the kind of driver (reconciler.py)."""
-        if isinstance(driver, PortDriver):
-            return PortReconciler(self, driver, self.executor)
-        if isinstance(driver, EngineDriver):
-            return EngineReconciler(self, driver, self.executor)
-        raise TypeError(f"{type(driver).__name__} is neither a PortDriver nor an EngineDriver")
 
     def _stats(self, service: str) -> auto.Sample:
         st = self.gateway.counters(service)
