@@ -157,7 +157,7 @@ def triage(running: Sequence[tuple[str, int]], ports: Mapping[str, Container[int
     return out
 
 
-def adopted_count(found: int | None, low: int, high: int, dependency: bool = False) -> int | None:
+def adopted_count(found: int | None, low: int, high: int, dependency: bool) -> int | None:
     """The desired count to carry on with when `found` replicas of a service were already running
     at start (None: none were, keep the initial count): what ran, within the stack's bounds; a
     dependency always runs one."""
