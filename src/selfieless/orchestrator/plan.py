@@ -30,7 +30,7 @@ class Slot:
 
     port: int
     state: ReplicaState | str     # a ReplicaState, or PENDING
-    replica_id: str | None = None
+    replica_id: str = ""          # none for a pending start
 
 
 def plan_service(desired: int, slots: Iterable[Slot], ports: Iterable[int]) -> list[Command]:
@@ -47,11 +47,11 @@ def plan_service(desired: int, slots: Iterable[Slot], ports: Iterable[int]) -> l
             actions.append(CancelStart(s.port, f"scale-in to {desired}"))
         else:
             # A broken replica has nothing worth draining.
-            actions.append(StopReplica(s.replica_id or "", drain=s.state in LIVE,
+            actions.append(StopReplica(s.replica_id, drain=s.state in LIVE,
                                        reason=f"scale-in to {desired}: highest port first"))
     for s in keep:
         if s.state in BROKEN:
-            actions.append(ReplaceReplica(s.replica_id or "", reason=f"replica is {_name(s.state)}"))
+            actions.append(ReplaceReplica(s.replica_id, reason=f"replica is {_name(s.state)}"))
     missing = desired - len(keep)
     if missing > 0:
         busy = {s.port for s in slots}  # stopping replicas still hold their port
