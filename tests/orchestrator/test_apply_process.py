@@ -152,3 +152,17 @@ async def test_an_apply_of_new_bounds_keeps_a_manual_count_and_replays_no_window
         assert scaled()[0].rsplit(" ", 1)[1] != first.rsplit(" ", 1)[1]
     finally:
         await system.stop()
+
+
+async def test_a_rolled_back_apply_quotes_the_last_lines_of_the_failed_replica(tmp_path, ports):
+    system, gw, stack = await launch(tmp_path, ports)
+    orch = system.orchestrator
+    try:
+        broken = changed(stack, command=[sys.executable, "-c", "import selfieless.apps.actz"])
+        result = await apply_stack(orch, parse_stack(broken), timeout=60)
+        assert not result.ok and "rolled back" in result.reason
+        assert "its log ends: " in result.reason and "No module named 'selfieless.apps.actz'" in result.reason, result
+        assert any("No module named 'selfieless.apps.actz'" in e.reason for e in orch.events.since(0)
+                   if e.kind == "rollback")
+    finally:
+        await system.stop()

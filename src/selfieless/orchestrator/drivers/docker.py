@@ -37,6 +37,7 @@ import time
 from typing import Any
 
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .logtail import tail_text, with_tail
 
 LABEL_STACK = "selfieless.stack"
 LABEL_SERVICE = "selfieless.service"
@@ -367,17 +368,27 @@ class DockerDriver(Driver):
                 name = attrs.get("name", "")
                 if name in self._stopping:
                     continue
-                self._dead.add(str((ev.get("Actor") or {}).get("ID") or ev.get("id") or "")[:12])
+                cid = str((ev.get("Actor") or {}).get("ID") or ev.get("id") or "")
+                self._dead.add(cid[:12])
                 code = attrs.get("exitCode")
                 event = ExitEvent(
                     replica_id=name, service=attrs.get(LABEL_SERVICE, "?"), port=int(attrs.get(LABEL_PORT, 0) or 0),
                     exit_code=int(code) if code is not None else None,
-                    reason=f"container died (exit code {code})",
+                    reason=with_tail(f"container died (exit code {code})", self._log_tail(cid)),
                 )
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._report_exit, event)
         except Exception:
             pass  # stream closed by close(), or the engine went away
+
+
+    def _log_tail(self, container_id: str) -> str:
+        """The dead container's last log lines (it is still there: we remove it when we stop it)."""
+        try:
+            raw = self.client.containers.get(container_id).logs(tail=20)
+        except Exception:
+            return ""
+        return tail_text(raw.decode("utf-8", "replace"))
 
 
 def remove_volumes(stack: str, client: Any = None) -> list[str]:
