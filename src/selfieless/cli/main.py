@@ -207,6 +207,8 @@ def status_tables(wire: dict) -> list:
                          _window_text(svc.window))
         if svc.last_decision:
             decisions.append(f"{name}: {svc.last_decision}")
+        if svc.no_port:
+            decisions.append(f"{name}: [red]{svc.no_port}[/]")
         for r in svc.replicas:
             c = colours.get(r.state, "white")
             replicas.add_row(name, str(r.port), str(r.pid or "-"), r.id, f"[{c}]{r.state}[/]", r.health,

@@ -71,6 +71,7 @@ class ServiceStatus:
     pending: tuple[PendingStart, ...]
     crash_loops: dict[int, int]  # port -> failed starts in a row
     waiting_for: str | None      # the dependency a first start waits for
+    no_port: str | None = None   # replicas it wants that find no free port in its range, and why
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def _service_json(s: ServiceStatus) -> dict[str, Any]:
         "crash_loops": {str(port): n for port, n in s.crash_loops.items()},
         "kind": s.kind,
         "waiting_for": s.waiting_for,
+        "no_port": s.no_port,
     }
 
 
@@ -139,7 +141,7 @@ def _service_from(name: str, s: dict[str, Any]) -> ServiceStatus:
         pending=tuple(PendingStart(p.get("port", 0), p.get("in", 0.0), p.get("reason", ""))
                       for p in s.get("pending") or ()),
         crash_loops={int(port): n for port, n in (s.get("crash_loops") or {}).items()},
-        waiting_for=s.get("waiting_for"),
+        waiting_for=s.get("waiting_for"), no_port=s.get("no_port"),
     )
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .logtail import tail_text, with_tail
+from .port_holder import PortTaken, holder_of
 
 LABEL_STACK = "selfieless.stack"
 LABEL_SERVICE = "selfieless.service"
@@ -47,6 +48,7 @@ PORT_RETRY_SECONDS = 2.0
 # CPU weight of a running container (the kernel's default), and the factor a starting one gets.
 CPU_SHARES = 1024
 START_CPU_BOOST = 8
+_PORT_TAKEN = ("port is already allocated", "address already in use")
 _TRANSIENT = ("port is already allocated", "address already in use", "is already in use by container",
               "already in progress")
 
@@ -179,6 +181,10 @@ class DockerDriver(Driver):
         try:
             c = await asyncio.to_thread(run)
         except Exception as e:
+            if any(m in str(e) for m in _PORT_TAKEN):
+                # Still taken after the retries: not a container of ours releasing it.
+                raise PortTaken(spec.host_port, holder_of(spec.host_port),
+                                f"cannot start {spec.image} on port {spec.host_port}: {e}") from e
             raise DriverError(f"cannot start {spec.image} on port {spec.host_port}: {e}") from e
         h = self._handle(c)
         self._known[c.id] = h

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..pids import pid_alive, start_ticks
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
 from .logtail import file_tail, with_tail
+from .port_holder import PortTaken, holder_of
 from .preload import Preloader, PreloadError, module_of
 
 # Files a replica creates (SQLite databases, logs) are readable by the owner only.
@@ -103,7 +104,7 @@ class ProcessDriver(Driver):
         if port_in_use(spec.host_port):
             # Starting anyway would be worse than failing: the new replica would die on bind, and
             # its health probe would reach the stranger's server and put it in the pool.
-            raise DriverError(f"port {spec.host_port} is already in use by another process")
+            raise PortTaken(spec.host_port, holder_of(spec.host_port))
         cmd = list(spec.command)
         # "python" in a stack file means the interpreter running the orchestrator (its venv),
         # not whatever `python` happens to be first on PATH.
