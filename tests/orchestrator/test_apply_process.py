@@ -166,3 +166,24 @@ async def test_a_rolled_back_apply_quotes_the_last_lines_of_the_failed_replica(t
                    if e.kind == "rollback")
     finally:
         await system.stop()
+
+
+async def test_apply_keeps_the_ports_from_of_up(tmp_path, ports):
+    # `up --ports-from P` of a file on other ports: applying that file again moves it the same way
+    # (no change), and the running file is what GET /api/stack names.
+    system, gw, stack = await launch(tmp_path, ports)
+    orch = system.orchestrator
+    app = create_app(orch, gw, up_overrides={"ports_from": ports[0], "stack_file": "/srv/stack.yaml"})
+    try:
+        elsewhere = changed(stack, host_ports=f"{ports[0] + 1000}-{ports[-1] + 1000}")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as c:
+            r = await c.post("/api/apply", json={"stack": elsewhere, "dry_run": True})
+            assert r.status_code == 200 and r.json()["actions"] == [], r.text
+            r = await c.post("/api/apply", json={"stack": elsewhere, "dry_run": True, "ports_from": ports[0] + 1000})
+            assert r.status_code == 200 and "host_ports changed" in r.json()["actions"][0], r.text
+            r = await c.post("/api/apply", json={"stack": elsewhere, "ports_from": "x"})
+            assert r.status_code == 400 and "ports_from" in r.json()["error"]
+            r = await c.get("/api/stack")
+            assert r.json() == {"file": "/srv/stack.yaml", "port": None, "driver": None, "ports_from": ports[0]}
+    finally:
+        await system.stop()
