@@ -25,6 +25,7 @@ def acts_stack(ports: range, name: str = "admintest"):
             "health": {"interval": 0.5, "timeout": 1.0},
             "replicas": {"initial": 1, "min": 1, "max": len(ports)},
             "autoscale": {"policy": "none"}, "drain_timeout": 3,
+            "environment": {"SELFIELESS_ALLOW_CRASH": "1"},
         }},
     })
 

@@ -523,10 +523,16 @@ def load(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .load import run_load
-    from .loadcore import planned_count
+    from .loadcore import planned_count, target_url
 
     if rps <= 0 or duration <= 0 or concurrency <= 0:
         _fail("--rps, --duration and --concurrency must be > 0")
+    try:
+        url, note = target_url(url)
+    except ValueError as e:
+        _fail(str(e))
+    if note:
+        err.print(note)
     data = None
     if body is not None:
         try:

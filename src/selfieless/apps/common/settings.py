@@ -16,7 +16,7 @@ class ServiceSettings:
     port: int = 8000
     users_url: str = "http://127.0.0.1:80"
     public_url: str = ""
-    allow_crash: bool = True
+    allow_crash: bool = False   # POST _crash: opt-in (the course stacks turn it on)
     max_body_bytes: int = DEFAULT_MAX_BODY
     users_timeout: float = 5.0
     access_log: bool = True
@@ -51,8 +51,13 @@ def parse_settings(service: str, argv: list[str] | None = None, with_users_url: 
     parser.add_argument("--public-url", default=env("SELFIELESS_PUBLIC_URL", ""),
                         help="this replica's public address, sent as Origin (env SELFIELESS_PUBLIC_URL) "
                              "[http://HOST:PORT]")
-    parser.add_argument("--no-crash", action="store_true", default=not _env_bool("SELFIELESS_ALLOW_CRASH", True),
-                        help="disable the POST /api/v1/_crash fault injection (env SELFIELESS_ALLOW_CRASH=0)")
+    # Off unless asked for: a replica behind a public gateway must not let anyone break it.
+    crash = parser.add_mutually_exclusive_group()
+    crash.add_argument("--allow-crash", action="store_true", default=_env_bool("SELFIELESS_ALLOW_CRASH", False),
+                       help="enable the POST /api/v1/_crash fault injection (env SELFIELESS_ALLOW_CRASH=1; "
+                            "the bundled course stacks set it)")
+    crash.add_argument("--no-crash", action="store_true",
+                       help="disable it even when SELFIELESS_ALLOW_CRASH is set")
     parser.add_argument("--max-body-bytes", type=int,
                         default=int(env("SELFIELESS_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY))),
                         help="largest request body accepted, else 413 (env SELFIELESS_MAX_BODY_BYTES) [%(default)s]")
@@ -66,7 +71,7 @@ def parse_settings(service: str, argv: list[str] | None = None, with_users_url: 
         port=args.port,
         users_url=getattr(args, "users_url", "http://127.0.0.1:80"),
         public_url=args.public_url,
-        allow_crash=not args.no_crash,
+        allow_crash=args.allow_crash and not args.no_crash,
         max_body_bytes=args.max_body_bytes,
         access_log=not args.no_access_log,
     )
