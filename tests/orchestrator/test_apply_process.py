@@ -113,6 +113,8 @@ async def test_rollout_restart_history_and_undo_through_the_admin_api(tmp_path, 
             assert orch.services["echo"].spec.command == stack.services["echo"].command
             r = await c.post("/api/rollout", json={"service": "echo", "action": "history"})
             assert [h["reason"] for h in r.json()["history"]][0::2] == ["rollout restart", "rollout undo"]
+            # An undo goes back to the previous version: its line does not call that "the new version".
+            assert r.json()["history"][-1]["detail"] == "all 2 replica(s) replaced"
             r = await c.post("/api/rollout", json={"service": "nope", "action": "history"})
             assert r.status_code == 400
     finally:
