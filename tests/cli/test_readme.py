@@ -236,3 +236,25 @@ def test_readme_commands_in_order_in_a_fresh_clone(tmp_path):
                 os.killpg(int(yaml.safe_load(record.read_text())["pid"]), signal.SIGKILL)
             except (OSError, ValueError, KeyError, TypeError):
                 pass
+
+
+def test_the_readme_points_only_at_files_in_the_project():
+    # A clone has no ../shared/: every relative link and path the README names is in the project.
+    text = README.read_text()
+    assert "../" not in text
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        assert (ROOT / target).exists(), target
+
+
+def test_docs_api_describes_every_route_the_services_serve(tmp_path):
+    from selfieless.apps.acts.app import create_app as acts_app
+    from selfieless.apps.common.settings import ServiceSettings
+    from selfieless.apps.users.app import create_app as users_app
+
+    doc = (ROOT / "docs" / "api.md").read_text()
+    assert "[`docs/api.md`](docs/api.md)" in README.read_text()
+    for create in (acts_app, users_app):
+        spec = create(ServiceSettings(database_url=f"sqlite:///{tmp_path}/x.db")).openapi()
+        for path, operations in spec["paths"].items():
+            for method in operations:
+                assert f"`{method.upper()} {path}" in doc, (method, path)
