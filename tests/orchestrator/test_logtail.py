@@ -2,7 +2,7 @@
 
 import pytest
 
-from selfieless.orchestrator.drivers.logtail import MAX_CHARS, file_tail, tail_text, with_tail
+from selfieless.orchestrator.drivers.logtail import MAX_CHARS, ended_itself, file_tail, tail_text, with_tail
 
 LOG = """
 --- 2026-12-06 07:00:00 start: python -m app
@@ -40,3 +40,8 @@ def test_with_tail_and_file_tail(tmp_path):
         "; its log ends: Traceback (most recent call last): | File \"<frozen runpy>\", line 189, in "
         "_run_module_as_main | ModuleNotFoundError: No module named 'selfieless.apps.actz'")
     assert file_tail(tmp_path / "missing.log", "--- ") == ""
+
+
+@pytest.mark.parametrize("code, quoted", [(1, True), (0, True), (127, True), (-9, False), (137, False), (None, False)])
+def test_only_an_exit_the_process_chose_is_quoted(code, quoted):
+    assert ended_itself(code) is quoted

@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
-from .logtail import tail_text, with_tail
+from .logtail import ended_itself, tail_text, with_tail
 from .port_holder import PortTaken, holder_of
 
 LABEL_STACK = "selfieless.stack"
@@ -380,7 +380,8 @@ class DockerDriver(Driver):
                 event = ExitEvent(
                     replica_id=name, service=attrs.get(LABEL_SERVICE, "?"), port=int(attrs.get(LABEL_PORT, 0) or 0),
                     exit_code=int(code) if code is not None else None,
-                    reason=with_tail(f"container died (exit code {code})", self._log_tail(cid)),
+                    reason=with_tail(f"container died (exit code {code})",
+                                     self._log_tail(cid) if ended_itself(_int(code)) else ""),
                 )
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._report_exit, event)
@@ -395,6 +396,13 @@ class DockerDriver(Driver):
         except Exception:
             return ""
         return tail_text(raw.decode("utf-8", "replace"))
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def remove_volumes(stack: str, client: Any = None) -> list[str]:

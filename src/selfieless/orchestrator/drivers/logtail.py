@@ -26,6 +26,13 @@ def tail_text(text: str, marker: str | None = None, lines: int = LINES) -> str:
     return picked if len(picked) <= MAX_CHARS else "..." + picked[-(MAX_CHARS - 3):]
 
 
+def ended_itself(code: int | None) -> bool:
+    """An exit status the process chose (0-127), after which its last lines likely say why; a
+    signal (a negative returncode, or 128+N from a container) comes from outside, and the log
+    ends with whatever it was doing then."""
+    return code is not None and 0 <= code < 128
+
+
 def with_tail(reason: str, tail: str) -> str:
     """An exit reason with the replica's last log lines, when it wrote any."""
     return f"{reason}; its log ends: {tail}" if tail else reason

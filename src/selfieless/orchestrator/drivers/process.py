@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..pids import pid_alive, start_ticks
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
-from .logtail import file_tail, with_tail
+from .logtail import ended_itself, file_tail, with_tail
 from .port_holder import PortTaken, holder_of
 from .preload import Preloader, PreloadError, module_of
 
@@ -289,7 +289,7 @@ class ProcessDriver(Driver):
             done.set_result(code)
             self._state_file(handle).unlink(missing_ok=True)
             if not self._closing:
-                tail = file_tail(self.log_file(handle.service, handle.port), START_MARKER)
+                tail = file_tail(self.log_file(handle.service, handle.port), START_MARKER) if ended_itself(code) else ""
                 self._report_exit(ExitEvent(handle.id, handle.service, handle.port, code,
                                             with_tail(_describe(code), tail)))
 
