@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .errors import ApiError, error_response
+from .errors import ApiError, error_response, unexpected_error_response
 from .ops import OperationalContext, is_counted
 
 log = logging.getLogger("selfieless.apps")
@@ -111,11 +111,12 @@ class ServiceApp(FastAPI):
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
         except Exception as exc:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = error_response(500, f"internal error: {type(exc).__name__}")
+            response = unexpected_error_response(exc, scope["method"], scope["path"])
         if counted is not None:
             try:
                 await counted
+            except ApiError as exc:  # the database is unavailable: a 503 the client may retry
+                response = error_response(exc.status, exc.message, exc.headers)
             except Exception as exc:  # not counted: the request must not look served
                 log.exception("counting %s %s failed", scope["method"], scope["path"])
                 response = error_response(500, f"internal error: {type(exc).__name__}")
