@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
-from .dberrors import ConnectionLost, classify
+from .dberrors import ConnectionLost, NoConnection, classify
 
 ACQUIRE_TIMEOUT = 10.0  # s a request waits for a free pooled connection before it is a 503
 CONNECT_TIMEOUT = 5.0
@@ -89,15 +89,23 @@ class PostgresPool(ServerPool):
                         max_inactive_connection_lifetime=300)
         return self._pool
 
-    async def _fetch(self, sql: str, args: tuple) -> list:
+    async def _acquire(self):
         pool = self._pool or await self._ready()
-        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        return pool, await connecting(pool.acquire(timeout=ACQUIRE_TIMEOUT))
+
+    async def _fetch(self, sql: str, args: tuple) -> list:
+        pool, conn = await self._acquire()
+        try:
             return await conn.fetch(sql, *args)
+        finally:
+            await pool.release(conn)
 
     async def _execute(self, sql: str, args: tuple) -> int:
-        pool = self._pool or await self._ready()
-        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        pool, conn = await self._acquire()
+        try:
             status = await conn.execute(sql, *args)  # "UPDATE 1", "INSERT 0 1", "DELETE 3"
+        finally:
+            await pool.release(conn)
         return int(status.rsplit(" ", 1)[1])
 
     @property
@@ -135,7 +143,7 @@ class MysqlPool(ServerPool):
 
     async def _run(self, sql: str, args: tuple, rows: bool) -> Any:
         pool = self._pool or await self._ready()
-        conn = await asyncio.wait_for(pool.acquire(), ACQUIRE_TIMEOUT)
+        conn = await connecting(asyncio.wait_for(pool.acquire(), ACQUIRE_TIMEOUT))
         try:
             async with conn.cursor() as cur:
                 count = await cur.execute(sql, args)
@@ -162,6 +170,18 @@ class MysqlPool(ServerPool):
             self._pool.close()
             await self._pool.wait_closed()
             self._pool = None
+
+
+async def connecting(acquire):
+    """A pooled connection, or NoConnection: whatever fails while a connection is being opened or
+    waited for means there is none to be had, whatever the driver calls it (asyncmy, refused at
+    max_connections, fails reading the server's answer with a RuntimeError of its own)."""
+    try:
+        return await acquire
+    except Exception as exc:  # noqa: BLE001 - re-raised, sorted
+        if classify(exc) is None:
+            raise NoConnection(f"{type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def open_pool(url: str, size: int) -> ServerPool:
