@@ -67,6 +67,12 @@ class ServerPool:
         raise NotImplementedError
 
 
+async def _keep_session(_conn) -> None:
+    """asyncpg's default reset on every release is one more round trip (RESET ALL, UNLISTEN, ...;
+    measured: 111 instead of 60 µs of CPU per pooled query). These connections run autocommit
+    statements only and never change their session, so there is nothing to reset."""
+
+
 class PostgresPool(ServerPool):
     """asyncpg: it also prepares each statement once per connection (its statement cache)."""
 
@@ -86,7 +92,7 @@ class PostgresPool(ServerPool):
                     self._pool = await asyncpg.create_pool(
                         host=u.host or "127.0.0.1", port=u.port or 5432, user=u.username, password=u.password,
                         database=u.database, min_size=0, max_size=self._size, timeout=CONNECT_TIMEOUT,
-                        max_inactive_connection_lifetime=300)
+                        max_inactive_connection_lifetime=300, reset=_keep_session)
         return self._pool
 
     async def _acquire(self):

@@ -8,7 +8,10 @@ as `n = n + k`: one transaction per batch, never more than one at a time per rep
 no request is handled before it is counted. An idle replica commits a lone request at once.
 
 The acts service's username check works the same way (acts/users_client.py): one list of users
-fetched for all the uploads that arrived while the previous one was on its way.
+fetched for all the uploads that arrived while the previous one was on its way. So do identical
+reads on a server database (SharedReads, used by common/db.py): each request still gets rows
+read after it arrived, never an older answer, but ten clients asking for the category list at
+once cost one or two queries instead of ten.
 """
 
 from __future__ import annotations
@@ -55,6 +58,33 @@ class Batcher(Generic[T]):
                     batch.set_result(result)
         finally:
             self._flusher = None
+
+
+    @property
+    def idle(self) -> bool:
+        return self._flusher is None and self._waiting is None
+
+
+class SharedReads(Generic[T]):
+    """`await read(key)`: the result of a `run(key)` that started after this call, shared with
+    the callers of the same key that joined the same batch (a Batcher per key in use)."""
+
+    def __init__(self, run: Callable[[tuple], Awaitable[T]]):
+        self._run = run
+        self._batches: dict[tuple, Batcher[T]] = {}
+
+    async def read(self, key: tuple) -> T:
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = Batcher(lambda _k: self._run(key))
+        try:
+            return await batch.join()
+        finally:
+            if batch.idle and self._batches.get(key) is batch:
+                del self._batches[key]  # nobody waits on this key: keep only the keys in use
+
+    def __len__(self) -> int:
+        return len(self._batches)
 
 
 class GroupCounter(Batcher[None]):

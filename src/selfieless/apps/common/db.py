@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 
 from .aiodb import ServerPool, async_dialect, open_pool
+from .counter import SharedReads
 from .dberrors import DatabaseUnavailable, Duplicate, Reporter, classify
 from .settings import DEFAULT_DB_POOL
 
@@ -107,7 +108,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class _Compiled:
-    """A statement compiled once for SQLite: its SQL and how to build its positional parameters."""
+    """A statement compiled once for the event loop's driver: its SQL and how to build its positional
+    parameters."""
 
     __slots__ = ("sql", "names", "fixed")
 
@@ -172,6 +174,9 @@ class Database:
             self._server = open_pool(normalise_url(url), pool_size)
             self._dialect = async_dialect(self.backend)
         self._statements: dict = {}  # statement -> _Compiled (None: only SQLAlchemy runs it)
+        # Server databases: identical reads in flight at once share one query (counter.py). A
+        # SQLite read completes before the next request is even parsed: nothing to share.
+        self._shared_reads = SharedReads(self._server_fetch)
         # SQLite: the connection the event loop's reads use, kept open rather than checked out of
         # the pool for every request; in autocommit, each statement is its own read transaction.
         self._loop_reader: Connection | None = None
@@ -215,7 +220,7 @@ class Database:
         compiled = self._compiled(stmt)
         try:
             if self._server is not None:
-                return await self._server.fetch(compiled.sql, compiled.parameters(parameters))
+                return await self._shared_reads.read((compiled.sql, compiled.parameters(parameters)))
             if compiled is None:
                 with self.read() as conn:
                     return conn.execute(stmt, parameters).all()
@@ -225,6 +230,10 @@ class Database:
             return raw.execute(compiled.sql, compiled.parameters(parameters)).fetchall()
         except Exception as exc:
             raise self._failed(exc) from exc
+
+    async def _server_fetch(self, key: tuple) -> list:
+        sql, args = key
+        return await self._server.fetch(sql, args)
 
     async def fetch_value(self, stmt, parameters: dict | None = None):
         """The first column of the first row, or None when there is no row."""
