@@ -136,7 +136,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
     async def count_acts():
         return json_response([await store.count_acts()])
 
-    @router.post("/acts/upvote", summary="Add one upvote to an act", openapi_extra=json_body(UpvoteBody, [1]),
+    @ctx.hot.post(router, "/acts/upvote", summary="Add one upvote to an act", openapi_extra=json_body(UpvoteBody, [1]),
                  responses={400: {"description": "no such act, or a body other than [actId]"}})
     async def upvote(request: Request):
         body = await read_json(request, settings.max_body_bytes)
@@ -153,7 +153,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         await store.delete_act(parse_uint(actId, "actId"))
         return empty_object()
 
-    @router.post("/acts", status_code=201, summary="Upload an act",
+    @ctx.hot.post(router, "/acts", status_code=201, summary="Upload an act",
                  openapi_extra=json_body(UploadBody, _EXAMPLE_UPLOAD),
                  responses={400: {"description": "a rule of the upload was broken"},
                             503: {"description": "the users service could not be reached"}})
