@@ -41,6 +41,22 @@ class ServerPool:
 
     backend = ""
 
+    def __init__(self, url: URL, size: int):
+        self._url, self._size = url, size
+        self._pool = None
+        self._lock = asyncio.Lock()
+
+    async def _ready(self):
+        """The driver's pool, created on first use: on the loop that serves the requests."""
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await self._create(self._url)
+        return self._pool
+
+    async def _create(self, u: URL):
+        raise NotImplementedError
+
     async def fetch(self, sql: str, args: tuple) -> list:
         try:
             return await self._fetch(sql, args)
@@ -78,22 +94,12 @@ class PostgresPool(ServerPool):
 
     backend = "postgresql"
 
-    def __init__(self, url: URL, size: int):
-        self._url, self._size = url, size
-        self._pool = None
-        self._lock = asyncio.Lock()
-
-    async def _ready(self):
-        if self._pool is None:
-            async with self._lock:
-                if self._pool is None:
-                    import asyncpg
-                    u = self._url
-                    self._pool = await asyncpg.create_pool(
-                        host=u.host or "127.0.0.1", port=u.port or 5432, user=u.username, password=u.password,
-                        database=u.database, min_size=0, max_size=self._size, timeout=CONNECT_TIMEOUT,
-                        max_inactive_connection_lifetime=300, reset=_keep_session)
-        return self._pool
+    async def _create(self, u: URL):
+        import asyncpg
+        return await asyncpg.create_pool(
+            host=u.host or "127.0.0.1", port=u.port or 5432, user=u.username, password=u.password,
+            database=u.database, min_size=0, max_size=self._size, timeout=CONNECT_TIMEOUT,
+            max_inactive_connection_lifetime=300, reset=_keep_session)
 
     async def _acquire(self):
         pool = self._pool or await self._ready()
@@ -129,23 +135,13 @@ class MysqlPool(ServerPool):
 
     backend = "mysql"
 
-    def __init__(self, url: URL, size: int):
-        self._url, self._size = url, size
-        self._pool = None
-        self._lock = asyncio.Lock()
-
-    async def _ready(self):
-        if self._pool is None:
-            async with self._lock:
-                if self._pool is None:
-                    import asyncmy
-                    u = self._url
-                    self._pool = await asyncmy.create_pool(
-                        minsize=0, maxsize=self._size, pool_recycle=1800, host=u.host or "127.0.0.1",
-                        port=u.port or 3306, user=u.username or "", password=u.password or "",
-                        db=u.database, charset=u.query.get("charset", "utf8mb4"), autocommit=True,
-                        connect_timeout=CONNECT_TIMEOUT)
-        return self._pool
+    async def _create(self, u: URL):
+        import asyncmy
+        return await asyncmy.create_pool(
+            minsize=0, maxsize=self._size, pool_recycle=1800, host=u.host or "127.0.0.1",
+            port=u.port or 3306, user=u.username or "", password=u.password or "",
+            db=u.database, charset=u.query.get("charset", "utf8mb4"), autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT)
 
     async def _run(self, sql: str, args: tuple, rows: bool) -> Any:
         pool = self._pool or await self._ready()
