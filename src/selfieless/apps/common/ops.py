@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from .hotpath import HotRoutes  # which imports this module
 
 API_PREFIX = "/api/v1"
+# Connections to a server database this replica holds, sent with each passing health answer.
+DB_CONNECTIONS_HEADER = "X-Selfieless-Db-Connections"
 OPERATIONAL = ("/api/v1/_count", "/api/v1/_health", "/api/v1/_crash")
 
 
@@ -178,7 +180,10 @@ def operational_router(state: OperationalContext, hot: HotRoutes) -> APIRouter:
             await run_in_threadpool(state.check_database)
         except Exception as exc:  # any database failure makes the replica unhealthy
             return JSONResponse({"error": f"database check failed: {type(exc).__name__}"}, status_code=500)
-        return {}
+        if state.db.backend == "sqlite":
+            return {}
+        # For the control plane's status and /metrics (orchestrator/probe.py reads it).
+        return JSONResponse({}, headers={DB_CONNECTIONS_HEADER: str(state.db.held_connections)})
 
     @router.post("/_crash", summary="Fault injection: this replica answers 500 to everything from now on")
     async def crash():
