@@ -6,7 +6,7 @@ the router's scan of every route, dependency solving and the endpoint wrapper co
 listing's own database read. The reads everyone makes (the category list, a category's acts, the
 counts, the users list) are registered here as well as on their FastAPI router: FastAPI keeps
 documenting them (OpenAPI) and still serves them whenever this table does not (a crashed
-replica, any method but GET/HEAD), while `ServiceApp` answers them directly.
+replica, any other method), while `ServiceApp` answers them directly.
 
 The busiest writes (an upvote, an upload) are registered the same way for POST.
 
@@ -82,19 +82,17 @@ class HotRoutes:
 
     def get(self, router, path: str, **kwargs) -> Callable[[Endpoint], Endpoint]:
         """`@hot.get(router, "/categories", ...)`: a FastAPI GET route that is also served here."""
-        register = router.get(path, **kwargs)
-
-        def decorate(endpoint: Endpoint) -> Endpoint:
-            self.add(router.prefix + path, endpoint)
-            return register(endpoint)
-        return decorate
+        return self._route(router, "GET", path, kwargs)
 
     def post(self, router, path: str, **kwargs) -> Callable[[Endpoint], Endpoint]:
         """`@hot.post(router, "/acts/upvote", ...)`: a FastAPI POST route that is also served here."""
-        register = router.post(path, **kwargs)
+        return self._route(router, "POST", path, kwargs)
+
+    def _route(self, router, method: str, path: str, kwargs: dict) -> Callable[[Endpoint], Endpoint]:
+        register = router.api_route(path, methods=[method], **kwargs)
 
         def decorate(endpoint: Endpoint) -> Endpoint:
-            self.add(router.prefix + path, endpoint, "POST")
+            self.add(router.prefix + path, endpoint, method)
             return register(endpoint)
         return decorate
 
