@@ -18,6 +18,14 @@ def test_health(api):
     assert api.users.get("/_health").json() == {}
 
 
+def test_health_tells_the_connections_held_to_a_server_database(api):
+    header = api.acts.get("/_health").headers.get("x-selfieless-db-connections")
+    if api.stack.backend == "sqlite":
+        assert header is None
+    else:  # at least the health check's own; at most the pool (4) and the 2 threaded ones
+        assert header is not None and 1 <= int(header) <= 6
+
+
 def test_count_includes_failures_and_excludes_operational_routes(api):
     assert api.acts.get("/_count").json() == [0]
     api.acts.get("/categories")                 # 204

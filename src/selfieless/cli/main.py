@@ -202,7 +202,8 @@ def status_tables(wire: dict) -> list:
     for col, kw in (("service", {}), ("port", {"justify": "right"}), ("pid", {"justify": "right"}),
                     ("id", {"no_wrap": True}), ("state", {}),
                     ("health", {}), ("in-flight", {"justify": "right"}), ("requests", {"justify": "right"}),
-                    ("restarts", {"justify": "right"}), ("uptime", {"justify": "right"})):
+                    ("restarts", {"justify": "right"}), ("db conns", {"justify": "right"}),
+                    ("uptime", {"justify": "right"})):
         replicas.add_column(col, **kw)
     colours = {"ready": "green", "starting": "yellow", "unhealthy": "red", "exited": "red", "stopping": "dim"}
     decisions = []
@@ -217,9 +218,10 @@ def status_tables(wire: dict) -> list:
         for r in svc.replicas:
             c = colours.get(r.state, "white")
             replicas.add_row(name, str(r.port), str(r.pid or "-"), r.id, f"[{c}]{r.state}[/]", r.health,
-                             str(r.in_flight), str(r.requests), str(r.restarts), f"{r.uptime:.0f} s")
+                             str(r.in_flight), str(r.requests), str(r.restarts),
+                             "-" if r.db_connections is None else str(r.db_connections), f"{r.uptime:.0f} s")
         for p in svc.pending:
-            replicas.add_row(name, str(p.port), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-",
+            replicas.add_row(name, str(p.port), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-", "-",
                              f"in {p.due_in:.1f} s")
     out: list = [services, replicas]
     if decisions:
@@ -233,7 +235,7 @@ def status(
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
 ):
     """Services and replicas of the running stack: port, pid, id, state, health, in-flight, requests, restarts,
-    desired vs actual, and the autoscaler's current window count."""
+    connections held to a server database, desired vs actual, and the autoscaler's current window count."""
     st = _call(_client(admin, admin_token, state_dir).get, "/api/status")
     if as_json:
         print(json.dumps(st, indent=2))

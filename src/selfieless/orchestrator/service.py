@@ -121,7 +121,8 @@ class ServiceRuntime:
                 in_flight=v.in_flight if v else 0, requests=v.served if v else 0, restarts=rep.restarts,
                 adopted=rep.adopted, pid=getattr(h, "pid", None), detail=getattr(h, "detail", ""),
                 started_at=getattr(h, "started_at", None), uptime=round(now - rep.started_at, 3),
-                last_error=rep.last_error, host=getattr(h, "host", None) or "127.0.0.1"))
+                last_error=rep.last_error, host=getattr(h, "host", None) or "127.0.0.1",
+                db_connections=rep.db_connections))
         policy = self.spec.autoscale
         window = None
         if isinstance(policy, WindowPolicy):

@@ -30,6 +30,7 @@ class ReplicaStatus:
     uptime: float                # seconds
     last_error: str | None
     host: str = "127.0.0.1"      # where it is reached (swarm: its node's address)
+    db_connections: int | None = None  # held to a server database, as reported by its health answer
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def _replica_json(r: ReplicaStatus) -> dict[str, Any]:
         "id": r.id, "port": r.port, "state": r.state, "health": r.health, "in_pool": r.in_pool,
         "in_flight": r.in_flight, "requests": r.requests, "restarts": r.restarts, "adopted": r.adopted,
         "pid": r.pid, "detail": r.detail, "host": r.host, "started_at": r.started_at, "uptime": r.uptime,
-        "last_error": r.last_error,
+        "last_error": r.last_error, "db_connections": r.db_connections,
     }
 
 
@@ -151,5 +152,5 @@ def _replica_from(r: dict[str, Any]) -> ReplicaStatus:
         in_pool=bool(r.get("in_pool")), in_flight=r.get("in_flight", 0), requests=r.get("requests", 0),
         restarts=r.get("restarts", 0), adopted=bool(r.get("adopted")), pid=r.get("pid"),
         detail=r.get("detail", ""), started_at=r.get("started_at"), uptime=r.get("uptime", 0.0),
-        last_error=r.get("last_error"), host=r.get("host", "127.0.0.1"),
+        last_error=r.get("last_error"), host=r.get("host", "127.0.0.1"), db_connections=r.get("db_connections"),
     )

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_DB_POOL = 4  # connections a replica's requests may hold to a server database
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class ServiceSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     users_timeout: float = 5.0
     access_log: bool = True
+    db_pool: int = DEFAULT_DB_POOL
 
     @property
     def origin(self) -> str:
@@ -31,6 +33,13 @@ def _env_bool(name: str, default: bool) -> bool:
     if value is None:
         return default
     return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _positive(text) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 def parse_settings(service: str, argv: list[str] | None = None, with_users_url: bool = False) -> ServiceSettings:
@@ -61,6 +70,10 @@ def parse_settings(service: str, argv: list[str] | None = None, with_users_url: 
     parser.add_argument("--max-body-bytes", type=int,
                         default=int(env("SELFIELESS_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY))),
                         help="largest request body accepted, else 413 (env SELFIELESS_MAX_BODY_BYTES) [%(default)s]")
+    parser.add_argument("--db-pool", type=_positive, default=env("SELFIELESS_DB_POOL", str(DEFAULT_DB_POOL)),
+                        help="most connections this replica's requests hold to a MariaDB/PostgreSQL server; "
+                             "2 more serve the health check and multi-statement writes "
+                             "(env SELFIELESS_DB_POOL) [%(default)s]")
     parser.add_argument("--no-access-log", action="store_true",
                         default=not _env_bool("SELFIELESS_ACCESS_LOG", True),
                         help="do not write a line per request to standard output (env SELFIELESS_ACCESS_LOG=0)")
@@ -74,4 +87,5 @@ def parse_settings(service: str, argv: list[str] | None = None, with_users_url: 
         allow_crash=args.allow_crash and not args.no_crash,
         max_body_bytes=args.max_body_bytes,
         access_log=not args.no_access_log,
+        db_pool=args.db_pool,
     )
