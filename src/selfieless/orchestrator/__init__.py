@@ -3,9 +3,11 @@
 Modules, in the order data flows through them (docs/architecture.md draws them):
   configuration
     stack             the stack file (YAML, validated) -> Stack
+    port_shift        `up --ports-from N`: every host port of the stack moved together
   pure decisions (table-tested, no I/O)
     commands          the one vocabulary of commands about replicas (start, stop, replace, cancel)
     plan              port-owned mode: desired vs actual -> convergence commands
+    taken_ports       port-owned mode: ports another program holds, left out of the plan a while
     driver_owned      engine-owned mode: snapshots vs records, the count to send, silent tasks
     lifecycle         one observation about one replica -> the step to take and its events
     replica           a replica's state machine

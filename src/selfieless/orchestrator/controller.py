@@ -224,11 +224,11 @@ class Orchestrator:
         del self.services[name]
 
     def restart_autoscaler(self, name: str) -> None:
-        """The autoscale loop reads its policy and bounds once: start it again after they changed."""
+        """The autoscale loop reads its policy and bounds once: start it again after they changed.
+        It goes on from the service's autoscaler state as it is (see Scaling.carry_over)."""
         svc = self._service(name)
         self._cancel_autoscaler(name)
         if not isinstance(svc.spec.autoscale, NoPolicy):
-            svc.window, svc.rate = auto.WindowState(), auto.RateState()
             self.run_loop(self.scaling.run(svc), f"autoscale-{name}")
 
     def _cancel_autoscaler(self, name: str) -> None:

@@ -17,9 +17,11 @@ import dataclasses
 import logging
 
 from . import lifecycle
+from . import taken_ports
 from .backoff import BackoffState
 from .commands import CancelStart, Command, ReplaceReplica, StartReplica, StopReplica
 from .drivers.base import DriverError, PortDriver, ReplicaHandle
+from .drivers.port_holder import PortTaken
 from .reconciler import Core
 from .replica import Replica, ReplicaState as S
 from .service import ScheduledStart, ServiceRuntime
@@ -141,6 +143,8 @@ class Executor:
             if delay > 0:
                 await asyncio.sleep(delay)
             handle = await self._launch_until_it_runs(svc, port)
+            if handle is None:
+                return   # the port is taken: the reconciler places the replica elsewhere
         finally:
             # Only our own entry: a cancelled start may already have been superseded by a new one.
             p = svc.pending.get(port)
@@ -152,7 +156,9 @@ class Executor:
                      restarts=svc.restarts.get(port, 0))
         self.orch.wake()
 
-    async def _launch_until_it_runs(self, svc: ServiceRuntime, port: int) -> ReplicaHandle:
+    async def _launch_until_it_runs(self, svc: ServiceRuntime, port: int) -> ReplicaHandle | None:
+        """The replica started on `port`, retried after the backoff while the driver cannot launch
+        it; None when another program holds the port."""
         orch = self.orch
         while True:
             p = svc.pending.get(port)
@@ -160,6 +166,15 @@ class Executor:
                 p.committed = True
             try:
                 return await self._driver().start(orch.launch_spec(svc, port))
+            except PortTaken as e:
+                # Another program holds it: the reconciler places the replica on the next free
+                # port now, and tries this one again once TAKEN_RECHECK has passed.
+                svc.taken = taken_ports.record(svc.taken, port, e.holder, orch.mono())
+                orch.events.emit("port", svc.name, None,
+                                 taken_ports.taken_text(svc.name, svc.taken[port], str(svc.spec.host_ports)))
+                asyncio.get_running_loop().call_later(taken_ports.TAKEN_RECHECK, orch.wake)
+                orch.wake()
+                return None
             except DriverError as e:
                 # Could not even launch it (bad image, port taken...): same backoff as a crash.
                 svc.backoff[port], delay = lifecycle.launch_failed(svc.backoff.get(port, BackoffState()),

@@ -4,7 +4,8 @@ replica itself, on a host port of the service's range, and replaces what breaks.
 - at start, adoption: what the driver lists is triaged (lifecycle.triage: kept, or a stray or
   duplicate to stop), each kept replica probed once, and lifecycle.found decides its state;
 - the driver's exit events: lifecycle.exited;
-- each pass: desired vs actual -> a convergence plan (plan.py) -> the executor (executor.py);
+- each pass: desired vs actual -> a convergence plan (plan.py) over the ports no other program
+  holds (taken_ports.py) -> the executor (executor.py);
 - rolling updates: the per-port state machine (rollout.py), carried out by rollout_exec.py.
 """
 
@@ -15,9 +16,9 @@ import logging
 
 from . import lifecycle
 from . import rollout_exec
+from . import taken_ports
 from .drivers.base import PortDriver
 from .executor import Executor, pid_text
-from .plan import plan_service
 from .reconciler import Core
 from .replica import Replica, ReplicaState as S
 from .rollout_history import RolloutResult
@@ -45,7 +46,13 @@ class PortReconciler:
     def reconcile(self, svc: ServiceRuntime) -> None:
         if self.orch.blocked(svc):
             return
-        for cmd in plan_service(svc.desired, svc.slots(), svc.spec.host_ports.ports):
+        commands, no_port = taken_ports.place(svc.name, svc.desired, svc.slots(), svc.spec.host_ports.ports,
+                                              svc.taken, self.orch.mono())
+        if no_port != svc.no_port:
+            svc.no_port = no_port
+            if no_port:
+                self.orch.events.emit("port", svc.name, None, no_port)
+        for cmd in commands:
             self.executor.execute(svc, cmd)
 
     # --- rolling updates: ours, port by port -----------------------------------------------------

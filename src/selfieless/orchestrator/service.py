@@ -16,6 +16,7 @@ from .plan import PENDING, Slot
 from .replica import LIVE, Replica, ReplicaState as S
 from .drivers.base import LaunchSpec
 from .stack import ServiceSpec, Stack, WindowPolicy, render
+from .taken_ports import TakenPort
 from .status import PendingStart, ReplicaStatus, ServiceStatus, WindowStatus
 
 
@@ -36,10 +37,13 @@ class ServiceRuntime:
     desired: int
     replicas: dict[str, Replica] = field(default_factory=dict)
     # Port-owned mode only (reconcile_ports.py; an engine starts and restarts its own replicas),
-    # by host port: starts scheduled or in progress, crash-loop backoff, replicas replaced so far.
+    # by host port: starts scheduled or in progress, crash-loop backoff, replicas replaced so far,
+    # ports found held by another program.
     pending: dict[int, ScheduledStart] = field(default_factory=dict)
     backoff: dict[int, BackoffState] = field(default_factory=dict)
     restarts: dict[int, int] = field(default_factory=dict)
+    taken: dict[int, TakenPort] = field(default_factory=dict)  # ports another program held (taken_ports.py)
+    no_port: str | None = None        # why replicas it wants have no port (status, events)
     window: auto.WindowState = field(default_factory=auto.WindowState)
     rate: auto.RateState = field(default_factory=auto.RateState)
     last_decision: str | None = None
@@ -123,7 +127,8 @@ class ServiceRuntime:
                 in_flight=v.in_flight if v else 0, requests=v.served if v else 0, restarts=rep.restarts,
                 adopted=rep.adopted, pid=getattr(h, "pid", None), detail=getattr(h, "detail", ""),
                 started_at=getattr(h, "started_at", None), uptime=round(now - rep.started_at, 3),
-                last_error=rep.last_error, host=getattr(h, "host", None) or "127.0.0.1"))
+                last_error=rep.last_error, host=getattr(h, "host", None) or "127.0.0.1",
+                db_connections=rep.db_connections))
         policy = self.spec.autoscale
         window = None
         if isinstance(policy, WindowPolicy):
@@ -145,7 +150,7 @@ class ServiceRuntime:
             pending=tuple(PendingStart(port, round(max(0.0, p.due - now), 3), p.reason)
                           for port, p in sorted(self.pending.items())),
             crash_loops={port: st.failures for port, st in self.backoff.items() if in_crash_loop(st)},
-            waiting_for=self.waiting_for,
+            waiting_for=self.waiting_for, no_port=self.no_port,
         )
 
 

@@ -6,6 +6,8 @@
     docker      PortDriver: containers on the local Docker engine
     swarm       EngineDriver: Docker Swarm services across a cluster, through the manager
     swarm_spec  Swarm's records <-> ours: service and job definitions, tasks as replicas (pure)
+    logtail     the last lines a replica wrote, quoted in the reason of its exit
+    port_holder PortTaken, and which program holds a host port (from /proc)
 
 `make_driver(stack, state_dir)` picks one from the stack's `driver` setting; the orchestrator sees
 only which of the two interfaces it got (that picks its reconciler), never which driver.
