@@ -35,7 +35,8 @@ def test_the_wire_form_has_every_key_the_admin_api_always_sent():
     assert svc["crash_loops"] == {"8001": 2}  # JSON object keys are strings
     assert svc["routes"] == ["/api/v1"]
     assert list(svc["replicas"][0]) == ["id", "port", "state", "health", "in_pool", "in_flight", "requests",
-                                        "restarts", "adopted", "pid", "detail", "host", "started_at", "uptime", "last_error"]
+                                        "restarts", "adopted", "pid", "detail", "host", "started_at", "uptime", "last_error",
+                                        "db_connections"]
 
 
 def test_the_wire_form_reads_back_to_the_same_snapshot():
