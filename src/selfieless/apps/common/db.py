@@ -225,6 +225,11 @@ class Database:
         self._since_checkpoint = 0
         # Monotonic time of this process's last committed write: the health check's write proof.
         self.last_write_proof: float | None = None
+        # Server databases: a small pool of connections that stay in autocommit, for
+        # `write_alone` (one round trip a write: no SET AUTOCOMMIT on checkout, no ROLLBACK on return).
+        self._autocommit: Engine | None = None if self.backend == "sqlite" else create_engine(
+            self.engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+            pool_pre_ping=True, pool_recycle=1800, pool_size=2, max_overflow=8)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -342,6 +347,27 @@ class Database:
             self._writer.submit(self._checkpoint)
         return rows
 
+    def write_alone(self, stmt, parameters: dict) -> None:
+        """Run one write statement that the server commits as it runs it (autocommit).
+
+        For a row every replica writes (the shared request counter): inside an explicit
+        transaction its lock would be held from the statement until our COMMIT arrives, and a
+        replica whose node is cut off between the two never sends it. The server keeps that
+        lock until it notices the connection is dead (hours, with the default TCP settings), and
+        every replica's next write of the row waits behind it: the whole service stalls
+        (issue 29). In autocommit the lock ends with the statement, on the server, whatever
+        happens to us afterwards. It also saves the COMMIT's round trip.
+
+        SQLite has no network in between: its usual write transaction.
+        """
+        if self._autocommit is None:
+            with self.write() as conn:
+                conn.execute(stmt, parameters)
+            return
+        with self._autocommit.connect() as conn:
+            conn.execute(stmt, parameters)
+        self.last_write_proof = time.monotonic()
+
     def _checkpoint(self) -> None:
         """Copy the write-ahead log back into the database file (the writer thread's job)."""
         try:
@@ -370,6 +396,9 @@ class Database:
                 time.sleep(0.05 + random.random() * 0.2)
 
     def dispose(self) -> None:
+        if self._autocommit is not None:
+            self._autocommit.dispose()
+            self._autocommit = None
         if self._loop_writer is not None:
             self._loop_writer.close()
             self._loop_writer = None

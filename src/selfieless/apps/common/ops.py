@@ -70,8 +70,9 @@ class OperationalContext:
                 pass  # a sibling replica inserted it first
 
     def increment(self, k: int = 1) -> None:
-        with self.db.write() as conn:
-            conn.execute(self._add, {"which": self.service, "k": k})
+        # A statement of its own, never a transaction held open across a round trip: every
+        # replica writes this row (see Database.write_alone).
+        self.db.write_alone(self._add, {"which": self.service, "k": k})
 
     async def _commit_count(self, k: int) -> None:
         # SQLite commits it on the loop when the database is free at this instant (db.write_now).
