@@ -53,9 +53,23 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+_seconds_by_part: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    # Setup, call and teardown all count: a suite's lab or stack fixture is most of its time.
+    parts = report.nodeid.split("/")
+    part = parts[1] if len(parts) > 2 and parts[0] == "tests" else parts[0]
+    _seconds_by_part[part] = _seconds_by_part.get(part, 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter):
     for line in _skipped_modules:
         terminalreporter.write_line(f"FAILED (skipped while SELFIELESS_REQUIRE_ALL=1) {line}", red=True)
+    if _seconds_by_part:
+        # Where CI's time goes (issue: keep the whole run well inside its limit as the suite grows).
+        parts = sorted(_seconds_by_part.items(), key=lambda kv: -kv[1])
+        terminalreporter.write_line("time per part: " + ", ".join(f"{k} {v:.0f} s" for k, v in parts))
 
 
 def pytest_report_header(config):

@@ -154,6 +154,32 @@ def test_a_stalled_backend_is_withdrawn_and_its_gets_replayed(make_gateway, raw_
     assert _states(loop_thread, gw)[silent.id] == "ready"
 
 
+def test_a_backend_stalled_between_its_head_and_its_body_is_withdrawn_and_the_get_replayed(
+        make_gateway, raw_backend, backends, loop_thread):
+    """A replica paused (or its node cut) after writing a response head and before the body (uvicorn
+    writes them apart): the gateway holds such a head back, so the client has seen nothing. The
+    bytes that came once must not make the backend look alive for ever: it is withdrawn like any
+    silent one, and the GET whose head is held is replayed on a sibling."""
+    half = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n",
+                       after="hold")
+    gw = make_gateway(replicas={"acts": [half, backends[1]]}, stall_timeout=0.3)
+    first = Background(gw.port, path="/api/v1/first")  # round robin: the half-answering one first
+    _wait(lambda: len(half.seen) == 1, what="the GET at the half-answering backend")
+    stop, results = threading.Event(), []
+    load = threading.Thread(target=_get_load, args=(gw.port, stop, results))
+    load.start()
+    try:
+        _wait(lambda: _states(loop_thread, gw)[half.id] == "withdrawn", what="withdrawal")
+    finally:
+        stop.set()
+        load.join(30)
+    st, _, body, took = first.get()
+    assert st == 200 and body["replica"] == "B", (st, body)
+    assert took < 10  # replayed, not the response timeout
+    assert results and all(s == 200 for s in results), [r for r in results if r != 200][:5]
+    assert gw.counters("acts").withdrawals == 1
+
+
 def test_a_post_on_a_stalled_backend_waits_and_is_never_replayed(make_gateway, raw_backend, backends,
                                                                  loop_thread):
     silent = raw_backend(b"", after="hold")

@@ -150,7 +150,7 @@ def test_a_backend_removed_as_failed():
     sent again, else gets a 502 now (never a POST replayed once sent)."""
     for f in STATES:
         d = on_failure(Failure.REMOVED, f)
-        if f.progress is not Progress.NOTHING:
+        if f.progress is Progress.COMMITTED:
             assert d == Decision(Act.WAIT), f
         elif f.tries >= MAX_TRIES and (not f.sent or (replayable(f) and not f.retried_other)):
             assert d == Decision(Act.ANSWER, 502, "replicas failed"), f
@@ -167,7 +167,7 @@ def test_a_backend_withdrawn_as_stalled():
     a write keeps waiting (the long category delete must not run twice); nothing is answered."""
     for f in STATES:
         d = on_failure(Failure.STALLED, f)
-        moves = (f.progress is Progress.NOTHING and f.tries < MAX_TRIES and f.others_ready
+        moves = (f.progress is not Progress.COMMITTED and f.tries < MAX_TRIES and f.others_ready
                  and (not f.sent or (f.safe and f.body_held and not f.retried_other)))
         if not moves:
             assert d == Decision(Act.WAIT), f
@@ -219,6 +219,20 @@ ROWS = [
      Failure.STALLED, Facts(sent=True), "", Decision(Act.RETRY_OTHER, retry_counted=True, moves=True)),
     ("a DELETE on a stalled backend waits for its answer",
      Failure.STALLED, Facts(safe=False, sent=True), "", Decision(Act.WAIT)),
+    ("a GET whose head is held back when its backend fails its probe goes elsewhere",
+     Failure.REMOVED, Facts(sent=True, progress=Progress.HEAD_HELD), "",
+     Decision(Act.RETRY_OTHER, retry_counted=True, moves=True)),
+    ("a GET whose head is held back on a stalled backend goes elsewhere",
+     Failure.STALLED, Facts(sent=True, progress=Progress.HEAD_HELD), "",
+     Decision(Act.RETRY_OTHER, retry_counted=True, moves=True)),
+    ("a GET half-way through a head from a stalled backend goes elsewhere",
+     Failure.STALLED, Facts(sent=True, progress=Progress.PARTIAL), "",
+     Decision(Act.RETRY_OTHER, retry_counted=True, moves=True)),
+    ("a stalled backend mid-body: the client has part of it, wait for its deadline",
+     Failure.STALLED, Facts(sent=True, progress=Progress.COMMITTED), "", Decision(Act.WAIT)),
+    ("a POST whose head is held back when its backend fails its probe: 502, not replayed",
+     Failure.REMOVED, Facts(idempotent=False, safe=False, sent=True, progress=Progress.HEAD_HELD), "",
+     Decision(Act.ANSWER, 502, "replica failed its health check before responding")),
     ("a silent backend after a held-back head: 504",
      Failure.RESPONSE_TIMEOUT, Facts(sent=True, progress=Progress.HEAD_HELD), "",
      Decision(Act.ANSWER, 504, "replica response timeout")),

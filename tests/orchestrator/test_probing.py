@@ -4,6 +4,7 @@ probe loops that keep to them. The loops run against a probe that answers at onc
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -81,9 +82,10 @@ async def test_replicas_started_apart_are_probed_at_the_same_ticks():
     for t in later["r0"]:
         for rid in ("r1", "r2"):
             assert min(abs(t - u) for u in later[rid]) < 0.02, probed
-    for times in later.values():  # once a tick, on the 0.2 s grid
-        assert all(abs(t / 0.2 - round(t / 0.2)) * 0.2 < 0.15 for t in times), times
-        assert all(b - a > 0.1 for a, b in zip(times, times[1:])), times
+    for times in later.values():  # once a tick: never two probes in one 0.2 s slot of the grid
+        # (late is allowed, a busy machine fires timers late; 10 ms early for the clock's resolution)
+        slots = [math.floor((t + 0.01) / 0.2) for t in times]
+        assert slots == sorted(set(slots)), times
 
 
 @pytest.mark.anyio

@@ -602,13 +602,16 @@ class ClientConnection(asyncio.Protocol):
         rep = r.backend
         progress = self._progress(r, got_bytes)
         if progress == Progress.HEAD_HELD:
-            # The backend died between its response head (held back, see
-            # UpstreamConnection.data_received) and its body: the client has seen nothing.
-            self.out.clear()
-            r.response_started = False
-            r.framing = 0
+            self._forget_held_head(r)
         facts = r.facts(reused=conn.reused, progress=progress)
         self._carry_out(r, rep, on_failure(Failure.BAD_RESPONSE if bad else Failure.CLOSED, facts))
+
+    def _forget_held_head(self, r: Request) -> None:
+        """The backend failed between its response head (held back, see
+        UpstreamConnection.data_received) and its body: the client has seen nothing."""
+        self.out.clear()
+        r.response_started = False
+        r.framing = 0
 
     def _progress(self, r: Request, got_bytes: bool) -> Progress:
         if r.response_started:
@@ -755,38 +758,38 @@ class ClientConnection(asyncio.Protocol):
 
     # Backends that fail or stall (called by the gateway, off the request path) ---------------
     def waiting_on(self):
-        """The backend the active request waits on with no response byte yet (maybe still
-        connecting), or None."""
+        """The backend the active request waits on before the client has seen a byte of the
+        response (maybe still connecting, or with part of a head or a held-back head), or None."""
         r = self.active
-        if r is None or self.closed or r.response_started:
-            return None
-        conn = self.upstream
-        if conn is not None and conn.got_bytes:
+        if r is None or self.closed or self.committed:
             return None
         return r.backend
 
     def silent_read(self, now: float) -> float:
-        """How long a read request sent whole has waited for its first response byte (0: it is
-        not such a request). The response deadline is pushed back on every backend read, so
-        its start is exactly when the wait began."""
+        """How long a read request sent whole has waited for its backend's next byte while the
+        client has seen nothing of the response (0: it is not such a request). The response
+        deadline is pushed back on every backend read, so its start is when the silence began."""
         if self.deadline_kind != D_RESPONSE:
             return 0.0
         r = self.active
-        conn = self.upstream
-        if r is None or conn is None or conn.got_bytes or r.response_started or r.method not in SAFE:
+        if r is None or self.upstream is None or self.committed or r.method not in SAFE:
             return 0.0
         return now - (self.deadline - self.response_timeout)
 
     def backend_out(self, rep, kind: Failure) -> None:
         """``rep`` was removed as failed (``REMOVED``) or withdrawn as stalled (``STALLED``):
-        if the active request waits on it with no response byte yet, the exchange decides
-        whether it moves, is answered 502 now, or keeps waiting."""
+        if the active request waits on it and the client has seen nothing yet, the exchange
+        decides whether it moves, is answered 502 now, or keeps waiting."""
         if self.waiting_on() is not rep:
             return
         r = self.active
-        d = on_failure(kind, r.facts(others_ready=r.pool.ready_count > 0))
+        conn = self.upstream
+        progress = self._progress(r, conn is not None and conn.got_bytes)
+        d = on_failure(kind, r.facts(progress=progress, others_ready=r.pool.ready_count > 0))
         if d.act is Act.WAIT:
             return
+        if progress == Progress.HEAD_HELD:
+            self._forget_held_head(r)
         self._drop_upstream(r)
         self._carry_out(r, rep, d)
 

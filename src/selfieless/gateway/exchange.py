@@ -190,8 +190,8 @@ def _lost(kind: Failure, f: Facts) -> Decision:
 
 def _removed(f: Facts) -> Decision:
     # The backend failed its health check: nothing more will come from it.
-    if f.progress is not Progress.NOTHING:
-        return Decision(Act.WAIT)  # a response is under way: its own deadline applies
+    if f.progress is Progress.COMMITTED:
+        return Decision(Act.WAIT)  # the client has part of it: its own deadline applies
     if not f.sent:
         return _elsewhere(f, None)  # still connecting: nothing of it reached anyone
     if replayable(f) and not f.retried_other:
@@ -201,7 +201,9 @@ def _removed(f: Facts) -> Decision:
 
 def _stalled(f: Facts) -> Decision:
     # Silent while its siblings answer, but perhaps only slow: move what cannot hurt to move.
-    if f.progress is not Progress.NOTHING or f.tries >= MAX_TRIES or not f.others_ready:
+    # A response begun but unseen by the client (part of a head, or a held-back head: a replica
+    # paused between its head and its body) moves like one not begun.
+    if f.progress is Progress.COMMITTED or f.tries >= MAX_TRIES or not f.others_ready:
         return Decision(Act.WAIT)
     if not f.sent:
         return _elsewhere(f, None)

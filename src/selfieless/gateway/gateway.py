@@ -294,8 +294,12 @@ class Gateway:
                 conn.check_deadline(now)
                 if threshold > 0:
                     up = conn.upstream
-                    if up is not None and up.got_bytes:
-                        up.backend.heard_at = now  # answering (perhaps a long stream)
+                    if up is not None and (up.heard or up.read_paused):
+                        # Bytes came since the last sweep (perhaps a long stream), or we stopped
+                        # reading them (a slow client). Not bytes that came once: a replica paused
+                        # between its head and its body must not look alive for ever.
+                        up.heard = False
+                        up.backend.heard_at = now
                     else:
                         waited = conn.silent_read(now)
                         if waited > 0:

@@ -47,6 +47,7 @@ class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.got_bytes = False
+        self.heard = False  # bytes arrived since the gateway's last sweep (it clears this)
         self.write_paused = False
         self.read_paused = False
         self.begin_head()
@@ -71,7 +72,7 @@ class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
             # Bytes on an idle connection: not a response to anything of ours. Unusable.
             self.close()
             return
-        self.got_bytes = True
+        self.got_bytes = self.heard = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
