@@ -13,11 +13,11 @@ from selfieless.orchestrator.stack import parse_stack
 from support.ports import free_port_range
 
 
-def acts_stack(ports: range, name: str = "admintest"):
+def acts_stack(ports: range, name: str = "admintest", database_url: str = "sqlite:///{state_dir}/acts.db"):
     return parse_stack({
         "name": f"{name}-{ports[0]}", "driver": "process",
         "gateway": {"host": "127.0.0.1", "port": 0, "limits": {"no_replica_wait": 5}},
-        "variables": {"database_url": "sqlite:///{state_dir}/acts.db"},
+        "variables": {"database_url": database_url},
         "services": {"acts": {
             "command": ["python", "-m", "selfieless.apps.acts", "--port", "{port}",
                         "--database-url", "{database_url}", "--users-url", "{gateway_url}"],
@@ -25,6 +25,7 @@ def acts_stack(ports: range, name: str = "admintest"):
             "health": {"interval": 0.5, "timeout": 1.0},
             "replicas": {"initial": 1, "min": 1, "max": len(ports)},
             "autoscale": {"policy": "none"}, "drain_timeout": 3,
+            "environment": {"SELFIELESS_ALLOW_CRASH": "1"},
         }},
     })
 
@@ -53,13 +54,14 @@ class LoopThread:
 
 
 class RunningStack:
-    def __init__(self, tmp, *, admin_host="127.0.0.1", token=None):
+    def __init__(self, tmp, *, admin_host="127.0.0.1", token=None, database_url: str | None = None):
         from selfieless.admin import AdminServer
         from selfieless.orchestrator.assemble import start_system
 
         self.lt = LoopThread()
         self.shutdown_calls = 0
-        self.system = self.lt.run(start_system(acts_stack(free_port_range(4)), tmp))
+        stack = acts_stack(free_port_range(4), **({"database_url": database_url} if database_url else {}))
+        self.system = self.lt.run(start_system(stack, tmp))
         self.orch, self.gw = self.system.orchestrator, self.system.gateway
         self.lt.run(self.orch.wait_ready(60), timeout=70)
 

@@ -1,4 +1,5 @@
-"""The group commit behind `_count` (common/counter.py), driven without a database."""
+"""Batching (common/counter.py): the group commit behind `_count` and shared identical reads,
+driven without a database."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from selfieless.apps.common.counter import GroupCounter
+from selfieless.apps.common.counter import GroupCounter, SharedReads
 
 
 class SlowCommit:
@@ -73,3 +74,40 @@ def test_a_request_that_goes_away_does_not_cancel_its_batch():
             await leaver
     asyncio.run(main())
     assert commit.batches == [2]
+
+
+class VersionedTable:
+    """A value that writes change; each read takes a few loop turns and returns the value as it
+    was when the read started, like a query."""
+
+    def __init__(self):
+        self.version = 0
+        self.reads: list[tuple] = []
+
+    async def read(self, key: tuple) -> tuple:
+        seen = self.version
+        self.reads.append(key)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return key, seen
+
+
+def test_identical_reads_share_a_query_that_started_after_they_arrived():
+    table = VersionedTable()
+
+    async def main():
+        shared = SharedReads(table.read)
+        first = asyncio.ensure_future(shared.read(("categories",)))
+        while not table.reads:
+            await asyncio.sleep(0)        # until its query is on its way, at version 0
+        table.version = 1                 # a write is acknowledged, then ten more reads arrive
+        later = [asyncio.ensure_future(shared.read(("categories",))) for _ in range(10)]
+        other = asyncio.ensure_future(shared.read(("acts", "Nature")))
+        results = await asyncio.gather(first, *later, other)
+        assert len(shared) == 0           # no key is kept once nobody waits on it
+        return results
+    results = asyncio.run(main())
+    assert results[0] == (("categories",), 0)
+    assert all(r == (("categories",), 1) for r in results[1:11])  # never the answer from before
+    assert results[11] == (("acts", "Nature"), 1)
+    assert sorted(table.reads) == [("acts", "Nature"), ("categories",), ("categories",)]

@@ -29,6 +29,32 @@ def test_exact_and_parameter_paths_match_only_themselves():
         assert hot.match(other) is None, other
 
 
+def test_routes_match_only_their_own_method_and_head_is_get():
+    hot = HotRoutes()
+    hot.add("/api/v1/acts/count", _endpoint)
+    hot.add("/api/v1/acts/upvote", _with_request, "POST")
+    hot.add("/api/v1/categories/{name}/acts", _endpoint)
+    hot.add("/api/v1/categories/{name}/upload", _with_request, "POST")
+    assert hot.match("/api/v1/acts/count", "HEAD")[0].endpoint is _endpoint
+    assert hot.match("/api/v1/acts/upvote", "POST")[0].endpoint is _with_request
+    assert hot.match("/api/v1/categories/x/upload", "POST")[1] == {"name": "x"}
+    for method, path in [("POST", "/api/v1/acts/count"), ("GET", "/api/v1/acts/upvote"),
+                         ("DELETE", "/api/v1/acts/upvote"), ("HEAD", "/api/v1/acts/upvote"),
+                         ("POST", "/api/v1/categories/x/acts"), ("GET", "/api/v1/categories/x/upload")]:
+        assert hot.match(path, method) is None, (method, path)
+
+
+def test_a_hot_write_is_counted_before_it_runs_and_its_errors_are_json(api):
+    api.add_category("Nature")
+    r = api.acts.post("/acts/upvote", json=[12345])
+    assert (r.status_code, r.json()) == (400, {"error": "no such act: 12345"})
+    r = api.acts.post("/acts", content=b"{not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = api.acts.post("/acts", json={"actId": 1})
+    assert r.status_code == 400 and api.act_count() == 0
+    assert api.acts.get("/_count").json() == [5]  # the category, three refused writes, the count read
+
+
 def test_operational_routes_are_not_counted():
     hot = HotRoutes()
     hot.add("/api/v1/_count", _endpoint)

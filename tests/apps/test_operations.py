@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from selfieless.apps.common.settings import parse_settings
 from support.processes import ServiceProcess
 
 
@@ -15,6 +16,14 @@ def test_health(api):
     r = api.acts.get("/_health")
     assert (r.status_code, r.json()) == (200, {})
     assert api.users.get("/_health").json() == {}
+
+
+def test_health_tells_the_connections_held_to_a_server_database(api):
+    header = api.acts.get("/_health").headers.get("x-selfieless-db-connections")
+    if api.stack.backend == "sqlite":
+        assert header is None
+    else:  # at least the health check's own; at most the pool (4) and the 2 threaded ones
+        assert header is not None and 1 <= int(header) <= 6
 
 
 def test_count_includes_failures_and_excludes_operational_routes(api):
@@ -51,7 +60,8 @@ def test_requests_outside_the_api_are_not_counted(api):
 @pytest.fixture
 def spare_acts(stack, tmp_path):
     """A replica of its own, so crashing it leaves the shared fixture alone."""
-    replica = ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url).wait_healthy()
+    replica = ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url,
+                             extra_args=["--allow-crash"]).wait_healthy()
     yield replica
     replica.stop()
 
@@ -70,9 +80,23 @@ def test_crash_makes_every_request_of_that_replica_500(api, spare_acts):
     assert api.acts.get("/acts/count").json() == [0]
 
 
-def test_crash_can_be_switched_off(stack, tmp_path):
-    replica = ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url,
-                             extra_args=["--no-crash"]).wait_healthy()
+@pytest.mark.parametrize("argv, env, allowed", [
+    ([], None, False),                            # opt-in: a replica started by hand cannot be broken
+    (["--allow-crash"], None, True),
+    ([], "1", True),                              # how the bundled course stacks turn it on
+    (["--no-crash"], "1", False),
+    ([], "0", False),
+])
+def test_crash_is_opt_in(monkeypatch, argv, env, allowed):
+    if env is None:
+        monkeypatch.delenv("SELFIELESS_ALLOW_CRASH", raising=False)
+    else:
+        monkeypatch.setenv("SELFIELESS_ALLOW_CRASH", env)
+    assert parse_settings("acts", ["--database-url", "sqlite://", *argv]).allow_crash is allowed
+
+
+def test_crash_is_off_unless_asked_for(stack, tmp_path):
+    replica = ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url).wait_healthy()
     try:
         r = httpx.post(replica.url + "/api/v1/_crash")
         assert r.status_code == 403 and "disabled" in r.json()["error"]

@@ -13,7 +13,8 @@ from support.processes import ServiceProcess
 
 @pytest.fixture
 def second_acts(stack, tmp_path):
-    replica = ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url).wait_healthy()
+    replica = ServiceProcess("acts", stack.database_url, tmp_path, users_url=stack.users.url,
+                             extra_args=["--allow-crash"]).wait_healthy()
     yield httpx.Client(base_url=replica.url + "/api/v1", timeout=30)
     replica.stop()
 

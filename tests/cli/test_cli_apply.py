@@ -30,7 +30,7 @@ def test_up_again_applies_the_changed_file_and_the_history_survives_a_restart(tm
 
         second = run_cli("up", str(path), "--port", str(up.port), *sd, timeout=300)
         assert second.returncode == 0, second.stdout + second.stderr
-        assert "already running: applying the file to it" in second.stdout
+        assert f"already running: applying {path.resolve()} to it" in second.stdout
         assert "roll    acts: environment changed" in second.stdout and "applied in" in second.stdout
 
         state = up.status()
@@ -43,6 +43,15 @@ def test_up_again_applies_the_changed_file_and_the_history_survives_a_restart(tm
 
         again = run_cli("apply", str(path), *sd, timeout=120)
         assert again.returncode == 0 and "no change" in again.stdout, again.stdout + again.stderr
+        # Without a file, `apply` and a second `up` mean the running stack's own file, never the
+        # bundled one (which would move this stack onto the bundled ports).
+        same = run_cli("apply", *sd, timeout=120)
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert f"applying {path.resolve()} (the file the running stack was started from)" in same.stdout
+        assert "no change" in same.stdout
+        same = run_cli("up", "--port", str(up.port), *sd, timeout=120)
+        assert same.returncode == 0 and f"applying {path.resolve()} to it" in same.stdout, same.stdout + same.stderr
+        assert "no change" in same.stdout
 
     finally:
         up.stop()

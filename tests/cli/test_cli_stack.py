@@ -180,6 +180,13 @@ def test_load_through_the_gateway(up):
     # The human summary.
     h = run_cli("load", f"{up.gateway}/api/v1/categories", "--rps", "10", "--duration", "0.5", timeout=60)
     assert h.returncode == 0 and "sent" in h.stdout and "5 of 5 planned" in h.stdout and "p99" in h.stdout
+    # Without a scheme, as curl takes it: http:// is meant, and said.
+    bare = up.gateway.removeprefix("http://") + "/api/v1/categories"
+    n = run_cli("load", bare, "--rps", "10", "--duration", "0.5", "--json", timeout=60)
+    assert n.returncode == 0 and json.loads(n.stdout)["sent"] == 5, n.stdout + n.stderr
+    assert f"no scheme in '{bare}': loading http://{bare}" in n.stderr
+    bad = run_cli("load", "ftp://" + bare, "--rps", "1", "--duration", "1", timeout=60)
+    assert bad.returncode == 1 and "scheme 'ftp' is not supported; use http:// or https://" in bad.stderr
 
 
 def test_admin_url_from_environment(up, tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from selfieless.cli.loadcore import Result, percentile, planned_count, schedule, summarize
+from selfieless.cli.loadcore import Result, percentile, planned_count, schedule, summarize, target_url
 
 
 def test_schedule_is_fixed_intervals_whatever_happens():
@@ -51,3 +51,24 @@ def test_summary_default_elapsed_spans_first_send_to_last_completion():
     assert s.elapsed == pytest.approx(1.5)
     empty = summarize([], 1, 1)
     assert empty.p50 is None and empty.achieved_rps == 0.0
+
+
+@pytest.mark.parametrize("given, url, note", [
+    ("http://127.0.0.1:8080/api/v1/x", "http://127.0.0.1:8080/api/v1/x", None),
+    ("HTTPS://example.test/", "HTTPS://example.test/", None),
+    ("127.0.0.1:8080/api/v1/x", "http://127.0.0.1:8080/api/v1/x",
+     "no scheme in '127.0.0.1:8080/api/v1/x': loading http://127.0.0.1:8080/api/v1/x"),
+    ("localhost", "http://localhost", "no scheme in 'localhost': loading http://localhost"),
+])
+def test_target_url_completes_a_missing_scheme(given, url, note):
+    assert target_url(given) == (url, note)
+
+
+@pytest.mark.parametrize("given, error", [
+    ("ftp://127.0.0.1/x", "URL 'ftp://127.0.0.1/x': scheme 'ftp' is not supported; use http:// or https://"),
+    ("http:///api/v1", "URL 'http:///api/v1' has no host; write e.g. http://127.0.0.1:8080/api/v1/categories"),
+])
+def test_target_url_refuses_what_it_cannot_load(given, error):
+    with pytest.raises(ValueError) as e:
+        target_url(given)
+    assert str(e.value) == error

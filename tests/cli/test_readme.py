@@ -1,13 +1,15 @@
 """The README as a new user follows it: its commands, in its order, in a fresh copy of the project.
 
 `scripts/up --port 8080` creates the copy's own .venv, puts `selfieless` on the PATH and runs the
-bundled stack on the README's ports; then each command of the README's "in a second shell" block
-runs through bash, finding `selfieless` on the PATH as a user's shell would. The README's banner
-block and sample stack are checked against what is printed and what is bundled.
+bundled stack; then each command of the README's "in a second shell" block runs through bash,
+finding `selfieless` on the PATH as a user's shell would. The README's banner block and sample
+stack are checked against what is printed and what is bundled.
 
-The full run binds the bundled stack's fixed ports (8080, 8090, 8000-8009, 8100, 8200), installs
-the project into a new virtualenv (from the package index pip is configured with) and waits for
-a 120 s autoscaling window: about four minutes.
+So that it can run beside a stack on the README's ports, it moves every port the way the README
+says a user does: `--port` for the gateway's 8080 and `--ports-from` for the rest (8000 -> a free
+block; the admin port 8090 moves with it), and reads the README's commands and output with the
+same substitution. The full run installs the project into a new virtualenv (from the package
+index pip is configured with) and waits for a 120 s autoscaling window: about four minutes.
 """
 
 from __future__ import annotations
@@ -24,11 +26,30 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.ports import port_is_free
+from support.ports import free_port, free_port_range, port_is_free
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-FIXED_PORTS = (8080, 8090, 8000, 8001, 8100, 8200)
+README_GATEWAY, README_LOWEST = 8080, 8000
+
+
+class Ports:
+    """Where this run puts what the README says is on 8080, 8090 and 8000-8209."""
+
+    def __init__(self) -> None:
+        self.block = free_port_range(210)   # the bundled stack's 8000-8209 moved here, whole
+        self.gateway = free_port()
+        self.base = self.block[0]
+
+    def port(self, readme_port: int) -> int:
+        return self.gateway if readme_port == README_GATEWAY else readme_port - README_LOWEST + self.base
+
+    def text(self, readme: str) -> str:
+        """README text with each of its ports (8080, 8000-8209) replaced by this run's."""
+        return re.sub(r"\b(8080|8[0-2]\d\d)\b", lambda m: str(self.port(int(m.group(1)))), readme)
+
+    def taken(self) -> list[int]:
+        return [p for p in (self.gateway, *self.block) if not port_is_free(p)]
 
 
 def code_blocks(lang: str = "") -> list[str]:
@@ -99,9 +120,10 @@ def _wait_for(path: Path, needle: str, timeout: float, proc: subprocess.Popen | 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_readme_commands_in_order_in_a_fresh_clone(tmp_path):
-    busy = [p for p in FIXED_PORTS if not port_is_free(p)]
-    if busy:
-        pytest.skip(f"the README's ports {busy} are in use; stop what listens there (the bundled stack needs them)")
+    from selfieless.cli.main import replica_prefix
+
+    ports = Ports()
+    assert ports.taken() == [], ports.taken()
     if shutil.which("curl") is None:
         pytest.skip("curl is missing: apt-get install -y curl")
     clone = tmp_path / "clone"
@@ -113,7 +135,7 @@ def test_readme_commands_in_order_in_a_fresh_clone(tmp_path):
     assert up_line == "scripts/up --port 8080"
     up_out = tmp_path / "up.out"
     with open(up_out, "wb") as sink:
-        up = subprocess.Popen(["bash", "-c", up_line], cwd=clone, env=env, stdout=sink, stderr=subprocess.STDOUT,
+        up = subprocess.Popen(["bash", "-c", f"{ports.text(up_line)} --ports-from {ports.base}"], cwd=clone, env=env, stdout=sink, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
         text = _wait_for(up_out, " is up", 600, up)
@@ -121,14 +143,15 @@ def test_readme_commands_in_order_in_a_fresh_clone(tmp_path):
         assert f"linked {tmp_path}/bin/selfieless -> {clone}/.venv/bin/selfieless" in text
         assert shutil.which("selfieless", path=env["PATH"]) == str(tmp_path / "bin" / "selfieless")
         # The README's banner block is what was printed, line for line, and nothing is wrapped.
+        assert "installing the project into .venv" in text
         for line in block_after("`up` prints where everything is").splitlines():
-            assert line in text, (line, text)
+            assert ports.text(line) in text, (line, text)
         assert "  selfieless status " in text and "  selfieless logs -f acts " in text
-        assert ("curl -i -X POST http://127.0.0.1:8080/api/v1/categories -H 'content-type: application/json' "
+        assert (f"curl -i -X POST http://127.0.0.1:{ports.gateway}/api/v1/categories -H 'content-type: application/json' "
                 "-d '[\"Nature\"]'\n") in text
         assert "Warning" not in text and "Traceback" not in text
 
-        steps = commands(block_after("these commands, in this order"))
+        steps = [ports.text(c) for c in commands(block_after("these commands, in this order"))]
         assert [s.split()[0] for s in steps] == ["selfieless", "curl", "selfieless", "selfieless", "selfieless",
                                                  "selfieless"]
         results: dict[str, str] = {}
@@ -153,7 +176,7 @@ def test_readme_commands_in_order_in_a_fresh_clone(tmp_path):
             events = subprocess.Popen(["bash", "-c", steps[3]], cwd=tmp_path, env=env, stdout=sink,
                                       stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            text = _wait_for(events_out, "ready     acts/acts-8001-", 200)
+            text = _wait_for(events_out, f"ready     acts/acts-{ports.port(8001)}-", 200)
         finally:
             os.killpg(events.pid, signal.SIGINT)
             events.wait(10)
@@ -163,29 +186,29 @@ def test_readme_commands_in_order_in_a_fresh_clone(tmp_path):
 
         # `selfieless logs -f acts`: request lines from every replica, each with its prefix, no warning.
         logs_out = tmp_path / "logs.out"
+        prefix = [replica_prefix("acts", ports.port(p)) for p in (8000, 8001)]
         with open(logs_out, "wb") as sink:
             logs = subprocess.Popen(["bash", "-c", steps[4]], cwd=tmp_path, env=env, stdout=sink,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_for(logs_out, "acts-8000  | ", 30)
+            _wait_for(logs_out, prefix[0], 30)
             for _ in range(6):  # round-robin over the two replicas
-                subprocess.run(["curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/api/v1/categories"],
+                subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{ports.gateway}/api/v1/categories"],
                                check=True, timeout=30)
-            _wait_for(logs_out, "acts-8001  | ", 30)
+            _wait_for(logs_out, prefix[1], 30)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 text = logs_out.read_text(errors="replace")
                 lines = text.splitlines()
-                if all(any(line.startswith(f"acts-{p}  | ") and " GET /api/v1/categories 200 " in line
-                           for line in lines) for p in (8000, 8001)):
+                if all(any(line.startswith(p) and " GET /api/v1/categories 200 " in line
+                           for line in lines) for p in prefix):
                     break
                 time.sleep(0.25)
         finally:
             os.killpg(logs.pid, signal.SIGINT)
             logs.wait(10)
-        for p in (8000, 8001):
-            assert any(line.startswith(f"acts-{p}  | ") and " GET /api/v1/categories 200 " in line
-                       for line in lines), (p, text)
+        for p in prefix:
+            assert any(line.startswith(p) and " GET /api/v1/categories 200 " in line for line in lines), (p, text)
         assert any(" POST /api/v1/categories 201 " in line for line in lines), text
         assert "Warning" not in text and "found in sys.modules" not in text, text
 
@@ -196,7 +219,11 @@ def test_readme_commands_in_order_in_a_fresh_clone(tmp_path):
         assert up.wait(60) == 0
         text = up_out.read_text()
         assert re.search(r"stopped in \d+\.\d s\n", text) and "Traceback" not in text, text
-        assert all(port_is_free(p) for p in FIXED_PORTS)
+        assert ports.taken() == []
+        # A second start installs nothing: the project is installed and pyproject.toml unchanged.
+        again = subprocess.run(["bash", "scripts/up", "--help"], cwd=clone, env=env, capture_output=True, text=True,
+                               timeout=120)
+        assert again.returncode == 0 and "installing" not in again.stdout, again.stdout + again.stderr
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGINT)
@@ -209,3 +236,25 @@ def test_readme_commands_in_order_in_a_fresh_clone(tmp_path):
                 os.killpg(int(yaml.safe_load(record.read_text())["pid"]), signal.SIGKILL)
             except (OSError, ValueError, KeyError, TypeError):
                 pass
+
+
+def test_the_readme_points_only_at_files_in_the_project():
+    # A clone has no ../shared/: every relative link and path the README names is in the project.
+    text = README.read_text()
+    assert "../" not in text
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        assert (ROOT / target).exists(), target
+
+
+def test_docs_api_describes_every_route_the_services_serve(tmp_path):
+    from selfieless.apps.acts.app import create_app as acts_app
+    from selfieless.apps.common.settings import ServiceSettings
+    from selfieless.apps.users.app import create_app as users_app
+
+    doc = (ROOT / "docs" / "api.md").read_text()
+    assert "[`docs/api.md`](docs/api.md)" in README.read_text()
+    for create in (acts_app, users_app):
+        spec = create(ServiceSettings(database_url=f"sqlite:///{tmp_path}/x.db")).openapi()
+        for path, operations in spec["paths"].items():
+            for method in operations:
+                assert f"`{method.upper()} {path}" in doc, (method, path)

@@ -85,6 +85,7 @@ def acts_stack(ports, window=5.0, **svc_overrides):
         "replicas": {"initial": 1, "min": 1, "max": len(ports)},
         "autoscale": {"policy": "window", "window_seconds": window, "requests_per_replica": 20},
         "drain_timeout": 5,
+        "environment": {"SELFIELESS_ALLOW_CRASH": "1"},
     }
     svc.update(svc_overrides)
     return parse_stack({

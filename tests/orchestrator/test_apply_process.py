@@ -3,6 +3,7 @@ live changes restart nothing; launch changes roll; a failed rollout is reported.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import httpx
@@ -13,7 +14,7 @@ from selfieless.orchestrator.apply_exec import apply_stack
 from selfieless.orchestrator.assemble import start_system
 from selfieless.orchestrator.stack import parse_stack
 
-from orch_helpers import echo_stack, pids_by_port
+from orch_helpers import echo_stack, pids_by_port, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -112,7 +113,79 @@ async def test_rollout_restart_history_and_undo_through_the_admin_api(tmp_path, 
             assert orch.services["echo"].spec.command == stack.services["echo"].command
             r = await c.post("/api/rollout", json={"service": "echo", "action": "history"})
             assert [h["reason"] for h in r.json()["history"]][0::2] == ["rollout restart", "rollout undo"]
+            # An undo goes back to the previous version: its line does not call that "the new version".
+            assert r.json()["history"][-1]["detail"] == "all 2 replica(s) replaced"
             r = await c.post("/api/rollout", json={"service": "nope", "action": "history"})
             assert r.status_code == 400
+    finally:
+        await system.stop()
+
+
+async def test_an_apply_of_new_bounds_keeps_a_manual_count_and_replays_no_window(tmp_path, ports):
+    # The window autoscaler of a running stack: one window has closed, then `scale echo 4`, then an
+    # apply changes only replicas.max. The count stays 4 and no window is reported twice (an
+    # autoscaler started afresh put its first window back at the first request and replayed every
+    # window since, all but the first empty: 4 -> 1 at once).
+    window = 6.0
+    stack = echo_stack(ports, autoscale={"policy": "window", "window_seconds": window, "requests_per_replica": 20})
+    system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
+    orch = system.orchestrator
+    svc = orch.services["echo"]
+    try:
+        await orch.wait_ready(20)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{system.gateway.port}") as c:
+            assert (await c.get("/api/v1/whoami")).status_code == 200
+        await wait_until(lambda: "window ending" in (svc.last_decision or ""), window + 10,
+                         what="the first window to close")
+        first = svc.last_decision
+        assert first.startswith("kept echo at 1: 1 request in the window ending"), first
+        await orch.scale("echo", 4, reason="manual scale")
+        after = orch.events.last_id
+        data = changed(stack, replicas={"min": 1, "max": len(ports) - 1})
+        result = await apply_stack(orch, parse_stack(data), timeout=30)
+        assert result.ok and len(result.actions) == 1 and result.actions[0].startswith("scale   echo"), result
+        await asyncio.sleep(0.3)  # an autoscaler started afresh replays at once
+        scaled = lambda: [e.reason for e in orch.events.since(after) if e.kind == "scaled"]  # noqa: E731
+        assert scaled() == [] and svc.desired == 4, scaled()
+        # The second window closes on its own schedule, counting no request: back to 1, once.
+        await wait_until(scaled, window + 10, what="the second window to close")
+        await asyncio.sleep(0.3)
+        assert len(scaled()) == 1 and scaled()[0].startswith("scaled echo 4\u21921: 0 requests in the window ending")
+        assert scaled()[0].rsplit(" ", 1)[1] != first.rsplit(" ", 1)[1]
+    finally:
+        await system.stop()
+
+
+async def test_a_rolled_back_apply_quotes_the_last_lines_of_the_failed_replica(tmp_path, ports):
+    system, gw, stack = await launch(tmp_path, ports)
+    orch = system.orchestrator
+    try:
+        broken = changed(stack, command=[sys.executable, "-c", "import selfieless.apps.actz"])
+        result = await apply_stack(orch, parse_stack(broken), timeout=60)
+        assert not result.ok and "rolled back" in result.reason
+        assert "its log ends: " in result.reason and "No module named 'selfieless.apps.actz'" in result.reason, result
+        assert any("No module named 'selfieless.apps.actz'" in e.reason for e in orch.events.since(0)
+                   if e.kind == "rollback")
+    finally:
+        await system.stop()
+
+
+async def test_apply_keeps_the_ports_from_of_up(tmp_path, ports):
+    # `up --ports-from P` of a file on other ports: applying that file again moves it the same way
+    # (no change), and the running file is what GET /api/stack names.
+    system, gw, stack = await launch(tmp_path, ports)
+    orch = system.orchestrator
+    app = create_app(orch, gw, up_overrides={"ports_from": ports[0], "stack_file": "/srv/stack.yaml"})
+    try:
+        elsewhere = changed(stack, host_ports=f"{ports[0] + 1000}-{ports[-1] + 1000}")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as c:
+            r = await c.post("/api/apply", json={"stack": elsewhere, "dry_run": True})
+            assert r.status_code == 200 and r.json()["actions"] == [], r.text
+            r = await c.post("/api/apply", json={"stack": elsewhere, "dry_run": True, "ports_from": ports[0] + 1000})
+            assert r.status_code == 200 and "host_ports changed" in r.json()["actions"][0], r.text
+            r = await c.post("/api/apply", json={"stack": elsewhere, "ports_from": "x"})
+            assert r.status_code == 400 and "ports_from" in r.json()["error"]
+            r = await c.get("/api/stack")
+            assert r.json() == {"file": "/srv/stack.yaml", "port": None, "driver": None, "ports_from": ports[0]}
     finally:
         await system.stop()

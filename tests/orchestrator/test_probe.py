@@ -177,3 +177,20 @@ def test_a_kept_connection_that_goes_silent_times_out():
             await prober.aclose()
             return results
     assert asyncio.run(main()) == [(True, "200"), (False, "no answer within 0.3 s")]
+
+
+def test_the_database_connections_a_passing_replica_reports_are_kept_per_address():
+    async def main():
+        seen: list[bytes] = []
+        reporting, port = await _serve(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+                                       b"X-Selfieless-Db-Connections: 5\r\n\r\n{}", seen)
+        silent, other = await _serve(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", seen)
+        failing, third = await _serve(b"HTTP/1.1 500 Oops\r\ncontent-length: 2\r\n"
+                                      b"X-Selfieless-Db-Connections: 9\r\n\r\n{}", seen)
+        async with reporting, silent, failing:
+            prober = HttpProber()
+            for p in (port, other, third):
+                await prober("127.0.0.1", p, "/api/v1/_health", 5.0)
+            return prober.db_connections, port
+    reported, port = asyncio.run(main())
+    assert reported == {("127.0.0.1", port): 5}

@@ -269,7 +269,7 @@ def test_slow_executor_every_layout_converges_home_without_repeating_a_command()
     for order, par, ports, old, desired, serving_min in cases:
         sim = _slow(order, par, ports, old, desired)
         where = (order, par, ports, old, desired, sim.log)
-        assert sim.finished == ro.Finish("complete", f"{desired} replica(s) on the new version"), where
+        assert sim.finished == ro.Finish("complete", f"all {desired} replica(s) replaced"), where
         assert ports_of(sim.r, "new") == list(range(8000, 8000 + desired)), where
         assert {m.status for m in sim.r.members} == {"ready", "stopped"}, where
         assert [m.status for m in sim.r.members if m.version == "old"] == ["stopped"] * len(old), where
@@ -549,7 +549,7 @@ def test_commands_say_why_in_the_events():
     assert cmds == [ro.StopReplica("n1", drain=True, reason="settled back on port 8000..")]
     assert ro.decide(r, 16.1)[1] == []                # n1 still draining: not finished
     r, cmds = ro.decide(ro.stopped(r, "n1"), 17.0)
-    assert cmds == [ro.Finish("complete", "3 replica(s) on the new version")]
+    assert cmds == [ro.Finish("complete", "all 3 replica(s) replaced")]
 
 
 def test_a_borrowed_replica_failing_at_the_end_is_gone_before_the_rollout_completes():
@@ -560,7 +560,7 @@ def test_a_borrowed_replica_failing_at_the_end_is_gone_before_the_rollout_comple
     r, cmds = ro.decide(r, 10.0)
     assert cmds == [ro.StopReplica("n1", drain=False, reason="failed")]
     r, cmds = ro.decide(ro.stopped(r, "n1"), 11.0)
-    assert cmds == [ro.Finish("complete", "3 replica(s) on the new version")]
+    assert cmds == [ro.Finish("complete", "all 3 replica(s) replaced")]
 
 
 def test_stop_first_waits_for_the_new_replica_to_be_proven_before_the_next_old_one_stops():

@@ -28,7 +28,8 @@ def test_the_wire_form_has_every_key_the_admin_api_always_sent():
     assert list(wire) == ["stack", "driver", "converged", "last_event_id", "services"]
     svc = wire["services"]["acts"]
     assert list(svc) == ["desired", "actual", "ready", "min", "max", "host_ports", "routes", "policy", "api_requests",
-                         "window", "last_decision", "replicas", "pending", "crash_loops", "kind", "waiting_for"]
+                         "window", "last_decision", "replicas", "pending", "crash_loops", "kind", "waiting_for",
+                         "no_port"]
     assert svc["window"] == {"seconds": 120, "requests_per_replica": 20, "count": 7, "started": True, "ends_in": 33.5}
     assert svc["pending"] == [{"port": 8001, "in": 0.5, "reason": "replacing r0 (exited)"}]
     assert svc["crash_loops"] == {"8001": 2}  # JSON object keys are strings

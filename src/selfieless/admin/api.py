@@ -246,6 +246,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         # Imported here: the admin app must not pull the orchestrator in for a bare status page.
         from selfieless.orchestrator.apply_exec import apply_stack
         from selfieless.orchestrator.apply_plan import with_up_overrides
+        from selfieless.orchestrator.port_shift import shift_ports
         from selfieless.orchestrator.stack import StackError, parse_stack
 
         try:
@@ -255,18 +256,30 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         if not isinstance(data, dict) or not isinstance(data.get("stack"), dict):
             return error(400, 'body must be a JSON object with "stack": the stack file as a mapping')
         port, driver = data.get("port"), data.get("driver")
+        ports_from = data.get("ports_from", (up_overrides or {}).get("ports_from"))
         if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535):
             return error(400, f'"port" must be a port number (0-65535), not {port!r}')
+        if ports_from is not None and (not isinstance(ports_from, int) or isinstance(ports_from, bool)
+                                       or not 1 <= ports_from <= 65535):
+            return error(400, f'"ports_from" must be a port number (1-65535), not {ports_from!r}')
         if driver is not None and not isinstance(driver, str):
             return error(400, f'"driver" must be a driver name, not {driver!r}')
         try:
-            new = parse_stack(with_up_overrides(data["stack"], up_overrides, port, driver), "request body")
+            new = shift_ports(parse_stack(with_up_overrides(data["stack"], up_overrides, port, driver),
+                                          "request body"), ports_from)
         except StackError as e:
             return error(400, str(e).splitlines()[0], e.problems)
         result = await apply_stack(orchestrator, new, dry_run=bool(data.get("dry_run")))
         if not result.ok:
             return JSONResponse({"error": result.reason, **result.to_dict()}, status_code=409)
         return JSONResponse(result.to_dict())
+
+    async def stack_route(request: Request) -> Response:
+        """The file the running `up` was started from and what its command line changed, so that
+        `apply` (and a second `up`) without a file re-apply that file, not the bundled one."""
+        given = up_overrides or {}
+        return JSONResponse({"file": given.get("stack_file"), "port": given.get("port"),
+                             "driver": given.get("driver"), "ports_from": given.get("ports_from")})
 
     async def rollout_route(request: Request) -> Response:
         from selfieless.orchestrator import rollout_exec
@@ -373,6 +386,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         Route("/api/events", events),
         Route("/api/scale", scale, methods=["POST"]),
         Route("/api/apply", apply_route, methods=["POST"]),
+        Route("/api/stack", stack_route, methods=["GET"]),
         Route("/api/rollout", rollout_route, methods=["POST"]),
         Route("/api/shutdown", shutdown_route, methods=["POST"]),
         Route("/api/logs", logs),

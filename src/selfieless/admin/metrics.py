@@ -112,6 +112,9 @@ class StackCollector(Collector):
                                        labels=["service", "port"])
         crash_loops = GaugeMetricFamily(f"{p}_crash_loop_failures", "Consecutive failed starts on a port in backoff",
                                         labels=["service", "port"])
+        db_connections = GaugeMetricFamily(f"{p}_replica_db_connections",
+                                           "Connections a replica holds to its server database (last health answer)",
+                                           labels=["service", "replica", "port"])
         for name, svc in sorted(status.services.items()):
             desired.add_metric([name], svc.desired)
             actual.add_metric([name], svc.actual)
@@ -129,6 +132,8 @@ class StackCollector(Collector):
                 if r.health in ("passing", "failing"):
                     healthy.add_metric(labels, 1.0 if r.health == "passing" else 0.0)
                 restarts.add_metric([name, str(r.port)], r.restarts)
+                if r.db_connections is not None:
+                    db_connections.add_metric(labels, r.db_connections)
             for port, n in svc.crash_loops.items():
                 crash_loops.add_metric([name, str(port)], n)
         converged = GaugeMetricFamily(f"{p}_converged", "1 when every service has exactly its desired ready replicas")
@@ -136,7 +141,7 @@ class StackCollector(Collector):
         events = CounterMetricFamily(f"{p}_events", "Control-plane events emitted")
         events.add_metric([], status.last_event_id)
         yield from (desired, actual, ready, pending, window, window_left, state, healthy, restarts, crash_loops,
-                    converged, events)
+                    db_connections, converged, events)
 
 
 def make_registry(gateway: Any, orchestrator: Any | None = None) -> CollectorRegistry:

@@ -122,3 +122,23 @@ def summarize(results: Iterable[Result], target_rps: float, planned: int, elapse
         max_send_delay=max((r.send_delay for r in results), default=0.0),
         status_classes=dict(sorted(classes.items())),
     )
+
+
+def target_url(url: str) -> tuple[str, str | None]:
+    """The URL to load and, when it was completed, the note that says how.
+
+    `127.0.0.1:8080/api/v1/categories` (no scheme, as curl takes it) means http://; a scheme other
+    than http/https, or no host, is a ValueError that says what to write instead.
+    """
+    from urllib.parse import urlsplit
+
+    text = url.strip()
+    note = None
+    if "://" not in text:
+        text, note = f"http://{text}", f"no scheme in {url!r}: loading http://{url.strip()}"
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"URL {url!r}: scheme {parts.scheme!r} is not supported; use http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"URL {url!r} has no host; write e.g. http://127.0.0.1:8080/api/v1/categories")
+    return text, note

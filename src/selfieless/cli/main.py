@@ -101,7 +101,12 @@ def up(
                                                "(overrides the stack's *database_url variables)."),
     admin_host: str = typer.Option("127.0.0.1", "--admin-host", help="Admin API address; anything but "
                                    "loopback requires --admin-token."),
-    admin_port: int = typer.Option(8090, "--admin-port", help="Admin API / dashboard port."),
+    admin_port: Optional[int] = typer.Option(None, "--admin-port", help="Admin API / dashboard port (default "
+                                             "8090, moved with --ports-from)."),
+    ports_from: Optional[int] = typer.Option(None, "--ports-from", metavar="N",
+                                             help="Move every replica port range and dependency port, and the "
+                                             "admin port, by one offset so the lowest is N (bundled stack: "
+                                             "acts N..N+9, admin N+90, users N+100.., web N+200..)."),
     admin_token: Optional[str] = typer.Option(None, "--admin-token", envvar="SELFIELESS_ADMIN_TOKEN",
                                               help="Require 'Authorization: Bearer <token>' on the admin API."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="SELFIELESS_STATE_DIR",
@@ -117,7 +122,7 @@ def up(
     if driver is not None and driver not in ("process", "docker", "swarm", "auto"):
         _fail(f"--driver must be process, docker, swarm or auto, not {driver!r}")
     opts = UpOptions(stack_path=stack, driver=driver, port=port, database_url=database_url, admin_host=admin_host,
-                     admin_port=admin_port, admin_token=admin_token or None,
+                     admin_port=admin_port, ports_from=ports_from, admin_token=admin_token or None,
                      state_dir=state_dir or default_state_dir(), ready_timeout=ready_timeout, quiet_events=quiet)
     raise typer.Exit(up_main(opts, console))
 
@@ -197,7 +202,8 @@ def status_tables(wire: dict) -> list:
     for col, kw in (("service", {}), ("port", {"justify": "right"}), ("pid", {"justify": "right"}),
                     ("id", {"no_wrap": True}), ("state", {}),
                     ("health", {}), ("in-flight", {"justify": "right"}), ("requests", {"justify": "right"}),
-                    ("restarts", {"justify": "right"}), ("uptime", {"justify": "right"})):
+                    ("restarts", {"justify": "right"}), ("db conns", {"justify": "right"}),
+                    ("uptime", {"justify": "right"})):
         replicas.add_column(col, **kw)
     colours = {"ready": "green", "starting": "yellow", "unhealthy": "red", "exited": "red", "stopping": "dim"}
     decisions = []
@@ -207,12 +213,15 @@ def status_tables(wire: dict) -> list:
                          _window_text(svc.window))
         if svc.last_decision:
             decisions.append(f"{name}: {svc.last_decision}")
+        if svc.no_port:
+            decisions.append(f"{name}: [red]{svc.no_port}[/]")
         for r in svc.replicas:
             c = colours.get(r.state, "white")
             replicas.add_row(name, str(r.port), str(r.pid or "-"), r.id, f"[{c}]{r.state}[/]", r.health,
-                             str(r.in_flight), str(r.requests), str(r.restarts), f"{r.uptime:.0f} s")
+                             str(r.in_flight), str(r.requests), str(r.restarts),
+                             "-" if r.db_connections is None else str(r.db_connections), f"{r.uptime:.0f} s")
         for p in svc.pending:
-            replicas.add_row(name, str(p.port), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-",
+            replicas.add_row(name, str(p.port), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-", "-",
                              f"in {p.due_in:.1f} s")
     out: list = [services, replicas]
     if decisions:
@@ -226,7 +235,7 @@ def status(
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
 ):
     """Services and replicas of the running stack: port, pid, id, state, health, in-flight, requests, restarts,
-    desired vs actual, and the autoscaler's current window count."""
+    connections held to a server database, desired vs actual, and the autoscaler's current window count."""
     st = _call(_client(admin, admin_token, state_dir).get, "/api/status")
     if as_json:
         print(json.dumps(st, indent=2))
@@ -278,7 +287,8 @@ def events(
 
 @app.command()
 def apply(
-    stack: Optional[Path] = typer.Argument(None, help="Stack file (default: the bundled SelfieLessActs stack)."),
+    stack: Optional[Path] = typer.Argument(None, help="Stack file (default: the file the running stack was "
+                                           "started from)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
     timeout: float = typer.Option(900.0, "--timeout", help="How long to wait for the stack to converge (s)."),
     port: Optional[int] = typer.Option(None, "--port", help="Gateway port (default: the one the running `up` "
@@ -287,17 +297,18 @@ def apply(
 ):
     """Change the running stack to match the file: live where possible, rolling replacement where
     the replicas must change; returns once converged (exit 1 with the reason otherwise). The port
-    and driver given to `up` on its command line are kept."""
+    and driver given to `up` on its command line are kept. Without STACK, the running stack's own
+    file is read again."""
     import yaml
 
-    from selfieless.orchestrator.stack import BUNDLED_STACK, StackError, load_stack
+    from selfieless.orchestrator.stack import StackError, load_stack
 
-    path = stack or BUNDLED_STACK
+    client = _client(admin, admin_token, state_dir)
+    path = stack or _running_stack_file(client)
     try:
         load_stack(path)  # the clear local error first
     except StackError as e:
         _fail(str(e))
-    client = _client(admin, admin_token, state_dir)
     body = {"stack": yaml.safe_load(path.read_text()), "dry_run": dry_run}
     if port is not None:
         body["port"] = port
@@ -314,6 +325,18 @@ def apply(
     for ro in r.get("rollouts", []):
         console.print(f"{ro['service']}: rolling update {ro['outcome']} in {ro['seconds']:.1f} s")
     console.print("dry run: nothing changed" if dry_run else f"applied in {r['seconds']:.1f} s")
+
+
+def _running_stack_file(client: AdminClient) -> Path:
+    """The file the running `up` was started from, readable here, or a clear refusal."""
+    file = _call(client.get, "/api/stack").get("file")
+    if not file:
+        _fail("the running stack does not say which file it was started from: name the stack file")
+    path = Path(file)
+    if not path.is_file():
+        _fail(f"the running stack was started from {file}, which cannot be read here: name the stack file")
+    console.print(f"applying {file} (the file the running stack was started from)")
+    return path
 
 
 @app.command()
@@ -502,10 +525,16 @@ def load(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .load import run_load
-    from .loadcore import planned_count
+    from .loadcore import planned_count, target_url
 
     if rps <= 0 or duration <= 0 or concurrency <= 0:
         _fail("--rps, --duration and --concurrency must be > 0")
+    try:
+        url, note = target_url(url)
+    except ValueError as e:
+        _fail(str(e))
+    if note:
+        err.print(note)
     data = None
     if body is not None:
         try:

@@ -36,9 +36,13 @@ from selfieless.orchestrator.stack import (
     parse_stack,
 )
 from selfieless.gateway import new_event_loop
+from selfieless.orchestrator.port_shift import moved, offset, shift_ports
 from selfieless.orchestrator.status import StackStatus
 
 from .client import read_admin_file, remove_admin_file, write_admin_file
+
+
+DEFAULT_ADMIN_PORT = 8090
 
 
 class UpError(RuntimeError):
@@ -52,7 +56,8 @@ class UpOptions:
     port: int | None = None
     database_url: str | None = None
     admin_host: str = "127.0.0.1"
-    admin_port: int = 8090
+    admin_port: int | None = None     # None: DEFAULT_ADMIN_PORT, moved with --ports-from
+    ports_from: int | None = None     # port_shift.py
     admin_token: str | None = None
     state_dir: Path = Path("~/.local/state/selfieless")
     ready_timeout: float = 120.0
@@ -83,7 +88,25 @@ def default_stack_path(driver: str | None) -> Path:
 
 def prepare_stack(opts: UpOptions) -> Stack:
     """Load the stack file and apply the command-line overrides; re-validated as a whole."""
-    path = opts.stack_path or default_stack_path(opts.driver)
+    return shift_ports(_with_overrides(opts), opts.ports_from)
+
+
+def stack_file(opts: UpOptions) -> Path:
+    return (opts.stack_path or default_stack_path(opts.driver)).resolve()
+
+
+def admin_port(opts: UpOptions) -> int:
+    """--admin-port, else 8090 moved by --ports-from's offset (port_shift.py)."""
+    if opts.admin_port is not None:
+        return opts.admin_port
+    if opts.ports_from is None:
+        return DEFAULT_ADMIN_PORT
+    by = offset(load_stack(stack_file(opts)), opts.ports_from)
+    return moved(DEFAULT_ADMIN_PORT, by, "the admin port (use --admin-port)", opts.ports_from)
+
+
+def _with_overrides(opts: UpOptions) -> Stack:
+    path = stack_file(opts)
     stack = load_stack(path)
     if opts.driver is None and opts.port is None and opts.database_url is None:
         return stack
@@ -183,14 +206,21 @@ def _apply_to_running(opts: UpOptions, state_dir: Path, console: Console) -> int
     None: what runs there is another stack (the caller reports it)."""
     from .client import AdminClient, AdminError, NoRunningUp
 
-    stack = prepare_stack(opts)
     try:
         client = AdminClient.discover(None, opts.admin_token, state_dir)
+        if opts.stack_path is None:
+            # No file named: the running stack's own file, not the bundled one (which would move
+            # a custom stack onto the bundled ports).
+            running_file = client.get("/api/stack").get("file")
+            if running_file:
+                opts.stack_path = Path(running_file)
+        stack = prepare_stack(opts)
         if client.get("/api/status").get("stack") != stack.name:
             return None
-        console.print(f"{stack.name} is already running: applying the file to it")
+        console.print(f"{stack.name} is already running: applying {stack_file(opts)} to it")
         # What this `up` was told on its command line wins over what the running one was told.
-        body = {"stack": stack.model_dump(mode="json"), "port": opts.port, "driver": opts.driver}
+        body = {"stack": stack.model_dump(mode="json"), "port": opts.port, "driver": opts.driver,
+                "ports_from": opts.ports_from}
         r = client.post("/api/apply", body, timeout=900)
     except NoRunningUp:
         return None
@@ -256,14 +286,15 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     orch, gw = system.orchestrator, system.gateway
     if system.gateway_attached:
         console.print(f"re-attached to the gateway still serving on port {gw.port} (pid {system.gateway_process.pid})")
-    admin = AdminServer(orch, gw, host=opts.admin_host, port=opts.admin_port, token=opts.admin_token,
+    admin = AdminServer(orch, gw, host=opts.admin_host, port=admin_port(opts), token=opts.admin_token,
                         shutdown=request_stop, state_dir=str(state_dir),
-                        up_overrides={"port": opts.port, "driver": opts.driver})
+                        up_overrides={"port": opts.port, "driver": opts.driver, "ports_from": opts.ports_from,
+                                      "stack_file": str(stack_file(opts))})
     try:
         await admin.start()
     except OSError as e:
         await runner.stop()
-        raise UpError("admin API: " + _bind_message(e, opts.admin_port, opts.admin_host).replace(
+        raise UpError("admin API: " + _bind_message(e, admin_port(opts), opts.admin_host).replace(
             "--port 8080", "--admin-port 8091").replace("with --port", "with --admin-port")) from None
 
     gateway_url = f"http://{_host_for_url(gw_host)}:{gw.port}"

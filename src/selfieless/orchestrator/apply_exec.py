@@ -67,8 +67,10 @@ async def apply_stack(orch, new: Stack, *, dry_run: bool = False, timeout: float
             orch.add_service(a.service, new.services[a.service])
         elif isinstance(a, ap.LiveUpdate):
             svc = orch.services[a.service]
+            old_policy = svc.spec.autoscale
             svc.spec = svc.spec.model_copy(update={f: getattr(new.services[a.service], f) for f in a.fields})
             if "autoscale" in a.fields:
+                orch.scaling.carry_over(svc, old_policy)
                 orch.restart_autoscaler(a.service)
         elif isinstance(a, ap.Rescale):
             svc = orch.services[a.service]

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from .stack import RatePolicy, WindowPolicy
+from .stack import NoPolicy, RatePolicy, WindowPolicy
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,41 @@ def rate_step(state: RateState, sample: Sample, now: float, current: int, cfg: R
         why = (f"{rps:.1f} req/s over the last {now - t0:.1f} s, target {cfg.target_rps_per_replica:g} per replica, "
                f"stable for {cfg.scale_in_delay:g} s")
     return new_state, Decision(desired, current, f"{_arrow(service, current, desired)}: {why}", sample.count - c0)
+
+
+# --- a policy changed by `apply` --------------------------------------------------------------
+
+Policy = WindowPolicy | RatePolicy | NoPolicy
+
+
+def carry_over(old: Policy, new: Policy, window: WindowState, rate: RateState, sample: Sample,
+               now: float) -> tuple[WindowState, RateState]:
+    """The autoscaler state to go on with when `apply` changes a service's policy or bounds.
+
+    The gateway's counter runs on, so the state stays meaningful: an unchanged policy keeps it
+    whole (the current window and its count, a manual count's stabilisation period). Starting
+    afresh instead would put the first window back at the first request ever counted and replay
+    every window since, all but the first with 0 requests (so the service fell to `min`).
+    - window -> window with another length: the current window goes on, with its count, and ends
+      at its start plus the new length (at once when that has passed: it ends now, so exactly one
+      decision closes it, never a catch-up over windows that were never counted apart);
+    - a service new to the window policy: its first window starts now, counting from now, or at
+      the first request when none has been counted yet;
+    - rate -> rate: the samples stay; the recommendations made with another target or delay go,
+      and scale-in waits a full new `scale_in_delay` before it trusts the new ones;
+    - a service new to the rate policy: no history, and no scale-in before `scale_in_delay`.
+    """
+    if isinstance(new, WindowPolicy):
+        if isinstance(old, WindowPolicy):
+            if window.window_start is not None and window.window_start + new.window_seconds < now:
+                window = WindowState(window_start=now - new.window_seconds, base_count=window.base_count)
+        elif sample.first_request_at is None:
+            window = WindowState()
+        else:
+            window = WindowState(window_start=now, base_count=sample.count)
+    elif isinstance(new, RatePolicy):
+        if not isinstance(old, RatePolicy):
+            rate = RateState(since=now)
+        elif (old.target_rps_per_replica, old.scale_in_delay) != (new.target_rps_per_replica, new.scale_in_delay):
+            rate = RateState(samples=rate.samples, since=now)
+    return window, rate

@@ -34,14 +34,16 @@ from typing import TYPE_CHECKING, Callable
 from . import autoscale as auto
 from . import driver_owned
 from . import lifecycle
+from . import taken_ports
 from .lifecycle import BROKEN_REPLACE_GRACE
 from .backoff import BackoffPolicy, BackoffState, record_ready
 from .drivers.base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .drivers.port_holder import PortTaken
 from .events import EventLog
 from .health import Probe
 from .probe import HttpProber
 from .probing import REPLICA_HOST, Probing, replica_host
-from .plan import CancelPending, Replace, Start, Stop, plan_service
+from .plan import CancelPending, Replace, Start, Stop
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
 from .service import ScheduledStart, ServiceRuntime
@@ -255,11 +257,11 @@ class Orchestrator:
         del self.services[name]
 
     def restart_autoscaler(self, name: str) -> None:
-        """The autoscale loop reads its policy and bounds once: start it again after they changed."""
+        """The autoscale loop reads its policy and bounds once: start it again after they changed.
+        It goes on from the service's autoscaler state as it is (see Scaling.carry_over)."""
         svc = self._service(name)
         self._cancel_autoscaler(name)
         if not isinstance(svc.spec.autoscale, NoPolicy):
-            svc.window, svc.rate = auto.WindowState(), auto.RateState()
             self._loops.append(asyncio.create_task(self.scaling.run(svc), name=f"autoscale-{name}"))
 
     def _cancel_autoscaler(self, name: str) -> None:
@@ -406,7 +408,12 @@ class Orchestrator:
         return name is not None
 
     def _reconcile(self, svc: ServiceRuntime) -> None:
-        actions = plan_service(svc.name, svc.desired, svc.slots(), svc.spec.host_ports.ports)
+        actions, no_port = taken_ports.place(svc.name, svc.desired, svc.slots(), svc.spec.host_ports.ports,
+                                             svc.taken, self._mono())
+        if no_port != svc.no_port:
+            svc.no_port = no_port
+            if no_port:
+                self.events.emit("port", svc.name, None, no_port)
         for a in actions:
             if isinstance(a, Start):
                 self._schedule_start(svc, a.port, delay=0.0, reason=a.reason)
@@ -460,6 +467,15 @@ class Orchestrator:
                 try:
                     handle = await self.driver.start(self._launch_spec(svc, port))
                     break
+                except PortTaken as e:
+                    # Another program holds it: the reconciler places the replica on the next free
+                    # port now, and tries this one again once TAKEN_RECHECK has passed.
+                    svc.taken = taken_ports.record(svc.taken, port, e.holder, self._mono())
+                    self.events.emit("port", svc.name, None,
+                                     taken_ports.taken_text(svc.name, svc.taken[port], str(svc.spec.host_ports)))
+                    asyncio.get_running_loop().call_later(taken_ports.TAKEN_RECHECK, self._wake.set)
+                    self._wake.set()
+                    return
                 except DriverError as e:
                     # Could not even launch it (bad image, port taken...): same backoff as a crash.
                     svc.backoff[port], delay = lifecycle.launch_failed(svc.backoff.get(port, BackoffState()),

@@ -26,6 +26,9 @@ import httptools
 
 # Probes on one connection before it is replaced by a new one (once a minute at the 1 s interval).
 FRESH_AFTER = 60
+# Sent by the SelfieLessActs replicas with a passing health answer: the connections they hold
+# to their server database (apps/common/ops.py), shown in status and /metrics.
+DB_CONNECTIONS_HEADER = b"x-selfieless-db-connections"
 
 
 class _Connection(asyncio.Protocol):
@@ -42,12 +45,14 @@ class _Connection(asyncio.Protocol):
         self.busy = False
         self.timed_out = False
         self.uses = 0
+        self.db_connections: int | None = None
 
     async def get(self, request: bytes, timeout: float, shown_timeout: float) -> tuple[int | None, str]:
         """(status or None, reason); the status only once the whole answer has arrived. A timeout
         is a plain timer on the answer (no task cancellation): this runs every second per replica."""
         assert self._transport is not None and not self.busy
         self.busy, self.uses, self.answered, self._status = True, self.uses + 1, False, 0
+        self.db_connections = None
         loop = asyncio.get_running_loop()
         self._answer = loop.create_future()
         timer = loop.call_later(timeout, self._time_out, shown_timeout)
@@ -91,6 +96,10 @@ class _Connection(asyncio.Protocol):
             self._settle(None, "connection closed before a response")
 
     # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == len(DB_CONNECTIONS_HEADER) and name.lower() == DB_CONNECTIONS_HEADER and value.isdigit():
+            self.db_connections = int(value)
+
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
         self.keep_alive = self._parser.should_keep_alive()
@@ -121,6 +130,8 @@ class HttpProber:
 
     def __init__(self) -> None:
         self._kept: dict[tuple[str, int], _Connection] = {}
+        # (host, port) -> database connections the replica reported with its last passing answer
+        self.db_connections: dict[tuple[str, int], int] = {}
 
     async def __call__(self, host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
         loop = asyncio.get_running_loop()
@@ -158,6 +169,11 @@ class HttpProber:
 
     def _keep(self, key: tuple[str, int], conn: _Connection, status: int | None) -> None:
         """Only a connection that just carried a 200 and may stay open is kept."""
+        if status == 200:
+            if conn.db_connections is None:
+                self.db_connections.pop(key, None)
+            else:
+                self.db_connections[key] = conn.db_connections
         if status == 200 and conn.keep_alive and not conn.closed and key not in self._kept:
             self._kept[key] = conn
         else:

@@ -105,6 +105,9 @@ class Probing:
             ok, detail = await tcp_probe(replica_host(rep), rep.port, hs.timeout)
         else:
             ok, detail = await self.probe(replica_host(rep), rep.port, hs.path, hs.timeout)
+            reported = getattr(self.probe, "db_connections", None)  # HttpProber's; not a test's stand-in
+            if ok and reported is not None:
+                rep.db_connections = reported.get((replica_host(rep), rep.port))
         rep.last_probe_ok, rep.last_probe_at = ok, self._mono()
         if not ok:
             rep.last_error = f"health probe {'tcp' if svc.dependency else hs.path}: {detail}"

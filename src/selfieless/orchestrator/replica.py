@@ -62,6 +62,7 @@ class Replica:
     last_probe_ok: bool | None = None
     last_probe_at: float | None = None
     last_error: str | None = None
+    db_connections: int | None = None  # held to its server database, as it last reported
     restarts: int = 0                # how many replicas came before this one on the same port
     history: list[tuple[ReplicaState, str]] = field(default_factory=list)
 

@@ -235,7 +235,8 @@ def decide(r: Rollout, now: float) -> tuple[Rollout, list[Command]]:
                                      spare=_full(r)))
             r = replace(r, pending=r.pending + (("new", free_home[0]),))
         elif not r.of("new", "stopping"):
-            cmds.append(Finish("complete", f"{r.desired} replica(s) on the new version"))
+            # Said the same way for an apply, an undo (back to the previous version) and a restart.
+            cmds.append(Finish("complete", f"all {r.desired} replica(s) replaced"))
             r = replace(r, phase="complete")
     return r, cmds
 

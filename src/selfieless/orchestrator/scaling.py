@@ -68,6 +68,12 @@ class Scaling:
         self.events.emit("scaled", svc.name, None, svc.last_decision)
         self._changed.set()
 
+    def carry_over(self, svc: ServiceRuntime, old: auto.Policy) -> None:
+        """`apply` changed the service's policy or bounds (its spec already holds the new ones):
+        the state the restarted loop goes on from (autoscale.carry_over), never a fresh one."""
+        svc.window, svc.rate = auto.carry_over(old, svc.spec.autoscale, svc.window, svc.rate,
+                                               self._stats(svc.name), self._mono())
+
     async def run(self, svc: ServiceRuntime) -> None:
         """The autoscaler of one service, until cancelled (or at once for a service without a policy)."""
         policy = svc.spec.autoscale

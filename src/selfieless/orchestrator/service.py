@@ -15,6 +15,7 @@ from .plan import PENDING, Slot
 from .replica import LIVE, Replica, ReplicaState as S
 from .drivers.base import LaunchSpec
 from .stack import ServiceSpec, Stack, WindowPolicy, render
+from .taken_ports import TakenPort
 from .status import PendingStart, ReplicaStatus, ServiceStatus, WindowStatus
 
 
@@ -48,6 +49,8 @@ class ServiceRuntime:
     idle: stz.IdleState = field(default_factory=stz.IdleState)  # scale to zero: last request seen
     driver_count: int | None = None   # owns_replica_count: the count the driver last accepted
     applying: bool = False            # owns_replica_count: a count is being sent to the driver
+    taken: dict[int, TakenPort] = field(default_factory=dict)  # ports another program held (taken_ports.py)
+    no_port: str | None = None        # why replicas it wants have no port (status, events)
 
     def converged(self) -> bool:
         """Exactly `desired` replicas, all ready, and no start pending."""
@@ -118,7 +121,8 @@ class ServiceRuntime:
                 in_flight=v.in_flight if v else 0, requests=v.served if v else 0, restarts=rep.restarts,
                 adopted=rep.adopted, pid=getattr(h, "pid", None), detail=getattr(h, "detail", ""),
                 started_at=getattr(h, "started_at", None), uptime=round(now - rep.started_at, 3),
-                last_error=rep.last_error, host=getattr(h, "host", None) or "127.0.0.1"))
+                last_error=rep.last_error, host=getattr(h, "host", None) or "127.0.0.1",
+                db_connections=rep.db_connections))
         policy = self.spec.autoscale
         window = None
         if isinstance(policy, WindowPolicy):
@@ -140,7 +144,7 @@ class ServiceRuntime:
             pending=tuple(PendingStart(port, round(max(0.0, p.due - now), 3), p.reason)
                           for port, p in sorted(self.pending.items())),
             crash_loops={port: st.failures for port, st in self.backoff.items() if in_crash_loop(st)},
-            waiting_for=self.waiting_for,
+            waiting_for=self.waiting_for, no_port=self.no_port,
         )
 
 

@@ -30,6 +30,7 @@ class ReplicaStatus:
     uptime: float                # seconds
     last_error: str | None
     host: str = "127.0.0.1"      # where it is reached (swarm: its node's address)
+    db_connections: int | None = None  # held to a server database, as reported by its health answer
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ServiceStatus:
     pending: tuple[PendingStart, ...]
     crash_loops: dict[int, int]  # port -> failed starts in a row
     waiting_for: str | None      # the dependency a first start waits for
+    no_port: str | None = None   # replicas it wants that find no free port in its range, and why
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ def _service_json(s: ServiceStatus) -> dict[str, Any]:
         "crash_loops": {str(port): n for port, n in s.crash_loops.items()},
         "kind": s.kind,
         "waiting_for": s.waiting_for,
+        "no_port": s.no_port,
     }
 
 
@@ -112,7 +115,7 @@ def _replica_json(r: ReplicaStatus) -> dict[str, Any]:
         "id": r.id, "port": r.port, "state": r.state, "health": r.health, "in_pool": r.in_pool,
         "in_flight": r.in_flight, "requests": r.requests, "restarts": r.restarts, "adopted": r.adopted,
         "pid": r.pid, "detail": r.detail, "host": r.host, "started_at": r.started_at, "uptime": r.uptime,
-        "last_error": r.last_error,
+        "last_error": r.last_error, "db_connections": r.db_connections,
     }
 
 
@@ -139,7 +142,7 @@ def _service_from(name: str, s: dict[str, Any]) -> ServiceStatus:
         pending=tuple(PendingStart(p.get("port", 0), p.get("in", 0.0), p.get("reason", ""))
                       for p in s.get("pending") or ()),
         crash_loops={int(port): n for port, n in (s.get("crash_loops") or {}).items()},
-        waiting_for=s.get("waiting_for"),
+        waiting_for=s.get("waiting_for"), no_port=s.get("no_port"),
     )
 
 
@@ -149,5 +152,5 @@ def _replica_from(r: dict[str, Any]) -> ReplicaStatus:
         in_pool=bool(r.get("in_pool")), in_flight=r.get("in_flight", 0), requests=r.get("requests", 0),
         restarts=r.get("restarts", 0), adopted=bool(r.get("adopted")), pid=r.get("pid"),
         detail=r.get("detail", ""), started_at=r.get("started_at"), uptime=r.get("uptime", 0.0),
-        last_error=r.get("last_error"), host=r.get("host", "127.0.0.1"),
+        last_error=r.get("last_error"), host=r.get("host", "127.0.0.1"), db_connections=r.get("db_connections"),
     )

@@ -92,7 +92,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
     @ctx.hot.get(router, "/categories", summary="Every category with its number of acts (204 when none)",
                      responses={204: {"description": "no categories"}})
     async def list_categories():
-        counts = await db.reading(store.category_counts)
+        counts = await store.category_counts()
         return json_response(counts) if counts else Response(status_code=204)
 
     @router.post("/categories", status_code=201, summary="Add a category",
@@ -102,7 +102,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         body = await read_json(request, settings.max_body_bytes)
         (name,) = validate(CategoryBody, body)
         check_name(name, "category name")
-        await db.writing(store.add_category, name)
+        await store.add_category(name)
         return empty_object(201)
 
     @router.delete("/categories/{name}", summary="Remove a category and all its acts",
@@ -120,23 +120,23 @@ def make_router(ctx: ServiceContext) -> APIRouter:
             start, end = _query_int(request, "start"), _query_int(request, "end")
             if end - start + 1 > PAGE_LIMIT:
                 raise ApiError(413, f"range {start}..{end} holds more than {PAGE_LIMIT} acts")
-            found = await db.reading(store.list_range, name, start, end)
+            found = await store.list_range(name, start, end)
         else:
-            found = await db.reading(store.list_acts, name, PAGE_LIMIT)
+            found = await store.list_acts(name, PAGE_LIMIT)
         return json_response(found) if found else Response(status_code=204)
 
     @ctx.hot.get(router, "/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
                      responses={204: {"description": "no such category"}})
     async def category_size(name: str):
-        size = await db.reading(store.category_size, name)
+        size = await store.category_size(name)
         return Response(status_code=204) if size is None else json_response([size])
 
     # acts ---------------------------------------------------------------------------------
     @ctx.hot.get(router, "/acts/count", summary="Number of acts in all categories, as [n]")
     async def count_acts():
-        return json_response([await db.reading(store.count_acts)])
+        return json_response([await store.count_acts()])
 
-    @router.post("/acts/upvote", summary="Add one upvote to an act", openapi_extra=json_body(UpvoteBody, [1]),
+    @ctx.hot.post(router, "/acts/upvote", summary="Add one upvote to an act", openapi_extra=json_body(UpvoteBody, [1]),
                  responses={400: {"description": "no such act, or a body other than [actId]"}})
     async def upvote(request: Request):
         body = await read_json(request, settings.max_body_bytes)
@@ -144,17 +144,16 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         act_id = raw if isinstance(raw, int) else parse_uint(raw, "actId", maximum=2**4000)
         if act_id > MAX_ACT_ID:
             raise ApiError(400, f"no such act: {act_id}")
-        if not store.upvote_now(act_id):
-            await db.writing(store.upvote, act_id)
+        await store.upvote(act_id)
         return empty_object()
 
     @router.delete("/acts/{actId:act_id}", summary="Remove an act",
                    responses={400: {"description": "no such act, or not a non-negative integer"}})
     async def delete_act(actId: str):
-        await db.writing(store.delete_act, parse_uint(actId, "actId"))
+        await store.delete_act(parse_uint(actId, "actId"))
         return empty_object()
 
-    @router.post("/acts", status_code=201, summary="Upload an act",
+    @ctx.hot.post(router, "/acts", status_code=201, summary="Upload an act",
                  openapi_extra=json_body(UploadBody, _EXAMPLE_UPLOAD),
                  responses={400: {"description": "a rule of the upload was broken"},
                             503: {"description": "the users service could not be reached"}})
@@ -166,10 +165,10 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         act = validate(UploadBody, body)
         # Cheap local checks first, the users service last: a bad upload is a 400 even when
         # the users service is down, and nothing is written unless every check passed.
-        await db.reading(store.check_new_act, act.actId, act.categoryName)
+        await store.check_new_act(act.actId, act.categoryName)
         if not await users.exists(act.username):
             raise ApiError(400, f"no such user: {act.username!r}")
-        await db.writing(store.insert_act, NewAct(
+        await store.insert_act(NewAct(
             act_id=act.actId, username=act.username, timestamp=act.timestamp,
             ts_sort=timestamp_sort_key(act.timestamp), caption=act.caption,
             category=act.categoryName, img=act.imgB64))

@@ -1,17 +1,18 @@
-"""SQL for the acts service. Every function is one short transaction with bound parameters.
+"""SQL for the acts service. Every request's work is one statement with bound parameters, so it
+is atomic by itself and costs one round trip on a server database (common/db.py: fetch, change);
+only deleting a category takes a transaction of several.
 
-The statements are built once, here: SQLAlchemy then finds each one's compiled form in its cache
-straight away, instead of building and hashing a new statement object on every request.
+The statements are built once, here, and compiled once per database kind (common/db.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import BigInteger, Integer, bindparam, delete, func, insert, literal, select, update
 
-from ..common.db import Database, name_key
+from ..common.db import Database, LongText, name_key
+from ..common.dberrors import Duplicate
 from ..common.errors import ApiError
 from .schema import acts, categories
 
@@ -20,16 +21,37 @@ _ACT_COLUMNS = (acts.c.act_id, acts.c.username, acts.c.ts_text, acts.c.caption, 
 _NEWEST_FIRST = (acts.c.ts_sort.desc(), acts.c.seq.desc())
 
 _CATEGORY_ID = select(categories.c.id).where(categories.c.name_key == bindparam("key"))
+_ID_OF_NAMED = _CATEGORY_ID.scalar_subquery()
+_SIZE_OF_NAMED = select(func.count()).select_from(acts).where(acts.c.category_id == _ID_OF_NAMED).scalar_subquery()
 _CATEGORY_COUNTS = (select(categories.c.name, func.count(acts.c.seq))
                     .select_from(categories.outerjoin(acts, acts.c.category_id == categories.c.id))
                     .group_by(categories.c.id, categories.c.name)
                     .order_by(categories.c.id))
-_CATEGORY_SIZE = select(func.count()).where(acts.c.category_id == bindparam("category_id"))
-_LIST = select(*_ACT_COLUMNS).where(acts.c.category_id == bindparam("category_id")).order_by(*_NEWEST_FIRST)
-_LIST_RANGE = _LIST.offset(bindparam("offset")).limit(bindparam("limit"))
+# No row: no such category; else its number of acts.
+_CATEGORY_SIZE = (select(select(func.count()).select_from(acts).where(acts.c.category_id == categories.c.id)
+                         .scalar_subquery())
+                  .where(categories.c.name_key == bindparam("key")))
+# A category's acts, newest first, or no row when it holds `limit_all` or more.
+_LIST = (select(*_ACT_COLUMNS)
+         .where(acts.c.category_id == _ID_OF_NAMED, _SIZE_OF_NAMED < bindparam("limit_all", type_=Integer))
+         .order_by(*_NEWEST_FIRST))
+# Positions offset+1 .. offset+limit, or no row when the category holds fewer than `end` acts.
+_LIST_RANGE = (select(*_ACT_COLUMNS)
+               .where(acts.c.category_id == _ID_OF_NAMED, _SIZE_OF_NAMED >= bindparam("end", type_=Integer))
+               .order_by(*_NEWEST_FIRST).offset(bindparam("offset")).limit(bindparam("limit")))
 _COUNT_ACTS = select(func.count()).select_from(acts)
 _UPVOTE = update(acts).where(acts.c.act_id == bindparam("id")).values(upvotes=acts.c.upvotes + 1)
-_ACT_EXISTS = select(acts.c.seq).where(acts.c.act_id == bindparam("id"))
+_DELETE_ACT = delete(acts).where(acts.c.act_id == bindparam("id"))
+# (the act's seq or None, the category's id or None): what an upload needs to know, in one read.
+_UPLOAD_CHECK = select(select(acts.c.seq).where(acts.c.act_id == bindparam("id")).scalar_subquery(), _ID_OF_NAMED)
+_ADD_CATEGORY = insert(categories).values(name=bindparam("name", type_=LongText), name_key=bindparam("key"))
+# Inserts nothing when the category is gone: then the row count is 0.
+_INSERT_ACT = insert(acts).from_select(
+    ["act_id", "category_id", "username", "ts_text", "ts_sort", "caption", "upvotes", "img"],
+    select(bindparam("act_id", type_=BigInteger), categories.c.id, bindparam("username", type_=LongText),
+           bindparam("ts_text", type_=LongText), bindparam("ts_sort", type_=BigInteger),
+           bindparam("caption", type_=LongText), literal(0, BigInteger), bindparam("img", type_=LongText))
+    .where(categories.c.name_key == bindparam("key")))
 
 
 @dataclass(frozen=True)
@@ -57,18 +79,17 @@ class ActsStore:
         self.db = db
 
     # categories -------------------------------------------------------------------------
-    def category_counts(self) -> dict[str, int]:
-        with self.db.read() as conn:
-            return {name: count for name, count in conn.execute(_CATEGORY_COUNTS)}
+    async def category_counts(self) -> dict[str, int]:
+        return {name: count for name, count in await self.db.fetch(_CATEGORY_COUNTS)}
 
-    def add_category(self, name: str) -> None:
+    async def add_category(self, name: str) -> None:
         try:
-            with self.db.write() as conn:
-                conn.execute(categories.insert().values(name=name, name_key=name_key(name)))
-        except IntegrityError:
+            await self.db.change(_ADD_CATEGORY, {"name": name, "key": name_key(name)})
+        except Duplicate:
             raise ApiError(400, f"category {name!r} already exists") from None
 
     def delete_category(self, name: str) -> None:
+        """In a thread (Database.writing): three statements in one transaction."""
         with self.db.write() as conn:
             category_id = _category_id(conn, name)
             if category_id is None:
@@ -77,84 +98,57 @@ class ActsStore:
             conn.execute(delete(acts).where(acts.c.category_id == category_id))
             conn.execute(delete(categories).where(categories.c.id == category_id))
 
-    def category_size(self, name: str) -> int | None:
-        with self.db.read() as conn:
-            category_id = _category_id(conn, name)
-            if category_id is None:
-                return None
-            return conn.execute(_CATEGORY_SIZE, {"category_id": category_id}).scalar_one()
+    async def category_size(self, name: str) -> int | None:
+        return await self.db.fetch_value(_CATEGORY_SIZE, {"key": name_key(name)})
 
-    def list_acts(self, name: str, limit_all: int) -> list[dict] | None:
-        """Every act of a category newest first; None when missing or empty; 413 at `limit_all` or more."""
-        with self.db.read() as conn:
-            category_id = _category_id(conn, name)
-            if category_id is None:
-                return None
-            size = conn.execute(_CATEGORY_SIZE, {"category_id": category_id}).scalar_one()
-            if size == 0:
-                return None
-            if size >= limit_all:
-                raise ApiError(413, f"category {name!r} holds {size} acts; list it with ?start=&end= "
-                                    f"(at most {limit_all} at a time)")
-            rows = conn.execute(_LIST, {"category_id": category_id})
+    async def list_acts(self, name: str, limit_all: int) -> list[dict] | None:
+        """Every act of the category, newest first; None when it is missing or empty; 413 at
+        `limit_all` or more."""
+        key = name_key(name)
+        rows = await self.db.fetch(_LIST, {"key": key, "limit_all": limit_all})
+        if rows:
             return [_act_json(r) for r in rows]
+        size = await self.db.fetch_value(_CATEGORY_SIZE, {"key": key})  # why none: the rare case
+        if size is not None and size >= limit_all:
+            raise ApiError(413, f"category {name!r} holds {size} acts; list it with ?start=&end= "
+                                f"(at most {limit_all} at a time)")
+        return None
 
-    def list_range(self, name: str, start: int, end: int) -> list[dict] | None:
+    async def list_range(self, name: str, start: int, end: int) -> list[dict] | None:
         """Acts at positions start..end (1 = newest); None when missing, empty or out of bounds."""
-        with self.db.read() as conn:
-            category_id = _category_id(conn, name)
-            if category_id is None:
-                return None
-            size = conn.execute(_CATEGORY_SIZE, {"category_id": category_id}).scalar_one()
-            if size == 0 or start < 1 or end > size or start > end:
-                return None
-            rows = conn.execute(_LIST_RANGE, {"category_id": category_id, "offset": start - 1,
-                                              "limit": end - start + 1})
-            return [_act_json(r) for r in rows]
+        if start < 1 or start > end:
+            return None
+        rows = await self.db.fetch(_LIST_RANGE, {"key": name_key(name), "end": end, "offset": start - 1,
+                                                 "limit": end - start + 1})
+        return [_act_json(r) for r in rows] or None
 
     # acts -----------------------------------------------------------------------------------
-    def count_acts(self) -> int:
-        with self.db.read() as conn:
-            return conn.execute(_COUNT_ACTS).scalar_one()
+    async def count_acts(self) -> int:
+        return await self.db.fetch_value(_COUNT_ACTS)
 
-    def upvote(self, act_id: int) -> None:
-        with self.db.write() as conn:
-            # One statement: concurrent upvotes on any number of replicas all count.
-            done = conn.execute(_UPVOTE, {"id": act_id})
-            if done.rowcount == 0:
-                raise ApiError(400, f"no such act: {act_id}")
-
-    def upvote_now(self, act_id: int) -> bool:
-        """`upvote` on the event loop when SQLite's write lock is free (Database.write_now); False,
-        with nothing done, when it is not (or on a server database): then call `upvote`."""
-        done = self.db.write_now(_UPVOTE, {"id": act_id})
-        if done is None:
-            return False
-        if done == 0:
+    async def upvote(self, act_id: int) -> None:
+        # One statement: concurrent upvotes on any number of replicas all count.
+        if await self.db.change(_UPVOTE, {"id": act_id}) == 0:
             raise ApiError(400, f"no such act: {act_id}")
-        return True
 
-    def delete_act(self, act_id: int) -> None:
-        with self.db.write() as conn:
-            if conn.execute(delete(acts).where(acts.c.act_id == act_id)).rowcount == 0:
-                raise ApiError(400, f"no such act: {act_id}")
+    async def delete_act(self, act_id: int) -> None:
+        if await self.db.change(_DELETE_ACT, {"id": act_id}) == 0:
+            raise ApiError(400, f"no such act: {act_id}")
 
-    def check_new_act(self, act_id: int, category: str) -> None:
+    async def check_new_act(self, act_id: int, category: str) -> None:
         """The checks an upload needs from the database, before asking the users service."""
-        with self.db.read() as conn:
-            if conn.execute(_ACT_EXISTS, {"id": act_id}).first() is not None:
-                raise ApiError(400, f"an act with actId {act_id} already exists")
-            if _category_id(conn, category) is None:
-                raise ApiError(400, f"no such category: {category!r}")
+        (existing, category_id), = await self.db.fetch(_UPLOAD_CHECK, {"id": act_id, "key": name_key(category)})
+        if existing is not None:
+            raise ApiError(400, f"an act with actId {act_id} already exists")
+        if category_id is None:
+            raise ApiError(400, f"no such category: {category!r}")
 
-    def insert_act(self, act: NewAct) -> None:
+    async def insert_act(self, act: NewAct) -> None:
         try:
-            with self.db.write() as conn:
-                category_id = _category_id(conn, act.category)
-                if category_id is None:  # deleted since check_new_act
-                    raise ApiError(400, f"no such category: {act.category!r}")
-                conn.execute(acts.insert().values(
-                    act_id=act.act_id, category_id=category_id, username=act.username,
-                    ts_text=act.timestamp, ts_sort=act.ts_sort, caption=act.caption, upvotes=0, img=act.img))
-        except IntegrityError:
+            inserted = await self.db.change(_INSERT_ACT, {
+                "act_id": act.act_id, "key": name_key(act.category), "username": act.username,
+                "ts_text": act.timestamp, "ts_sort": act.ts_sort, "caption": act.caption, "img": act.img})
+        except Duplicate:
             raise ApiError(400, f"an act with actId {act.act_id} already exists") from None
+        if inserted == 0:  # deleted since check_new_act
+            raise ApiError(400, f"no such category: {act.category!r}")

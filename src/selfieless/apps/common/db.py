@@ -5,10 +5,15 @@ SQLite runs in WAL mode with a busy timeout and takes its write lock up front (B
 so two processes never deadlock upgrading a read lock; schema creation tolerates another
 replica creating the same tables at the same moment.
 
-Where the work runs: a query on MariaDB/PostgreSQL waits on the network, so it runs in the thread
-pool. A SQLite read takes microseconds and, in WAL mode, never waits for a writer, so it runs on
-the event loop itself: handing it to a thread costs more than the query. A SQLite write can wait
-for another process's write lock, so it goes to a thread, one for all of this process's writes.
+Where the work runs. The requests' statements go through `fetch` and `change`, on the event loop:
+each is one statement, compiled once by SQLAlchemy and handed straight to a driver. On MariaDB
+and PostgreSQL that driver is asynchronous (aiodb.py: asyncmy, asyncpg), with at most `pool_size`
+connections. A SQLite read takes microseconds and, in WAL mode, never waits for a writer, so it
+runs on the loop as a plain call; a SQLite write runs on the loop when the write lock is free at
+that instant (`write_now`), else in the one writer thread (it may wait for another process).
+What takes several statements in one transaction (deleting a category, the health check) runs
+through SQLAlchemy in a thread (`read`, `write`, `writing`), on an engine of at most
+SYNC_POOL connections.
 """
 
 from __future__ import annotations
@@ -27,11 +32,20 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, Text, create_engine, event
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 
+from .aiodb import ServerPool, async_dialect, open_pool
+from .counter import SharedReads
+from .dberrors import DatabaseUnavailable, Duplicate, Reporter, classify
+from .settings import DEFAULT_DB_POOL
+
 T = TypeVar("T")
+
+# The threaded engine's connections on the server databases: rare multi-statement writes and the
+# health check. A replica thus holds at most pool_size + SYNC_POOL connections.
+SYNC_POOL = 2
 
 log = logging.getLogger("selfieless.db")
 
@@ -67,7 +81,8 @@ def make_engine(url: str) -> Engine:
                                pool_size=8, max_overflow=8)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_recycle=1800, pool_size=8, max_overflow=8)
+    return create_engine(url, pool_pre_ping=True, pool_recycle=1800, pool_size=1, max_overflow=SYNC_POOL - 1,
+                         pool_timeout=10)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -88,12 +103,13 @@ def _configure_sqlite(engine: Engine) -> None:
         # Straight to the driver: this runs for every transaction, and SQLAlchemy's statement
         # machinery (events, result objects) costs more than SQLite's BEGIN itself.
         raw = conn.connection.dbapi_connection
-        if not raw.in_transaction:  # else inside a read of SqliteReads, which began it itself
+        if not raw.in_transaction:
             raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 class _Compiled:
-    """A statement compiled once for SQLite: its SQL and how to build its positional parameters."""
+    """A statement compiled once for the event loop's driver: its SQL and how to build its positional
+    parameters."""
 
     __slots__ = ("sql", "names", "fixed")
 
@@ -107,39 +123,6 @@ class _Compiled:
         return tuple(values[name] for name in self.names)
 
 
-class _Rows:
-    """The part of SQLAlchemy's Result that the services' reads use, over a sqlite3 cursor."""
-
-    __slots__ = ("_cursor",)
-
-    def __init__(self, cursor):
-        self._cursor = cursor
-
-    def __iter__(self):
-        return iter(self._cursor)
-
-    def first(self):
-        return self._cursor.fetchone()
-
-    def scalar(self):
-        row = self._cursor.fetchone()
-        return None if row is None else row[0]
-
-    def scalar_one(self):
-        rows = self._cursor.fetchall()
-        if not rows:
-            raise NoResultFound("No row was found when one was required")
-        if len(rows) > 1:
-            raise MultipleResultsFound("Multiple rows were found when exactly one was required")
-        return rows[0][0]
-
-    def scalars(self):
-        return (row[0] for row in self._cursor)
-
-    def all(self) -> list:
-        return self._cursor.fetchall()
-
-
 def compile_plain(stmt, dialect) -> _Compiled | None:
     """`stmt` compiled for the driver, or None when its types convert values on the way in or out
     (then only SQLAlchemy runs it right)."""
@@ -151,38 +134,6 @@ def compile_plain(stmt, dialect) -> _Compiled | None:
     binds = compiled.binds
     fixed = {name: binds[name].effective_value for name in names if not binds[name].required}
     return _Compiled(str(compiled), names, fixed)
-
-
-class SqliteReads:
-    """Reads on the SQLite driver's own connection, with SQL that SQLAlchemy compiled once.
-
-    For a read that takes SQLite a few microseconds, SQLAlchemy's execution machinery (contexts,
-    events, result metadata) cost about four times the query (measured: ~40 vs ~9 µs). The SQL,
-    its parameters and the rows are the same: the statement is still written and compiled by
-    SQLAlchemy, only its execution skips the layers. Statements whose types convert values on the
-    way in or out (none of the services' reads do) go through SQLAlchemy as before.
-    """
-
-    MAX_STATEMENTS = 256  # statements built per call would otherwise be kept for ever
-
-    def __init__(self, conn: Connection):
-        self.conn = conn  # SQLAlchemy's connection: the fallback, and the owner of the driver's
-        self.raw = conn.connection.dbapi_connection
-        self._compiled: dict = {}
-
-    def _compile(self, stmt) -> _Compiled | None:
-        found = self._compiled.get(stmt, False)
-        if found is False:
-            found = compile_plain(stmt, self.conn.dialect)
-            if len(self._compiled) < self.MAX_STATEMENTS:
-                self._compiled[stmt] = found
-        return found
-
-    def execute(self, stmt, parameters: dict | None = None):
-        compiled = self._compile(stmt)
-        if compiled is None:
-            return self.conn.execute(stmt, parameters)
-        return _Rows(self.raw.execute(compiled.sql, compiled.parameters(parameters)))
 
 
 # Commits `write_now` makes before the writer thread checkpoints the WAL (SQLite's own default
@@ -202,47 +153,123 @@ class LockBusy(Exception):
 
 
 class Database:
-    """An engine plus the two kinds of short transaction the services use."""
+    """An engine, the event loop's driver for the server databases, and the short transactions
+    the services use."""
 
-    def __init__(self, url: str):
+    MAX_STATEMENTS = 256  # statements built per call would otherwise be compiled and kept for ever
+
+    def __init__(self, url: str, pool_size: int = DEFAULT_DB_POOL, service: str = ""):
         self.engine = make_engine(url)
         self.backend = self.engine.dialect.name
+        self.service = service
+        self.pool_size = pool_size
         # SQLite has one writer at a time. Threads of this process queue on a lock instead of in
         # SQLite's busy handler, whose sleeps grow with every retry and made the latency tail
         # seconds long under load; other processes still wait in the busy handler.
         self._write_lock = threading.Lock() if self.backend == "sqlite" else contextlib.nullcontext()
-        # SQLite: the connection the event loop's own reads use (see `reading`), kept open rather
-        # than checked out of the pool for every request. Each read is still its own transaction.
+        # The server databases' connections for `fetch` and `change`; SQLite's are the two below.
+        self._server: ServerPool | None = None
+        self._dialect = self.engine.dialect
+        if self.backend != "sqlite":
+            self._server = open_pool(normalise_url(url), pool_size)
+            self._dialect = async_dialect(self.backend)
+        self._statements: dict = {}  # statement -> _Compiled (None: only SQLAlchemy runs it)
+        # Server databases: identical reads in flight at once share one query (counter.py). A
+        # SQLite read completes before the next request is even parsed: nothing to share.
+        self._shared_reads = SharedReads(self._server_fetch)
+        # SQLite: the connection the event loop's reads use, kept open rather than checked out of
+        # the pool for every request; in autocommit, each statement is its own read transaction.
         self._loop_reader: Connection | None = None
-        self._loop_reads: SqliteReads | None = None
-        self._loop_thread: int | None = None
         # SQLite writes of this process take turns anyway (the lock above), so one thread runs
         # them all: a plain executor hand-off is lighter than the general thread pool's.
         self._writer = ThreadPoolExecutor(1, "sqlite-writer") if self.backend == "sqlite" else None
         # SQLite: the connection for `write_now`, and how many commits it made since a checkpoint.
         self._loop_writer: Connection | None = None
-        self._loop_written: dict = {}
         self._since_checkpoint = 0
         # Monotonic time of this process's last committed write: the health check's write proof.
         self.last_write_proof: float | None = None
-        # Server databases: a small pool of connections that stay in autocommit, for
-        # `write_alone` (one round trip a write: no SET AUTOCOMMIT on checkout, no ROLLBACK on return).
-        self._autocommit: Engine | None = None if self.backend == "sqlite" else create_engine(
-            self.engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
-            pool_pre_ping=True, pool_recycle=1800, pool_size=2, max_overflow=8)
+        self._refusals = Reporter()
+
+    def _compiled(self, stmt) -> _Compiled | None:
+        found = self._statements.get(stmt, False)
+        if found is False:
+            found = compile_plain(stmt, self._dialect)
+            if found is None and self._server is not None:
+                raise TypeError(f"statement converts values on the way in or out, which only SQLAlchemy "
+                                f"does; the event loop's driver cannot run it: {stmt}")
+            if len(self._statements) < self.MAX_STATEMENTS:
+                self._statements[stmt] = found
+        return found
+
+    def _failed(self, exc: Exception) -> Exception:
+        """The error a statement's failure becomes: Duplicate, a 503 (logged as one event per burst),
+        or the error itself."""
+        kind = classify(exc)
+        if kind is None:
+            return exc
+        if isinstance(exc, kind):
+            failure = exc
+        else:
+            failure = kind(str(exc)) if kind is not Duplicate else Duplicate(str(exc))
+        if isinstance(failure, DatabaseUnavailable):
+            self._refusals.report(self.service, failure)
+        return failure
+
+    async def fetch(self, stmt, parameters: dict | None = None) -> list:
+        """The rows of one read statement (tuples, or records indexable like them)."""
+        compiled = self._compiled(stmt)
+        try:
+            if self._server is not None:
+                return await self._shared_reads.read((compiled.sql, compiled.parameters(parameters)))
+            if compiled is None:
+                with self.read() as conn:
+                    return conn.execute(stmt, parameters).all()
+            if self._loop_reader is None:
+                self._loop_reader = self.engine.connect()
+            raw = self._loop_reader.connection.dbapi_connection
+            return raw.execute(compiled.sql, compiled.parameters(parameters)).fetchall()
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    async def _server_fetch(self, key: tuple) -> list:
+        sql, args = key
+        return await self._server.fetch(sql, args)
+
+    async def fetch_value(self, stmt, parameters: dict | None = None):
+        """The first column of the first row, or None when there is no row."""
+        rows = await self.fetch(stmt, parameters)
+        return rows[0][0] if rows else None
+
+    async def change(self, stmt, parameters: dict | None = None) -> int:
+        """Run one write statement in its own transaction and return its row count once it is
+        committed. Raises Duplicate when it would repeat a unique key (and changed nothing)."""
+        try:
+            if self._server is not None:
+                compiled = self._compiled(stmt)
+                rows = await self._server.execute(compiled.sql, compiled.parameters(parameters))
+                self.last_write_proof = time.monotonic()
+                return rows
+            rows = self.write_now(stmt, parameters)
+            if rows is None:
+                rows = await self.writing(self._change_in_thread, stmt, parameters)
+            return rows
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def _change_in_thread(self, stmt, parameters: dict | None) -> int:
+        with self.write() as conn:
+            return conn.execute(stmt, parameters).rowcount
+
+    @property
+    def held_connections(self) -> int:
+        """Connections this replica holds open to a server database now (0 on SQLite)."""
+        if self._server is None:
+            return 0
+        pool = self.engine.pool
+        return self._server.held + pool.checkedin() + pool.checkedout()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        if self._loop_reads is not None and threading.get_ident() == self._loop_thread:
-            raw = self._loop_reads.raw
-            raw.execute("BEGIN")
-            try:
-                yield self._loop_reads
-            finally:
-                raw.execute("COMMIT")  # a read transaction: COMMIT just ends it
-                if self._loop_reader.in_transaction():  # a statement SQLAlchemy ran (SqliteReads)
-                    self._loop_reader.rollback()
-            return
         with self.engine.connect() as conn:
             with conn.begin():
                 yield conn
@@ -290,15 +317,6 @@ class Database:
         finally:
             self._write_lock.release()
 
-    async def reading(self, fn: Callable[..., T], *args) -> T:
-        """Call `fn(*args)`, a function doing only reads, where reads are cheapest (module docstring)."""
-        if self.backend == "sqlite":
-            if self._loop_reader is None:
-                self._loop_reader, self._loop_thread = self.engine.connect(), threading.get_ident()
-                self._loop_reads = SqliteReads(self._loop_reader)
-            return fn(*args)
-        return await run_in_threadpool(fn, *args)
-
     def write_now(self, stmt, parameters: dict) -> int | None:
         """SQLite, on the event loop: run one plain write statement in its own transaction at
         once when no writer holds the database, and return its row count once it is committed.
@@ -319,9 +337,7 @@ class Database:
                 # Checkpoints write and fsync the database file: the writer thread does them (below).
                 raw.execute("PRAGMA wal_autocheckpoint = 0")
             raw = self._loop_writer.connection.dbapi_connection
-            compiled = self._loop_written.get(stmt, False)
-            if compiled is False:
-                compiled = self._loop_written[stmt] = compile_plain(stmt, self.engine.dialect)
+            compiled = self._compiled(stmt)
             if compiled is None:
                 return None
             try:
@@ -346,27 +362,6 @@ class Database:
             self._since_checkpoint = 0
             self._writer.submit(self._checkpoint)
         return rows
-
-    def write_alone(self, stmt, parameters: dict) -> None:
-        """Run one write statement that the server commits as it runs it (autocommit).
-
-        For a row every replica writes (the shared request counter): inside an explicit
-        transaction its lock would be held from the statement until our COMMIT arrives, and a
-        replica whose node is cut off between the two never sends it. The server keeps that
-        lock until it notices the connection is dead (hours, with the default TCP settings), and
-        every replica's next write of the row waits behind it: the whole service stalls
-        (issue 29). In autocommit the lock ends with the statement, on the server, whatever
-        happens to us afterwards. It also saves the COMMIT's round trip.
-
-        SQLite has no network in between: its usual write transaction.
-        """
-        if self._autocommit is None:
-            with self.write() as conn:
-                conn.execute(stmt, parameters)
-            return
-        with self._autocommit.connect() as conn:
-            conn.execute(stmt, parameters)
-        self.last_write_proof = time.monotonic()
 
     def _checkpoint(self) -> None:
         """Copy the write-ahead log back into the database file (the writer thread's job)."""
@@ -395,16 +390,19 @@ class Database:
                 log.info("schema creation retry after: %s", exc.orig)
                 time.sleep(0.05 + random.random() * 0.2)
 
+    async def close(self) -> None:
+        """Close the event loop's connections (on the loop that opened them), then the rest."""
+        if self._server is not None:
+            await self._server.close()
+        self.dispose()
+
     def dispose(self) -> None:
-        if self._autocommit is not None:
-            self._autocommit.dispose()
-            self._autocommit = None
         if self._loop_writer is not None:
             self._loop_writer.close()
             self._loop_writer = None
         if self._loop_reader is not None:
             self._loop_reader.close()
-            self._loop_reader = self._loop_reads = None
+            self._loop_reader = None
         if self._writer is not None:
             self._writer.shutdown()
         self.engine.dispose()

@@ -58,9 +58,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Database outages land here too; the client learns the kind, the log keeps the detail.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
+        return unexpected_error_response(exc, request.method, request.url.path)
+
+
+def unexpected_error_response(exc: Exception, method: str, path: str) -> JSONResponse:
+    """A database that has no connection to give (in a threaded transaction, which does not sort
+    its errors itself) is a retryable 503; anything else a 500, whose detail goes to the log."""
+    from .dberrors import DatabaseUnavailable, classify  # which imports this module
+
+    kind = classify(exc)
+    if kind is not None and issubclass(kind, DatabaseUnavailable):
+        failure = kind(str(exc))
+        return error_response(failure.status, failure.message, failure.headers)
+    log.exception("unhandled error on %s %s", method, path)
+    return error_response(500, f"internal error: {type(exc).__name__}")
 
 
 def allowed_methods(request: Request) -> str:

@@ -1,4 +1,4 @@
-"""The busiest GET routes, answered without going through FastAPI's per-request machinery.
+"""The busiest routes, answered without going through FastAPI's per-request machinery.
 
 A FastAPI route that returns a fixed answer serves about a third of what the same route does as
 a plain Starlette app on the same server (benchmarks/app_throughput.py): the middleware stack,
@@ -6,12 +6,14 @@ the router's scan of every route, dependency solving and the endpoint wrapper co
 listing's own database read. The reads everyone makes (the category list, a category's acts, the
 counts, the users list) are registered here as well as on their FastAPI router: FastAPI keeps
 documenting them (OpenAPI) and still serves them whenever this table does not (a crashed
-replica, any method but GET/HEAD), while `ServiceApp` answers them directly.
+replica, any other method), while `ServiceApp` answers them directly.
+
+The busiest writes (an upvote, an upload) are registered the same way for POST.
 
 The contract does not change on this path: the endpoint is the very function the FastAPI route
-calls; a counted request is committed to `_count` before its answer is sent (its read runs while
-the count commits, as in ReplicaMiddleware); an ApiError becomes its JSON error and any other
-failure a JSON 500, like the service's exception handlers.
+calls; a counted request is committed to `_count` before its answer is sent (a read runs while
+the count commits, a write only after it, as in ReplicaMiddleware); an ApiError becomes its JSON
+error and any other failure a JSON 500, like the service's exception handlers.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .errors import ApiError, error_response
+from .errors import ApiError, error_response, unexpected_error_response
 from .ops import OperationalContext, is_counted
 
 log = logging.getLogger("selfieless.apps")
@@ -49,37 +51,48 @@ class HotRoutes:
     (a parameter is one non-empty path segment, like Starlette's default convertor)."""
 
     def __init__(self) -> None:
-        self._exact: dict[str, HotRoute] = {}
-        self._patterns: list[tuple[re.Pattern[str], HotRoute]] = []
+        self._exact: dict[tuple[str, str], HotRoute] = {}
+        self._patterns: list[tuple[str, re.Pattern[str], HotRoute]] = []
 
-    def add(self, path: str, endpoint: Endpoint) -> None:
+    def add(self, path: str, endpoint: Endpoint, method: str = "GET") -> None:
         route = HotRoute(endpoint, is_counted(path), "request" in inspect.signature(endpoint).parameters)
         if "{" not in path:
-            self._exact[path] = route
+            self._exact[(method, path)] = route
             return
         pattern, last = [], 0
         for m in _PARAM.finditer(path):
             pattern.append(re.escape(path[last:m.start()]) + f"(?P<{m.group(1)}>[^/]+)")
             last = m.end()
         pattern.append(re.escape(path[last:]))
-        self._patterns.append((re.compile("".join(pattern)), route))
+        self._patterns.append((method, re.compile("".join(pattern)), route))
 
-    def match(self, path: str) -> tuple[HotRoute, dict[str, str]] | None:
-        route = self._exact.get(path)
+    def match(self, path: str, method: str = "GET") -> tuple[HotRoute, dict[str, str]] | None:
+        """The route for `method` (HEAD is served as GET) at `path`, with its path parameters."""
+        if method == "HEAD":
+            method = "GET"
+        route = self._exact.get((method, path))
         if route is not None:
             return route, {}
-        for pattern, route in self._patterns:
-            m = pattern.fullmatch(path)
-            if m is not None:
-                return route, m.groupdict()
+        for wanted, pattern, route in self._patterns:
+            if wanted == method:
+                m = pattern.fullmatch(path)
+                if m is not None:
+                    return route, m.groupdict()
         return None
 
     def get(self, router, path: str, **kwargs) -> Callable[[Endpoint], Endpoint]:
         """`@hot.get(router, "/categories", ...)`: a FastAPI GET route that is also served here."""
-        register = router.get(path, **kwargs)
+        return self._route(router, "GET", path, kwargs)
+
+    def post(self, router, path: str, **kwargs) -> Callable[[Endpoint], Endpoint]:
+        """`@hot.post(router, "/acts/upvote", ...)`: a FastAPI POST route that is also served here."""
+        return self._route(router, "POST", path, kwargs)
+
+    def _route(self, router, method: str, path: str, kwargs: dict) -> Callable[[Endpoint], Endpoint]:
+        register = router.api_route(path, methods=[method], **kwargs)
 
         def decorate(endpoint: Endpoint) -> Endpoint:
-            self.add(router.prefix + path, endpoint)
+            self.add(router.prefix + path, endpoint, method)
             return register(endpoint)
         return decorate
 
@@ -91,8 +104,8 @@ class ServiceApp(FastAPI):
     replica: OperationalContext
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and not self.replica.crashed:
-            found = self.hot.match(scope["path"])
+        if scope["type"] == "http" and not self.replica.crashed:
+            found = self.hot.match(scope["path"], scope["method"])
             if found is not None:
                 await self._serve(found[0], found[1], scope, receive, send)
                 return
@@ -100,8 +113,17 @@ class ServiceApp(FastAPI):
 
     async def _serve(self, route: HotRoute, params: dict[str, str], scope: Scope, receive: Receive,
                      send: Send) -> None:
-        # A read changes nothing, so it runs while its count commits; the answer waits for both.
-        counted = asyncio.ensure_future(self.replica.counter.add()) if route.counted else None
+        counted = None
+        if route.counted and scope["method"] == "POST":
+            # A write waits for its count: a failed count must not follow a committed write.
+            try:
+                await self.replica.counter.add()
+            except ApiError as exc:  # the database is unavailable: a 503 the client may retry
+                await error_response(exc.status, exc.message, exc.headers)(scope, receive, send)
+                return
+        elif route.counted:
+            # A read changes nothing, so it runs while its count commits; the answer waits for both.
+            counted = asyncio.ensure_future(self.replica.counter.add())
         try:
             if route.wants_request:
                 scope["path_params"] = params
@@ -111,11 +133,12 @@ class ServiceApp(FastAPI):
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
         except Exception as exc:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = error_response(500, f"internal error: {type(exc).__name__}")
+            response = unexpected_error_response(exc, scope["method"], scope["path"])
         if counted is not None:
             try:
                 await counted
+            except ApiError as exc:  # the database is unavailable: a 503 the client may retry
+                response = error_response(exc.status, exc.message, exc.headers)
             except Exception as exc:  # not counted: the request must not look served
                 log.exception("counting %s %s failed", scope["method"], scope["path"])
                 response = error_response(500, f"internal error: {type(exc).__name__}")

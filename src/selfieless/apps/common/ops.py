@@ -20,12 +20,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .counter import GroupCounter
 from .db import Database, LockBusy
 from .dbhealth import LOCK_WAIT, is_lock_busy, needs_write_check
+from .errors import ApiError, error_response
 from .responses import json_response
 
 if TYPE_CHECKING:
     from .hotpath import HotRoutes  # which imports this module
 
 API_PREFIX = "/api/v1"
+# Connections to a server database this replica holds, sent with each passing health answer.
+DB_CONNECTIONS_HEADER = "X-Selfieless-Db-Connections"
 OPERATIONAL = ("/api/v1/_count", "/api/v1/_health", "/api/v1/_crash")
 
 
@@ -61,6 +64,7 @@ class OperationalContext:
         self._add = (update(counts).where(counts.c.service == bindparam("which"))
                      .values(n=counts.c.n + bindparam("k", type_=BigInteger)))
         self._get = select(counts.c.n).where(counts.c.service == bindparam("which"))
+        self._reset = update(counts).where(counts.c.service == bindparam("which")).values(n=0)
 
     def ensure_counter(self) -> None:
         """The service's counter row, and the row its health checks lock to prove writes."""
@@ -74,23 +78,15 @@ class OperationalContext:
                 except IntegrityError:
                     pass  # a sibling replica inserted it first
 
-    def increment(self, k: int = 1) -> None:
-        # A statement of its own, never a transaction held open across a round trip: every
-        # replica writes this row (see Database.write_alone).
-        self.db.write_alone(self._add, {"which": self.service, "k": k})
-
     async def _commit_count(self, k: int) -> None:
-        # SQLite commits it on the loop when the database is free at this instant (db.write_now).
-        if self.db.write_now(self._add, {"which": self.service, "k": k}) is None:
-            await self.db.writing(self.increment, k)
+        # One statement, `n = n + k`: exact whatever the number of replicas adding at once.
+        await self.db.change(self._add, {"which": self.service, "k": k})
 
-    def count(self) -> int:
-        with self.db.read() as conn:
-            return conn.execute(self._get, {"which": self.service}).scalar_one()
+    async def count(self) -> int:
+        return await self.db.fetch_value(self._get, {"which": self.service})
 
-    def reset(self) -> None:
-        with self.db.write() as conn:
-            conn.execute(update(self.counts).where(self.counts.c.service == self.service).values(n=0))
+    async def reset(self) -> None:
+        await self.db.change(self._reset, {"which": self.service})
 
     def check_database(self) -> str:
         """Prove the database can be read (always) and written (unless a write of this replica
@@ -146,23 +142,38 @@ class ReplicaMiddleware:
         elif method in ("GET", "HEAD"):
             await self._read_while_counting(scope, receive, send)
         else:
-            # Anything that may write waits for its count first: a failed count is a 500 that
+            # Anything that may write waits for its count first: a failed count is an error that
             # must not follow a committed write.
-            await self.state.counter.add()
+            try:
+                await self.state.counter.add()
+            except ApiError as exc:  # the database is unavailable: a 503 the client may retry
+                await error_response(exc.status, exc.message, exc.headers)(scope, receive, send)
+                return
             await self.app(scope, receive, send)
 
     async def _read_while_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A read changes nothing, so it runs while its count is being committed; only its answer
         waits for the commit. The loop keeps serving instead of idling through every commit."""
         counted = asyncio.ensure_future(self.state.counter.add())
+        refused: list[ApiError] = []
 
         async def send_when_counted(message: Message) -> None:
-            await counted  # raises if the count failed: the request then gets a 500
-            await send(message)
+            if not refused:
+                try:
+                    await counted  # raises if the count failed: the request then gets an error
+                except ApiError as exc:  # the database is unavailable: its 503 replaces the answer
+                    refused.append(exc)
+                    await error_response(exc.status, exc.message, exc.headers)(scope, receive, send)
+                    return
+                await send(message)
         try:
             await self.app(scope, receive, send_when_counted)
         finally:
-            await counted  # also before an unhandled error's 500, which is sent further out
+            try:
+                await counted  # also before an unhandled error's 500, which is sent further out
+            except ApiError:
+                if not refused:
+                    raise
 
 
 def operational_router(state: OperationalContext, hot: HotRoutes) -> APIRouter:
@@ -174,7 +185,10 @@ def operational_router(state: OperationalContext, hot: HotRoutes) -> APIRouter:
             await run_in_threadpool(state.check_database)
         except Exception as exc:  # any database failure makes the replica unhealthy
             return JSONResponse({"error": f"database check failed: {type(exc).__name__}"}, status_code=500)
-        return {}
+        if state.db.backend == "sqlite":
+            return {}
+        # For the control plane's status and /metrics (orchestrator/probe.py reads it).
+        return JSONResponse({}, headers={DB_CONNECTIONS_HEADER: str(state.db.held_connections)})
 
     @router.post("/_crash", summary="Fault injection: this replica answers 500 to everything from now on")
     async def crash():
@@ -185,11 +199,11 @@ def operational_router(state: OperationalContext, hot: HotRoutes) -> APIRouter:
 
     @hot.get(router, "/_count", summary="Requests this service received under /api/v1 since the last reset")
     async def get_count():
-        return json_response([await state.db.reading(state.count)])
+        return json_response([await state.count()])
 
     @router.delete("/_count", summary="Reset the request counter")
     async def reset_count():
-        await run_in_threadpool(state.reset)
+        await state.reset()
         return {}
 
     return router

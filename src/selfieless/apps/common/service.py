@@ -37,7 +37,7 @@ class ServiceContext:
 
 def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
               make_router: Callable[[ServiceContext], APIRouter], description: str) -> FastAPI:
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, settings.db_pool, name)
     counts = request_counts_table(metadata)
     ctx = ServiceContext(name, settings, db, metadata, OperationalContext(name, db, counts, settings.allow_crash))
 
@@ -51,7 +51,7 @@ def build_app(name: str, settings: ServiceSettings, metadata: MetaData,
         finally:
             for close in ctx.closers:
                 await close()
-            db.dispose()
+            await db.close()
             logging.getLogger(f"selfieless.{name}").info("stopped")
 
     app = ServiceApp(title=f"SelfieLessActs {name} service", description=description, version="1.0",

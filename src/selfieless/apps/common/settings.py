@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_DB_POOL = 4  # connections a replica's requests may hold to a server database
 
 
 @dataclass(frozen=True)
@@ -16,10 +17,11 @@ class ServiceSettings:
     port: int = 8000
     users_url: str = "http://127.0.0.1:80"
     public_url: str = ""
-    allow_crash: bool = True
+    allow_crash: bool = False   # POST _crash: opt-in (the course stacks turn it on)
     max_body_bytes: int = DEFAULT_MAX_BODY
     users_timeout: float = 5.0
     access_log: bool = True
+    db_pool: int = DEFAULT_DB_POOL
 
     @property
     def origin(self) -> str:
@@ -31,6 +33,13 @@ def _env_bool(name: str, default: bool) -> bool:
     if value is None:
         return default
     return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _positive(text) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 def parse_settings(service: str, argv: list[str] | None = None, with_users_url: bool = False) -> ServiceSettings:
@@ -51,11 +60,20 @@ def parse_settings(service: str, argv: list[str] | None = None, with_users_url: 
     parser.add_argument("--public-url", default=env("SELFIELESS_PUBLIC_URL", ""),
                         help="this replica's public address, sent as Origin (env SELFIELESS_PUBLIC_URL) "
                              "[http://HOST:PORT]")
-    parser.add_argument("--no-crash", action="store_true", default=not _env_bool("SELFIELESS_ALLOW_CRASH", True),
-                        help="disable the POST /api/v1/_crash fault injection (env SELFIELESS_ALLOW_CRASH=0)")
+    # Off unless asked for: a replica behind a public gateway must not let anyone break it.
+    crash = parser.add_mutually_exclusive_group()
+    crash.add_argument("--allow-crash", action="store_true", default=_env_bool("SELFIELESS_ALLOW_CRASH", False),
+                       help="enable the POST /api/v1/_crash fault injection (env SELFIELESS_ALLOW_CRASH=1; "
+                            "the bundled course stacks set it)")
+    crash.add_argument("--no-crash", action="store_true",
+                       help="disable it even when SELFIELESS_ALLOW_CRASH is set")
     parser.add_argument("--max-body-bytes", type=int,
                         default=int(env("SELFIELESS_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY))),
                         help="largest request body accepted, else 413 (env SELFIELESS_MAX_BODY_BYTES) [%(default)s]")
+    parser.add_argument("--db-pool", type=_positive, default=env("SELFIELESS_DB_POOL", str(DEFAULT_DB_POOL)),
+                        help="most connections this replica's requests hold to a MariaDB/PostgreSQL server; "
+                             "2 more serve the health check and multi-statement writes "
+                             "(env SELFIELESS_DB_POOL) [%(default)s]")
     parser.add_argument("--no-access-log", action="store_true",
                         default=not _env_bool("SELFIELESS_ACCESS_LOG", True),
                         help="do not write a line per request to standard output (env SELFIELESS_ACCESS_LOG=0)")
@@ -66,7 +84,8 @@ def parse_settings(service: str, argv: list[str] | None = None, with_users_url: 
         port=args.port,
         users_url=getattr(args, "users_url", "http://127.0.0.1:80"),
         public_url=args.public_url,
-        allow_crash=not args.no_crash,
+        allow_crash=args.allow_crash and not args.no_crash,
         max_body_bytes=args.max_body_bytes,
         access_log=not args.no_access_log,
+        db_pool=args.db_pool,
     )

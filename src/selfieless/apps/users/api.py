@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlalchemy import bindparam, delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, insert, select
 from starlette.concurrency import run_in_threadpool
 
 from ..common.body import check_name, read_json, validate
 from ..common.db import name_key
+from ..common.dberrors import Duplicate
 from ..common.errors import ApiError
 from ..common.openapi import json_body
 from ..common.responses import empty_object, json_response
@@ -26,9 +26,11 @@ class NewUser(BaseModel):
 
 NEW_USER = TypeAdapter(NewUser)
 
-# Built once (see acts/store.py): the list runs for every upload's username check.
+# Built once and compiled once (see acts/store.py): the list runs for every upload's username check.
 _USER_ID = select(users.c.id).where(users.c.name_key == bindparam("key"))
 _NAMES = select(users.c.name).order_by(users.c.id)
+_ADD_USER = insert(users).values(name=bindparam("name"), name_key=bindparam("key"), password_hash=bindparam("hash"))
+_REMOVE_USER = delete(users).where(users.c.name_key == bindparam("key"))
 
 
 def make_router(ctx: ServiceContext) -> APIRouter:
@@ -36,17 +38,14 @@ def make_router(ctx: ServiceContext) -> APIRouter:
     db = ctx.db
     max_body = ctx.settings.max_body_bytes
 
-    def insert_user(name: str, password_hash: str) -> None:
+    async def insert_user(name: str, password_hash: str) -> None:
         try:
-            with db.write() as conn:
-                conn.execute(users.insert().values(name=name, name_key=name_key(name),
-                                                   password_hash=password_hash))
-        except IntegrityError:
+            await db.change(_ADD_USER, {"name": name, "key": name_key(name), "hash": password_hash})
+        except Duplicate:
             raise ApiError(400, f"username {name!r} is already taken") from None
 
-    def user_exists(name: str) -> bool:
-        with db.read() as conn:
-            return conn.execute(_USER_ID, {"key": name_key(name)}).first() is not None
+    async def user_exists(name: str) -> bool:
+        return await db.fetch_value(_USER_ID, {"key": name_key(name)}) is not None
 
     @router.post("/users", status_code=201, summary="Add a user",
                  openapi_extra=json_body(NEW_USER, {"username": "alice", "password": "a" * 40}),
@@ -61,31 +60,29 @@ def make_router(ctx: ServiceContext) -> APIRouter:
             raise ApiError(400, "password must be 40 hex characters (SHA-1)")
         # Checked before hashing so a taken name costs no scrypt work; the unique key still
         # settles a race between two sign-ups.
-        if await db.reading(user_exists, user.username):
+        if await user_exists(user.username):
             raise ApiError(400, f"username {user.username!r} is already taken")
         password_hash = await run_in_threadpool(hash_digest, user.password)
-        await db.writing(insert_user, user.username, password_hash)
+        await insert_user(user.username, password_hash)
         return empty_object(201)
 
-    def remove_user(name: str) -> None:
-        with db.write() as conn:
-            if conn.execute(delete(users).where(users.c.name_key == name_key(name))).rowcount == 0:
-                raise ApiError(400, f"no such user: {name!r}")
+    async def remove_user(name: str) -> None:
+        if await db.change(_REMOVE_USER, {"key": name_key(name)}) == 0:
+            raise ApiError(400, f"no such user: {name!r}")
 
     @router.delete("/users/{username}", summary="Remove a user (their acts stay)",
                    responses={400: {"description": "no such user"}})
     async def delete_user(username: str):
-        await db.writing(remove_user, username)
+        await remove_user(username)
         return empty_object()
 
-    def list_names() -> list[str]:
-        with db.read() as conn:
-            return list(conn.execute(_NAMES).scalars())
+    async def list_names() -> list[str]:
+        return [row[0] for row in await db.fetch(_NAMES)]
 
     @ctx.hot.get(router, "/users", summary="All usernames (204 when there are none)",
                  responses={204: {"description": "no users"}})
     async def list_users():
-        names = await db.reading(list_names)
+        names = await list_names()
         if not names:
             return Response(status_code=204)
         return json_response(names)

@@ -37,6 +37,8 @@ import time
 from typing import Any
 
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .logtail import ended_itself, tail_text, with_tail
+from .port_holder import PortTaken, holder_of
 
 LABEL_STACK = "selfieless.stack"
 LABEL_SERVICE = "selfieless.service"
@@ -46,6 +48,7 @@ PORT_RETRY_SECONDS = 2.0
 # CPU weight of a running container (the kernel's default), and the factor a starting one gets.
 CPU_SHARES = 1024
 START_CPU_BOOST = 8
+_PORT_TAKEN = ("port is already allocated", "address already in use")
 _TRANSIENT = ("port is already allocated", "address already in use", "is already in use by container",
               "already in progress")
 
@@ -178,6 +181,10 @@ class DockerDriver(Driver):
         try:
             c = await asyncio.to_thread(run)
         except Exception as e:
+            if any(m in str(e) for m in _PORT_TAKEN):
+                # Still taken after the retries: not a container of ours releasing it.
+                raise PortTaken(spec.host_port, holder_of(spec.host_port),
+                                f"cannot start {spec.image} on port {spec.host_port}: {e}") from e
             raise DriverError(f"cannot start {spec.image} on port {spec.host_port}: {e}") from e
         h = self._handle(c)
         self._known[c.id] = h
@@ -367,17 +374,35 @@ class DockerDriver(Driver):
                 name = attrs.get("name", "")
                 if name in self._stopping:
                     continue
-                self._dead.add(str((ev.get("Actor") or {}).get("ID") or ev.get("id") or "")[:12])
+                cid = str((ev.get("Actor") or {}).get("ID") or ev.get("id") or "")
+                self._dead.add(cid[:12])
                 code = attrs.get("exitCode")
                 event = ExitEvent(
                     replica_id=name, service=attrs.get(LABEL_SERVICE, "?"), port=int(attrs.get(LABEL_PORT, 0) or 0),
                     exit_code=int(code) if code is not None else None,
-                    reason=f"container died (exit code {code})",
+                    reason=with_tail(f"container died (exit code {code})",
+                                     self._log_tail(cid) if ended_itself(_int(code)) else ""),
                 )
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._report_exit, event)
         except Exception:
             pass  # stream closed by close(), or the engine went away
+
+
+    def _log_tail(self, container_id: str) -> str:
+        """The dead container's last log lines (it is still there: we remove it when we stop it)."""
+        try:
+            raw = self.client.containers.get(container_id).logs(tail=20)
+        except Exception:
+            return ""
+        return tail_text(raw.decode("utf-8", "replace"))
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def remove_volumes(stack: str, client: Any = None) -> list[str]:

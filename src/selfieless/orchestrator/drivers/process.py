@@ -32,6 +32,8 @@ from pathlib import Path
 
 from ..pids import pid_alive, start_ticks
 from .base import Driver, DriverError, ExitEvent, LaunchSpec, ReplicaHandle
+from .logtail import ended_itself, file_tail, with_tail
+from .port_holder import PortTaken, holder_of
 from .preload import Preloader, PreloadError, module_of
 
 # Files a replica creates (SQLite databases, logs) are readable by the owner only.
@@ -44,6 +46,7 @@ def private_opener(path: str, flags: int) -> int:
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1
+START_MARKER = "--- "  # begins the line written to a replica's log before each start
 PRELOAD_TIMEOUT = 30.0  # importing the module in the preloader; on a loaded machine it can be slow
 
 
@@ -101,7 +104,7 @@ class ProcessDriver(Driver):
         if port_in_use(spec.host_port):
             # Starting anyway would be worse than failing: the new replica would die on bind, and
             # its health probe would reach the stranger's server and put it in the pool.
-            raise DriverError(f"port {spec.host_port} is already in use by another process")
+            raise PortTaken(spec.host_port, holder_of(spec.host_port))
         cmd = list(spec.command)
         # "python" in a stack file means the interpreter running the orchestrator (its venv),
         # not whatever `python` happens to be first on PATH.
@@ -110,7 +113,7 @@ class ProcessDriver(Driver):
         log_file = self.log_path / f"{spec.service}-{spec.host_port}.log"
         env = {**os.environ, **spec.environment}
         with open(log_file, "ab", opener=private_opener) as out:
-            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
+            out.write(f"\n{START_MARKER}{time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
         pid = await self._fork_preloaded(spec, cmd, env, log_file) if spec.preload else None
         if pid is None:
             pid = self._spawn(cmd, env, log_file)
@@ -286,7 +289,9 @@ class ProcessDriver(Driver):
             done.set_result(code)
             self._state_file(handle).unlink(missing_ok=True)
             if not self._closing:
-                self._report_exit(ExitEvent(handle.id, handle.service, handle.port, code, _describe(code)))
+                tail = file_tail(self.log_file(handle.service, handle.port), START_MARKER) if ended_itself(code) else ""
+                self._report_exit(ExitEvent(handle.id, handle.service, handle.port, code,
+                                            with_tail(_describe(code), tail)))
 
         try:
             fd = os.pidfd_open(pid)
