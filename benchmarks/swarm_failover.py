@@ -21,7 +21,11 @@ and the failed GETs (no answer, or a 5xx) in each.
 It brings the lab up when none is running (and takes down what it brought up), exits non-zero
 when it could not measure, and prints one summary line per figure:
 
-    flock /tmp/selfieless-heavy.lock python benchmarks/swarm_failover.py [--trials 1]
+    flock /tmp/selfieless-heavy.lock python benchmarks/swarm_failover.py [--trials 3]
+
+Each figure is the median of the trials with the worst trial in parentheses, and the failed GETs
+are the sum over the trials with the worst single trial beside them: a fault that fails GETs one
+run in five must show, not drown in a median.
 
 The task-kill and load-step trials come first, then the node-loss and rejoin trials. Bars (README
 "Several machines"): replacement serving <= 3 s; node out of rotation <= 1.5 s; restored <= 20 s;
@@ -149,7 +153,7 @@ def load_step(up: SwarmUp) -> tuple[float, int, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=1, help="rounds of each fault (default 1)")
+    ap.add_argument("--trials", type=int, default=3, help="rounds of each fault (default 3)")
     args = ap.parse_args()
     why = lab_unavailable()
     if why is not None:
@@ -189,16 +193,24 @@ def main() -> int:
         text = f"{statistics.median(xs):.1f} s"
         return text + (f" (max {max(xs):.1f} s)" if len(xs) > 1 else "")
 
+    def failed(trials, bad: int, total: int) -> str:
+        """Failed GETs over all the trials, and in the worst trial when there were several."""
+        text = f"failed GETs {sum(t[bad] for t in trials)}/{sum(t[total] for t in trials)}"
+        if len(trials) > 1:
+            worst = max(trials, key=lambda t: (t[bad], -t[total]))
+            text += f" (worst trial {worst[bad]}/{worst[total]})"
+        return text
+
     print(f"task-kill: replacement serving {fig([k[0] for k in kills])} [bar <= {BARS['replace']:g} s], "
-          f"failed GETs {sum(k[1] for k in kills)}/{sum(k[2] for k in kills)}")
+          f"{failed(kills, 1, 2)}")
     print(f"node-loss: out of rotation {fig([x[0] for x in losses])} [bar <= {BARS['out_of_rotation']:g} s], "
           f"unhealthy {fig([x[4] for x in losses])}, restored {fig([x[1] for x in losses])} [bar <= {BARS['restored']:g} s], "
-          f"failed GETs {sum(x[2] for x in losses)}/{sum(x[3] for x in losses)}")
+          f"{failed(losses, 2, 3)}")
     print(f"load-step: first new task serving {fig([s[0] for s in steps])} [bar <= {BARS['scale_out']:g} s; "
-          f"from the scale decision], failed GETs {sum(s[1] for s in steps)}/{sum(s[2] for s in steps)}")
+          f"from the scale decision], {failed(steps, 1, 2)}")
     print(f"rejoin: first new task after the heal serving {fig([r[0] for r in rejoins])} [no bar], "
           f"one of two on the node that came back in {sum(r[1] for r in rejoins)}/{len(rejoins)}, "
-          f"failed GETs {sum(r[2] for r in rejoins)}/{sum(r[3] for r in rejoins)}")
+          f"{failed(rejoins, 2, 3)}")
     return 0
 
 

@@ -213,10 +213,14 @@ def test_backends_silent_together_are_not_withdrawn(make_gateway, raw_backend, l
     """All silent at once (a shared dependency): nobody answers, so nobody is to blame."""
     s1, s2 = raw_backend(b"", after="hold"), raw_backend(b"", after="hold")
     gw = make_gateway(replicas={"acts": [s1, s2]}, stall_timeout=0.2, response_timeout=1.5)
+    together = []
+    gw.on_stalled_together = lambda *a: together.append(a)
     reqs = [Background(gw.port) for _ in range(2)]
     assert [r.get()[0] for r in reqs] == [504, 504]
     assert set(_states(loop_thread, gw).values()) == {"ready"}
     assert gw.counters("acts").withdrawals == 0
+    # ... but it is said, once (issue 29: the probes passed while every GET waited).
+    assert [t[0] for t in together] == ["acts"] and "every replica in rotation (2)" in together[0][1]
 
 
 def test_a_slow_write_is_neither_replayed_nor_withdraws_anyone(make_gateway, backends, loop_thread):

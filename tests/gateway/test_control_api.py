@@ -176,3 +176,10 @@ def test_a_failed_remove_and_a_withdrawal_cross_the_control_api():
     remote.on_withdraw = lambda *a: heard.append(a)
     remote._dispatch(events[0])
     assert heard == [("echo", "b", "stalled: no response byte for 0.61 s")]
+
+    gw.on_stalled_together("echo", "every replica in rotation (2) has held reads for 2.0 s")
+    [event] = client.get("/control/poll", params={"after": events[0]["seq"], "wait": 0}).json()["events"]
+    assert (event["kind"], event["service"], event["id"]) == ("stalled_together", "echo", None)
+    remote.on_stalled_together = lambda *a: heard.append(a)
+    remote._dispatch(event)
+    assert heard[-1] == ("echo", "every replica in rotation (2) has held reads for 2.0 s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfieless.gateway.stall import Seen, to_withdraw
+from selfieless.gateway.stall import TOGETHER_AFTER, Seen, stalled_together, to_withdraw
 
 T = 0.5
 ANSWERING = Seen(True, False, 0.0, 0.05)  # in rotation, answered within the last sweep
@@ -93,3 +93,25 @@ def test_the_budget_rounds_down_but_never_below_one():
     assert len(to_withdraw([ANSWERING, STALLED, STALLED, STALLED, STALLED], T, SLACK)) == 2
     assert to_withdraw([ANSWERING, STALLED], T, SLACK, max_fraction=0.1) == [1]
     assert to_withdraw([ANSWERING, ANSWERING, STALLED, STALLED], T, SLACK, max_fraction=1.0) == [2, 3]
+
+
+LONG = Seen(True, False, T * TOGETHER_AFTER, T * TOGETHER_AFTER)  # silent long enough together
+TOGETHER_ROWS = [
+    ("every replica silent with reads waiting, long enough: on", [LONG, LONG, LONG], False, True),
+    ("not long enough yet", [LONG, STALLED, LONG], False, False),
+    ("one answering: a stall of the others, not a shared one", [LONG, LONG, ANSWERING], False, False),
+    ("one idle with nothing waiting: no evidence it stalls too", [LONG, LONG, IDLE], False, False),
+    ("a single replica: its own fault or not, nothing to compare", [LONG], False, False),
+    ("replicas out of rotation neither count nor clear it", [LONG, LONG, WITHDRAWN, EJECTED], False, True),
+    ("reported: stays on while none answers (one episode, one event)", [LONG, IDLE, STALLED], True, True),
+    ("reported: off once one answered again", [LONG, ANSWERING], True, False),
+]
+
+
+@pytest.mark.parametrize("what,seen,reported,expect", TOGETHER_ROWS, ids=[r[0] for r in TOGETHER_ROWS])
+def test_stalled_together_rows(what, seen, reported, expect):
+    assert stalled_together(seen, T, reported) is expect
+
+
+def test_stalled_together_off():
+    assert stalled_together([LONG, LONG], 0, False) is False

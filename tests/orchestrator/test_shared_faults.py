@@ -5,6 +5,8 @@
 - `_crash` sent again and again to a one-replica service must not put it into crash-loop backoff
   and leave it with no replica.
 - SIGSTOPping one replica must never get a healthy sibling replaced.
+- Every replica holding its reads with no answer while its probes still pass (a lock held in the
+  shared database, issue 29) must be said in an event, not left silent.
 
 The course's probe settings are used (1 s interval, 1 s timeout, failure threshold 1).
 """
@@ -129,6 +131,32 @@ async def test_replicas_failing_together_are_not_all_replaced(tmp_path):
     finally:
         await system.stop()
         await real.aclose()
+
+
+async def test_replicas_stalling_together_while_their_probes_pass_are_reported(tmp_path):
+    """Each replica holds a GET for 3 s while answering its probes: nobody is withdrawn or
+    replaced (not one replica's fault), the GETs are answered, and one `stalled` event says what
+    the gateway saw."""
+    from orch_helpers import echo_stack
+
+    ports = free_port_range(4)
+    stack = echo_stack(ports, health=COURSE_HEALTH, replicas={"initial": 2, "min": 1, "max": 4})
+    system = await start_system(stack, tmp_path, gateway_overrides={"host": "127.0.0.1"})
+    orch = system.orchestrator
+    base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
+    try:
+        await orch.wait_ready(30)
+        since = orch.events.last_id
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+            answers = await asyncio.gather(*(c.get(f"{base}/held", params={"sleep": 3}) for _ in range(2)))
+        events = [e for e in orch.events.since(since) if e.service == "echo"]
+        assert [r.status_code for r in answers] == [200, 200]
+        assert {r.json()["port"] for r in answers} == {r["port"] for r in orch.status()["services"]["echo"]["replicas"]}
+        stalled = [e for e in events if e.kind == "stalled"]
+        assert len(stalled) == 1 and "every replica in rotation (2)" in stalled[0].reason, [str(e) for e in events]
+        assert not [e for e in events if e.kind in ("withdrawn", "unhealthy", "replaced")], [str(e) for e in events]
+    finally:
+        await system.stop()
 
 
 async def test_crash_on_request_again_and_again_is_not_a_crash_loop(tmp_path):

@@ -210,11 +210,11 @@ def test_a_lost_node_leaves_the_rotation_and_its_tasks_come_back_elsewhere(deplo
         assert lost not in _hosts(up.ready("acts"))
         assert out <= 10.0
         # The GETs in flight on the lost node are replayed on the others (the gateway withdraws
-        # a stalled replica, and gives up what a replica removed as unhealthy still holds): the
-        # benchmark sees none fail. The issue's bar for this test is "none beyond the ones in
-        # flight on that node" (one per client), which is what is asserted: in a full-suite run
-        # on a loaded machine, 4 of 272 in flight once timed out (cause not found yet).
-        assert len(load.failures) <= load.clients, load.failures
+        # a stalled replica, and gives up what a replica removed as unhealthy still holds), and
+        # the replicas on the other nodes keep answering: nothing they need is held by the lost
+        # node (the shared request counter is written in autocommit, so a replica cut off mid-
+        # write leaves no lock behind; issue 29). Not one GET fails.
+        assert load.failures == []
         # An upload the lost node held is never replayed (it may have been stored): it fails, and
         # nothing acknowledged may be missing. The database runs on the manager, not on node 3.
         assert writes.acked

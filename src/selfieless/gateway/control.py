@@ -7,9 +7,10 @@ implements the protocol directly) or in its own process behind a loopback-only c
 gateway's view: a *backend* is one replica's address in a service's pool.
 
 Callbacks flow the other way: the gateway reports passive ejections (``on_eject``), stalled
-backends it withdrew from the rotation (``on_withdraw``), 5xx answers (``on_replica_error``) and
-requests held because no backend is ready (``on_no_replica``, which scale-to-zero uses); the
-control plane assigns them after start.
+backends it withdrew from the rotation (``on_withdraw``), every backend of a service stalling
+together (``on_stalled_together``), 5xx answers (``on_replica_error``) and requests held because
+no backend is ready (``on_no_replica``, which scale-to-zero uses); the control plane assigns them
+after start.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .stats import ServiceStats
 EjectCallback = Callable[[str, str, str], object]          # (service, backend id, reason)
 ErrorCallback = Callable[[str, str, int], object]          # (service, backend id, status)
 NoBackendCallback = Callable[[str], object]                # (service)
+ServiceCallback = Callable[[str, str], object]             # (service, reason)
 
 
 class BackendList(Protocol):
@@ -38,6 +40,7 @@ class GatewayControl(Protocol):
 
     on_eject: EjectCallback | None
     on_withdraw: EjectCallback | None
+    on_stalled_together: ServiceCallback | None
     on_replica_error: ErrorCallback | None
     on_no_replica: NoBackendCallback | None
 

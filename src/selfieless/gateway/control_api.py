@@ -283,6 +283,7 @@ class ControlServer:
         self.feed = EventFeed()
         gw.on_eject = lambda service, rid, reason: self.feed.add("eject", service, rid, reason)
         gw.on_withdraw = lambda service, rid, reason: self.feed.add("withdraw", service, rid, reason)
+        gw.on_stalled_together = lambda service, reason: self.feed.add("stalled_together", service, None, reason)
         gw.on_replica_error = lambda service, rid, status: self.feed.add("replica_error", service, rid, status)
         gw.on_no_replica = lambda service: self.feed.add("no_replica", service)
         self.app = create_control_app(gw, self.feed, instance=self.instance, token=token, on_stop=on_stop)

@@ -68,6 +68,7 @@ class RemoteGateway:
         self.poll_wait = poll_wait
         self.on_eject = None
         self.on_withdraw = None
+        self.on_stalled_together = None
         self.on_replica_error = None
         self.on_no_replica = None
         self.instance: str | None = None
@@ -283,6 +284,8 @@ class RemoteGateway:
                 self.on_eject(ev["service"], ev["id"], ev["detail"])
             elif kind == "withdraw" and self.on_withdraw is not None:
                 self.on_withdraw(ev["service"], ev["id"], ev["detail"])
+            elif kind == "stalled_together" and self.on_stalled_together is not None:
+                self.on_stalled_together(ev["service"], ev["detail"])
             elif kind == "replica_error" and self.on_replica_error is not None:
                 self.on_replica_error(ev["service"], ev["id"], ev["detail"])
             elif kind == "no_replica" and self.on_no_replica is not None:

@@ -53,6 +53,10 @@ class Gateway:
         # (service, replica_id, reason) when a stalled replica is withdrawn (see stall.py): the
         # control plane marks it out of rotation and lets its health probes decide.
         self.on_withdraw: EjectCallback | None = None
+        # (service, reason) when every replica of a service stalls together (see
+        # stall.stalled_together): none is withdrawn, but the control plane says so in an event.
+        self.on_stalled_together: Callable[[str, str], object] | None = None
+        self._stalled_together: set[str] = set()  # services whose shared stall was reported
         self.held: dict[str, int] = {}
         self.count_rule = CountRule(self.config.count_prefix, self.config.count_exclude)
         self.clients: set[ClientConnection] = set()
@@ -228,10 +232,13 @@ class Gateway:
                 rep.heard_at = now
                 if rep.state == WITHDRAWN:
                     pool.reinstate(rep)  # it answered: the stall is over
-        if len(reps) < 2 or not silent:
+        reported = pool.service in self._stalled_together
+        if len(reps) < 2 or not (silent or reported):
             return
         seen = [stall.Seen(rep.state == READY, rep.state == WITHDRAWN, silent.get(rep, 0.0), now - rep.heard_at)
                 for rep in reps]
+        if stall.stalled_together(seen, threshold, reported) != reported:
+            self._mark_stalled_together(pool.service, not reported, seen)
         for i in stall.to_withdraw(seen, threshold, self.config.sweep_interval):
             rep = reps[i]
             reason = (f"stalled: no response byte for {seen[i].waiting:.2f} s while its siblings answer "
@@ -245,6 +252,23 @@ class Gateway:
                         cb(pool.service, rep.id, reason)
                     except Exception:
                         log.exception("on_withdraw callback failed for %s/%s", pool.service, rep.id)
+
+    def _mark_stalled_together(self, service: str, on: bool, seen: list) -> None:
+        if not on:
+            self._stalled_together.discard(service)
+            return
+        self._stalled_together.add(service)
+        waited = min(b.waiting for b in seen if b.in_rotation)
+        reason = (f"every replica in rotation ({sum(1 for b in seen if b.in_rotation)}) has held reads for "
+                  f"{waited:.1f} s with no answer from any: not one replica's fault but something they share "
+                  f"(the database, or a lock held in it); none is withdrawn")
+        log.warning("%s: %s", service, reason)
+        cb = self.on_stalled_together
+        if cb is not None:
+            try:
+                cb(service, reason)
+            except Exception:
+                log.exception("on_stalled_together callback failed for %s", service)
 
     def _ejected(self, service: str, replica_id: str, reason: str) -> None:
         self.stats(service).ejections += 1

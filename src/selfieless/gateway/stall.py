@@ -22,6 +22,11 @@ What must not happen, and the rule that prevents it:
 * At most half the service (at least one) is withdrawn at a time, like the control plane's
   disruption budget (``orchestrator.disruption``) and Envoy's maximum ejection percentage.
 
+When every backend of a service stalls together for a while, no one of them is to blame and none
+is withdrawn, but something they all need (the database, or a lock held in it) is not answering:
+:func:`stalled_together` says so once per episode, for an event, so that a stall that the health
+probes do not see (they may still pass) is not silent.
+
 The sweep (``Gateway._sweep``) gathers the figures once per interval from the requests in
 flight; the request path itself keeps no timer and no extra bookkeeping.
 """
@@ -32,6 +37,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 MAX_WITHDRAWN_FRACTION = 0.5
+# Backends all silent this many thresholds together is a shared stall worth an event: shorter
+# shared pauses (a busy database, a loaded machine) are ordinary.
+TOGETHER_AFTER = 4.0
 
 
 class Seen(NamedTuple):
@@ -67,3 +75,19 @@ def to_withdraw(backends: Sequence[Seen], threshold: float, slack: float = 0.0,
         return []
     stalled.sort(key=lambda i: -backends[i].waiting)
     return stalled[:room]
+
+
+def stalled_together(backends: Sequence[Seen], threshold: float, reported: bool) -> bool:
+    """A service's "stalled together" mark after this sweep (``reported``: its value before).
+
+    It turns on when every backend in rotation, at least two, has held a read ``TOGETHER_AFTER``
+    thresholds with nothing from it meanwhile; it stays on, so the episode is reported once,
+    until one of them answers again.
+    """
+    if threshold <= 0:
+        return False
+    live = [b for b in backends if b.in_rotation]
+    if reported:
+        return not any(b.quiet < threshold for b in live)
+    long = threshold * TOGETHER_AFTER
+    return len(live) >= 2 and all(b.waiting >= long and b.quiet >= long for b in live)

@@ -263,6 +263,13 @@ class Orchestrator:
                          f"gateway took it out of rotation: {reason}; its health probes decide")
         self.probing.hint(replica_id)
 
+    def on_stalled_together(self, service: str, reason: str) -> None:
+        """Gateway callback: every replica of `service` holds reads with no answer from any. The
+        probes may still pass (a lock held in the database stalls requests, not `_health`), so
+        without this event nothing would say why the service stopped answering."""
+        if service in self.services:
+            self.events.emit("stalled", service, None, reason)
+
     def on_no_replica(self, service: str) -> None:
         """Gateway callback: a request is held because no replica of `service` is ready. A service
         scaled to zero gets one replica now (the held requests go out once it is ready)."""
@@ -283,6 +290,8 @@ class Orchestrator:
             gw.on_eject = self.on_eject
         if gw.on_withdraw is None:
             gw.on_withdraw = self.on_withdraw
+        if gw.on_stalled_together is None:
+            gw.on_stalled_together = self.on_stalled_together
         if gw.on_replica_error is None:
             gw.on_replica_error = self.on_replica_error
         if gw.on_no_replica is None:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 KINDS = frozenset({
-    "start", "ready", "unhealthy", "ejected", "withdrawn", "replaced", "scaled", "drained",
+    "start", "ready", "unhealthy", "ejected", "withdrawn", "stalled", "replaced", "scaled", "drained",
     "adopted", "backoff", "exited", "stopped", "waiting", "held", "recovered",
     "rollout", "rollback", "applied", "port",
 })

@@ -57,6 +57,9 @@ class OperationalContext:
         self.allow_crash = allow_crash
         self.crashed = False
         self.counter = GroupCounter(self._commit_count)
+        # The health check's write proof locks this row, never the counter's: a replica cut off
+        # in the middle of its check would otherwise leave the row every request needs locked.
+        self.probe_row = f"{service}/health"
         # Built once: the counter's statements run on every counted request.
         self._add = (update(counts).where(counts.c.service == bindparam("which"))
                      .values(n=counts.c.n + bindparam("k", type_=BigInteger)))
@@ -64,14 +67,16 @@ class OperationalContext:
         self._reset = update(counts).where(counts.c.service == bindparam("which")).values(n=0)
 
     def ensure_counter(self) -> None:
-        with self.db.read() as conn:
-            exists = conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).first()
-        if exists is None:
-            try:
-                with self.db.write() as conn:
-                    conn.execute(self.counts.insert().values(service=self.service, n=0))
-            except IntegrityError:
-                pass  # a sibling replica inserted it first
+        """The service's counter row, and the row its health checks lock to prove writes."""
+        for row in (self.service, self.probe_row):
+            with self.db.read() as conn:
+                exists = conn.execute(select(self.counts.c.n).where(self.counts.c.service == row)).first()
+            if exists is None:
+                try:
+                    with self.db.write() as conn:
+                        conn.execute(self.counts.insert().values(service=row, n=0))
+                except IntegrityError:
+                    pass  # a sibling replica inserted it first
 
     async def _commit_count(self, k: int) -> None:
         # One statement, `n = n + k`: exact whatever the number of replicas adding at once.
@@ -87,11 +92,11 @@ class OperationalContext:
         """Prove the database can be read (always) and written (unless a write of this replica
         committed within WRITE_PROOF_AGE); changes nothing. Returns "ok", or "busy" when the
         write lock is held by another writer: a busy database is alive (see dbhealth.py)."""
-        row = self.counts.c.service == self.service
         with self.db.read() as conn:
-            conn.execute(select(self.counts.c.n).where(row)).first()
+            conn.execute(select(self.counts.c.n).where(self.counts.c.service == self.service)).first()
         if not needs_write_check(self.db.last_write_proof, time.monotonic()):
             return "ok"
+        row = self.counts.c.service == self.probe_row
         try:
             with self.db.write_briefly(LOCK_WAIT) as conn:
                 # NOWAIT: on the server databases a row lock held by another transaction fails at
