@@ -145,7 +145,7 @@ async def test_replicas_stalling_together_while_their_probes_pass_are_reported(t
     orch = system.orchestrator
     base = f"http://127.0.0.1:{system.gateway.port}/api/v1"
     try:
-        await orch.wait_ready(30)
+        await orch.wait_converged(30)
         since = orch.events.last_id
         async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
             answers = await asyncio.gather(*(c.get(f"{base}/held", params={"sleep": 3}) for _ in range(2)))
