@@ -273,19 +273,16 @@ def events(
         return
     cursor = first["next"]
     _ctrl_c_ends_at_once()
-    try:
-        while True:
-            try:
-                r = client.get("/api/events", params={"after": cursor, "wait": 25}, timeout=40)
-            except NoRunningUp:
-                err.print("the stack stopped")
-                return
-            except AdminError as e:
-                _fail(str(e))
-            show(r["events"])
-            cursor = r["next"]
-    except KeyboardInterrupt:
-        return
+    while True:
+        try:
+            r = client.get("/api/events", params={"after": cursor, "wait": 25}, timeout=40)
+        except NoRunningUp:
+            err.print("the stack stopped")
+            return
+        except AdminError as e:
+            _fail(str(e))
+        show(r["events"])
+        cursor = r["next"]
 
 
 def _ctrl_c_ends_at_once() -> None:
