@@ -307,7 +307,7 @@ def test_finish_parks_the_connection_only_when_it_may_be_reused_and_counts_the_r
         conn = Conn("c")
         conn.closed = closed
         if leave:
-            a.state = DRAINING
+            p.withdraw(a, "out of rotation")
         before = list(a.idle)
         p.finish(a, conn, keep=keep, now=6.0, max_idle=max_idle)
         assert a.idle == before and conn.closed and conn.idle_since is None, (keep, max_idle, closed, leave)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
+from .keepalive import connection_header
+
 
 def reason(status: int) -> str:
     try:
@@ -13,23 +15,23 @@ def reason(status: int) -> str:
         return "Unknown"
 
 
-def json_response(status: int, payload, keep_alive: bool = True, head_only: bool = False) -> bytes:
-    """A complete HTTP/1.1 response with a JSON body."""
+def json_response(status: int, payload, keep_alive: bool = True, head_only: bool = False,
+                  client_http11: bool = True) -> bytes:
+    """A complete HTTP/1.1 response with a JSON body; its ``Connection`` line as keepalive.py says."""
     body = json.dumps(payload, default=str, separators=(",", ":")).encode()
     head = (
         f"HTTP/1.1 {status} {reason(status)}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-store\r\n"
-        + ("" if keep_alive else "Connection: close\r\n")
         + ("Retry-After: 1\r\n" if status == 503 else "")
-        + "\r\n"
-    ).encode()
+    ).encode() + connection_header(keep_alive, client_http11) + b"\r\n"
     return head if head_only else head + body
 
 
-def error_response(status: int, message: str, keep_alive: bool = True, head_only: bool = False) -> bytes:
-    return json_response(status, {"error": message}, keep_alive, head_only)
+def error_response(status: int, message: str, keep_alive: bool = True, head_only: bool = False,
+                   client_http11: bool = True) -> bytes:
+    return json_response(status, {"error": message}, keep_alive, head_only, client_http11)
 
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
