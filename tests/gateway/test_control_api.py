@@ -140,7 +140,7 @@ def _revision_polls(gw, server, client):
     assert changed["pools"] == {} and changed["rev"] > first["rev"]
 
     # An event is answered at once, with the counters as they are.
-    gw.replica_error("other", "b", 502)
+    gw.backend_error("other", "b", 502)
     held = {**held, "rev": changed["rev"]}
     ev = client.get("/control/poll", params={**held, "wait": 20}).json()
     assert [e["kind"] for e in ev["events"]] == ["replica_error"] and ev["stats"] == {}
