@@ -9,7 +9,9 @@ import asyncio
 
 import pytest
 
-from selfieless.gateway.pool import DRAINING, EJECTED, READY, REMOVED, ReplicaPool, ReplicaView
+from selfieless.gateway.pool import (
+    ACTIVE, DRAINING, EJECTED, OK, READY, REMOVED, WITHDRAWN, ReplicaPool, ReplicaView, in_rotation, view_state,
+)
 
 
 class Conn:
@@ -345,3 +347,31 @@ def test_withdraw_and_reinstate():
     assert b.state == "ready" and p.ready_count == 3
     p.remove("B")
     assert not p.reinstate(b)  # removed meanwhile: stays out
+
+
+# The two axes of a backend's state and the one rotation rule (pool.in_rotation, pool.view_state).
+@pytest.mark.parametrize("admin, health, rotates, shown", [
+    (ACTIVE, OK, True, READY),
+    (ACTIVE, EJECTED, False, EJECTED),
+    (ACTIVE, WITHDRAWN, False, WITHDRAWN),
+    (DRAINING, OK, False, DRAINING),
+    (DRAINING, EJECTED, False, EJECTED),  # drained after an ejection: the view still says why it left
+    (DRAINING, WITHDRAWN, False, WITHDRAWN),
+    (REMOVED, OK, False, REMOVED),
+    (REMOVED, EJECTED, False, REMOVED),
+    (REMOVED, WITHDRAWN, False, REMOVED),
+])
+def test_rotation_rule_and_view_state(admin, health, rotates, shown):
+    assert in_rotation(admin, health) is rotates
+    assert view_state(admin, health) == shown
+
+
+@pytest.mark.anyio
+async def test_a_withdrawn_backend_being_drained_does_not_come_back_when_it_answers():
+    p = pool_of("A", "B")
+    b = p.get("B")
+    assert p.withdraw(b, "stalled")
+    assert await p.drain("B", timeout=1) is True  # the control plane takes it out meanwhile
+    assert p.reinstate(b) and b.health == OK  # it answered: nothing against it any more ...
+    assert b.state == DRAINING and not b.in_rotation and p.ready_count == 1  # ... but it is leaving
+    assert [p.acquire().id for _ in range(3)] == ["A", "A", "A"]

@@ -352,7 +352,8 @@ class BackendExchange:
     def done(self, conn: UpstreamConnection, reusable: bool) -> None:
         """The response is complete: park or close ``conn``, count, write the rest, hand back."""
         r = self.r
-        self._detach()  # an idle connection must read again: it must notice the backend closing
+        self.upstream = None
+        uncouple(self.client_flow, conn.flow)  # an idle connection must read: to see the backend close
         rep = r.backend
         r.backend = None
         # Park the connection for reuse, or close it; count the request served. Before the last
@@ -369,7 +370,8 @@ class BackendExchange:
             out.append(CHUNK_END)
         if out:
             self.flush()
-        self._end()
+        self.r = None  # (_end, inline: this runs once per request)
+        self.deadline = UNARMED
         self.client.answered(r)
 
     def bad_response(self, conn: UpstreamConnection, body_seen: bool, done: bool) -> None:

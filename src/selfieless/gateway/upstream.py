@@ -45,14 +45,18 @@ class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
         self.transport = None
         self.flow: FlowControl | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: BackendExchange | None = None  # who the current response goes to
         self.closed = False
         self.idle_since = 0.0
-        self.reused = False  # lent again after a first response (taken from the idle pool)
         self.heard = False  # bytes arrived since the gateway's sweep last looked (see heard_since)
-        self._start_response(False, False)
+        # Who the response goes to, whether the connection was reused (taken from the idle pool)
+        # and the response's state: set per request by ``lend``.
+        self.lend(None, False, False, False)
 
-    def _start_response(self, expect_upgrade: bool, head_only: bool) -> None:
+    def lend(self, exchange: BackendExchange | None, reused: bool, expect_upgrade: bool,
+             head_only: bool) -> None:
+        """From now on the response read here goes to ``exchange``: a fresh response state."""
+        self.exchange = exchange
+        self.reused = reused
         self.begin_head()
         self.expect_upgrade = expect_upgrade  # a 101 is the answer we hope for (WebSocket)
         self.head_only = head_only  # a HEAD request: the response has no body, whatever it says
@@ -64,12 +68,6 @@ class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
         self.keep = False  # the backend keeps the connection open after this response
         self.skip = False  # an informational (1xx) response is being dropped
         self.switching = False
-
-    def lend(self, exchange: BackendExchange, reused: bool, expect_upgrade: bool, head_only: bool) -> None:
-        """From now on the response read here goes to ``exchange``."""
-        self.exchange = exchange
-        self.reused = reused
-        self._start_response(expect_upgrade, head_only)
 
     def heard_since(self) -> bool:
         """Whether bytes came since the last call, or reading is paused (we are the silent
