@@ -29,7 +29,6 @@ gateway's sweep checks it (``check_deadline``), so the hot path arms no timer.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from .exchange import SAFE, Act, Deadline, Decision, Failure, Progress, on_deadline, on_failure
@@ -37,6 +36,7 @@ from .flow import NO_PEER, FlowControl, couple, uncouple
 from .headers import CHUNK_END, FRAME_CHUNKED, FRAME_NONE, with_upgrade
 from .keepalive import connection_header, keep_open
 from .request import Request
+from .connect import open_connection, wait_for_backend
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -78,8 +78,7 @@ class BackendExchange:
 
     # From the client connection -------------------------------------------------------------
     def begin(self, r: Request) -> None:
-        """``r`` is the client's active request now (its body may still be buffered first)."""
-        self.r = r
+        self.r = r  # the client's active request now (its body is buffered before it is sent)
 
     def start(self, r: Request) -> None:
         """``r`` is the client's active request now: send it to a backend."""
@@ -130,8 +129,7 @@ class BackendExchange:
             self.deadline = self.gw.now + self.response_timeout
 
     def abort(self) -> None:
-        """Drop the request's backend side: close its connection mid-exchange, release the
-        backend. The client connection answers or closes (a held head must not leak into it)."""
+        """Drop the backend side mid-exchange (a held head must not leak into what follows)."""
         r = self.r
         if r is None:
             return
@@ -145,88 +143,32 @@ class BackendExchange:
 
     # Choosing a backend and getting a connection --------------------------------------------
     def dispatch(self, r: Request, exclude=None) -> None:
-        """Pick a backend for ``r`` and get a connection to it (pooled, or a new one).
-
-        (How many tries a request gets is the exchange's decision, made before a retry.)
-        """
+        """Pick a backend for ``r`` and get a connection to it (pooled, or a new one)."""
         r.tries += 1
         rep = r.pool.acquire(exclude)
         if rep is None:
-            r.waiter = self.loop.create_task(self._await_backend(r))
+            r.waiter = self.loop.create_task(wait_for_backend(self, r))
             return
         r.backend = rep
         conn = rep.take_idle(self.gw.now, self.up_idle_timeout)
         if conn is not None:
-            self._attach(r, conn, True)
+            self.attach(r, conn, True)
         else:
-            r.waiter = self.loop.create_task(self._connect(r, rep))
+            r.waiter = self.loop.create_task(open_connection(self, r, rep))
 
-    async def _await_backend(self, r: Request) -> None:
-        """No ready backend: hold the request until one is added, or answer 503."""
-        loop = self.loop
-        pool = r.pool
-        if not self.gw.wait_for_backend(pool.service):
-            r.waiter = None
-            self._answer(r, 503, f"no ready replica for service {pool.service} (too many requests waiting)")
-            return
-        try:
-            deadline = loop.time() + self.no_backend_wait
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(pool.wait_ready(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                if self.client.closed or r is not self.r:
-                    return
-                if pool.ready_count:
-                    r.waiter = None
-                    r.tries -= 1  # waiting is not an attempt
-                    self.dispatch(r)
-                    return
-        finally:
-            self.gw.stop_waiting(pool.service)
-        r.waiter = None
-        if not self.client.closed and r is self.r:
-            self._answer(r, 503, f"no ready replica for service {pool.service}")
+    def wants(self, r: Request) -> bool:
+        """``r`` is still this exchange's request, and its client is still there."""
+        return r is self.r and not self.client.closed
 
-    async def _connect(self, r: Request, rep) -> None:
-        gw = self.gw
-        try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamConnection(gw, rep), rep.host, rep.port),
-                self.connect_timeout,
-            )
-        except asyncio.TimeoutError:
-            self._connect_failed(r, rep, Failure.CONNECT_TIMEOUT, "")
-            return
-        except OSError as exc:
-            kind = Failure.RESET if isinstance(exc, ConnectionResetError) else Failure.REFUSED
-            self._connect_failed(r, rep, kind, exc.strerror or exc.__class__.__name__)
-            return
-        if conn.closed or conn.transport.is_closing():
-            # Accepted, then reset before we could write (a backend dying with connections still
-            # in its listen backlog): nothing was sent, so this is a refusal, not a lost exchange.
-            self._connect_failed(r, rep, Failure.RESET, "reset right after connect")
-            return
+    def connect_failed(self, r: Request, rep, kind: Failure, detail: str) -> None:
+        """Connecting to ``rep`` for ``r`` failed (``kind``, ``detail``: the OS error's text)."""
         r.waiter = None
-        if self.client.closed or r is not self.r or r.backend is not rep:
-            # The client left meanwhile: keep the fresh connection for the next request.
-            if not rep.put_idle(conn, gw.now, self.up_max_idle):
-                conn.close()
-            return
-        self._attach(r, conn, False)
-
-    def _connect_failed(self, r: Request, rep, kind: Failure, detail: str) -> None:
-        r.waiter = None
-        if self.client.closed or r is not self.r or r.backend is not rep:
+        if not self.wants(r) or r.backend is not rep:
             return  # the client is gone; abort() released the backend
         facts = r.facts(others_ready=r.pool.ready_count > (1 if rep.in_rotation else 0))
         self._carry_out(r, rep, on_failure(kind, facts, detail))
 
-    def _attach(self, r: Request, conn: UpstreamConnection, reused: bool) -> None:
+    def attach(self, r: Request, conn: UpstreamConnection, reused: bool) -> None:
         """Send ``r`` on ``conn``: head, then the body received so far; the rest streams."""
         self.upstream = conn
         conn.lend(self, reused, r.upgrade, r.is_head)
@@ -257,7 +199,7 @@ class BackendExchange:
         if act is Act.RETRY_SAME:
             # ``rep`` stays counted in flight: the request is still its.
             r.tries += 1
-            r.waiter = self.loop.create_task(self._connect(r, rep))
+            r.waiter = self.loop.create_task(open_connection(self, r, rep))
             return
         r.backend = None
         pool = r.pool
@@ -272,14 +214,14 @@ class BackendExchange:
                 r.stats.retried()
             self.dispatch(r, exclude=rep)
         elif act is Act.ANSWER:
-            self._answer(r, d.status, d.message)
+            self.answer(r, d.status, d.message)
         else:  # Act.CLOSE
             if d.error_counted and r.stats is not None:
                 r.stats.gateway_error()
             self.abort()
             self.client.cut()
 
-    def _answer(self, r: Request, status: int, message: str) -> None:
+    def answer(self, r: Request, status: int, message: str) -> None:
         """The gateway answers ``r`` itself (no response byte has been relayed)."""
         self._end()
         self.client.answer_error(r, status, message)
@@ -385,8 +327,7 @@ class BackendExchange:
             self.lost(conn, True, bad=True)
 
     def lost(self, conn: UpstreamConnection, got_bytes: bool, bad: bool = False) -> None:
-        """The backend connection failed mid-exchange: closed or reset, or (``bad``) it sent
-        something that is not a valid response."""
+        """The backend connection was closed or reset mid-exchange, or (``bad``) sent garbage."""
         r = self.r
         self._detach()
         progress = self._progress(r, got_bytes)
@@ -415,8 +356,7 @@ class BackendExchange:
         self.client.tunnel_to(conn, release)
 
     def _forget_held_head(self, r: Request) -> None:
-        """The backend failed between its response head (held back, see read_done) and its
-        body: the client has seen nothing."""
+        """The response head held back (read_done) is dropped: the client has seen nothing."""
         self.out.clear()
         r.response_started = False
         r.framing = 0

@@ -30,7 +30,7 @@ import httptools
 from .backend_exchange import BackendExchange
 from .exchange import Act, Deadline, on_deadline
 from .flow import NO_PEER, PEER_FULL, FlowControl
-from .headers import BadRequest, build_request_head, websocket_upgrade, with_upgrade
+from .headers import BadRequest, build_request_head, origin_form, websocket_upgrade, with_upgrade
 from .keepalive import keep_open
 from .request import Request
 from .responses import CONTINUE_100, error_response, json_response
@@ -212,7 +212,10 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         target = self._url
         if target[:1] != b"/":
-            target = self._origin_form(target)
+            target = origin_form(target)
+            if target is None:
+                self._client_error(400, "invalid request target")
+                raise _Abort
         q = target.find(b"?")
         path = target if q < 0 else target[:q]
         method = parser.get_method()
@@ -252,17 +255,6 @@ class ClientConnection(asyncio.Protocol):
                 self._client_error(r.local[0], "no route for this path", payload=r.local[1])
                 raise _Abort
         return r
-
-    def _origin_form(self, target: bytes) -> bytes:
-        """``http://host/path?q`` -> ``/path?q``; anything else (``*``, garbage) is a 400."""
-        try:
-            url = httptools.parse_url(target)
-        except httptools.HttpParserInvalidURLError:
-            url = None
-        if url is None or not url.path:
-            self._client_error(400, "invalid request target")
-            raise _Abort
-        return url.path + (b"?" + url.query if url.query else b"")
 
     def on_body(self, body: bytes) -> None:
         r = self.cur

@@ -8,8 +8,8 @@ gateway's view: a *backend* is one replica's address in a service's pool.
 
 Callbacks flow the other way: the gateway reports passive ejections (``on_eject``), stalled
 backends it withdrew from the rotation (``on_withdraw``), every backend of a service stalling
-together (``on_stalled_together``), 5xx answers (``on_replica_error``) and requests held because
-no backend is ready (``on_no_replica``, which scale-to-zero uses); the control plane assigns them
+together (``on_stalled_together``), 5xx answers (``on_backend_error``) and requests held because
+no backend is ready (``on_no_backend``, which scale-to-zero uses); the control plane assigns them
 after start.
 """
 
@@ -41,8 +41,8 @@ class GatewayControl(Protocol):
     on_eject: EjectCallback | None
     on_withdraw: EjectCallback | None
     on_stalled_together: ServiceCallback | None
-    on_replica_error: ErrorCallback | None
-    on_no_replica: NoBackendCallback | None
+    on_backend_error: ErrorCallback | None
+    on_no_backend: NoBackendCallback | None
 
     @property
     def port(self) -> int | None:

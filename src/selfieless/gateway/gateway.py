@@ -39,17 +39,17 @@ class Gateway:
         config: GatewayConfig | None = None,
         routes: Mapping[str, str] | None = None,
         on_eject: EjectCallback | None = None,
-        on_replica_error: Callable[[str, str, int], object] | None = None,
+        on_backend_error: Callable[[str, str, int], object] | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
         self.routes = RouteTable(routes)  # read once per request: the swap is one assignment
         self.on_eject = on_eject
         # (service, replica_id, status) for every 5xx a replica answers: the control plane may
         # probe that replica at once instead of at its next health-check interval.
-        self.on_replica_error = on_replica_error
+        self.on_backend_error = on_backend_error
         # (service) when a request starts waiting because no replica is ready: the control plane
         # may start one (scale from zero). `waiting` bounds how many wait per service.
-        self.on_no_replica: Callable[[str], object] | None = None
+        self.on_no_backend: Callable[[str], object] | None = None
         # (service, replica_id, reason) when a stalled replica is withdrawn (see stall.py): the
         # control plane marks it out of rotation and lets its health probes decide.
         self.on_withdraw: EjectCallback | None = None
@@ -207,12 +207,12 @@ class Gateway:
         if n >= MAX_WAITING_PER_SERVICE:
             return False
         self.waiting[service] = n + 1
-        cb = self.on_no_replica
+        cb = self.on_no_backend
         if cb is not None:
             try:
                 cb(service)
             except Exception:  # a control-plane bug must not strand the held request
-                log.exception("on_no_replica callback failed")
+                log.exception("on_no_backend callback failed")
         return True
 
     def stop_waiting(self, service: str) -> None:
@@ -220,7 +220,7 @@ class Gateway:
         self.waiting[service] = max(0, self.waiting.get(service, 1) - 1)
 
     def backend_error(self, service: str, replica_id: str, status: int) -> None:
-        cb = self.on_replica_error
+        cb = self.on_backend_error
         if cb is not None:
             cb(service, replica_id, status)
 

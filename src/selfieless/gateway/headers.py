@@ -13,6 +13,8 @@ HTTP/1.1 clients or close-delimited for 1.0).
 
 from __future__ import annotations
 
+import httptools
+
 # Response body framing towards the client is decided in keepalive.py (re-exported here).
 from .keepalive import FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, FRAME_NONE, framing  # noqa: F401
 
@@ -231,6 +233,17 @@ class ResponseHeadReader:
         kept.append(connection)
         kept.append(CRLF)
         return b"".join(kept)
+
+
+def origin_form(target: bytes) -> bytes | None:
+    """``http://host/path?q`` -> ``/path?q``; None for anything else (``*``, garbage: a 400)."""
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    if url is None or not url.path:
+        return None
+    return url.path + (b"?" + url.query if url.query else b"")
 
 
 def websocket_upgrade(headers: list) -> bytes | None:
