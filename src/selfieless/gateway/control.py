@@ -4,7 +4,9 @@ The orchestrator, the rollout and apply executors and the admin API talk to the 
 through these methods, so the gateway can live in the same process (:class:`~.gateway.Gateway`
 implements the protocol directly) or in its own process behind a loopback-only control API
 (:class:`~.control_client.RemoteGateway`, served by :mod:`.control_api`). Names follow the
-gateway's view: a *backend* is one replica's address in a service's pool.
+gateway's view: a *backend* is one replica's address in a service's pool (methods and callbacks
+say backend; the snapshot type keeps its public name, :class:`~.pool.ReplicaView`, listed by a
+pool's ``replicas``).
 
 Callbacks flow the other way: the gateway reports passive ejections (``on_eject``), stalled
 backends it withdrew from the rotation (``on_withdraw``), every backend of a service stalling
