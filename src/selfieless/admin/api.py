@@ -5,6 +5,10 @@ Routes (JSON unless said otherwise):
 - ``GET  /api/status``                       the orchestrator's snapshot (orchestrator/status.py) as JSON
 - ``GET  /api/events?after=ID&wait=S&limit=N`` events after cursor ID; with ``wait`` a long poll
 - ``POST /api/scale``    ``{"service": str, "replicas": int}``
+- ``POST /api/apply``    ``{"stack": {...}, "dry_run": bool[, "port", "driver", "ports_from"]}`` a new
+                          stack file onto the running stack (409 when refused or rolled back)
+- ``GET  /api/stack``                        the file the running ``up`` was started from, and its overrides
+- ``POST /api/rollout``  ``{"service": str, "action": "status|history|undo|restart"}``
 - ``POST /api/shutdown[?volumes=1]``         graceful stop of the whole ``selfieless up`` (volumes: a
                                               driver that removes its data volumes itself, swarm's
                                               on every node, does so at the end)
