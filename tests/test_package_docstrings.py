@@ -37,14 +37,14 @@ def named(doc: str, name: str) -> bool:
 
 
 def label(package: Path) -> str:
-    return str(package.relative_to(ROOT.parent))
+    return ".".join(package.relative_to(ROOT.parent).parts)
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=label)
 def test_every_module_is_named_in_its_package_docstring(package):
     doc = docstring(package)
     missing = sorted(m for m in members(package) if not named(doc, m))
-    assert not missing, f"{label(package)}/__init__.py's docstring does not name: {', '.join(missing)}"
+    assert not missing, f"{label(package)}'s docstring does not name: {', '.join(missing)}"
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=label)
@@ -54,7 +54,7 @@ def test_a_package_docstring_names_only_modules_that_exist(package):
     for line in LISTING.findall(doc):
         said |= {n.rstrip("/") for n in line.split(", ")}
     gone = sorted(said - have)
-    assert not gone, f"{label(package)}/__init__.py's docstring names modules that do not exist: {', '.join(gone)}"
+    assert not gone, f"{label(package)}'s docstring names modules that do not exist: {', '.join(gone)}"
 
 
 def test_the_rules_see_what_they_should():
