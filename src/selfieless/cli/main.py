@@ -1,7 +1,7 @@
 """The `selfieless` command line.
 
     selfieless up [STACK]            run a stack (the bundled SelfieLessActs one by default)
-    selfieless status | events | scale | logs | down
+    selfieless status | events | apply | rollout | scale | logs | down
                                      talk to a running `up` through its admin API
     selfieless validate STACK        check a stack file
     selfieless load URL --rps R --duration S
