@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from selfieless.gateway.config import GatewayConfig as _GW  # the gateway limits' defaults
+from selfieless.gateway.config import GatewayConfig as _GW
 
 __all__ = [
     "Stack",
@@ -403,8 +403,8 @@ class DependencySpec(_Model):
 
 
 class GatewayLimits(_Model):
-    """Names match selfieless.gateway.GatewayConfig fields, so they pass straight through; the
-    defaults are GatewayConfig's (one source), the bounds are the stack file's checks."""
+    """Names match selfieless.gateway.GatewayConfig fields, so they pass straight through; so do
+    the defaults, which are the gateway's own (said once, in gateway/config.py)."""
 
     max_body_size: int = Field(default=_GW.max_body_size, gt=0)
     max_header_size: int = Field(default=_GW.max_header_size, gt=0)
@@ -424,7 +424,7 @@ class GatewayLimits(_Model):
 class GatewaySpec(_Model):
     host: str = "0.0.0.0"
     port: int = Field(default=80, ge=0, le=65535)
-    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    balance: Literal["round_robin", "least_outstanding"] = _GW.balance
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
 
 
