@@ -375,3 +375,28 @@ async def test_a_withdrawn_backend_being_drained_does_not_come_back_when_it_answ
     assert p.reinstate(b) and b.health == OK  # it answered: nothing against it any more ...
     assert b.state == DRAINING and not b.in_rotation and p.ready_count == 1  # ... but it is leaving
     assert [p.acquire().id for _ in range(3)] == ["A", "A", "A"]
+
+
+@pytest.mark.anyio
+async def test_reinstating_wakes_requests_waiting_for_a_ready_backend_unless_it_is_leaving():
+    p = pool_of("A")
+    a = p.get("A")
+    assert p.withdraw(a, "stalled") and p.ready_count == 0
+    waiting = p.wait_ready()
+    await p.drain("A", timeout=1)
+    p.reinstate(a)  # answered, but draining: still out, nobody to wake
+    await asyncio.sleep(0)
+    assert not waiting.done() and p.acquire() is None
+    p.add("A", "127.0.0.1", 9000)  # the control plane wants it again
+    assert waiting.done() and p.acquire() is a
+    p.release(a)
+    p.withdraw(a, "stalled")
+    again = p.wait_ready()
+    assert p.reinstate(a) and again.done() and a.in_rotation and a.eject_reason is None
+
+
+def test_a_new_backend_is_active_and_healthy_and_in_rotation_once_its_pool_places_it():
+    from selfieless.gateway.pool import Backend
+    b = Backend("A", "127.0.0.1", 9000)
+    assert (b.admin, b.health, b.in_rotation, b.state) == (ACTIVE, OK, False, READY)
+    assert (b.in_flight, b.served, b.idle, b.eject_reason, b.served_mark, b.heard_at) == (0, 0, [], None, 0, 0.0)
