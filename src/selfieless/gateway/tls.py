@@ -124,13 +124,14 @@ def cert_names(cert: x509.Certificate) -> tuple[str, ...]:
 def read_pair(pair: CertPair, now: dt.datetime | None = None, field_name: str = "cert") -> LoadedPair:
     """Load ``pair`` into its own server context; :class:`CertError` says what is wrong."""
     stamp = file_stamp(pair.cert, pair.key)
-    for what, path in (("cert", pair.cert), ("key", pair.key)):
+    key_field = field_name.rpartition(".")[0] + ".key" if "." in field_name else "key"
+    for what, path in ((field_name, pair.cert), (key_field, pair.key)):
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise CertError(f"{field_name.replace('cert', what)}: cannot read {path}: {e.strerror or e}") from None
-        if what == "cert":
+            raise CertError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+        if what == field_name:
             try:
                 cert = x509.load_pem_x509_certificate(data)
             except ValueError:
@@ -141,7 +142,7 @@ def read_pair(pair: CertPair, now: dt.datetime | None = None, field_name: str = 
     except ssl.SSLError as e:
         why = "the key does not match the certificate" if "MISMATCH" in str(e).upper() else \
             f"the key or chain cannot be used ({e.reason or e})"
-        raise CertError(f"{field_name.replace('cert', 'key')}: {pair.key}: {why}") from None
+        raise CertError(f"{key_field}: {pair.key}: {why}") from None
     now = now or dt.datetime.now(dt.timezone.utc)
     not_after = cert.not_valid_after_utc
     if not_after <= now:
