@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import json
 import time
 from pathlib import Path
@@ -321,6 +322,17 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         asyncio.get_running_loop().call_soon(shutdown)
         return JSONResponse({"status": "shutting down"}, status_code=202)
 
+    async def tls_reload_route(request: Request) -> Response:
+        reload = getattr(gateway, "reload_tls", None)
+        if reload is None:
+            return error(501, "this gateway cannot reload certificates")
+        problems = reload()
+        if inspect.isawaitable(problems):
+            problems = await problems
+        if problems:
+            return error(409, "some certificates were not reloaded (the previous ones stay)", problems)
+        return JSONResponse({"reloaded": True})
+
     async def logs(request: Request) -> Response:
         q = request.query_params
         service = q.get("service")
@@ -389,6 +401,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         Route("/api/stack", stack_route, methods=["GET"]),
         Route("/api/rollout", rollout_route, methods=["POST"]),
         Route("/api/shutdown", shutdown_route, methods=["POST"]),
+        Route("/api/tls/reload", tls_reload_route, methods=["POST"]),
         Route("/api/logs", logs),
         Route("/api/history", history_route),
         Route("/metrics", metrics_route),

@@ -14,6 +14,7 @@ shows nothing of it. A token, when set, is required as ``Authorization: Bearer``
                                             first event, or at the first look (every E s) that
                                             finds a change, or after S s
     POST /control/stop                      stop serving and exit the gateway process
+    POST /control/tls/reload                load the certificate files again -> {problems, certs}
 
 With no traffic nothing changes, and a control plane polling with a revision gets an answer only
 every S seconds; with traffic, at most every E seconds.
@@ -147,7 +148,8 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
 
     def info(_: Request) -> JSONResponse:
         return JSONResponse({"instance": instance, "pid": os.getpid(), "host": gw.config.host, "port": gw.port,
-                             "routes": dict(gw.routes.routes),
+                             "routes": dict(gw.routes.routes), "tls_port": gw.tls_port,
+                             "certs": gw.certs.summary() if gw.certs is not None else [],
                              "next": feed.next - 1})
 
     async def ops(request: Request) -> JSONResponse:
@@ -170,6 +172,12 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
             else:
                 gw.set_limits(op.balance, op.limits)
         return JSONResponse({"applied": len(parsed.ops)})
+
+    def tls_reload(_: Request) -> JSONResponse:
+        if gw.certs is None:
+            return _error(409, "TLS is not on: the stack file has no gateway.tls")
+        problems = gw.reload_tls()
+        return JSONResponse({"problems": problems, "certs": gw.certs.summary()})
 
     async def drain(request: Request) -> JSONResponse:
         d = await body(request, DrainBody)
@@ -240,7 +248,8 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
     return Starlette(
         routes=[Route("/control/info", info), Route("/control/ops", ops, methods=["POST"]),
                 Route("/control/drain", drain, methods=["POST"]), Route("/control/poll", poll),
-                Route("/control/stop", stop, methods=["POST"])],
+                Route("/control/stop", stop, methods=["POST"]),
+                Route("/control/tls/reload", tls_reload, methods=["POST"])],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=auth)],
         exception_handlers={_BadRequest: bad_request},
     )
@@ -286,6 +295,7 @@ class ControlServer:
         gw.on_stalled_together = lambda service, reason: self.feed.add("stalled_together", service, None, reason)
         gw.on_replica_error = lambda service, rid, status: self.feed.add("replica_error", service, rid, status)
         gw.on_no_replica = lambda service: self.feed.add("no_replica", service)
+        gw.on_tls_problem = lambda message: self.feed.add("tls_problem", "gateway", None, message)
         self.app = create_control_app(gw, self.feed, instance=self.instance, token=token, on_stop=on_stop)
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None

@@ -112,6 +112,14 @@ class RemoteGateway:
         r.raise_for_status()
         return r.json()
 
+    async def reload_tls(self) -> list[str]:
+        """Have the gateway load its certificate files again now; the problems (empty: all swapped in)."""
+        r = await self._http.post("/control/tls/reload")
+        if r.status_code == 409:
+            return [r.json()["error"]]
+        r.raise_for_status()
+        return r.json()["problems"]
+
     async def close(self) -> None:
         """Detach (the gateway keeps serving): send what is queued, stop the tasks."""
         with contextlib.suppress(Exception):
