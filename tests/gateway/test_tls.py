@@ -337,7 +337,7 @@ def test_replaced_files_swap_in_without_dropping_connections_under_load(tls_gate
 def test_a_broken_replacement_keeps_the_previous_certificate(tls_gateway, ca, tmp_path):
     problems = []
     gw = tls_gateway()
-    gw.on_tls_problem = problems.append
+    gw.on_tls_event = lambda kind, host, detail: problems.append(detail) if kind == "tls_problem" else None
     pair = tls_gateway.pairs["b"]
     with tls_socket(ca, gw.tls_port, "b.test") as s:
         serial = s.getpeercert()["serialNumber"]

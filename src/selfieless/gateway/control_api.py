@@ -295,7 +295,7 @@ class ControlServer:
         gw.on_stalled_together = lambda service, reason: self.feed.add("stalled_together", service, None, reason)
         gw.on_replica_error = lambda service, rid, status: self.feed.add("replica_error", service, rid, status)
         gw.on_no_replica = lambda service: self.feed.add("no_replica", service)
-        gw.on_tls_problem = lambda message: self.feed.add("tls_problem", "gateway", None, message)
+        gw.on_tls_event = lambda kind, host, detail: self.feed.add(kind, "gateway", host or None, detail)
         self.app = create_control_app(gw, self.feed, instance=self.instance, token=token, on_stop=on_stop)
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None

@@ -53,6 +53,7 @@ class Gateway:
         self._tls_server: asyncio.AbstractServer | None = None
         # ACME HTTP-01: token -> key authorization, answered on plain HTTP whatever the routes.
         self.challenges: dict[bytes, bytes] = {}
+        self.acme = None  # acme.AcmeManager when gateway.tls.acme is set
         # Requests are looked up by (scheme, host, path) once a route names a host or TLS is on
         # (front.decide); by path alone otherwise, as fast as before.
         self.by_path = not self.routes.by_host and tls is None
@@ -124,15 +125,28 @@ class Gateway:
         )
         self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         self.certs.watch(self.loop)
+        if self.tls.acme:
+            from .acme import AcmeManager, AcmeSettings
+
+            self.acme = AcmeManager(AcmeSettings(**self.tls.acme), self.certs, self.challenges,
+                                    hosts=lambda: self.routes.hosts(), events=self._tls_event)
+            self.acme.start()
         log.info("gateway listening for HTTPS on %s:%s", cfg.host, self.tls_port)
 
     def _tls_problem(self, message: str) -> None:
-        cb = self.on_tls_problem
-        if cb is not None:
-            cb(message)
+        self._tls_event("tls_problem", "", message)
 
-    # (message) when certificates on disk could not be reloaded (the previous ones stay).
-    on_tls_problem: Callable[[str], object] | None = None
+    def _tls_event(self, kind: str, host: str, detail: str) -> None:
+        cb = self.on_tls_event
+        if cb is not None:
+            try:
+                cb(kind, host, detail)
+            except Exception:
+                log.exception("on_tls_event callback failed")
+
+    # (kind, host, detail): "tls_problem" when certificate files could not be reloaded (the
+    # previous ones stay) or an ACME CA gave none; "tls_cert" when an ACME CA issued one.
+    on_tls_event: Callable[[str, str, str], object] | None = None
 
     def reload_tls(self) -> list[str]:
         """Load the certificate files again now (``selfieless tls reload``); the problems."""
@@ -149,6 +163,9 @@ class Gateway:
         if self._tls_server is not None:
             self._tls_server.close()
             self.certs.close()
+        if self.acme is not None:
+            await self.acme.stop()
+            self.acme = None
         for conn in list(self.clients):
             if conn.active is None and not conn.queue:
                 conn._close()
@@ -178,6 +195,8 @@ class Gateway:
         self.routes = table
         self.resolved = {}
         self.by_path = not table.by_host and self.tls is None
+        if self.acme is not None:
+            self.acme.wake()  # new hosts may want certificates
 
     def set_limits(self, balance: str, limits: Mapping) -> None:
         """New connections read the new limits; open ones finish under the old."""

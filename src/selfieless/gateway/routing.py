@@ -130,6 +130,10 @@ class RouteTable:
                     return service, True
         return self.match(path), False
 
+    def hosts(self) -> list[str]:
+        """The host names routes name (``*.example.org`` included)."""
+        return sorted(h.decode() for h in self._hosts)
+
     def services(self) -> set[str]:
         return set(self.routes.values())
 

@@ -63,6 +63,8 @@ class TlsSettings:
     # Services still served on plain HTTP (``redirect_https: false``); all others get a 301.
     plain_services: frozenset[str] = frozenset()
     reload_interval: float = 2.0  # how often certificate files are checked for a change; 0: never
+    # ACME (acme.AcmeSettings fields as a dict): certificates for the hosts no file covers.
+    acme: dict | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -77,7 +79,7 @@ class TlsSettings:
         return cls(port=int(d.get("port", 443)), default=pair(d.get("default")),
                    certs=tuple(pair(p) for p in d.get("certs") or ()), strict_sni=bool(d.get("strict_sni")),
                    plain_services=frozenset(d.get("plain_services") or ()),
-                   reload_interval=float(d.get("reload_interval", 2.0)))
+                   reload_interval=float(d.get("reload_interval", 2.0)), acme=d.get("acme"))
 
     def pairs(self) -> tuple[CertPair, ...]:
         return ((self.default,) if self.default is not None else ()) + self.certs
@@ -181,6 +183,7 @@ class CertStore:
         self.settings = settings
         self.on_problem = on_problem  # (message) when a reload keeps an old pair
         self.loaded: dict[CertPair, LoadedPair] = {}
+        self.acme: dict[str, CertPair] = {}  # host -> the pair an ACME CA issued (acme.py)
         self._by_host: dict[str, ssl.SSLContext] = {}
         self._default: ssl.SSLContext | None = None
         self._problems: dict[CertPair, str] = {}
@@ -203,7 +206,7 @@ class CertStore:
         fresh = dict(self.loaded)
         problems = []
         changed = False
-        for pair in self.settings.pairs():
+        for pair in self.settings.pairs() + tuple(self.acme.values()):
             old = self.loaded.get(pair)
             if not force and old is not None and file_stamp(pair.cert, pair.key) == old.stamp:
                 continue
@@ -223,9 +226,23 @@ class CertStore:
             self.reloads += 1
         return problems
 
+    def add(self, pair: CertPair) -> None:
+        """Serve ``pair`` (an ACME certificate for ``pair.hosts[0]``) from the next handshake on,
+        in place of the host's previous one; CertError if it cannot be served."""
+        lp = read_pair(pair)
+        fresh = {p: v for p, v in self.loaded.items() if p != self.acme.get(pair.hosts[0])}
+        fresh[pair] = lp
+        self.acme[pair.hosts[0]] = pair
+        self._install(fresh)
+
+    def file_hosts(self) -> set[str]:
+        """Hosts a certificate file names (explicitly, or in the certificate): ACME leaves these alone."""
+        return {h for p in self.settings.pairs() if p in self.loaded for h in self.loaded[p].hosts}
+
     def _install(self, fresh: dict[CertPair, LoadedPair]) -> None:
         by_host = {}
-        for pair in self.settings.certs:  # explicit per-host pairs win over the default's names
+        # Files for hosts win over ACME certificates, which win over the default file's names.
+        for pair in self.settings.certs + tuple(self.acme.values()):
             lp = fresh.get(pair)
             if lp is not None:
                 for h in lp.hosts:
@@ -251,6 +268,7 @@ class CertStore:
         """Each certificate served: its hosts, expiry, seconds left, and a reload problem if any."""
         now = now or dt.datetime.now(dt.timezone.utc)
         return [{"cert": lp.pair.cert, "hosts": list(lp.hosts), "default": lp.pair == self.settings.default,
+                 "acme": lp.pair in self.acme.values(),
                  "not_after": lp.not_after.isoformat(), "expires_in": (lp.not_after - now).total_seconds(),
                  "problem": self._problems.get(lp.pair)} for lp in self.loaded.values()]
 
