@@ -51,6 +51,14 @@ def test_hosts_become_host_routes_and_tls_settings(ca, tmp_path):
     # hosts without routes: the whole host
     assert parse_stack(stack(hosts=["b.test"])).routes() == {"//b.test/": "site", "/api/v1": "api"}
     assert parse_stack(stack(routes=["/x"])).tls_settings() is None
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("x")
+    s = parse_stack(stack({"acme": {"directory": "https://ca.test/dir", "email": "a@a.test", "ca_bundle": str(bundle)},
+                           "hsts": {"max_age": 86400, "include_subdomains": True}}, hosts=["a.test"]))
+    tls = s.tls_settings(tmp_path / "state")
+    assert tls.acme == {"directory": "https://ca.test/dir", "email": "a@a.test", "ca_bundle": str(bundle),
+                        "state_dir": str(tmp_path / "state")}
+    assert tls.hsts == "max-age=86400; includeSubDomains" and tls.default is None
 
 
 def _problems(data) -> list[str]:
@@ -66,14 +74,18 @@ def test_validation_names_the_field(ca, tmp_path):
                              not_after=dt.datetime(2021, 1, 1))
     cases = [
         (stack({"cert": cert}), "gateway.tls: cert and key: give both"),
-        (stack({"port": 443}), "cert/key or certs: HTTPS needs at least one certificate"),
+        (stack({"port": 443}), "cert/key, certs or acme: HTTPS needs certificates"),
+        (stack({"acme": {"directory": "http://ca.test/dir"}}), "gateway.tls.acme.directory: "),
+        (stack({"acme": {"directory": "https://ca.test/dir", "ca_bundle": "/nope.pem"}}),
+         "gateway.tls.acme.ca_bundle: cannot read /nope.pem"),
         (stack({"cert": cert, "key": other_key}), f"gateway.tls.key: {other_key}: the key does not match the certificate"),
         (stack({"cert": str(tmp_path / "nope.crt"), "key": key}), "gateway.tls.cert: cannot read"),
         (stack({"certs": [{"cert": old_cert, "key": old_key}]}), "gateway.tls.certs[0].cert: " + old_cert + " expired on 2021-01-01"),
         (stack({"cert": cert, "key": key, "port": 8080}), "gateway.tls.port: 8080 is also the gateway's HTTP port"),
         (stack({"cert": cert, "key": key, "port": 9000}), "gateway.tls.port: 9000 is also used by 'site'"),
         (stack(hosts=["bad host"]), "services.site.hosts: 'bad host' is not a host name"),
-        (stack({"cert": cert, "key": key, "acme": {}}), "gateway.tls.acme: unknown key"),
+        (stack({"cert": cert, "key": key, "acme": {}}), "gateway.tls.acme.directory: required"),
+        (stack({"cert": cert, "key": key, "hsts": {"max_ag": 1}}), "gateway.tls.hsts.max_ag: unknown key"),
     ]
     for data, expected in cases:
         problems = _problems(data)

@@ -59,10 +59,10 @@ def tls_gateway(tls_loop, ca, tmp_path):
     a, _ = write_pair(ca, tmp_path, "a", "a.test", "www.a.test")
     b, _ = write_pair(ca, tmp_path, "b", "b.test")
 
-    def make(routes=None, replicas=None, strict=False, plain=(), **cfg):
+    def make(routes=None, replicas=None, strict=False, plain=(), hsts=None, **cfg):
         cfg.setdefault("port", 0)
         settings = TlsSettings(port=0, default=default, certs=(a, b), strict_sni=strict,
-                               plain_services=frozenset(plain), reload_interval=0.2)
+                               plain_services=frozenset(plain), reload_interval=0.2, hsts=hsts)
         gw = Gateway(GatewayConfig(**cfg), routes=routes if routes is not None else {"/api/v1": "acts"}, tls=settings)
 
         async def start():
@@ -196,6 +196,16 @@ def test_proxy_over_tls_forwards_https_scheme(tls_gateway, ca, backends):
         r = c.get(f"https://127.0.0.1:{gw.tls_port}/api/v1/x", headers={"Host": "a.test", "X-Forwarded-Proto": "http"},
                   extensions={"sni_hostname": "a.test"})
     assert [v for k, v in r.json()["headers"] if k == "x-forwarded-proto"] == ["https"]
+
+
+def test_hsts_on_https_responses_only(tls_gateway, ca, backends):
+    gw = tls_gateway(routes={"/api/v1": "acts"}, replicas={"acts": backends[:1]}, plain=("acts",),
+                     hsts="max-age=600")
+    r = get(ca, gw.tls_port, "a.test", "/api/v1/x")
+    assert r.status_code == 200 and r.headers["strict-transport-security"] == "max-age=600"
+    assert r.json()["replica"] == backends[0].id
+    r = httpx.get(f"http://127.0.0.1:{gw.port}/api/v1/x", headers={"Host": "a.test"}, timeout=20)
+    assert r.status_code == 200 and "strict-transport-security" not in r.headers
 
 
 def test_keepalive_pipelining_and_chunked_through_tls(tls_gateway, ca, backends):

@@ -24,7 +24,7 @@ from .exchange import Failure
 from .pool import READY, WITHDRAWN, EjectCallback, ReplicaPool
 from .routing import RouteTable
 from .stats import CountRule, ServiceStats
-from .tls import CertStore, TlsClientConnection, TlsSettings
+from .tls import CertStore, TlsSettings, connection_class
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ class Gateway:
         cfg = self.config
         self.certs = CertStore(self.tls, on_problem=self._tls_problem)
         self.certs.load()
+        protocol = connection_class(self.tls)
         self._tls_server = await self.loop.create_server(
-            lambda: TlsClientConnection(self), cfg.host, self.tls.port, ssl=self.certs.context,
+            lambda: protocol(self), cfg.host, self.tls.port, ssl=self.certs.context,
             ssl_handshake_timeout=cfg.header_timeout, backlog=cfg.backlog, reuse_address=True,
         )
         self.tls_port = self._tls_server.sockets[0].getsockname()[1]

@@ -65,6 +65,7 @@ class TlsSettings:
     reload_interval: float = 2.0  # how often certificate files are checked for a change; 0: never
     # ACME (acme.AcmeSettings fields as a dict): certificates for the hosts no file covers.
     acme: dict | None = None
+    hsts: str | None = None  # Strict-Transport-Security value for HTTPS responses, e.g. "max-age=31536000"
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -79,7 +80,8 @@ class TlsSettings:
         return cls(port=int(d.get("port", 443)), default=pair(d.get("default")),
                    certs=tuple(pair(p) for p in d.get("certs") or ()), strict_sni=bool(d.get("strict_sni")),
                    plain_services=frozenset(d.get("plain_services") or ()),
-                   reload_interval=float(d.get("reload_interval", 2.0)), acme=d.get("acme"))
+                   reload_interval=float(d.get("reload_interval", 2.0)), acme=d.get("acme"),
+                   hsts=d.get("hsts"))
 
     def pairs(self) -> tuple[CertPair, ...]:
         return ((self.default,) if self.default is not None else ()) + self.certs
@@ -310,3 +312,24 @@ class TlsClientConnection(ClientConnection):
     TLS transport asyncio (or uvloop) wraps around the socket."""
 
     proto = b"https"
+
+
+class HstsClientConnection(TlsClientConnection):
+    """A TLS client connection that adds Strict-Transport-Security to every relayed response
+    (a subclass, so that a gateway without ``hsts`` pays nothing per response)."""
+
+    hsts_line = b""  # set per gateway: b"Strict-Transport-Security: max-age=...\r\n"
+
+    def response_head(self, conn, code: int) -> bool:
+        until_close = super().response_head(conn, code)
+        head = self.out[-1]
+        self.out[-1] = head[:-2] + self.hsts_line + b"\r\n"
+        return until_close
+
+
+def connection_class(settings: TlsSettings) -> type[TlsClientConnection]:
+    """The protocol class of the HTTPS listener for these settings."""
+    if not settings.hsts:
+        return TlsClientConnection
+    return type("HstsClientConnection", (HstsClientConnection,),
+                {"hsts_line": b"Strict-Transport-Security: " + settings.hsts.encode() + b"\r\n"})

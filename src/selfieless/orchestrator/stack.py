@@ -12,6 +12,7 @@ and stopped after them.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import string
@@ -445,6 +446,26 @@ class CertSpec(_Model):
     hosts: list[str] = Field(default_factory=list)
 
 
+class AcmeSpec(_Model):
+    """Certificates from an ACME CA (HTTP-01) for every host no certificate file covers (gateway/acme.py)."""
+
+    directory: str = Field(pattern=r"^https://")  # e.g. https://acme-v02.api.letsencrypt.org/directory
+    email: str | None = None
+    ca_bundle: str | None = None  # trust this CA file for the directory's own TLS (a test CA's)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _bundle(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"cannot read {v}")
+        return v
+
+
+class HstsSpec(_Model):
+    max_age: Seconds = 31536000.0  # Strict-Transport-Security on every HTTPS response
+    include_subdomains: bool = False
+
+
 class TlsSpec(_Model):
     """HTTPS at the gateway (gateway/tls.py): a listener beside the HTTP one."""
 
@@ -454,23 +475,29 @@ class TlsSpec(_Model):
     certs: list[CertSpec] = Field(default_factory=list)  # one pair per host (or hosts)
     strict_sni: bool = False  # refuse handshakes for hosts without a certificate
     reload_interval: Seconds = 2.0  # how often the files are checked for a change (0: only on `tls reload`)
+    acme: AcmeSpec | None = None
+    hsts: HstsSpec | None = None
 
     @model_validator(mode="after")
     def _pairs(self) -> "TlsSpec":
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key: give both (the default certificate and its key), or neither")
-        if self.cert is None and not self.certs:
-            raise ValueError("cert/key or certs: HTTPS needs at least one certificate")
+        if self.cert is None and not self.certs and self.acme is None:
+            raise ValueError("cert/key, certs or acme: HTTPS needs certificates from files or from an ACME CA")
         return self
 
     def settings(self, plain_services: frozenset[str]):
         """The gateway's TlsSettings."""
         from selfieless.gateway.tls import CertPair, TlsSettings
 
+        hsts = None
+        if self.hsts is not None:
+            hsts = f"max-age={int(self.hsts.max_age)}" + ("; includeSubDomains" if self.hsts.include_subdomains else "")
         return TlsSettings(port=self.port, default=CertPair(self.cert, self.key) if self.cert else None,
                            certs=tuple(CertPair(c.cert, c.key, tuple(h.lower() for h in c.hosts)) for c in self.certs),
                            strict_sni=self.strict_sni, plain_services=plain_services,
-                           reload_interval=self.reload_interval)
+                           reload_interval=self.reload_interval, hsts=hsts,
+                           acme=self.acme.model_dump() if self.acme is not None else None)
 
 
 class GatewaySpec(_Model):
@@ -596,11 +623,15 @@ class Stack(_Model):
         ``hosts``) -> service name."""
         return {r: name for name, svc in self.services.items() for r in _service_routes(svc)}
 
-    def tls_settings(self):
-        """The gateway's TlsSettings, or None without ``gateway.tls``."""
+    def tls_settings(self, state_dir: str | Path | None = None):
+        """The gateway's TlsSettings, or None without ``gateway.tls``; ACME keeps its account and
+        certificates under ``state_dir`` (the stack's)."""
         if self.gateway.tls is None:
             return None
-        return self.gateway.tls.settings(frozenset(n for n, s in self.services.items() if not s.redirect_https))
+        tls = self.gateway.tls.settings(frozenset(n for n, s in self.services.items() if not s.redirect_https))
+        if tls.acme is not None and state_dir is not None:
+            tls = dataclasses.replace(tls, acme={**tls.acme, "state_dir": str(state_dir)})
+        return tls
 
 
 def _service_routes(svc: ServiceSpec) -> list[str]:
