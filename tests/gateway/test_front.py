@@ -84,6 +84,9 @@ def test_route_keys():
     (b"http", b"a.test", b"/api/v1/_healthy", Route("acts"), True, REDIRECT),
     (b"http", b"a.test", b"/legacy/x", Route("legacy"), True, PROXY),  # redirect_https: false
     (b"http", None, b"/api/v1/x", Route("acts"), True, PROXY),  # no Host: nowhere to redirect to
+    (b"http", b"127.0.0.1", b"/api/v1/x", Route("acts"), True, PROXY),  # an address: no certificate names it
+    (b"http", b"[::1]", b"/api/v1/x", Route("acts"), True, PROXY),
+    (b"http", b"1.2.3.4.example", b"/api/v1/x", Route("acts"), True, REDIRECT),
     # over HTTPS, or TLS off: served
     (b"https", b"a.test", b"/api/v1/x", Route("acts"), True, PROXY),
     (b"https", b"a.test", b"/.well-known/acme-challenge/tok", Route(None), True, NO_ROUTE),

@@ -115,6 +115,13 @@ class StackCollector(Collector):
         db_connections = GaugeMetricFamily(f"{p}_replica_db_connections",
                                            "Connections a replica holds to its server database (last health answer)",
                                            labels=["service", "replica", "port"])
+        expiry = GaugeMetricFamily(f"{p}_tls_cert_expiry_seconds",
+                                   "Seconds until a served certificate expires (negative: expired)", labels=["host"])
+        for c in status.certs:
+            if c.expires_in is not None:
+                for host in c.hosts:
+                    expiry.add_metric([host], c.expires_in)
+        yield expiry
         for name, svc in sorted(status.services.items()):
             desired.add_metric([name], svc.desired)
             actual.add_metric([name], svc.actual)

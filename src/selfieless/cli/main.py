@@ -231,6 +231,12 @@ def status_tables(wire: dict) -> list:
             replicas.add_row(name, str(p.port), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-", "-",
                              f"in {p.due_in:.1f} s")
     out: list = [services, replicas]
+    if st.certs:
+        from selfieless.orchestrator.status import cert_line
+
+        out.append("certificates:\n" + "\n".join(
+            f"  {'[red]' if c.problem or c.expires_in is None or c.expires_in <= 0 else ''}{cert_line(c)}"
+            f"{'[/]' if c.problem or c.expires_in is None or c.expires_in <= 0 else ''}" for c in st.certs))
     if decisions:
         out.append("last decisions:\n" + "\n".join(f"  {d}" for d in decisions))
     return out

@@ -193,6 +193,7 @@ class AcmeManager:
         self.issuer = AcmeIssuer(settings, challenges.__setitem__, lambda t: challenges.pop(t, None))
         self.have: dict[str, tuple[dt.datetime, dt.datetime]] = {}
         self.failures: dict[str, int] = {}
+        self.problems: dict[str, str] = store.acme_problems  # host -> the last failure, until a certificate comes
         self.waiting: dict[str, dt.datetime] = {}
         self.clock_offset = dt.timedelta(0)
         self._wake = asyncio.Event()
@@ -247,10 +248,12 @@ class AcmeManager:
                     self.waiting[host] = now + dt.timedelta(seconds=wait)
                     message = f"{host}: no certificate from {self.settings.directory}: {e} (try {n}; next in {wait:g} s)"
                     log.error("ACME: %s", message)
+                    self.problems[host] = message
                     self._report("tls_problem", host, message)
                     continue
                 self.failures.pop(host, None)
                 self.waiting.pop(host, None)
+                self.problems.pop(host, None)
                 not_after = self.have[host][1]
                 self._report("tls_cert", host, f"certificate for {host} from {self.settings.directory}, "
                                                f"valid until {not_after:%Y-%m-%d %H:%M} UTC")
@@ -259,6 +262,12 @@ class AcmeManager:
                 await asyncio.wait_for(self._wake.wait(), self._sleep(self.now()))
             except asyncio.TimeoutError:
                 pass
+
+    def missing(self) -> list[dict]:
+        """Hosts that want a certificate and have none yet (or whose renewal fails: the problem)."""
+        out = [{"cert": None, "hosts": [h], "default": False, "acme": True, "not_after": None,
+                "problem": self.problems.get(h)} for h in self._wanted() if h not in self.have and not h.startswith("*.")]
+        return out
 
     def _sleep(self, now: dt.datetime) -> float:
         """Until the next renewal time or retry, at most ``check_interval``, at least 1 s."""

@@ -149,7 +149,7 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
     def info(_: Request) -> JSONResponse:
         return JSONResponse({"instance": instance, "pid": os.getpid(), "host": gw.config.host, "port": gw.port,
                              "routes": dict(gw.routes.routes), "tls_port": gw.tls_port,
-                             "certs": gw.certs.summary() if gw.certs is not None else [],
+                             "certs": gw.tls_certs,
                              "next": feed.next - 1})
 
     async def ops(request: Request) -> JSONResponse:
@@ -177,7 +177,7 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
         if gw.certs is None:
             return _error(409, "TLS is not on: the stack file has no gateway.tls")
         problems = gw.reload_tls()
-        return JSONResponse({"problems": problems, "certs": gw.certs.summary()})
+        return JSONResponse({"problems": problems, "certs": gw.tls_certs})
 
     async def drain(request: Request) -> JSONResponse:
         d = await body(request, DrainBody)
@@ -202,7 +202,7 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
             events = await feed.wait_after(after, wait)
             stats, pools = current()
             return JSONResponse({"instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
-                                 "stats": stats, "pools": pools})
+                                 "stats": stats, "pools": pools, "certs": gw.tls_certs})
         holds = q.get("instance") == instance
         if not holds:
             rev = 0  # what the reader holds came from another gateway (or none): everything, now
@@ -222,7 +222,7 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
         published.update(*current())
         stats, pools = published.since(rev)
         return JSONResponse({"instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
-                             "rev": published.rev, "stats": stats, "pools": pools})
+                             "rev": published.rev, "stats": stats, "pools": pools, "certs": gw.tls_certs})
 
     def stop(_: Request) -> JSONResponse:
         if on_stop is not None:

@@ -59,6 +59,15 @@ def host_of(headers: list) -> bytes | None:
     return None
 
 
+_IPV4 = re.compile(rb"[0-9]+(\.[0-9]+){3}")
+
+
+def is_ip(host: bytes) -> bool:
+    """An address literal, not a name: no certificate names it, and replicas reach the gateway
+    by one (``{gateway_url}``), so such requests are not redirected to HTTPS."""
+    return host[:1] == b"[" or _IPV4.fullmatch(host) is not None
+
+
 def is_health(path: bytes) -> bool:
     """Health-check paths (``.../_health`` and below) stay reachable on plain HTTP: probes and
     load balancers in front of the gateway rarely do TLS."""
@@ -80,15 +89,17 @@ def decide(scheme: bytes, host: bytes | None, path: bytes, route: Route, tls_on:
 
     - ``http`` while TLS is on: an ACME challenge is answered here whatever the routes say; a
       health path, or a service that asked for plain HTTP (``redirect_https: false``), is served
-      as usual; everything else is redirected to ``https://`` on the same host (a request without
-      a usable Host cannot be redirected, so it is served as on plain HTTP).
+      as usual; everything else is redirected to ``https://`` on the same host. A request without
+      a usable Host, or addressed to an IP address (certificates name hosts; replicas calling
+      ``{gateway_url}`` do this), cannot be redirected usefully and is served as on plain HTTP.
     - ``/`` is the public status page unless a route of the request's host claims it.
     - otherwise the route's service, or no route.
     """
     if scheme == HTTP and tls_on:
         if path.startswith(ACME_PREFIX):
             return CHALLENGE
-        if host is not None and not is_health(path) and (route.service is None or route.service not in plain_services):
+        if host is not None and not is_ip(host) and not is_health(path) \
+                and (route.service is None or route.service not in plain_services):
             return REDIRECT
     if path == b"/" and not route.host_specific:
         return STATUS_PAGE

@@ -149,6 +149,19 @@ class Gateway:
     # previous ones stay) or an ACME CA gave none; "tls_cert" when an ACME CA issued one.
     on_tls_event: Callable[[str, str, str], object] | None = None
 
+    @property
+    def tls_certs(self) -> list[dict]:
+        """Every certificate served (hosts, ``not_after`` ISO time, whether from ACME, a reload
+        problem) and every ACME host still without one (``not_after`` None, its problem)."""
+        if self.certs is None:
+            return []
+        out = self.certs.summary()
+        if self.acme is not None:
+            out += self.acme.missing()
+        for c in out:
+            c.pop("expires_in", None)  # readers compute it when they read (a remote copy ages)
+        return out
+
     def reload_tls(self) -> list[str]:
         """Load the certificate files again now (``selfieless tls reload``); the problems."""
         if self.certs is None:

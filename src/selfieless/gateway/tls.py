@@ -186,6 +186,7 @@ class CertStore:
         self.on_problem = on_problem  # (message) when a reload keeps an old pair
         self.loaded: dict[CertPair, LoadedPair] = {}
         self.acme: dict[str, CertPair] = {}  # host -> the pair an ACME CA issued (acme.py)
+        self.acme_problems: dict[str, str] = {}  # host -> why its renewal fails (acme.py writes it)
         self._by_host: dict[str, ssl.SSLContext] = {}
         self._default: ssl.SSLContext | None = None
         self._problems: dict[CertPair, str] = {}
@@ -272,7 +273,8 @@ class CertStore:
         return [{"cert": lp.pair.cert, "hosts": list(lp.hosts), "default": lp.pair == self.settings.default,
                  "acme": lp.pair in self.acme.values(),
                  "not_after": lp.not_after.isoformat(), "expires_in": (lp.not_after - now).total_seconds(),
-                 "problem": self._problems.get(lp.pair)} for lp in self.loaded.values()]
+                 "problem": self._problems.get(lp.pair) or (self.acme_problems.get(lp.hosts[0]) if lp.hosts else None)}
+                for lp in self.loaded.values()]
 
     def watch(self, loop) -> None:
         """Look at the files every ``reload_interval`` seconds (a stat each: cheap)."""
