@@ -22,8 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,43 +29,19 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_vs_nginx import ROOT, backend_conf, cpu_ticks, free_port, nginx_worker, to_ms, wait_port  # noqa: E402
+from gateway_vs_nginx import (  # noqa: E402
+    ROOT, backend_conf, free_port, load_args, nginx_worker, proxy_conf, require_tools, run_wrk, starter, stop_all,
+    wait_port,
+)
 
 from selfieless.gateway.tls import MOZILLA_INTERMEDIATE  # noqa: E402
 
-PROXY_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/proxy.pid;
-error_log {tmp}/proxy-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/cb2; proxy_temp_path {tmp}/pt2; fastcgi_temp_path {tmp}/ft2;
-    uwsgi_temp_path {tmp}/ut2; scgi_temp_path {tmp}/st2;
-    keepalive_requests 1000000;
-    upstream backend {{
-        server 127.0.0.1:{backend};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} ssl backlog=4096;
+TLS_CONF = """
         ssl_certificate {tmp}/cert.pem;
         ssl_certificate_key {tmp}/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_ciphers {ciphers};
-        ssl_prefer_server_ciphers off;
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto https;
-        }}
-    }}
-}}
-"""
+        ssl_prefer_server_ciphers off;"""
 
 
 def make_cert(tmp: str) -> None:
@@ -90,42 +64,14 @@ def make_cert(tmp: str) -> None:
                                                        serialization.NoEncryption()))
 
 
-def run_wrk(url: str, args, pid: int, close: bool) -> dict:
-    import re
-
-    before = cpu_ticks(pid)
-    cmd = ["taskset", "-c", args.wrk_cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}",
-           f"-d{args.duration}s", "--latency", *(["-H", "Connection: close"] if close else []), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    ticks = cpu_ticks(pid) - before
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p99": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
-            "cpu_us": ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(total, 1),
-            "errors": errors.group(0) if errors else ""}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--proxy-cpu", default="1", help="core for the proxy under test")
-    ap.add_argument("--wrk-cpu", default="0", help="core(s) for wrk and the backend")
+    load_args(ap)
     args = ap.parse_args()
-    missing = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
-    if missing:
-        sys.exit(f"missing {', '.join(missing)}: apt-get install nginx wrk util-linux")
-
+    require_tools()
     tmp = tempfile.mkdtemp(prefix="tlsbench-")
     procs: list[subprocess.Popen] = []
-
-    def start(cmd, **kw):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-        procs.append(p)
-        return p
+    start = starter(procs)
 
     try:
         make_cert(tmp)
@@ -133,8 +79,8 @@ def main() -> None:
         Path(tmp, "backend.conf").write_text(backend_conf(tmp, bport))
         start(["taskset", "-c", args.wrk_cpu, "nginx", "-p", tmp, "-c", f"{tmp}/backend.conf",
                "-e", f"{tmp}/backend-error.log"])
-        Path(tmp, "proxy.conf").write_text(PROXY_CONF.format(tmp=tmp, port=nport, backend=bport,
-                                                             ciphers=MOZILLA_INTERMEDIATE))
+        Path(tmp, "proxy.conf").write_text(proxy_conf(tmp, nport, f"        server 127.0.0.1:{bport};",
+                                                      TLS_CONF.format(tmp=tmp, ciphers=MOZILLA_INTERMEDIATE)))
         nginx_master = start(["taskset", "-c", args.proxy_cpu, "nginx", "-p", tmp, "-c", f"{tmp}/proxy.conf",
                               "-e", f"{tmp}/proxy-error.log"])
         tls = {"port": gport, "default": {"cert": f"{tmp}/cert.pem", "key": f"{tmp}/key.pem"}, "reload_interval": 0}
@@ -144,7 +90,7 @@ def main() -> None:
         for port in (bport, nport, gport):
             wait_port(port)
         pids = {"nginx": nginx_worker(nginx_master.pid), "gateway": gateway.pid}
-        urls = {"nginx": f"https://127.0.0.1:{nport}/api/v1/bench", "gateway": f"https://127.0.0.1:{gport}/api/v1/bench"}
+        urls = {name: f"https://127.0.0.1:{port}/api/v1/bench" for name, port in (("nginx", nport), ("gateway", gport))}
         for url in urls.values():
             subprocess.run(["wrk", "-t1", "-c10", "-d1s", url], capture_output=True, check=True)
         ratios = {}
@@ -152,7 +98,7 @@ def main() -> None:
             results: dict[str, list[dict]] = {k: [] for k in urls}
             for i in range(args.runs):
                 for name, url in urls.items():
-                    res = run_wrk(url, args, pids[name], close)
+                    res = run_wrk(url, args, pids[name], ("Connection: close",) if close else ())
                     results[name].append(res)
                     print(f"{load:9s} run {i + 1} {name:8s} {res['rps']:9.0f} req/s  p99 {res['p99']:8.3f} ms  "
                           f"cpu {res['cpu_us']:6.1f} us/req  {res['errors']}", flush=True)
@@ -164,15 +110,7 @@ def main() -> None:
                   f"(req/s gateway/nginx {med['gateway']['rps'] / med['nginx']['rps']:.2f})", flush=True)
         print(f"tls: keepalive ratio {ratios['keepalive']:.2f}, handshake ratio {ratios['handshake']:.2f}")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

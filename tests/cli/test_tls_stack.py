@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from selfieless.cli.main import app
 from selfieless.cli.up import UpError, UpOptions, prepare_stack
 from selfieless.orchestrator.stack import StackError, parse_stack
+from support.certs import write_pair
 
 runner = CliRunner()
 
@@ -23,16 +24,14 @@ def ca():
 
 
 def pair(ca, tmp_path, name, *hosts, **kw):
-    leaf = ca.issue_cert(*hosts, **kw)
-    cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    leaf.private_key_pem.write_to_path(str(key))
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    return str(cert), str(key)
+    p = write_pair(ca, tmp_path, name, *hosts, **kw)
+    return p.cert, p.key
 
 
 def stack(tls=None, **site):
     return {
-        "name": "t", "driver": "process", "gateway": {"host": "127.0.0.1", "port": 8080, **({"tls": tls} if tls else {})},
+        "name": "t", "driver": "process",
+        "gateway": {"host": "127.0.0.1", "port": 8080, **({"tls": tls} if tls else {})},
         "services": {
             "site": {"command": ["x"], "host_ports": "9000-9001", "replicas": {"max": 2}, **site},
             "api": {"command": ["x"], "host_ports": "9010-9011", "replicas": {"max": 2}, "routes": ["/api/v1"]},
@@ -78,9 +77,11 @@ def test_validation_names_the_field(ca, tmp_path):
         (stack({"acme": {"directory": "http://ca.test/dir"}}), "gateway.tls.acme.directory: "),
         (stack({"acme": {"directory": "https://ca.test/dir", "ca_bundle": "/nope.pem"}}),
          "gateway.tls.acme.ca_bundle: cannot read /nope.pem"),
-        (stack({"cert": cert, "key": other_key}), f"gateway.tls.key: {other_key}: the key does not match the certificate"),
+        (stack({"cert": cert, "key": other_key}),
+         f"gateway.tls.key: {other_key}: the key does not match the certificate"),
         (stack({"cert": str(tmp_path / "nope.crt"), "key": key}), "gateway.tls.cert: cannot read"),
-        (stack({"certs": [{"cert": old_cert, "key": old_key}]}), "gateway.tls.certs[0].cert: " + old_cert + " expired on 2021-01-01"),
+        (stack({"certs": [{"cert": old_cert, "key": old_key}]}),
+         f"gateway.tls.certs[0].cert: {old_cert} expired on 2021-01-01"),
         (stack({"cert": cert, "key": key, "port": 8080}), "gateway.tls.port: 8080 is also the gateway's HTTP port"),
         (stack({"cert": cert, "key": key, "port": 9000}), "gateway.tls.port: 9000 is also used by 'site'"),
         (stack(hosts=["bad host"]), "services.site.hosts: 'bad host' is not a host name"),

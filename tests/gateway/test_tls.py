@@ -20,6 +20,7 @@ import httpx
 import pytest
 import trustme
 from gw_support import LoopThread
+from support.certs import write_pair
 
 from selfieless.gateway import Gateway, GatewayConfig
 from selfieless.gateway.tls import CertError, CertPair, TlsSettings, read_pair, settings_problems
@@ -28,14 +29,6 @@ from selfieless.gateway.tls import CertError, CertPair, TlsSettings, read_pair, 
 @pytest.fixture(scope="module")
 def ca():
     return trustme.CA()
-
-
-def write_pair(ca, tmp_path, name, *hosts, **kw):
-    leaf = ca.issue_cert(*hosts, **kw)
-    cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    leaf.private_key_pem.write_to_path(str(key))
-    cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
-    return CertPair(str(cert), str(key)), leaf
 
 
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
@@ -55,9 +48,9 @@ def tls_gateway(tls_loop, ca, tmp_path):
     """``tls_gateway(routes, replicas, strict=False, plain=(), **config)`` -> started Gateway
     with a default certificate (default.test) and one each for a.test and b.test."""
     made = []
-    default, _ = write_pair(ca, tmp_path, "default", "default.test")
-    a, _ = write_pair(ca, tmp_path, "a", "a.test", "www.a.test")
-    b, _ = write_pair(ca, tmp_path, "b", "b.test")
+    default = write_pair(ca, tmp_path, "default", "default.test")
+    a = write_pair(ca, tmp_path, "a", "a.test", "www.a.test")
+    b = write_pair(ca, tmp_path, "b", "b.test")
 
     def make(routes=None, replicas=None, strict=False, plain=(), hsts=None, **cfg):
         cfg.setdefault("port", 0)
@@ -316,7 +309,7 @@ def test_replaced_files_swap_in_without_dropping_connections_under_load(tls_gate
     held = tls_socket(ca, gw.tls_port)  # open before the swap, used after it
     try:
         time.sleep(0.5)
-        new, _ = write_pair(ca, tmp_path / "..", "a-next", "a.test", "www.a.test")
+        new = write_pair(ca, tmp_path / "..", "a-next", "a.test", "www.a.test")
         # replace the files the way a deploy tool would: write aside, rename over
         for src, dst in ((new.key, pair.key), (new.cert, pair.cert)):
             os.replace(src, dst + ".tmp")
@@ -351,7 +344,7 @@ def test_a_broken_replacement_keeps_the_previous_certificate(tls_gateway, ca, tm
     pair = tls_gateway.pairs["b"]
     with tls_socket(ca, gw.tls_port, "b.test") as s:
         serial = s.getpeercert()["serialNumber"]
-    other, _ = write_pair(ca, tmp_path, "other", "b.test")
+    other = write_pair(ca, tmp_path, "other", "b.test")
     os.replace(other.key, pair.key)  # a key that does not match the certificate on disk
     assert any("does not match" in p for p in gw.reload_tls())
     deadline = time.monotonic() + 20
@@ -385,13 +378,17 @@ def _closed_within(sock, seconds) -> bytes:
     return got
 
 
+def _u16(n: int) -> bytes:
+    """A two-byte length field; a length that does not fit wraps (an SNI too long to encode)."""
+    return (n % 65536).to_bytes(2, "big")
+
+
 def _client_hello(sni: bytes) -> bytes:
-    """A TLS 1.2 ClientHello naming ``sni`` (lengths wrap when it is too long to encode)."""
-    name = b"\x00" + len(sni).to_bytes(2, "big", signed=False) if len(sni) < 65536 else b"\x00" + (len(sni) % 65536).to_bytes(2, "big")
-    sni_list = name + sni
-    ext = b"\x00\x00" + ((len(sni_list) + 2) % 65536).to_bytes(2, "big") + (len(sni_list) % 65536).to_bytes(2, "big") + sni_list
+    """A TLS 1.2 ClientHello naming ``sni``, cut into records of 16 KiB."""
+    sni_list = b"\x00" + _u16(len(sni)) + sni  # host_name entry
+    ext = b"\x00\x00" + _u16(len(sni_list) + 2) + _u16(len(sni_list)) + sni_list  # server_name extension
     body = (b"\x03\x03" + os.urandom(32) + b"\x00" + b"\x00\x02\xc0\x2b" + b"\x01\x00"
-            + (len(ext) % 65536).to_bytes(2, "big") + ext)
+            + _u16(len(ext)) + ext)
     hs = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"".join(b"\x16\x03\x01" + len(hs[i:i + 16384]).to_bytes(2, "big") + hs[i:i + 16384]
                     for i in range(0, len(hs), 16384))
@@ -429,9 +426,9 @@ def test_bad_input_on_the_tls_port_is_refused_and_harms_nobody(tls_gateway, ca):
 
 
 def test_certificate_files_that_cannot_be_served(ca, tmp_path):
-    good, _ = write_pair(ca, tmp_path, "good", "a.test")
-    other, _ = write_pair(ca, tmp_path, "other", "a.test")
-    old, _ = write_pair(ca, tmp_path, "old", "a.test", not_before=dt.datetime(2020, 1, 1),
+    good = write_pair(ca, tmp_path, "good", "a.test")
+    other = write_pair(ca, tmp_path, "other", "a.test")
+    old = write_pair(ca, tmp_path, "old", "a.test", not_before=dt.datetime(2020, 1, 1),
                         not_after=dt.datetime(2021, 1, 1))
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     cases = [
@@ -451,8 +448,8 @@ def test_certificate_files_that_cannot_be_served(ca, tmp_path):
 
 
 def test_a_gateway_with_a_bad_certificate_does_not_start(tls_loop, ca, tmp_path):
-    good, _ = write_pair(ca, tmp_path, "good", "a.test")
-    other, _ = write_pair(ca, tmp_path, "other", "a.test")
+    good = write_pair(ca, tmp_path, "good", "a.test")
+    other = write_pair(ca, tmp_path, "other", "a.test")
     gw = Gateway(GatewayConfig(port=0), tls=TlsSettings(port=0, default=CertPair(good.cert, other.key)))
     with pytest.raises(CertError, match="does not match"):
         tls_loop.run(gw.start())

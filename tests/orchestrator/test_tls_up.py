@@ -120,7 +120,8 @@ def test_up_serves_the_api_over_https(tmp_path):
         assert r.status_code == 301 and r.headers["location"] == f"https://api.test:{tls_port}/api/v1/users?x=1"
         # the README's example
         out = subprocess.run(["curl", "-sS", "--cacert", str(ca_file), "--resolve", f"api.test:{tls_port}:127.0.0.1",
-                              f"https://api.test:{tls_port}/api/v1/acts/count"], capture_output=True, text=True, timeout=60)
+                              f"https://api.test:{tls_port}/api/v1/acts/count"],
+                             capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and json.loads(out.stdout) == [0], out.stderr
         # status, metrics
         env = {**os.environ, "COLUMNS": "200"}

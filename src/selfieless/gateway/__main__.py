@@ -8,8 +8,9 @@ whose replicas are the given addresses. Uses uvloop when installed.
 With ``--control-socket PATH`` it also serves the control API (selfieless.gateway.control_api) on
 that unix socket, and ``--state-file`` records its pid, public port and socket for a control
 plane to find (``selfieless up`` starts it so: the gateway outlives a crashed control plane).
-``--config-json`` gives every GatewayConfig field, ``--tls-json`` the HTTPS listener (TlsSettings); the control token, if any, comes from the
-environment (SELFIELESS_GATEWAY_TOKEN), never the command line.
+``--config-json`` gives every GatewayConfig field, ``--tls-json`` the HTTPS listener (TlsSettings);
+the control token, if any, comes from the environment (SELFIELESS_GATEWAY_TOKEN), never the
+command line.
 """
 
 from __future__ import annotations

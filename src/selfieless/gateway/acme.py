@@ -246,7 +246,8 @@ class AcmeManager:
                     n = self.failures[host] = self.failures.get(host, 0) + 1
                     wait = retry_in(n)
                     self.waiting[host] = now + dt.timedelta(seconds=wait)
-                    message = f"{host}: no certificate from {self.settings.directory}: {e} (try {n}; next in {wait:g} s)"
+                    message = (f"{host}: no certificate from {self.settings.directory}: {e} "
+                               f"(try {n}; next in {wait:g} s)")
                     log.error("ACME: %s", message)
                     self.problems[host] = message
                     self._report("tls_problem", host, message)
@@ -265,9 +266,9 @@ class AcmeManager:
 
     def missing(self) -> list[dict]:
         """Hosts that want a certificate and have none yet (or whose renewal fails: the problem)."""
-        out = [{"cert": None, "hosts": [h], "default": False, "acme": True, "not_after": None,
-                "problem": self.problems.get(h)} for h in self._wanted() if h not in self.have and not h.startswith("*.")]
-        return out
+        return [{"cert": None, "hosts": [h], "default": False, "acme": True, "not_after": None,
+                 "problem": self.problems.get(h)}
+                for h in self._wanted() if h not in self.have and not h.startswith("*.")]
 
     def _sleep(self, now: dt.datetime) -> float:
         """Until the next renewal time or retry, at most ``check_interval``, at least 1 s."""

@@ -2,8 +2,9 @@
 
 Request side: drop hop-by-hop headers (RFC 9110 7.6.1: Connection and every header it names,
 Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade), append the client address
-to ``X-Forwarded-For``, set ``X-Forwarded-Proto`` (``http``, or ``https`` behind the TLS listener) and re-frame the body (the parser de-chunks
-it, so a chunked request is sent on chunked again). Everything else goes through byte for byte,
+to ``X-Forwarded-For``, set ``X-Forwarded-Proto`` (``http``, or ``https`` behind the TLS
+listener) and re-frame the body (the parser de-chunks it, so a chunked request is sent on
+chunked again). Everything else goes through byte for byte,
 in order and with its original case.
 
 Response side (:class:`ResponseHeadReader`, fed by the parser): the same stripping, then framing

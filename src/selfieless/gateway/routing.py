@@ -38,7 +38,8 @@ def path_under(path: bytes, prefix: bytes) -> bool:
     return len(path) == n or path[n] == _SLASH or prefix[-1] == _SLASH
 
 
-_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\*(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*|\*(\.{_LABEL})+")
 
 
 def valid_host(host: str) -> bool:
