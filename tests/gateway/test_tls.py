@@ -447,6 +447,16 @@ def test_certificate_files_that_cannot_be_served(ca, tmp_path):
         f"gateway.tls.certs[0].key: {other.key}: the key does not match the certificate"]
 
 
+def test_a_busy_https_port_is_named(tls_loop, ca, tmp_path):
+    good = write_pair(ca, tmp_path, "good", "a.test")
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        gw = Gateway(GatewayConfig(port=0), tls=TlsSettings(port=port, default=good))
+        with pytest.raises(OSError, match=f"the HTTPS port {port} .*gateway.tls.port"):
+            tls_loop.run(gw.start())
+    assert gw._server is None
+
+
 def test_a_gateway_with_a_bad_certificate_does_not_start(tls_loop, ca, tmp_path):
     good = write_pair(ca, tmp_path, "good", "a.test")
     other = write_pair(ca, tmp_path, "other", "a.test")

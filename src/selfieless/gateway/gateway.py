@@ -120,10 +120,14 @@ class Gateway:
         self.certs = CertStore(self.tls, on_problem=self._tls_problem)
         self.certs.load()
         protocol = connection_class(self.tls)
-        self._tls_server = await self.loop.create_server(
-            lambda: protocol(self), cfg.host, self.tls.port, ssl=self.certs.context,
-            ssl_handshake_timeout=cfg.header_timeout, backlog=cfg.backlog, reuse_address=True,
-        )
+        try:
+            self._tls_server = await self.loop.create_server(
+                lambda: protocol(self), cfg.host, self.tls.port, ssl=self.certs.context,
+                ssl_handshake_timeout=cfg.header_timeout, backlog=cfg.backlog, reuse_address=True,
+            )
+        except OSError as e:  # say which of the two ports (errno 0: not read as the HTTP port's)
+            raise OSError(0, f"the HTTPS port {self.tls.port} (gateway.tls.port, --tls-port): "
+                             f"{e.strerror or e}") from None
         self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         self.certs.watch(self.loop)
         if self.tls.acme:
