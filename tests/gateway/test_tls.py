@@ -223,6 +223,29 @@ def test_keepalive_pipelining_and_chunked_through_tls(tls_gateway, ca, backends)
         assert status == 200 and headers["transfer-encoding"] == "chunked" and got == b"x" * 300000
 
 
+def test_retry_and_ejection_through_tls_as_on_plain_http(tls_gateway, ca, backends, tls_loop):
+    """Nothing listens on the first replica: ejected at once, and the POST (nothing of it sent)
+    goes to the next replica, once, as on plain HTTP."""
+    from support.ports import free_port
+
+    ejected = []
+    gw = tls_gateway(replicas={"acts": backends[:1]})
+    gw.on_eject = lambda *a: ejected.append(a)
+
+    async def add_dead_first():
+        pool = gw.pool("acts")
+        pool.remove(backends[0].id)
+        pool.add("dead", "127.0.0.1", free_port())
+        pool.add(backends[0].id, "127.0.0.1", backends[0].port)
+
+    tls_loop.run(add_dead_first())
+    with httpx.Client(verify=client_ctx(ca), timeout=20) as c:
+        r = c.post(f"https://127.0.0.1:{gw.tls_port}/api/v1/things", content=b'{"a": 1}',
+                   headers={"Host": "a.test"}, extensions={"sni_hostname": "a.test"})
+    assert r.status_code == 200 and r.json()["replica"] == backends[0].id and r.json()["body_len"] == 8
+    assert [a[:2] for a in ejected] == [("acts", "dead")] and gw.stats("acts").retries == 1
+
+
 def test_websocket_upgrade_through_tls(tls_gateway, ca, backends):
     from websockets.sync.client import connect
 
