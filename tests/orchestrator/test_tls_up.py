@@ -14,6 +14,7 @@ import ssl
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -139,6 +140,16 @@ def test_up_serves_the_api_over_https(tmp_path):
                             capture_output=True, text=True, timeout=60, env=env)
         assert rl.returncode == 0 and "certificates reloaded" in rl.stdout, rl.stdout + rl.stderr
         assert _serial(tls_port, "api.test", ctx) != old
+        # a key that does not match: refused, the previous certificate stays, and it is an event
+        ca.issue_cert("api.test").private_key_pem.write_to_path(str(key))
+        rl = subprocess.run([sys.executable, "-m", "selfieless", "tls", "reload", "--state-dir", str(up.state_dir)],
+                            capture_output=True, text=True, timeout=60, env=env)
+        assert rl.returncode == 1 and "does not match" in rl.stdout + rl.stderr, rl.stdout + rl.stderr
+        assert _serial(tls_port, "api.test", ctx) != old  # the one swapped in above, still served
+        deadline = time.monotonic() + 30
+        while not any(e["kind"] == "tls" and "does not match" in e["reason"] for e in up.events()):
+            assert time.monotonic() < deadline, up.events()[-5:]
+            time.sleep(0.2)
     except BaseException:
         print(up.log())
         raise
