@@ -3,7 +3,7 @@
 It implements :class:`~selfieless.gateway.control.GatewayControl` in-process; the same protocol is
 served to a control plane in another process by :mod:`selfieless.gateway.control_api`.
 
-It owns the listening socket, the route table (swapped whole by :meth:`set_routes`), one
+It owns the listening sockets (HTTP, and HTTPS when given ``tls``: gateway/tls.py), the route table (swapped whole by :meth:`set_routes`), one
 :class:`~selfieless.gateway.pool.ReplicaPool` and one
 :class:`~selfieless.gateway.stats.ServiceStats` per service, and the periodic sweep that enforces
 timeouts. All methods run on the event loop that called :meth:`start`; none of them blocks.
