@@ -94,9 +94,12 @@ def test_validation_names_the_field(ca, tmp_path):
 
 
 def test_validate_command_shows_certificate_problems(ca, tmp_path):
-    cert, _ = pair(ca, tmp_path, "d", "a.test")
+    cert, key = pair(ca, tmp_path, "d", "a.test")
     _, other_key = pair(ca, tmp_path, "o", "a.test")
     f = tmp_path / "s.yaml"
+    f.write_text(json.dumps(stack({"cert": cert, "key": key, "port": 8443}, hosts=["a.test"])))
+    r = runner.invoke(app, ["validate", str(f)], env={"COLUMNS": "400"})
+    assert r.exit_code == 0 and "HTTPS on :8443 (1 certificate file(s))" in r.output and "a.test: /" in r.output
     f.write_text(json.dumps(stack({"cert": cert, "key": other_key})))
     r = runner.invoke(app, ["validate", str(f)], env={"COLUMNS": "400"})
     assert r.exit_code == 1 and "gateway.tls.key:" in r.output and "does not match" in r.output

@@ -530,8 +530,12 @@ def validate(stack: Path = typer.Argument(..., help="Stack file to check.")):
         for p in e.problems:
             err.print(f"  {p}")
         raise typer.Exit(1)
+    tls = s.gateway.tls
+    https = "" if tls is None else (
+        f", HTTPS on :{tls.port} ({len(tls.certs) + (tls.cert is not None)} certificate file(s)"
+        + (f", ACME from {tls.acme.directory}" if tls.acme else "") + ")")
     console.print(f"[green]ok[/]: stack {s.name!r}, driver {s.driver}, gateway {s.gateway.host}:{s.gateway.port} "
-                  f"({s.gateway.balance}), {len(s.services)} service{'s' if len(s.services) != 1 else ''}")
+                  f"({s.gateway.balance}){https}, {len(s.services)} service{'s' if len(s.services) != 1 else ''}")
     t = Table()
     for col in ("service", "routes", "host ports", "replicas (initial, min..max)", "autoscale", "health"):
         t.add_column(col)
@@ -540,7 +544,8 @@ def validate(stack: Path = typer.Argument(..., help="Stack file to check.")):
         pol_text = {"window": lambda: f"window {pol.window_seconds:g} s, {pol.requests_per_replica} req/replica",
                     "rate": lambda: f"rate {pol.target_rps_per_replica:g} rps/replica",
                     "none": lambda: "none"}[pol.policy]()
-        t.add_row(name, " ".join(svc.routes) or "-", str(svc.host_ports),
+        where = " ".join(svc.routes) or ("/" if svc.hosts else "-")
+        t.add_row(name, (f"{', '.join(svc.hosts)}: " if svc.hosts else "") + where, str(svc.host_ports),
                   f"{svc.replicas.start_count}, {svc.replicas.min}..{svc.replicas.max}", pol_text,
                   f"{svc.health.path} every {svc.health.interval:g} s")
     for name, dep in s.dependencies.items():
