@@ -332,7 +332,8 @@ def test_replaced_files_swap_in_without_dropping_connections_under_load(tls_gate
     held = tls_socket(ca, gw.tls_port)  # open before the swap, used after it
     try:
         time.sleep(0.5)
-        new = write_pair(ca, tmp_path / "..", "a-next", "a.test", "www.a.test")
+        (tmp_path / "next").mkdir()
+        new = write_pair(ca, tmp_path / "next", "a", "a.test", "www.a.test")
         # replace the files the way a deploy tool would: write aside, rename over
         for src, dst in ((new.key, pair.key), (new.cert, pair.cert)):
             os.replace(src, dst + ".tmp")
