@@ -10,28 +10,22 @@ under a GET load. And: a CA that cannot be reached is an event and never stops p
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import shutil
 import socket
 import ssl
 import stat
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import trustme
-from gw_support import wait_port
+from support.pebble import run_pebble
 from support.ports import free_port_range
 
 from selfieless.gateway import Gateway, GatewayConfig
 from selfieless.gateway.acme import due, renew_at, retry_in, store_dir
 from selfieless.gateway.tls import TlsSettings
 
-NEEDS_PEBBLE = "needs Debian's pebble and pebble-challtestsrv (ACME test CA): run `scripts/provision pebble`"
 
 
 def test_renewal_rules():
@@ -49,35 +43,8 @@ def test_renewal_rules():
 
 @pytest.fixture
 def pebble(tmp_path):
-    if not (shutil.which("pebble") and shutil.which("pebble-challtestsrv")):
-        pytest.skip(NEEDS_PEBBLE)
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "pebble.crt"))
-    leaf.private_key_pem.write_to_path(str(tmp_path / "pebble.key"))
-    ca.cert_pem.write_to_path(str(tmp_path / "pebble-ca.pem"))
-    acme_port, mgmt_port, dns_port, dns_mgmt, tls_alpn, gw_port = free_port_range(6)
-    (tmp_path / "pebble.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"127.0.0.1:{acme_port}", "managementListenAddress": f"127.0.0.1:{mgmt_port}",
-        "certificate": str(tmp_path / "pebble.crt"), "privateKey": str(tmp_path / "pebble.key"),
-        "httpPort": gw_port, "tlsPort": tls_alpn, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
-    log = open(tmp_path / "pebble.log", "wb")
-    dns = subprocess.Popen(["pebble-challtestsrv", "-dns01", f"127.0.0.1:{dns_port}", "-http01", "", "-https01", "",
-                            "-tlsalpn01", "", "-management", f"127.0.0.1:{dns_mgmt}", "-defaultIPv4", "127.0.0.1",
-                            "-defaultIPv6", ""], stdout=log, stderr=subprocess.STDOUT)
-    ca_proc = subprocess.Popen(["pebble", "-config", str(tmp_path / "pebble.json"),
-                                "-dnsserver", f"127.0.0.1:{dns_port}"], stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"})
-    try:
-        wait_port(acme_port, 30)
-        wait_port(mgmt_port, 30)
-        yield {"directory": f"https://127.0.0.1:{acme_port}/dir", "ca_bundle": str(tmp_path / "pebble-ca.pem"),
-               "mgmt": f"https://127.0.0.1:{mgmt_port}", "gw_port": gw_port, "log": tmp_path / "pebble.log"}
-    finally:
-        for p in (ca_proc, dns):
-            p.terminate()
-            p.wait(10)
-        log.close()
+    with run_pebble(tmp_path) as found:
+        yield found
 
 
 def _served(port: int, host: str, ctx: ssl.SSLContext) -> str | None:

@@ -23,6 +23,7 @@ import trustme
 import yaml
 
 from selfieless.orchestrator.stack import BUNDLED_STACK
+from support.pebble import run_pebble
 from support.ports import free_port, free_port_range
 from support.up_process import UpProcess
 
@@ -32,10 +33,12 @@ class TlsUp(UpProcess):
     converge_timeout = 120.0
 
 
-def _stack(tmp_path: Path) -> Path:
+def _stack(tmp_path: Path, name: str = "tls-e2e", tls: dict | None = None) -> Path:
     data = yaml.safe_load(BUNDLED_STACK.read_text())
-    data["name"] = "tls-e2e"
+    data["name"] = name
     data["gateway"]["host"] = "127.0.0.1"
+    if tls is not None:
+        data["gateway"]["tls"] = tls
     acts, users, web = free_port_range(10), free_port_range(10), free_port_range(10)
     data["services"]["acts"].update(host_ports=f"{acts[0]}-{acts[-1]}", autoscale={"policy": "none"},
                                     replicas={"initial": 3, "min": 3, "max": 3})
@@ -156,3 +159,48 @@ def test_up_serves_the_api_over_https(tmp_path):
     finally:
         r = up.down()
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_up_gets_certificates_from_an_acme_ca(tmp_path):
+    """No certificate file: the gateway process gets one from pebble for each host the routes
+    name, keeps them in the stack's state directory, and `status` says where they came from."""
+    with run_pebble(tmp_path) as pebble:
+        tls_port = free_port()
+        stack = _stack(tmp_path, "tls-acme", {"port": tls_port, "acme": {
+            "directory": pebble["directory"], "email": "ops@api.test", "ca_bundle": pebble["ca_bundle"]}})
+        data = yaml.safe_load(stack.read_text())
+        data["services"]["acts"]["hosts"] = ["api.test"]  # acts at api.test; users stays on any host
+        stack.write_text(yaml.safe_dump(data))
+        up = TlsUp(stack, tmp_path / "state", gateway_port=pebble["gw_port"])
+        up.start()
+        try:
+            up.wait_converged()
+            with httpx.Client(verify=ssl.create_default_context(cafile=pebble["ca_bundle"]), timeout=10) as c:
+                root = c.get(f"{pebble['mgmt']}/roots/0").text
+            ctx = ssl.create_default_context(cadata=root)
+            for host in ("api.test", "site.test"):
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        _serial(tls_port, host, ctx)
+                        break
+                    except (ssl.SSLError, OSError):
+                        assert time.monotonic() < deadline, f"no certificate for {host}:\n{up.log()}"
+                        time.sleep(0.5)
+            with httpx.Client(verify=ctx, timeout=30) as c:
+                r = c.get(f"https://127.0.0.1:{tls_port}/api/v1/acts/count", headers={"Host": "api.test"},
+                          extensions={"sni_hostname": "api.test"})
+            assert r.status_code == 200 and r.json() == [0]
+            stored = list((tmp_path / "state" / "tls-acme" / "acme").glob("*/api.test/cert.pem"))
+            assert len(stored) == 1
+            env = {**os.environ, "COLUMNS": "200"}
+            st = subprocess.run([sys.executable, "-m", "selfieless", "status", "--state-dir", str(up.state_dir)],
+                                capture_output=True, text=True, timeout=60, env=env)
+            assert "api.test (acme): expires in" in st.stdout and "site.test (acme)" in st.stdout, st.stdout
+            assert any(e["kind"] == "tls" and e["replica"] == "api.test" for e in up.events())
+        except BaseException:
+            print(up.log())
+            raise
+        finally:
+            r = up.down()
+            assert r.returncode == 0, r.stdout + r.stderr
