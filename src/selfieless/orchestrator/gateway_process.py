@@ -98,8 +98,18 @@ class GatewayProcess:
             await self.wait_exit(5.0)
 
 
-async def _attach(state_dir: Path, config, token: str | None) -> tuple[RemoteGateway, GatewayProcess] | None:
-    """The gateway recorded in ``state_dir``, if it is alive, answers, and listens where ``config`` says."""
+def _tls_differs(info: dict, tls) -> bool:
+    """Whether a running gateway's HTTPS (its info) is not what ``tls`` asks for: on or off, or
+    another port. (Certificates reload by themselves; the listener does not move.)"""
+    running = info.get("tls_port")
+    if tls is None:
+        return running is not None
+    return running is None or bool(tls.port and running != tls.port)
+
+
+async def _attach(state_dir: Path, config, token: str | None, tls=None) -> tuple[RemoteGateway, GatewayProcess] | None:
+    """The gateway recorded in ``state_dir``, if it is alive, answers, and listens where ``config``
+    (and ``tls``) say."""
     state = read_state(state_dir / STATE_FILE)
     if not state or not state.get("control_socket") or not isinstance(state.get("pid"), int) \
             or not pid_alive(state["pid"]):
@@ -116,6 +126,11 @@ async def _attach(state_dir: Path, config, token: str | None) -> tuple[RemoteGat
         # The stack now asks for another address: replace the gateway rather than serve the old one.
         log.warning("the running gateway listens on %s:%s, the stack wants %s:%s; replacing it",
                     info["host"], info["port"], config.host, config.port)
+        await proc.stop(client)
+        return None
+    if _tls_differs(info, tls):
+        log.warning("the running gateway's HTTPS listener (port %s) is not what the stack asks for; replacing it",
+                    info.get("tls_port"))
         await proc.stop(client)
         return None
     return client, proc
@@ -169,7 +184,7 @@ async def attach_or_start(state_dir: Path, config, routes: dict[str, str],
     (with ``tls``, a gateway.tls.TlsSettings, it also serves HTTPS)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     token = os.environ.get(TOKEN_ENV) or None
-    found = await _attach(state_dir, config, token)
+    found = await _attach(state_dir, config, token, tls)
     if found is not None:
         found[1].tls = tls
         return found
