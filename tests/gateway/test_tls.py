@@ -471,6 +471,18 @@ def test_certificate_files_that_cannot_be_served(ca, tmp_path):
         f"gateway.tls.certs[0].key: {other.key}: the key does not match the certificate"]
 
 
+def test_an_expired_certificate_still_served_is_reported_once(tls_gateway, tls_loop):
+    gw = tls_gateway()
+    problems = []
+    gw.on_tls_event = lambda kind, host, detail: problems.append((kind, detail))
+    later = dt.datetime(3001, 1, 1, tzinfo=dt.timezone.utc)  # trustme certificates end in 3000
+    found = tls_loop.call(gw.certs.check_expiry, later)
+    assert len(found) == 3 and all("expired on" in m and "still served" in m for m in found)
+    assert tls_loop.call(gw.certs.check_expiry, later) == []  # once
+    assert [k for k, _ in problems] == ["tls_problem"] * 3
+    assert tls_loop.call(gw.certs.check_expiry) == []  # today: none has
+
+
 def test_a_busy_https_port_is_named(tls_loop, ca, tmp_path):
     good = write_pair(ca, tmp_path, "good", "a.test")
     with socket.create_server(("127.0.0.1", 0)) as busy:

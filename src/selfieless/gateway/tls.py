@@ -190,6 +190,7 @@ class CertStore:
         self._by_host: dict[str, ssl.SSLContext] = {}
         self._default: ssl.SSLContext | None = None
         self._problems: dict[CertPair, str] = {}
+        self._expired: set[LoadedPair] = set()  # reported by check_expiry
         self._timer = None
         self.reloads = 0  # successful swaps after the first load
         self.context = server_context()  # the listener's: it only picks one of the pairs'
@@ -276,6 +277,22 @@ class CertStore:
                  "problem": self._problems.get(lp.pair) or (self.acme_problems.get(lp.hosts[0]) if lp.hosts else None)}
                 for lp in self.loaded.values()]
 
+    def check_expiry(self, now: dt.datetime | None = None) -> list[str]:
+        """Say once (``on_problem``) of each certificate served past its expiry: clients refuse
+        it, and nothing but new files (or ACME) will mend that."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        out = []
+        for lp in self.loaded.values():
+            if lp.not_after <= now and lp not in self._expired:
+                self._expired.add(lp)
+                message = (f"{lp.pair.cert} ({', '.join(lp.hosts) or 'no names'}) expired on "
+                           f"{lp.not_after:%Y-%m-%d %H:%M} UTC and is still served: replace it")
+                log.error("TLS: %s", message)
+                out.append(message)
+                if self.on_problem is not None:
+                    self.on_problem(message)
+        return out
+
     def watch(self, loop) -> None:
         """Look at the files every ``reload_interval`` seconds (a stat each: cheap)."""
         interval = self.settings.reload_interval
@@ -285,6 +302,7 @@ class CertStore:
         def tick() -> None:
             try:
                 self.reload()
+                self.check_expiry()
             except Exception:  # never let the watcher die
                 log.exception("TLS certificate reload failed")
             self._timer = loop.call_later(interval, tick)
