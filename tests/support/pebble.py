@@ -56,9 +56,12 @@ def run_pebble(folder: Path, http_port: int | None = None):
                             "-tlsalpn01", "", "-management", f"127.0.0.1:{dns_mgmt}", "-defaultIPv4", "127.0.0.1",
                             "-defaultIPv6", ""], stdout=log, stderr=subprocess.STDOUT)
     # No sleeping before validations, and no nonces rejected on purpose: the tests are about us.
+    # Valid authorizations are always reused, as Let's Encrypt does for 30 days: a renewal then
+    # meets authorizations already valid (pebble's default reuses half of them, at random).
     ca_proc = subprocess.Popen(["pebble", "-config", str(folder / "pebble.json"),
                                 "-dnsserver", f"127.0.0.1:{dns_port}"], stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"})
+                               env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+                                    "PEBBLE_AUTHZREUSE": "100"})
     try:
         _wait_port(acme_port, 30)
         _wait_port(mgmt_port, 30)

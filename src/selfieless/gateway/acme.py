@@ -144,7 +144,7 @@ class AcmeIssuer:
 
     def issue(self, host: str) -> CertPair:
         """A new certificate for ``host`` (HTTP-01), stored; raises on any failure."""
-        from acme import challenges, crypto_util
+        from acme import challenges, crypto_util, messages
 
         if self._client is None:
             self._client = self._account()
@@ -154,6 +154,8 @@ class AcmeIssuer:
         tokens = []
         try:
             for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue  # the CA still trusts an earlier validation (a renewal, usually)
                 chall = next((c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)), None)
                 if chall is None:
                     raise RuntimeError(f"{host}: the CA offers no HTTP-01 challenge")
