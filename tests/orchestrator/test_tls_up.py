@@ -8,6 +8,7 @@ HTTP redirected; `curl --cacert` as in the README; the certificate in `selfieles
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -31,6 +32,25 @@ from support.up_process import UpProcess
 class TlsUp(UpProcess):
     driver = "process"
     converge_timeout = 120.0
+
+    @contextlib.contextmanager
+    def running(self):
+        """Started and converged; its log printed if the test fails; `down` at the end."""
+        self.start()
+        try:
+            self.wait_converged()
+            yield self
+        except BaseException:
+            print(self.log())
+            raise
+        finally:
+            r = self.down()
+            assert r.returncode == 0, r.stdout + r.stderr
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`selfieless ARGS --state-dir` of this `up`."""
+        return subprocess.run([sys.executable, "-m", "selfieless", *args, "--state-dir", str(self.state_dir)],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
 
 
 def _stack(tmp_path: Path, name: str = "tls-e2e", tls: dict | None = None) -> Path:
@@ -65,9 +85,7 @@ def test_up_serves_the_api_over_https(tmp_path):
     tls_port = free_port()
     up = TlsUp(_stack(tmp_path), tmp_path / "state")
     up.extra_args = ("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", str(tls_port))
-    up.start()
-    try:
-        up.wait_converged()
+    with up.running():
         assert up.status()["services"]["acts"]["ready"] == 3
         ctx = ssl.create_default_context(cafile=str(ca_file))
         base = f"https://127.0.0.1:{tls_port}/api/v1"
@@ -128,9 +146,7 @@ def test_up_serves_the_api_over_https(tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and json.loads(out.stdout) == [0], out.stderr
         # status, metrics
-        env = {**os.environ, "COLUMNS": "200"}
-        st = subprocess.run([sys.executable, "-m", "selfieless", "status", "--state-dir", str(up.state_dir)],
-                            capture_output=True, text=True, timeout=60, env=env)
+        st = up.cli("status")
         assert "certificates:" in st.stdout and "api.test, site.test (default): expires in" in st.stdout, st.stdout
         metrics = httpx.get(f"{up.admin}/metrics", timeout=30).text
         assert 'selfieless_tls_cert_expiry_seconds{host="api.test"}' in metrics
@@ -139,26 +155,18 @@ def test_up_serves_the_api_over_https(tmp_path):
         leaf2 = ca.issue_cert("api.test", "site.test")
         leaf2.private_key_pem.write_to_path(str(key))
         leaf2.cert_chain_pems[0].write_to_path(str(cert))
-        rl = subprocess.run([sys.executable, "-m", "selfieless", "tls", "reload", "--state-dir", str(up.state_dir)],
-                            capture_output=True, text=True, timeout=60, env=env)
+        rl = up.cli("tls", "reload")
         assert rl.returncode == 0 and "certificates reloaded" in rl.stdout, rl.stdout + rl.stderr
         assert _serial(tls_port, "api.test", ctx) != old
         # a key that does not match: refused, the previous certificate stays, and it is an event
         ca.issue_cert("api.test").private_key_pem.write_to_path(str(key))
-        rl = subprocess.run([sys.executable, "-m", "selfieless", "tls", "reload", "--state-dir", str(up.state_dir)],
-                            capture_output=True, text=True, timeout=60, env=env)
+        rl = up.cli("tls", "reload")
         assert rl.returncode == 1 and "does not match" in rl.stdout + rl.stderr, rl.stdout + rl.stderr
         assert _serial(tls_port, "api.test", ctx) != old  # the one swapped in above, still served
         deadline = time.monotonic() + 30
         while not any(e["kind"] == "tls" and "does not match" in e["reason"] for e in up.events()):
             assert time.monotonic() < deadline, up.events()[-5:]
             time.sleep(0.2)
-    except BaseException:
-        print(up.log())
-        raise
-    finally:
-        r = up.down()
-        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_up_gets_certificates_from_an_acme_ca(tmp_path):
@@ -172,9 +180,7 @@ def test_up_gets_certificates_from_an_acme_ca(tmp_path):
         data["services"]["acts"]["hosts"] = ["api.test"]  # acts at api.test; users stays on any host
         stack.write_text(yaml.safe_dump(data))
         up = TlsUp(stack, tmp_path / "state", gateway_port=pebble["gw_port"])
-        up.start()
-        try:
-            up.wait_converged()
+        with up.running():
             with httpx.Client(verify=ssl.create_default_context(cafile=pebble["ca_bundle"]), timeout=10) as c:
                 root = c.get(f"{pebble['mgmt']}/roots/0").text
             ctx = ssl.create_default_context(cadata=root)
@@ -193,14 +199,6 @@ def test_up_gets_certificates_from_an_acme_ca(tmp_path):
             assert r.status_code == 200 and r.json() == [0]
             stored = list((tmp_path / "state" / "tls-acme" / "acme").glob("*/api.test/cert.pem"))
             assert len(stored) == 1
-            env = {**os.environ, "COLUMNS": "200"}
-            st = subprocess.run([sys.executable, "-m", "selfieless", "status", "--state-dir", str(up.state_dir)],
-                                capture_output=True, text=True, timeout=60, env=env)
+            st = up.cli("status")
             assert "api.test (acme): expires in" in st.stdout and "site.test (acme)" in st.stdout, st.stdout
             assert any(e["kind"] == "tls" and e["replica"] == "api.test" for e in up.events())
-        except BaseException:
-            print(up.log())
-            raise
-        finally:
-            r = up.down()
-            assert r.returncode == 0, r.stdout + r.stderr
