@@ -29,6 +29,14 @@ from selfieless.gateway.tls import choose
     (b"-bad.org", None),
     (b"a" * 254, None),
     (b"[::1", None),
+    (b"[::1]x", None),
+    (b"[::1]:", None),
+    (b"[::1]:443", b"[::1]"),
+    (b"[zz]", None),
+    (b"example.org:", None),
+    (b"example.org:8a", None),
+    (b"a" * 253, b"a" * 253),  # the longest name DNS allows
+    (b"a" * 252 + b".", b"a" * 252),
 ])
 def test_normalise_host(raw, want):
     assert normalise_host(raw) == want
@@ -36,6 +44,7 @@ def test_normalise_host(raw, want):
 
 def test_host_of_takes_the_first_host_header_any_case():
     assert host_of([(b"Accept", b"*/*"), (b"HOST", b"A.test:1"), (b"Host", b"b.test")]) == b"a.test"
+    assert host_of([(b"From", b"x.test"), (b"Hosts", b"y.test"), (b"host", b"c.test")]) == b"c.test"
     assert host_of([(b"Accept", b"*/*")]) is None
 
 
@@ -59,6 +68,16 @@ ROUTES = RouteTable({
 ])
 def test_lookup_host_then_longest_prefix(host, path, want):
     assert ROUTES.lookup(host, path) == want
+
+
+def test_valid_host_names():
+    from selfieless.gateway.routing import valid_host
+
+    assert valid_host("a" * 253) and not valid_host("a" * 254)
+    assert valid_host("*.example.org") and valid_host("x-1.example.org")
+    assert not valid_host("*") and not valid_host("a.*.org") and not valid_host("-a.org") and not valid_host("A.org")
+    assert ROUTES.hosts() == ["*.wild.test", "a.test", "www.a.test"]
+    assert RouteTable({"/x": "s"}).hosts() == []
 
 
 def test_route_keys():
@@ -109,6 +128,13 @@ def test_redirect_answer_keeps_port_and_query():
     assert front.redirect(b"a.test", 443).local(b"/")[2] == b"Location: https://a.test/\r\n"
     raw = json_response(*front.redirect(b"a.test", 443).local(b"/")[:2], False, False, b"Location: x\r\n")
     assert raw.startswith(b"HTTP/1.1 301 Moved Permanently\r\n") and b"\r\nLocation: x\r\n\r\n{" in raw
+
+
+def test_answers_without_a_location_are_as_given():
+    assert front.STATUS.local(b"/x?y") == (200, None, b"")
+    assert front.NOT_FOUND.local(b"/x") == (404, {"error": "no route for this path"}, b"")
+    assert front.Answer(200, b"auth").local(b"/t") == (200, b"auth", b"")
+    assert "Answer(301" in repr(front.redirect(b"a.test", 443))
 
 
 def test_challenge_answer_is_the_exact_bytes():

@@ -36,9 +36,11 @@ def normalise_host(raw: bytes | None) -> bytes | None:
         return None
     host = raw.strip().lower()
     if host[:1] == b"[":  # an IPv6 literal, [::1]:8443
-        end = host.find(b"]")
-        host = host[:end + 1] if end > 0 else b""
-        return host if _IPV6.fullmatch(host) else None
+        end = host.find(b"]") + 1
+        rest = host[end:]
+        if end == 0 or (rest and not (rest[:1] == b":" and rest[1:].isdigit())):
+            return None
+        return host[:end] if _IPV6.fullmatch(host[:end]) else None
     colon = host.rfind(b":")
     if colon >= 0:
         if not host[colon + 1:].isdigit():

@@ -51,11 +51,11 @@ def split_key(key: str) -> tuple[str | None, str]:
     """``//Example.org/api/`` -> ("example.org", "/api"); ``/api`` -> (None, "/api")."""
     if not key.startswith("//"):
         return None, normalise_prefix(key)
-    host, slash, path = key[2:].partition("/")
+    host, _, path = key[2:].partition("/")
     host = host.lower().rstrip(".")
     if not valid_host(host):
         raise ValueError(f"route {key!r}: {host!r} is not a host name")
-    return host, normalise_prefix(slash + path)
+    return host, normalise_prefix(path)  # adds the leading slash back
 
 
 def host_key(host: str, prefix: str) -> str:
