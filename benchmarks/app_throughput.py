@@ -291,6 +291,8 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
                                 stdout=open(f"{tmp}/bare.log", "wb"), stderr=subprocess.STDOUT)
         wait_200(bare_url + "/api/v1/categories", bare)
         for label, real, path, script, pids in endpoints:
+            if args.endpoints and not any(word in label for word in args.endpoints.split(",")):
+                continue
             for target in (real, bare_url + path):  # warm up: connections, statement caches
                 subprocess.run(["wrk", "-t1", "-c2", "-d1s", *(["-s", script()] if script else []), target],
                                capture_output=True, check=True)
@@ -303,6 +305,8 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
                     (mine_cpu if side == "real" else theirs_cpu).append(cpu)
                     if err:
                         errors.add(f"{side}: {err}")
+            if args.profile:
+                profile(label, backend, real, script() if script else None, pids, args)
             m, b = statistics.median(mine), statistics.median(theirs)
             mc, bc = statistics.median(mine_cpu), statistics.median(theirs_cpu)
             results[(backend, label)] = (m, b)
@@ -316,6 +320,43 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
             stop(bare)
         stop(acts)
         stop(users)
+
+
+def profile(label: str, backend: str, url: str, script: str | None, pids: tuple[int, ...], args) -> None:
+    """One more wrk run on the replica with py-spy sampling each serving process (--profile DIR):
+    collapsed stacks to DIR, and the functions most often on the stack printed."""
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "-", f"{backend} {label}".lower()).strip("-")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    spies = [subprocess.Popen([spy, "record", "-p", str(pid), "-r", "250", "-d", str(args.duration), "--nolineno",
+                               "-f", "raw", "-o", str(out / f"{name}-{pid}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
+    time.sleep(0.5)  # py-spy attaches
+    run_wrk(url, args, script)
+    for spy in spies:
+        spy.wait(60)
+    for pid in pids:
+        print(f"  profile {name} pid {pid}:\n" + summarise(out / f"{name}-{pid}.txt"), flush=True)
+
+
+def summarise(path: Path, top: int = 14) -> str:
+    """Share of the samples in which each function is on the stack (inclusive) and on top (own)."""
+    total, inclusive, own = 0, {}, {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r" \(.*?/(site-packages|selfieless|lib/python3[.0-9]*)/", " (", f)
+                  for f in stack.split(";")]
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    rows = [f"    own {n / total:5.1%}  {f}" for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
+    rows += [f"    in  {n / total:5.1%}  {f}" for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:top * 2]]
+    return "\n".join(rows) if total else "    (no samples)"
 
 
 def part_apps(args, tmp: str) -> None:
@@ -435,6 +476,10 @@ def main() -> None:
     ap.add_argument("--wrk-cpu", default="0", help="core for wrk")
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measurement per replica count")
     ap.add_argument("--probe-runs", type=int, default=1)
+    ap.add_argument("--endpoints", default="", help="only the endpoints whose label contains one of these "
+                                                    "comma-separated words (e.g. upload,upvote)")
+    ap.add_argument("--profile", metavar="DIR", help="also sample each endpoint's serving processes with "
+                                                    "py-spy during one more run (collapsed stacks to DIR)")
     args = ap.parse_args()
     missing = [t for t in ("wrk", "taskset") if shutil.which(t) is None]
     if missing:
