@@ -178,10 +178,16 @@ def _upload_route(router: APIRouter, ctx: ServiceContext, store: ActsStore, user
             raise ApiError(400, "body must be a JSON object with keys actId, username, timestamp, "
                                 "caption, categoryName, imgB64")
         act = validate(UploadBody, body)
-        # Cheap local checks first, the users service last: a bad upload is a 400 even when
-        # the users service is down, and nothing is written unless every check passed.
-        await store.check_new_act(act.actId, act.categoryName)
-        if not await users.exists(act.username):
+        # The user first, then one statement that inserts the act only if its category exists and
+        # its actId is free (store.insert_act): one round trip to the database, not a check and an
+        # insert. Nothing is written unless every check passed.
+        try:
+            known = await users.exists(act.username)
+        except ApiError as exc:
+            if exc.status == 503:  # the users service is down: a bad upload is still a 400
+                await store.check_new_act(act.actId, act.categoryName)
+            raise
+        if not known:
             raise ApiError(400, f"no such user: {act.username!r}")
         await store.insert_act(NewAct(
             act_id=act.actId, username=act.username, timestamp=act.timestamp,

@@ -136,7 +136,8 @@ class ActsStore:
             raise ApiError(400, f"no such act: {act_id}")
 
     async def check_new_act(self, act_id: int, category: str) -> None:
-        """The checks an upload needs from the database, before asking the users service."""
+        """The rules of an upload the database decides (insert_act applies them too): a 400 for a
+        taken actId or a missing category, without writing."""
         (existing, category_id), = await self.db.fetch(_UPLOAD_CHECK, {"id": act_id, "key": name_key(category)})
         if existing is not None:
             raise ApiError(400, f"an act with actId {act_id} already exists")
@@ -150,5 +151,5 @@ class ActsStore:
                 "ts_text": act.timestamp, "ts_sort": act.ts_sort, "caption": act.caption, "img": act.img})
         except Duplicate:
             raise ApiError(400, f"an act with actId {act.act_id} already exists") from None
-        if inserted == 0:  # deleted since check_new_act
+        if inserted == 0:  # the INSERT ... SELECT found no such category
             raise ApiError(400, f"no such category: {act.category!r}")

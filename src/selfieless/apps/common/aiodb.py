@@ -20,6 +20,8 @@ timeout task per checkout). Here a checkout is a list pop when a connection is i
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -147,19 +149,24 @@ class ServerPool:
 
     async def fetch(self, sql: str, args: tuple) -> list:
         try:
-            return await self._run(sql, args, True)
+            return await self._run(self._statement, sql, args, True)
         except Exception as exc:  # noqa: BLE001 - sorted, then re-raised
             if classify(exc) is not ConnectionLost:
                 raise
-        return await self._run(sql, args, True)
+        return await self._run(self._statement, sql, args, True)
 
     async def execute(self, sql: str, args: tuple) -> int:
-        return await self._run(sql, args, False)
+        return await self._run(self._statement, sql, args, False)
 
-    async def _run(self, sql: str, args: tuple, rows: bool) -> Any:
+    async def execute_after(self, first: tuple[str, tuple], sql: str, args: tuple) -> int:
+        """Run the write `first` (SQL, arguments), then `sql`, in one transaction sent in one round
+        trip; return the row count of `sql`. Either both are committed or neither is."""
+        return await self._run(self._two_in_one, first, sql, args)
+
+    async def _run(self, how, *work) -> Any:
         conn = await self.connections.acquire()
         try:
-            result = await self._statement(conn, sql, args, rows)
+            result = await how(conn, *work)
         except BaseException:
             # A failed or cancelled statement may leave the connection mid-answer: never reuse it.
             self.connections.release(conn, broken=True)
@@ -175,6 +182,9 @@ class ServerPool:
 
     async def _statement(self, conn, sql: str, args: tuple, rows: bool) -> Any:
         """The statement's rows (`rows`), else its row count."""
+        raise NotImplementedError
+
+    async def _two_in_one(self, conn, first: tuple[str, tuple], sql: str, args: tuple) -> int:
         raise NotImplementedError
 
     @property
@@ -207,6 +217,12 @@ class PostgresPool(ServerPool):
         status = await conn.execute(sql, *args)  # "UPDATE 1", "INSERT 0 1", "DELETE 3"
         return int(status.rsplit(" ", 1)[1])
 
+    async def _two_in_one(self, conn, first: tuple[str, tuple], sql: str, args: tuple) -> int:
+        # One statement: `first` as a data-modifying WITH clause, which PostgreSQL runs to completion
+        # whether or not the main statement reads it, in the main statement's transaction.
+        first_sql, first_args = first
+        return await self._statement(conn, _with_first(first_sql, sql, len(args)), args + first_args, False)
+
 
 class MysqlPool(ServerPool):
     """asyncmy, in autocommit, with prepared statements."""
@@ -230,6 +246,31 @@ class MysqlPool(ServerPool):
         async with conn.cursor() as cur:
             count = await cur.execute(sql, args)
             return await cur.fetchall() if rows else count
+
+    async def _two_in_one(self, conn, first: tuple[str, tuple], sql: str, args: tuple) -> int:
+        # Several statements in one query (the text protocol: a prepared statement holds one), so the
+        # arguments are escaped into it by the driver. A failure stops the query mid-transaction:
+        # the caller then closes the connection, and the server rolls the transaction back.
+        first_sql, first_args = first
+        async with conn.cursor() as cur:
+            query = f"START TRANSACTION; {cur.mogrify(first_sql, first_args)}; {cur.mogrify(sql, args)}; COMMIT"
+            await cur.execute(query)
+            await cur.nextset()          # `first`
+            await cur.nextset()          # `sql`
+            count = cur.rowcount
+            await cur.nextset()          # COMMIT: its success is the transaction's
+            return count
+
+
+_PG_PARAMETER = re.compile(r"\$([0-9]+)")
+
+
+@functools.lru_cache(maxsize=256)  # a few statements, each built once rather than per request
+def _with_first(first: str, sql: str, taken: int) -> str:
+    """PostgreSQL: `first` (an UPDATE) run as a WITH clause of `sql`, its $n parameters numbered
+    after the `taken` ones of `sql`."""
+    shifted = _PG_PARAMETER.sub(lambda m: f"${int(m.group(1)) + taken}", first)
+    return f"WITH first_write AS ({shifted}) {sql}"
 
 
 def open_pool(url: str, size: int) -> ServerPool:
