@@ -111,3 +111,33 @@ def test_identical_reads_share_a_query_that_started_after_they_arrived():
     assert all(r == (("categories",), 1) for r in results[1:11])  # never the answer from before
     assert results[11] == (("acts", "Nature"), 1)
     assert sorted(table.reads) == [("acts", "Nature"), ("categories",), ("categories",)]
+
+
+def test_two_commits_on_their_way_at_once_when_allowed():
+    commit = SlowCommit()
+    in_flight, most = 0, 0
+
+    async def tracked(k: int) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await commit(k)
+        finally:
+            in_flight -= 1
+
+    async def main(concurrency: int) -> int:
+        nonlocal most
+        most = 0
+        counter = GroupCounter(tracked, concurrency)
+        adds = []
+        for _ in range(50):  # one request per turn of the loop
+            adds.append(asyncio.ensure_future(counter.add()))
+            await asyncio.sleep(0)
+        await asyncio.gather(*adds)
+        assert counter.idle
+        return most
+    assert asyncio.run(main(1)) == 1
+    commit.batches.clear()
+    assert asyncio.run(main(2)) == 2
+    assert sum(commit.batches) == 50 and len(commit.batches) < 50

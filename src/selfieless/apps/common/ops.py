@@ -56,7 +56,8 @@ class OperationalContext:
         self.counts = counts
         self.allow_crash = allow_crash
         self.crashed = False
-        self.counter = GroupCounter(self._commit_count)
+        # SQLite commits on the loop without waiting for a flush (synchronous=NORMAL): one at a time.
+        self.counter = GroupCounter(self._commit_count, 2 if db.folds_counts else 1)
         # The health check's write proof locks this row, never the counter's: a replica cut off
         # in the middle of its check would otherwise leave the row every request needs locked.
         self.probe_row = f"{service}/health"
