@@ -131,8 +131,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def database(backend: str, tmp: str):
-    """URL of an empty database of this kind, dropped afterwards; None when the server is missing."""
+def database(backend: str, tmp: str, async_commit: bool = False):
+    """URL of an empty database of this kind, dropped afterwards; None when the server is missing.
+    `async_commit`: PostgreSQL commits in it answer before their log record is flushed to disk."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp}/bench-{uuid.uuid4().hex[:8]}.db"
         return
@@ -143,6 +144,8 @@ def database(backend: str, tmp: str):
         admin = create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {name}"))
+            if async_commit and backend == "postgresql":
+                conn.execute(text(f"ALTER DATABASE {name} SET synchronous_commit = off"))
     except Exception as exc:
         print(f"{backend}: skipped, server not reachable ({type(exc).__name__})", flush=True)
         yield None
@@ -362,7 +365,7 @@ def summarise(path: Path, top: int = 14) -> str:
 def part_apps(args, tmp: str) -> None:
     results: dict = {}
     for backend in args.backends.split(","):
-        with database(backend, tmp) as url:
+        with database(backend, tmp, args.pg_async_commit) as url:
             if url is not None:
                 bench_backend(backend, url, args, tmp, results)
 
@@ -476,6 +479,9 @@ def main() -> None:
     ap.add_argument("--wrk-cpu", default="0", help="core for wrk")
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measurement per replica count")
     ap.add_argument("--probe-runs", type=int, default=1)
+    ap.add_argument("--pg-async-commit", action="store_true",
+                    help="PostgreSQL: the benchmark's database commits without waiting for the log flush "
+                         "(synchronous_commit = off), to show what the flush costs")
     ap.add_argument("--endpoints", default="", help="only the endpoints whose label contains one of these "
                                                     "comma-separated words (e.g. upload,upvote)")
     ap.add_argument("--profile", metavar="DIR", help="also sample each endpoint's serving processes with "

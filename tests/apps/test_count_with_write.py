@@ -11,7 +11,7 @@ import pytest
 
 from selfieless.apps.acts.rules import timestamp_sort_key
 from selfieless.apps.acts.store import ActsStore, NewAct
-from selfieless.apps.common.aiodb import _with_first
+from selfieless.apps.common.aiodb import _with_also
 from selfieless.apps.common.db import COUNT_DUE, CountDue, Database
 from selfieless.apps.common.dberrors import Duplicate
 from selfieless.apps.common.errors import ApiError
@@ -20,15 +20,15 @@ from conftest import act_body
 from test_db_on_loop import any_database, counts, on_loop  # noqa: F401 - the fixture is used by name
 
 
-@pytest.mark.parametrize("first, sql, taken, expected", [
+@pytest.mark.parametrize("also, sql, taken, expected", [
     ("UPDATE c SET n = n + $1 WHERE s = $2", "UPDATE a SET v = v + 1 WHERE id = $1", 1,
-     "WITH first_write AS (UPDATE c SET n = n + $2 WHERE s = $3) UPDATE a SET v = v + 1 WHERE id = $1"),
+     "WITH also_write AS (UPDATE c SET n = n + $2 WHERE s = $3) UPDATE a SET v = v + 1 WHERE id = $1"),
     ("UPDATE c SET n = n + $1 WHERE s = $2", "DELETE FROM a WHERE id = $10", 10,
-     "WITH first_write AS (UPDATE c SET n = n + $11 WHERE s = $12) DELETE FROM a WHERE id = $10"),
-    ("UPDATE c SET n = 0", "DELETE FROM a", 0, "WITH first_write AS (UPDATE c SET n = 0) DELETE FROM a"),
+     "WITH also_write AS (UPDATE c SET n = n + $11 WHERE s = $12) DELETE FROM a WHERE id = $10"),
+    ("UPDATE c SET n = 0", "DELETE FROM a", 0, "WITH also_write AS (UPDATE c SET n = 0) DELETE FROM a"),
 ])
-def test_postgresql_first_write_is_a_with_clause_numbered_after_the_statement(first, sql, taken, expected):
-    assert _with_first(first, sql, taken) == expected
+def test_postgresql_also_write_is_a_with_clause_numbered_after_the_statement(also, sql, taken, expected):
+    assert _with_also(also, sql, taken) == expected
 
 
 def _act(act_id: int, category: str = "Nature") -> NewAct:

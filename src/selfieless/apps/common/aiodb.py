@@ -20,6 +20,7 @@ timeout task per checkout). Here a checkout is a list pop when a connection is i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 from collections import deque
@@ -158,10 +159,10 @@ class ServerPool:
     async def execute(self, sql: str, args: tuple) -> int:
         return await self._run(self._statement, sql, args, False)
 
-    async def execute_after(self, first: tuple[str, tuple], sql: str, args: tuple) -> int:
-        """Run the write `first` (SQL, arguments), then `sql`, in one transaction sent in one round
+    async def execute_with(self, sql: str, args: tuple, also: tuple[str, tuple]) -> int:
+        """Run `sql` and the write `also` (SQL, arguments) in one transaction sent in one round
         trip; return the row count of `sql`. Either both are committed or neither is."""
-        return await self._run(self._two_in_one, first, sql, args)
+        return await self._run(self._two_in_one, sql, args, also)
 
     async def _run(self, how, *work) -> Any:
         conn = await self.connections.acquire()
@@ -184,7 +185,7 @@ class ServerPool:
         """The statement's rows (`rows`), else its row count."""
         raise NotImplementedError
 
-    async def _two_in_one(self, conn, first: tuple[str, tuple], sql: str, args: tuple) -> int:
+    async def _two_in_one(self, conn, sql: str, args: tuple, also: tuple[str, tuple]) -> int:
         raise NotImplementedError
 
     @property
@@ -217,11 +218,11 @@ class PostgresPool(ServerPool):
         status = await conn.execute(sql, *args)  # "UPDATE 1", "INSERT 0 1", "DELETE 3"
         return int(status.rsplit(" ", 1)[1])
 
-    async def _two_in_one(self, conn, first: tuple[str, tuple], sql: str, args: tuple) -> int:
-        # One statement: `first` as a data-modifying WITH clause, which PostgreSQL runs to completion
+    async def _two_in_one(self, conn, sql: str, args: tuple, also: tuple[str, tuple]) -> int:
+        # One statement: `also` as a data-modifying WITH clause, which PostgreSQL runs to completion
         # whether or not the main statement reads it, in the main statement's transaction.
-        first_sql, first_args = first
-        return await self._statement(conn, _with_first(first_sql, sql, len(args)), args + first_args, False)
+        also_sql, also_args = also
+        return await self._statement(conn, _with_also(also_sql, sql, len(args)), args + also_args, False)
 
 
 class MysqlPool(ServerPool):
@@ -247,18 +248,26 @@ class MysqlPool(ServerPool):
             count = await cur.execute(sql, args)
             return await cur.fetchall() if rows else count
 
-    async def _two_in_one(self, conn, first: tuple[str, tuple], sql: str, args: tuple) -> int:
-        # Several statements in one query (the text protocol: a prepared statement holds one), so the
-        # arguments are escaped into it by the driver. A failure stops the query mid-transaction:
-        # the caller then closes the connection, and the server rolls the transaction back.
-        first_sql, first_args = first
+    async def _two_in_one(self, conn, sql: str, args: tuple, also: tuple[str, tuple]) -> int:
+        # Several statements in one query (the text protocol: a prepared statement holds one), the
+        # arguments escaped into it by the driver. The server runs them all from the one packet,
+        # so a client cut off after sending it leaves no transaction open (issue 29). A failing
+        # statement stops the query inside the transaction: rolled back here, and the caller
+        # closes the connection anyway. `sql` goes first: the row `also` locks (the request
+        # counter's) is never held by a transaction whose `sql` failed.
+        also_sql, also_args = also
         async with conn.cursor() as cur:
-            query = f"START TRANSACTION; {cur.mogrify(first_sql, first_args)}; {cur.mogrify(sql, args)}; COMMIT"
-            await cur.execute(query)
-            await cur.nextset()          # `first`
-            await cur.nextset()          # `sql`
-            count = cur.rowcount
-            await cur.nextset()          # COMMIT: its success is the transaction's
+            query = f"START TRANSACTION; {cur.mogrify(sql, args)}; {cur.mogrify(also_sql, also_args)}; COMMIT"
+            try:
+                await cur.execute(query)
+                await cur.nextset()          # `sql`
+                count = cur.rowcount
+                await cur.nextset()          # `also`
+                await cur.nextset()          # COMMIT: its success is the transaction's
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await cur.execute("ROLLBACK")
+                raise
             return count
 
 
@@ -266,11 +275,11 @@ _PG_PARAMETER = re.compile(r"\$([0-9]+)")
 
 
 @functools.lru_cache(maxsize=256)  # a few statements, each built once rather than per request
-def _with_first(first: str, sql: str, taken: int) -> str:
-    """PostgreSQL: `first` (an UPDATE) run as a WITH clause of `sql`, its $n parameters numbered
+def _with_also(also: str, sql: str, taken: int) -> str:
+    """PostgreSQL: `also` (an UPDATE) run as a WITH clause of `sql`, its $n parameters numbered
     after the `taken` ones of `sql`."""
-    shifted = _PG_PARAMETER.sub(lambda m: f"${int(m.group(1)) + taken}", first)
-    return f"WITH first_write AS ({shifted}) {sql}"
+    shifted = _PG_PARAMETER.sub(lambda m: f"${int(m.group(1)) + taken}", also)
+    return f"WITH also_write AS ({shifted}) {sql}"
 
 
 def open_pool(url: str, size: int) -> ServerPool:

@@ -276,8 +276,8 @@ class Database:
                 compiled = self._compiled(stmt)
                 if due is not None and not due.paid:
                     count = self._compiled(due.stmt)
-                    rows = await self._server.execute_after((count.sql, count.parameters(due.parameters)),
-                                                            compiled.sql, compiled.parameters(parameters))
+                    rows = await self._server.execute_with(compiled.sql, compiled.parameters(parameters),
+                                                           (count.sql, count.parameters(due.parameters)))
                     due.paid = True
                 else:
                     rows = await self._server.execute(compiled.sql, compiled.parameters(parameters))
