@@ -104,12 +104,16 @@ async def _concurrent_upvotes(url: str, act_id: int, n: int) -> list[int]:
     return [r.status_code for r in answers]
 
 
-def test_concurrent_upvotes_all_count_once(api):
+def test_concurrent_upvotes_of_one_act_all_count_once(api):
     api.add_user("alice")
     api.add_category("Nature")
     body = api.upload("alice", "Nature")
     assert api.acts.delete("/_count").status_code == 200
-    codes = asyncio.run(_concurrent_upvotes(api.stack.acts.url + "/api/v1", body["actId"], 60))
+    url = api.stack.acts.url + "/api/v1"
+    codes = asyncio.run(_concurrent_upvotes(url, body["actId"], 60))
     assert codes == [200] * 60
     assert api.acts.get("/_count").json() == [60]
     assert api.acts.get("/categories/Nature/acts").json()[0]["upvotes"] == 60
+    # Upvotes of a missing act share their batches too: each is refused, each is counted once.
+    assert asyncio.run(_concurrent_upvotes(url, body["actId"] + 1, 30)) == [400] * 30
+    assert api.acts.get("/_count").json() == [91]

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from selfieless.apps.common.counter import GroupCounter, SharedReads
+from selfieless.apps.common.counter import GroupCounter, KeyedBatches, SharedReads
 
 
 class SlowCommit:
@@ -141,3 +141,22 @@ def test_two_commits_on_their_way_at_once_when_allowed():
     commit.batches.clear()
     assert asyncio.run(main(2)) == 2
     assert sum(commit.batches) == 50 and len(commit.batches) < 50
+
+
+def test_keyed_batches_hand_each_run_what_its_callers_passed():
+    runs: list[tuple] = []
+
+    async def run(key: tuple, items: list) -> int:
+        runs.append((key, list(items)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return len(items)
+
+    async def main():
+        batches = KeyedBatches(run)
+        calls = [batches.join(("a",), 1), batches.join(("b",), 2), batches.join(("a",), 3)]
+        results = await asyncio.gather(*calls)
+        assert len(batches) == 0
+        return results
+    assert asyncio.run(main()) == [2, 1, 2]
+    assert sorted(runs) == [(("a",), [1, 3]), (("b",), [2])]

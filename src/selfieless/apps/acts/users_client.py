@@ -145,7 +145,7 @@ class UsersClient:
     async def exists(self, username: str) -> bool:
         return username in await self._names.join()
 
-    async def _fetch_names(self, _uploads: int) -> frozenset[str]:
+    async def _fetch_names(self, _uploads: list) -> frozenset[str]:
         try:
             status, body = await self._connection.get()
         except (OSError, TimeoutError) as exc:

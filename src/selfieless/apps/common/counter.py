@@ -24,22 +24,23 @@ T = TypeVar("T")
 
 
 class Batcher(Generic[T]):
-    """`await join()` returns the result of a `run(k)` that started after this call (k: how many
-    joined it); a failed run fails its whole batch. At most `concurrency` runs at a time: a call
-    that finds one free starts a run at once, else it joins the batch that starts when one ends."""
+    """`await join(item)` returns the result of a `run(items)` that started after this call (items:
+    what the calls that joined its batch passed, in order); a failed run fails its whole batch. At
+    most `concurrency` runs at a time: a call that finds one free starts a run, else it joins the
+    batch that starts when one ends."""
 
-    def __init__(self, run: Callable[[int], Awaitable[T]], concurrency: int = 1):
+    def __init__(self, run: Callable[[list], Awaitable[T]], concurrency: int = 1):
         self._run = run
         self.concurrency = concurrency
         self._waiting: asyncio.Future[T] | None = None  # the batch still open for requests
-        self._size = 0
+        self._items: list = []
         self._running: set[asyncio.Task] = set()  # also keeps a reference to each run's task
 
-    async def join(self) -> T:
+    async def join(self, item=None) -> T:
         if self._waiting is None:
             self._waiting = asyncio.get_running_loop().create_future()
-            self._size = 0
-        self._size += 1
+            self._items = []
+        self._items.append(item)
         batch = self._waiting
         self._start_if_free()
         # shield: a client that goes away must not cancel the batch its neighbours wait on
@@ -54,12 +55,12 @@ class Batcher(Generic[T]):
     async def _one(self) -> None:
         # The batch is taken when the task first runs, not when it was created: the calls made
         # in the same turn of the loop all join it.
-        batch, size = self._waiting, self._size
+        batch, items = self._waiting, self._items
         if batch is None:
             return  # a run started in the same turn took it
-        self._waiting, self._size = None, 0
+        self._waiting, self._items = None, []
         try:
-            result = await self._run(size)
+            result = await self._run(items)
         except Exception as exc:
             batch.set_exception(exc)
             batch.exception()  # retrieved here too: every waiter may have gone away
@@ -75,26 +76,36 @@ class Batcher(Generic[T]):
         return not self._running and self._waiting is None
 
 
-class SharedReads(Generic[T]):
-    """`await read(key)`: the result of a `run(key)` that started after this call, shared with
-    the callers of the same key that joined the same batch (a Batcher per key in use)."""
+class KeyedBatches(Generic[T]):
+    """`await join(key, item)`: the result of a `run(key, items)` that started after this call,
+    shared with the callers of the same key that joined the same batch (a Batcher per key in use)."""
 
-    def __init__(self, run: Callable[[tuple], Awaitable[T]]):
+    def __init__(self, run: Callable[[tuple, list], Awaitable[T]]):
         self._run = run
         self._batches: dict[tuple, Batcher[T]] = {}
 
-    async def read(self, key: tuple) -> T:
+    async def join(self, key: tuple, item=None) -> T:
         batch = self._batches.get(key)
         if batch is None:
-            batch = self._batches[key] = Batcher(lambda _k: self._run(key))
+            batch = self._batches[key] = Batcher(lambda items: self._run(key, items))
         try:
-            return await batch.join()
+            return await batch.join(item)
         finally:
             if batch.idle and self._batches.get(key) is batch:
                 del self._batches[key]  # nobody waits on this key: keep only the keys in use
 
     def __len__(self) -> int:
         return len(self._batches)
+
+
+class SharedReads(KeyedBatches[T]):
+    """`await read(key)`: the rows of a `run(key)` that started after this call."""
+
+    def __init__(self, run: Callable[[tuple], Awaitable[T]]):
+        super().__init__(lambda key, _items: run(key))
+
+    async def read(self, key: tuple) -> T:
+        return await self.join(key)
 
 
 class GroupCounter(Batcher[None]):
@@ -104,5 +115,8 @@ class GroupCounter(Batcher[None]):
     for the server's log flush (2-3 ms on the test machine's disk), and with one at a time a
     request that arrived just after one started waited for it and then for its own, 1.5 flushes
     on average instead of about one."""
+
+    def __init__(self, commit: Callable[[int], Awaitable[None]], concurrency: int = 1):
+        super().__init__(lambda items: commit(len(items)), concurrency)
 
     add = Batcher.join

@@ -129,6 +129,14 @@ class CountDue:
             await self._pay()
             self.paid = True
 
+    @classmethod
+    def together(cls, dues: list[CountDue]) -> CountDue:
+        """One increment for all of `dues` (the counter's parameter `k` is how many it adds)."""
+        async def pay_each() -> None:
+            for due in dues:
+                await due.settle()
+        return cls(dues[0].stmt, {**dues[0].parameters, "k": len(dues)}, pay_each)
+
 
 # The count the request being served still owes (None: nothing owed, or not a counted write).
 COUNT_DUE: ContextVar[CountDue | None] = ContextVar("selfieless_count_due", default=None)
@@ -291,6 +299,21 @@ class Database:
             return rows
         except Exception as exc:
             raise self._failed(exc) from exc
+
+    async def change_for(self, dues: list[CountDue | None], stmt, parameters: dict) -> int:
+        """`change`, as the one write of several requests (a batch of them, common/counter.py):
+        the counts they owe are committed with it, as one increment, or they stay owed."""
+        owed = [due for due in dues if due is not None and not due.paid]
+        together = CountDue.together(owed) if owed else None
+        token = COUNT_DUE.set(together)
+        try:
+            rows = await self.change(stmt, parameters)
+        finally:
+            COUNT_DUE.reset(token)
+        if together is not None and together.paid:
+            for due in owed:
+                due.paid = True
+        return rows
 
     def _change_in_thread(self, stmt, parameters: dict | None) -> int:
         with self.write() as conn:
