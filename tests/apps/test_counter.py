@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from selfieless.apps.common.counter import GroupCounter, KeyedBatches, SharedReads
+from selfieless.apps.common.counter import Batcher, GroupCounter, KeyedBatches, SharedReads
 
 
 class SlowCommit:
@@ -113,26 +113,26 @@ def test_identical_reads_share_a_query_that_started_after_they_arrived():
     assert sorted(table.reads) == [("acts", "Nature"), ("categories",), ("categories",)]
 
 
-def test_two_commits_on_their_way_at_once_when_allowed():
+def test_two_runs_on_their_way_at_once_when_allowed():
     commit = SlowCommit()
     in_flight, most = 0, 0
 
-    async def tracked(k: int) -> None:
+    async def tracked(items: list) -> None:
         nonlocal in_flight, most
         in_flight += 1
         most = max(most, in_flight)
         try:
-            await commit(k)
+            await commit(len(items))
         finally:
             in_flight -= 1
 
     async def main(concurrency: int) -> int:
         nonlocal most
         most = 0
-        counter = GroupCounter(tracked, concurrency)
+        counter = Batcher(tracked, concurrency)
         adds = []
         for _ in range(50):  # one request per turn of the loop
-            adds.append(asyncio.ensure_future(counter.add()))
+            adds.append(asyncio.ensure_future(counter.join()))
             await asyncio.sleep(0)
         await asyncio.gather(*adds)
         assert counter.idle

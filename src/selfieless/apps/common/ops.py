@@ -56,8 +56,7 @@ class OperationalContext:
         self.counts = counts
         self.allow_crash = allow_crash
         self.crashed = False
-        # SQLite commits on the loop without waiting for a flush (synchronous=NORMAL): one at a time.
-        self.counter = GroupCounter(self._commit_count, 2 if db.folds_counts else 1)
+        self.counter = GroupCounter(self._commit_count)
         # The health check's write proof locks this row, never the counter's: a replica cut off
         # in the middle of its check would otherwise leave the row every request needs locked.
         self.probe_row = f"{service}/health"
