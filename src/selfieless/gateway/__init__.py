@@ -6,15 +6,17 @@ control plane drives it through this API and hears about passive ejections via `
 
 Modules (docs/architecture.md draws them and the flow of a request):
 
-* pure decisions: ``routing`` (prefix table), ``pool`` (backend choice and the rotation rule; a
+* pure decisions: ``routing`` (host and prefix table), ``pool`` (backend choice and the rotation rule; a
   *backend* is the gateway's view of a replica), ``headers`` (rewriting), ``keepalive`` (response
   framing and whether the client connection stays open), ``exchange`` (what a failure or a
   deadline means for a request), ``stall`` (which backends are stalled), ``control_changes`` (what
-  a control poll sends), ``responses`` (gateway-made JSON answers);
+  a control poll sends), ``front`` (redirects, ACME challenges, the status page by host),
+  ``responses`` (gateway-made answers);
 * records: ``config`` (settings), ``request`` (one request on its way), ``stats`` (counters);
 * the socket edge: ``client`` (the client connection), ``backend_exchange`` (the backend half of
   a request–response cycle), ``connect`` (its waits for a backend and a connection),
   ``upstream`` (the backend connection), ``tunnel`` (WebSocket), ``flow`` (pause/resume);
+* HTTPS: ``tls`` (contexts, certificates by SNI, reload), ``acme`` (certificates from an ACME CA);
 * ``gateway`` (the facade), ``control`` (the protocol the control plane drives), ``control_api``
   and ``control_client`` (that protocol across processes), ``__main__`` (run it standalone).
 """

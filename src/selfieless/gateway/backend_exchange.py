@@ -49,7 +49,7 @@ class BackendExchange:
     """The exchange of one client connection's active request with its backends."""
 
     __slots__ = ("client", "gw", "loop", "transport", "client_flow", "r", "upstream", "out",
-                 "committed", "chunk_out", "deadline", "retry_body_limit", "up_idle_timeout",
+                 "committed", "chunk_out", "deadline", "relayed_headers", "retry_body_limit", "up_idle_timeout",
                  "up_max_idle", "response_timeout", "connect_timeout", "no_backend_wait")
 
     def __init__(self, client: ClientConnection, transport, client_flow: FlowControl) -> None:
@@ -68,6 +68,7 @@ class BackendExchange:
         self.committed = False
         self.chunk_out = False  # the response body is chunked by us
         self.deadline = UNARMED
+        self.relayed_headers = client.relayed_headers  # added to every relayed response head
         cfg = gw.config  # settings read on every request, copied here to save attribute hops
         self.retry_body_limit = cfg.retry_body_limit
         self.up_idle_timeout = cfg.upstream_idle_timeout
@@ -254,7 +255,7 @@ class BackendExchange:
         http11 = r.http11
         frame, until_close = conn.body_framing(r.is_head or code == 204 or code == 304, http11)
         keep = keep_open(r.keep_alive, r.complete, self.client.eof, r.close_after or self.gw.stopping, frame)
-        self.out.append(conn.render_head(code, frame, connection_header(keep, http11)))
+        self.out.append(conn.render_head(code, frame, connection_header(keep, http11) + self.relayed_headers))
         r.framing = frame
         self.chunk_out = frame == FRAME_CHUNKED
         r.close_after = not keep

@@ -30,6 +30,7 @@ import httptools
 from .backend_exchange import BackendExchange
 from .exchange import Act, Deadline, on_deadline
 from .flow import NO_PEER, PEER_FULL, FlowControl
+from .front import Answer, host_of
 from .headers import BadRequest, build_request_head, origin_form, websocket_upgrade, with_upgrade
 from .keepalive import keep_open
 from .request import Request
@@ -66,6 +67,9 @@ class _Abort(Exception):
 
 class ClientConnection(asyncio.Protocol):
     """A client socket: parses requests, hands them one at a time to its exchange."""
+
+    proto = b"http"  # the scheme replicas hear in X-Forwarded-Proto (tls.TlsClientConnection: https)
+    relayed_headers = b""  # header lines added to every relayed response (tls: HSTS)
 
     def __init__(self, gw) -> None:
         self.gw = gw
@@ -221,7 +225,7 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         try:
             head, content_length, chunked, expect = build_request_head(
-                method, target, self._headers, self.client_ip)
+                method, target, self._headers, self.client_ip, self.proto)
         except BadRequest as exc:
             self._client_error(400, str(exc))
             raise _Abort from None
@@ -233,10 +237,16 @@ class ClientConnection(asyncio.Protocol):
             upgrade = websocket_upgrade(self._headers)
             if upgrade is not None:
                 head = with_upgrade(head, upgrade)
-        # The route: one dict hit for a path seen before, else the gateway's route table.
-        entry = self.gw.resolved.get(path, _MISS)
+        # The route: one dict hit for a key seen before, else the gateway's route table. By path
+        # alone unless routes name hosts or TLS is on (see front.decide).
+        gw = self.gw
+        key = path if gw.by_path else (self.proto, host_of(self._headers), path)
+        entry = gw.resolved.get(key, _MISS)
         if entry is _MISS:
-            entry = self.gw.resolve(path)
+            entry = gw.resolve(key)
+        answer = None
+        if entry.__class__ is Answer:  # the gateway answers itself: a redirect, a challenge, `/`
+            answer, entry = entry, None
         r = Request(method, target, path, head, chunked, entry, self.loop.time())
         if not parser.should_keep_alive():
             r.keep_alive = False
@@ -248,12 +258,14 @@ class ClientConnection(asyncio.Protocol):
             r.reads_body = True
         if upgrade is not None:
             r.upgrade = True
-        if entry is None or path == b"/":
-            r.local = (200, None) if path == b"/" else (404, {"error": "no route for this path"})
-            if chunked or content_length > 0:
-                # Not worth reading a body nobody will use: answer and close.
-                self._client_error(r.local[0], "no route for this path", payload=r.local[1])
-                raise _Abort
+        if answer is not None:
+            r.local = answer.local(target)
+        elif entry is None or (path == b"/" and key is path):  # (a keyed `/` came as an answer)
+            r.local = (200, None, b"") if path == b"/" else (404, {"error": "no route for this path"}, b"")
+        if r.local is not None and (chunked or content_length > 0):
+            # Not worth reading a body nobody will use: answer and close.
+            self._client_error(r.local[0], "no route for this path", payload=r.local[1], headers=r.local[2])
+            raise _Abort
         return r
 
     def on_body(self, body: bytes) -> None:
@@ -341,12 +353,12 @@ class ClientConnection(asyncio.Protocol):
         return keep_open(r.keep_alive, r.complete, self.eof, r.close_after or self.gw.stopping)
 
     def _answer_local(self, r: Request) -> None:
-        status, payload = r.local
+        status, payload, headers = r.local
         if payload is None:
             payload = self.gw.status()
         keep = self._keep_open(r)
         r.close_after = not keep
-        self.transport.write(json_response(status, payload, keep, r.is_head, r.http11))
+        self.transport.write(json_response(status, payload, keep, r.is_head, headers, r.http11))
         self.answered(r)
 
     def answer_error(self, r: Request, status: int, message: str) -> None:
@@ -384,7 +396,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = Tunnel(self.flow, conn.flow, touch, ended)
 
     # Refusals and endings -------------------------------------------------------------------
-    def _client_error(self, status: int, message: str, payload=None) -> None:
+    def _client_error(self, status: int, message: str, payload=None, headers: bytes = b"") -> None:
         """The client sent something we refuse: answer ``status`` and close this connection."""
         if self.closed or self.flow.paused_by & P_DEAD:
             return
@@ -403,7 +415,7 @@ class ClientConnection(asyncio.Protocol):
             if r.stats is not None:
                 r.stats.gateway_error(status)
         body = payload if payload is not None else {"error": message}
-        self.transport.write(json_response(status, body, keep_alive=False))
+        self.transport.write(json_response(status, body, False, False, headers))
         self._linger()
 
     def _body_too_large(self, r: Request) -> None:

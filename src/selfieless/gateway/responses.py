@@ -1,4 +1,5 @@
-"""Responses the gateway writes itself: always JSON, ``{"error": "..."}`` for errors (pure)."""
+"""Responses the gateway writes itself: JSON, ``{"error": "..."}`` for errors (pure); plain text
+only for an ACME key authorization, whose exact bytes the CA checks."""
 
 from __future__ import annotations
 
@@ -16,22 +17,27 @@ def reason(status: int) -> str:
 
 
 def json_response(status: int, payload, keep_alive: bool = True, head_only: bool = False,
-                  client_http11: bool = True) -> bytes:
-    """A complete HTTP/1.1 response with a JSON body; its ``Connection`` line as keepalive.py says."""
-    body = json.dumps(payload, default=str, separators=(",", ":")).encode()
+                  headers: bytes = b"", client_http11: bool = True) -> bytes:
+    """A complete HTTP/1.1 response with a JSON body (``payload`` bytes: sent as text/plain).
+    ``headers``: further header lines, each ending in CRLF; the ``Connection`` line is
+    keepalive.py's."""
+    if isinstance(payload, bytes):
+        body, kind = payload, "text/plain"
+    else:
+        body, kind = json.dumps(payload, default=str, separators=(",", ":")).encode(), "application/json"
     head = (
         f"HTTP/1.1 {status} {reason(status)}\r\n"
-        "Content-Type: application/json\r\n"
+        f"Content-Type: {kind}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-store\r\n"
         + ("Retry-After: 1\r\n" if status == 503 else "")
-    ).encode() + connection_header(keep_alive, client_http11) + b"\r\n"
+    ).encode() + headers + connection_header(keep_alive, client_http11) + b"\r\n"
     return head if head_only else head + body
 
 
 def error_response(status: int, message: str, keep_alive: bool = True, head_only: bool = False,
                    client_http11: bool = True) -> bytes:
-    return json_response(status, {"error": message}, keep_alive, head_only, client_http11)
+    return json_response(status, {"error": message}, keep_alive, head_only, b"", client_http11)
 
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
