@@ -348,8 +348,7 @@ class ClientConnection(asyncio.Protocol):
             self.deadline_kind = D_IDLE
             self.deadline = self.gw.now + self.keepalive_timeout
 
-    def _keep_open(self, r: Request) -> bool:
-        """Whether the connection stays open after the gateway's own answer to ``r``."""
+    def _keep_open(self, r: Request) -> bool:  # after the gateway's own answer to ``r``
         return keep_open(r.keep_alive, r.complete, self.eof, r.close_after or self.gw.stopping)
 
     def _answer_local(self, r: Request) -> None:
@@ -371,14 +370,12 @@ class ClientConnection(asyncio.Protocol):
         self.answered(r)
 
     def cut(self) -> None:
-        """The exchange gave up in the middle of a response: close without a word (a short
-        body tells the client the response is incomplete)."""
+        """The exchange gave up mid-response: close without a word (the body is short)."""
         self.active = None
         self.close()
 
     def tunnel_to(self, conn, release) -> None:
-        """The active request became a WebSocket tunnel to ``conn``'s backend (the exchange
-        wrote the 101); ``release`` frees the backend when the tunnel ends."""
+        """The active request became a tunnel to ``conn`` (101 written); ``release`` at its end."""
         self.active = None
         tunnel_idle = self.cfg.tunnel_idle_timeout
         self.deadline_kind = D_TUNNEL

@@ -30,8 +30,8 @@ def json_response(status: int, payload, keep_alive: bool = True, head_only: bool
         f"Content-Type: {kind}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-store\r\n"
-        + ("Retry-After: 1\r\n" if status == 503 else "")
-    ).encode() + headers + connection_header(keep_alive, client_http11) + b"\r\n"
+    ).encode() + connection_header(keep_alive, client_http11) + (
+        b"Retry-After: 1\r\n" if status == 503 else b"") + headers + b"\r\n"
     return head if head_only else head + body
 
 
