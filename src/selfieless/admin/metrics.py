@@ -5,6 +5,10 @@ Nothing is recorded on the request path: the gateway already keeps plain integer
 ``/metrics`` is scraped. It uses its own :class:`CollectorRegistry`, so nothing global (process
 metrics, other tests' collectors) leaks in or out.
 
+Per-replica series are bounded: each service itemises at most PER_REPLICA_SERIES replicas (those
+on its lowest ports, so the set is stable), and `selfieless_replicas{service,state}` counts them
+all. A thousand replicas made 10,000 series, and every replacement (a new replica id) new ones.
+
 Call :func:`render` on the event loop thread (the admin API's async route does): the counters are
 mutated by that thread only, so a scrape sees one consistent snapshot.
 """
@@ -25,6 +29,12 @@ PREFIX = "selfieless"
 # Replica states of the orchestrator (replica.py) and the gateway pool (pool.py), exported as a
 # one-hot `selfieless_replica_state` so a dashboard can count replicas per state.
 REPLICA_STATES = ("starting", "ready", "unhealthy", "exited", "stopping", "stopped")
+PER_REPLICA_SERIES = 50  # replicas per service with series of their own
+
+
+def itemised(ports: list[int], limit: int = PER_REPLICA_SERIES) -> frozenset[int]:
+    """The ports whose replicas get series of their own: the `limit` lowest."""
+    return frozenset(sorted(set(ports))[:limit])
 
 
 def _attr(obj: Any, name: str) -> Any:
@@ -85,7 +95,11 @@ class StackCollector(Collector):
             buckets = [("+Inf" if le == float("inf") else repr(float(le)), n) for le, n in h.cumulative()]
             latency.add_metric([name], buckets, h.sum)
         for name, pool in sorted((_attr(self.gateway, "pools") or {}).items()):
-            for v in pool.replicas:
+            views = pool.replicas
+            shown = itemised([v.port for v in views])
+            for v in views:
+                if v.port not in shown:
+                    continue
                 labels = [name, v.id, str(v.port)]
                 rep_requests.add_metric(labels, v.served)
                 in_flight.add_metric(labels, v.in_flight)
@@ -115,6 +129,8 @@ class StackCollector(Collector):
         db_connections = GaugeMetricFamily(f"{p}_replica_db_connections",
                                            "Connections a replica holds to its server database (last health answer)",
                                            labels=["service", "replica", "port"])
+        by_state = GaugeMetricFamily(f"{p}_replicas", "Replicas per state (every one; the per-replica series "
+                                     f"cover the {PER_REPLICA_SERIES} on the lowest ports)", labels=["service", "state"])
         for name, svc in sorted(status.services.items()):
             desired.add_metric([name], svc.desired)
             actual.add_metric([name], svc.actual)
@@ -125,7 +141,12 @@ class StackCollector(Collector):
                 window.add_metric([name], w.count)
                 if w.ends_in is not None:
                     window_left.add_metric([name], w.ends_in)
+            for s in REPLICA_STATES:
+                by_state.add_metric([name, s], sum(1 for r in svc.replicas if r.state == s))
+            shown = itemised([r.port for r in svc.replicas])
             for r in svc.replicas:
+                if r.port not in shown:
+                    continue
                 labels = [name, r.id, str(r.port)]
                 for s in REPLICA_STATES:
                     state.add_metric(labels + [s], 1.0 if r.state == s else 0.0)
@@ -140,8 +161,8 @@ class StackCollector(Collector):
         converged.add_metric([], 1.0 if status.converged else 0.0)
         events = CounterMetricFamily(f"{p}_events", "Control-plane events emitted")
         events.add_metric([], status.last_event_id)
-        yield from (desired, actual, ready, pending, window, window_left, state, healthy, restarts, crash_loops,
-                    db_connections, converged, events)
+        yield from (desired, actual, ready, pending, window, window_left, by_state, state, healthy, restarts,
+                    crash_loops, db_connections, converged, events)
 
 
 def make_registry(gateway: Any, orchestrator: Any | None = None) -> CollectorRegistry:
