@@ -2,7 +2,8 @@
 
 Routes (JSON unless said otherwise):
 
-- ``GET  /api/status``                       the orchestrator's snapshot (orchestrator/status.py) as JSON
+- ``GET  /api/status[?list=N]``              the orchestrator's snapshot (orchestrator/status.py) as JSON;
+                                              with ``list``, at most N replicas per service (status.summarise)
 - ``GET  /api/events?after=ID&wait=S&limit=N`` events after cursor ID; with ``wait`` a long poll
 - ``POST /api/scale``    ``{"service": str, "replicas": int}``
 - ``POST /api/shutdown[?volumes=1]``         graceful stop of the whole ``selfieless up`` (volumes: a
@@ -35,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from selfieless.orchestrator.status import to_json
+from selfieless.orchestrator.status import summarise, to_json
 
 from . import metrics
 from .history import KEEP_SECONDS, SAMPLE_INTERVAL, RateHistory
@@ -194,8 +195,12 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
                 pass
 
     async def status(request: Request) -> Response:
+        limit = request.query_params.get("list")
+        if limit is not None and not (limit.isdigit() and int(limit) >= 1):
+            return error(400, f"list must be a whole number >= 1 (replicas listed per service), not {limit!r}")
         await fresh_counters()
-        return JSONResponse(to_json(orchestrator.snapshot()))
+        snap = orchestrator.snapshot()
+        return JSONResponse(to_json(snap if limit is None else summarise(snap, int(limit))))
 
     async def events(request: Request) -> Response:
         q = request.query_params
