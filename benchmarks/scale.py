@@ -48,6 +48,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from support.processes import kill_all, listening_on, working_in  # what a run left behind  # noqa: E402
+
 STACK = ROOT / "src" / "selfieless" / "stacks" / "scale.yaml"
 SERVICES = ("echo1", "echo2", "echo3", "echo4")
 PORT_RANGES = [(10000, 10999), (11000, 11999), (12000, 12999), (13000, 13999)]
@@ -85,6 +88,13 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of `pid` (/proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def pss_kib(pid: int) -> int | None:
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
@@ -92,35 +102,6 @@ def pss_kib(pid: int) -> int | None:
         return None
     m = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
     return int(m.group(1)) if m else None
-
-
-def tagged_pids(home: Path) -> list[int]:
-    """Every process working in `home`: `up`, the gateway, the preloader and every replica (each
-    starts in `up`'s working directory). Their environments cannot tell: setproctitle writes the
-    process title over the memory /proc/PID/environ shows."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.readlink(d / "cwd") == str(home):
-                    out.append(int(d.name))
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                pass
-    return out
-
-
-def listeners(ranges: list[tuple[int, int]]) -> list[int]:
-    """Ports of `ranges` that something listens on (IPv4 and IPv6), from /proc/net."""
-    found = set()
-    for name in ("tcp", "tcp6"):
-        with suppress(FileNotFoundError):
-            for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
-                parts = line.split()
-                if parts[3] == "0A":  # LISTEN
-                    port = int(parts[1].rsplit(":", 1)[1], 16)
-                    if any(lo <= port <= hi for lo, hi in ranges):
-                        found.add(port)
-    return sorted(found)
 
 
 @dataclass
@@ -199,12 +180,10 @@ class Up:
             except subprocess.TimeoutExpired:
                 pass
         for _ in range(3):
-            left = tagged_pids(self.home)
+            left = working_in(self.home)
             if not left:
                 break
-            for pid in left:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_all(left)
             time.sleep(0.5)
         if self.proc is not None:
             with suppress(subprocess.TimeoutExpired):
@@ -256,12 +235,13 @@ class GetLoad:
         return self.ok + len(self.failures)
 
 
-def gateway_cpu_per_request(up: Up, gw_pid: int, idle_rate: float, seconds: float, runs: int) -> float:
+def gateway_cpu_per_request(up: Up, gw_pid: int, idle_rate: float, seconds: float, runs: int
+                            ) -> tuple[float, float]:
     """Median over `runs` of the gateway's CPU per proxied GET of /echo1 under `wrk -c16`, its idle
-    CPU rate taken off (seconds per request)."""
-    out = []
+    CPU rate taken off (seconds per request), and the share of its CPU spent in the kernel."""
+    out, system = [], []
     for _ in range(runs):
-        c0, t0 = cpu_seconds(gw_pid), time.monotonic()
+        (u0, s0), c0, t0 = user_system(gw_pid), cpu_seconds(gw_pid), time.monotonic()
         r = subprocess.run(["wrk", "-t1", "-c16", f"-d{seconds:g}s", f"{up.gateway}/echo1/hello"],
                            capture_output=True, text=True, timeout=seconds + 60)
         cpu, took = cpu_seconds(gw_pid) - c0, time.monotonic() - t0
@@ -270,7 +250,9 @@ def gateway_cpu_per_request(up: Up, gw_pid: int, idle_rate: float, seconds: floa
         if not m or int(m.group(1)) == 0 or bad:
             raise SystemExit(f"wrk through the gateway failed:\n{r.stdout}{r.stderr}")
         out.append(max(0.0, cpu - idle_rate * took) / int(m.group(1)))
-    return statistics.median(out)
+        (u1, s1) = user_system(gw_pid)
+        system.append((s1 - s0) / max(1e-9, (u1 - u0) + (s1 - s0)))
+    return statistics.median(out), statistics.median(system)
 
 
 # --- the measurements of one size ------------------------------------------------------------------
@@ -337,9 +319,9 @@ class Size:
                 f"replica {f['pss_rep']:.2f} MiB (mean of {f['pss_sample']}); "
                 f"idle CPU {f['idle'] * 100:.1f} % of a core (up {f['idle_up'] * 100:.1f} + gateway "
                 f"{f['idle_gw'] * 100:.1f}); gateway CPU/request {f['cpu_req'] * 1e6:.0f} µs = "
-                f"{f['cpu_ratio']:.2f}x of {BASELINE}; "
+                f"{f['cpu_ratio']:.2f}x of {BASELINE}, {f['cpu_sys'] * 100:.0f} % in the kernel; "
                 f"status {f['cli_s']:.2f} s ({f['cli_kb']:.0f} KB), /api/status {f['api_s'] * 1000:.0f} ms "
-                f"({f['api_kb']:.0f} KB); dashboard {f['dash_s']:.2f} s ({f['dash_nodes']} elements); "
+                f"({f['api_kb']:.0f} KB), ?list=48 {f['list_s'] * 1000:.0f} ms ({f['list_kb']:.0f} KB); dashboard {f['dash_s']:.2f} s ({f['dash_nodes']} elements); "
                 f"/metrics {f['metrics_s'] * 1000:.0f} ms ({f['metrics_kb']:.0f} KB, {f['series']} series); "
                 f"kill -9 of {f['killed']}: replaced {f['replaced_s']:.1f} s, failed GETs "
                 f"{f['failed']}/{f['gets']}")
@@ -371,7 +353,7 @@ def measure(up: Up, n: int, prev: int, gw_pid: int, base_cpu: float, browser, ar
     reps = [r["pid"] for name in counts for r in st["services"][name]["replicas"]]
     sample = reps if len(reps) <= args.pss_sample else random.sample(reps, args.pss_sample)
     pss = [p for p in map(pss_kib, sample) if p is not None]
-    pre = [pid for pid in tagged_pids(up.home) if pid not in set(reps) | {up.proc.pid, gw_pid}]
+    pre = [pid for pid in working_in(up.home) if pid not in set(reps) | {up.proc.pid, gw_pid}]
     f.update(pss_up=pss_kib(up.proc.pid) / 1024, pss_gw=pss_kib(gw_pid) / 1024,
              pss_pre=sum(pss_kib(p) or 0 for p in pre) / 1024,
              pss_rep=statistics.mean(pss) / 1024, pss_sample=len(pss))
@@ -383,7 +365,7 @@ def measure(up: Up, n: int, prev: int, gw_pid: int, base_cpu: float, browser, ar
     f["idle_gw"] = (cpu_seconds(gw_pid) - c_gw) / took
     f["idle"] = f["idle_up"] + f["idle_gw"]
 
-    f["cpu_req"] = gateway_cpu_per_request(up, gw_pid, f["idle_gw"], args.wrk_seconds, args.wrk_runs)
+    f["cpu_req"], f["cpu_sys"] = gateway_cpu_per_request(up, gw_pid, f["idle_gw"], args.wrk_seconds, args.wrk_runs)
     f["cpu_ratio"] = f["cpu_req"] / base_cpu
 
     f["cli_s"], out = timed(lambda: up.cli("status"), 3)
@@ -392,6 +374,8 @@ def measure(up: Up, n: int, prev: int, gw_pid: int, base_cpu: float, browser, ar
     f["cli_kb"] = len(out.stdout) / 1000
     f["api_s"], body = timed(lambda: up.http.get(up.admin + "/api/status").content, 5)
     f["api_kb"] = len(body) / 1000
+    f["list_s"], body = timed(lambda: up.http.get(up.admin + "/api/status", params={"list": 48}).content, 5)
+    f["list_kb"] = len(body) / 1000
     f["metrics_s"], text = timed(lambda: up.http.get(up.admin + "/metrics").text, 3)
     f["metrics_kb"] = len(text) / 1000
     f["series"] = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
@@ -419,13 +403,14 @@ def down(up: Up) -> tuple[float, int, list[int]]:
     up.proc.wait(120)
     took = time.monotonic() - t0
     time.sleep(0.5)
-    return took, len(tagged_pids(up.home)), listeners(up.ranges)
+    return took, len(working_in(up.home)), listening_on(up.ranges)
 
 
 def run(args) -> None:
     sizes = [int(x) for x in args.replicas.split(",")]
     if any(n < len(SERVICES) or n > 1000 * len(SERVICES) for n in sizes):
         raise SystemExit(f"--replicas: each size between {len(SERVICES)} and {1000 * len(SERVICES)}")
+    started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     up = Up(tmp, args.ports_from)
     pw = browser = None
@@ -449,9 +434,9 @@ def run(args) -> None:
         c0, t0 = cpu_seconds(gw_pid), time.monotonic()
         time.sleep(args.idle)
         base_idle = (cpu_seconds(gw_pid) - c0) / (time.monotonic() - t0)
-        base_cpu = gateway_cpu_per_request(up, gw_pid, base_idle, args.wrk_seconds, args.wrk_runs)
-        print(f"baseline: gateway CPU/request {base_cpu * 1e6:.0f} µs with {BASELINE} replicas behind /echo1 "
-              f"(idle gateway {base_idle * 100:.1f} % of a core)", flush=True)
+        base_cpu, base_sys = gateway_cpu_per_request(up, gw_pid, base_idle, args.wrk_seconds, args.wrk_runs)
+        print(f"baseline: gateway CPU/request {base_cpu * 1e6:.0f} µs with {BASELINE} replicas behind /echo1, "
+              f"{base_sys * 100:.0f} % in the kernel (idle gateway {base_idle * 100:.1f} % of a core)", flush=True)
         prev = sum(base.values())
         for n in sizes:
             size = measure(up, n, prev, gw_pid, base_cpu, browser, args)
@@ -475,6 +460,7 @@ def run(args) -> None:
         print(f"scale-limit: {what} at {n}" + (f" (also: {others})" if others else ""), flush=True)
     else:
         print(f"scale-limit: every bar held up to {max(sizes)} replicas", flush=True)
+    print(f"(run took {time.monotonic() - started:.0f} s)", flush=True)
 
 
 def main() -> None:
