@@ -184,13 +184,13 @@ def test_keep_alive_answers_are_not_held_by_nagle(stack):
 
 
 def test_log_tail_reads_the_last_lines_as_written(tmp_path):
-    from selfieless.admin.api import _read_tail
+    from selfieless.admin.log_routes import read_tail
 
     log = tmp_path / "r.log"
     log.write_bytes(b"one\ntwo\nthree\nunfinished")
     end = log.stat().st_size
-    assert _read_tail(log, 0) == ("", end)  # -n 0: nothing of the past, only what comes next
-    assert _read_tail(log, 2) == ("three\nunfinished", end)  # the rest of the line comes later
-    assert _read_tail(log, 10) == ("one\ntwo\nthree\nunfinished", end)
+    assert read_tail(log, 0) == ("", end)  # -n 0: nothing of the past, only what comes next
+    assert read_tail(log, 2) == ("three\nunfinished", end)  # the rest of the line comes later
+    assert read_tail(log, 10) == ("one\ntwo\nthree\nunfinished", end)
     log.write_bytes(b"a\nb\n")
-    assert _read_tail(log, 1) == ("b\n", 4)
+    assert read_tail(log, 1) == ("b\n", 4)

@@ -6,6 +6,7 @@ open ones, the process staying alive (what a replica refusing connections looks 
 anything else -> {"pid": ..., "port": ...}, after `?sleep=S` seconds. Starts in a fraction of a second.
 With ECHO_EXIT_ON_SIGTERM=1 it exits the moment SIGTERM arrives, requests in flight or not (so a
 test can tell whether the orchestrator drained it first); otherwise uvicorn shuts down gracefully.
+With ECHO_START_DELAY=S it waits S seconds before it listens (a replica slow to boot).
 """
 
 import argparse
@@ -51,6 +52,7 @@ async def anything(request: Request) -> JSONResponse:
 
 
 async def serve(server: uvicorn.Server) -> None:
+    await asyncio.sleep(float(os.environ.get("ECHO_START_DELAY", "0")))
     task = asyncio.create_task(server.serve())
     if os.environ.get("ECHO_EXIT_ON_SIGTERM") == "1":
         while not server.started and not task.done():

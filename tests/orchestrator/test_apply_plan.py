@@ -205,6 +205,27 @@ def test_scale_to_zero_floor_and_wake():
     assert stz.wake(0, held=True) == 1 and stz.wake(1, held=True) is None and stz.wake(0, held=False) is None
 
 
+@pytest.mark.parametrize("served_at, now, floor", [
+    (None, 1.0, 1),     # woken at 0, scale_to_zero_after 1 s: the replica is still starting, requests held
+    (None, 10.9, 1),    # ... up to the gateway's hold (10 s) plus the idle period
+    (None, 11.0, 0),    # nobody answered them within their hold: back to zero after the idle period
+    (3.0, 3.5, 1),      # answered at 3 s: the idle period runs from then
+    (3.0, 4.0, 0),
+])
+def test_a_held_request_keeps_a_woken_service_up_until_its_hold_ends(served_at, now, floor):
+    # A docker replica needs more than scale_to_zero_after (1 s) to be ready: the 20 requests that
+    # woke the service must not see it stopped again while they wait (they got 503 in a loaded run).
+    from selfieless.orchestrator import scale_to_zero as stz
+    from selfieless.orchestrator.stack import RatePolicy
+
+    pol = RatePolicy(policy="rate", target_rps_per_replica=10, scale_to_zero_after=1.0)
+    st = stz.woken(count=7, now=0.0, hold_for=10.0)
+    if served_at is not None:
+        st = stz.observe(st, 27, now=served_at)
+    st = stz.observe(st, st.last_count, now=now)
+    assert stz.floor(pol, 0, st, now=now) == floor
+
+
 def test_apply_keeps_what_up_was_told_on_its_command_line():
     from selfieless.orchestrator.apply_plan import with_up_overrides
 

@@ -97,6 +97,11 @@ def containers(engine, stack: str) -> dict[str, str]:
     return {c["Names"][0].lstrip("/"): c["ImageID"] for c in found}
 
 
+def event_tail(orch, n: int = 60) -> str:
+    """The orchestrator's last `n` events, one per line: what a failed rollout assertion shows."""
+    return "\n".join(f"{e.kind:10} {e.service or '-'}/{e.replica or '-'}: {e.reason}" for e in orch.events.since(0)[-n:])
+
+
 def ready_names(orch) -> set[str]:
     return {r.id for r in orch.replicas_of("acts") if r.state.value == "ready"}
 
@@ -115,11 +120,13 @@ async def test_a_rebuilt_image_with_the_same_tag_rolls_every_replica_under_write
         before = ready_names(orch)
         load = WriteLoad(f"http://127.0.0.1:{system.gateway.port}").start()
         await wait_until(lambda: len(load.created) >= 20, 60, what="writes before the rollout")
-        v2 = build_acts(engine, tag, "2")
+        # Built off the event loop: the orchestrator, the gateway and the load share it.
+        v2 = await asyncio.to_thread(build_acts, engine, tag, "2")
         assert v2 != v1
-        result = await apply_stack(orch, stack, timeout=400)
+        # The rollout's own deadline ends before the test's, so a stuck one fails with its events.
+        result = await apply_stack(orch, stack, timeout=300)
         await load.stop()
-        assert result.ok, result
+        assert result.ok, (result, event_tail(orch))
         assert [r["outcome"] for r in result.rollouts] == ["complete"]
         assert any("new content" in line for line in result.actions), result.actions
         assert load.failures == [] and load.ok > 0
@@ -156,7 +163,7 @@ async def test_a_broken_rebuild_is_rolled_back_to_the_old_image_and_no_old_repli
         assert set(before.values()) == {v1} and set(before) == ready_names(orch)
         load = WriteLoad(f"http://127.0.0.1:{system.gateway.port}").start()
         await wait_until(lambda: load.ok >= 20, 60, what="answers before the rollout")
-        build_acts(engine, tag, "2-" + broken, BROKEN[broken])
+        await asyncio.to_thread(build_acts, engine, tag, "2-" + broken, BROKEN[broken])
         result = await apply_stack(orch, stack, timeout=300)
         await asyncio.sleep(1)
         await load.stop()

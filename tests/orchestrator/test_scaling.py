@@ -62,10 +62,10 @@ def test_scale_from_zero(replicas, autoscale, desired, rollout, wakes):
     sc, events, changed = scaling()
     svc = service(replicas, autoscale)
     svc.desired, svc.rollout_owner = desired, rollout
-    sc.wake_from_zero(svc)
+    sc.wake_from_zero(svc, hold_for=10.0)
     assert (svc.desired == 1 and changed.is_set()) == wakes
     if wakes:
-        assert svc.idle.last_count == 7 and svc.idle.last_request_at == 100.0
+        assert svc.idle.last_count == 7 and svc.idle.last_request_at == 110.0  # counted as active until the hold ends
         assert [e.reason for e in events.since(0)] == ["scaled echo 0\u21921: a request is waiting (scale from zero)"]
     else:
         assert svc.desired == desired and len(events) == 0

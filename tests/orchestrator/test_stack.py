@@ -142,3 +142,12 @@ def test_yaml_errors_carry_a_line(tmp_path):
 def test_render_resolves_chains():
     values = {"port": 1, "state_dir": "/s", "db": "sqlite:///{state_dir}/a.db", "database_url": "{db}"}
     assert render("--db={database_url} -p {port}", values) == "--db=sqlite:////s/a.db -p 1"
+
+
+def test_gateway_limits_pass_straight_to_the_gateway_and_default_to_its_own():
+    from selfieless.gateway import GatewayConfig
+
+    limits = parse_stack(stack(a=svc())).gateway.limits.model_dump()
+    assert GatewayConfig(**limits) == GatewayConfig()  # every name a GatewayConfig field, same defaults
+    set_ = parse_stack({**stack(a=svc()), "gateway": {"limits": {"stall_timeout": 0, "max_body_size": 10}}})
+    assert GatewayConfig(**set_.gateway.limits.model_dump()).max_body_size == 10

@@ -57,112 +57,129 @@ class StackCollector(Collector):
         return []
 
     def collect(self):
-        p = PREFIX
-        requests = CounterMetricFamily(f"{p}_requests", "Requests forwarded to a service (any path, any status)",
-                                       labels=["service"])
-        api = CounterMetricFamily(f"{p}_api_requests",
-                                  "Counted API requests (the autoscaler's input; excludes _health, _crash, _count)",
-                                  labels=["service"])
-        by_class = CounterMetricFamily(f"{p}_responses", "Responses by status class, gateway-made errors included",
-                                       labels=["service", "code"])
-        retries = CounterMetricFamily(f"{p}_retries", "Idempotent requests retried on another replica",
-                                      labels=["service"])
-        ejections = CounterMetricFamily(f"{p}_ejections", "Replicas taken out of rotation by the gateway itself",
-                                        labels=["service"])
-        withdrawals = CounterMetricFamily(f"{p}_withdrawals",
-                                          "Stalled replicas withdrawn from rotation by the gateway until a probe passes",
-                                          labels=["service"])
-        gw_errors = CounterMetricFamily(f"{p}_gateway_errors", "Errors the gateway answered itself (502/503/504/413...)",
-                                        labels=["service"])
-        latency = HistogramMetricFamily(f"{p}_request_duration_seconds",
-                                        "Time from request head to end of response, as seen by the gateway",
-                                        labels=["service"])
-        rep_requests = CounterMetricFamily(f"{p}_replica_requests",
-                                           "Responses completed by one replica (since it joined the pool)",
-                                           labels=["service", "replica", "port"])
-        in_flight = GaugeMetricFamily(f"{p}_replica_in_flight", "Requests in flight on one replica",
-                                      labels=["service", "replica", "port"])
-        for name, st in sorted((_attr(self.gateway, "all_stats") or {}).items()):
-            requests.add_metric([name], st.requests)
-            api.add_metric([name], st.api_requests)
-            for k in range(1, 6):
-                by_class.add_metric([name, f"{k}xx"], st.status_classes[k])
-            retries.add_metric([name], st.retries)
-            ejections.add_metric([name], st.ejections)
-            withdrawals.add_metric([name], getattr(st, "withdrawals", 0))
-            gw_errors.add_metric([name], st.gateway_errors)
-            h = st.latency
-            buckets = [("+Inf" if le == float("inf") else repr(float(le)), n) for le, n in h.cumulative()]
-            latency.add_metric([name], buckets, h.sum)
-        for name, pool in sorted((_attr(self.gateway, "pools") or {}).items()):
-            views = pool.replicas
-            shown = itemised([v.port for v in views])
-            for v in views:
-                if v.port not in shown:
-                    continue
-                labels = [name, v.id, str(v.port)]
-                rep_requests.add_metric(labels, v.served)
-                in_flight.add_metric(labels, v.in_flight)
-        yield from (requests, api, by_class, retries, ejections, withdrawals, gw_errors, latency, rep_requests, in_flight)
-
+        yield from _traffic_families(_attr(self.gateway, "all_stats") or {})
+        yield from _pool_families(_attr(self.gateway, "pools") or {})
         if self._status is None:
             return
         status = self._status()
-        desired = GaugeMetricFamily(f"{p}_replicas_desired", "Desired replica count", labels=["service"])
-        actual = GaugeMetricFamily(f"{p}_replicas_actual", "Live replicas (starting or ready)", labels=["service"])
-        ready = GaugeMetricFamily(f"{p}_replicas_ready", "Ready replicas (in rotation)", labels=["service"])
-        pending = GaugeMetricFamily(f"{p}_replicas_pending", "Starts scheduled or in progress (backoff included)",
+        yield from _service_families(status)
+        yield from _replica_families(status)
+        yield from _stack_families(status)
+
+
+def _counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
+
+
+def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
+
+
+def _traffic_families(all_stats: dict[str, Any]) -> tuple:
+    """The gateway's counters per service (selfieless.gateway.stats.ServiceStats)."""
+    requests = _counter("requests", "Requests forwarded to a service (any path, any status)", "service")
+    api = _counter("api_requests", "Counted API requests (the autoscaler's input; excludes _health, _crash, _count)",
+                   "service")
+    by_class = _counter("responses", "Responses by status class, gateway-made errors included", "service", "code")
+    retries = _counter("retries", "Idempotent requests retried on another replica", "service")
+    ejections = _counter("ejections", "Replicas taken out of rotation by the gateway itself", "service")
+    withdrawals = _counter("withdrawals", "Stalled replicas withdrawn from rotation by the gateway until a probe passes",
+                           "service")
+    gw_errors = _counter("gateway_errors", "Errors the gateway answered itself (502/503/504/413...)", "service")
+    latency = HistogramMetricFamily(f"{PREFIX}_request_duration_seconds",
+                                    "Time from request head to end of response, as seen by the gateway",
                                     labels=["service"])
-        window = GaugeMetricFamily(f"{p}_window_requests", "Counted requests in the current autoscaling window",
-                                   labels=["service"])
-        window_left = GaugeMetricFamily(f"{p}_window_ends_in_seconds", "Seconds until the current window ends",
-                                        labels=["service"])
-        state = GaugeMetricFamily(f"{p}_replica_state", "1 for the state a replica is in",
-                                  labels=["service", "replica", "port", "state"])
-        healthy = GaugeMetricFamily(f"{p}_replica_healthy", "1 if the last health probe passed, 0 if it failed",
-                                    labels=["service", "replica", "port"])
-        restarts = CounterMetricFamily(f"{p}_replica_restarts",
-                                       "Replicas that came before the current one on this port",
-                                       labels=["service", "port"])
-        crash_loops = GaugeMetricFamily(f"{p}_crash_loop_failures", "Consecutive failed starts on a port in backoff",
-                                        labels=["service", "port"])
-        db_connections = GaugeMetricFamily(f"{p}_replica_db_connections",
-                                           "Connections a replica holds to its server database (last health answer)",
-                                           labels=["service", "replica", "port"])
-        by_state = GaugeMetricFamily(f"{p}_replicas", "Replicas per state (every one; the per-replica series "
-                                     f"cover the {PER_REPLICA_SERIES} on the lowest ports)", labels=["service", "state"])
-        for name, svc in sorted(status.services.items()):
-            desired.add_metric([name], svc.desired)
-            actual.add_metric([name], svc.actual)
-            ready.add_metric([name], svc.ready)
-            pending.add_metric([name], len(svc.pending))
-            w = svc.window
-            if w:
-                window.add_metric([name], w.count)
-                if w.ends_in is not None:
-                    window_left.add_metric([name], w.ends_in)
+    for name, st in sorted(all_stats.items()):
+        requests.add_metric([name], st.requests)
+        api.add_metric([name], st.api_requests)
+        for k in range(1, 6):
+            by_class.add_metric([name, f"{k}xx"], st.status_classes[k])
+        retries.add_metric([name], st.retries)
+        ejections.add_metric([name], st.ejections)
+        withdrawals.add_metric([name], getattr(st, "withdrawals", 0))
+        gw_errors.add_metric([name], st.gateway_errors)
+        h = st.latency
+        buckets = [("+Inf" if le == float("inf") else repr(float(le)), n) for le, n in h.cumulative()]
+        latency.add_metric([name], buckets, h.sum)
+    return requests, api, by_class, retries, ejections, withdrawals, gw_errors, latency
+
+
+def _pool_families(pools: dict[str, Any]) -> tuple:
+    """Each replica in the gateway's pools: responses completed and requests in flight."""
+    rep_requests = _counter("replica_requests", "Responses completed by one replica (since it joined the pool)",
+                            "service", "replica", "port")
+    in_flight = _gauge("replica_in_flight", "Requests in flight on one replica", "service", "replica", "port")
+    for name, pool in sorted(pools.items()):
+        views = pool.replicas
+        shown = itemised([v.port for v in views])
+        for v in views:
+            if v.port not in shown:
+                continue
+            labels = [name, v.id, str(v.port)]
+            rep_requests.add_metric(labels, v.served)
+            in_flight.add_metric(labels, v.in_flight)
+    return rep_requests, in_flight
+
+
+def _service_families(status: StackStatus) -> tuple:
+    """The orchestrator's counts per service, and its autoscaling window."""
+    desired = _gauge("replicas_desired", "Desired replica count", "service")
+    actual = _gauge("replicas_actual", "Live replicas (starting or ready)", "service")
+    ready = _gauge("replicas_ready", "Ready replicas (in rotation)", "service")
+    pending = _gauge("replicas_pending", "Starts scheduled or in progress (backoff included)", "service")
+    window = _gauge("window_requests", "Counted requests in the current autoscaling window", "service")
+    window_left = _gauge("window_ends_in_seconds", "Seconds until the current window ends", "service")
+    for name, svc in sorted(status.services.items()):
+        desired.add_metric([name], svc.desired)
+        actual.add_metric([name], svc.actual)
+        ready.add_metric([name], svc.ready)
+        pending.add_metric([name], len(svc.pending))
+        w = svc.window
+        if w:
+            window.add_metric([name], w.count)
+            if w.ends_in is not None:
+                window_left.add_metric([name], w.ends_in)
+    return desired, actual, ready, pending, window, window_left
+
+
+def _replica_families(status: StackStatus) -> tuple:
+    """Each replica as the orchestrator sees it (the PER_REPLICA_SERIES on the lowest ports of each
+    service): state, health, restarts, database connections; and every replica counted by state."""
+    by_state = _gauge("replicas", f"Replicas per state (every one; the per-replica series cover the "
+                      f"{PER_REPLICA_SERIES} on the lowest ports)", "service", "state")
+    state = _gauge("replica_state", "1 for the state a replica is in", "service", "replica", "port", "state")
+    healthy = _gauge("replica_healthy", "1 if the last health probe passed, 0 if it failed", "service", "replica", "port")
+    restarts = _counter("replica_restarts", "Replicas that came before the current one on this port", "service", "port")
+    crash_loops = _gauge("crash_loop_failures", "Consecutive failed starts on a port in backoff", "service", "port")
+    db_connections = _gauge("replica_db_connections",
+                            "Connections a replica holds to its server database (last health answer)",
+                            "service", "replica", "port")
+    for name, svc in sorted(status.services.items()):
+        for s in REPLICA_STATES:
+            by_state.add_metric([name, s], sum(1 for r in svc.replicas if r.state == s))
+        shown = itemised([r.port for r in svc.replicas])
+        for r in svc.replicas:
+            if r.port not in shown:
+                continue
+            labels = [name, r.id, str(r.port)]
             for s in REPLICA_STATES:
-                by_state.add_metric([name, s], sum(1 for r in svc.replicas if r.state == s))
-            shown = itemised([r.port for r in svc.replicas])
-            for r in svc.replicas:
-                if r.port not in shown:
-                    continue
-                labels = [name, r.id, str(r.port)]
-                for s in REPLICA_STATES:
-                    state.add_metric(labels + [s], 1.0 if r.state == s else 0.0)
-                if r.health in ("passing", "failing"):
-                    healthy.add_metric(labels, 1.0 if r.health == "passing" else 0.0)
-                restarts.add_metric([name, str(r.port)], r.restarts)
-                if r.db_connections is not None:
-                    db_connections.add_metric(labels, r.db_connections)
-            for port, n in svc.crash_loops.items():
-                crash_loops.add_metric([name, str(port)], n)
-        converged = GaugeMetricFamily(f"{p}_converged", "1 when every service has exactly its desired ready replicas")
-        converged.add_metric([], 1.0 if status.converged else 0.0)
-        events = CounterMetricFamily(f"{p}_events", "Control-plane events emitted")
-        events.add_metric([], status.last_event_id)
-        yield from (desired, actual, ready, pending, window, window_left, by_state, state, healthy, restarts,
-                    crash_loops, db_connections, converged, events)
+                state.add_metric(labels + [s], 1.0 if r.state == s else 0.0)
+            if r.health in ("passing", "failing"):
+                healthy.add_metric(labels, 1.0 if r.health == "passing" else 0.0)
+            restarts.add_metric([name, str(r.port)], r.restarts)
+            if r.db_connections is not None:
+                db_connections.add_metric(labels, r.db_connections)
+        for port, n in svc.crash_loops.items():
+            crash_loops.add_metric([name, str(port)], n)
+    return by_state, state, healthy, restarts, crash_loops, db_connections
+
+
+def _stack_families(status: StackStatus) -> tuple:
+    converged = _gauge("converged", "1 when every service has exactly its desired ready replicas")
+    converged.add_metric([], 1.0 if status.converged else 0.0)
+    events = _counter("events", "Control-plane events emitted")
+    events.add_metric([], status.last_event_id)
+    return converged, events
 
 
 def make_registry(gateway: Any, orchestrator: Any | None = None) -> CollectorRegistry:

@@ -1,1 +1,8 @@
-"""The SelfieLessActs microservices (users and acts) and the code they share."""
+"""The SelfieLessActs microservices and the code they share.
+
+Packages:
+    users/    sign-up, removal and the list of usernames
+    acts/     categories, acts (photos of good deeds), upvotes
+    web/      the single-page web front end under /ui/
+    common/   what the services share: settings, errors, JSON bodies, databases, operational routes
+"""

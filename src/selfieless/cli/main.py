@@ -1,7 +1,7 @@
 """The `selfieless` command line.
 
     selfieless up [STACK]            run a stack (the bundled SelfieLessActs one by default)
-    selfieless status | events | scale | logs | down
+    selfieless status | events | apply | rollout | scale | logs | down
                                      talk to a running `up` through its admin API
     selfieless validate STACK        check a stack file
     selfieless load URL --rps R --duration S
@@ -542,12 +542,7 @@ def load(
     """Open-loop load generator: requests go out at fixed intervals whatever the latency, then a summary
     (sent, status counts, errors, p50/p99 latency, achieved rate). Exit status 2 if any request failed
     (connection error, timeout or 5xx)."""
-    import asyncio
-
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .load import run_load
-    from .loadcore import planned_count, target_url
+    from .loadcore import target_url
 
     if rps <= 0 or duration <= 0 or concurrency <= 0:
         _fail("--rps, --duration and --concurrency must be > 0")
@@ -557,31 +552,51 @@ def load(
         _fail(str(e))
     if note:
         err.print(note)
-    data = None
-    if body is not None:
-        try:
-            json.loads(body)
-        except ValueError as e:
-            _fail(f"--body is not valid JSON: {e}")
-        data = body.encode()
-    total = planned_count(rps, duration)
+    summary = _send_load(url, rps, duration, method=method.upper(), body=_json_body(body),
+                         concurrency=concurrency, timeout=timeout, quiet=as_json)
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return
+    console.print(_load_table(summary, f"{method.upper()} {url}"))
+    if summary.errors or any(s >= 500 for s in summary.statuses):
+        raise typer.Exit(2)
+
+
+def _json_body(body: str | None) -> bytes | None:
+    if body is None:
+        return None
+    try:
+        json.loads(body)
+    except ValueError as e:
+        _fail(f"--body is not valid JSON: {e}")
+    return body.encode()
+
+
+def _send_load(url: str, rps: float, duration: float, *, quiet: bool, **kw: Any):
+    """run_load with a progress bar on stderr (none when `quiet`); its summary."""
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .load import run_load
+    from .loadcore import planned_count
+
     counts = {"ok": 0, "bad": 0}
     with Progress(TextColumn("[bold]load[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err,
-                  disable=as_json, transient=False) as progress:
-        task = progress.add_task("load", total=total, info="")
+                  disable=quiet, transient=False) as progress:
+        task = progress.add_task("load", total=planned_count(rps, duration), info="")
 
         def on_result(res):
             counts["ok" if res.status is not None and res.status < 400 else "bad"] += 1
             progress.update(task, advance=1, info=f"ok {counts['ok']} · failed {counts['bad']}")
 
-        summary = asyncio.run(run_load(url, rps, duration, method=method.upper(), body=data,
-                                       concurrency=concurrency, timeout=timeout, on_result=on_result))
-    if as_json:
-        print(json.dumps(summary.as_dict(), indent=2))
-        return
+        return asyncio.run(run_load(url, rps, duration, on_result=on_result, **kw))
+
+
+def _load_table(summary, title: str) -> Table:
     ms = lambda v: "-" if v is None else f"{v * 1000:.1f} ms"  # noqa: E731
-    t = Table(title=f"{method.upper()} {url}", title_justify="left", show_header=False)
+    t = Table(title=title, title_justify="left", show_header=False)
     t.add_column(justify="right", style="bold")
     t.add_column()
     t.add_row("sent", f"{summary.sent} of {summary.planned} planned")
@@ -591,9 +606,7 @@ def load(
     t.add_row("rate", f"{summary.achieved_rps:.1f} req/s achieved (target {summary.target_rps:g}) over {summary.elapsed:.1f} s")
     if summary.max_send_delay > 0.05:
         t.add_row("client lag", f"a send went out up to {summary.max_send_delay * 1000:.0f} ms late (client saturated)")
-    console.print(t)
-    if summary.errors or any(s >= 500 for s in summary.statuses):
-        raise typer.Exit(2)
+    return t
 
 
 def main() -> None:

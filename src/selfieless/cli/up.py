@@ -237,68 +237,26 @@ def _apply_to_running(opts: UpOptions, state_dir: Path, console: Console) -> int
 
 
 async def run_up(opts: UpOptions, console: Console) -> int:
-    from selfieless.admin import AdminServer, check_exposure
-    from selfieless.orchestrator.runner import Runner
+    """The steps of `up`, in order; each is a function below."""
+    from selfieless.admin import check_exposure
 
     state_dir = opts.state_dir.expanduser()
     check_exposure(opts.admin_host, opts.admin_token)
     # Everything `up` and its replicas create (state, logs, SQLite databases with users' password
     # hashes, the admin file) is for the owner only.
     os.umask(0o077)
-    running = read_admin_file(state_dir)
-    if running is not None and running.get("pid") != os.getpid():
-        code = _apply_to_running(opts, state_dir, console)
-        if code is not None:
-            return code
-        raise UpError(f"a selfieless up is already running with this state dir (pid {running.get('pid')}, "
-                      f"admin {running.get('url')}); stop it with `selfieless down` or use another --state-dir")
+    code = _when_already_running(opts, state_dir, console)
+    if code is not None:
+        return code
     stack = prepare_stack(opts)
-
-    def on_signal(n: int) -> None:
-        if n > 1:
-            console.print("[yellow]still stopping: replicas are draining (drain timeouts bound this)[/]")
-
-    runner = Runner(on_signal=on_signal)
-
-    def request_stop() -> None:
-        runner.request_stop()
-        if opts.stop_requested_at is None:
-            opts.stop_requested_at = runner.requested_at
-
-    runner.install_signals()
-    stop = runner.stop_requested
-
-    if (opts.driver or stack.driver) == "docker":
-        from selfieless.orchestrator.drivers.docker import docker_available
-
-        why = await asyncio.to_thread(docker_available)
-        if why is not None:
-            raise UpError(f"the docker driver needs a Docker engine: {why}. Use --driver process to run "
-                          f"the services as local processes")
-    gw_host, gw_port = stack.gateway.host, stack.gateway.port
-    try:
-        # The gateway runs as its own process: it keeps serving if this one dies, and the next
-        # `up` re-attaches to it (and adopts the replicas).
-        system = await runner.start(stack, state_dir, driver_setting=opts.driver, gateway_process=True)
-    except OSError as e:
-        raise UpError(_bind_message(e, gw_port, gw_host)) from None
-    except Exception as e:  # a driver that cannot start, ...: one clear line, not a traceback
-        raise UpError(f"cannot start stack {stack.name}: {type(e).__name__}: {e}") from None
+    runner, request_stop = _runner(opts, console)
+    await _check_engine(opts, stack)
+    system = await _start_system(runner, stack, state_dir, opts)
     orch, gw = system.orchestrator, system.gateway
     if system.gateway_attached:
         console.print(f"re-attached to the gateway still serving on port {gw.port} (pid {system.gateway_process.pid})")
-    admin = AdminServer(orch, gw, host=opts.admin_host, port=admin_port(opts), token=opts.admin_token,
-                        shutdown=request_stop, state_dir=str(state_dir),
-                        up_overrides={"port": opts.port, "driver": opts.driver, "ports_from": opts.ports_from,
-                                      "stack_file": str(stack_file(opts))})
-    try:
-        await admin.start()
-    except OSError as e:
-        await runner.stop()
-        raise UpError("admin API: " + _bind_message(e, admin_port(opts), opts.admin_host).replace(
-            "--port 8080", "--admin-port 8091").replace("with --port", "with --admin-port")) from None
-
-    gateway_url = f"http://{_host_for_url(gw_host)}:{gw.port}"
+    admin = await _start_admin(runner, system, state_dir, opts, request_stop)
+    gateway_url = f"http://{_host_for_url(stack.gateway.host)}:{gw.port}"
     write_admin_file(state_dir, {
         "url": admin.url, "pid": os.getpid(), "stack": stack.name, "gateway_url": gateway_url,
         "token_required": bool(opts.admin_token), "started_at": time.time(), "driver": orch.driver.name,
@@ -312,33 +270,114 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     try:
         if not opts.quiet_events:
             unsubscribe = orch.events.subscribe(lambda ev: console.print(f"[dim]{ev}[/]", highlight=False))
-        t0 = time.monotonic()
-        with Live(progress_table(orch.snapshot()), console=console, refresh_per_second=4, transient=True) as live:
-            while not stop.is_set() and not orch.converged():
-                if time.monotonic() - t0 > opts.ready_timeout:
-                    break
-                live.update(progress_table(orch.snapshot()))
-                try:
-                    await asyncio.wait_for(stop.wait(), 0.25)
-                except asyncio.TimeoutError:
-                    pass
-        if not stop.is_set():
-            if orch.converged():
-                ready = ", ".join(f"{n} {s.ready}/{s.desired}" for n, s in orch.snapshot().services.items())
-                console.print(f"[green]stack {stack.name} is up[/] ({ready} ready, driver {orch.driver.name}, "
-                              f"{time.monotonic() - t0:.1f} s)")
-            else:
-                console.print(f"[yellow]not every replica is ready after {opts.ready_timeout:g} s;[/] carrying on "
-                              f"(see `selfieless status` and `selfieless events`)")
+        seconds = await _show_progress(orch, runner.stop_requested, opts.ready_timeout, console)
+        if not runner.stop_requested.is_set():
+            _print_started(orch, stack, seconds, opts.ready_timeout, console)
             for line in next_steps(gateway_url, admin.url, stack, cli_command()):
                 console.print(line, highlight=False)
-            await stop.wait()
+            await runner.stop_requested.wait()
     finally:
         console.print("[bold]stopping:[/] draining and stopping every replica...")
         if opts.stop_requested_at is None:
             opts.stop_requested_at = runner.requested_at or time.monotonic()
         await runner.stop()
     return 0
+
+
+def _when_already_running(opts: UpOptions, state_dir: Path, console: Console) -> int | None:
+    """An `up` already running with this state dir: apply this stack to it (its exit code), or
+    refuse when it runs another stack; None when none runs."""
+    running = read_admin_file(state_dir)
+    if running is None or running.get("pid") == os.getpid():
+        return None
+    code = _apply_to_running(opts, state_dir, console)
+    if code is not None:
+        return code
+    raise UpError(f"a selfieless up is already running with this state dir (pid {running.get('pid')}, "
+                  f"admin {running.get('url')}); stop it with `selfieless down` or use another --state-dir")
+
+
+def _runner(opts: UpOptions, console: Console):
+    """The Runner that owns SIGINT/SIGTERM, and the stop that POST /api/shutdown calls."""
+    from selfieless.orchestrator.runner import Runner
+
+    def on_signal(n: int) -> None:
+        if n > 1:
+            console.print("[yellow]still stopping: replicas are draining (drain timeouts bound this)[/]")
+
+    runner = Runner(on_signal=on_signal)
+
+    def request_stop() -> None:
+        runner.request_stop()
+        if opts.stop_requested_at is None:
+            opts.stop_requested_at = runner.requested_at
+
+    runner.install_signals()
+    return runner, request_stop
+
+
+async def _check_engine(opts: UpOptions, stack: Stack) -> None:
+    if (opts.driver or stack.driver) == "docker":
+        from selfieless.orchestrator.drivers.docker import docker_available
+
+        why = await asyncio.to_thread(docker_available)
+        if why is not None:
+            raise UpError(f"the docker driver needs a Docker engine: {why}. Use --driver process to run "
+                          f"the services as local processes")
+
+
+async def _start_system(runner: Any, stack: Stack, state_dir: Path, opts: UpOptions) -> Any:
+    try:
+        # The gateway runs as its own process: it keeps serving if this one dies, and the next
+        # `up` re-attaches to it (and adopts the replicas).
+        return await runner.start(stack, state_dir, driver_setting=opts.driver, gateway_process=True)
+    except OSError as e:
+        raise UpError(_bind_message(e, stack.gateway.port, stack.gateway.host)) from None
+    except Exception as e:  # a driver that cannot start, ...: one clear line, not a traceback
+        raise UpError(f"cannot start stack {stack.name}: {type(e).__name__}: {e}") from None
+
+
+async def _start_admin(runner: Any, system: Any, state_dir: Path, opts: UpOptions, request_stop) -> Any:
+    """The admin API on this event loop; a port it cannot bind stops the system again."""
+    from selfieless.admin import AdminServer
+
+    admin = AdminServer(system.orchestrator, system.gateway, host=opts.admin_host, port=admin_port(opts),
+                        token=opts.admin_token, shutdown=request_stop, state_dir=str(state_dir),
+                        up_overrides={"port": opts.port, "driver": opts.driver, "ports_from": opts.ports_from,
+                                      "stack_file": str(stack_file(opts))})
+    try:
+        await admin.start()
+    except OSError as e:
+        await runner.stop()
+        raise UpError("admin API: " + _bind_message(e, admin_port(opts), opts.admin_host).replace(
+            "--port 8080", "--admin-port 8091").replace("with --port", "with --admin-port")) from None
+    return admin
+
+
+async def _show_progress(orch: Any, stop: asyncio.Event, ready_timeout: float, console: Console) -> float:
+    """The live start-up table until every service is ready, a stop is asked for or `ready_timeout`
+    passes; the seconds it showed."""
+    t0 = time.monotonic()
+    with Live(progress_table(orch.snapshot()), console=console, refresh_per_second=4, transient=True) as live:
+        while not stop.is_set() and not orch.converged():
+            if time.monotonic() - t0 > ready_timeout:
+                break
+            live.update(progress_table(orch.snapshot()))
+            try:
+                await asyncio.wait_for(stop.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+    return time.monotonic() - t0
+
+
+def _print_started(orch: Any, stack: Stack, seconds: float, ready_timeout: float, console: Console) -> None:
+    if orch.converged():
+        ready = ", ".join(f"{n} {s.ready}/{s.desired}" for n, s in orch.snapshot().services.items())
+        console.print(f"[green]stack {stack.name} is up[/] ({ready} ready, driver {orch.driver.name}, "
+                      f"{seconds:.1f} s)")
+    else:
+        console.print(f"[yellow]not every replica is ready after {ready_timeout:g} s;[/] carrying on "
+                      f"(see `selfieless status` and `selfieless events`)")
 
 
 def up_main(opts: UpOptions, console: Console) -> int:

@@ -6,9 +6,13 @@ control plane drives it through this API and hears about passive ejections via `
 
 Modules: ``config`` (settings), ``routing`` (prefix table), ``pool`` (backend choice: a
 *backend* is the gateway's view of a replica), ``headers`` (rewriting), ``stats`` (counters),
-``responses`` (gateway-made JSON answers) and ``exchange`` (what a failure or a deadline means
-for a request) are pure; ``client`` and ``upstream`` are the socket edge (the client and the
-backend side of an exchange); ``gateway`` is the facade; ``__main__`` runs it standalone.
+``responses`` (gateway-made JSON answers), ``exchange`` (what a failure or a deadline means
+for a request), ``stall`` (which backends are stalled) and ``control_changes`` (what the control
+API's long poll sends) are pure; ``request`` is one client request and where its exchange
+stands; ``client``, ``upstream`` and ``tunnel`` (upgraded connections spliced) are the socket
+edge (the client and the backend side of an exchange); ``gateway`` is the facade; ``control``
+is the protocol a control plane drives, served to another process by ``control_api`` and used
+there through ``control_client``; ``__main__`` runs it standalone.
 """
 
 from .config import GatewayConfig

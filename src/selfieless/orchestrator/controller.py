@@ -275,7 +275,7 @@ class Orchestrator:
         scaled to zero gets one replica now (the held requests go out once it is ready)."""
         svc = self.services.get(service)
         if svc is not None:
-            self.scaling.wake_from_zero(svc)
+            self.scaling.wake_from_zero(svc, self.stack.gateway.limits.no_replica_wait)
 
     def on_replica_error(self, service: str, replica_id: str, status: int) -> None:
         """Gateway hint: a replica answered 5xx. Probe it now instead of at its next interval, so a

@@ -40,3 +40,15 @@ def floor(policy: RatePolicy, min_replicas: int, state: IdleState, now: float) -
 def wake(current: int, held: bool) -> int | None:
     """A held request for a service with no replica: the count to scale to (None: nothing to do)."""
     return 1 if held and current == 0 else None
+
+
+def woken(count: int, now: float, hold_for: float) -> IdleState:
+    """The idle state right after a held request woke the service.
+
+    A held request is not counted until a replica answers it, so it counts as a request that lasts
+    as long as the gateway may hold it (`hold_for`, its `no_replica_wait`): the idle period, and
+    with it the way back to zero, starts only after that. Otherwise a replica slower to become
+    ready than `scale_to_zero_after` would be stopped again while the requests that woke it wait.
+    Once a replica answers them, the counter moves and `observe` starts the period from then.
+    """
+    return IdleState(count, now + hold_for)

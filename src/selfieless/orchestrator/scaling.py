@@ -52,16 +52,17 @@ class Scaling:
         self.events.emit("scaled", svc.name, None, svc.last_decision)
         self._changed.set()
 
-    def wake_from_zero(self, svc: ServiceRuntime) -> None:
+    def wake_from_zero(self, svc: ServiceRuntime, hold_for: float) -> None:
         """A request is held because no replica is ready: a service scaled to zero gets one replica
-        now (the held requests go out once it is ready)."""
+        now (the held requests go out once it is ready; the gateway holds them up to `hold_for`
+        seconds, and the service stays up at least that long)."""
         if svc.dependency or svc.rollout_owner is not None:
             return
         policy = svc.spec.autoscale
         if stz.wake(svc.desired, held=True) is None or not (isinstance(policy, RatePolicy) and svc.spec.replicas.min == 0):
             return
         now = self._mono()
-        svc.idle = stz.IdleState(self._stats(svc.name).count, now)
+        svc.idle = stz.woken(self._stats(svc.name).count, now, hold_for)
         svc.rate = auto.RateState(samples=svc.rate.samples, since=now)
         svc.desired = 1
         svc.last_decision = f"scaled {svc.name} 0\u21921: a request is waiting (scale from zero)"

@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from selfieless.gateway.config import GatewayConfig as _GW
+
 __all__ = [
     "Stack",
     "ServiceSpec",
@@ -401,27 +403,28 @@ class DependencySpec(_Model):
 
 
 class GatewayLimits(_Model):
-    """Names match selfieless.gateway.GatewayConfig fields, so they pass straight through."""
+    """Names match selfieless.gateway.GatewayConfig fields, so they pass straight through; so do
+    the defaults, which are the gateway's own (said once, in gateway/config.py)."""
 
-    max_body_size: int = Field(default=16 * 1024 * 1024, gt=0)
-    max_header_size: int = Field(default=64 * 1024, gt=0)
+    max_body_size: int = Field(default=_GW.max_body_size, gt=0)
+    max_header_size: int = Field(default=_GW.max_header_size, gt=0)
     # How long a request waits for a ready replica before the gateway answers 503.
-    no_replica_wait: Seconds = 10.0
-    header_timeout: PositiveSeconds = 10.0
-    body_timeout: PositiveSeconds = 60.0
-    connect_timeout: PositiveSeconds = 3.0
-    response_timeout: PositiveSeconds = 60.0
-    keepalive_timeout: PositiveSeconds = 15.0
-    tunnel_idle_timeout: PositiveSeconds = 600.0
+    no_replica_wait: Seconds = _GW.no_replica_wait
+    header_timeout: PositiveSeconds = _GW.header_timeout
+    body_timeout: PositiveSeconds = _GW.body_timeout
+    connect_timeout: PositiveSeconds = _GW.connect_timeout
+    response_timeout: PositiveSeconds = _GW.response_timeout
+    keepalive_timeout: PositiveSeconds = _GW.keepalive_timeout
+    tunnel_idle_timeout: PositiveSeconds = _GW.tunnel_idle_timeout
     # A replica holding a read this long with no response byte, silent while a sibling answers,
     # leaves the rotation until its probe passes (gateway/stall.py); 0 turns it off.
-    stall_timeout: Seconds = 0.5
+    stall_timeout: Seconds = _GW.stall_timeout
 
 
 class GatewaySpec(_Model):
     host: str = "0.0.0.0"
     port: int = Field(default=80, ge=0, le=65535)
-    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    balance: Literal["round_robin", "least_outstanding"] = _GW.balance
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
 
 
