@@ -131,8 +131,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def database(backend: str, tmp: str):
-    """URL of an empty database of this kind, dropped afterwards; None when the server is missing."""
+def database(backend: str, tmp: str, async_commit: bool = False):
+    """URL of an empty database of this kind, dropped afterwards; None when the server is missing.
+    `async_commit`: PostgreSQL commits in it answer before their log record is flushed to disk."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp}/bench-{uuid.uuid4().hex[:8]}.db"
         return
@@ -143,6 +144,8 @@ def database(backend: str, tmp: str):
         admin = create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {name}"))
+            if async_commit and backend == "postgresql":
+                conn.execute(text(f"ALTER DATABASE {name} SET synchronous_commit = off"))
     except Exception as exc:
         print(f"{backend}: skipped, server not reachable ({type(exc).__name__})", flush=True)
         yield None
@@ -291,6 +294,8 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
                                 stdout=open(f"{tmp}/bare.log", "wb"), stderr=subprocess.STDOUT)
         wait_200(bare_url + "/api/v1/categories", bare)
         for label, real, path, script, pids in endpoints:
+            if args.endpoints and not any(word in label for word in args.endpoints.split(",")):
+                continue
             for target in (real, bare_url + path):  # warm up: connections, statement caches
                 subprocess.run(["wrk", "-t1", "-c2", "-d1s", *(["-s", script()] if script else []), target],
                                capture_output=True, check=True)
@@ -303,6 +308,8 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
                     (mine_cpu if side == "real" else theirs_cpu).append(cpu)
                     if err:
                         errors.add(f"{side}: {err}")
+            if args.profile:
+                profile(label, backend, real, script() if script else None, pids, args)
             m, b = statistics.median(mine), statistics.median(theirs)
             mc, bc = statistics.median(mine_cpu), statistics.median(theirs_cpu)
             results[(backend, label)] = (m, b)
@@ -318,10 +325,47 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
         stop(users)
 
 
+def profile(label: str, backend: str, url: str, script: str | None, pids: tuple[int, ...], args) -> None:
+    """One more wrk run on the replica with py-spy sampling each serving process (--profile DIR):
+    collapsed stacks to DIR, and the functions most often on the stack printed."""
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "-", f"{backend} {label}".lower()).strip("-")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    spies = [subprocess.Popen([spy, "record", "-p", str(pid), "-r", "250", "-d", str(args.duration), "--nolineno",
+                               "-f", "raw", "-o", str(out / f"{name}-{pid}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
+    time.sleep(0.5)  # py-spy attaches
+    run_wrk(url, args, script)
+    for spy in spies:
+        spy.wait(60)
+    for pid in pids:
+        print(f"  profile {name} pid {pid}:\n" + summarise(out / f"{name}-{pid}.txt"), flush=True)
+
+
+def summarise(path: Path, top: int = 14) -> str:
+    """Share of the samples in which each function is on the stack (inclusive) and on top (own)."""
+    total, inclusive, own = 0, {}, {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r" \(.*?/(site-packages|selfieless|lib/python3[.0-9]*)/", " (", f)
+                  for f in stack.split(";")]
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    rows = [f"    own {n / total:5.1%}  {f}" for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
+    rows += [f"    in  {n / total:5.1%}  {f}" for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:top * 2]]
+    return "\n".join(rows) if total else "    (no samples)"
+
+
 def part_apps(args, tmp: str) -> None:
     results: dict = {}
     for backend in args.backends.split(","):
-        with database(backend, tmp) as url:
+        with database(backend, tmp, args.pg_async_commit) as url:
             if url is not None:
                 bench_backend(backend, url, args, tmp, results)
 
@@ -435,6 +479,13 @@ def main() -> None:
     ap.add_argument("--wrk-cpu", default="0", help="core for wrk")
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measurement per replica count")
     ap.add_argument("--probe-runs", type=int, default=1)
+    ap.add_argument("--pg-async-commit", action="store_true",
+                    help="PostgreSQL: the benchmark's database commits without waiting for the log flush "
+                         "(synchronous_commit = off), to show what the flush costs")
+    ap.add_argument("--endpoints", default="", help="only the endpoints whose label contains one of these "
+                                                    "comma-separated words (e.g. upload,upvote)")
+    ap.add_argument("--profile", metavar="DIR", help="also sample each endpoint's serving processes with "
+                                                    "py-spy during one more run (collapsed stacks to DIR)")
     args = ap.parse_args()
     missing = [t for t in ("wrk", "taskset") if shutil.which(t) is None]
     if missing:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from selfieless.apps.common.counter import GroupCounter, SharedReads
+from selfieless.apps.common.counter import Batcher, GroupCounter, KeyedBatches, SharedReads
 
 
 class SlowCommit:
@@ -111,3 +111,52 @@ def test_identical_reads_share_a_query_that_started_after_they_arrived():
     assert all(r == (("categories",), 1) for r in results[1:11])  # never the answer from before
     assert results[11] == (("acts", "Nature"), 1)
     assert sorted(table.reads) == [("acts", "Nature"), ("categories",), ("categories",)]
+
+
+def test_two_runs_on_their_way_at_once_when_allowed():
+    commit = SlowCommit()
+    in_flight, most = 0, 0
+
+    async def tracked(items: list) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await commit(len(items))
+        finally:
+            in_flight -= 1
+
+    async def main(concurrency: int) -> int:
+        nonlocal most
+        most = 0
+        counter = Batcher(tracked, concurrency)
+        adds = []
+        for _ in range(50):  # one request per turn of the loop
+            adds.append(asyncio.ensure_future(counter.join()))
+            await asyncio.sleep(0)
+        await asyncio.gather(*adds)
+        assert counter.idle
+        return most
+    assert asyncio.run(main(1)) == 1
+    commit.batches.clear()
+    assert asyncio.run(main(2)) == 2
+    assert sum(commit.batches) == 50 and len(commit.batches) < 50
+
+
+def test_keyed_batches_hand_each_run_what_its_callers_passed():
+    runs: list[tuple] = []
+
+    async def run(key: tuple, items: list) -> int:
+        runs.append((key, list(items)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return len(items)
+
+    async def main():
+        batches = KeyedBatches(run)
+        calls = [batches.join(("a",), 1), batches.join(("b",), 2), batches.join(("a",), 3)]
+        results = await asyncio.gather(*calls)
+        assert len(batches) == 0
+        return results
+    assert asyncio.run(main()) == [2, 1, 2]
+    assert sorted(runs) == [(("a",), [1, 3]), (("b",), [2])]

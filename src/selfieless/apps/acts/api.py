@@ -83,14 +83,20 @@ register_url_convertor("act_id", _ActIdConvertor())
 def make_router(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["acts"])
     store = ActsStore(ctx.db)
-    db = ctx.db
-    settings = ctx.settings
-    users = UsersClient(settings.users_url, settings.origin, settings.users_timeout)
+    users = UsersClient(ctx.settings.users_url, ctx.settings.origin, ctx.settings.users_timeout)
     ctx.closers.append(users.close)
+    _category_routes(router, ctx, store)
+    _listing_routes(router, ctx, store)
+    _act_routes(router, ctx, store)
+    _upload_route(router, ctx, store, users)
+    return router
 
-    # categories ---------------------------------------------------------------------------
+
+def _category_routes(router: APIRouter, ctx: ServiceContext, store: ActsStore) -> None:
+    max_body = ctx.settings.max_body_bytes
+
     @ctx.hot.get(router, "/categories", summary="Every category with its number of acts (204 when none)",
-                     responses={204: {"description": "no categories"}})
+                 responses={204: {"description": "no categories"}})
     async def list_categories():
         counts = await store.category_counts()
         return json_response(counts) if counts else Response(status_code=204)
@@ -99,7 +105,7 @@ def make_router(ctx: ServiceContext) -> APIRouter:
                  openapi_extra=json_body(CategoryBody, ["Nature"]),
                  responses={400: {"description": "exists already, or a body other than [\"name\"]"}})
     async def add_category(request: Request):
-        body = await read_json(request, settings.max_body_bytes)
+        body = await read_json(request, max_body)
         (name,) = validate(CategoryBody, body)
         check_name(name, "category name")
         await store.add_category(name)
@@ -108,12 +114,14 @@ def make_router(ctx: ServiceContext) -> APIRouter:
     @router.delete("/categories/{name}", summary="Remove a category and all its acts",
                    responses={400: {"description": "no such category"}})
     async def delete_category(name: str):
-        await db.writing(store.delete_category, name)
+        await ctx.db.writing(store.delete_category, name)
         return empty_object()
 
+
+def _listing_routes(router: APIRouter, ctx: ServiceContext, store: ActsStore) -> None:
     @ctx.hot.get(router, "/categories/{name}/acts", summary="Acts of a category newest first, all or ?start=&end=",
-                     responses={204: {"description": "missing, empty or out of range"},
-                                413: {"description": "too many acts for one answer"}})
+                 responses={204: {"description": "missing, empty or out of range"},
+                            413: {"description": "too many acts for one answer"}})
     async def list_acts(name: str, request: Request):
         params = request.query_params
         if "start" in params or "end" in params:
@@ -126,20 +134,23 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         return json_response(found) if found else Response(status_code=204)
 
     @ctx.hot.get(router, "/categories/{name}/acts/size", summary="Number of acts in a category, as [n]",
-                     responses={204: {"description": "no such category"}})
+                 responses={204: {"description": "no such category"}})
     async def category_size(name: str):
         size = await store.category_size(name)
         return Response(status_code=204) if size is None else json_response([size])
 
-    # acts ---------------------------------------------------------------------------------
+
+def _act_routes(router: APIRouter, ctx: ServiceContext, store: ActsStore) -> None:
+    max_body = ctx.settings.max_body_bytes
+
     @ctx.hot.get(router, "/acts/count", summary="Number of acts in all categories, as [n]")
     async def count_acts():
         return json_response([await store.count_acts()])
 
     @ctx.hot.post(router, "/acts/upvote", summary="Add one upvote to an act", openapi_extra=json_body(UpvoteBody, [1]),
-                 responses={400: {"description": "no such act, or a body other than [actId]"}})
+                  responses={400: {"description": "no such act, or a body other than [actId]"}})
     async def upvote(request: Request):
-        body = await read_json(request, settings.max_body_bytes)
+        body = await read_json(request, max_body)
         (raw,) = validate(UpvoteBody, body)
         act_id = raw if isinstance(raw, int) else parse_uint(raw, "actId", maximum=2**4000)
         if act_id > MAX_ACT_ID:
@@ -153,25 +164,33 @@ def make_router(ctx: ServiceContext) -> APIRouter:
         await store.delete_act(parse_uint(actId, "actId"))
         return empty_object()
 
+
+def _upload_route(router: APIRouter, ctx: ServiceContext, store: ActsStore, users: UsersClient) -> None:
+    max_body = ctx.settings.max_body_bytes
+
     @ctx.hot.post(router, "/acts", status_code=201, summary="Upload an act",
-                 openapi_extra=json_body(UploadBody, _EXAMPLE_UPLOAD),
-                 responses={400: {"description": "a rule of the upload was broken"},
-                            503: {"description": "the users service could not be reached"}})
+                  openapi_extra=json_body(UploadBody, _EXAMPLE_UPLOAD),
+                  responses={400: {"description": "a rule of the upload was broken"},
+                             503: {"description": "the users service could not be reached"}})
     async def upload(request: Request):
-        body = await read_json(request, settings.max_body_bytes)
+        body = await read_json(request, max_body)
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object with keys actId, username, timestamp, "
                                 "caption, categoryName, imgB64")
         act = validate(UploadBody, body)
-        # Cheap local checks first, the users service last: a bad upload is a 400 even when
-        # the users service is down, and nothing is written unless every check passed.
-        await store.check_new_act(act.actId, act.categoryName)
-        if not await users.exists(act.username):
+        # The user first, then one statement that inserts the act only if its category exists and
+        # its actId is free (store.insert_act): one round trip to the database, not a check and an
+        # insert. Nothing is written unless every check passed.
+        try:
+            known = await users.exists(act.username)
+        except ApiError as exc:
+            if exc.status == 503:  # the users service is down: a bad upload is still a 400
+                await store.check_new_act(act.actId, act.categoryName)
+            raise
+        if not known:
             raise ApiError(400, f"no such user: {act.username!r}")
         await store.insert_act(NewAct(
             act_id=act.actId, username=act.username, timestamp=act.timestamp,
             ts_sort=timestamp_sort_key(act.timestamp), caption=act.caption,
             category=act.categoryName, img=act.imgB64))
         return empty_object(201)
-
-    return router

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import BigInteger, Integer, bindparam, delete, func, insert, literal, select, update
 
-from ..common.db import Database, LongText, name_key
+from ..common.counter import KeyedBatches
+from ..common.db import COUNT_DUE, Database, LongText, name_key
 from ..common.dberrors import Duplicate
 from ..common.errors import ApiError
 from .schema import acts, categories
@@ -23,9 +24,11 @@ _NEWEST_FIRST = (acts.c.ts_sort.desc(), acts.c.seq.desc())
 _CATEGORY_ID = select(categories.c.id).where(categories.c.name_key == bindparam("key"))
 _ID_OF_NAMED = _CATEGORY_ID.scalar_subquery()
 _SIZE_OF_NAMED = select(func.count()).select_from(acts).where(acts.c.category_id == _ID_OF_NAMED).scalar_subquery()
-_CATEGORY_COUNTS = (select(categories.c.name, func.count(acts.c.seq))
-                    .select_from(categories.outerjoin(acts, acts.c.category_id == categories.c.id))
-                    .group_by(categories.c.id, categories.c.name)
+# A count per category from the category index, rather than GROUP BY over an outer join: MariaDB
+# builds a temporary table for that one (measured on MariaDB, 6 categories and 20 acts: 96-115
+# instead of 320-835 µs per query).
+_CATEGORY_COUNTS = (select(categories.c.name, select(func.count()).select_from(acts)
+                           .where(acts.c.category_id == categories.c.id).scalar_subquery())
                     .order_by(categories.c.id))
 # No row: no such category; else its number of acts.
 _CATEGORY_SIZE = (select(select(func.count()).select_from(acts).where(acts.c.category_id == categories.c.id)
@@ -40,7 +43,8 @@ _LIST_RANGE = (select(*_ACT_COLUMNS)
                .where(acts.c.category_id == _ID_OF_NAMED, _SIZE_OF_NAMED >= bindparam("end", type_=Integer))
                .order_by(*_NEWEST_FIRST).offset(bindparam("offset")).limit(bindparam("limit")))
 _COUNT_ACTS = select(func.count()).select_from(acts)
-_UPVOTE = update(acts).where(acts.c.act_id == bindparam("id")).values(upvotes=acts.c.upvotes + 1)
+_UPVOTE = (update(acts).where(acts.c.act_id == bindparam("id"))
+           .values(upvotes=acts.c.upvotes + bindparam("k", type_=BigInteger)))
 _DELETE_ACT = delete(acts).where(acts.c.act_id == bindparam("id"))
 # (the act's seq or None, the category's id or None): what an upload needs to know, in one read.
 _UPLOAD_CHECK = select(select(acts.c.seq).where(acts.c.act_id == bindparam("id")).scalar_subquery(), _ID_OF_NAMED)
@@ -77,6 +81,7 @@ def _category_id(conn, name: str) -> int | None:
 class ActsStore:
     def __init__(self, db: Database):
         self.db = db
+        self._upvotes: KeyedBatches[int] = KeyedBatches(self._add_upvotes)
 
     # categories -------------------------------------------------------------------------
     async def category_counts(self) -> dict[str, int]:
@@ -127,16 +132,24 @@ class ActsStore:
         return await self.db.fetch_value(_COUNT_ACTS)
 
     async def upvote(self, act_id: int) -> None:
-        # One statement: concurrent upvotes on any number of replicas all count.
-        if await self.db.change(_UPVOTE, {"id": act_id}) == 0:
+        # One statement, `upvotes + k`: concurrent upvotes on any number of replicas all count. The
+        # upvotes of one act that arrive while one of its commits is on its way share the next
+        # (a popular act's row is otherwise locked by each in turn, for a log flush each on
+        # PostgreSQL); each request still gets its answer only once its own upvote is committed.
+        if await self._upvotes.join((act_id,), COUNT_DUE.get()) == 0:
             raise ApiError(400, f"no such act: {act_id}")
+
+    async def _add_upvotes(self, key: tuple, dues: list) -> int:
+        (act_id,) = key
+        return await self.db.change_for(dues, _UPVOTE, {"id": act_id, "k": len(dues)})
 
     async def delete_act(self, act_id: int) -> None:
         if await self.db.change(_DELETE_ACT, {"id": act_id}) == 0:
             raise ApiError(400, f"no such act: {act_id}")
 
     async def check_new_act(self, act_id: int, category: str) -> None:
-        """The checks an upload needs from the database, before asking the users service."""
+        """The rules of an upload the database decides (insert_act applies them too): a 400 for a
+        taken actId or a missing category, without writing."""
         (existing, category_id), = await self.db.fetch(_UPLOAD_CHECK, {"id": act_id, "key": name_key(category)})
         if existing is not None:
             raise ApiError(400, f"an act with actId {act_id} already exists")
@@ -150,5 +163,5 @@ class ActsStore:
                 "ts_text": act.timestamp, "ts_sort": act.ts_sort, "caption": act.caption, "img": act.img})
         except Duplicate:
             raise ApiError(400, f"an act with actId {act.act_id} already exists") from None
-        if inserted == 0:  # deleted since check_new_act
+        if inserted == 0:  # the INSERT ... SELECT found no such category
             raise ApiError(400, f"no such category: {act.category!r}")

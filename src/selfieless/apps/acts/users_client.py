@@ -3,11 +3,11 @@
 The course's way to ask is the users service's list of names (GET /api/v1/users), one request
 per upload. Under load that request was most of an upload's cost, so:
 
-- The uploads that arrive while one list is on its way share the next one (common/counter.py's
-  Batcher): one HTTP exchange for a batch of uploads. A deleted user still never posts: the list
-  an upload is checked against is always requested after that upload arrived (a batch's request
-  starts only once the previous one has returned, and an upload joins the batch that has not
-  started yet), so a deletion the users service had answered before the upload came is in it.
+- The uploads that arrive while lists are on their way share the next one (common/counter.py's
+  Batcher, at most two lists on their way): one HTTP exchange for a batch of uploads. A deleted
+  user still never posts: the list an upload is checked against is always requested after that
+  upload arrived (an upload joins the batch that has not started yet), so a deletion the users
+  service had answered before the upload came is in it.
   That is exactly what one request per upload gave; nothing is cached between batches. An idle
   replica sends one request per upload, as before.
 - The exchange itself is a fixed GET written on one kept-alive connection and an answer parsed
@@ -85,9 +85,12 @@ class _Answer(asyncio.Protocol):
 
 
 class UsersConnection:
-    """GET of one path on one kept-alive HTTP/1.1 connection, opened again when the server has
-    closed it (its keep-alive timeout): a request that got no byte of answer on a kept connection
-    is sent once more on a new one, within the same timeout."""
+    """GET of one path on kept-alive HTTP/1.1 connections (one per request in flight, at most
+    KEPT kept idle), opened again when the server has closed one (its keep-alive timeout): a
+    request that got no byte of answer on a kept connection is sent once more on a new one,
+    within the same timeout."""
+
+    KEPT = 2
 
     def __init__(self, base_url: str, path: str, origin: str, timeout: float):
         url = urlsplit(base_url)
@@ -97,11 +100,11 @@ class UsersConnection:
         target = url.path.rstrip("/") + path
         self._request = (f"GET {target} HTTP/1.1\r\nHost: {url.netloc}\r\nOrigin: {origin}\r\n"
                          "Accept: application/json\r\nUser-Agent: selfieless-acts\r\n\r\n").encode("latin-1")
-        self._kept: _Answer | None = None
+        self._kept: list[_Answer] = []
 
     async def get(self) -> tuple[int, bytes]:
         async with asyncio.timeout(self.timeout):
-            kept, self._kept = self._kept, None
+            kept = self._kept.pop() if self._kept else None
             if kept is not None and not kept.closed:
                 try:
                     return self._keep(kept, await kept.get(self._request))
@@ -118,28 +121,31 @@ class UsersConnection:
                 raise
 
     def _keep(self, conn: _Answer, answer: tuple[int, bytes]) -> tuple[int, bytes]:
-        if conn.keep_alive and not conn.closed:
-            self._kept = conn
+        if conn.keep_alive and not conn.closed and len(self._kept) < self.KEPT:
+            self._kept.append(conn)
         else:
             conn.close()
         return answer
 
     def close(self) -> None:
-        if self._kept is not None:
-            self._kept.close()
-            self._kept = None
+        kept, self._kept = self._kept, []
+        for conn in kept:
+            conn.close()
 
 
 class UsersClient:
     def __init__(self, base_url: str, origin: str, timeout: float):
         self.base_url = base_url.rstrip("/")
         self._connection = UsersConnection(self.base_url, "/api/v1/users", origin, timeout)
-        self._names: Batcher[frozenset[str]] = Batcher(self._fetch_names)
+        # Two lists may be on their way at once: an upload that arrives just after one left waits
+        # for the next, which need not wait for that one (each takes the users service a commit
+        # of its request counter).
+        self._names: Batcher[frozenset[str]] = Batcher(self._fetch_names, concurrency=UsersConnection.KEPT)
 
     async def exists(self, username: str) -> bool:
         return username in await self._names.join()
 
-    async def _fetch_names(self, _uploads: int) -> frozenset[str]:
+    async def _fetch_names(self, _uploads: list) -> frozenset[str]:
         try:
             status, body = await self._connection.get()
         except (OSError, TimeoutError) as exc:

@@ -24,61 +24,72 @@ T = TypeVar("T")
 
 
 class Batcher(Generic[T]):
-    """`await join()` returns the result of a `run(k)` that started after this call (k: how many
-    joined it); a failed run fails its whole batch. At most one run at a time."""
+    """`await join(item)` returns the result of a `run(items)` that started after this call (items:
+    what the calls that joined its batch passed, in order); a failed run fails its whole batch. At
+    most `concurrency` runs at a time: a call that finds one free starts a run, else it joins the
+    batch that starts when one ends."""
 
-    def __init__(self, run: Callable[[int], Awaitable[T]]):
+    def __init__(self, run: Callable[[list], Awaitable[T]], concurrency: int = 1):
         self._run = run
+        self.concurrency = concurrency
         self._waiting: asyncio.Future[T] | None = None  # the batch still open for requests
-        self._size = 0
-        self._flusher: asyncio.Task[None] | None = None
+        self._items: list = []
+        self._running: set[asyncio.Task] = set()  # also keeps a reference to each run's task
 
-    async def join(self) -> T:
+    async def join(self, item=None) -> T:
         if self._waiting is None:
             self._waiting = asyncio.get_running_loop().create_future()
-            self._size = 0
-        self._size += 1
+            self._items = []
+        self._items.append(item)
         batch = self._waiting
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        self._start_if_free()
         # shield: a client that goes away must not cancel the batch its neighbours wait on
         return await asyncio.shield(batch)
 
-    async def _flush(self) -> None:
-        try:
-            while self._waiting is not None:
-                batch, size = self._waiting, self._size
-                self._waiting, self._size = None, 0
-                try:
-                    result = await self._run(size)
-                except Exception as exc:
-                    batch.set_exception(exc)
-                    batch.exception()  # retrieved here too: every waiter may have gone away
-                else:
-                    batch.set_result(result)
-        finally:
-            self._flusher = None
+    def _start_if_free(self) -> None:
+        if self._waiting is not None and len(self._running) < self.concurrency:
+            task = asyncio.ensure_future(self._one())
+            self._running.add(task)
+            task.add_done_callback(self._ended)
 
+    async def _one(self) -> None:
+        # The batch is taken when the task first runs, not when it was created: the calls made
+        # in the same turn of the loop all join it.
+        batch, items = self._waiting, self._items
+        if batch is None:
+            return  # a run started in the same turn took it
+        self._waiting, self._items = None, []
+        try:
+            result = await self._run(items)
+        except Exception as exc:
+            batch.set_exception(exc)
+            batch.exception()  # retrieved here too: every waiter may have gone away
+        else:
+            batch.set_result(result)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._start_if_free()
 
     @property
     def idle(self) -> bool:
-        return self._flusher is None and self._waiting is None
+        return not self._running and self._waiting is None
 
 
-class SharedReads(Generic[T]):
-    """`await read(key)`: the result of a `run(key)` that started after this call, shared with
-    the callers of the same key that joined the same batch (a Batcher per key in use)."""
+class KeyedBatches(Generic[T]):
+    """`await join(key, item)`: the result of a `run(key, items)` that started after this call,
+    shared with the callers of the same key that joined the same batch (a Batcher per key in use)."""
 
-    def __init__(self, run: Callable[[tuple], Awaitable[T]]):
+    def __init__(self, run: Callable[[tuple, list], Awaitable[T]]):
         self._run = run
         self._batches: dict[tuple, Batcher[T]] = {}
 
-    async def read(self, key: tuple) -> T:
+    async def join(self, key: tuple, item=None) -> T:
         batch = self._batches.get(key)
         if batch is None:
-            batch = self._batches[key] = Batcher(lambda _k: self._run(key))
+            batch = self._batches[key] = Batcher(lambda items: self._run(key, items))
         try:
-            return await batch.join()
+            return await batch.join(item)
         finally:
             if batch.idle and self._batches.get(key) is batch:
                 del self._batches[key]  # nobody waits on this key: keep only the keys in use
@@ -87,7 +98,22 @@ class SharedReads(Generic[T]):
         return len(self._batches)
 
 
+class SharedReads(KeyedBatches[T]):
+    """`await read(key)`: the rows of a `run(key)` that started after this call."""
+
+    def __init__(self, run: Callable[[tuple], Awaitable[T]]):
+        super().__init__(lambda key, _items: run(key))
+
+    async def read(self, key: tuple) -> T:
+        return await self.join(key)
+
+
 class GroupCounter(Batcher[None]):
-    """`await add()` returns once this request is committed (`commit(k)` adds k to the count)."""
+    """`await add()` returns once this request is committed (`commit(k)` adds k to the count).
+    One commit at a time: two on their way at once (measured on MariaDB and PostgreSQL) cost more
+    CPU per request for no higher rate of reads."""
+
+    def __init__(self, commit: Callable[[int], Awaitable[None]]):
+        super().__init__(lambda items: commit(len(items)))
 
     add = Batcher.join

@@ -27,7 +27,8 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, Text, create_engine, event
@@ -105,6 +106,40 @@ def _configure_sqlite(engine: Engine) -> None:
         raw = conn.connection.dbapi_connection
         if not raw.in_transaction:
             raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class CountDue:
+    """A counted request's increment of the shared request counter, still owed: it must be committed
+    before or with the request's first write (a write is never committed uncounted).
+
+    On a server database `Database.change` commits it in the same transaction as that write, sent
+    in the same round trip: one commit per upvote or upload instead of two in a row, each a log
+    flush of the server's. Every other way of writing pays it first (`settle`), and a request that
+    wrote nothing pays it before its answer (hotpath.py).
+    """
+
+    __slots__ = ("stmt", "parameters", "_pay", "paid")
+
+    def __init__(self, stmt, parameters: dict, pay: Callable[[], Awaitable[None]]):
+        self.stmt, self.parameters, self._pay = stmt, parameters, pay
+        self.paid = False
+
+    async def settle(self) -> None:
+        if not self.paid:
+            await self._pay()
+            self.paid = True
+
+    @classmethod
+    def together(cls, dues: list[CountDue]) -> CountDue:
+        """One increment for all of `dues` (the counter's parameter `k` is how many it adds)."""
+        async def pay_each() -> None:
+            for due in dues:
+                await due.settle()
+        return cls(dues[0].stmt, {**dues[0].parameters, "k": len(dues)}, pay_each)
+
+
+# The count the request being served still owes (None: nothing owed, or not a counted write).
+COUNT_DUE: ContextVar[CountDue | None] = ContextVar("selfieless_count_due", default=None)
 
 
 class _Compiled:
@@ -243,12 +278,21 @@ class Database:
     async def change(self, stmt, parameters: dict | None = None) -> int:
         """Run one write statement in its own transaction and return its row count once it is
         committed. Raises Duplicate when it would repeat a unique key (and changed nothing)."""
+        due = COUNT_DUE.get()
         try:
             if self._server is not None:
                 compiled = self._compiled(stmt)
-                rows = await self._server.execute(compiled.sql, compiled.parameters(parameters))
+                if due is not None and not due.paid:
+                    count = self._compiled(due.stmt)
+                    rows = await self._server.execute_with(compiled.sql, compiled.parameters(parameters),
+                                                           (count.sql, count.parameters(due.parameters)))
+                    due.paid = True
+                else:
+                    rows = await self._server.execute(compiled.sql, compiled.parameters(parameters))
                 self.last_write_proof = time.monotonic()
                 return rows
+            if due is not None:
+                await due.settle()
             rows = self.write_now(stmt, parameters)
             if rows is None:
                 rows = await self.writing(self._change_in_thread, stmt, parameters)
@@ -256,9 +300,29 @@ class Database:
         except Exception as exc:
             raise self._failed(exc) from exc
 
+    async def change_for(self, dues: list[CountDue | None], stmt, parameters: dict) -> int:
+        """`change`, as the one write of several requests (a batch of them, common/counter.py):
+        the counts they owe are committed with it, as one increment, or they stay owed."""
+        owed = [due for due in dues if due is not None and not due.paid]
+        together = CountDue.together(owed) if owed else None
+        token = COUNT_DUE.set(together)
+        try:
+            rows = await self.change(stmt, parameters)
+        finally:
+            COUNT_DUE.reset(token)
+        if together is not None and together.paid:
+            for due in owed:
+                due.paid = True
+        return rows
+
     def _change_in_thread(self, stmt, parameters: dict | None) -> int:
         with self.write() as conn:
             return conn.execute(stmt, parameters).rowcount
+
+    @property
+    def folds_counts(self) -> bool:
+        """Whether `change` commits an owed count together with the write (COUNT_DUE)."""
+        return self._server is not None
 
     @property
     def held_connections(self) -> int:
@@ -373,6 +437,9 @@ class Database:
 
     async def writing(self, fn: Callable[..., T], *args) -> T:
         """Call `fn(*args)`, a function that writes, in a thread: SQLite's writer, else the pool."""
+        due = COUNT_DUE.get()
+        if due is not None:
+            await due.settle()
         if self._writer is not None:
             return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
         return await run_in_threadpool(fn, *args)

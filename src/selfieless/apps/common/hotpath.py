@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .db import COUNT_DUE, CountDue
 from .errors import ApiError, error_response, unexpected_error_response
 from .ops import OperationalContext, is_counted
 
@@ -113,17 +114,39 @@ class ServiceApp(FastAPI):
 
     async def _serve(self, route: HotRoute, params: dict[str, str], scope: Scope, receive: Receive,
                      send: Send) -> None:
-        counted = None
+        counted = due = None
         if route.counted and scope["method"] == "POST":
-            # A write waits for its count: a failed count must not follow a committed write.
-            try:
-                await self.replica.counter.add()
-            except ApiError as exc:  # the database is unavailable: a 503 the client may retry
-                await error_response(exc.status, exc.message, exc.headers)(scope, receive, send)
-                return
+            if self.replica.db.folds_counts:
+                # The count goes with the request's first write, in its transaction (db.CountDue).
+                due = self.replica.count_due()
+            else:
+                # A write waits for its count: a failed count must not follow a committed write.
+                try:
+                    await self.replica.counter.add()
+                except ApiError as exc:  # the database is unavailable: a 503 the client may retry
+                    await error_response(exc.status, exc.message, exc.headers)(scope, receive, send)
+                    return
         elif route.counted:
             # A read changes nothing, so it runs while its count commits; the answer waits for both.
             counted = asyncio.ensure_future(self.replica.counter.add())
+        response = await self._answer(route, params, scope, receive, due)
+        if due is not None and not due.paid:
+            # Nothing was written (a refused request, or its write failed): counted on its own.
+            counted = asyncio.ensure_future(due.settle())
+        if counted is not None:
+            try:
+                await counted
+            except ApiError as exc:  # the database is unavailable: a 503 the client may retry
+                response = error_response(exc.status, exc.message, exc.headers)
+            except Exception as exc:  # not counted: the request must not look served
+                log.exception("counting %s %s failed", scope["method"], scope["path"])
+                response = error_response(500, f"internal error: {type(exc).__name__}")
+        await response(scope, receive, send)
+
+    @staticmethod
+    async def _answer(route: HotRoute, params: dict[str, str], scope: Scope, receive: Receive,
+                      due: CountDue | None) -> Response:
+        token = COUNT_DUE.set(due) if due is not None else None
         try:
             if route.wants_request:
                 scope["path_params"] = params
@@ -134,12 +157,7 @@ class ServiceApp(FastAPI):
             response = error_response(exc.status, exc.message, exc.headers)
         except Exception as exc:
             response = unexpected_error_response(exc, scope["method"], scope["path"])
-        if counted is not None:
-            try:
-                await counted
-            except ApiError as exc:  # the database is unavailable: a 503 the client may retry
-                response = error_response(exc.status, exc.message, exc.headers)
-            except Exception as exc:  # not counted: the request must not look served
-                log.exception("counting %s %s failed", scope["method"], scope["path"])
-                response = error_response(500, f"internal error: {type(exc).__name__}")
-        await response(scope, receive, send)
+        finally:
+            if token is not None:
+                COUNT_DUE.reset(token)
+        return response

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .counter import GroupCounter
-from .db import Database, LockBusy
+from .db import COUNT_DUE, CountDue, Database, LockBusy
 from .dbhealth import LOCK_WAIT, is_lock_busy, needs_write_check
 from .errors import ApiError, error_response
 from .responses import json_response
@@ -78,7 +78,13 @@ class OperationalContext:
                 except IntegrityError:
                     pass  # a sibling replica inserted it first
 
+    def count_due(self) -> CountDue:
+        """This request's count, to be committed with its first write (db.CountDue)."""
+        return CountDue(self._add, {"which": self.service, "k": 1}, self.counter.add)
+
     async def _commit_count(self, k: int) -> None:
+        # The batch's own task: a request's owed count, if the task inherited one, is not this.
+        COUNT_DUE.set(None)
         # One statement, `n = n + k`: exact whatever the number of replicas adding at once.
         await self.db.change(self._add, {"which": self.service, "k": k})
 
