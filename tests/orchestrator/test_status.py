@@ -29,7 +29,7 @@ STACK = StackStatus(stack="selfieless", driver="process", converged=False, last_
 
 def test_the_wire_form_has_every_key_the_admin_api_always_sent():
     wire = to_json(STACK)
-    assert list(wire) == ["stack", "driver", "converged", "last_event_id", "services"]
+    assert list(wire) == ["stack", "driver", "converged", "last_event_id", "services", "certs"]
     svc = wire["services"]["acts"]
     assert list(svc) == ["desired", "actual", "ready", "min", "max", "host_ports", "routes", "policy", "api_requests",
                          "window", "last_decision", "replicas", "pending", "crash_loops", "kind", "waiting_for",
