@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def wait_ready(up: UpProcess, timeout: float = 300) -> None:
     while time.monotonic() < deadline:
         ready = sum(1 for r in up.replicas("acts") if r["state"] == "ready")
         try:
-            answers = httpx.get(up.gateway + "/api/v1/categories", timeout=5).status_code == 200
+            answers = httpx.get(up.gateway + "/api/v1/categories", timeout=5).status_code in (200, 204)  # 204: none yet
         except httpx.HTTPError:
             answers = False
         if ready == 3 and answers:
@@ -156,6 +157,9 @@ def main() -> None:
     if not tags:
         ap.error("nothing to compare: give --build REF:TAG and/or --tags")
 
+    # A TERM (or an INT, which a background job may have ignored) still runs the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     built: list[str] = []
     ups: dict[str, UpProcess] = {}
     with tempfile.TemporaryDirectory(prefix="docker-stack-bench-") as tmp_name:
