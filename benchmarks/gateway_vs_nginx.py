@@ -75,18 +75,24 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port}{ssl} backlog=4096;{tls}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto http;
+            proxy_set_header X-Forwarded-Proto {scheme};
             proxy_buffering on;
         }}
     }}
 }}
 """
+
+
+def proxy_conf(tmp: str, port: int, servers: str, tls: str = "") -> str:
+    """nginx as the reverse proxy under test; ``tls``: its ssl_* directives (then HTTPS)."""
+    return PROXY_CONF.format(tmp=tmp, port=port, servers=servers, ssl=" ssl" if tls else "",
+                             tls=tls, scheme="https" if tls else "http")
 
 
 def free_port() -> int:
@@ -139,10 +145,10 @@ def nginx_worker(master_pid: int) -> int:
     raise SystemExit("nginx worker did not start")
 
 
-def run_wrk(url: str, args, pid: int) -> dict:
+def run_wrk(url: str, args, pid: int, headers: tuple[str, ...] = ()) -> dict:
     before = cpu_ticks(pid)
     cmd = ["taskset", "-c", args.wrk_cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}",
-           f"-d{args.duration}s", "--latency", url]
+           f"-d{args.duration}s", "--latency", *(x for h in headers for x in ("-H", h)), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     ticks = cpu_ticks(pid) - before
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -166,29 +172,17 @@ def main() -> None:
                          "backends, on the wrk core, and request /api/v1/categories")
     ap.add_argument("--path", default=None, help="request path (must be under --prefix)")
     ap.add_argument("--prefix", default="/api/v1", help="gateway route prefix")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--proxy-cpu", default="1", help="core for the proxy under test")
-    ap.add_argument("--wrk-cpu", default="0", help="core(s) for wrk and the backend")
+    load_args(ap)
     ap.add_argument("--only", choices=["nginx", "gateway"], help="run one side only (profiling)")
     ap.add_argument("--gateway-python", default=sys.executable, metavar="PYTHON",
                     help="interpreter for the gateway (needs httptools and uvloop importable), e.g. "
                          "to compare CPython builds; the project comes from src/ either way")
     args = ap.parse_args()
 
-    missing = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
-    if missing:
-        sys.exit(f"missing {', '.join(missing)}: apt-get install nginx wrk util-linux")
-
+    require_tools()
     tmp = tempfile.mkdtemp(prefix="gwbench-")
     procs: list[subprocess.Popen] = []
-
-    def start(cmd, **kw):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-        procs.append(p)
-        return p
+    start = starter(procs)
 
     if args.path is None:
         args.path = "/api/v1/categories" if args.acts else "/api/v1/bench"
@@ -218,7 +212,7 @@ def main() -> None:
 
         nport, gport = free_port(), free_port()
         servers = "\n".join(f"        server {h}:{p};" for h, p in backends)
-        Path(tmp, "proxy.conf").write_text(PROXY_CONF.format(tmp=tmp, port=nport, servers=servers))
+        Path(tmp, "proxy.conf").write_text(proxy_conf(tmp, nport, servers))
         nginx_master = start(["taskset", "-c", args.proxy_cpu, "nginx", "-p", tmp, "-c",
                               f"{tmp}/proxy.conf", "-e", f"{tmp}/proxy-error.log"])
         route = args.prefix + "=" + ",".join(f"{h}:{p}" for h, p in backends)
@@ -262,15 +256,45 @@ def main() -> None:
             print(f"ratio gateway/nginx: rps {rr:.2f} (bar >= {bar:.2f})  p99 {pr:.2f} (bar <= 2.0)  "
                   f"cpu-bound rps (nginx cpu/req / gateway cpu/req) {cr:.2f}")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
+
+
+def load_args(ap: argparse.ArgumentParser) -> None:
+    """The options of the load (wrk) and of the cores, shared with tls_vs_nginx.py."""
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--proxy-cpu", default="1", help="core for the proxy under test")
+    ap.add_argument("--wrk-cpu", default="0", help="core(s) for wrk and the backend")
+
+
+def require_tools() -> None:
+    missing = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: apt-get install nginx wrk util-linux")
+
+
+def starter(procs: list[subprocess.Popen]):
+    """``start(cmd, **kw)``: a quiet subprocess, remembered in ``procs`` for :func:`stop_all`."""
+    def start(cmd, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        procs.append(p)
+        return p
+    return start
+
+
+def stop_all(procs: list[subprocess.Popen], tmp: str) -> None:
+    """SIGTERM what a benchmark started (last first), SIGKILL what lingers, remove its folder."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

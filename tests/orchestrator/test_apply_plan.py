@@ -327,3 +327,19 @@ def test_dry_run_lines():
     ]
     for action, line in cases:
         assert describe(action) == line
+
+
+def test_https_settings_are_refused_live_but_hosts_are_routes():
+    tls_refusal = Refuse("gateway.tls", "HTTPS settings are read when the gateway starts: run `down` then `up` "
+                                        "(certificate files themselves reload by themselves, or with "
+                                        "`selfieless tls reload`)")
+    acme = {"acme": {"directory": "https://ca.test/dir"}}
+    assert plan(lambda d: d.setdefault("gateway", {}).__setitem__("tls", acme)) == [tls_refusal]
+    old = copy.deepcopy(BASE)
+    old["gateway"] = {"tls": acme}
+    new = copy.deepcopy(old)
+    new["services"]["acts"]["redirect_https"] = False
+    assert plan_apply(parse_stack(old), parse_stack(new)) == [tls_refusal]
+    (action,) = plan(lambda d: d["services"]["acts"].__setitem__("hosts", ["a.test"]))
+    assert isinstance(action, SetRoutes) and ("//a.test/api/v1/acts", "acts") in action.routes
+    assert ("/api/v1/acts", "acts") not in action.routes

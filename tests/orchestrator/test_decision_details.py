@@ -229,3 +229,19 @@ def test_rate_short_window_reads_spans_under_a_second():
     st = RateState(samples=((99.2, 0),), since=99.2)
     _, d = rate_step(st, Sample(10, 0.0), 100.0, 1, R1, 1, 10, "acts")
     assert d.desired == 2 and d.reason.startswith("scaled acts 1\u21922: 12.5 req/s over the last 0.8 s")
+
+
+@pytest.mark.parametrize("running, wanted, differs", [
+    (None, None, False),
+    (8443, None, True),       # the stack turned HTTPS off
+    (None, 8443, True),       # ... or on
+    (8443, 8443, False),
+    (8443, 9443, True),       # another port
+    (8443, 0, False),         # any port will do
+])
+def test_a_running_gateway_is_replaced_when_its_https_is_not_the_stacks(running, wanted, differs):
+    from selfieless.gateway.tls import TlsSettings
+    from selfieless.orchestrator.gateway_process import _tls_differs
+
+    tls = None if wanted is None else TlsSettings(port=wanted)
+    assert _tls_differs({"tls_port": running}, tls) is differs

@@ -22,6 +22,7 @@ class UpProcess:
     file under the state dir."""
 
     driver = "docker"
+    extra_args: tuple[str, ...] = ()  # more `up` options (a subclass's or an instance's)
     converge_timeout = 120.0   # default for wait_converged()
     stop_timeout = 60.0        # how long stop_quietly() waits after SIGINT
     down_timeout = 120.0
@@ -52,7 +53,7 @@ class UpProcess:
         if self.stack_path is not None:
             cmd.append(str(self.stack_path))
         cmd += ["--driver", self.driver, "--port", str(self.gateway_port), "--admin-port", str(self.admin_port),
-                "--state-dir", str(self.state_dir)]
+                "--state-dir", str(self.state_dir), *self.extra_args]
         self.t_start = time.monotonic()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

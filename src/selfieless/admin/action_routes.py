@@ -1,9 +1,10 @@
 """The admin API's routes that act on running services: scale, rollout (status, history, undo,
-restart) and shutdown of the whole `up`."""
+restart), the gateway's certificates (reload) and shutdown of the whole `up`."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -81,6 +82,18 @@ async def rollout(ctx: AdminContext, request: Request) -> Response:
     body = {"service": service, "outcome": r.outcome, "reason": r.reason, "seconds": round(r.seconds, 3)}
     return JSONResponse(body if r.outcome == "complete" else {"error": r.reason, **body},
                         status_code=200 if r.outcome == "complete" else 409)
+
+
+async def tls_reload(ctx: AdminContext, request: Request) -> Response:
+    reload = getattr(ctx.gateway, "reload_tls", None)
+    if reload is None:
+        return error(501, "this gateway cannot reload certificates")
+    problems = reload()  # in-process: a list; a gateway process: a coroutine
+    if inspect.isawaitable(problems):
+        problems = await problems
+    if problems:
+        return error(409, "some certificates were not reloaded (the previous ones stay)", problems)
+    return JSONResponse({"reloaded": True})
 
 
 async def shutdown(ctx: AdminContext, request: Request) -> Response:

@@ -12,6 +12,8 @@ Routes (JSON unless said otherwise):
 - ``POST /api/shutdown[?volumes=1]``         graceful stop of the whole ``selfieless up`` (volumes: a
                                               driver that removes its data volumes itself, swarm's
                                               on every node, does so at the end)
+- ``POST /api/tls/reload``                   load the gateway's certificate files again (409 with
+                                              the problems when one cannot be served)
 - ``GET  /api/logs?service=S[&port=P][&tail=N][&offsets=P:O,...]`` replica log files (process driver)
 - ``GET  /api/history?seconds=S``             requests/s per service, one point a second (history.py)
 - ``GET  /metrics``                          Prometheus text format
@@ -65,6 +67,7 @@ def create_app(orchestrator: Any, gateway: Any, *, token: str | None = None,
         ("/api/stack", stack_routes.stack, ["GET"]),
         ("/api/rollout", action_routes.rollout, ["POST"]),
         ("/api/shutdown", action_routes.shutdown, ["POST"]),
+        ("/api/tls/reload", action_routes.tls_reload, ["POST"]),
         ("/api/logs", log_routes.logs, ["GET"]),
         ("/api/history", status_routes.history, ["GET"]),
         ("/metrics", status_routes.metrics_text, ["GET"]),

@@ -55,6 +55,7 @@ class StackCollector(Collector):
         yield from _service_families(status)
         yield from _replica_families(status)
         yield from _stack_families(status)
+        yield from _tls_families(status)
 
 
 def _counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
@@ -158,6 +159,19 @@ def _stack_families(status: StackStatus) -> tuple:
     events = _counter("events", "Control-plane events emitted")
     events.add_metric([], status.last_event_id)
     return converged, events
+
+
+def _tls_families(status: StackStatus) -> tuple:
+    """Seconds left per host of every certificate served (none without HTTPS: no family at all)."""
+    if not status.certs:
+        return ()
+    expiry = _gauge("tls_cert_expiry_seconds", "Seconds until a served certificate expires (negative: expired)",
+                    "host")
+    for c in status.certs:
+        if c.expires_in is not None:
+            for host in c.hosts:
+                expiry.add_metric([host], c.expires_in)
+    return (expiry,)
 
 
 def make_registry(gateway: Any, orchestrator: Any | None = None) -> CollectorRegistry:

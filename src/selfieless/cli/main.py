@@ -117,6 +117,10 @@ def up(
     ready_timeout: float = typer.Option(120.0, "--ready-timeout", help="How long to show start-up progress "
                                         "before carrying on anyway (s)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print control-plane events as they happen."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", metavar="FILE", help="Serve HTTPS with this "
+                                            "certificate (PEM chain) as the default one (gateway.tls.cert)."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", metavar="FILE", help="The key of --tls-cert."),
+    tls_port: Optional[int] = typer.Option(None, "--tls-port", help="HTTPS port (default 443, or gateway.tls.port)."),
 ):
     """Run a stack in the foreground: gateway, replicas, admin API and dashboard. Ctrl-C stops it cleanly."""
     from .up import UpOptions, up_main
@@ -125,7 +129,8 @@ def up(
         _fail(f"--driver must be process, docker, swarm or auto, not {driver!r}")
     opts = UpOptions(stack_path=stack, driver=driver, port=port, database_url=database_url, admin_host=admin_host,
                      admin_port=admin_port, ports_from=ports_from, admin_token=admin_token or None,
-                     state_dir=state_dir or default_state_dir(), ready_timeout=ready_timeout, quiet_events=quiet)
+                     state_dir=state_dir or default_state_dir(), ready_timeout=ready_timeout, quiet_events=quiet,
+                     tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port)
     raise typer.Exit(up_main(opts, console))
 
 
@@ -226,6 +231,12 @@ def status_tables(wire: dict) -> list:
             replicas.add_row(name, str(p.port), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-", "-",
                              f"in {p.due_in:.1f} s")
     out: list = [services, replicas]
+    if st.certs:
+        from selfieless.orchestrator.status import cert_line
+
+        out.append("certificates:\n" + "\n".join(
+            f"  {'[red]' if c.problem or c.expires_in is None or c.expires_in <= 0 else ''}{cert_line(c)}"
+            f"{'[/]' if c.problem or c.expires_in is None or c.expires_in <= 0 else ''}" for c in st.certs))
     if decisions:
         out.append("last decisions:\n" + "\n".join(f"  {d}" for d in decisions))
     return out
@@ -375,6 +386,26 @@ def rollout(
         console.print(f"{service}: {action} {r['outcome']} in {r['seconds']:.1f} s")
 
 
+tls_app = typer.Typer(help="HTTPS at the gateway.", no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
+
+
+@tls_app.command("reload")
+def tls_reload(admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt,
+               state_dir: Optional[Path] = StateOpt):
+    """Load the gateway's certificate files again now (it also notices changed files by itself):
+    new handshakes get the new certificates, open connections are not dropped."""
+    client = _client(admin, admin_token, state_dir)
+    try:
+        client.post("/api/tls/reload")
+    except NoRunningUp as e:
+        _fail(str(e))
+    except AdminError as e:
+        details = (e.body or {}).get("details") if isinstance(e.body, dict) else None
+        _fail(str(e) + "".join(f"\n  {d}" for d in details or ()))
+    console.print("certificates reloaded")
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
 def scale(
     service: str = typer.Argument(..., help="Service name, e.g. acts."),
@@ -499,8 +530,12 @@ def validate(stack: Path = typer.Argument(..., help="Stack file to check.")):
         for p in e.problems:
             err.print(f"  {p}")
         raise typer.Exit(1)
+    tls = s.gateway.tls
+    https = "" if tls is None else (
+        f", HTTPS on :{tls.port} ({len(tls.certs) + (tls.cert is not None)} certificate file(s)"
+        + (f", ACME from {tls.acme.directory}" if tls.acme else "") + ")")
     console.print(f"[green]ok[/]: stack {s.name!r}, driver {s.driver}, gateway {s.gateway.host}:{s.gateway.port} "
-                  f"({s.gateway.balance}), {len(s.services)} service{'s' if len(s.services) != 1 else ''}")
+                  f"({s.gateway.balance}){https}, {len(s.services)} service{'s' if len(s.services) != 1 else ''}")
     t = Table()
     for col in ("service", "routes", "host ports", "replicas (initial, min..max)", "autoscale", "health"):
         t.add_column(col)
@@ -509,7 +544,8 @@ def validate(stack: Path = typer.Argument(..., help="Stack file to check.")):
         pol_text = {"window": lambda: f"window {pol.window_seconds:g} s, {pol.requests_per_replica} req/replica",
                     "rate": lambda: f"rate {pol.target_rps_per_replica:g} rps/replica",
                     "none": lambda: "none"}[pol.policy]()
-        t.add_row(name, " ".join(svc.routes) or "-", str(svc.host_ports),
+        where = " ".join(svc.routes) or ("/" if svc.hosts else "-")
+        t.add_row(name, (f"{', '.join(svc.hosts)}: " if svc.hosts else "") + where, str(svc.host_ports),
                   f"{svc.replicas.start_count}, {svc.replicas.min}..{svc.replicas.max}", pol_text,
                   f"{svc.health.path} every {svc.health.interval:g} s")
     for name, dep in s.dependencies.items():

@@ -63,6 +63,9 @@ class UpOptions:
     state_dir: Path = field(default_factory=default_state_dir)
     ready_timeout: float = 120.0
     quiet_events: bool = False
+    tls_cert: Path | None = None  # --tls-cert/--tls-key: the default certificate of gateway.tls
+    tls_key: Path | None = None
+    tls_port: int | None = None
     # When the stop was asked for (signal or POST /api/shutdown), for the "stopped in" figure.
     stop_requested_at: float | None = None
 
@@ -109,13 +112,25 @@ def admin_port(opts: UpOptions) -> int:
 def _with_overrides(opts: UpOptions) -> Stack:
     path = stack_file(opts)
     stack = load_stack(path)
-    if opts.driver is None and opts.port is None and opts.database_url is None:
+    if opts.driver is None and opts.port is None and opts.database_url is None and opts.tls_cert is None \
+            and opts.tls_key is None and opts.tls_port is None:
         return stack
     data: dict[str, Any] = stack.model_dump(mode="python")
     if opts.driver is not None:
         data["driver"] = opts.driver
     if opts.port is not None:
         data["gateway"]["port"] = opts.port
+    if opts.tls_cert is not None or opts.tls_key is not None or opts.tls_port is not None:
+        if (opts.tls_cert is None) != (opts.tls_key is None) and data["gateway"]["tls"] is None:
+            raise UpError("--tls-cert and --tls-key: give both (the certificate and its key)")
+        tls = data["gateway"]["tls"] or {}
+        if opts.tls_cert is not None:
+            tls["cert"] = str(opts.tls_cert.expanduser().resolve())
+        if opts.tls_key is not None:
+            tls["key"] = str(opts.tls_key.expanduser().resolve())
+        if opts.tls_port is not None:
+            tls["port"] = opts.tls_port
+        data["gateway"]["tls"] = tls
     if opts.database_url is not None:
         hit = False
         for k in list(data["variables"]):
@@ -378,6 +393,9 @@ def _print_started(orch: Any, stack: Stack, seconds: float, ready_timeout: float
     else:
         console.print(f"[yellow]not every replica is ready after {ready_timeout:g} s;[/] carrying on "
                       f"(see `selfieless status` and `selfieless events`)")
+    if stack.gateway.tls is not None:
+        console.print(f"HTTPS on port {stack.gateway.tls.port} (plain HTTP is redirected there, except "
+                      f"services with redirect_https: false)")
 
 
 def up_main(opts: UpOptions, console: Console) -> int:

@@ -8,8 +8,9 @@ whose replicas are the given addresses. Uses uvloop when installed.
 With ``--control-socket PATH`` it also serves the control API (selfieless.gateway.control_api) on
 that unix socket, and ``--state-file`` records its pid, public port and socket for a control
 plane to find (``selfieless up`` starts it so: the gateway outlives a crashed control plane).
-``--config-json`` gives every GatewayConfig field; the control token, if any, comes from the
-environment (SELFIELESS_GATEWAY_TOKEN), never the command line.
+``--config-json`` gives every GatewayConfig field, ``--tls-json`` the HTTPS listener (TlsSettings);
+the control token, if any, comes from the environment (SELFIELESS_GATEWAY_TOKEN), never the
+command line.
 """
 
 from __future__ import annotations
@@ -61,7 +62,12 @@ async def serve(args) -> None:
     table = {p: s for p, s, _ in routes}
     if args.routes_json:
         table.update(json.loads(args.routes_json))
-    gw = Gateway(config, routes=table,
+    tls = None
+    if args.tls_json:
+        from .tls import TlsSettings
+
+        tls = TlsSettings.from_json(json.loads(args.tls_json))
+    gw = Gateway(config, routes=table, tls=tls,
                  on_eject=lambda s, r, why: logging.warning("ejected %s/%s: %s", s, r, why))
     for _, service, addrs in routes:
         pool = gw.pool(service)
@@ -74,6 +80,10 @@ async def serve(args) -> None:
         if args.state_file:  # the starter reads why, to say it in one line
             write_state(args.state_file, {"pid": os.getpid(), "error": e.strerror or str(e), "errno": e.errno})
         raise SystemExit(1) from None
+    except ValueError as e:  # tls.CertError: a certificate that cannot be served
+        if args.state_file:
+            write_state(args.state_file, {"pid": os.getpid(), "error": str(e), "errno": 0})
+        raise SystemExit(f"gateway: {e}") from None
     control = None
     if args.control_socket:
         from .control_api import ControlServer
@@ -82,7 +92,7 @@ async def serve(args) -> None:
                                 on_stop=stop.set)
         await control.start()
     if args.state_file:
-        write_state(args.state_file, {"pid": os.getpid(), "host": config.host, "port": gw.port,
+        write_state(args.state_file, {"pid": os.getpid(), "host": config.host, "port": gw.port, "tls_port": gw.tls_port,
                                       "control_socket": args.control_socket, "instance": control and control.instance})
     # Everything allocated so far lives as long as the process: keep the collector off it, and
     # collect young objects less often (the request path makes short-lived containers only).
@@ -90,6 +100,8 @@ async def serve(args) -> None:
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
     print(f"gateway listening on {config.host}:{gw.port}", flush=True)
+    if gw.tls_port:
+        print(f"gateway listening for HTTPS on {config.host}:{gw.tls_port}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -119,6 +131,7 @@ def main(argv=None) -> None:
     ap.add_argument("--state-file", metavar="PATH", help="write pid, port and control socket here (JSON)")
     ap.add_argument("--config-json", metavar="JSON", help="GatewayConfig fields (override the flags above)")
     ap.add_argument("--routes-json", metavar="JSON", help="route table {prefix: service}")
+    ap.add_argument("--tls-json", metavar="JSON", help="HTTPS listener settings (gateway.tls.TlsSettings)")
     ap.add_argument("--grace", type=float, default=1.0, help="seconds requests in flight get at stop")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())

@@ -33,6 +33,7 @@ from collections import deque
 import httptools
 
 from .exchange import SAFE, Act, Deadline, Decision, Failure, Progress, on_deadline, on_failure
+from .front import Answer, host_of
 from .headers import CHUNK_END, FRAME_CHUNKED, BadRequest, build_request_head, websocket_upgrade, with_upgrade
 from .pool import READY
 from .request import Request
@@ -68,6 +69,8 @@ class _Abort(Exception):
 
 class ClientConnection(asyncio.Protocol):
     """A client socket: parses requests, proxies them one at a time."""
+
+    proto = b"http"  # the scheme replicas hear in X-Forwarded-Proto (tls.TlsClientConnection: https)
 
     def __init__(self, gw) -> None:
         self.gw = gw
@@ -221,7 +224,7 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         try:
             head, content_length, chunked, expect = build_request_head(
-                method, target, self._headers, self.client_ip)
+                method, target, self._headers, self.client_ip, self.proto)
         except BadRequest as exc:
             self._client_error(400, str(exc))
             raise _Abort from None
@@ -234,9 +237,14 @@ class ClientConnection(asyncio.Protocol):
             if upgrade is not None:
                 head = with_upgrade(head, upgrade)
         gw = self.gw
-        entry = gw.resolved.get(path, _MISS)
+        # By path alone unless routes name hosts or TLS is on (see front.decide).
+        key = path if gw.by_path else (self.proto, host_of(self._headers), path)
+        entry = gw.resolved.get(key, _MISS)
         if entry is _MISS:
-            entry = gw.resolve(path)
+            entry = gw.resolve(key)
+        answer = None
+        if entry.__class__ is Answer:  # the gateway answers itself: a redirect, a challenge, `/`
+            answer, entry = entry, None
         r = Request(method, target, path, head, chunked, entry, self.loop.time())
         if not parser.should_keep_alive():
             r.keep_alive = False
@@ -249,12 +257,14 @@ class ClientConnection(asyncio.Protocol):
             r.reads_body = True
         if upgrade is not None:
             r.upgrade = True
-        if entry is None or path == b"/":
-            r.local = (200, None) if path == b"/" else (404, {"error": "no route for this path"})
-            if chunked or content_length > 0:
-                # Not worth reading a body nobody will use: answer and close.
-                self._client_error(r.local[0], "no route for this path", payload=r.local[1])
-                raise _Abort
+        if answer is not None:
+            r.local = answer.local(target)
+        elif entry is None or (path == b"/" and key is path):  # (a keyed `/` came as an answer)
+            r.local = (200, None, b"") if path == b"/" else (404, {"error": "no route for this path"}, b"")
+        if r.local is not None and (chunked or content_length > 0):
+            # Not worth reading a body nobody will use: answer and close.
+            self._client_error(r.local[0], "no route for this path", payload=r.local[1], headers=r.local[2])
+            raise _Abort
         self.cur = r
         if self.active is None:
             self.active = r
@@ -654,12 +664,12 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = self.gw.now + self.keepalive_timeout
 
     def _answer_local(self, r: Request) -> None:
-        status, payload = r.local
+        status, payload, headers = r.local
         if payload is None:
             payload = self.gw.status()
         keep = r.keep_alive and not self.eof
         r.close_after = not keep
-        self.transport.write(json_response(status, payload, keep, head_only=r.is_head))
+        self.transport.write(json_response(status, payload, keep, r.is_head, headers))
         self._finish(r)
 
     def _gateway_error(self, r: Request, status: int, message: str) -> None:
@@ -673,7 +683,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport.write(error_response(status, message, not r.close_after, r.is_head))
         self._finish(r)
 
-    def _client_error(self, status: int, message: str, payload=None) -> None:
+    def _client_error(self, status: int, message: str, payload=None, headers: bytes = b"") -> None:
         """The client sent something we refuse: answer ``status`` and close this connection."""
         if self.closed or self.pause_bits & P_DEAD:
             return
@@ -692,7 +702,7 @@ class ClientConnection(asyncio.Protocol):
             if r.stats is not None:
                 r.stats.gateway_errors += 1
         body = payload if payload is not None else {"error": message}
-        self.transport.write(json_response(status, body, keep_alive=False))
+        self.transport.write(json_response(status, body, False, False, headers))
         self._linger()
 
     def _body_too_large(self, r: Request) -> None:

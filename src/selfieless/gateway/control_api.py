@@ -14,6 +14,7 @@ shows nothing of it. A token, when set, is required as ``Authorization: Bearer``
                                             first event, or at the first look (every E s) that
                                             finds a change, or after S s
     POST /control/stop                      stop serving and exit the gateway process
+    POST /control/tls/reload                load the certificate files again -> {problems, certs}
 
 With no traffic nothing changes, and a control plane polling with a revision gets an answer only
 every S seconds; with traffic, at most every E seconds.
@@ -147,7 +148,8 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
 
     def info(_: Request) -> JSONResponse:
         return JSONResponse({"instance": instance, "pid": os.getpid(), "host": gw.config.host, "port": gw.port,
-                             "routes": dict(gw.routes.routes),
+                             "routes": dict(gw.routes.routes), "tls_port": gw.tls_port,
+                             "certs": gw.tls_certs,
                              "next": feed.next - 1})
 
     async def ops(request: Request) -> JSONResponse:
@@ -170,6 +172,12 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
             else:
                 gw.set_limits(op.balance, op.limits)
         return JSONResponse({"applied": len(parsed.ops)})
+
+    def tls_reload(_: Request) -> JSONResponse:
+        if gw.certs is None:
+            return _error(409, "TLS is not on: the stack file has no gateway.tls")
+        problems = gw.reload_tls()
+        return JSONResponse({"problems": problems, "certs": gw.tls_certs})
 
     async def drain(request: Request) -> JSONResponse:
         d = await body(request, DrainBody)
@@ -194,7 +202,7 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
             events = await feed.wait_after(after, wait)
             stats, pools = current()
             return JSONResponse({"instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
-                                 "stats": stats, "pools": pools})
+                                 "stats": stats, "pools": pools, "certs": gw.tls_certs})
         holds = q.get("instance") == instance
         if not holds:
             rev = 0  # what the reader holds came from another gateway (or none): everything, now
@@ -214,7 +222,7 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
         published.update(*current())
         stats, pools = published.since(rev)
         return JSONResponse({"instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
-                             "rev": published.rev, "stats": stats, "pools": pools})
+                             "rev": published.rev, "stats": stats, "pools": pools, "certs": gw.tls_certs})
 
     def stop(_: Request) -> JSONResponse:
         if on_stop is not None:
@@ -240,7 +248,8 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
     return Starlette(
         routes=[Route("/control/info", info), Route("/control/ops", ops, methods=["POST"]),
                 Route("/control/drain", drain, methods=["POST"]), Route("/control/poll", poll),
-                Route("/control/stop", stop, methods=["POST"])],
+                Route("/control/stop", stop, methods=["POST"]),
+                Route("/control/tls/reload", tls_reload, methods=["POST"])],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=auth)],
         exception_handlers={_BadRequest: bad_request},
     )
@@ -286,6 +295,7 @@ class ControlServer:
         gw.on_stalled_together = lambda service, reason: self.feed.add("stalled_together", service, None, reason)
         gw.on_replica_error = lambda service, rid, status: self.feed.add("replica_error", service, rid, status)
         gw.on_no_replica = lambda service: self.feed.add("no_replica", service)
+        gw.on_tls_event = lambda kind, host, detail: self.feed.add(kind, "gateway", host or None, detail)
         self.app = create_control_app(gw, self.feed, instance=self.instance, token=token, on_stop=on_stop)
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None

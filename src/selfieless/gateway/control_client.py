@@ -112,6 +112,23 @@ class RemoteGateway:
         r.raise_for_status()
         return r.json()
 
+    _certs: list = []
+    # (kind, host, detail) for the gateway's "tls_cert" and "tls_problem" reports.
+    on_tls_event = None
+
+    @property
+    def tls_certs(self) -> list[dict]:
+        """The gateway's certificates as of the last poll (Gateway.tls_certs)."""
+        return list(self._certs)
+
+    async def reload_tls(self) -> list[str]:
+        """Have the gateway load its certificate files again now; the problems (empty: all swapped in)."""
+        r = await self._http.post("/control/tls/reload")
+        if r.status_code == 409:
+            return [r.json()["error"]]
+        r.raise_for_status()
+        return r.json()["problems"]
+
     async def close(self) -> None:
         """Detach (the gateway keeps serving): send what is queued, stop the tasks."""
         with contextlib.suppress(Exception):
@@ -249,6 +266,7 @@ class RemoteGateway:
             timeout=wait + 10)
         r.raise_for_status()
         data = r.json()
+        self._certs = data.get("certs") or []
         if held is not None and data["instance"] == held:
             self._take_changes(data)
         else:  # everything, from a gateway we held nothing of
@@ -284,6 +302,8 @@ class RemoteGateway:
                 self.on_eject(ev["service"], ev["id"], ev["detail"])
             elif kind == "withdraw" and self.on_withdraw is not None:
                 self.on_withdraw(ev["service"], ev["id"], ev["detail"])
+            elif kind in ("tls_cert", "tls_problem") and self.on_tls_event is not None:
+                self.on_tls_event(kind, ev["id"] or "", ev["detail"])
             elif kind == "stalled_together" and self.on_stalled_together is not None:
                 self.on_stalled_together(ev["service"], ev["detail"])
             elif kind == "replica_error" and self.on_replica_error is not None:

@@ -3,7 +3,7 @@
 It implements :class:`~selfieless.gateway.control.GatewayControl` in-process; the same protocol is
 served to a control plane in another process by :mod:`selfieless.gateway.control_api`.
 
-It owns the listening socket, the route table (swapped whole by :meth:`set_routes`), one
+It owns the listening sockets (HTTP, and HTTPS when given ``tls``: gateway/tls.py), the route table (swapped whole by :meth:`set_routes`), one
 :class:`~selfieless.gateway.pool.ReplicaPool` and one
 :class:`~selfieless.gateway.stats.ServiceStats` per service, and the periodic sweep that enforces
 timeouts. All methods run on the event loop that called :meth:`start`; none of them blocks.
@@ -18,11 +18,13 @@ from collections.abc import Callable, Mapping
 
 from .config import GatewayConfig
 from . import stall
+from . import front
 from .client import ClientConnection
 from .exchange import Failure
 from .pool import READY, WITHDRAWN, EjectCallback, ReplicaPool
 from .routing import RouteTable
 from .stats import CountRule, ServiceStats
+from .tls import CertStore, TlsSettings, connection_class
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,21 @@ class Gateway:
         routes: Mapping[str, str] | None = None,
         on_eject: EjectCallback | None = None,
         on_replica_error: Callable[[str, str, int], object] | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
         self.routes = RouteTable(routes)  # read once per request: the swap is one assignment
+        # HTTPS beside HTTP (tls.py); the store is loaded at start. tls_port: the real port.
+        self.tls = tls
+        self.certs: CertStore | None = None
+        self.tls_port: int | None = None
+        self._tls_server: asyncio.AbstractServer | None = None
+        # ACME HTTP-01: token -> key authorization, answered on plain HTTP whatever the routes.
+        self.challenges: dict[bytes, bytes] = {}
+        self.acme = None  # acme.AcmeManager when gateway.tls.acme is set
+        # Requests are looked up by (scheme, host, path) once a route names a host or TLS is on
+        # (front.decide); by path alone otherwise, as fast as before.
+        self.by_path = not self.routes.by_host and tls is None
         self.on_eject = on_eject
         # (service, replica_id, status) for every 5xx a replica answers: the control plane may
         # probe that replica at once instead of at its next health-check interval.
@@ -87,9 +101,76 @@ class Gateway:
             backlog=cfg.backlog, reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.tls is not None:
+            try:
+                await self._start_tls()
+            except BaseException:
+                self._server.close()
+                self._server = None
+                raise
         self.now = self.loop.time()
         self._sweeper = self.loop.call_later(cfg.sweep_interval, self._sweep)
         log.info("gateway listening on %s:%s", cfg.host, self.port)
+
+    async def _start_tls(self) -> None:
+        """The HTTPS listener: certificates loaded (tls.CertError if one cannot be), then bound.
+        The header timeout covers the handshake, so a client stalling in it is dropped as one
+        stalling in its headers would be."""
+        cfg = self.config
+        self.certs = CertStore(self.tls, on_problem=self._tls_problem)
+        self.certs.load()
+        protocol = connection_class(self.tls)
+        try:
+            self._tls_server = await self.loop.create_server(
+                lambda: protocol(self), cfg.host, self.tls.port, ssl=self.certs.context,
+                ssl_handshake_timeout=cfg.header_timeout, backlog=cfg.backlog, reuse_address=True,
+            )
+        except OSError as e:  # say which of the two ports (errno 0: not read as the HTTP port's)
+            raise OSError(0, f"the HTTPS port {self.tls.port} (gateway.tls.port, --tls-port): "
+                             f"{e.strerror or e}") from None
+        self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+        self.certs.watch(self.loop)
+        if self.tls.acme:
+            from .acme import AcmeManager, AcmeSettings
+
+            self.acme = AcmeManager(AcmeSettings(**self.tls.acme), self.certs, self.challenges,
+                                    hosts=lambda: self.routes.hosts(), events=self._tls_event)
+            self.acme.start()
+        log.info("gateway listening for HTTPS on %s:%s", cfg.host, self.tls_port)
+
+    def _tls_problem(self, message: str) -> None:
+        self._tls_event("tls_problem", "", message)
+
+    def _tls_event(self, kind: str, host: str, detail: str) -> None:
+        cb = self.on_tls_event
+        if cb is not None:
+            try:
+                cb(kind, host, detail)
+            except Exception:
+                log.exception("on_tls_event callback failed")
+
+    # (kind, host, detail): "tls_problem" when certificate files could not be reloaded (the
+    # previous ones stay) or an ACME CA gave none; "tls_cert" when an ACME CA issued one.
+    on_tls_event: Callable[[str, str, str], object] | None = None
+
+    @property
+    def tls_certs(self) -> list[dict]:
+        """Every certificate served (hosts, ``not_after`` ISO time, whether from ACME, a reload
+        problem) and every ACME host still without one (``not_after`` None, its problem)."""
+        if self.certs is None:
+            return []
+        out = self.certs.summary()
+        if self.acme is not None:
+            out += self.acme.missing()
+        for c in out:
+            c.pop("expires_in", None)  # readers compute it when they read (a remote copy ages)
+        return out
+
+    def reload_tls(self) -> list[str]:
+        """Load the certificate files again now (``selfieless tls reload``); the problems."""
+        if self.certs is None:
+            return ["TLS is not on"]
+        return self.certs.reload(force=True)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``grace`` s), close the rest."""
@@ -97,6 +178,12 @@ class Gateway:
             return
         self.stopping = True  # responses from now on say Connection: close
         self._server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self.certs.close()
+        if self.acme is not None:
+            await self.acme.stop()
+            self.acme = None
         for conn in list(self.clients):
             if conn.active is None and not conn.queue:
                 conn._close()
@@ -108,6 +195,9 @@ class Gateway:
                 conn.transport.abort()
         await self._server.wait_closed()
         self._server = None
+        if self._tls_server is not None:
+            await self._tls_server.wait_closed()
+            self._tls_server = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -118,10 +208,13 @@ class Gateway:
     def set_routes(self, routes: Mapping[str, str]) -> None:
         """Atomically replace the route table (built first, then swapped in one assignment)."""
         table = RouteTable(routes)
-        # Two assignments, but nothing else runs on the loop between them: requests see the old
+        # Three assignments, but nothing else runs on the loop between them: requests see the old
         # table and cache, or the new table with an empty cache.
         self.routes = table
         self.resolved = {}
+        self.by_path = not table.by_host and self.tls is None
+        if self.acme is not None:
+            self.acme.wake()  # new hosts may want certificates
 
     def set_limits(self, balance: str, limits: Mapping) -> None:
         """New connections read the new limits; open ones finish under the old."""
@@ -152,13 +245,34 @@ class Gateway:
     async def refresh(self) -> None:
         """Counters and pools are read live in-process: nothing to refresh."""
 
-    def resolve(self, path: bytes) -> tuple | None:
-        """``(pool, stats, counted)`` for a request path, or None when no route matches."""
-        service = self.routes.match(path)
-        entry = None if service is None else (
-            self.pool(service), self.stats(service), self.count_rule.counted(path))
+    def resolve(self, key) -> tuple | front.Answer | None:
+        """``(pool, stats, counted)`` for a request, a :class:`front.Answer` the gateway gives
+        itself, or None when no route matches. ``key`` is the path, or (scheme, host, path)
+        when ``by_path`` is off."""
+        if key.__class__ is bytes:
+            path = key
+            service = self.routes.match(path)
+        else:
+            scheme, host, path = key
+            route = front.Route(*self.routes.lookup(host, path))
+            service = route.service
+            what = front.decide(scheme, host, path, route, self.tls is not None,
+                                self.tls.plain_services if self.tls is not None else frozenset())
+            if what == front.CHALLENGE:  # not cached: tokens come and go
+                auth = self.challenges.get(path[len(front.ACME_PREFIX):])
+                return front.NO_CHALLENGE if auth is None else front.Answer(200, auth)
+            if what == front.REDIRECT:
+                service = front.redirect(host, self.tls_port or self.tls.port)
+            elif what == front.STATUS_PAGE:
+                service = front.STATUS
+            elif what == front.NO_ROUTE:
+                service = None
+        if service is None or service.__class__ is front.Answer:
+            entry = service
+        else:
+            entry = (self.pool(service), self.stats(service), self.count_rule.counted(path))
         if len(self.resolved) < 4096:  # bounded: client-chosen paths must not grow memory
-            self.resolved[path] = entry
+            self.resolved[key] = entry
         return entry
 
     def pool(self, service: str) -> ReplicaPool:

@@ -2,8 +2,9 @@
 
 Request side: drop hop-by-hop headers (RFC 9110 7.6.1: Connection and every header it names,
 Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade), append the client address
-to ``X-Forwarded-For``, set ``X-Forwarded-Proto: http`` and re-frame the body (the parser de-chunks
-it, so a chunked request is sent on chunked again). Everything else goes through byte for byte,
+to ``X-Forwarded-For``, set ``X-Forwarded-Proto`` (``http``, or ``https`` behind the TLS
+listener) and re-frame the body (the parser de-chunks it, so a chunked request is sent on
+chunked again). Everything else goes through byte for byte,
 in order and with its original case.
 
 Response side (:class:`ResponseHeadReader`, fed by the parser): the same stripping, then framing
@@ -67,7 +68,8 @@ def _connection_tokens(value: bytes) -> set[bytes]:
 RequestHead = tuple[bytes, int, bool, bool]
 
 
-def build_request_head(method: bytes, target: bytes, headers: list, client_ip: bytes) -> RequestHead:
+def build_request_head(method: bytes, target: bytes, headers: list, client_ip: bytes,
+                       proto: bytes = b"http") -> RequestHead:
     """Rewrite a request head for a replica. ``headers`` is ``[(name, value), ...]`` as received.
 
     One pass for the common case; a Connection header naming other headers (rare) sends us to
@@ -90,7 +92,7 @@ def build_request_head(method: bytes, target: bytes, headers: list, client_ip: b
         if kind == K_CONNECTION:
             v = value.lower()
             if v != b"keep-alive" and v != b"close" and _named(v):
-                return _build_request_head_general(method, target, headers, client_ip)
+                return _build_request_head_general(method, target, headers, client_ip, proto)
             continue
         if kind == K_TE:
             chunked = True  # the parser refused anything but a final "chunked"
@@ -119,9 +121,9 @@ def build_request_head(method: bytes, target: bytes, headers: list, client_ip: b
     if chunked and content_length >= 0:
         raise BadRequest("both Content-Length and Transfer-Encoding")
     if xff is None:
-        add((b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: http\r\n"))
+        add((b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: ", proto, CRLF))
     else:
-        add((b"X-Forwarded-For: ", xff, b", ", client_ip, b"\r\nX-Forwarded-Proto: http\r\n"))
+        add((b"X-Forwarded-For: ", xff, b", ", client_ip, b"\r\nX-Forwarded-Proto: ", proto, CRLF))
     parts.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else CRLF)
     return b"".join(parts), content_length, chunked, expect
 
@@ -135,7 +137,7 @@ def _named(lowered_value: bytes) -> set[bytes]:
 
 
 def _build_request_head_general(method: bytes, target: bytes, headers: list,
-                                client_ip: bytes) -> RequestHead:
+                                client_ip: bytes, proto: bytes) -> RequestHead:
     """``build_request_head`` when Connection names extra hop-by-hop headers: drop those too."""
     named: set[bytes] = set()
     for name, value in headers:
@@ -143,7 +145,7 @@ def _build_request_head_general(method: bytes, target: bytes, headers: list,
             named |= _named(value.lower())
     kept = [(n, v) for n, v in headers if n.lower() not in named]
     kept_fast = [(n, v) for n, v in kept if n.lower() not in (b"connection", b"proxy-connection")]
-    return build_request_head(method, target, kept_fast, client_ip)
+    return build_request_head(method, target, kept_fast, client_ip, proto)
 
 
 _status_lines: dict[tuple[int, bytes], bytes] = {}

@@ -1,4 +1,5 @@
-"""Responses the gateway writes itself: always JSON, ``{"error": "..."}`` for errors (pure)."""
+"""Responses the gateway writes itself: JSON, ``{"error": "..."}`` for errors (pure); plain text
+only for an ACME key authorization, whose exact bytes the CA checks."""
 
 from __future__ import annotations
 
@@ -13,18 +14,22 @@ def reason(status: int) -> str:
         return "Unknown"
 
 
-def json_response(status: int, payload, keep_alive: bool = True, head_only: bool = False) -> bytes:
-    """A complete HTTP/1.1 response with a JSON body."""
-    body = json.dumps(payload, default=str, separators=(",", ":")).encode()
+def json_response(status: int, payload, keep_alive: bool = True, head_only: bool = False,
+                  headers: bytes = b"") -> bytes:
+    """A complete HTTP/1.1 response with a JSON body (``payload`` bytes: sent as text/plain).
+    ``headers``: further header lines, each ending in CRLF."""
+    if isinstance(payload, bytes):
+        body, kind = payload, "text/plain"
+    else:
+        body, kind = json.dumps(payload, default=str, separators=(",", ":")).encode(), "application/json"
     head = (
         f"HTTP/1.1 {status} {reason(status)}\r\n"
-        "Content-Type: application/json\r\n"
+        f"Content-Type: {kind}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-store\r\n"
         + ("" if keep_alive else "Connection: close\r\n")
         + ("Retry-After: 1\r\n" if status == 503 else "")
-        + "\r\n"
-    ).encode()
+    ).encode() + headers + b"\r\n"
     return head if head_only else head + body
 
 

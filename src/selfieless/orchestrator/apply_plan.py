@@ -12,8 +12,8 @@ Rules:
   `acts:latest`);
 - services new in the file start before the route table points at them; services gone from the
   file stop after it no longer does;
-- what cannot change on a running stack (name, driver, network, gateway address, dependencies) is
-  refused with the reason, and a plan holding a Refuse must not be carried out at all.
+- what cannot change on a running stack (name, driver, network, gateway address, HTTPS settings,
+  dependencies) is refused with the reason, and a plan holding a Refuse must not be carried out at all.
 """
 
 from __future__ import annotations
@@ -147,6 +147,10 @@ def _refusals(running: Stack, new: Stack) -> list[ApplyAction]:
         if getattr(running.gateway, field) != getattr(new.gateway, field):
             out.append(Refuse(f"gateway.{field}", "the gateway's address cannot change on a running stack: "
                                                    "run `down` then `up`"))
+    if running.tls_settings() != new.tls_settings():  # gateway.tls, or a service's redirect_https
+        out.append(Refuse("gateway.tls", "HTTPS settings are read when the gateway starts: run `down` then "
+                                         "`up` (certificate files themselves reload by themselves, or with "
+                                         "`selfieless tls reload`)"))
     return out
 
 

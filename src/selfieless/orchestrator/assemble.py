@@ -72,10 +72,10 @@ class System:
             await self.gateway_process.stop(self.gateway)
 
 
-async def _in_process_gateway(config, routes):
+async def _in_process_gateway(config, routes, tls=None):
     from selfieless.gateway import Gateway
 
-    gw = Gateway(config, routes=routes)
+    gw = Gateway(config, routes=routes, tls=tls)
     await gw.start()
     return gw
 
@@ -91,12 +91,12 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
     if gateway_process:
         from .gateway_process import attach_or_start
 
-        gw, proc = await attach_or_start(state / stack.name, config, stack.routes())
+        gw, proc = await attach_or_start(state / stack.name, config, stack.routes(), stack.tls_settings(state / stack.name))
         if proc.attached:  # it kept the settings it was started with: give it the stack's current ones
             gw.set_limits(config.balance, {k: v for k, v in dataclasses.asdict(config).items()
                                            if k not in RESTART_ONLY_GATEWAY_FIELDS})
     else:
-        gw = await _in_process_gateway(config, stack.routes())
+        gw = await _in_process_gateway(config, stack.routes(), stack.tls_settings(state / stack.name))
     system = None
     try:
         setting = driver_setting or stack.driver

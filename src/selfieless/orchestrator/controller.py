@@ -44,7 +44,7 @@ from .reconciler import Reconciler
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
 from .service import ServiceRuntime
-from .status import StackStatus, to_json
+from .status import StackStatus, certs_status, to_json
 from .stack import NoPolicy, ServiceSpec, Stack
 
 if TYPE_CHECKING:
@@ -270,6 +270,11 @@ class Orchestrator:
         if service in self.services:
             self.events.emit("stalled", service, None, reason)
 
+    def on_tls_event(self, kind: str, host: str, detail: str) -> None:
+        """Gateway report: a certificate issued or renewed by an ACME CA, or a certificate that
+        could not be had or reloaded (the previous one, if any, is still served)."""
+        self.events.emit("tls", None, host or None, detail if kind == "tls_cert" else f"problem: {detail}")
+
     def on_no_replica(self, service: str) -> None:
         """Gateway callback: a request is held because no replica of `service` is ready. A service
         scaled to zero gets one replica now (the held requests go out once it is ready)."""
@@ -296,6 +301,8 @@ class Orchestrator:
             gw.on_replica_error = self.on_replica_error
         if gw.on_no_replica is None:
             gw.on_no_replica = self.on_no_replica
+        if getattr(gw, "on_tls_event", False) is None:  # a gateway without TLS support has none
+            gw.on_tls_event = self.on_tls_event
 
     def _stats(self, service: str) -> auto.Sample:
         st = self.gateway.counters(service)
@@ -313,7 +320,8 @@ class Orchestrator:
             last_event_id=self.events.last_id,
             services={svc.name: svc.status({} if svc.dependency else {v.id: v for v in self.pool.views(svc.name)},
                                            self._stats(svc.name), now)
-                      for svc in self.services.values()})
+                      for svc in self.services.values()},
+            certs=certs_status(getattr(self.gateway, "tls_certs", ()), time.time()))
 
     def status(self) -> dict:
         """The snapshot's JSON form (GET /api/status; see status.to_json for its keys)."""

@@ -15,7 +15,7 @@ from typing import Callable
 KINDS = frozenset({
     "start", "ready", "unhealthy", "ejected", "withdrawn", "stalled", "replaced", "scaled", "drained",
     "adopted", "backoff", "exited", "stopped", "waiting", "held", "recovered",
-    "rollout", "rollback", "applied", "port",
+    "rollout", "rollback", "applied", "port", "tls",
 })
 
 

@@ -49,6 +49,7 @@ class GatewayProcess:
     state_dir: Path
     attached: bool   # found running (re-attached) rather than started now
     popen: subprocess.Popen | None = None
+    tls: object = None  # gateway.tls.TlsSettings a restart starts it with (None: HTTP only)
 
     async def wait_exit(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -77,7 +78,7 @@ class GatewayProcess:
             log.warning("the gateway process (pid %s) died; starting it again on port %s", self.pid, client.port)
             try:
                 popen = await _start_process(self.state_dir, dataclasses.replace(config, port=client.port or config.port),
-                                             client.routes or {}, os.environ.get(TOKEN_ENV) or None)
+                                             client.routes or {}, os.environ.get(TOKEN_ENV) or None, self.tls)
             except Exception as e:  # e.g. the port taken meanwhile: keep trying
                 log.error("restarting the gateway failed: %s", e)
                 await asyncio.sleep(2.0)
@@ -97,8 +98,18 @@ class GatewayProcess:
             await self.wait_exit(5.0)
 
 
-async def _attach(state_dir: Path, config, token: str | None) -> tuple[RemoteGateway, GatewayProcess] | None:
-    """The gateway recorded in ``state_dir``, if it is alive, answers, and listens where ``config`` says."""
+def _tls_differs(info: dict, tls) -> bool:
+    """Whether a running gateway's HTTPS (its info) is not what ``tls`` asks for: on or off, or
+    another port. (Certificates reload by themselves; the listener does not move.)"""
+    running = info.get("tls_port")
+    if tls is None:
+        return running is not None
+    return running is None or bool(tls.port and running != tls.port)
+
+
+async def _attach(state_dir: Path, config, token: str | None, tls=None) -> tuple[RemoteGateway, GatewayProcess] | None:
+    """The gateway recorded in ``state_dir``, if it is alive, answers, and listens where ``config``
+    (and ``tls``) say."""
     state = read_state(state_dir / STATE_FILE)
     if not state or not state.get("control_socket") or not isinstance(state.get("pid"), int) \
             or not pid_alive(state["pid"]):
@@ -117,23 +128,32 @@ async def _attach(state_dir: Path, config, token: str | None) -> tuple[RemoteGat
                     info["host"], info["port"], config.host, config.port)
         await proc.stop(client)
         return None
+    if _tls_differs(info, tls):
+        log.warning("the running gateway's HTTPS listener (port %s) is not what the stack asks for; replacing it",
+                    info.get("tls_port"))
+        await proc.stop(client)
+        return None
     return client, proc
 
 
-async def _spawn(state_dir: Path, config, routes: dict[str, str], token: str | None) -> tuple[RemoteGateway, GatewayProcess]:
-    popen = await _start_process(state_dir, config, routes, token)
+async def _spawn(state_dir: Path, config, routes: dict[str, str], token: str | None,
+                 tls=None) -> tuple[RemoteGateway, GatewayProcess]:
+    popen = await _start_process(state_dir, config, routes, token, tls)
     client = RemoteGateway(str(state_dir / SOCKET_FILE), token=token)
     await client.attach()
-    return client, GatewayProcess(popen.pid, state_dir, attached=False, popen=popen)
+    return client, GatewayProcess(popen.pid, state_dir, attached=False, popen=popen, tls=tls)
 
 
-async def _start_process(state_dir: Path, config, routes: dict[str, str], token: str | None) -> subprocess.Popen:
+async def _start_process(state_dir: Path, config, routes: dict[str, str], token: str | None,
+                         tls=None) -> subprocess.Popen:
     """Start the gateway process; return once it listens (its state file says so)."""
     state_file, sock = state_dir / STATE_FILE, state_dir / SOCKET_FILE
     state_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "selfieless.gateway", "--control-socket", str(sock), "--state-file", str(state_file),
            "--config-json", json.dumps(dataclasses.asdict(config)), "--routes-json", json.dumps(routes),
            "--grace", str(STOP_GRACE)]
+    if tls is not None:  # gateway.tls.TlsSettings
+        cmd += ["--tls-json", json.dumps(tls.to_json())]
     env = dict(os.environ)
     if token:
         env[TOKEN_ENV] = token
@@ -158,14 +178,17 @@ async def _start_process(state_dir: Path, config, routes: dict[str, str], token:
     return popen
 
 
-async def attach_or_start(state_dir: Path, config, routes: dict[str, str]) -> tuple[RemoteGateway, GatewayProcess]:
-    """Re-attach to the gateway process recorded in ``state_dir``, or start a new one there."""
+async def attach_or_start(state_dir: Path, config, routes: dict[str, str],
+                          tls=None) -> tuple[RemoteGateway, GatewayProcess]:
+    """Re-attach to the gateway process recorded in ``state_dir``, or start a new one there
+    (with ``tls``, a gateway.tls.TlsSettings, it also serves HTTPS)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     token = os.environ.get(TOKEN_ENV) or None
-    found = await _attach(state_dir, config, token)
+    found = await _attach(state_dir, config, token, tls)
     if found is not None:
+        found[1].tls = tls
         return found
-    return await _spawn(state_dir, config, routes, token)
+    return await _spawn(state_dir, config, routes, token, tls)
 
 
 def stop_left_over(state_dir: Path, timeout: float = 15.0) -> list[tuple[str, int]]:

@@ -12,6 +12,7 @@ and stopped after them.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import string
@@ -289,6 +290,12 @@ class ServiceSpec(_Model):
     # Required by the process and docker drivers; Swarm picks each task's host port itself.
     host_ports: PortRange | None = None
     routes: list[str] = Field(default_factory=list)
+    # Host names this service answers for (then only for those, its routes matched after the
+    # host; no routes: every path of those hosts). None: any host, as before.
+    hosts: list[str] = Field(default_factory=list)
+    # With gateway.tls: plain-HTTP requests for this service are redirected to https:// unless
+    # this is false (for clients that cannot do TLS).
+    redirect_https: bool = True
     health: HealthSpec = Field(default_factory=HealthSpec)
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
     autoscale: Annotated[AutoscaleSpec, BeforeValidator(_default_policy)] = Field(
@@ -315,6 +322,19 @@ class ServiceSpec(_Model):
             if not r.startswith("/"):
                 raise ValueError(f"route {r!r} must start with '/'")
         return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        from selfieless.gateway.routing import valid_host
+
+        out = []
+        for h in v:
+            name = h.lower().rstrip(".")
+            if not valid_host(name):
+                raise ValueError(f"{h!r} is not a host name (letters, digits, '-' and '.', or *.example.org)")
+            out.append(name)
+        return out
 
     @field_validator("command")
     @classmethod
@@ -421,11 +441,74 @@ class GatewayLimits(_Model):
     stall_timeout: Seconds = _GW.stall_timeout
 
 
+class CertSpec(_Model):
+    """A certificate (chain) and its key, PEM files; ``hosts`` default to the certificate's names."""
+
+    cert: str
+    key: str
+    hosts: list[str] = Field(default_factory=list)
+
+
+class AcmeSpec(_Model):
+    """Certificates from an ACME CA (HTTP-01) for every host no certificate file covers (gateway/acme.py)."""
+
+    directory: str = Field(pattern=r"^https://")  # e.g. https://acme-v02.api.letsencrypt.org/directory
+    email: str | None = None
+    ca_bundle: str | None = None  # trust this CA file for the directory's own TLS (a test CA's)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _bundle(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"cannot read {v}")
+        return v
+
+
+class HstsSpec(_Model):
+    max_age: Seconds = 31536000.0  # Strict-Transport-Security on every HTTPS response
+    include_subdomains: bool = False
+
+
+class TlsSpec(_Model):
+    """HTTPS at the gateway (gateway/tls.py): a listener beside the HTTP one."""
+
+    port: int = Field(default=443, ge=0, le=65535)
+    cert: str | None = None  # the default pair: unknown or absent SNI gets it (unless strict_sni)
+    key: str | None = None
+    certs: list[CertSpec] = Field(default_factory=list)  # one pair per host (or hosts)
+    strict_sni: bool = False  # refuse handshakes for hosts without a certificate
+    reload_interval: Seconds = 2.0  # how often the files are checked for a change (0: only on `tls reload`)
+    acme: AcmeSpec | None = None
+    hsts: HstsSpec | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "TlsSpec":
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key: give both (the default certificate and its key), or neither")
+        if self.cert is None and not self.certs and self.acme is None:
+            raise ValueError("cert/key, certs or acme: HTTPS needs certificates from files or from an ACME CA")
+        return self
+
+    def settings(self, plain_services: frozenset[str]):
+        """The gateway's TlsSettings."""
+        from selfieless.gateway.tls import CertPair, TlsSettings
+
+        hsts = None
+        if self.hsts is not None:
+            hsts = f"max-age={int(self.hsts.max_age)}" + ("; includeSubDomains" if self.hsts.include_subdomains else "")
+        return TlsSettings(port=self.port, default=CertPair(self.cert, self.key) if self.cert else None,
+                           certs=tuple(CertPair(c.cert, c.key, tuple(h.lower() for h in c.hosts)) for c in self.certs),
+                           strict_sni=self.strict_sni, plain_services=plain_services,
+                           reload_interval=self.reload_interval, hsts=hsts,
+                           acme=self.acme.model_dump() if self.acme is not None else None)
+
+
 class GatewaySpec(_Model):
     host: str = "0.0.0.0"
     port: int = Field(default=80, ge=0, le=65535)
     balance: Literal["round_robin", "least_outstanding"] = _GW.balance
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
+    tls: TlsSpec | None = None
 
 
 class Stack(_Model):
@@ -490,15 +573,31 @@ class Stack(_Model):
                 owner[p] = name
             if self.gateway.port and svc.host_ports is not None and self.gateway.port in svc.host_ports.ports:
                 problems.append(f"services.{name}.host_ports: overlaps the gateway port {self.gateway.port}")
-            for r in svc.routes:
+            for r in _service_routes(svc):
                 if r in route_owner:
                     problems.append(f"services.{name}.routes: {r!r} is also routed to {route_owner[r]!r}")
                 route_owner[r] = name
             problems += self._launch_problems(f"services.{name}", svc)
+        problems += self._tls_problems(owner)
         if problems:
             # Raised as one error; _format() splits the lines back into separate problems.
             raise ValueError("\n".join(problems))
         return self
+
+    def _tls_problems(self, owner: dict[int, str]) -> list[str]:
+        """The HTTPS port clashing with another, and certificate files that cannot be served
+        (missing, unreadable, not PEM, a key that does not match, expired)."""
+        tls = self.gateway.tls
+        if tls is None:
+            return []
+        from selfieless.gateway.tls import settings_problems
+
+        problems = []
+        if tls.port and tls.port == self.gateway.port:
+            problems.append(f"gateway.tls.port: {tls.port} is also the gateway's HTTP port")
+        if tls.port in owner:
+            problems.append(f"gateway.tls.port: {tls.port} is also used by {owner[tls.port]!r}")
+        return problems + settings_problems(tls.settings(frozenset()))
 
     def _launch_problems(self, where: str, spec: "ServiceSpec | DependencySpec") -> list[str]:
         """What the chosen driver needs to start `spec`, and placeholders nobody defines."""
@@ -523,8 +622,28 @@ class Stack(_Model):
         return {"host": g.host, "port": g.port, "balance": g.balance, **g.limits.model_dump()}
 
     def routes(self) -> dict[str, str]:
-        """The gateway's route table: path prefix -> service name."""
-        return {r: name for name, svc in self.services.items() for r in svc.routes}
+        """The gateway's route table: path prefix (``//host/prefix`` for a service with
+        ``hosts``) -> service name."""
+        return {r: name for name, svc in self.services.items() for r in _service_routes(svc)}
+
+    def tls_settings(self, state_dir: str | Path | None = None):
+        """The gateway's TlsSettings, or None without ``gateway.tls``; ACME keeps its account and
+        certificates under ``state_dir`` (the stack's)."""
+        if self.gateway.tls is None:
+            return None
+        tls = self.gateway.tls.settings(frozenset(n for n, s in self.services.items() if not s.redirect_https))
+        if tls.acme is not None and state_dir is not None:
+            tls = dataclasses.replace(tls, acme={**tls.acme, "state_dir": str(state_dir)})
+        return tls
+
+
+def _service_routes(svc: ServiceSpec) -> list[str]:
+    """A service's route keys: its prefixes, under each of its hosts when it names hosts."""
+    if not svc.hosts:
+        return list(svc.routes)
+    from selfieless.gateway.routing import host_key
+
+    return [host_key(h, r) for h in svc.hosts for r in (svc.routes or ["/"])]
 
 
 def placeholders(text: str) -> set[str]:

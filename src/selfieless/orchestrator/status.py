@@ -76,12 +76,49 @@ class ServiceStatus:
 
 
 @dataclass(frozen=True)
+class CertStatus:
+    """A certificate the gateway serves, or an ACME host still without one (``expires_in`` None)."""
+
+    hosts: tuple[str, ...]
+    source: str                  # "file", "default" (the default file) or "acme"
+    expires_in: float | None     # seconds (negative: expired)
+    problem: str | None          # why a reload or an ACME request failed (the previous one stays)
+
+
+@dataclass(frozen=True)
 class StackStatus:
     stack: str
     driver: str
     converged: bool
     last_event_id: int
     services: dict[str, ServiceStatus]
+    certs: tuple[CertStatus, ...] = ()
+
+
+def certs_status(raw, now: float) -> tuple[CertStatus, ...]:
+    """The gateway's certificate list (Gateway.tls_certs) as of ``now`` (epoch seconds)."""
+    import datetime as dt
+
+    out = []
+    for c in raw or ():
+        left = None
+        if c.get("not_after"):
+            left = dt.datetime.fromisoformat(c["not_after"]).timestamp() - now
+        out.append(CertStatus(tuple(c.get("hosts") or ()), "acme" if c.get("acme") else
+                              "default" if c.get("default") else "file", left, c.get("problem")))
+    return tuple(out)
+
+
+def cert_line(c: CertStatus) -> str:
+    """One line of `selfieless status` about a certificate."""
+    who = ", ".join(c.hosts) or "(no names)"
+    if c.expires_in is None:
+        state = "no certificate yet"
+    elif c.expires_in <= 0:
+        state = "EXPIRED"
+    else:
+        state = f"expires in {c.expires_in / 86400:.1f} days"
+    return f"{who} ({c.source}): {state}" + (f"; {c.problem}" if c.problem else "")
 
 
 def to_json(st: StackStatus) -> dict[str, Any]:
@@ -89,6 +126,8 @@ def to_json(st: StackStatus) -> dict[str, Any]:
     return {
         "stack": st.stack, "driver": st.driver, "converged": st.converged, "last_event_id": st.last_event_id,
         "services": {name: _service_json(svc) for name, svc in st.services.items()},
+        "certs": [{"hosts": list(c.hosts), "source": c.source, "expires_in": c.expires_in, "problem": c.problem}
+                  for c in st.certs],
     }
 
 
@@ -125,6 +164,8 @@ def from_json(d: dict[str, Any]) -> StackStatus:
         stack=d.get("stack", ""), driver=d.get("driver", ""), converged=bool(d.get("converged")),
         last_event_id=d.get("last_event_id", 0),
         services={name: _service_from(name, s) for name, s in (d.get("services") or {}).items()},
+        certs=tuple(CertStatus(tuple(c.get("hosts") or ()), c.get("source", "file"), c.get("expires_in"),
+                               c.get("problem")) for c in d.get("certs") or ()),
     )
 
 
