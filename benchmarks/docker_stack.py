@@ -61,7 +61,9 @@ def build_images(ref: str, tag: str, deps: Path, tmp: Path) -> list[str]:
     """users:TAG and acts:TAG from commit REF's tree; returns the image names."""
     src = tmp / f"src-{tag}"
     src.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     wheels = src / "build" / "wheelhouse"
     shutil.copytree(deps, wheels / "deps")
@@ -75,7 +77,7 @@ def build_images(ref: str, tag: str, deps: Path, tmp: Path) -> list[str]:
            "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", image, ".", cwd=src,
            env={**os.environ, "DOCKER_BUILDKIT": "0"})
         images.append(image)
-        print(f"built {image} from {ref} ({time.monotonic() - t0:.0f} s)", flush=True)
+        print(f"built {image} from {ref} = {commit} ({time.monotonic() - t0:.0f} s)", flush=True)
     return images
 
 
