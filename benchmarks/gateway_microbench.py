@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Python CPU cost of one proxied request through the gateway, without sockets (not a test).
 
-Drives ClientConnection/UpstreamConnection with fake transports: a client request goes in, the
+Drives ClientConnection (and its BackendExchange) / UpstreamConnection with fake transports: a client request goes in, the
 pooled upstream connection receives a typical small response, the client gets it back. Prints
 microseconds per request; use it to compare hot-path changes on a busy machine where wrk
 numbers are noisy.  python benchmarks/gateway_microbench.py [N]
@@ -72,7 +72,7 @@ async def main(n: int) -> None:
         t0 = time.process_time()
         for _ in range(n):
             client.data_received(REQUEST)
-            up = client.upstream
+            up = client.exchange.upstream
             up.data_received(RESPONSE)
         dt = time.process_time() - t0
     assert client.active is None and ct.n >= n, "request did not complete"

@@ -34,11 +34,11 @@ def make_gateway(loop_thread):
     """``make_gateway(routes, {service: [backend, ...]}, **config)`` -> started Gateway."""
     made = []
 
-    def make(routes=None, replicas=None, on_eject=None, on_replica_error=None, **cfg):
+    def make(routes=None, replicas=None, on_eject=None, on_backend_error=None, **cfg):
         cfg.setdefault("port", 0)
         cfg.setdefault("no_replica_wait", 2.0)
         gw = Gateway(GatewayConfig(**cfg), routes=routes if routes is not None else {"/api/v1": "acts"},
-                     on_eject=on_eject, on_replica_error=on_replica_error)
+                     on_eject=on_eject, on_backend_error=on_backend_error)
 
         async def start():
             for service, bs in (replicas or {}).items():

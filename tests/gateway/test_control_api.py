@@ -71,8 +71,8 @@ def test_poll_reports_events_after_a_cursor_with_the_counters():
     st.latency.observe(0.003)
     st.latency.observe(20.0)  # the +Inf bucket
     gw._ejected("echo", "a", "connection refused")      # what the pool calls on a passive ejection
-    gw.replica_error("echo", "a", 500)
-    gw.hold("echo")
+    gw.backend_error("echo", "a", 500)
+    gw.wait_for_backend("echo")
     first = client.get("/control/poll", params={"after": 0, "wait": 0}).json()
     assert [(e["kind"], e["id"], e["detail"]) for e in first["events"]] == [
         ("eject", "a", "connection refused"), ("replica_error", "a", 500), ("no_replica", None, None)]
@@ -140,7 +140,7 @@ def _revision_polls(gw, server, client):
     assert changed["pools"] == {} and changed["rev"] > first["rev"]
 
     # An event is answered at once, with the counters as they are.
-    gw.replica_error("other", "b", 502)
+    gw.backend_error("other", "b", 502)
     held = {**held, "rev": changed["rev"]}
     ev = client.get("/control/poll", params={**held, "wait": 20}).json()
     assert [e["kind"] for e in ev["events"]] == ["replica_error"] and ev["stats"] == {}

@@ -251,7 +251,7 @@ def test_any_chunked_input_is_held_or_refused_never_a_crash(loop, tail, cuts):
             assert payload.startswith(b'{"error":')
         r = conn.active or conn.cur
         if answers:
-            assert conn.pause_bits or t.eof or t.closed  # it stops reading the request it refused
+            assert conn.flow.paused_by or t.eof or t.closed  # it stops reading the request it refused
         elif r is not None:
             # Held, never forwarded, and never more body than the limit.
             assert not r.sent and r.received <= MAX_BODY

@@ -9,7 +9,9 @@ import asyncio
 
 import pytest
 
-from selfieless.gateway.pool import DRAINING, EJECTED, READY, REMOVED, ReplicaPool, ReplicaView
+from selfieless.gateway.pool import (
+    ACTIVE, DRAINING, EJECTED, OK, READY, REMOVED, WITHDRAWN, ReplicaPool, ReplicaView, in_rotation, view_state,
+)
 
 
 class Conn:
@@ -307,7 +309,7 @@ def test_finish_parks_the_connection_only_when_it_may_be_reused_and_counts_the_r
         conn = Conn("c")
         conn.closed = closed
         if leave:
-            a.state = DRAINING
+            p.withdraw(a, "out of rotation")
         before = list(a.idle)
         p.finish(a, conn, keep=keep, now=6.0, max_idle=max_idle)
         assert a.idle == before and conn.closed and conn.idle_since is None, (keep, max_idle, closed, leave)
@@ -345,3 +347,56 @@ def test_withdraw_and_reinstate():
     assert b.state == "ready" and p.ready_count == 3
     p.remove("B")
     assert not p.reinstate(b)  # removed meanwhile: stays out
+
+
+# The two axes of a backend's state and the one rotation rule (pool.in_rotation, pool.view_state).
+@pytest.mark.parametrize("admin, health, rotates, shown", [
+    (ACTIVE, OK, True, READY),
+    (ACTIVE, EJECTED, False, EJECTED),
+    (ACTIVE, WITHDRAWN, False, WITHDRAWN),
+    (DRAINING, OK, False, DRAINING),
+    (DRAINING, EJECTED, False, EJECTED),  # drained after an ejection: the view still says why it left
+    (DRAINING, WITHDRAWN, False, WITHDRAWN),
+    (REMOVED, OK, False, REMOVED),
+    (REMOVED, EJECTED, False, REMOVED),
+    (REMOVED, WITHDRAWN, False, REMOVED),
+])
+def test_rotation_rule_and_view_state(admin, health, rotates, shown):
+    assert in_rotation(admin, health) is rotates
+    assert view_state(admin, health) == shown
+
+
+@pytest.mark.anyio
+async def test_a_withdrawn_backend_being_drained_does_not_come_back_when_it_answers():
+    p = pool_of("A", "B")
+    b = p.get("B")
+    assert p.withdraw(b, "stalled")
+    assert await p.drain("B", timeout=1) is True  # the control plane takes it out meanwhile
+    assert p.reinstate(b) and b.health == OK  # it answered: nothing against it any more ...
+    assert b.state == DRAINING and not b.in_rotation and p.ready_count == 1  # ... but it is leaving
+    assert [p.acquire().id for _ in range(3)] == ["A", "A", "A"]
+
+
+@pytest.mark.anyio
+async def test_reinstating_wakes_requests_waiting_for_a_ready_backend_unless_it_is_leaving():
+    p = pool_of("A")
+    a = p.get("A")
+    assert p.withdraw(a, "stalled") and p.ready_count == 0
+    waiting = p.wait_ready()
+    await p.drain("A", timeout=1)
+    p.reinstate(a)  # answered, but draining: still out, nobody to wake
+    await asyncio.sleep(0)
+    assert not waiting.done() and p.acquire() is None
+    p.add("A", "127.0.0.1", 9000)  # the control plane wants it again
+    assert waiting.done() and p.acquire() is a
+    p.release(a)
+    p.withdraw(a, "stalled")
+    again = p.wait_ready()
+    assert p.reinstate(a) and again.done() and a.in_rotation and a.eject_reason is None
+
+
+def test_a_new_backend_is_active_and_healthy_and_in_rotation_once_its_pool_places_it():
+    from selfieless.gateway.pool import Backend
+    b = Backend("A", "127.0.0.1", 9000)
+    assert (b.admin, b.health, b.in_rotation, b.state) == (ACTIVE, OK, False, READY)
+    assert (b.in_flight, b.served, b.idle, b.eject_reason, b.served_mark, b.heard_at) == (0, 0, [], None, 0, 0.0)

@@ -411,7 +411,7 @@ def test_stalled_request_body_gets_408(make_gateway, backends, loop_thread):
 
 def test_server_errors_are_passed_through_and_reported(make_gateway, backends):
     errors = []
-    gw = make_gateway(replicas={"acts": backends[:1]}, on_replica_error=lambda *a: errors.append(a))
+    gw = make_gateway(replicas={"acts": backends[:1]}, on_backend_error=lambda *a: errors.append(a))
     st, _, body = jrequest(gw.port, path="/api/v1/status?code=503")
     assert st == 503 and body == {"replica": "A"}          # unchanged for the client
     assert jrequest(gw.port, path="/api/v1/status?code=404")[0] == 404

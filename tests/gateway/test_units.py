@@ -10,6 +10,7 @@ from selfieless.gateway.headers import (
     FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, FRAME_NONE, BadRequest, ResponseHeadReader,
     build_request_head,
 )
+from selfieless.gateway.keepalive import connection_header, keep_open
 from selfieless.gateway.pool import DRAINING, EJECTED, READY, ReplicaPool
 from selfieless.gateway.routing import RouteTable
 from selfieless.gateway.stats import CountRule, LatencyHistogram
@@ -140,28 +141,31 @@ def test_request_head_rewrite():
         build_request_head(b"POST", b"/", [(b"Content-Length", b"1"), (b"Content-Length", b"2")], b"x")
 
 
-def build_response_head(code, reason, headers, *flags):
-    """Feed a head to a ResponseHeadReader the way the parser does, then finish it."""
+def build_response_head(code, reason, headers, no_body, http11, wants):
+    """Feed a head to a ResponseHeadReader the way the parser does, then finish it as the
+    exchange does (keepalive.py decides the Connection line)."""
     reader = ResponseHeadReader()
     reader.begin_head()
     reader.on_status(reason)
     for name, value in headers:
         reader.on_header(name, value)
-    return reader.response_head(code, *flags)
+    frame, until_close = reader.body_framing(no_body, http11)
+    keep = keep_open(wants, True, False, False, frame)
+    return reader.render_head(code, frame, connection_header(keep, http11)), frame, keep, until_close
 
 
 def test_response_head_rewrite():
     hdrs = [(b"Content-Type", b"text/plain"), (b"Connection", b"keep-alive, X-Secret"),
             (b"X-Secret", b"s"), (b"Transfer-Encoding", b"chunked"), (b"Keep-Alive", b"t=5")]
-    head, framing, keep, until_close = build_response_head(200, b"OK", hdrs, False, True, True, False)
+    head, framing, keep, until_close = build_response_head(200, b"OK", hdrs, False, True, True)
     assert framing == FRAME_CHUNKED and keep and not until_close
     assert head == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
     head, framing, keep, until_close = build_response_head(
-        200, b"OK", [(b"Content-Length", b"2")], False, False, True, True)
+        200, b"OK", [(b"Content-Length", b"2")], False, False, True)
     assert framing == FRAME_LENGTH and head.endswith(b"Connection: keep-alive\r\n\r\n")
-    head, framing, keep, until_close = build_response_head(200, b"OK", [], False, False, True, False)
+    head, framing, keep, until_close = build_response_head(200, b"OK", [], False, False, True)
     assert framing == FRAME_CLOSE and not keep and until_close
-    _, framing, _, until_close = build_response_head(204, b"No Content", [], True, True, True, False)
+    _, framing, _, until_close = build_response_head(204, b"No Content", [], True, True, True)
     assert framing == FRAME_NONE and not until_close
 
 

@@ -4,17 +4,21 @@ Public API (docs/interfaces.md): :class:`Gateway`, :class:`GatewayConfig`, :clas
 :class:`ReplicaView`, :class:`ServiceStats`. The gateway never imports the orchestrator; the
 control plane drives it through this API and hears about passive ejections via ``on_eject``.
 
-Modules: ``config`` (settings), ``routing`` (host and prefix table), ``pool`` (backend choice: a
-*backend* is the gateway's view of a replica), ``headers`` (rewriting), ``stats`` (counters),
-``responses`` (gateway-made JSON answers), ``exchange`` (what a failure or a deadline means
-for a request), ``stall`` (which backends are stalled), ``control_changes`` (what the control
-API's long poll sends) and ``front`` (redirects, ACME challenges, the status page by host) are
-pure; ``request`` is one client request and where its exchange stands; ``client``, ``upstream``
-and ``tunnel`` (upgraded connections spliced) are the socket edge (the client and the backend
-side of an exchange); ``tls`` holds HTTPS (contexts, certificates by SNI, reload) and ``acme``
-gets certificates from an ACME CA; ``gateway`` is the facade; ``control`` is the protocol a
-control plane drives, served to another process by ``control_api`` and used there through
-``control_client``; ``__main__`` runs it standalone.
+Modules (docs/architecture.md draws them and the flow of a request):
+
+* pure decisions: ``routing`` (host and prefix table), ``pool`` (backend choice and the rotation rule; a
+  *backend* is the gateway's view of a replica), ``headers`` (rewriting), ``keepalive`` (response
+  framing and whether the client connection stays open), ``exchange`` (what a failure or a
+  deadline means for a request), ``stall`` (which backends are stalled), ``control_changes`` (what
+  a control poll sends), ``front`` (redirects, ACME challenges, the status page by host),
+  ``responses`` (gateway-made answers);
+* records: ``config`` (settings), ``request`` (one request on its way), ``stats`` (counters);
+* the socket edge: ``client`` (the client connection), ``backend_exchange`` (the backend half of
+  a request–response cycle), ``connect`` (its waits for a backend and a connection),
+  ``upstream`` (the backend connection), ``tunnel`` (WebSocket), ``flow`` (pause/resume);
+* HTTPS: ``tls`` (contexts, certificates by SNI, reload), ``acme`` (certificates from an ACME CA);
+* ``gateway`` (the facade), ``control`` (the protocol the control plane drives), ``control_api``
+  and ``control_client`` (that protocol across processes), ``__main__`` (run it standalone).
 """
 
 from .config import GatewayConfig

@@ -4,12 +4,14 @@ The orchestrator, the rollout and apply executors and the admin API talk to the 
 through these methods, so the gateway can live in the same process (:class:`~.gateway.Gateway`
 implements the protocol directly) or in its own process behind a loopback-only control API
 (:class:`~.control_client.RemoteGateway`, served by :mod:`.control_api`). Names follow the
-gateway's view: a *backend* is one replica's address in a service's pool.
+gateway's view: a *backend* is one replica's address in a service's pool (methods and callbacks
+say backend; the snapshot type keeps its public name, :class:`~.pool.ReplicaView`, listed by a
+pool's ``replicas``).
 
 Callbacks flow the other way: the gateway reports passive ejections (``on_eject``), stalled
 backends it withdrew from the rotation (``on_withdraw``), every backend of a service stalling
-together (``on_stalled_together``), 5xx answers (``on_replica_error``) and requests held because
-no backend is ready (``on_no_replica``, which scale-to-zero uses); the control plane assigns them
+together (``on_stalled_together``), 5xx answers (``on_backend_error``) and requests held because
+no backend is ready (``on_no_backend``, which scale-to-zero uses); the control plane assigns them
 after start.
 """
 
@@ -41,8 +43,8 @@ class GatewayControl(Protocol):
     on_eject: EjectCallback | None
     on_withdraw: EjectCallback | None
     on_stalled_together: ServiceCallback | None
-    on_replica_error: ErrorCallback | None
-    on_no_replica: NoBackendCallback | None
+    on_backend_error: ErrorCallback | None
+    on_no_backend: NoBackendCallback | None
 
     @property
     def port(self) -> int | None:

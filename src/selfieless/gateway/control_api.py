@@ -42,6 +42,8 @@ from typing import Annotated, Any, Literal, Union
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -137,23 +139,22 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: str | None = None,
-                       on_stop: Callable[[], object] | None = None) -> Starlette:
-    """The Starlette app of the control API over ``gw`` (whose callbacks must feed ``feed``)."""
-    async def body(request: Request, model):
-        try:
-            return model.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise _BadRequest("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+class _BadRequest(Exception):
+    pass
 
-    def info(_: Request) -> JSONResponse:
-        return JSONResponse({"instance": instance, "pid": os.getpid(), "host": gw.config.host, "port": gw.port,
-                             "routes": dict(gw.routes.routes), "tls_port": gw.tls_port,
-                             "certs": gw.tls_certs,
-                             "next": feed.next - 1})
 
+async def _body(request: Request, model):
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise _BadRequest("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+
+
+def _change_routes(gw: Gateway) -> list[Route]:
+    """What the control plane changes: ``/control/ops`` (routes, backends, limits), ``/control/drain``
+    and ``/control/tls/reload``."""
     async def ops(request: Request) -> JSONResponse:
-        parsed = await body(request, OpsBody)
+        parsed = await _body(request, OpsBody)
         for op in parsed.ops:  # a bad batch changes nothing: check what the models cannot
             try:
                 if isinstance(op, RoutesOp):
@@ -180,14 +181,33 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
         return JSONResponse({"problems": problems, "certs": gw.tls_certs})
 
     async def drain(request: Request) -> JSONResponse:
-        d = await body(request, DrainBody)
+        d = await _body(request, DrainBody)
         return JSONResponse({"drained": await gw.drain_backend(d.service, d.id, d.timeout)})
 
+    return [Route("/control/ops", ops, methods=["POST"]), Route("/control/drain", drain, methods=["POST"]),
+            Route("/control/tls/reload", tls_reload, methods=["POST"])]
+
+
+def _poll_route(gw: Gateway, feed: EventFeed, instance: str) -> Route:
+    """What the gateway reports: ``/control/poll``, events and counters (all, or what changed)."""
     published = Published()
 
     def current() -> tuple[dict, dict]:
         return ({name: _stats_json(st) for name, st in gw.all_stats.items()},
                 {name: [v._asdict() for v in pool.replicas] for name, pool in gw.pools.items()})
+
+    async def changed_or_event(after: int, rev: int, wait: float, every: float) -> list[dict]:
+        # Counters are looked at every `every` s from now (not at once: a reader that polls
+        # again right after an answer would otherwise get one per request under traffic).
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            events = await feed.wait_after(after, min(every, left))
+            if events or left <= every:
+                return events
+            published.update(*current())
+            if published.rev != rev:
+                return events
 
     async def poll(request: Request) -> JSONResponse:
         q = request.query_params
@@ -208,33 +228,17 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
             rev = 0  # what the reader holds came from another gateway (or none): everything, now
         events = feed.after(after)
         if holds and not events:
-            # Counters are looked at every `every` s from now (not at once: a reader that polls
-            # again right after an answer would otherwise get one per request under traffic).
-            deadline = asyncio.get_running_loop().time() + wait
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                events = await feed.wait_after(after, min(every, left))
-                if events or left <= every:
-                    break
-                published.update(*current())
-                if published.rev != rev:
-                    break
+            events = await changed_or_event(after, rev, wait, every)
         published.update(*current())
         stats, pools = published.since(rev)
         return JSONResponse({"instance": instance, "port": gw.port, "events": events, "next": feed.next - 1,
                              "rev": published.rev, "stats": stats, "pools": pools, "certs": gw.tls_certs})
 
-    def stop(_: Request) -> JSONResponse:
-        if on_stop is not None:
-            on_stop()
-        return JSONResponse({"stopping": True}, status_code=202)
+    return Route("/control/poll", poll)
 
-    class _BadRequest(Exception):
-        pass
 
-    async def bad_request(_: Request, exc: Exception) -> JSONResponse:
-        return _error(400, str(exc))
-
+def _auth(token: str | None) -> Middleware:
+    """``Authorization: Bearer <token>`` on every call, when a token is set."""
     async def auth(request: Request, call_next):
         if token:
             given = request.headers.get("authorization", "")
@@ -242,15 +246,29 @@ def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: st
                 return _error(401, "missing or wrong token")
         return await call_next(request)
 
-    from starlette.middleware import Middleware
-    from starlette.middleware.base import BaseHTTPMiddleware
+    return Middleware(BaseHTTPMiddleware, dispatch=auth)
+
+
+def create_control_app(gw: Gateway, feed: EventFeed, *, instance: str, token: str | None = None,
+                       on_stop: Callable[[], object] | None = None) -> Starlette:
+    """The Starlette app of the control API over ``gw`` (whose callbacks must feed ``feed``)."""
+    def info(_: Request) -> JSONResponse:
+        return JSONResponse({"instance": instance, "pid": os.getpid(), "host": gw.config.host, "port": gw.port,
+                             "routes": dict(gw.routes.routes), "tls_port": gw.tls_port, "certs": gw.tls_certs,
+                             "next": feed.next - 1})
+
+    def stop(_: Request) -> JSONResponse:
+        if on_stop is not None:
+            on_stop()
+        return JSONResponse({"stopping": True}, status_code=202)
+
+    async def bad_request(_: Request, exc: Exception) -> JSONResponse:
+        return _error(400, str(exc))
 
     return Starlette(
-        routes=[Route("/control/info", info), Route("/control/ops", ops, methods=["POST"]),
-                Route("/control/drain", drain, methods=["POST"]), Route("/control/poll", poll),
-                Route("/control/stop", stop, methods=["POST"]),
-                Route("/control/tls/reload", tls_reload, methods=["POST"])],
-        middleware=[Middleware(BaseHTTPMiddleware, dispatch=auth)],
+        routes=[Route("/control/info", info), *_change_routes(gw), _poll_route(gw, feed, instance),
+                Route("/control/stop", stop, methods=["POST"])],
+        middleware=[_auth(token)],
         exception_handlers={_BadRequest: bad_request},
     )
 
@@ -293,8 +311,8 @@ class ControlServer:
         gw.on_eject = lambda service, rid, reason: self.feed.add("eject", service, rid, reason)
         gw.on_withdraw = lambda service, rid, reason: self.feed.add("withdraw", service, rid, reason)
         gw.on_stalled_together = lambda service, reason: self.feed.add("stalled_together", service, None, reason)
-        gw.on_replica_error = lambda service, rid, status: self.feed.add("replica_error", service, rid, status)
-        gw.on_no_replica = lambda service: self.feed.add("no_replica", service)
+        gw.on_backend_error = lambda service, rid, status: self.feed.add("replica_error", service, rid, status)
+        gw.on_no_backend = lambda service: self.feed.add("no_replica", service)
         gw.on_tls_event = lambda kind, host, detail: self.feed.add(kind, "gateway", host or None, detail)
         self.app = create_control_app(gw, self.feed, instance=self.instance, token=token, on_stop=on_stop)
         self._server: _Server | None = None

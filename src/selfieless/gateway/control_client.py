@@ -69,8 +69,8 @@ class RemoteGateway:
         self.on_eject = None
         self.on_withdraw = None
         self.on_stalled_together = None
-        self.on_replica_error = None
-        self.on_no_replica = None
+        self.on_backend_error = None
+        self.on_no_backend = None
         self.instance: str | None = None
         self.pid: int | None = None
         self.host: str | None = None
@@ -306,9 +306,9 @@ class RemoteGateway:
                 self.on_tls_event(kind, ev["id"] or "", ev["detail"])
             elif kind == "stalled_together" and self.on_stalled_together is not None:
                 self.on_stalled_together(ev["service"], ev["detail"])
-            elif kind == "replica_error" and self.on_replica_error is not None:
-                self.on_replica_error(ev["service"], ev["id"], ev["detail"])
-            elif kind == "no_replica" and self.on_no_replica is not None:
-                self.on_no_replica(ev["service"])
+            elif kind == "replica_error" and self.on_backend_error is not None:
+                self.on_backend_error(ev["service"], ev["id"], ev["detail"])
+            elif kind == "no_replica" and self.on_no_backend is not None:
+                self.on_no_backend(ev["service"])
         except Exception:  # a control-plane bug must not stop the reports
             log.exception("gateway %s callback failed", kind)

@@ -29,8 +29,8 @@ from .tls import CertStore, TlsSettings, connection_class
 log = logging.getLogger(__name__)
 
 
-# Requests held per service while no replica is ready (beyond that: 503 at once).
-MAX_HELD_PER_SERVICE = 1000
+# Requests waiting per service while no backend is ready (beyond that: 503 at once).
+MAX_WAITING_PER_SERVICE = 1000
 
 
 class Gateway:
@@ -41,7 +41,7 @@ class Gateway:
         config: GatewayConfig | None = None,
         routes: Mapping[str, str] | None = None,
         on_eject: EjectCallback | None = None,
-        on_replica_error: Callable[[str, str, int], object] | None = None,
+        on_backend_error: Callable[[str, str, int], object] | None = None,
         tls: TlsSettings | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
@@ -60,10 +60,10 @@ class Gateway:
         self.on_eject = on_eject
         # (service, replica_id, status) for every 5xx a replica answers: the control plane may
         # probe that replica at once instead of at its next health-check interval.
-        self.on_replica_error = on_replica_error
+        self.on_backend_error = on_backend_error
         # (service) when a request starts waiting because no replica is ready: the control plane
-        # may start one (scale from zero). `held` bounds how many wait per service.
-        self.on_no_replica: Callable[[str], object] | None = None
+        # may start one (scale from zero). `waiting` bounds how many wait per service.
+        self.on_no_backend: Callable[[str], object] | None = None
         # (service, replica_id, reason) when a stalled replica is withdrawn (see stall.py): the
         # control plane marks it out of rotation and lets its health probes decide.
         self.on_withdraw: EjectCallback | None = None
@@ -71,7 +71,7 @@ class Gateway:
         # stall.stalled_together): none is withdrawn, but the control plane says so in an event.
         self.on_stalled_together: Callable[[str, str], object] | None = None
         self._stalled_together: set[str] = set()  # services whose shared stall was reported
-        self.held: dict[str, int] = {}
+        self.waiting: dict[str, int] = {}  # requests waiting for a ready backend, per service
         self.count_rule = CountRule(self.config.count_prefix, self.config.count_exclude)
         self.clients: set[ClientConnection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -186,7 +186,7 @@ class Gateway:
             self.acme = None
         for conn in list(self.clients):
             if conn.active is None and not conn.queue:
-                conn._close()
+                conn.close()
         deadline = self.loop.time() + grace
         while any(not c.closed for c in self.clients) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -315,25 +315,26 @@ class Gateway:
         }
 
     # Internals ------------------------------------------------------------------------------
-    def hold(self, service: str) -> bool:
-        """A request starts waiting for a replica of `service`; False when too many already wait."""
-        n = self.held.get(service, 0)
-        if n >= MAX_HELD_PER_SERVICE:
+    def wait_for_backend(self, service: str) -> bool:
+        """A request starts waiting for a ready backend of `service`; False when too many already wait."""
+        n = self.waiting.get(service, 0)
+        if n >= MAX_WAITING_PER_SERVICE:
             return False
-        self.held[service] = n + 1
-        cb = self.on_no_replica
+        self.waiting[service] = n + 1
+        cb = self.on_no_backend
         if cb is not None:
             try:
                 cb(service)
             except Exception:  # a control-plane bug must not strand the held request
-                log.exception("on_no_replica callback failed")
+                log.exception("on_no_backend callback failed")
         return True
 
-    def unhold(self, service: str) -> None:
-        self.held[service] = max(0, self.held.get(service, 1) - 1)
+    def stop_waiting(self, service: str) -> None:
+        """A request no longer waits for a backend of `service` (it got one, or gave up)."""
+        self.waiting[service] = max(0, self.waiting.get(service, 1) - 1)
 
-    def replica_error(self, service: str, replica_id: str, status: int) -> None:
-        cb = self.on_replica_error
+    def backend_error(self, service: str, replica_id: str, status: int) -> None:
+        cb = self.on_backend_error
         if cb is not None:
             cb(service, replica_id, status)
 
@@ -344,12 +345,12 @@ class Gateway:
             if rep.served != rep.served_mark or rep.heard_at == 0.0:
                 rep.served_mark = rep.served
                 rep.heard_at = now
-                if rep.state == WITHDRAWN:
+                if rep.health == WITHDRAWN:
                     pool.reinstate(rep)  # it answered: the stall is over
         reported = pool.service in self._stalled_together
         if len(reps) < 2 or not (silent or reported):
             return
-        seen = [stall.Seen(rep.state == READY, rep.state == WITHDRAWN, silent.get(rep, 0.0), now - rep.heard_at)
+        seen = [stall.Seen(rep.in_rotation, rep.health == WITHDRAWN, silent.get(rep, 0.0), now - rep.heard_at)
                 for rep in reps]
         if stall.stalled_together(seen, threshold, reported) != reported:
             self._mark_stalled_together(pool.service, not reported, seen)
@@ -358,7 +359,7 @@ class Gateway:
             reason = (f"stalled: no response byte for {seen[i].waiting:.2f} s while its siblings answer "
                       f"(stall_timeout {threshold:g} s)")
             if pool.withdraw(rep, reason):
-                self.stats(pool.service).withdrawals += 1
+                self.stats(pool.service).withdrew()
                 self._give_up(rep, Failure.STALLED)
                 cb = self.on_withdraw  # its probes decide: a pass brings it back (add_backend)
                 if cb is not None:
@@ -385,7 +386,7 @@ class Gateway:
                 log.exception("on_stalled_together callback failed for %s", service)
 
     def _ejected(self, service: str, replica_id: str, reason: str) -> None:
-        self.stats(service).ejections += 1
+        self.stats(service).ejected()
         cb = self.on_eject  # read at call time: the control plane may set it after start
         if cb is not None:
             cb(service, replica_id, reason)
@@ -393,8 +394,8 @@ class Gateway:
     def _give_up(self, rep, kind: Failure) -> None:
         """Every request waiting on ``rep`` without a response byte: ask the exchange (``kind``)."""
         for conn in list(self.clients):
-            if conn.active is not None and conn.active.backend is rep:
-                conn.backend_out(rep, kind)
+            if conn.active is not None:
+                conn.exchange.backend_out(rep, kind)  # it checks whether it waits on ``rep``
 
     def _sweep(self) -> None:
         """Enforce timeouts and withdraw stalled backends: one pass over connections instead
@@ -406,20 +407,8 @@ class Gateway:
             silent: dict = {}  # backend -> longest wait of a read for its first response byte
             for conn in list(self.clients):
                 conn.check_deadline(now)
-                if threshold > 0:
-                    up = conn.upstream
-                    if up is not None and (up.heard or up.read_paused):
-                        # Bytes came since the last sweep (perhaps a long stream), or we stopped
-                        # reading them (a slow client). Not bytes that came once: a replica paused
-                        # between its head and its body must not look alive for ever.
-                        up.heard = False
-                        up.backend.heard_at = now
-                    else:
-                        waited = conn.silent_read(now)
-                        if waited > 0:
-                            rep = conn.active.backend
-                            if waited > silent.get(rep, 0.0):
-                                silent[rep] = waited
+                if threshold > 0 and conn.exchange is not None:
+                    conn.exchange.observe(now, silent)
             max_age = self.config.upstream_idle_timeout
             for pool in self._pools.values():
                 for rep in pool._replicas.values():

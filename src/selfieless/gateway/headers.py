@@ -14,16 +14,15 @@ HTTP/1.1 clients or close-delimited for 1.0).
 
 from __future__ import annotations
 
+import httptools
+
+# Response body framing towards the client is decided in keepalive.py (re-exported here).
+from .keepalive import FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, FRAME_NONE, framing  # noqa: F401
+
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade",
 })
-
-# Response body framing towards the client.
-FRAME_NONE = 0  # no body (HEAD, 1xx, 204, 304)
-FRAME_LENGTH = 1  # Content-Length passed through, body relayed as is
-FRAME_CHUNKED = 2  # we chunk the relayed body
-FRAME_CLOSE = 3  # body ends when we close (HTTP/1.0 client, no length known)
 
 CRLF = b"\r\n"
 CHUNK_END = b"0\r\n\r\n"
@@ -167,9 +166,10 @@ class ResponseHeadReader:
 
     Mixed into the replica connection, so the parser calls these directly: each header is
     classified and kept (or dropped) as it arrives, and nothing walks a list of headers again
-    afterwards. ``begin_head()`` readies it for the next response; ``response_head()`` finishes
-    the rewrite for the client: hop-by-hop headers gone (RFC 9110 7.6.1), the replica's
-    Content-Length kept, otherwise chunked for HTTP/1.1 clients or close-delimited for 1.0.
+    afterwards. ``begin_head()`` readies it for the next response; ``body_framing()`` and
+    ``render_head()`` finish the rewrite for the client: hop-by-hop headers gone (RFC 9110
+    7.6.1), the replica's Content-Length kept, otherwise chunked for HTTP/1.1 clients or
+    close-delimited for 1.0.
     """
 
     reason = b""
@@ -209,44 +209,43 @@ class ResponseHeadReader:
         elif name.lower() == b"upgrade":
             self.upgrade_to = value.strip()
 
-    def response_head(self, code: int, no_body: bool, client_http11: bool, keep_alive: bool,
-                      client_keep_alive_header: bool) -> tuple[bytes, int, bool, bool]:
-        """The head for the client. ``no_body``: HEAD request or a status without body.
-        ``keep_alive``: we intend to keep the client connection. ``client_keep_alive_header``:
-        the client is HTTP/1.0 and asked for keep-alive, so say yes explicitly.
-
-        Returns (head, framing, keep_alive, until_close): keep_alive may be turned off when the
-        body can only be delimited by closing; until_close says the *replica* ends the body by
-        closing (no length, not chunked).
-        """
-        kept = self.kept
-        has_length = self.has_length
+    def body_framing(self, no_body: bool, client_http11: bool) -> tuple[int, bool]:
+        """How the body goes to the client (``keepalive.framing``), and whether the *backend*
+        ends it by closing (no length, not chunked). ``no_body``: a HEAD request or a status
+        without body. Call once per head, before :meth:`render_head`."""
         if self.named is not None:
             # Read what was kept once more without the listed headers (Content-Length may be one).
             again = ResponseHeadReader()
             again.begin_head()
+            kept = self.kept
             for i in range(1, len(kept), 4):
                 if kept[i].lower() not in self.named:
                     again.on_header(kept[i], kept[i + 2])
-            kept, has_length = again.kept, again.has_length
+            self.kept, self.has_length = again.kept, again.has_length
+        has_length = self.has_length
+        return framing(no_body, has_length, client_http11), not (no_body or has_length or self.has_te)
+
+    def render_head(self, code: int, frame: int, connection: bytes) -> bytes:
+        """The head for the client: the status line, the kept headers, the framing header if
+        we chunk, and ``connection`` (a ``Connection`` line, or empty: keepalive.py)."""
+        kept = self.kept
         kept[0] = status_line(code, self.reason)
-        if no_body:
-            framing = FRAME_NONE
-        elif has_length:
-            framing = FRAME_LENGTH
-        elif client_http11:
-            framing = FRAME_CHUNKED
+        if frame == FRAME_CHUNKED:
             kept.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            framing = FRAME_CLOSE
-            keep_alive = False
-        if not keep_alive:
-            kept.append(b"Connection: close\r\n\r\n")
-        elif client_keep_alive_header:
-            kept.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            kept.append(CRLF)
-        return b"".join(kept), framing, keep_alive, not (no_body or has_length or self.has_te)
+        kept.append(connection)
+        kept.append(CRLF)
+        return b"".join(kept)
+
+
+def origin_form(target: bytes) -> bytes | None:
+    """``http://host/path?q`` -> ``/path?q``; None for anything else (``*``, garbage: a 400)."""
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    if url is None or not url.path:
+        return None
+    return url.path + (b"?" + url.query if url.query else b"")
 
 
 def websocket_upgrade(headers: list) -> bytes | None:

@@ -23,11 +23,34 @@ from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
-READY = "ready"
-DRAINING = "draining"
-EJECTED = "ejected"
-WITHDRAWN = "withdrawn"  # stalled while its siblings answer (see stall.py); back on a pass or an answer
-REMOVED = "removed"
+# A backend's state has two axes, kept apart (as HAProxy keeps srv_admin and srv_state):
+# what the control plane wants of it ...
+ACTIVE = "active"  # added: may serve
+DRAINING = "draining"  # no new requests; those in flight finish
+REMOVED = "removed"  # taken out of the pool
+# ... and what the data plane saw of it.
+OK = "ok"
+EJECTED = "ejected"  # failed a request (refused, reset, closed early: exchange.py); back when added again
+WITHDRAWN = "withdrawn"  # stalled while its siblings answer (stall.py); back on a pass or an answer
+# The state a view shows (ReplicaView.state, the control API's wire format): one word for both.
+READY = "ready"  # in rotation
+
+
+def in_rotation(admin: str, health: str) -> bool:
+    """The rotation rule: a backend gets new requests when the control plane wants it to serve
+    and the data plane has nothing against it."""
+    return admin == ACTIVE and health == OK
+
+
+def view_state(admin: str, health: str) -> str:
+    """One word for a view: ``removed``; else what the data plane saw against it (``ejected``,
+    ``withdrawn``); else ``draining``, or ``ready`` in rotation."""
+    if admin == REMOVED:
+        return REMOVED
+    if health != OK:
+        return health
+    return READY if admin == ACTIVE else admin
+
 
 EjectCallback = Callable[[str, str, str], object]
 
@@ -46,17 +69,21 @@ class ReplicaView(NamedTuple):
 class Backend:
     """The gateway's view of one replica of a service: its address, state, load and idle connections.
 
-    Mutated only by its pool (and, for the idle list, by the proxy) on the event loop.
+    Mutated only by its pool (and, for the idle list, by the proxy) on the event loop. Its state
+    is ``admin`` (the control plane's will) and ``health`` (the data plane's observation);
+    ``in_rotation`` caches :func:`in_rotation` of the two, set by the pool whenever either changes.
     """
 
-    __slots__ = ("id", "host", "port", "state", "in_flight", "served", "idle", "eject_reason",
-                 "_drain_waiters", "served_mark", "heard_at")
+    __slots__ = ("id", "host", "port", "admin", "health", "in_rotation", "in_flight", "served", "idle",
+                 "eject_reason", "_drain_waiters", "served_mark", "heard_at")
 
     def __init__(self, replica_id: str, host: str, port: int) -> None:
         self.id = replica_id
         self.host = host
         self.port = port
-        self.state = READY
+        self.admin = ACTIVE
+        self.health = OK
+        self.in_rotation = False  # the pool puts it in (ReplicaPool._place)
         self.in_flight = 0
         self.served = 0  # responses completed (any status)
         self.idle: list = []  # idle upstream connections, oldest first (LIFO reuse)
@@ -82,7 +109,7 @@ class Backend:
 
     def put_idle(self, conn, now: float, max_idle: int) -> bool:
         """Keep ``conn`` for reuse; False (and the caller closes it) if it should not be kept."""
-        if self.state != READY or len(self.idle) >= max_idle or conn.closed:
+        if not self.in_rotation or len(self.idle) >= max_idle or conn.closed:
             return False
         conn.idle_since = now
         self.idle.append(conn)
@@ -97,6 +124,10 @@ class Backend:
         idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
+
+    @property
+    def state(self) -> str:
+        return view_state(self.admin, self.health)
 
     def view(self) -> ReplicaView:
         return ReplicaView(self.id, self.host, self.port, self.state, self.in_flight, self.served)
@@ -131,10 +162,9 @@ class ReplicaPool:
         elif (rep.host, rep.port) != (host, int(port)):
             rep.close_idle()  # pooled connections point at the old address
             rep.host, rep.port = host, int(port)
-        rep.state = READY
+        rep.admin, rep.health = ACTIVE, OK  # added after a passing probe: whatever we saw is over
         rep.eject_reason = None
-        if rep not in self._ready:
-            self._ready.append(rep)
+        self._place(rep)
         self._wake_ready_waiters()
         return rep.view()
 
@@ -144,8 +174,8 @@ class ReplicaPool:
         rep = self._replicas.pop(replica_id, None)
         if rep is None:
             return False
-        self._leave_rotation(rep)
-        rep.state = REMOVED
+        rep.admin = REMOVED
+        self._place(rep)
         rep.close_idle()
         if rep.in_flight == 0:
             self._resolve_drain(rep)
@@ -160,9 +190,8 @@ class ReplicaPool:
         rep = self._replicas.get(replica_id)
         if rep is None:
             return True
-        self._leave_rotation(rep)
-        if rep.state == READY:
-            rep.state = DRAINING
+        rep.admin = DRAINING
+        self._place(rep)
         rep.close_idle()
         if rep.in_flight == 0:
             return True
@@ -242,7 +271,7 @@ class ReplicaPool:
         :meth:`Backend.put_idle` and :meth:`release` in one call: this runs once per request.
         """
         idle = rep.idle
-        if keep and rep.state == READY and not conn.closed and len(idle) < max_idle:
+        if keep and rep.in_rotation and not conn.closed and len(idle) < max_idle:
             conn.idle_since = now
             idle.append(conn)
         else:
@@ -254,11 +283,11 @@ class ReplicaPool:
 
     def eject(self, rep: Backend, reason: str) -> bool:
         """Passive health: take a failing replica out of rotation and tell the control plane."""
-        if rep.state != READY or self._replicas.get(rep.id) is not rep:
+        if not rep.in_rotation or self._replicas.get(rep.id) is not rep:
             return False  # already out (ejected, draining or removed): nothing to report
-        self._leave_rotation(rep)
-        rep.state = EJECTED
+        rep.health = EJECTED
         rep.eject_reason = reason
+        self._place(rep)
         rep.close_idle()
         log.warning("gateway: ejected %s/%s: %s", self.service, rep.id, reason)
         if self.on_eject is not None:
@@ -270,24 +299,25 @@ class ReplicaPool:
 
     def withdraw(self, rep: Backend, reason: str) -> bool:
         """Take a stalled replica out of rotation (see stall.py); the caller tells the control plane."""
-        if rep.state != READY or self._replicas.get(rep.id) is not rep:
+        if not rep.in_rotation or self._replicas.get(rep.id) is not rep:
             return False
-        self._leave_rotation(rep)
-        rep.state = WITHDRAWN
+        rep.health = WITHDRAWN
         rep.eject_reason = reason
+        self._place(rep)
         rep.close_idle()  # connections to a silent replica are not worth reusing
         log.warning("gateway: withdrew %s/%s: %s", self.service, rep.id, reason)
         return True
 
     def reinstate(self, rep: Backend) -> bool:
-        """A withdrawn replica answered again: back in rotation (at the end)."""
-        if rep.state != WITHDRAWN or self._replicas.get(rep.id) is not rep:
+        """A withdrawn replica answered again: nothing against it any more, so back in rotation
+        (at the end) unless the control plane is draining it."""
+        if rep.health != WITHDRAWN or self._replicas.get(rep.id) is not rep:
             return False
-        rep.state = READY
+        rep.health = OK
         rep.eject_reason = None
-        self._ready.append(rep)
-        self._wake_ready_waiters()
-        log.info("gateway: %s/%s answers again; back in rotation", self.service, rep.id)
+        if self._place(rep):
+            self._wake_ready_waiters()
+            log.info("gateway: %s/%s answers again; back in rotation", self.service, rep.id)
         return True
 
     def wait_ready(self) -> asyncio.Future:
@@ -304,15 +334,21 @@ class ReplicaPool:
             rep.close_idle()
 
     # Internals ------------------------------------------------------------------------------
-    def _leave_rotation(self, rep: Backend) -> None:
-        ready = self._ready
-        try:
-            j = ready.index(rep)
-        except ValueError:
-            return
-        del ready[j]
-        if j < self._next:
-            self._next -= 1  # keep the replica that was next, next
+    def _place(self, rep: Backend) -> bool:
+        """Put ``rep`` in the rotation or take it out, as the rotation rule says of its state
+        now; the one place ``_ready`` changes. Returns whether it is in rotation."""
+        now_in = in_rotation(rep.admin, rep.health)
+        if now_in != rep.in_rotation:
+            rep.in_rotation = now_in
+            ready = self._ready
+            if now_in:
+                ready.append(rep)  # joins at the end of the rotation
+            else:
+                j = ready.index(rep)
+                del ready[j]
+                if j < self._next:
+                    self._next -= 1  # keep the replica that was next, next
+        return now_in
 
     def _wake_ready_waiters(self) -> None:
         waiters, self._ready_waiters = self._ready_waiters, []

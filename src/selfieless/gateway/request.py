@@ -1,7 +1,7 @@
 """One client request on its way through the gateway: what was asked, and where its exchange stands.
 
-A plain record, written by the client connection and read by the exchange's decisions (through
-``exchange.Facts``); it holds no sockets and decides nothing.
+A plain record, written by the client connection and its backend exchange, and read by the
+exchange's decisions (through ``exchange.Facts``); it holds no sockets and decides nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class Request:
     __slots__ = (
         "method", "target", "path", "head", "chunked", "started_at", "idempotent", "is_head",
         "pool", "stats", "counted", "local",
-        "keep_alive", "http11", "ka_header", "expect_continue", "upgrade",
+        "keep_alive", "http11", "expect_continue", "upgrade",
         "reads_body", "received", "complete", "unsent", "replay", "replay_size", "buffering", "early",
         "backend", "waiter", "tries", "sent", "retried_other", "accounted",
         "response_started", "framing", "status", "close_after",
@@ -45,9 +45,8 @@ class Request:
         self.local = None  # (status, payload) when the gateway answers itself (no route, or "/")
 
         # What the client asked for (set from the head by the client connection).
-        self.keep_alive = True
+        self.keep_alive = True  # by its HTTP version and Connection header (keepalive.py)
         self.http11 = True
-        self.ka_header = False  # HTTP/1.0 client that asked for keep-alive: say so in the response
         self.expect_continue = False
         self.upgrade = False  # a WebSocket upgrade request: a 101 turns the exchange into a tunnel
 

@@ -1,4 +1,4 @@
-"""Per-service and per-replica counters kept on the hot path (pure, no I/O, no locks).
+"""Per-service counters kept on the hot path (no I/O, no locks), and the only code that bumps them.
 
 Everything is a plain int, float or list of ints that the event loop thread bumps; readers
 (the control plane, a Prometheus exporter) only read attributes, which is safe because the loop
@@ -9,6 +9,7 @@ them into Prometheus' form when someone asks.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterable
 
@@ -72,6 +73,36 @@ class ServiceStats:
         self.ejections = 0
         self.withdrawals = 0  # replicas taken out as stalled (gateway/stall.py)
         self.gateway_errors = 0  # errors the gateway answered itself (502/503/504/413...)
+
+    # Every counter is bumped here, by what happened (the proxy calls these, nothing else writes).
+    def forwarded(self, counted: bool) -> None:
+        """A request reached a backend (once, however many attempts it took); ``counted``: an
+        API request (:class:`CountRule`). The clock is read for the first counted one only."""
+        self.requests += 1
+        if counted:
+            self.api_requests += 1
+            if self.first_request_at is None:
+                self.first_request_at = time.monotonic()
+
+    def answered(self, status: int, seconds: float) -> None:
+        """A backend's response (status ``status``) was relayed, ``seconds`` after the request began."""
+        self.latency.observe(seconds)
+        self.status_classes[status // 100 if 100 <= status < 600 else 5] += 1
+
+    def gateway_error(self, status: int = 0) -> None:
+        """The gateway answered ``status`` itself, or (0) closed the connection without a word."""
+        self.gateway_errors += 1
+        if status:
+            self.status_classes[status // 100] += 1
+
+    def retried(self) -> None:
+        self.retries += 1
+
+    def ejected(self) -> None:
+        self.ejections += 1
+
+    def withdrew(self) -> None:
+        self.withdrawals += 1
 
     def snapshot(self) -> dict:
         return {

@@ -338,13 +338,9 @@ class HstsClientConnection(TlsClientConnection):
     """A TLS client connection that adds Strict-Transport-Security to every relayed response
     (a subclass, so that a gateway without ``hsts`` pays nothing per response)."""
 
-    hsts_line = b""  # set per gateway: b"Strict-Transport-Security: max-age=...\r\n"
-
-    def response_head(self, conn, code: int) -> bool:
-        until_close = super().response_head(conn, code)
-        head = self.out[-1]
-        self.out[-1] = head[:-2] + self.hsts_line + b"\r\n"
-        return until_close
+    # set per gateway: b"Strict-Transport-Security: max-age=...\r\n"; the backend exchange adds
+    # ClientConnection.relayed_headers to every relayed response head
+    relayed_headers = b""
 
 
 def connection_class(settings: TlsSettings) -> type[TlsClientConnection]:
@@ -352,4 +348,4 @@ def connection_class(settings: TlsSettings) -> type[TlsClientConnection]:
     if not settings.hsts:
         return TlsClientConnection
     return type("HstsClientConnection", (HstsClientConnection,),
-                {"hsts_line": b"Strict-Transport-Security: " + settings.hsts.encode() + b"\r\n"})
+                {"relayed_headers": b"Strict-Transport-Security: " + settings.hsts.encode() + b"\r\n"})

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from .flow import PEER_FULL, FlowControl
+
 
 class _Side(asyncio.Protocol):
     """Reads one socket of a tunnel and writes what it reads to the other."""
 
-    def __init__(self, tunnel: Tunnel, transport) -> None:
+    def __init__(self, tunnel: Tunnel, flow: FlowControl) -> None:
         self.tunnel = tunnel
-        self.transport = transport
+        self.flow = flow
+        self.transport = flow.transport
         self.peer: _Side | None = None
         self.eof = False
 
@@ -42,40 +45,36 @@ class _Side(asyncio.Protocol):
         self.tunnel.close()
 
     def pause_writing(self) -> None:
-        if not self.peer.transport.is_closing():
-            self.peer.transport.pause_reading()
+        self.flow.writing_paused()
 
     def resume_writing(self) -> None:
-        if not self.peer.transport.is_closing():
-            self.peer.transport.resume_reading()
+        self.flow.writing_resumed()
 
 
 class Tunnel:
-    """Takes over a client transport and a replica transport (``set_protocol``) until it ends.
+    """Takes over a client socket and a replica socket (``set_protocol``) until it ends.
 
-    ``touch`` is called on every relayed read (the idle clock); ``on_end`` once, when the tunnel
-    is over and both transports are closing. ``client_full``/``replica_full``: that transport's
-    write buffer is over its high-water mark right now.
+    Each comes with its :class:`~.flow.FlowControl` (whatever paused its reading before is over:
+    from now on only the other side's full write buffer does). ``touch`` is called on every
+    relayed read (the idle clock); ``on_end`` once, when the tunnel is over and both transports
+    are closing.
     """
 
-    def __init__(self, client_transport, replica_transport, touch: Callable[[], None],
-                 on_end: Callable[[], None], client_full: bool = False,
-                 replica_full: bool = False) -> None:
+    def __init__(self, client_flow: FlowControl, replica_flow: FlowControl, touch: Callable[[], None],
+                 on_end: Callable[[], None]) -> None:
         self.touch = touch
         self._on_end = on_end
         self.closed = False
-        self.client = _Side(self, client_transport)
-        self.replica = _Side(self, replica_transport)
+        self.client = _Side(self, client_flow)
+        self.replica = _Side(self, replica_flow)
         self.client.peer, self.replica.peer = self.replica, self.client
-        client_transport.set_protocol(self.client)
-        replica_transport.set_protocol(self.replica)
+        client_flow.transport.set_protocol(self.client)
+        replica_flow.transport.set_protocol(self.replica)
         # A write buffer already over its high-water mark has had its pause_writing call (it
         # went to the HTTP protocol): hold the other side until resume_writing reaches the tunnel.
-        for reader, full in ((client_transport, replica_full), (replica_transport, client_full)):
-            if full:
-                reader.pause_reading()
-            else:
-                reader.resume_reading()
+        client_flow.peer, replica_flow.peer = replica_flow, client_flow
+        client_flow.only(PEER_FULL if replica_flow.write_paused else 0)
+        replica_flow.only(PEER_FULL if client_flow.write_paused else 0)
 
     def close(self) -> None:
         if self.closed:

@@ -1,9 +1,10 @@
 """The backend side of the socket edge: one :class:`UpstreamConnection` per backend socket.
 
-It parses responses (httptools) and hands what it reads to the client connection it is lent to
-for one exchange; between exchanges it is parked in its backend's idle list for keep-alive
-reuse. It decides nothing about failures: it reports them (``upstream_lost``) and the client
-connection asks :mod:`~selfieless.gateway.exchange` what to do.
+It parses responses (httptools) and reports what it reads to the
+:class:`~selfieless.gateway.backend_exchange.BackendExchange` it is lent to for one request
+(``lend``); between requests it is parked in its backend's idle list for keep-alive reuse. It
+decides nothing: it reports a response head, body bytes, the end of a read, the end of the
+response, a switch to another protocol, or the loss of the connection, and the exchange acts.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .headers import FRAME_CHUNKED, ResponseHeadReader
+from .flow import FlowControl
+from .headers import ResponseHeadReader
 
 if TYPE_CHECKING:
-    from .client import ClientConnection
+    from .backend_exchange import BackendExchange
 
 
 def set_nodelay(transport) -> None:
@@ -31,7 +33,7 @@ def set_nodelay(transport) -> None:
 
 
 class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
-    """A connection to one backend; lent to one client connection per exchange.
+    """A connection to one backend; lent to one exchange per request.
 
     Its response parser calls :class:`ResponseHeadReader`'s ``on_status``/``on_header``, which
     rewrite the head as it arrives.
@@ -41,34 +43,50 @@ class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
         self.gw = gw
         self.backend = backend
         self.transport = None
+        self.flow: FlowControl | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.reused = False
-        self.got_bytes = False
-        self.heard = False  # bytes arrived since the gateway's last sweep (it clears this)
-        self.write_paused = False
-        self.read_paused = False
+        self.heard = False  # bytes arrived since the gateway's sweep last looked (see heard_since)
+        # Who the response goes to, whether the connection was reused (taken from the idle pool)
+        # and the response's state: set per request by ``lend``.
+        self.lend(None, False, False, False)
+
+    def lend(self, exchange: BackendExchange | None, reused: bool, expect_upgrade: bool,
+             head_only: bool) -> None:
+        """From now on the response read here goes to ``exchange``: a fresh response state."""
+        self.exchange = exchange
+        self.reused = reused
         self.begin_head()
+        self.expect_upgrade = expect_upgrade  # a 101 is the answer we hope for (WebSocket)
+        self.head_only = head_only  # a HEAD request: the response has no body, whatever it says
+        self.got_bytes = False  # any byte of this response
         self.head_done = False
         self.body_seen = False
-        self.until_close = False
+        self.until_close = False  # the backend delimits the body by closing
         self.done = False
-        self.keep = False
-        self.skip = False
+        self.keep = False  # the backend keeps the connection open after this response
+        self.skip = False  # an informational (1xx) response is being dropped
         self.switching = False
+
+    def heard_since(self) -> bool:
+        """Whether bytes came since the last call, or reading is paused (we are the silent
+        ones). The gateway's sweep asks once per pass; a backend paused between its head and
+        its body must not look alive for ever, so only new bytes count."""
+        heard, self.heard = self.heard, False
+        return heard or bool(self.flow.paused_by)
 
     # asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.flow = FlowControl(transport)
         cfg = self.gw.config
         transport.set_write_buffer_limits(cfg.write_buffer_high, cfg.write_buffer_low)
         set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
-        client = self.client
-        if client is None:
+        ex = self.exchange
+        if ex is None:
             # Bytes on an idle connection: not a response to anything of ours. Unusable.
             self.close()
             return
@@ -76,76 +94,60 @@ class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            if self.switching and self.client is client:
-                self.client = None
-                client.switch_protocols(self, data[exc.args[0]:])
+            if self.switching and self.exchange is ex:
+                self.exchange = None
+                ex.switched(self, data[exc.args[0]:])
             else:
-                self._bad_response(client)  # a 101 nobody asked for
+                self._bad_response(ex)  # a 101 nobody asked for
             return
         except httptools.HttpParserError:
-            self._bad_response(client)
+            self._bad_response(ex)
             return
-        if self.done and self.client is client:
-            self.client = None
-            client.response_done(self, self.keep)  # flushes, ending included
+        if self.done and self.exchange is ex:
+            self.exchange = None
+            ex.done(self, self.keep)
             return
-        client.deadline = self.gw.now + client.response_timeout  # the replica is not silent
-        if self.body_seen or client.committed:
-            client.flush()
-        # else: this read held only the response head. Keep it back until the next read brings
-        # body bytes (uvicorn, for one, writes head and body separately): if the replica dies
-        # in between, the client has seen nothing and the request can still go elsewhere.
+        ex.read_done(self.body_seen)
 
-    def _bad_response(self, client: ClientConnection) -> None:
-        """The replica sent something that is not a valid response (to this request)."""
-        if self.body_seen or client.committed:
-            client.flush()  # relay the good part; the close tells the client it is short
-        if self.client is client:
-            self.client = None
-            self.abort()
-            if self.done:
-                client.response_done(self, False)
-            else:
-                client.upstream_lost(self, True, bad=True)
+    def _bad_response(self, ex: BackendExchange) -> None:
+        """The backend sent something that is not a valid response (to this request)."""
+        if self.exchange is ex:
+            self.exchange = None
+            ex.bad_response(self, self.body_seen, self.done)
 
     def eof_received(self):
         return False  # close our side too; connection_lost does the rest
 
     def connection_lost(self, exc) -> None:
         self.closed = True
-        client = self.client
-        if client is None:
+        ex = self.exchange
+        if ex is None:
             return  # idle (the pool skips closed connections) or already detached
-        self.client = None
+        self.exchange = None
         if self.head_done and (self.done or (self.until_close and exc is None)):
-            client.response_done(self, False)
+            ex.done(self, False)
         else:
-            client.upstream_lost(self, self.got_bytes)
+            ex.lost(self, self.got_bytes)
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.client is not None:
-            self.client.upstream_full(True)
+        self.flow.writing_paused()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.client is not None:
-            self.client.upstream_full(False)
+        self.flow.writing_resumed()
 
     # httptools callbacks ---------------------------------------------------------------------
     def on_headers_complete(self) -> None:
         code = self.parser.get_status_code()
         if code < 200:
-            if code == 101 and self.client.active.upgrade:
+            if code == 101 and self.expect_upgrade:
                 self.switching = True  # feed_data raises HttpParserUpgrade where the tunnel starts
                 return
             # Informational (we never forward Expect, so no 100 is expected): drop it.
             self.skip = True
             return
-        client = self.client
         self.head_done = True
-        self.until_close = client.response_head(self, code)
-        if client.active.is_head:
+        self.until_close = self.exchange.head(self, code)
+        if self.head_only:
             # The parser cannot know a HEAD response has no body; end it here and start a
             # fresh parser for the next response on this connection.
             self.keep = self.parser.should_keep_alive() and not self.until_close
@@ -155,11 +157,7 @@ class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if not self.done:
             self.body_seen = True
-            client = self.client
-            if client.active.framing == FRAME_CHUNKED:
-                client.out.append(b"%x\r\n%b\r\n" % (len(body), body))
-            else:
-                client.out.append(body)
+            self.exchange.body(body)
 
     def on_message_complete(self) -> None:
         if self.skip:
@@ -171,24 +169,14 @@ class UpstreamConnection(ResponseHeadReader, asyncio.Protocol):
             self.keep = self.parser.should_keep_alive()
 
     # Helpers --------------------------------------------------------------------------------
-    def pause_reading(self) -> None:
-        if not self.read_paused and not self.closed:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.read_paused and not self.closed:
-            self.read_paused = False
-            self.transport.resume_reading()
-
     def close(self) -> None:
-        self.client = None
+        self.exchange = None
         if not self.closed:
             self.closed = True
             self.transport.close()
 
     def abort(self) -> None:
-        self.client = None
+        self.exchange = None
         if not self.closed:
             self.closed = True
             self.transport.abort()

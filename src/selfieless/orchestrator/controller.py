@@ -297,10 +297,10 @@ class Orchestrator:
             gw.on_withdraw = self.on_withdraw
         if gw.on_stalled_together is None:
             gw.on_stalled_together = self.on_stalled_together
-        if gw.on_replica_error is None:
-            gw.on_replica_error = self.on_replica_error
-        if gw.on_no_replica is None:
-            gw.on_no_replica = self.on_no_replica
+        if gw.on_backend_error is None:
+            gw.on_backend_error = self.on_replica_error
+        if gw.on_no_backend is None:
+            gw.on_no_backend = self.on_no_replica
         if getattr(gw, "on_tls_event", False) is None:  # a gateway without TLS support has none
             gw.on_tls_event = self.on_tls_event
 
