@@ -56,10 +56,12 @@ def acts_stack_data(driver: str, first_port: int, policy: dict, replicas: dict, 
         "replicas": replicas,
         "autoscale": policy,
         "drain_timeout": 5,
+        # The _crash fault is opt-in (off by default since issue 23): this benchmark injects it.
+        "environment": {"SELFIELESS_ALLOW_CRASH": "1"},
     }
     if driver == "docker":
         service.update(image="acts:latest", container_port=int(os.environ.get("ACTS_CONTAINER_PORT", "80")),
-                       environment={"SELFIELESS_DATABASE_URL": "sqlite:////tmp/acts.db"})
+                       environment={**service["environment"], "SELFIELESS_DATABASE_URL": "sqlite:////tmp/acts.db"})
     else:
         service["command"] = ["python", "-m", "selfieless.apps.acts", "--port", "{port}",
                               "--database-url", "{database_url}", "--users-url", "{gateway_url}"]
