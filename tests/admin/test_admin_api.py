@@ -62,6 +62,15 @@ def test_status(stack):
     assert acts["replicas"][0]["state"] == "ready" and acts["replicas"][0]["health"] == "passing"
 
 
+def test_status_lists_at_most_n_replicas_per_service(stack):
+    st = httpx.get(stack.url + "/api/status", params={"list": 1}, headers=AUTH, timeout=10).json()
+    acts = st["services"]["acts"]
+    assert len(acts["replicas"]) == 1 and acts["not_listed"] == {}
+    for bad in ("0", "-1", "x", "1.5", ""):
+        r = httpx.get(stack.url + "/api/status", params={"list": bad}, headers=AUTH, timeout=10)
+        assert r.status_code == 400 and "list must be a whole number >= 1" in r.json()["error"], bad
+
+
 BAD = [
     ({"service": "acts", "replicas": -1}, "replicas must be between 1 and 4"),
     ({"service": "acts", "replicas": 5}, "replicas must be between 1 and 4"),

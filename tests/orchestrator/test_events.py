@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from selfieless.orchestrator.events import EventLog
+from selfieless.orchestrator.events import EventLog, newer_count
 
 
 def test_ids_increase_and_cursor_follows():
@@ -18,6 +18,32 @@ def test_ids_increase_and_cursor_follows():
     e = log.since(4)[0]
     assert e.ts == 104.0 and e.to_dict()["reason"] == "reason 4"
     assert "start" in str(e) and "acts/r4" in str(e)
+
+
+@pytest.mark.parametrize("last_id, cursor, held, limit, expected", [
+    (5, 0, 3, None, 3),     # the ring holds 3..5: all of them
+    (5, 2, 3, None, 3),     # cursor just before the oldest held
+    (5, 3, 3, None, 2),
+    (5, 4, 3, None, 1),
+    (5, 5, 3, None, 0),     # nothing new
+    (5, 9, 3, None, 0),     # a cursor from the future (an earlier run): nothing
+    (5, 0, 3, 2, 2),        # the newest two only
+    (5, 4, 3, 2, 1),        # fewer than the limit
+    (0, 0, 0, None, 0),     # empty log
+    (10_000, 9_000, 5_000, None, 1_000),
+])
+def test_newer_count(last_id, cursor, held, limit, expected):
+    assert newer_count(last_id, cursor, held, limit) == expected
+
+
+def test_since_and_tail_with_limits():
+    log = EventLog(capacity=4)
+    for i in range(6):
+        log.emit("start", "acts", f"r{i}")
+    assert [e.id for e in log.since(0, limit=2)] == [5, 6]
+    assert [e.id for e in log.since(3)] == [4, 5, 6]
+    assert [e.id for e in log.tail(3)] == [4, 5, 6] and [e.id for e in log.tail(10)] == [3, 4, 5, 6]
+    assert log.tail(0) == []
 
 
 def test_unknown_kind_rejected_and_listeners_called():

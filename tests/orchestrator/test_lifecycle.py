@@ -64,10 +64,23 @@ PROBES = [
 ]
 
 
+def _uncounted() -> lc.Siblings:
+    raise AssertionError("siblings counted")
+
+
+@pytest.mark.parametrize("name, f, ok, sib, now, expected", [p for p in PROBES if p[2] or p[1].state != S.READY
+                                                             or p[1].dependency], ids=lambda v: v if isinstance(v, str) else "")
+def test_siblings_are_counted_only_for_a_ready_replica_that_fails(name, f, ok, sib, now, expected):
+    """Counting the siblings is linear in the service's replicas, and a thousand replicas pass
+    a probe every second each: a passing probe, or a failing one of a replica not (yet) serving,
+    must decide without them, and decide the same as with them."""
+    assert lc.probed(f, ok, RULES, _uncounted, now, "acts") == lc.probed(f, ok, RULES, lambda: sib, now, "acts")
+
+
 @pytest.mark.parametrize("name, f, ok, sib, now, expected", PROBES, ids=[p[0] for p in PROBES])
 def test_probe_result(name, f, ok, sib, now, expected):
     to, failures, pool, spare, events = expected
-    step = lc.probed(f, ok, RULES, sib, now, "acts")
+    step = lc.probed(f, ok, RULES, lambda: sib, now, "acts")
     assert step.to == to
     assert step.failures == failures
     assert ("join" if step.join_pool else "leave" if step.leave_pool else None) == pool
@@ -80,25 +93,25 @@ def test_probe_result(name, f, ok, sib, now, expected):
 
 
 def test_first_pass_is_the_ready_bookkeeping_and_says_when():
-    step = lc.probed(facts(S.STARTING, started_at=2.0), True, RULES, lc.Siblings(), 3.25)
+    step = lc.probed(facts(S.STARTING, started_at=2.0), True, RULES, lc.Siblings, 3.25)
     assert step.became_ready and step.why == "first probe passed"
     assert step.events == (("ready", "passed its first health probe 1.25 s after start; in rotation"),)
-    dep = lc.probed(facts(S.STARTING, dependency=True, started_at=2.0), True, RULES, lc.Siblings(), 3.25)
+    dep = lc.probed(facts(S.STARTING, dependency=True, started_at=2.0), True, RULES, lc.Siblings, 3.25)
     assert dep.events == (("ready", "passed its first health probe 1.25 s after start; ready"),)
 
 
 def test_unhealthy_reasons_name_the_real_cause():
-    step = lc.probed(facts(failures=2), False, RULES, lc.Siblings(), 5.0)
+    step = lc.probed(facts(failures=2), False, RULES, lc.Siblings, 5.0)
     assert step.why == step.last_error == f"3 consecutive failed probes: {ERR}"
     assert step.events == (("unhealthy", f"3 consecutive failed probes: {ERR}; out of rotation, will be replaced"),)
-    late = lc.probed(facts(S.STARTING), False, RULES, lc.Siblings(), 11.0)
+    late = lc.probed(facts(S.STARTING), False, RULES, lc.Siblings, 11.0)
     assert late.why == f"not ready 10 s after start ({ERR})"
-    bare = lc.probed(facts(failures=2, last_error=None), False, RULES, lc.Siblings(), 5.0)
+    bare = lc.probed(facts(failures=2, last_error=None), False, RULES, lc.Siblings, 5.0)
     assert bare.why == "3 consecutive failed probes: health probe failed"
 
 
 def test_the_held_event_explains_the_budget():
-    step = lc.probed(facts(failures=2), False, RULES, lc.Siblings(ready=1, failing_ready=1, unavailable=1), 5.0,
+    step = lc.probed(facts(failures=2), False, RULES, lambda: lc.Siblings(ready=1, failing_ready=1, unavailable=1), 5.0,
                      "acts")
     (kind, why), = step.events
     assert kind == "held" and why.startswith(f"{ERR}; all 3 replicas of acts failed together")
@@ -238,7 +251,7 @@ def test_every_step_the_lifecycle_can_take_is_an_allowed_transition_with_an_even
                     steps = [lc.exited(f, "gone"), lc.ejected(f, "reset")]
                     for ok in (False, True):
                         steps.append(lc.confirmed(f, ok, RULES))
-                        steps += [lc.probed(f, ok, RULES, s, now, "acts") for s in sibs for now in (1.0, 20.0)
+                        steps += [lc.probed(f, ok, RULES, lambda s=s: s, now, "acts") for s in sibs for now in (1.0, 20.0)
                                   if state in (S.STARTING, S.READY)]
                     for step in steps:
                         if step.to is not None:

@@ -1,5 +1,7 @@
 """The typed status snapshot (status.py): its wire form keeps every key, and reads back the same."""
 
+import pytest
+
 from selfieless.orchestrator.status import (
     PendingStart,
     ReplicaStatus,
@@ -7,6 +9,8 @@ from selfieless.orchestrator.status import (
     StackStatus,
     WindowStatus,
     from_json,
+    listed,
+    summarise,
     to_json,
 )
 
@@ -25,7 +29,7 @@ STACK = StackStatus(stack="selfieless", driver="process", converged=False, last_
 
 def test_the_wire_form_has_every_key_the_admin_api_always_sent():
     wire = to_json(STACK)
-    assert list(wire) == ["stack", "driver", "converged", "last_event_id", "services"]
+    assert list(wire) == ["stack", "driver", "converged", "last_event_id", "services", "certs"]
     svc = wire["services"]["acts"]
     assert list(svc) == ["desired", "actual", "ready", "min", "max", "host_ports", "routes", "policy", "api_requests",
                          "window", "last_decision", "replicas", "pending", "crash_loops", "kind", "waiting_for",
@@ -44,3 +48,41 @@ def test_the_wire_form_reads_back_to_the_same_snapshot():
     no_window = StackStatus("s", "docker", True, 0, {"db": ServiceStatus(
         "db", "dependency", 1, 1, 1, 1, 1, "3306", (), "none", 0, None, None, (), (), {}, None)})
     assert from_json(to_json(no_window)) == no_window
+
+
+# --- summarised status (issue 28: a thousand rows help nobody) ------------------------------------
+
+def _rep(port, state="ready", in_pool=True, health="passing"):
+    return ReplicaStatus(id=f"s-{port}", port=port, state=state, health=health, in_pool=in_pool, in_flight=0,
+                         requests=0, restarts=0, adopted=False, pid=None, detail="", started_at=None, uptime=0.0,
+                         last_error=None)
+
+
+@pytest.mark.parametrize("name, replicas, limit, ports", [
+    ("under the limit: all", [_rep(1), _rep(2, "starting")], 5, [1, 2]),
+    ("at the limit: all", [_rep(p) for p in range(1, 4)], 3, [1, 2, 3]),
+    ("all fine: the lowest ports", [_rep(p) for p in range(1, 11)], 3, [1, 2, 3]),
+    ("trouble first, then the lowest", [_rep(p) for p in range(1, 9)] + [_rep(9, "exited")], 3, [1, 2, 9]),
+    ("out of the pool is trouble", [_rep(p) for p in range(1, 9)] + [_rep(9, in_pool=False)], 2, [1, 9]),
+    ("failing probe is trouble", [_rep(p) for p in range(1, 9)] + [_rep(9, health="failing")], 2, [1, 9]),
+    ("more trouble than room: the lowest", [_rep(p, "starting") for p in range(1, 9)], 3, [1, 2, 3]),
+])
+def test_listed(name, replicas, limit, ports):
+    assert [r.port for r in listed(tuple(replicas), limit)] == ports
+
+
+def test_summarise_counts_what_it_leaves_out_and_round_trips():
+    reps = tuple([_rep(p) for p in range(100, 190)] + [_rep(p, "starting") for p in range(190, 200)])
+    svc = ServiceStatus(name="s", kind="service", desired=100, actual=100, ready=90, min=1, max=1000,
+                        host_ports="100-1099", routes=("/s",), policy="none", api_requests=0, window=None,
+                        last_decision=None, replicas=reps, pending=tuple(PendingStart(p, 0.0, "x") for p in range(7)),
+                        crash_loops={}, waiting_for=None)
+    st = StackStatus(stack="x", driver="process", converged=False, last_event_id=0, services={"s": svc})
+    small = summarise(st, 12).services["s"]
+    assert [r.port for r in small.replicas] == [100, 101] + list(range(190, 200))
+    assert small.not_listed == {"ready": 88}
+    assert len(small.pending) == 7
+    assert summarise(st, 5).services["s"].not_listed == {"pending": 2, "ready": 90, "starting": 5}
+    assert summarise(st, 500).services["s"].not_listed == {}
+    assert st.services["s"].not_listed is None and "not_listed" not in to_json(st)["services"]["s"]
+    assert from_json(to_json(summarise(st, 12))).services["s"].not_listed == {"ready": 88}

@@ -83,3 +83,44 @@ class ServiceProcess(ModuleProcess):
     def wait_healthy(self, timeout: float = 30) -> "ServiceProcess":
         self.wait_ok(self.url + "/api/v1/_health", timeout)
         return self
+
+
+def working_in(home: Path) -> list[int]:
+    """Every process whose working directory is `home`. A `selfieless up` started there passes it
+    on to its gateway, its preloaders and every replica, so this finds what a run left behind;
+    their environments cannot tell, as setproctitle writes the title over what
+    /proc/PID/environ shows."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.readlink(d / "cwd") == str(home):
+                    out.append(int(d.name))
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+    return out
+
+
+def listening_on(ranges: list[tuple[int, int]]) -> list[int]:
+    """Ports of the inclusive `ranges` that something listens on (IPv4 or IPv6), from /proc/net."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] == "0A":  # TCP_LISTEN
+                port = int(parts[1].rsplit(":", 1)[1], 16)
+                if any(lo <= port <= hi for lo, hi in ranges):
+                    found.add(port)
+    return sorted(found)
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -2,7 +2,8 @@
 
 Routes (JSON unless said otherwise):
 
-- ``GET  /api/status``                       the orchestrator's snapshot (orchestrator/status.py) as JSON
+- ``GET  /api/status[?list=N]``              the orchestrator's snapshot (orchestrator/status.py) as JSON;
+                                              with ``list``, at most N replicas per service (status.summarise)
 - ``GET  /api/events?after=ID&wait=S&limit=N`` events after cursor ID; with ``wait`` a long poll
 - ``POST /api/scale``    ``{"service": str, "replicas": int}``
 - ``POST /api/apply``    ``{"stack": {...}, "dry_run": bool[, "port", "driver", "ports_from"]}`` a new

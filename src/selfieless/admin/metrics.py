@@ -5,6 +5,10 @@ Nothing is recorded on the request path: the gateway already keeps plain integer
 ``/metrics`` is scraped. It uses its own :class:`CollectorRegistry`, so nothing global (process
 metrics, other tests' collectors) leaks in or out.
 
+Per-replica series are bounded: each service itemises at most PER_REPLICA_SERIES replicas (those
+on its lowest ports, so the set is stable), and `selfieless_replicas{service,state}` counts them
+all. A thousand replicas made 10,000 series, and every replacement (a new replica id) new ones.
+
 Call :func:`render` on the event loop thread (the admin API's async route does): the counters are
 mutated by that thread only, so a scrape sees one consistent snapshot.
 """
@@ -25,6 +29,12 @@ PREFIX = "selfieless"
 # Replica states of the orchestrator (replica.py) and the gateway pool (pool.py), exported as a
 # one-hot `selfieless_replica_state` so a dashboard can count replicas per state.
 REPLICA_STATES = ("starting", "ready", "unhealthy", "exited", "stopping", "stopped")
+PER_REPLICA_SERIES = 50  # replicas per service with series of their own
+
+
+def itemised(ports: list[int], limit: int = PER_REPLICA_SERIES) -> frozenset[int]:
+    """The ports whose replicas get series of their own: the `limit` lowest."""
+    return frozenset(sorted(set(ports))[:limit])
 
 
 def _attr(obj: Any, name: str) -> Any:
@@ -101,7 +111,11 @@ def _pool_families(pools: dict[str, Any]) -> tuple:
                             "service", "replica", "port")
     in_flight = _gauge("replica_in_flight", "Requests in flight on one replica", "service", "replica", "port")
     for name, pool in sorted(pools.items()):
-        for v in pool.replicas:
+        views = pool.replicas
+        shown = itemised([v.port for v in views])
+        for v in views:
+            if v.port not in shown:
+                continue
             labels = [name, v.id, str(v.port)]
             rep_requests.add_metric(labels, v.served)
             in_flight.add_metric(labels, v.in_flight)
@@ -130,7 +144,10 @@ def _service_families(status: StackStatus) -> tuple:
 
 
 def _replica_families(status: StackStatus) -> tuple:
-    """Each replica as the orchestrator sees it: state, health, restarts, database connections."""
+    """Each replica as the orchestrator sees it (the PER_REPLICA_SERIES on the lowest ports of each
+    service): state, health, restarts, database connections; and every replica counted by state."""
+    by_state = _gauge("replicas", f"Replicas per state (every one; the per-replica series cover the "
+                      f"{PER_REPLICA_SERIES} on the lowest ports)", "service", "state")
     state = _gauge("replica_state", "1 for the state a replica is in", "service", "replica", "port", "state")
     healthy = _gauge("replica_healthy", "1 if the last health probe passed, 0 if it failed", "service", "replica", "port")
     restarts = _counter("replica_restarts", "Replicas that came before the current one on this port", "service", "port")
@@ -139,7 +156,12 @@ def _replica_families(status: StackStatus) -> tuple:
                             "Connections a replica holds to its server database (last health answer)",
                             "service", "replica", "port")
     for name, svc in sorted(status.services.items()):
+        for s in REPLICA_STATES:
+            by_state.add_metric([name, s], sum(1 for r in svc.replicas if r.state == s))
+        shown = itemised([r.port for r in svc.replicas])
         for r in svc.replicas:
+            if r.port not in shown:
+                continue
             labels = [name, r.id, str(r.port)]
             for s in REPLICA_STATES:
                 state.add_metric(labels + [s], 1.0 if r.state == s else 0.0)
@@ -150,7 +172,7 @@ def _replica_families(status: StackStatus) -> tuple:
                 db_connections.add_metric(labels, r.db_connections)
         for port, n in svc.crash_loops.items():
             crash_loops.add_metric([name, str(port)], n)
-    return state, healthy, restarts, crash_loops, db_connections
+    return by_state, state, healthy, restarts, crash_loops, db_connections
 
 
 def _stack_families(status: StackStatus) -> tuple:

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from selfieless.orchestrator.status import to_json
+from selfieless.orchestrator.status import summarise, to_json
 
 from . import metrics
 from .context import AdminContext, error
@@ -19,8 +19,12 @@ MAX_WAIT = 30.0          # longest long poll, seconds
 
 
 async def status(ctx: AdminContext, request: Request) -> Response:
+    limit = request.query_params.get("list")
+    if limit is not None and not (limit.isdigit() and int(limit) >= 1):
+        return error(400, f"list must be a whole number >= 1 (replicas listed per service), not {limit!r}")
     await ctx.fresh_counters()
-    return JSONResponse(to_json(ctx.orchestrator.snapshot()))
+    snap = ctx.orchestrator.snapshot()
+    return JSONResponse(to_json(snap if limit is None else summarise(snap, int(limit))))
 
 
 async def events(ctx: AdminContext, request: Request) -> Response:

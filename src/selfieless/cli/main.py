@@ -193,6 +193,9 @@ def _policy_text(svc: ServiceStatus) -> str:
     return svc.policy
 
 
+LISTED = 20  # replicas per service `selfieless status` lists without --all (a thousand rows took 1 s)
+
+
 def status_tables(wire: dict) -> list:
     """The renderables `selfieless status` prints from GET /api/status: a services table, a replicas
     table, decisions."""
@@ -230,6 +233,10 @@ def status_tables(wire: dict) -> list:
         for p in svc.pending:
             replicas.add_row(name, str(p.port), "-", "-", "[yellow]pending[/]", "-", "-", "-", "-", "-",
                              f"in {p.due_in:.1f} s")
+        if svc.not_listed:
+            left = ", ".join(f"{n} {state}" for state, n in svc.not_listed.items())
+            replicas.add_row(name, "", "", f"[dim]and {sum(svc.not_listed.values())} more: {left} (--all lists them)[/]",
+                             "", "", "", "", "", "", "")
     out: list = [services, replicas]
     if st.certs:
         from selfieless.orchestrator.status import cert_line
@@ -245,11 +252,14 @@ def status_tables(wire: dict) -> list:
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print the raw status JSON."),
+    every: bool = typer.Option(False, "--all", help=f"List every replica (default: at most {LISTED} per service, "
+                               "those that need a look first)."),
     admin: Optional[str] = AdminOpt, admin_token: Optional[str] = TokenOpt, state_dir: Optional[Path] = StateOpt,
 ):
     """Services and replicas of the running stack: port, pid, id, state, health, in-flight, requests, restarts,
     connections held to a server database, desired vs actual, and the autoscaler's current window count."""
-    st = _call(_client(admin, admin_token, state_dir).get, "/api/status")
+    st = _call(_client(admin, admin_token, state_dir).get, "/api/status",
+               params=None if every or as_json else {"list": LISTED})
     if as_json:
         print(json.dumps(st, indent=2))
         return

@@ -50,7 +50,9 @@ def write_state(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
-async def serve(args) -> None:
+def build_gateway(args) -> Gateway:
+    """The gateway the command line describes: its config, routes, TLS settings and any fixed
+    backends (`--route PREFIX=SERVICE@HOST:PORT,...`)."""
     config = GatewayConfig(host=args.host, port=args.port, balance=args.balance,
                            no_replica_wait=args.no_replica_wait)
     if args.config_json:
@@ -73,17 +75,41 @@ async def serve(args) -> None:
         pool = gw.pool(service)
         for host, port in addrs:
             pool.add(f"{service}-{port}", host, port)
-    stop = asyncio.Event()
+    return gw
+
+
+async def start_listening(gw: Gateway, state_file: str | None) -> None:
+    """Bind the public ports; a port or a certificate that cannot be used ends the process, with
+    why in the state file for the starter to say in one line."""
     try:
         await gw.start()
     except OSError as e:
-        if args.state_file:  # the starter reads why, to say it in one line
-            write_state(args.state_file, {"pid": os.getpid(), "error": e.strerror or str(e), "errno": e.errno})
+        if state_file:
+            write_state(state_file, {"pid": os.getpid(), "error": e.strerror or str(e), "errno": e.errno})
         raise SystemExit(1) from None
     except ValueError as e:  # tls.CertError: a certificate that cannot be served
-        if args.state_file:
-            write_state(args.state_file, {"pid": os.getpid(), "error": str(e), "errno": 0})
+        if state_file:
+            write_state(state_file, {"pid": os.getpid(), "error": str(e), "errno": 0})
         raise SystemExit(f"gateway: {e}") from None
+
+
+def forget_state(state_file: str | None) -> None:
+    """Remove the state file on the way out, unless a newer gateway has written its own there."""
+    if not state_file:
+        return
+    try:
+        with open(state_file) as f:
+            mine = json.load(f).get("pid") == os.getpid()
+    except (OSError, ValueError):
+        mine = False
+    if mine:
+        os.unlink(state_file)
+
+
+async def serve(args) -> None:
+    gw = build_gateway(args)
+    stop = asyncio.Event()
+    await start_listening(gw, args.state_file)
     control = None
     if args.control_socket:
         from .control_api import ControlServer
@@ -92,16 +118,16 @@ async def serve(args) -> None:
                                 on_stop=stop.set)
         await control.start()
     if args.state_file:
-        write_state(args.state_file, {"pid": os.getpid(), "host": config.host, "port": gw.port, "tls_port": gw.tls_port,
+        write_state(args.state_file, {"pid": os.getpid(), "host": gw.config.host, "port": gw.port, "tls_port": gw.tls_port,
                                       "control_socket": args.control_socket, "instance": control and control.instance})
     # Everything allocated so far lives as long as the process: keep the collector off it, and
     # collect young objects less often (the request path makes short-lived containers only).
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
-    print(f"gateway listening on {config.host}:{gw.port}", flush=True)
+    print(f"gateway listening on {gw.config.host}:{gw.port}", flush=True)
     if gw.tls_port:
-        print(f"gateway listening for HTTPS on {config.host}:{gw.tls_port}", flush=True)
+        print(f"gateway listening for HTTPS on {gw.config.host}:{gw.tls_port}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -109,14 +135,7 @@ async def serve(args) -> None:
     await gw.stop(grace=args.grace)
     if control is not None:
         await control.stop()
-    if args.state_file:
-        try:
-            with open(args.state_file) as f:
-                mine = json.load(f).get("pid") == os.getpid()
-        except (OSError, ValueError):
-            mine = False
-        if mine:
-            os.unlink(args.state_file)
+    forget_state(args.state_file)
 
 
 def main(argv=None) -> None:

@@ -368,7 +368,7 @@ class Orchestrator:
 
     def _apply_probe(self, svc: ServiceRuntime, rep: Replica, ok: bool) -> None:
         self.carry_out(svc, rep, lifecycle.probed(svc.facts(rep, self.pool.in_rotation(rep)), ok, svc.rules(),
-                                                   svc.siblings(rep), self.mono(), svc.name))
+                                                   lambda: svc.siblings(rep), self.mono(), svc.name))
 
     async def _confirm_ejection(self, svc: ServiceRuntime, rep: Replica) -> None:
         ok = await self.probing.once(svc, rep)

@@ -2,12 +2,16 @@
 
 Each event has a monotonically increasing id, so a follower (admin API, `selfieless events -f`)
 keeps a cursor and asks for what came after it; ids keep increasing when old events fall off.
+The ids in the buffer are consecutive, so what follows a cursor is found from the newest end
+without looking at the rest (a follower asks after every event, and a scale to a thousand
+replicas makes two thousand of them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -17,6 +21,13 @@ KINDS = frozenset({
     "adopted", "backoff", "exited", "stopped", "waiting", "held", "recovered",
     "rollout", "rollback", "applied", "port", "tls",
 })
+
+
+def newer_count(last_id: int, cursor: int, held: int, limit: int | None = None) -> int:
+    """How many of the newest `held` events (ids consecutive, up to `last_id`) come after
+    `cursor`, at most `limit` of them."""
+    n = min(held, max(0, last_id - cursor))
+    return min(n, limit) if limit else n
 
 
 @dataclass(frozen=True)
@@ -37,8 +48,12 @@ class Event:
         return f"{when} #{self.id} {self.kind:<9} {who}: {self.reason}"
 
 
+# Enough for a scale to a thousand replicas (a start and a ready event each) and then some.
+CAPACITY = 5000
+
+
 class EventLog:
-    def __init__(self, capacity: int = 1000, clock: Callable[[], float] = time.time):
+    def __init__(self, capacity: int = CAPACITY, clock: Callable[[], float] = time.time):
         self._events: collections.deque[Event] = collections.deque(maxlen=capacity)
         self._next_id = 1
         self._clock = clock
@@ -59,12 +74,14 @@ class EventLog:
         return ev
 
     def since(self, cursor: int = 0, limit: int | None = None) -> list[Event]:
-        """Events with id > cursor, oldest first."""
-        out = [e for e in self._events if e.id > cursor]
-        return out[-limit:] if limit else out
+        """Events with id > cursor, oldest first (with `limit`, the newest `limit` of them)."""
+        return list(self._newest(newer_count(self.last_id, cursor, len(self._events), limit)))[::-1]
+
+    def _newest(self, n: int):
+        return itertools.islice(reversed(self._events), n)
 
     def tail(self, n: int = 50) -> list[Event]:
-        return list(self._events)[-n:]
+        return list(self._newest(max(0, n)))[::-1]
 
     @property
     def last_id(self) -> int:

@@ -12,7 +12,7 @@ socket, a task or a clock: every input is a plain value, so the whole sequence
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Container, Mapping, Sequence
+from typing import Callable, Container, Mapping, Sequence
 
 from . import disruption
 from .backoff import BackoffPolicy, BackoffState, record_failure
@@ -80,8 +80,11 @@ class Step:
 NOTHING = Step()
 
 
-def probed(f: Facts, ok: bool, rules: Rules, siblings: Siblings, now: float, service: str = "") -> Step:
-    """A routine health probe of a live replica returned `ok`."""
+def probed(f: Facts, ok: bool, rules: Rules, siblings: Callable[[], Siblings], now: float,
+           service: str = "") -> Step:
+    """A routine health probe of a live replica returned `ok`. `siblings()` counts the others for
+    the disruption budget; it is called only for a ready replica that fails, since counting is
+    linear in the service's replicas and a thousand pass every second."""
     v, failures = verdict(f.state, ok, f.consecutive_failures, rules.failure_threshold, f.started_at, now,
                           rules.start_grace)
     if v == Verdict.BECAME_READY:
@@ -101,6 +104,7 @@ def probed(f: Facts, ok: bool, rules: Rules, siblings: Siblings, now: float, ser
         cause = f.last_error or "health probe failed"
         if f.state == S.READY and not f.dependency:
             # This replica is ready and failing: count it with its siblings for the budget.
+            siblings = siblings()
             d = disruption.on_failure(siblings.ready + 1, siblings.failing_ready + 1, siblings.unavailable)
             if not d.replace:
                 if f.spared:
@@ -170,7 +174,7 @@ def adopted_count(found: int | None, low: int, high: int, dependency: bool) -> i
 def found(f: Facts, ok: bool, rules: Rules, now: float, what: str) -> Step:
     """A replica found running at start (adoption) was probed once; `what` says where it runs."""
     if ok:
-        step = probed(f, True, rules, Siblings(), now)
+        step = probed(f, True, rules, Siblings, now)
         return _with(step, events=step.events + (("adopted", f"{what}; healthy, in rotation"),), probe_again=True)
     if f.last_error and "connection failed" in f.last_error and now - f.started_at < rules.start_grace:
         # Probably still booting (the previous orchestrator had just started it).

@@ -9,7 +9,8 @@ the orchestrator, so a reader pulls in only these types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -73,6 +74,7 @@ class ServiceStatus:
     crash_loops: dict[int, int]  # port -> failed starts in a row
     waiting_for: str | None      # the dependency a first start waits for
     no_port: str | None = None   # replicas it wants that find no free port in its range, and why
+    not_listed: dict[str, int] | None = None  # summarised (`summarise`): replicas left out, by state
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,36 @@ def cert_line(c: CertStatus) -> str:
     return f"{who} ({c.source}): {state}" + (f"; {c.problem}" if c.problem else "")
 
 
+def needs_a_look(r: ReplicaStatus) -> bool:
+    """Anything but a replica that is ready, in rotation and passing its probes."""
+    return not (r.state == "ready" and r.in_pool and r.health != "failing")
+
+
+def listed(replicas: tuple[ReplicaStatus, ...], limit: int) -> tuple[ReplicaStatus, ...]:
+    """At most `limit` of a service's replicas, in port order: every one that needs a look first
+    (up to the limit), then the others on the lowest ports. A thousand rows help nobody; the
+    ones in trouble do."""
+    if len(replicas) <= limit:
+        return replicas
+    trouble = [r for r in replicas if needs_a_look(r)][:limit]
+    fine = [r for r in replicas if not needs_a_look(r)][:limit - len(trouble)]
+    return tuple(sorted(trouble + fine, key=lambda r: r.port))
+
+
+def summarise(st: StackStatus, limit: int) -> StackStatus:
+    """`st` with each service's replica list cut to `listed(..., limit)` and its pending starts to
+    the first `limit`, and what was left out counted by state in `not_listed` (a pending start as
+    "pending"; empty when nothing was)."""
+    def cut(svc: ServiceStatus) -> ServiceStatus:
+        keep = listed(svc.replicas, limit)
+        kept = {r.id for r in keep}
+        left = Counter(r.state for r in svc.replicas if r.id not in kept)
+        if len(svc.pending) > limit:
+            left["pending"] = len(svc.pending) - limit
+        return replace(svc, replicas=keep, pending=svc.pending[:limit], not_listed=dict(sorted(left.items())))
+    return replace(st, services={name: cut(svc) for name, svc in st.services.items()})
+
+
 def to_json(st: StackStatus) -> dict[str, Any]:
     """The wire form (GET /api/status): keys and order as they have always been."""
     return {
@@ -146,6 +178,7 @@ def _service_json(s: ServiceStatus) -> dict[str, Any]:
         "kind": s.kind,
         "waiting_for": s.waiting_for,
         "no_port": s.no_port,
+        **({} if s.not_listed is None else {"not_listed": s.not_listed}),
     }
 
 
@@ -183,7 +216,7 @@ def _service_from(name: str, s: dict[str, Any]) -> ServiceStatus:
         pending=tuple(PendingStart(p.get("port", 0), p.get("in", 0.0), p.get("reason", ""))
                       for p in s.get("pending") or ()),
         crash_loops={int(port): n for port, n in (s.get("crash_loops") or {}).items()},
-        waiting_for=s.get("waiting_for"), no_port=s.get("no_port"),
+        waiting_for=s.get("waiting_for"), no_port=s.get("no_port"), not_listed=s.get("not_listed"),
     )
 
 

@@ -2,12 +2,15 @@
 // No framework, no external resources. Stable data-testid attributes for tests:
 //   service-<name>, desired-<name>, actual-<name>, scale-up-<name>, scale-down-<name>,
 //   rps-<name>, chart-<name>, replicas-<name>, replica-<id> (data-state, data-port, data-health),
-//   events (li data-kind), token-form, error.
+//   more-<name> (the replicas not drawn, data-count), events (li data-kind), token-form, error.
 "use strict";
 
 const POLL_MS = 1000;
 const HISTORY = 300;        // chart points, one a second: the last five minutes
 const GHOST_MS = 15000;     // how long a failed replica stays on screen after it is gone
+// Cards drawn per service: the status lists those that need a look first and counts the rest
+// (GET /api/status?list=N), as a thousand cards redrawn every second would not help anyone.
+const LISTED = 48;
 
 const state = {
   token: sessionStorage.getItem("selfieless-token") || "",
@@ -133,6 +136,16 @@ function replicaCard(r) {
   return li;
 }
 
+function moreCard(name, counts) {
+  const li = document.createElement("li");
+  const n = counts.reduce((sum, [, k]) => sum + k, 0);
+  li.className = "replica more";
+  li.dataset.testid = "more-" + name;
+  li.dataset.count = n;
+  li.textContent = `+ ${n} more: ` + counts.map(([st, k]) => `${k} ${st}`).join(", ");
+  return li;
+}
+
 function policyText(svc) {
   const w = svc.window;
   if (svc.policy === "window" && w) return `window of ${w.seconds} s, ${w.requests_per_replica} req per replica`;
@@ -194,7 +207,10 @@ function renderService(name, svc, now) {
   }
   cards.sort((a, b) => a.port - b.port || (a.ghost ? -1 : 0) - (b.ghost ? -1 : 0));
   const ul = $(".replicas", sv.el);
-  ul.replaceChildren(...cards.map(replicaCard));
+  const items = cards.map(replicaCard);
+  const more = Object.entries(svc.not_listed || {});
+  if (more.length) items.push(moreCard(name, more));
+  ul.replaceChildren(...items);
 }
 
 function drawChart(canvas, series) {
@@ -244,7 +260,7 @@ function niceCeil(v) {
 async function pollStatus() {
   if (state.needToken) return;
   try {
-    const st = await api("/api/status");
+    const st = await api(`/api/status?list=${LISTED}`);
     const now = Date.now();
     $("#stack-name").textContent = st.stack;
     document.title = `stack ${st.stack} · selfieless dashboard`;
