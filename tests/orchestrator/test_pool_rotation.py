@@ -35,10 +35,12 @@ def test_pool_reads_rotation_from_the_gateway_view():
     assert a.joined and b.joined and not c.joined
     assert pool.rotation("echo", [a, b, c]) == {"a", "b"}
 
+    assert pool.in_rotation(a)
     backend = gw.pool("echo").get("a")
     assert gw.pool("echo").withdraw(backend, "stalled")
     assert pool.rotation("echo", [a, b, c]) == {"b"}
-    t[0] += 1.0  # past STATES_MAX_AGE: the next answer reads the view again
+    assert pool.in_rotation(a)  # the read before the withdrawal answers for STATES_MAX_AGE
+    pool.changed("echo")  # the gateway's on_withdraw: read again
     assert not pool.in_rotation(a) and pool.in_rotation(b) and not pool.in_rotation(c)
 
     assert gw.pool("echo").reinstate(backend)  # by itself: nobody tells the control plane

@@ -244,6 +244,7 @@ class Orchestrator:
         rep = svc.replicas.get(replica_id) if svc else None
         if rep is None:
             return
+        self.pool.changed(service)
         step = lifecycle.ejected(svc.facts(rep), reason)
         self.carry_out(svc, rep, step)
         if step.ejected:
@@ -258,6 +259,7 @@ class Orchestrator:
         rep = svc.replicas.get(replica_id) if svc else None
         if rep is None or rep.state != S.READY or not rep.joined:
             return
+        self.pool.changed(service)
         self.events.emit("withdrawn", service, replica_id,
                          f"gateway took it out of rotation: {reason}; its health probes decide")
         self.probing.hint(replica_id)

@@ -78,6 +78,11 @@ class Pool:
             self._states[rep.service] = read
         return in_rotation(True, read[1].get(rep.id))
 
+    def changed(self, service: str) -> None:
+        """The gateway reported a change of its own (ejected, withdrawn): read its view again
+        next time, so the probe it asks for is not judged by a read made before it."""
+        self._states.pop(service, None)
+
     async def drain(self, rep: Replica, timeout: float) -> bool:
         """Out of rotation, in-flight requests finish: True when they did within `timeout`."""
         return await self.gateway.drain_backend(rep.service, rep.id, timeout=timeout)
