@@ -1,17 +1,21 @@
 """Chaos: a real stack under a mixed load, with faults from a seeded schedule; then invariants.
 
-`selfieless up` (process driver, users x1, acts x3 on SQLite) serves GET listings, uploads,
-upvotes and deletes from several clients for `--chaos-duration` seconds (60 by default) while a
+`selfieless up` (process driver, users x1, acts x3) serves GET listings, uploads, upvotes and
+deletes from several clients for `--chaos-duration` seconds (60 by default), once on SQLite and
+once on MariaDB (a fresh database on the test server, tests/support/databases.py), while a
 schedule drawn from `--chaos-seed` injects: kill -9 and SIGSTOP of replicas, `POST _crash`, a long
 write (a large category filled and deleted), a slow-client flood, malformed and smuggling
 requests, and a kill -9 and restart of the orchestrator itself (which must adopt its replicas).
 
-Afterwards it checks what must hold whatever the timing, reading the database directly:
+Afterwards it checks what must hold whatever the timing, reading the database through SQLAlchemy
+on the services' URL (so the same check reads either backend) and `_count` through the API:
 - every upload answered 201 is stored (act ids are unique: at most once by construction), and
   every act deleted with 200 is gone;
 - nothing answered 4xx, 500 or 503 was written (502/504 and dropped connections are "unknown":
   the replica may or may not have committed before it died, so both outcomes are allowed);
 - every act's upvotes lie between the upvotes acknowledged and those plus the unknown ones;
+- `_count` is at least the number of acts requests a replica answered (a counted request is
+  committed before its answer, so a replica killed afterwards cannot take it back);
 - a big category deleted with 200 has none of its acts left; one refused keeps them all;
 - no malformed request was answered 2xx;
 - no service was without a ready replica for longer than AVAILABILITY_BOUND while the control
@@ -28,31 +32,37 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from sqlalchemy import create_engine, text
 
 from selfieless.orchestrator.stack import BUNDLED_STACK
+from support.databases import fresh_database
 from support.ports import free_port, free_port_range
 
 AVAILABILITY_BOUND = 10.0  # seconds a service may go without a ready replica (control plane up)
 CLIENTS = 4
 FAULTS = ("kill9", "sigstop", "crash", "long_write", "slow_flood", "malformed", "restart")
 UNKNOWN = "unknown"
+# Statuses the gateway answers itself (no replica, a replica that died mid-request, a timeout):
+# such a request may or may not have reached a replica. Every other answer came from one.
+GATEWAY_ANSWERS = (502, 503, 504)
 
 
-def write_stack(path: Path, acts_ports: range, users_ports: range) -> Path:
+def write_stack(path: Path, acts_ports: range, users_ports: range, acts_db: str, users_db: str) -> Path:
     data = yaml.safe_load(BUNDLED_STACK.read_text())
     data["name"] = f"chaos-{acts_ports[0]}"
     data["driver"] = "process"
+    data["variables"].update(acts_database_url=acts_db, users_database_url=users_db)
     data["gateway"]["host"] = "127.0.0.1"
     del data["services"]["web"]
     for svc, ports in (("acts", acts_ports), ("users", users_ports)):
@@ -154,6 +164,7 @@ class Ledger:
     faults: Counter = field(default_factory=Counter)
     requests: Counter = field(default_factory=Counter)
     malformed_2xx: list[bytes] = field(default_factory=list)
+    answered_by_acts: int = 0  # counted acts requests a replica answered (not the gateway)
     zero_ready: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # longest stretch
 
 
@@ -185,9 +196,12 @@ class Chaos:
     async def call(self, client: httpx.AsyncClient, method: str, path: str, **kw) -> httpx.Response | None:
         self.ledger.requests[method] += 1
         try:
-            return await client.request(method, self.up.gateway + "/api/v1" + path, **kw)
+            r = await client.request(method, self.up.gateway + "/api/v1" + path, **kw)
         except httpx.HTTPError:
             return None
+        if path != "/_crash" and r.status_code not in GATEWAY_ANSWERS:
+            self.ledger.answered_by_acts += 1
+        return r
 
     # --- load ------------------------------------------------------------------------------
     async def client(self, i: int, until: float) -> None:
@@ -366,18 +380,22 @@ class Chaos:
         await watcher
 
 
-def stored_acts(db: Path) -> dict[int, int]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        return dict(conn.execute("SELECT act_id, upvotes FROM acts").fetchall())
+def stored(url: str) -> tuple[dict[int, int], set[str]]:
+    """Every act's upvotes and every category name in the acts database at this URL."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            acts = dict(conn.execute(text("SELECT act_id, upvotes FROM acts")).fetchall())
+            categories = {row[0] for row in conn.execute(text("SELECT name FROM categories"))}
+    finally:
+        engine.dispose()
+    return acts, categories
 
 
-def stored_categories(db: Path) -> set[str]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        return {row[0] for row in conn.execute("SELECT name FROM categories")}
-
-
-def violations(led: Ledger, acts: dict[int, int], categories: set[str]) -> list[str]:
+def violations(led: Ledger, acts: dict[int, int], categories: set[str], count: int) -> list[str]:
     found = []
+    if count < led.answered_by_acts:
+        found.append(f"_count is {count}, but replicas answered {led.answered_by_acts} counted requests")
     for a, o in led.uploads.items():
         deleted = led.deletes.get(a)
         if o == "ok" and a not in acts and deleted in (None, "refused"):
@@ -414,11 +432,19 @@ def chaos_seed(request) -> int:
     return seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
 
 
-def test_chaos_invariants(tmp_path, request, chaos_seed):
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_chaos_invariants(tmp_path, request, chaos_seed, backend):
     duration = request.config.getoption("--chaos-duration")
-    print(f"\nchaos: seed {chaos_seed}, {duration:.0f} s (replay: pytest tests/chaos --chaos-seed {chaos_seed})")
-    stack = write_stack(tmp_path / "stack.yaml", free_port_range(5), free_port_range(1))
-    up = Up(tmp_path, stack)
+    print(f"\nchaos on {backend}: seed {chaos_seed}, {duration:.0f} s "
+          f"(replay: pytest tests/chaos -k {backend} --chaos-seed {chaos_seed})")
+    with ExitStack() as dbs:
+        acts_db = dbs.enter_context(fresh_database(backend, tmp_path))
+        users_db = dbs.enter_context(fresh_database(backend, tmp_path))
+        stack = write_stack(tmp_path / "stack.yaml", free_port_range(5), free_port_range(1), acts_db, users_db)
+        run_chaos(Up(tmp_path, stack), acts_db, chaos_seed, duration)
+
+
+def run_chaos(up: Up, acts_db: str, chaos_seed: int, duration: float) -> None:
     try:
         up.wait_converged(90)
         with httpx.Client(base_url=up.gateway + "/api/v1", timeout=10, trust_env=False) as c:
@@ -430,12 +456,14 @@ def test_chaos_invariants(tmp_path, request, chaos_seed):
         led = chaos.ledger
         final = up.wait_converged(60)
         assert final["services"]["acts"]["ready"] == 3
-        db = next(up.state_dir.rglob("acts.db"))
-        found = violations(led, stored_acts(db), stored_categories(db)) + tracebacks(up)
+        with httpx.Client(timeout=10, trust_env=False) as c:
+            count = c.get(up.gateway + "/api/v1/_count").json()[0]
+        found = violations(led, *stored(acts_db), count) + tracebacks(up)
         summary = (f"chaos seed {chaos_seed}: {sum(led.requests.values())} requests "
                    f"({dict(led.requests)}), faults {dict(led.faults)}, "
                    f"uploads {Counter(led.uploads.values())}, deletes {Counter(led.deletes.values())}, "
-                   f"longest without a ready replica {dict(led.zero_ready)}; {len(found)} violations")
+                   f"longest without a ready replica {dict(led.zero_ready)}, _count {count} "
+                   f"(replicas answered {led.answered_by_acts}); {len(found)} violations")
         print(summary)
         assert sum(Counter(led.uploads.values()).values()) > 50, summary  # the load really ran
         assert not found, summary + "\n" + "\n".join(found[:30])
