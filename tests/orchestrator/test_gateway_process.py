@@ -3,7 +3,9 @@
 A kill -9 of `up` under a steady GET load fails no request (the gateway keeps serving its last
 route table); a restarted `up` re-attaches to that gateway and adopts the replicas, and a scale
 change made through it reaches the gateway; `selfieless down` stops the replicas and the gateway.
-Also: the control API itself (routes, backends, drain, reports) against a real gateway process.
+A replica the gateway withdraws and then reinstates by itself reads as in rotation again in the
+status (read from the gateway's view, not from a record the gateway does not update). Also: the
+control API itself (routes, backends, drain, reports) against a real gateway process.
 """
 
 import asyncio
@@ -26,14 +28,14 @@ from support.ports import free_port_range
 pytestmark = pytest.mark.anyio
 
 
-def write_stack(path: Path, ports, name: str) -> None:
+def write_stack(path: Path, ports, name: str, health: dict | None = None) -> None:
     path.write_text(json.dumps({  # JSON is YAML
         "name": name, "driver": "process",
         "gateway": {"host": "127.0.0.1", "port": 0},
         "services": {"echo": {
             "command": [sys.executable, ECHO_APP, "--port", "{port}"],
             "host_ports": f"{ports[0]}-{ports[-1]}", "routes": ["/api/v1"],
-            "health": {"interval": 0.2, "timeout": 1.0},
+            "health": health or {"interval": 0.2, "timeout": 1.0},
             "replicas": {"initial": 2, "min": 1, "max": len(ports)},
             "autoscale": {"policy": "none"}, "drain_timeout": 2,
         }},
@@ -262,3 +264,75 @@ async def test_a_gateway_process_that_dies_is_started_again_with_its_routes_and_
     finally:
         await system.stop()
     assert not pid_alive(system.gateway_process.pid)
+
+
+async def _replica(admin_url: str, rid: str) -> dict:
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
+        reps = (await c.get(f"{admin_url}/api/status")).json()["services"]["echo"]["replicas"]
+    return next(r for r in reps if r["id"] == rid)
+
+
+async def test_a_replica_the_gateway_withdraws_and_reinstates_reads_as_in_rotation(tmp_path):
+    """SIGSTOP one of two replicas under load: the gateway process withdraws it (stalled) and a
+    POST waits on it. Its hinted probe fails (one failure of five: not unhealthy) and the next
+    routine probe is minutes away, so only the gateway can put it back: SIGCONT, the POST is
+    answered, the gateway reinstates it, and the status says in rotation again."""
+    ports = free_port_range(3)
+    stack, state = tmp_path / "s.yaml", tmp_path / "st"
+    write_stack(stack, ports, "rot", health={"interval": 300, "timeout": 0.5, "failure_threshold": 5})
+    up = selfieless("up", str(stack), "--state-dir", str(state), "--admin-port", "0", "--quiet",
+                    log=(log := open(tmp_path / "up.log", "ab")))
+    load = victim = None
+    posting, posts = asyncio.Event(), []
+
+    async def post_loop(url: str) -> None:
+        async with httpx.AsyncClient(timeout=120, trust_env=False) as c:
+            while not posting.is_set():
+                await c.post(url, content=b"x" * 10)
+                await asyncio.sleep(0.01)
+
+    try:
+        info = await wait_until(lambda: admin_info(state, up.pid), 60, 0.1, "admin.json of up")
+        await wait_until(lambda: converged(info["url"]), 60, 0.1, "2 replicas ready")
+        load = Load(f"{info['gateway_url']}/api/v1/who", concurrency=4, pause=0.002).start()
+        posts += [asyncio.create_task(post_loop(f"{info['gateway_url']}/api/v1/upload")) for _ in range(4)]
+        await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
+            victim = (await c.get(f"{info['url']}/api/status")).json()["services"]["echo"]["replicas"][0]
+        assert victim["in_pool"] is True, victim
+        os.kill(victim["pid"], signal.SIGSTOP)
+
+        async def withdrawn() -> bool:
+            return (await _replica(info["url"], victim["id"]))["in_pool"] is False
+
+        await wait_until(withdrawn, 30, 0.1, "the stalled replica out of rotation in the status")
+        await asyncio.sleep(3.0)  # its hinted probe (0.5 s timeout) has failed by now
+        assert (await _replica(info["url"], victim["id"]))["state"] == "ready"
+        os.kill(victim["pid"], signal.SIGCONT)
+
+        async def back() -> bool:
+            return (await _replica(info["url"], victim["id"]))["in_pool"] is True
+
+        await wait_until(back, 30, 0.1, "the reinstated replica in rotation again in the status")
+        posting.set()
+        await asyncio.wait_for(asyncio.gather(*posts), 60)
+        await load.stop()
+        load_failures, load = load.failures, None
+        assert load_failures == [], load_failures[:3]
+        rep = await _replica(info["url"], victim["id"])
+        assert rep["state"] == "ready" and rep["pid"] == victim["pid"], rep  # not replaced
+    finally:
+        for t in posts:
+            t.cancel()
+        if load is not None:
+            await load.stop()
+        if victim is not None and pid_alive(victim["pid"]):
+            os.kill(victim["pid"], signal.SIGCONT)
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+        _kill_leftovers(state / "rot")
+        log.close()

@@ -16,7 +16,8 @@ ERR = "health probe /_health: connection failed (Connection refused)"
 
 def facts(state=S.READY, failures=0, **kw):
     kw.setdefault("started_at", 0.0)
-    kw.setdefault("in_pool", state == S.READY)
+    kw.setdefault("joined", state == S.READY)
+    kw.setdefault("in_rotation", kw["joined"])
     kw.setdefault("last_error", ERR)
     return lc.Facts(state=state, consecutive_failures=failures, **kw)
 
@@ -50,15 +51,15 @@ PROBES = [
     ("held one recovers", facts(failures=5, spared=True), True, lc.Siblings(ready=1), 5.0,
      (None, 0, None, False, ["recovered"])),
     # out of the pool (ejected, then its probe passed at the next routine probe): back in
-    ("rejoin", facts(failures=1, in_pool=False), True, lc.Siblings(), 5.0, (None, 0, "join", None, ["ready"])),
-    ("rejoin and recover", facts(failures=1, in_pool=False, spared=True), True, lc.Siblings(), 5.0,
+    ("rejoin", facts(failures=1, in_rotation=False), True, lc.Siblings(), 5.0, (None, 0, "join", None, ["ready"])),
+    ("rejoin and recover", facts(failures=1, in_rotation=False, spared=True), True, lc.Siblings(), 5.0,
      (None, 0, "join", False, ["ready", "recovered"])),
     # a dependency: no pool, and never held by the budget
     ("dependency ready", facts(S.STARTING, dependency=True), True, lc.Siblings(), 1.0,
      (S.READY, 0, "join", None, ["ready"])),
-    ("dependency healthy out of pool", facts(dependency=True, in_pool=False), True, lc.Siblings(), 5.0,
+    ("dependency healthy out of pool", facts(dependency=True, joined=False), True, lc.Siblings(), 5.0,
      (None, 0, None, None, [])),
-    ("dependency threshold", facts(failures=2, dependency=True, in_pool=False), False,
+    ("dependency threshold", facts(failures=2, dependency=True, joined=False), False,
      lc.Siblings(ready=1, unavailable=1), 5.0, (S.UNHEALTHY, 3, "leave", None, ["unhealthy"])),
 ]
 
@@ -128,7 +129,7 @@ def test_the_held_event_explains_the_budget():
 ])
 def test_ejection_confirmation(state, ok, expected):
     to, pool, events = expected
-    step = lc.confirmed(facts(state, in_pool=False), ok, RULES)
+    step = lc.confirmed(facts(state, joined=False), ok, RULES)
     assert step.to == to
     assert ("join" if step.join_pool else "leave" if step.leave_pool else None) == pool
     assert kinds(step) == events
@@ -137,7 +138,7 @@ def test_ejection_confirmation(state, ok, expected):
 
 def test_a_confirmed_ejection_counts_one_real_failure_and_says_why():
     """No faked failure count: the verdict is 'ejected, then its probe failed', with the count it has."""
-    step = lc.confirmed(facts(failures=0, in_pool=False), False, RULES)
+    step = lc.confirmed(facts(failures=0, joined=False), False, RULES)
     assert step.failures == 1
     assert step.why == f"ejected by the gateway, then its probe failed: {ERR}"
     assert step.events == (("unhealthy", f"{step.why}; out of rotation, will be replaced"),)
@@ -178,7 +179,7 @@ def test_exit(state, replaced):
 ])
 def test_adoption(ok, error, now, expected):
     to, events, probe_again = expected
-    step = lc.found(facts(S.STARTING, adopted=True, in_pool=False, last_error=error), ok, RULES, now,
+    step = lc.found(facts(S.STARTING, adopted=True, joined=False, last_error=error), ok, RULES, now,
                     "found running on port 8000")
     assert (step.to, kinds(step), step.probe_again) == (to, events, probe_again)
     assert step.events[kinds(step).index("adopted")][1].startswith("found running on port 8000; ")
@@ -261,11 +262,11 @@ def test_every_step_the_lifecycle_can_take_is_an_allowed_transition_with_an_even
 def test_adoption_grace_counts_from_the_replicas_own_start():
     refused = "health probe /_health: connection failed (refused)"
     # Started at t=100 by the previous orchestrator: at t=105 it may still be booting, at t=111 not.
-    booting = lc.found(facts(S.STARTING, adopted=True, in_pool=False, started_at=100.0, last_error=refused),
+    booting = lc.found(facts(S.STARTING, adopted=True, joined=False, started_at=100.0, last_error=refused),
                        False, RULES, 105.0, "found running on port 8000")
     assert (booting.to, kinds(booting)) == (None, ["adopted"])
     assert booting.events[0][1] == "found running on port 8000; still starting"
-    late = lc.found(facts(S.STARTING, adopted=True, in_pool=False, started_at=100.0, last_error=refused),
+    late = lc.found(facts(S.STARTING, adopted=True, joined=False, started_at=100.0, last_error=refused),
                     False, RULES, 111.0, "found running on port 8000")
     assert late.to == S.UNHEALTHY
 
@@ -276,7 +277,7 @@ def test_adoption_grace_counts_from_the_replicas_own_start():
     (2, None, "2 consecutive failed probes: health probe failed"),
 ])
 def test_an_adopted_replica_failing_its_probe_says_how_often_and_why(failures, error, why):
-    step = lc.found(facts(S.STARTING, failures, adopted=True, in_pool=False, last_error=error), False, RULES, 50.0,
+    step = lc.found(facts(S.STARTING, failures, adopted=True, joined=False, last_error=error), False, RULES, 50.0,
                     "found running on port 8001")
     assert (step.to, step.why, step.failures, step.stop_probe) == (S.UNHEALTHY, why, failures, False)
     assert step.events == (("adopted", "found running on port 8001; failing its health probe, replacing"),

@@ -80,10 +80,10 @@ def test_status_reports_replicas_by_port_with_the_gateway_view():
     class View:
         in_flight, served = 3, 17
 
-    st = svc.status({"r0": View()}, auto.Sample(4, first_request_at=None), now=2.5)
+    st = svc.status({"r0": View()}, {"r0"}, auto.Sample(4, first_request_at=None), now=2.5)
     assert (st.desired, st.actual, st.ready, st.kind) == (2, 2, 1, "service")
-    assert [(r.port, r.state, r.in_flight, r.requests, r.uptime) for r in st.replicas] == [
-        (8000, "ready", 3, 17, 2.5), (8001, "starting", 0, 0, 2.5)]
+    assert [(r.port, r.state, r.in_pool, r.in_flight, r.requests, r.uptime) for r in st.replicas] == [
+        (8000, "ready", True, 3, 17, 2.5), (8001, "starting", False, 0, 0, 2.5)]
     assert [(p.port, p.due_in) for p in st.pending] == [(8003, 2.5)]
     assert st.crash_loops == {8003: 2}   # one failure is not a crash loop yet
     assert st.window is not None and st.window.started is False and st.window.ends_in is None

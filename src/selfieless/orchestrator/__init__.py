@@ -24,7 +24,7 @@ Modules, in the order data flows through them (docs/architecture.md draws them):
     reconcile_ports   port-owned mode (PortDriver: process, docker): starts, replacements, adoption
     reconcile_engine  engine-owned mode (EngineDriver: swarm): the count, snapshots, silent tasks
     executor          carries out every command about replicas (start, drain and stop, replace)
-    pool              the gateway pool as the control plane sees it (the one writer of in_pool)
+    pool              the gateway pool as the control plane sees it: joins, leaves, who is in rotation
     service           what the runtime keeps per service (ServiceRuntime)
     probing, probe    the health-probe loop per replica, and the HTTP probe it sends
     scaling           the desired counts: manual scale, the autoscaler loops, scale from zero

@@ -44,7 +44,7 @@ from .reconciler import Reconciler
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
 from .service import ServiceRuntime
-from .status import StackStatus, certs_status, to_json
+from .status import ServiceStatus, StackStatus, certs_status, to_json
 from .stack import NoPolicy, ServiceSpec, Stack
 
 if TYPE_CHECKING:
@@ -244,6 +244,7 @@ class Orchestrator:
         rep = svc.replicas.get(replica_id) if svc else None
         if rep is None:
             return
+        self.pool.changed(service)
         step = lifecycle.ejected(svc.facts(rep), reason)
         self.carry_out(svc, rep, step)
         if step.ejected:
@@ -256,9 +257,9 @@ class Orchestrator:
         disruption budget), and then what it still holds is given up."""
         svc = self.services.get(service)
         rep = svc.replicas.get(replica_id) if svc else None
-        if rep is None or rep.state != S.READY or not rep.in_pool:
+        if rep is None or rep.state != S.READY or not rep.joined:
             return
-        self.pool.taken_out(rep)
+        self.pool.changed(service)
         self.events.emit("withdrawn", service, replica_id,
                          f"gateway took it out of rotation: {reason}; its health probes decide")
         self.probing.hint(replica_id)
@@ -318,10 +319,13 @@ class Orchestrator:
         return StackStatus(
             stack=self.stack.name, driver=self.driver.name, converged=self.converged(),
             last_event_id=self.events.last_id,
-            services={svc.name: svc.status({} if svc.dependency else {v.id: v for v in self.pool.views(svc.name)},
-                                           self._stats(svc.name), now)
-                      for svc in self.services.values()},
+            services={svc.name: self._service_status(svc, now) for svc in self.services.values()},
             certs=certs_status(getattr(self.gateway, "tls_certs", ()), time.time()))
+
+    def _service_status(self, svc: ServiceRuntime, now: float) -> ServiceStatus:
+        views = [] if svc.dependency else self.pool.views(svc.name)
+        rotation = self.pool.rotation(svc.name, svc.replicas.values(), views)
+        return svc.status({v.id: v for v in views}, rotation, self._stats(svc.name), now)
 
     def status(self) -> dict:
         """The snapshot's JSON form (GET /api/status; see status.to_json for its keys)."""
@@ -365,7 +369,7 @@ class Orchestrator:
     # ------------------------------------------------------------------------------------------
 
     def _apply_probe(self, svc: ServiceRuntime, rep: Replica, ok: bool) -> None:
-        self.carry_out(svc, rep, lifecycle.probed(svc.facts(rep), ok, svc.rules(),
+        self.carry_out(svc, rep, lifecycle.probed(svc.facts(rep, self.pool.in_rotation(rep)), ok, svc.rules(),
                                                    lambda: svc.siblings(rep), self.mono(), svc.name))
 
     async def _confirm_ejection(self, svc: ServiceRuntime, rep: Replica) -> None:
@@ -387,8 +391,6 @@ class Orchestrator:
             self.probing.stop(rep)
         if step.leave_pool:
             self.pool.leave(rep, failed=step.to is S.UNHEALTHY)
-        if step.ejected:
-            self.pool.taken_out(rep)
         if step.to is not None:
             rep.transition(step.to, step.why)
         if step.became_ready:

@@ -60,7 +60,7 @@ class Executor:
         if rep.can(S.STOPPING):
             rep.transition(S.STOPPING, why or reason)
         self.orch.probing.stop(rep)
-        return self.orch.spawn(self._stop(svc, rep, drain and rep.in_pool, reason, grace, quiet))
+        return self.orch.spawn(self._stop(svc, rep, drain and self.orch.pool.in_rotation(rep), reason, grace, quiet))
 
     async def _stop(self, svc: ServiceRuntime, rep: Replica, drain: bool, reason: str, grace: float | None,
                     quiet: bool) -> None:

@@ -32,7 +32,8 @@ class Facts:
     state: S
     started_at: float                 # monotonic
     consecutive_failures: int = 0
-    in_pool: bool = False
+    joined: bool = False              # the control plane put it in the gateway pool (pool.py)
+    in_rotation: bool = False         # and the gateway routes to it (its view; pool.in_rotation)
     adopted: bool = False
     spared: bool = False              # kept in rotation by the disruption budget while failing
     dependency: bool = False          # a backing service: no gateway pool
@@ -66,7 +67,7 @@ class Step:
     failures: int | None = None       # new consecutive failure count (None: unchanged)
     stop_probe: bool = False
     leave_pool: bool = False          # tell the pool to forget it
-    ejected: bool = False             # the gateway took it out itself: only note it is out
+    ejected: bool = False             # the gateway took it out itself: confirm with a probe
     became_ready: bool = False        # record ready_at, forgive the backoff, tell the driver
     last_error: str | None = None     # set when not None; cleared when became_ready
     join_pool: bool = False
@@ -93,7 +94,7 @@ def probed(f: Facts, ok: bool, rules: Rules, siblings: Callable[[], Siblings], n
                                       f"{where}"),), wake=True)
     if v in (Verdict.HEALTHY, Verdict.RECOVERED):
         events: list[tuple[str, str]] = []
-        rejoin = not f.in_pool and not f.dependency
+        rejoin = not f.in_rotation and not f.dependency
         if rejoin:
             events.append(("ready", "health probe passed again; back in rotation"))
         if f.spared:
@@ -234,7 +235,7 @@ def _unhealthy(f: Facts, rules: Rules, failures: int, why: str, stop_probe: bool
     if f.state == S.STARTING and not f.adopted:
         why = f"not ready {rules.start_grace:g} s after start ({f.last_error or 'health probe failed'})"
     return Step(to=S.UNHEALTHY, why=why, failures=failures, stop_probe=stop_probe,
-                leave_pool=f.in_pool or f.state == S.READY, last_error=why, spare=False if f.spared else None,
+                leave_pool=f.joined or f.state == S.READY, last_error=why, spare=False if f.spared else None,
                 events=(("unhealthy", f"{why}; out of rotation, will be replaced"),), wake=True)
 
 

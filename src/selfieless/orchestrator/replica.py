@@ -57,7 +57,7 @@ class Replica:
     started_at: float = 0.0          # monotonic
     ready_at: float | None = None    # monotonic, first successful probe
     adopted: bool = False
-    in_pool: bool = False
+    joined: bool = False             # added to the gateway pool, not removed (only pool.py sets it)
     consecutive_failures: int = 0
     last_probe_ok: bool | None = None
     last_probe_at: float | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Container, Mapping
 
 from . import autoscale as auto
 from . import lifecycle
@@ -95,9 +95,12 @@ class ServiceRuntime:
 
     # --- what lifecycle.py's decisions are told about one replica ----------------------------
 
-    def facts(self, rep: Replica) -> lifecycle.Facts:
+    def facts(self, rep: Replica, in_rotation: bool | None = None) -> lifecycle.Facts:
+        """`in_rotation`: what the gateway's view says (pool.py); only a probe's decision reads
+        it, the others take the control plane's will (`joined`) for it."""
         return lifecycle.Facts(state=rep.state, started_at=rep.started_at,
-                               consecutive_failures=rep.consecutive_failures, in_pool=rep.in_pool,
+                               consecutive_failures=rep.consecutive_failures, joined=rep.joined,
+                               in_rotation=rep.joined if in_rotation is None else in_rotation,
                                adopted=rep.adopted, spared=rep.id in self.spared, dependency=self.dependency,
                                last_error=rep.last_error)
 
@@ -115,15 +118,17 @@ class ServiceRuntime:
 
     # --- the typed status (status.py) ------------------------------------------------------
 
-    def status(self, views: Mapping[str, Any], stats: auto.Sample, now: float) -> ServiceStatus:
+    def status(self, views: Mapping[str, Any], rotation: Container[str], stats: auto.Sample,
+               now: float) -> ServiceStatus:
         """One service's status from the controller's records, the gateway pool's views of its
-        replicas (by id: in flight, served) and its request counters; `now` is monotonic."""
+        replicas (by id: in flight, served), the ids in rotation (pool.py) and its request
+        counters; `now` is monotonic."""
         replicas = []
         for rep in sorted(self.replicas.values(), key=lambda r: r.port):
             v = views.get(rep.id)
             h = rep.handle
             replicas.append(ReplicaStatus(
-                id=rep.id, port=rep.port, state=rep.state.value, health=rep.health, in_pool=rep.in_pool,
+                id=rep.id, port=rep.port, state=rep.state.value, health=rep.health, in_pool=rep.id in rotation,
                 in_flight=v.in_flight if v else 0, requests=v.served if v else 0, restarts=rep.restarts,
                 adopted=rep.adopted, pid=getattr(h, "pid", None), detail=getattr(h, "detail", ""),
                 started_at=getattr(h, "started_at", None), uptime=round(now - rep.started_at, 3),
