@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.ports import free_port, free_port_range
+from support.ports import free_port, free_port_blocks
 from support.processes import kill_all, listening_on, wait_until, working_in
 
 STACK = Path(__file__).resolve().parents[2] / "src" / "selfieless" / "stacks" / "scale.yaml"
@@ -27,8 +27,10 @@ class ScaleStack:
     def __init__(self, tmp: Path):
         self.home = tmp / "run"  # `up`'s working directory, inherited by all it starts
         self.home.mkdir()
-        first = free_port_range(3051)[0]  # the four ranges keep their spacing: N, N+1000, ...
-        self.ranges = [(first + 1000 * i, first + 1000 * i + 50) for i in range(4)]
+        # The four ranges keep their spacing under --ports-from: N, N+1000, ...; 51 ports each suffice.
+        blocks = free_port_blocks(51, count=4, spacing=1000)
+        first = blocks[0][0]
+        self.ranges = [(b[0], b[-1]) for b in blocks]
         self.gateway = f"http://127.0.0.1:{free_port()}"
         self.admin = f"http://127.0.0.1:{free_port()}"
         self.log = tmp / "up.log"

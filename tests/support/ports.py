@@ -28,13 +28,23 @@ def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
 
 def free_port_range(n: int) -> range:
     """n consecutive free ports."""
-    for _ in range(1000):
-        first = random.randrange(_LOW, _HIGH - n)
-        ports = range(first, first + n)
-        if not _handed_out.intersection(ports) and all(port_is_free(p) for p in ports):
-            _handed_out.update(ports)
-            return ports
-    raise RuntimeError(f"no {n} consecutive free ports in {_LOW}-{_HIGH}")
+    return free_port_blocks(n)[0]
+
+
+def free_port_blocks(n: int, count: int = 1, spacing: int = 0) -> list[range]:
+    """`count` blocks of n consecutive free ports, block i starting `spacing` * i after the first
+    (a stack whose ranges move together, like stacks/scale.yaml's under `--ports-from`). Only the
+    blocks are handed out, not the gaps between them: late in a full run, ports handed out earlier
+    leave few stretches of thousands free, and the gaps need not be."""
+    span = n + spacing * (count - 1)
+    for _ in range(2000):
+        first = random.randrange(_LOW, _HIGH - span)
+        blocks = [range(first + spacing * i, first + spacing * i + n) for i in range(count)]
+        if all(not _handed_out.intersection(b) and all(port_is_free(p) for p in b) for b in blocks):
+            for b in blocks:
+                _handed_out.update(b)
+            return blocks
+    raise RuntimeError(f"no {count} free blocks of {n} ports, {spacing} apart, in {_LOW}-{_HIGH}")
 
 
 def free_port() -> int:
