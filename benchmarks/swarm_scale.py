@@ -42,6 +42,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "swarm"), str(REPO / "
 
 from scale import cpu_seconds  # noqa: E402  (schedstat: every thread, in ns)
 from swarm_support import LAB_ENV, LAB_SCRIPT, GetLoad, Lab, SwarmUp, remove_stack  # noqa: E402
+from swarm_failover import wait  # noqa: E402  (the same polling wait as the failover benchmark)
 
 STACK = "slscale"
 SERVICE = "echo"
@@ -83,15 +84,6 @@ def build_image() -> None:
                    text=True, check=True, capture_output=True, timeout=120)
 
 
-def wait(pred, timeout: float, what: str, step: float = 0.2) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"no {what} within {timeout:g} s")
-        time.sleep(step)
-    return time.monotonic() - t0
-
-
 def idle_cpu(pids: list[int], seconds: float) -> list[float]:
     """CPU seconds per second of each of `pids` over `seconds` of idling."""
     c0, t0 = [cpu_seconds(p) for p in pids], time.monotonic()
@@ -109,7 +101,7 @@ def running_tasks(client) -> int:
 def run(args, lab: Lab, up: SwarmUp, client) -> str:
     print(f"stack up at {FROM} tasks in {up.wait_converged(240):.1f} s", flush=True)
     st = up.status
-    wait(lambda: len(up.in_rotation(SERVICE)) == FROM, 120, f"{FROM} tasks in rotation")
+    wait(lambda: len(up.in_rotation(SERVICE)) == FROM, 120, f"{FROM} tasks in rotation", 0.2)
     gw_pid = json.loads((up.state_dir / STACK / "gateway.json").read_text())["pid"]
     time.sleep(3)
     up3, gw3 = idle_cpu([up.proc.pid, gw_pid], args.idle)
