@@ -31,8 +31,11 @@ class ScaleStack:
         blocks = free_port_blocks(51, count=4, spacing=1000)
         first = blocks[0][0]
         self.ranges = [(b[0], b[-1]) for b in blocks]
-        self.gateway = f"http://127.0.0.1:{free_port()}"
-        self.admin = f"http://127.0.0.1:{free_port()}"
+        # The stack declares 1,000 ports a service, of which only the blocks above were checked free;
+        # a gateway or admin port anywhere in that span is refused as an overlap.
+        declared = range(first, blocks[-1][0] + 1000)
+        self.gateway = f"http://127.0.0.1:{free_port(avoid=declared)}"
+        self.admin = f"http://127.0.0.1:{free_port(avoid=declared)}"
         self.log = tmp / "up.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
