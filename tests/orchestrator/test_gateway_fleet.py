@@ -1,0 +1,152 @@
+"""The gateway on every node, without a swarm: two real gateways with their control API on TCP
+(127.0.0.1 and 127.0.0.2, the same ports, as two nodes would have), driven as one by a
+GatewayFleet. The swarm is replaced only where the fleet reads which nodes run a gateway (a
+list here; the manager's task list on the lab, tests/swarm). About 2 s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from selfieless.gateway import Gateway, GatewayConfig
+from selfieless.gateway.control_api import ControlServer, listen_problem, parse_listen
+from selfieless.orchestrator.gateway_fleet import GatewayFleet
+from support.ports import free_port
+
+pytestmark = pytest.mark.anyio
+NODES = ("127.0.0.1", "127.0.0.2")
+TOKEN = "fleet-test-token"
+
+
+class Places:
+    """Which nodes run a gateway: what the swarm driver reads from the manager."""
+
+    def __init__(self, places: dict[str, str]) -> None:
+        self.places = places
+
+    async def gateway_places(self) -> dict[str, str]:
+        return dict(self.places)
+
+
+async def _backend() -> tuple[asyncio.AbstractServer, int]:
+    """An HTTP/1.1 backend answering `ok` to every request, keep-alive."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _node_gateway(host: str, port: int, control_port: int) -> tuple[Gateway, ControlServer]:
+    gw = Gateway(GatewayConfig(host=host, port=port, no_replica_wait=5.0))
+    await gw.start()
+    control = ControlServer(gw, f"{host}:{control_port}", token=TOKEN)
+    await control.start()
+    return gw, control
+
+
+async def _stop(node: tuple[Gateway, ControlServer]) -> None:
+    await node[1].stop()
+    await node[0].stop(grace=0)
+
+
+async def _wait(check, timeout: float = 20.0, what: str = "") -> float:
+    t0 = time.monotonic()
+    while not await check():
+        assert time.monotonic() - t0 < timeout, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("listen, token, problem", [
+    ("/run/x/gateway.sock", None, None),            # a unix socket: owner-only, no token needed
+    ("127.0.0.1:9000", None, None),                 # loopback
+    ("[::1]:9000", None, None),
+    ("localhost:9000", None, None),
+    ("0.0.0.0:9000", None, "reachable from other machines"),
+    ("10.0.0.5:9000", None, "reachable from other machines"),
+    ("gateway.example:9000", None, "reachable from other machines"),  # a name may resolve anywhere
+    ("0.0.0.0:9000", "t", None),
+    ("0.0.0.0:0", "t", "want HOST:PORT"),
+    ("0.0.0.0:http", "t", "want HOST:PORT"),
+])
+def test_the_control_api_beyond_loopback_needs_a_token(listen, token, problem):
+    got = listen_problem(listen, token)
+    assert (got is None) if problem is None else (problem in got), got
+
+
+def test_parse_listen():
+    assert parse_listen("/a/b.sock") is None and parse_listen("gw.sock") is None
+    assert parse_listen("10.0.0.1:81") == ("10.0.0.1", 81) and parse_listen("[::1]:81") == ("::1", 81)
+
+
+async def test_a_fleet_drives_every_nodes_gateway_as_one_and_reattaches_a_replaced_one():
+    backend, backend_port = await _backend()
+    port, control_port = free_port(), free_port()
+    nodes = {host: await _node_gateway(host, port, control_port) for host in NODES}
+    fleet = GatewayFleet(Places({h: f"node{i}" for i, h in enumerate(NODES, 1)}), port=port,
+                         control_port=control_port, token=TOKEN, poll_wait=0.1)
+    try:
+        await fleet.start(timeout=20)
+        assert sorted(fleet.members) == list(NODES)
+        fleet.set_routes({"/api/v1": "acts"})
+        fleet.add_backend("acts", "acts-1", "127.0.0.1", backend_port)
+        await fleet.flush()
+        async with httpx.AsyncClient(timeout=10) as c:
+            for host in NODES:   # every node's gateway has the routes and the backend
+                r = await c.get(f"http://{host}:{port}/api/v1/x")
+                assert r.status_code == 200 and r.text == "ok", host
+
+            async def counted(n):
+                await fleet.refresh()
+                st = fleet.counters("acts")
+                return st is not None and st.api_requests == n
+            await _wait(lambda: counted(2), what="counters summed over both gateways")
+            assert [v.id for v in fleet.backends("acts")] == ["acts-1"]
+            lines = fleet.lines()
+            assert [(g.address, g.node, g.attached, g.answering) for g in lines] == \
+                [("127.0.0.1", "node1", True, True), ("127.0.0.2", "node2", True, True)]
+
+            # The gateway on 127.0.0.2 dies and another starts there (Swarm's restart): the fleet
+            # sends it the routes and the backend, and the count does not go back.
+            await _stop(nodes["127.0.0.2"])
+            assert (await c.get(f"http://127.0.0.1:{port}/api/v1/x")).status_code == 200
+            nodes["127.0.0.2"] = await _node_gateway("127.0.0.2", port, control_port)
+
+            async def sent_again():
+                return bool(nodes["127.0.0.2"][0].backends("acts"))
+            await _wait(sent_again, what="the routes and the backend sent to the new gateway")
+            r = await c.get(f"http://127.0.0.2:{port}/api/v1/x")
+            assert r.status_code == 200 and r.text == "ok"
+            assert nodes["127.0.0.2"][0].routes.routes == {"/api/v1": "acts"}
+            await _wait(lambda: counted(4), what="counters kept over the replacement")
+
+            # A change reaches both; a node that leaves is let go and its gateway keeps serving.
+            fleet.remove_backend("acts", "acts-1")
+            await _wait(lambda: _no_backends(nodes), what="the remove reached both gateways")
+            fleet.driver.places.pop("127.0.0.2")
+            await fleet.watch_once()
+            assert list(fleet.members) == ["127.0.0.1"]
+            fleet.add_backend("acts", "acts-2", "127.0.0.1", backend_port)
+            await fleet.flush()
+            assert (await c.get(f"http://127.0.0.1:{port}/api/v1/x")).status_code == 200
+            assert [b.id for b in nodes["127.0.0.2"][0].backends("acts")] == []
+    finally:
+        await fleet.stop()
+        for node in nodes.values():
+            await _stop(node)
+        backend.close()
+
+
+async def _no_backends(nodes) -> bool:
+    return all(not [b for b in gw.backends("acts") if b.state != "removed"] for gw, _ in nodes.values())
