@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from swarm_support import GetLoad, SwarmUp, Writes, make_stack_file, remove_stack
+from swarm_support import GetLoad, SwarmUp, Writes, gateway_kill, make_stack_file, remove_stack
 from support.processes import wait_until
 
 STACK = f"slswarm{random.randrange(10**5)}"
@@ -69,7 +69,8 @@ def test_course_api_through_the_gateway_with_users_and_acts_on_different_nodes(d
             assert r.status_code == 200 and [(a["actId"], a["upvotes"]) for a in r.json()] == [(act_id, 1)]
         assert c.get(f"{gw}/api/v1/categories/{category}/acts").json()[0]["actId"] == act_id
     services = {s.name: s for s in lab.client().services.list(filters={"label": f"selfieless.stack={STACK}"})}
-    assert set(services) == {f"{STACK}-db", f"{STACK}-users", f"{STACK}-acts"}
+    assert set(services) == {f"{STACK}-db", f"{STACK}-users", f"{STACK}-acts", f"{STACK}-gateway"}
+    assert services[f"{STACK}-gateway"].attrs["Spec"]["Mode"] == {"Global": {}}
     spec = services[f"{STACK}-acts"].attrs["Spec"]
     assert spec["EndpointSpec"]["Mode"] == "dnsrr"
     assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "any"
@@ -127,6 +128,31 @@ def test_a_killed_task_is_replaced_by_swarm_with_no_failed_get_and_no_lost_uploa
     assert writes.acked
     assert set(writes.acked) <= writes.stored()
     wait_until(lambda: len(up.ready("acts")) == 2 and up.status()["converged"], 60, what="2 acts tasks again")
+
+
+def test_every_node_runs_a_gateway_and_a_killed_one_serves_again_while_the_others_fail_no_get(deployment, lab):
+    """The gateway is a global Swarm service: one per node, each attached to by the control plane.
+    One gateway's container killed: GETs through the other nodes' gateways fail 0, Swarm starts it
+    again, and it serves (sent the routes and pools again) shortly after. Adds about 10 s."""
+    up = deployment
+    wait_until(lambda: len(up.status()["gateways"]) == len(lab.nodes)
+               and all(g["attached"] and g["answering"] for g in up.status()["gateways"]), 60,
+               what="every node's gateway attached")
+    assert sorted(g["address"] for g in up.status()["gateways"]) == sorted(lab.address(n) for n in lab.nodes)
+    with httpx.Client(timeout=10) as c:
+        for n in lab.nodes:   # each node's gateway reaches the acts task, wherever it runs
+            r = c.get(f"{up.node_gateway(lab.address(n))}/api/v1/acts/count")
+            assert r.status_code == 200, (n, r.text)
+    got = gateway_kill(up, lab, STACK, victim=2)
+    print(f"\ngateway killed: serving again after {got['serving']:.2f} s, "
+          f"failed GETs through the others {len(got['failures'])}/{got['total']}")
+    assert got["replaced"]   # Swarm started another container
+    assert got["total"] > 20
+    assert got["failures"] == []
+    # The bar (3 s) is benchmarks/swarm_failover.py's; a loaded machine may take longer.
+    assert got["serving"] < 30.0
+    wait_until(lambda: all(g["attached"] and g["answering"] for g in up.status()["gateways"]), 30,
+               what="the new gateway attached")
 
 
 def test_a_paused_task_leaves_the_rotation_and_is_replaced(deployment, lab):
@@ -235,13 +261,18 @@ def test_a_restarted_orchestrator_adopts_the_services_and_down_removes_them_and_
     client = lab.client()
     before = {s.name: s.id for s in client.services.list(filters={"label": f"selfieless.stack={STACK}"})}
     up.kill9()
-    again = SwarmUp(up.stack_path, up.state_dir, up.manager).start()
+    again = SwarmUp(up.stack_path, up.state_dir, up.manager, gateway_port=up.gateway_port).start()
     try:
         again.wait_converged(120)
         st = again.status()
         assert st["services"]["acts"]["desired"] == 2 and len(again.ready("acts")) == 2
         after = {s.name: s.id for s in client.services.list(filters={"label": f"selfieless.stack={STACK}"})}
-        assert after == before  # the same services, none duplicated
+        assert after == before  # the same services, none duplicated (the gateway service too)
+        assert f"{STACK}-gateway" in after
+        # The gateways kept serving without a control plane, and the new one attached to each.
+        wait_until(lambda: len(again.status()["gateways"]) == len(lab.nodes)
+                   and all(g["attached"] and g["answering"] for g in again.status()["gateways"]), 60,
+                   what="the restarted control plane attached to every node's gateway")
         assert any(e["kind"] == "adopted" for e in again.events())
         assert httpx.get(f"{again.gateway}/api/v1/acts/count", timeout=5).status_code == 200
         # The stack's volumes on other nodes than the database's (as a dependency moved to another
