@@ -167,10 +167,6 @@ class GatewayFleet:
         return self._port
 
     @property
-    def routes(self) -> dict[str, str] | None:
-        return None if self._routes is None else dict(self._routes)
-
-    @property
     def public_host(self) -> str | None:
         """The first node's address that runs a gateway (sorted), for `up` to show one URL."""
         return min(self.nodes) if self.nodes else None
