@@ -170,7 +170,8 @@ def gateway_trial(up: SwarmUp, lab: Lab) -> tuple[float, int, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=3, help="rounds of each fault (default 3)")
-    ap.add_argument("--only", choices=["gateway-kill"], help="measure this fault only (and print its row)")
+    ap.add_argument("--only", choices=["gateway-kill", "node-loss"],
+                    help="measure this fault only (node-loss: with rejoin) and print its row")
     args = ap.parse_args()
     why = lab_unavailable()
     if why is not None:
@@ -186,7 +187,7 @@ def main() -> int:
         kills, steps, gateways, losses, rejoins = [], [], [], [], []
         # Every node up since the lab started for the first two figures: what a heal leaves behind
         # (see rejoin) is measured on its own.
-        for i in range(args.trials):
+        for i in range(0 if args.only == "node-loss" else args.trials):
             if not args.only:
                 kills.append(task_kill(up, lab))
                 print(f"  trial {i + 1}: task-kill {kills[-1]}", flush=True)
@@ -194,7 +195,7 @@ def main() -> int:
                 print(f"  trial {i + 1}: load-step {steps[-1]}", flush=True)
             gateways.append(gateway_trial(up, lab))
             print(f"  trial {i + 1}: gateway-kill {gateways[-1]}", flush=True)
-        for i in range(0 if args.only else args.trials):
+        for i in range(0 if args.only == "gateway-kill" else args.trials):
             losses.append(node_loss(up, lab))
             print(f"  trial {i + 1}: node-loss {losses[-1]}", flush=True)
             rejoins.append(rejoin(up, lab))
@@ -221,22 +222,25 @@ def main() -> int:
             text += f" (worst trial {worst[bad]}/{worst[total]})"
         return text
 
-    if args.only:
-        print(f"gateway-kill: replaced serving {fig([g[0] for g in gateways])} [bar <= {BARS['gateway']:g} s], "
-              f"{failed(gateways, 1, 2)} through the other nodes' gateways [bar 0]")
-        return 0
-    print(f"task-kill: replacement serving {fig([k[0] for k in kills])} [bar <= {BARS['replace']:g} s], "
-          f"{failed(kills, 1, 2)}")
-    print(f"node-loss: out of rotation {fig([x[0] for x in losses])} [bar <= {BARS['out_of_rotation']:g} s], "
-          f"unhealthy {fig([x[4] for x in losses])}, restored {fig([x[1] for x in losses])} [bar <= {BARS['restored']:g} s], "
-          f"{failed(losses, 2, 3)}")
-    print(f"load-step: first new task serving {fig([s[0] for s in steps])} [bar <= {BARS['scale_out']:g} s; "
-          f"from the scale decision], {failed(steps, 1, 2)}")
-    print(f"gateway-kill: replaced serving {fig([g[0] for g in gateways])} [bar <= {BARS['gateway']:g} s], "
-          f"{failed(gateways, 1, 2)} through the other nodes' gateways [bar 0]")
-    print(f"rejoin: first new task after the heal serving {fig([r[0] for r in rejoins])} [no bar], "
-          f"one of two on the node that came back in {sum(r[1] for r in rejoins)}/{len(rejoins)}, "
-          f"{failed(rejoins, 2, 3)}")
+    rows = {
+        "task-kill": lambda: f"task-kill: replacement serving {fig([k[0] for k in kills])} "
+                             f"[bar <= {BARS['replace']:g} s], {failed(kills, 1, 2)}",
+        "node-loss": lambda: f"node-loss: out of rotation {fig([x[0] for x in losses])} "
+                             f"[bar <= {BARS['out_of_rotation']:g} s], unhealthy {fig([x[4] for x in losses])}, "
+                             f"restored {fig([x[1] for x in losses])} [bar <= {BARS['restored']:g} s], "
+                             f"{failed(losses, 2, 3)}",
+        "load-step": lambda: f"load-step: first new task serving {fig([s[0] for s in steps])} "
+                             f"[bar <= {BARS['scale_out']:g} s; from the scale decision], {failed(steps, 1, 2)}",
+        "gateway-kill": lambda: f"gateway-kill: replaced serving {fig([g[0] for g in gateways])} "
+                                f"[bar <= {BARS['gateway']:g} s], {failed(gateways, 1, 2)} through the other "
+                                f"nodes' gateways [bar 0]",
+        "rejoin": lambda: f"rejoin: first new task after the heal serving {fig([r[0] for r in rejoins])} [no bar], "
+                          f"one of two on the node that came back in {sum(r[1] for r in rejoins)}/{len(rejoins)}, "
+                          f"{failed(rejoins, 2, 3)}",
+    }
+    wanted = {None: list(rows), "gateway-kill": ["gateway-kill"], "node-loss": ["node-loss", "rejoin"]}[args.only]
+    for name in wanted:
+        print(rows[name]())
     return 0
 
 

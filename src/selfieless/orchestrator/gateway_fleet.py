@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = 0.5    # how often the nodes running a gateway are read from the manager
 ATTACH_RETRY = 0.2      # between two tries of a gateway that does not answer yet
 START_TIMEOUT = 90.0    # how long `up` waits for every node's gateway to answer at start
+REFRESH_WAIT = 0.5      # how long a fresh read of every gateway may take (see refresh)
 CALLBACKS = ("on_eject", "on_withdraw", "on_stalled_together", "on_backend_error", "on_no_backend")
 
 
@@ -219,11 +220,18 @@ class GatewayFleet:
         return self.all_stats.get(service)
 
     async def refresh(self) -> None:
-        async def one(gw: RemoteGateway) -> None:
-            with contextlib.suppress(Exception):  # a cut-off node's gateway: keep its last view
-                await asyncio.wait_for(gw.refresh(), 2.0)
-
-        await asyncio.gather(*(one(gw) for gw in list(self.members.values())))
+        """Read every gateway's counters and views now, waiting at most REFRESH_WAIT: a gateway
+        on a node that is cut off answers nothing, and `status` must not wait for it (it keeps
+        its last view, at most a poll old)."""
+        calls = [asyncio.create_task(gw.refresh()) for gw in list(self.members.values())]
+        if not calls:
+            return
+        _, late = await asyncio.wait(calls, timeout=REFRESH_WAIT)
+        for task in late:
+            task.cancel()
+        for task in calls:  # a failed read keeps the last view too; retrieve, do not raise
+            with contextlib.suppress(BaseException):
+                await task
 
     @property
     def all_stats(self) -> dict[str, ServiceStats]:
