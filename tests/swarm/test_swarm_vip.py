@@ -4,16 +4,19 @@ between them on the lab's bridge, each node's check asking the gateway at the no
 A real `python -m selfieless.gateway` runs in each node's namespace, listening on every address
 of the node (its own and the floating IP), as the gateway the check follows. The floating IP
 answers; it answers again from another node soon after its holder is cut off the network; a node
-whose gateway stops gives it up. No stack is deployed (the address follows gateways, not
-replicas), so the module costs about 15 s on a lab that is up. It runs after the other swarm
-modules (file order), so its node cut and the cut's aftermath in the overlay network (README
-"Several machines") touch none of their deployments.
+whose gateway stops gives it up; `vip stop` (which `down` runs) leaves no keepalived, configuration
+or address behind. No stack is deployed (the address follows gateways, not replicas), so the
+module costs about 16 s on a lab that is up. It runs after the other swarm modules (file order),
+so its node cut and the cut's aftermath in the overlay network (README "Several machines") touch
+none of their deployments.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -112,3 +115,29 @@ def test_a_node_whose_gateway_stops_gives_the_floating_ip_up(floating_ip, lab):
     print(f"\nfloating IP: node {holder}'s gateway stopped -> answering from node {fip.holder()} "
           f"after {time.monotonic() - t0:.2f} s")
     assert fip.holder() != holder
+
+
+def _lab_keepalived() -> list[int]:
+    """Pids of keepalived processes running a configuration of the lab's."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0") if d.name.isdigit() else []
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"keepalived") and any(a.startswith(b"/run/sllab/") for a in cmd):
+            out.append(int(d.name))
+    return out
+
+
+def test_vip_stop_leaves_no_keepalived_config_or_address(floating_ip, lab):
+    # `scripts/swarm-lab down` stops the floating IP the same way before it removes the nodes.
+    assert _lab_keepalived()
+    lab.vip_stop()
+    assert _lab_keepalived() == []
+    assert not Path("/run/sllab/vip").exists()
+    for n in lab.nodes:
+        r = subprocess.run(["ip", "-n", f"sllab-n{n}", "-4", "-o", "addr", "show", "dev", "eth0"],
+                           capture_output=True, text=True, check=True)
+        assert f" {lab.vip}/" not in r.stdout, (n, r.stdout)
+    assert lab.vip_holder() is None
