@@ -6,6 +6,7 @@
     docker        PortDriver: containers on the local Docker engine
     swarm         EngineDriver: Docker Swarm services across a cluster, through the manager
     swarm_spec    Swarm's records <-> ours: service and job definitions, tasks as replicas (pure)
+    swarm_lease   the stack's control-plane lease, kept in a Swarm config's labels (versioned writes)
     logtail       the last lines a replica wrote, quoted in the reason of its exit
     port_holder   PortTaken, and which program holds a host port (from /proc)
 
@@ -16,6 +17,7 @@ only which of the two interfaces it got (that picks its reconciler), never which
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from .base import Driver, DriverError, EngineDriver, ExitEvent, LaunchSpec, PortDriver, ReplicaHandle
 
@@ -34,15 +36,15 @@ def resolve_driver_kind(setting: str) -> str:
 
 def make_driver(stack_name: str, setting: str, state_dir: str | os.PathLike, *,
                 manager: str | None = None, network: str | None = None, helper_image: str | None = None,
-                container_health_check: bool = False) -> Driver:
+                container_health_check: bool = False, acting: Callable[[], bool] | None = None) -> Driver:
     """`manager`, `network`, `helper_image`, `container_health_check`: the swarm driver's settings
-    (stack.SwarmSpec)."""
+    (stack.SwarmSpec); `acting`: whether this control plane holds the stack's lease now."""
     kind = resolve_driver_kind(setting)
     if kind == "swarm":
         from .swarm import SwarmDriver
 
         return SwarmDriver(stack_name, manager=manager, network=network, helper_image=helper_image,
-                           container_health_check=container_health_check)
+                           container_health_check=container_health_check, acting=acting)
     if kind == "docker":
         from .docker import DockerDriver
 
