@@ -111,4 +111,5 @@ def test_a_release_lets_the_next_act_at_once():
         t0 = time.monotonic()
         assert await b.acquire(asyncio.Event())
         assert time.monotonic() - t0 < TERMS.seconds   # not after a's deadline
+        assert "released by its previous holder" in b.history[-1]
     asyncio.run(main())

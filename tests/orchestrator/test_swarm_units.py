@@ -441,10 +441,11 @@ def test_each_stack_file_is_a_config_of_its_own():
 @pytest.mark.parametrize("labels,expected", [
     ([None, None], DEFAULT_SOCKET),
     (["/run/a.sock", "/run/a.sock"], "/run/a.sock"),
-    (["/run/a.sock", "/run/b.sock"], DEFAULT_SOCKET),     # managers differ: a mount cannot
-    (["/run/a.sock", None], DEFAULT_SOCKET),
+    (["/run/a.sock", "/run/b.sock"], None),     # managers differ: one mount cannot follow
+    (["/run/a.sock", None], None),
+    ([DEFAULT_SOCKET, None], DEFAULT_SOCKET),
 ])
-def test_the_socket_mounted_is_the_managers_label_when_they_agree(labels, expected):
+def test_the_socket_mounted_is_the_one_every_manager_has(labels, expected):
     from selfieless.orchestrator.drivers.swarm_control import manager_socket
 
     nodes = [{"Spec": {"Role": "manager", "Labels": {"selfieless.docker-socket": x} if x else {}}} for x in labels]

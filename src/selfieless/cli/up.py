@@ -501,7 +501,7 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
     client = docker.DockerClient(base_url=manager, timeout=30)
     try:
         did = swarm_control.deploy(client, stack.name, text, image, stack.gateway.port, admin_port(opts))
-    except docker.errors.APIError as e:
+    except (docker.errors.APIError, ValueError) as e:
         raise UpError(f"cannot deploy the control plane of {stack.name} on {manager}: {e}") from None
     finally:
         client.close()

@@ -77,7 +77,8 @@ class LeaseKeeper:
                 won, read, when = None, None, self.clock() + self.terms.renew_every
             if won is not None:
                 self.held = won
-                previous = ("no previous holder" if read is None or read.holder in ("", self.me)
+                previous = ("no previous holder" if read is None or read.holder == self.me
+                            else "released by its previous holder" if read.holder == ""
                             else f"previous holder {read.holder}, its deadline {read.deadline:.3f} "
                                  f"passed {won.deadline - self.terms.seconds - read.deadline:.1f} s before")
                 self._say(f"acquired by {self.me} until {won.deadline:.3f} ({previous})")

@@ -72,12 +72,13 @@ def control_service_definition(stack: str, image: str, config_id: str, config_na
     }
 
 
-def manager_socket(nodes: list[dict], default: str = DEFAULT_SOCKET) -> str:
-    """The engine socket to mount: the managers' `selfieless.docker-socket` label when they all
-    give the same one (the mount cannot differ by node), else the usual path."""
+def manager_socket(nodes: list[dict], default: str = DEFAULT_SOCKET) -> str | None:
+    """The engine socket to mount: the one every manager has (its `selfieless.docker-socket`
+    label, else the usual path); None when they differ, since one service mounts one path on
+    whichever manager runs it."""
     found = {((n.get("Spec") or {}).get("Labels") or {}).get("selfieless.docker-socket") or default
              for n in nodes if (n.get("Spec") or {}).get("Role") == "manager"}
-    return found.pop() if len(found) == 1 else default
+    return found.pop() if len(found) == 1 else None
 
 
 # --- the I/O (blocking: the CLI calls these) -----------------------------------------------------
@@ -92,8 +93,12 @@ def deploy(client: Any, stack: str, stack_text: str, image: str, gateway_port: i
     found = [c for c in api.configs(filters={"name": name}) if (c.get("Spec") or {}).get("Name") == name]
     config_id = found[0]["ID"] if found else api.create_config(
         name, stack_text.encode(), labels={LABEL_CONTROL: stack})["ID"]
-    definition = control_service_definition(stack, image, config_id, name, manager_socket(api.nodes()),
-                                            gateway_port, admin_port)
+    socket = manager_socket(api.nodes())
+    if socket is None:
+        raise ValueError("the managers' engine sockets are at different paths (node label "
+                         "selfieless.docker-socket), and a service mounts one path on whichever manager "
+                         "runs it: give every manager its engine socket at the same path")
+    definition = control_service_definition(stack, image, config_id, name, socket, gateway_port, admin_port)
     try:
         current = api.inspect_service(control_service_name(stack))
     except docker.errors.NotFound:
