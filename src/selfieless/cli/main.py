@@ -151,7 +151,7 @@ def down(
 ):
     """Ask the running `selfieless up` to drain and stop everything, and wait until it has."""
     if swarm is not None:
-        from .up import down_detached
+        from .detached import down_detached
 
         raise typer.Exit(down_detached(swarm, volumes, console))
     try:
