@@ -101,6 +101,28 @@ class Lab:
     def heal(self, n: int) -> None:
         self.run("heal", str(n))
 
+    def netns_prefix(self, n: int) -> tuple[str, ...]:
+        """The command prefix that runs a program in node `n`'s network namespace."""
+        return ("nsenter", f"--net=/run/netns/sllab-n{n}")
+
+    @property
+    def vip(self) -> str:
+        return self.env["SWARM_LAB_VIP"]
+
+    def vip_start(self, port: int) -> None:
+        self.run("vip", "start", "--port", str(port))
+
+    def vip_stop(self) -> None:
+        self.run("vip", "stop")
+
+    def vip_holder(self) -> int | None:
+        """The reachable node holding the floating IP (`scripts/swarm-lab vip`), or None."""
+        r = subprocess.run([str(LAB_SCRIPT), "vip"], capture_output=True, text=True, timeout=30)
+        for line in r.stdout.splitlines():
+            if "cut off" not in line:
+                return int(line.split()[1])
+        return None
+
     def client(self):
         import docker
 
