@@ -154,6 +154,14 @@ async def test_a_fleet_drives_every_nodes_gateway_as_one_and_reattaches_a_replac
 
             # A node that leaves is let go (its gateway keeps serving what it had); a change
             # then reaches the others only.
+            # A control plane that lost the stack's lease sends nothing (another one acts now).
+            held = [True]
+            fleet.acting = lambda: held[0]
+            held[0] = False
+            fleet.remove_backend("acts", "acts-1")
+            await fleet.flush()
+            assert (await c.get(f"http://127.0.0.1:{port}/api/v1/x")).status_code == 200
+            held[0] = True
             fleet.driver.places.pop("127.0.0.2")
             await fleet.watch_once()
             assert list(fleet.members) == ["127.0.0.1"]

@@ -19,6 +19,7 @@ Modules, in the order data flows through them (docs/architecture.md draws them):
     rollout           the per-port rolling replacement, a state machine
     apply_plan        a running stack + a new stack file -> what `apply` changes
     fleet             a gateway on every node: whom to attach, counters summed, views merged
+    lease             the control-plane lease: acquire, renew, stop acting, take over (one acts at a time)
   the runtime
     controller        Orchestrator: the shared core (reconcile loop, probing, pool, callbacks, status)
     reconciler        the Reconciler interface, and the mode chosen by the kind of driver
@@ -34,6 +35,7 @@ Modules, in the order data flows through them (docs/architecture.md draws them):
     rollout_history   the rollouts of a stack, kept in its state directory (for undo)
     apply_exec        carries out an apply plan
     status, events    the typed status snapshot, and the log of what happened and why
+    lease_keeper      holds the lease: waits for it, renews it, says when it is lost
     drivers/          how replicas run: process, docker (PortDrivers), swarm (an EngineDriver)
   assembly
     assemble          gateway + driver + orchestrator from a stack (for the CLI / admin API)

@@ -23,7 +23,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .controller import Orchestrator
 from .drivers import make_driver
@@ -86,11 +86,16 @@ async def _in_process_gateway(config, routes, tls=None):
 
 async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None, *,
                        driver_setting: str | None = None, gateway_overrides: dict | None = None,
-                       gateway_process: bool = False, **orchestrator_kwargs: Any) -> System:
-    """Start (or re-attach to) the gateway, so replicas can be told its URL, then the orchestrator."""
+                       gateway_process: bool = False, acting: Callable[[], bool] | None = None,
+                       **orchestrator_kwargs: Any) -> System:
+    """Start (or re-attach to) the gateway, so replicas can be told its URL, then the orchestrator.
+    `acting` (swarm): whether this control plane holds the stack's lease now (lease_keeper.py)."""
     state = Path(state_dir or default_state_dir()).expanduser()
     state.mkdir(parents=True, exist_ok=True)
     config = gateway_config(stack, **(gateway_overrides or {}))
+    setting = driver_setting or stack.driver
+    if gateway_process and setting == "swarm" and stack.swarm.gateway == "every_node":
+        return await _start_with_fleet(stack, state, config, acting, orchestrator_kwargs)
     proc = None
     if gateway_process:
         from .gateway_process import attach_or_start
@@ -101,13 +106,10 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
                                            if k not in RESTART_ONLY_GATEWAY_FIELDS})
     else:
         gw = await _in_process_gateway(config, stack.routes(), stack.tls_settings(state / stack.name))
-    setting = driver_setting or stack.driver
-    if gateway_process and setting == "swarm" and stack.swarm.gateway == "every_node":
-        return await _start_with_fleet(stack, state, config, orchestrator_kwargs)
     system = None
     try:
         # Only the swarm driver talks to another engine (the manager) and makes an overlay network.
-        driver = make_driver(stack.name, setting, state, **(_swarm_settings(stack) if setting == "swarm" else {}))
+        driver = make_driver(stack.name, setting, state, **(_swarm_settings(stack, acting) if setting == "swarm" else {}))
         orch = Orchestrator(stack, driver, gw, state_dir=str(state / stack.name), **orchestrator_kwargs)
         system = System(stack, gw, orch, proc)
         await orch.start()
@@ -124,10 +126,10 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
     return system
 
 
-def _swarm_settings(stack: Stack) -> dict[str, Any]:
+def _swarm_settings(stack: Stack, acting: Callable[[], bool] | None) -> dict[str, Any]:
     """The swarm driver's settings (only it talks to another engine and makes an overlay network)."""
     return {"manager": stack.swarm.manager, "network": stack.network, "helper_image": stack.swarm.helper_image,
-            "container_health_check": stack.swarm.container_health_check}
+            "container_health_check": stack.swarm.container_health_check, "acting": acting}
 
 
 def fleet_image(stack: Stack) -> str:
@@ -142,7 +144,8 @@ def fleet_image(stack: Stack) -> str:
     return image
 
 
-async def _start_with_fleet(stack: Stack, state: Path, config, orchestrator_kwargs: dict) -> System:
+async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[[], bool] | None,
+                            orchestrator_kwargs: dict) -> System:
     """The swarm driver with the gateway on every node: the gateway service (created, or the
     running one kept), the fleet attached to every node's gateway, then the orchestrator."""
     from selfieless.orchestrator.drivers.swarm_spec import gateway_command
@@ -158,11 +161,11 @@ async def _start_with_fleet(stack: Stack, state: Path, config, orchestrator_kwar
     control_port = stack.swarm.gateway_control_port or config.port + 1
     if control_port == config.port:
         raise ValueError(f"swarm.gateway_control_port must differ from the public port {config.port}")
-    driver = make_driver(stack.name, "swarm", state, **_swarm_settings(stack))
+    driver = make_driver(stack.name, "swarm", state, **_swarm_settings(stack, acting))
     command = gateway_command(dataclasses.asdict(config), stack.routes(), config.port, control_port)
     token = await driver.ensure_gateway(fleet_image(stack), command, config.port, control_port,
                                         os.environ.get(TOKEN_ENV) or None)
-    fleet = GatewayFleet(driver, port=config.port, control_port=control_port, token=token)
+    fleet = GatewayFleet(driver, port=config.port, control_port=control_port, token=token, acting=acting)
     try:
         await fleet.start()
         orch = Orchestrator(stack, driver, fleet, state_dir=str(state / stack.name), **orchestrator_kwargs)

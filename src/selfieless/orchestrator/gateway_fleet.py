@@ -17,7 +17,9 @@ place of one gateway:
   answers, held requests) come from every gateway to the same callbacks.
 
 A gateway whose control plane is gone keeps serving its last pools (the process already does);
-the next `up` finds the service by its label and attaches again.
+the next `up` finds the service by its label and attaches again. A control plane that does not
+hold the stack's lease (``acting``, lease_keeper.py) sends the gateways no change: during a split
+only the one that acts changes what they route to.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +63,9 @@ class GatewayFleet:
     """Every node's gateway, driven as one."""
 
     def __init__(self, driver: Any, *, port: int, control_port: int, token: str, poll_wait: float = 0.5,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, acting: Callable[[], bool] | None = None) -> None:
         self.driver = driver
+        self.acting = acting
         self._port, self.control_port, self._token = port, control_port, token
         self.poll_wait = poll_wait
         self.clock = clock
@@ -162,6 +165,12 @@ class GatewayFleet:
 
     close = stop
 
+    def _may_change(self, what: str) -> bool:
+        if self.acting is None or self.acting():
+            return True
+        log.warning("not sending %s to the gateways: this control plane does not hold the stack's lease", what)
+        return False
+
     # GatewayControl -------------------------------------------------------------------------
     @property
     def port(self) -> int | None:
@@ -173,21 +182,29 @@ class GatewayFleet:
         return min(self.nodes) if self.nodes else None
 
     def set_routes(self, routes: Mapping[str, str]) -> None:
+        if not self._may_change("set_routes"):
+            return
         self._routes = dict(routes)
         for gw in self.members.values():
             gw.set_routes(self._routes)
 
     def set_limits(self, balance: str, limits: Mapping[str, Any]) -> None:
+        if not self._may_change("set_limits"):
+            return
         self._limits = {"balance": balance, "limits": dict(limits)}
         for gw in self.members.values():
             gw.set_limits(balance, limits)
 
     def add_backend(self, service: str, backend_id: str, host: str, port: int) -> None:
+        if not self._may_change("add_backend"):
+            return
         self._backends.setdefault(service, {})[backend_id] = (host, int(port))
         for gw in self.members.values():
             gw.add_backend(service, backend_id, host, port)
 
     def remove_backend(self, service: str, backend_id: str, failed: bool = False) -> None:
+        if not self._may_change("remove_backend"):
+            return
         self._backends.get(service, {}).pop(backend_id, None)
         for gw in self.members.values():
             gw.remove_backend(service, backend_id, failed)
