@@ -11,7 +11,7 @@ import pytest
 
 from selfieless.apps.acts.rules import timestamp_sort_key
 from selfieless.apps.acts.store import ActsStore, NewAct
-from selfieless.apps.common.aiodb import _with_also
+from selfieless.apps.common.aiodb import _each_as_one, _with_also
 from selfieless.apps.common.db import COUNT_DUE, CountDue, Database
 from selfieless.apps.common.dberrors import Duplicate
 from selfieless.apps.common.errors import ApiError
@@ -29,6 +29,20 @@ from test_db_on_loop import any_database, counts, on_loop  # noqa: F401 - the fi
 ])
 def test_postgresql_also_write_is_a_with_clause_numbered_after_the_statement(also, sql, taken, expected):
     assert _with_also(also, sql, taken) == expected
+
+
+@pytest.mark.parametrize("statements, also, expected", [
+    ((("INSERT INTO a (x) SELECT $1::BIGINT WHERE k = $2", 2),), None,
+     "WITH write_0 AS (INSERT INTO a (x) SELECT $1::BIGINT WHERE k = $2 RETURNING 1) "
+     "SELECT (SELECT count(*) FROM write_0)"),
+    ((("INSERT INTO a (x) VALUES ($1)", 1), ("INSERT INTO a (x) VALUES ($1)", 1)),
+     "UPDATE c SET n = n + $1 WHERE s = $2",
+     "WITH write_0 AS (INSERT INTO a (x) VALUES ($1) RETURNING 1), write_1 AS (INSERT INTO a (x) VALUES ($2) "
+     "RETURNING 1), also_write AS (UPDATE c SET n = n + $3 WHERE s = $4) "
+     "SELECT (SELECT count(*) FROM write_0), (SELECT count(*) FROM write_1)"),
+])
+def test_postgresql_writes_in_one_statement_count_each_and_number_parameters_in_order(statements, also, expected):
+    assert _each_as_one(statements, also) == expected
 
 
 def _act(act_id: int, category: str = "Nature") -> NewAct:
