@@ -406,3 +406,48 @@ def test_undo_is_swarms_rollback_only_when_the_previous_spec_differs_in_the_task
     for (pm, pt), (m, t), expected in cases:
         assert undo_by_rollback({"Mode": m, "TaskTemplate": t}, {"Mode": pm, "TaskTemplate": pt}) is expected
     assert undo_by_rollback({"Mode": three, "TaskTemplate": v2}, None) is False
+
+
+# --- the control plane as a Swarm service (swarm_control.py) --------------------------------------
+
+def test_the_control_plane_service_runs_up_of_the_config_on_a_manager_with_the_socket():
+    from selfieless.orchestrator.drivers.swarm_control import (LABEL_CONTROL, STACK_PATH, control_service_definition,
+                                                              control_service_name)
+
+    d = control_service_definition("st", "acts:latest", "cfgid", "st-stackfile-abc", "/run/x.sock", 8080, 8090)
+    assert d["name"] == control_service_name("st") == "st-control"
+    assert d["labels"] == {LABEL_CONTROL: "st"} and LABEL_STACK not in d["labels"]   # down must not remove it
+    assert dict(d["mode"]) == {"replicated": {"Replicas": 1}}
+    t = d["task_template"]
+    assert t["Placement"]["Constraints"] == ["node.role==manager"]
+    assert t["RestartPolicy"]["Condition"] == "any"
+    assert [n["Target"] for n in t["Networks"]] == ["host"]
+    cs = t["ContainerSpec"]
+    assert cs["Command"][:5] == ["python3", "-m", "selfieless", "up", STACK_PATH]
+    assert "--in-service" in cs["Command"] and cs["Command"][cs["Command"].index("--port") + 1] == "8080"
+    assert cs["Mounts"] == [{"Target": DEFAULT_SOCKET, "Source": "/run/x.sock", "Type": "bind", "ReadOnly": False}]
+    assert cs["Configs"][0]["ConfigID"] == "cfgid" and cs["Configs"][0]["File"]["Name"] == STACK_PATH
+    assert cs["User"] == "0" and f"DOCKER_HOST=unix://{DEFAULT_SOCKET}" in cs["Env"]
+
+
+def test_each_stack_file_is_a_config_of_its_own():
+    from selfieless.orchestrator.drivers.swarm_control import stack_config_name
+
+    assert stack_config_name("st", "a: 1") == stack_config_name("st", "a: 1")
+    assert stack_config_name("st", "a: 1") != stack_config_name("st", "a: 2")
+    assert stack_config_name("st", "a: 1").startswith("st-stackfile-")
+
+
+@pytest.mark.parametrize("labels,expected", [
+    ([None, None], DEFAULT_SOCKET),
+    (["/run/a.sock", "/run/a.sock"], "/run/a.sock"),
+    (["/run/a.sock", "/run/b.sock"], None),     # managers differ: one mount cannot follow
+    (["/run/a.sock", None], None),
+    ([DEFAULT_SOCKET, None], DEFAULT_SOCKET),
+])
+def test_the_socket_mounted_is_the_one_every_manager_has(labels, expected):
+    from selfieless.orchestrator.drivers.swarm_control import manager_socket
+
+    nodes = [{"Spec": {"Role": "manager", "Labels": {"selfieless.docker-socket": x} if x else {}}} for x in labels]
+    nodes.append({"Spec": {"Role": "worker", "Labels": {"selfieless.docker-socket": "/run/w.sock"}}})
+    assert manager_socket(nodes) == expected

@@ -26,13 +26,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
 
 
 class ModuleProcess:
-    """`python -m MODULE ARGS` in its own process group, its output in a log file."""
+    """`python -m MODULE ARGS` in its own process group, its output in a log file. ``prefix`` is a
+    command that execs the rest (``nsenter --net=...``: run it in a network namespace)."""
 
-    def __init__(self, name: str, module: str, args: list[str], log_dir: Path):
+    def __init__(self, name: str, module: str, args: list[str], log_dir: Path, prefix: tuple[str, ...] = ()):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=self._log,
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", module, *args], stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -101,16 +101,38 @@ class Lab:
     def heal(self, n: int) -> None:
         self.run("heal", str(n))
 
+    def netns_prefix(self, n: int) -> tuple[str, ...]:
+        """The command prefix that runs a program in node `n`'s network namespace."""
+        return ("nsenter", f"--net=/run/netns/sllab-n{n}")
+
+    @property
+    def vip(self) -> str:
+        return self.env["SWARM_LAB_VIP"]
+
+    def vip_start(self, port: int) -> None:
+        self.run("vip", "start", "--port", str(port))
+
+    def vip_stop(self) -> None:
+        self.run("vip", "stop")
+
+    def vip_holder(self) -> int | None:
+        """The reachable node holding the floating IP (`scripts/swarm-lab vip`), or None."""
+        r = subprocess.run([str(LAB_SCRIPT), "vip"], capture_output=True, text=True, timeout=30)
+        for line in r.stdout.splitlines():
+            if "cut off" not in line:
+                return int(line.split()[1])
+        return None
+
     def client(self):
         import docker
 
         return docker.DockerClient(base_url=self.manager, timeout=30)
 
 
-def make_stack_file(path: Path, name: str) -> Path:
+def make_stack_file(path: Path, name: str, lease: dict | None = None) -> Path:
     """The bundled swarm stack renamed (its own services, network and volume), with placement
     that lets the acts tasks move: the database on the manager, users on the users node, acts
-    spread over every node."""
+    spread over every node. `lease`: the control-plane lease's terms (swarm.lease)."""
     import yaml
 
     from selfieless.orchestrator.stack import BUNDLED_SWARM_STACK
@@ -130,6 +152,8 @@ def make_stack_file(path: Path, name: str) -> Path:
     for svc in data["services"].values():
         svc["environment"]["SELFIELESS_PUBLIC_URL"] = svc["environment"]["SELFIELESS_PUBLIC_URL"].replace(
             "selfieless-", f"{name}-")
+    if lease is not None:
+        data.setdefault("swarm", {})["lease"] = lease
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -283,3 +307,82 @@ class Writes:
                 assert page.status_code == 200, page.text
                 out |= {a["actId"] for a in page.json()}
         return out
+
+
+class CuttableSocket:
+    """A unix-socket relay in front of the manager's engine socket that a test can cut, as a
+    network split cuts a control plane from the managers: after `cut()` the relay stops carrying
+    bytes either way and new connections hang unanswered (nothing is refused: a cut refuses
+    nothing). `close()` then drops every connection, so calls hung on it fail at once."""
+
+    def __init__(self, target: str, path: Path):
+        import socket
+
+        self.target = target.removeprefix("unix://")
+        self.path = path
+        self._cut = threading.Event()
+        self._socks: list = []
+        self._lock = threading.Lock()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _keep(self, s) -> None:
+        with self._lock:
+            self._socks.append(s)
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self._keep(client)
+            if self._cut.is_set():
+                continue   # held open, never answered
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._keep(upstream)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data or self._cut.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        if not self._cut.is_set():   # a cut keeps both ends open (and silent) until close()
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def close(self) -> None:
+        self._cut.set()
+        self.server.close()
+        with self._lock:
+            for s in self._socks:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self.path.unlink(missing_ok=True)

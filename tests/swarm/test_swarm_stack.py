@@ -1,5 +1,6 @@
 """A stack on a real multi-node swarm (the lab) through `selfieless up --driver swarm`: the course
-API across nodes, scaling, a node lost under load, adoption by a restarted orchestrator, `down`.
+API across nodes, scaling, a node lost under load, a second control plane that waits for the
+lease and adopts the services once the first is cut off from the manager, `down`.
 
 One deployment for the module (its database takes a while to initialise); the tests run in order
 and each leaves acts at one replica. The stack is a renamed copy of the bundled swarm stack with
@@ -8,27 +9,34 @@ the acts tasks free to move (swarm_support.make_stack_file)."""
 from __future__ import annotations
 
 import random
+import re
 import time
 
 import httpx
 import pytest
 
-from swarm_support import GetLoad, SwarmUp, Writes, make_stack_file, remove_stack
+from swarm_support import CuttableSocket, GetLoad, SwarmUp, Writes, make_stack_file, remove_stack
 from support.processes import wait_until
 
 STACK = f"slswarm{random.randrange(10**5)}"
+# A short control-plane lease: the last test waits for it to lapse (about 8 s).
+LEASE = {"seconds": 6.0, "margin": 1.5}
 
 
 @pytest.fixture(scope="module")
 def deployment(lab, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("swarm")
-    up = SwarmUp(make_stack_file(tmp / "stack.yaml", STACK), tmp / "state", lab.manager).start()
+    # The control plane reaches the manager through a relay the last test cuts (a network split).
+    relay = CuttableSocket(lab.manager, tmp / "engine.sock")
+    up = SwarmUp(make_stack_file(tmp / "stack.yaml", STACK, lease=LEASE), tmp / "state", relay.url).start()
+    up.relay = relay
     client = lab.client()
     try:
         up.converge_time = up.wait_converged(300)
         yield up
     finally:
         up.stop_quietly()
+        relay.close()
         remove_stack(client, STACK)
         client.close()
 
@@ -225,7 +233,13 @@ def test_a_lost_node_leaves_the_rotation_and_its_tasks_come_back_elsewhere(deplo
     wait_until(lambda: up.status()["converged"] and len(up.ready("acts")) == 1, 90, what="acts back to 1")
 
 
-def test_a_restarted_orchestrator_adopts_the_services_and_down_removes_them_and_the_volumes_on_every_node(
+def _lease_line(log: str, pattern: str) -> re.Match:
+    found = re.search(pattern, " ".join(log.split()))   # a long line may be wrapped in the log
+    assert found, log[-3000:]
+    return found
+
+
+def test_a_second_control_plane_waits_for_the_lease_adopts_the_stack_when_the_first_is_cut_off_and_down_removes_it(
         deployment, lab, tmp_path):
     import docker
 
@@ -234,10 +248,31 @@ def test_a_restarted_orchestrator_adopts_the_services_and_down_removes_them_and_
     wait_until(lambda: len(up.ready("acts")) == 2 and up.status()["converged"], 90, what="2 acts tasks ready")
     client = lab.client()
     before = {s.name: s.id for s in client.services.list(filters={"label": f"selfieless.stack={STACK}"})}
-    up.kill9()
-    again = SwarmUp(up.stack_path, up.state_dir, up.manager).start()
+    # A second control plane of the stack, straight on the manager: it waits while the first renews.
+    again = SwarmUp(up.stack_path, tmp_path / "state", lab.manager).start()
     try:
+        wait_until(lambda: "waits: held by" in " ".join(again.log().split()), 60, what=f"the second to wait:\n{again.log()}")
+        time.sleep(LEASE["seconds"])   # a whole lease length: the first renewed, the second still waits
+        assert again.status() is None and again.proc.poll() is None   # not started: no admin API yet
+        assert up.proc.poll() is None and up.status() is not None   # the first still runs the stack
+        # The split: the first control plane no longer reaches the manager, but lives on.
+        up.relay.cut()
+        wait_until(lambda: "lost by" in " ".join(up.log().split()), 30, what=f"the first to lose its lease:\n{up.log()}")
+        up.relay.close()   # its calls hung on the cut relay now fail, so it exits at once
+        assert up.proc.wait(60) == 3, up.log()   # LOST_LEASE
+        lost = _lease_line(up.log_path.read_text(), r"lost by (\S+): .*?stopped acting at ([\d.]+), "
+                                                    r"before its deadline ([\d.]+)")
+        first, stopped_at, deadline = lost.group(1), float(lost.group(2)), float(lost.group(3))
+        assert stopped_at < deadline
         again.wait_converged(120)
+        acquired = _lease_line("\n".join(e["reason"] for e in again.events() if e["kind"] == "lease"),
+                               r"acquired by \S+ until ([\d.]+) \(previous holder (\S+), its deadline ([\d.]+)")
+        # The second acted only once the first's deadline plus the margin had passed.
+        assert acquired.group(2) == first and float(acquired.group(3)) == pytest.approx(deadline, abs=0.001)
+        assert float(acquired.group(1)) - LEASE["seconds"] >= deadline + LEASE["margin"]
+        print(f"\nlease: the first stopped acting {deadline - stopped_at:.1f} s before its deadline, the second "
+              f"acquired it {float(acquired.group(1)) - LEASE['seconds'] - deadline:.1f} s after it")
+        assert up.down().returncode == 0   # the gateway the first left serving
         st = again.status()
         assert st["services"]["acts"]["desired"] == 2 and len(again.ready("acts")) == 2
         after = {s.name: s.id for s in client.services.list(filters={"label": f"selfieless.stack={STACK}"})}
@@ -263,6 +298,7 @@ def test_a_restarted_orchestrator_adopts_the_services_and_down_removes_them_and_
             f"{STACK}x-other"]
         engines[2].volumes.get(f"{STACK}x-other").remove()
         assert client.services.list(filters={"label": f"selfieless.stack={STACK}"}) == []
+        assert client.configs.list(filters={"name": f"{STACK}-lease"}) == []   # the lease record too
         wait_until(lambda: client.networks.list(filters={"label": f"selfieless.stack={STACK}"}) == [], 30,
                    what="the overlay network removed")
     finally:

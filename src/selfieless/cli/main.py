@@ -121,6 +121,11 @@ def up(
                                             "certificate (PEM chain) as the default one (gateway.tls.cert)."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", metavar="FILE", help="The key of --tls-cert."),
     tls_port: Optional[int] = typer.Option(None, "--tls-port", help="HTTPS port (default 443, or gateway.tls.port)."),
+    detach: bool = typer.Option(False, "--detach", help="With --driver swarm: run the control plane as a "
+                                "one-replica Swarm service on a manager (moved to another manager when its "
+                                "node dies) and return; `selfieless down --swarm STACK` removes it all."),
+    in_service: bool = typer.Option(False, "--in-service", hidden=True,
+                                    help="Set by --detach's service: a stop leaves the stack running."),
 ):
     """Run a stack in the foreground: gateway, replicas, admin API and dashboard. Ctrl-C stops it cleanly."""
     from .up import UpOptions, up_main
@@ -130,7 +135,7 @@ def up(
     opts = UpOptions(stack_path=stack, driver=driver, port=port, database_url=database_url, admin_host=admin_host,
                      admin_port=admin_port, ports_from=ports_from, admin_token=admin_token or None,
                      state_dir=state_dir or default_state_dir(), ready_timeout=ready_timeout, quiet_events=quiet,
-                     tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port)
+                     tls_cert=tls_cert, tls_key=tls_key, tls_port=tls_port, detach=detach, in_service=in_service)
     raise typer.Exit(up_main(opts, console))
 
 
@@ -140,8 +145,15 @@ def down(
     timeout: float = typer.Option(120.0, "--timeout", help="How long to wait for it to finish stopping (s)."),
     volumes: bool = typer.Option(False, "--volumes", help="Also remove the stack's data volumes (the database), "
                                  "which are kept by default; with the swarm driver on every node."),
+    swarm: Optional[str] = typer.Option(None, "--swarm", metavar="STACK", help="A stack started with `up --driver "
+                                        "swarm --detach`: remove its control-plane service, then its services "
+                                        "(DOCKER_HOST: a manager)."),
 ):
     """Ask the running `selfieless up` to drain and stop everything, and wait until it has."""
+    if swarm is not None:
+        from .detached import down_detached
+
+        raise typer.Exit(down_detached(swarm, volumes, console))
     try:
         client = AdminClient.discover(admin, admin_token, state_dir)
     except NoRunningUp as e:

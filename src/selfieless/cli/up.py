@@ -44,6 +44,8 @@ from .client import read_admin_file, remove_admin_file, write_admin_file
 
 
 DEFAULT_ADMIN_PORT = 8090
+# The exit status of an `up` that lost the control-plane lease (another control plane acts now).
+LOST_LEASE = 3
 
 
 class UpError(RuntimeError):
@@ -66,6 +68,8 @@ class UpOptions:
     tls_cert: Path | None = None  # --tls-cert/--tls-key: the default certificate of gateway.tls
     tls_key: Path | None = None
     tls_port: int | None = None
+    detach: bool = False        # --detach: deploy the control plane as a Swarm service and return
+    in_service: bool = False    # running as that service: a stop (Swarm's SIGTERM) leaves the stack running
     # When the stop was asked for (signal or POST /api/shutdown), for the "stopped in" figure.
     stop_requested_at: float | None = None
 
@@ -265,9 +269,18 @@ async def run_up(opts: UpOptions, console: Console) -> int:
         return code
     stack = prepare_stack(opts)
     runner, request_stop = _runner(opts, console)
+    # In the control-plane service a SIGTERM is Swarm moving or updating the task, not a `down`.
+    runner.detach = opts.in_service
     await _check_engine(opts, stack)
-    system = await _start_system(runner, stack, state_dir, opts)
+    lease = await _take_lease(runner, stack, console, request_stop)
+    if lease is not None and lease.keeper.held is None:   # stopped while waiting for it
+        await runner.stop()
+        return 0
+    system = await _start_system(runner, stack, state_dir, opts,
+                                 acting=lease.keeper.acting if lease is not None else None)
     orch, gw = system.orchestrator, system.gateway
+    if lease is not None:
+        lease.events_to(orch.events)
     if system.gateway_attached:
         console.print(f"re-attached to the gateway still serving on port {gw.port} (pid {system.gateway_process.pid})")
     admin = await _start_admin(runner, system, state_dir, opts, request_stop)
@@ -296,7 +309,77 @@ async def run_up(opts: UpOptions, console: Console) -> int:
         if opts.stop_requested_at is None:
             opts.stop_requested_at = runner.requested_at or time.monotonic()
         await runner.stop()
+    if lease is not None and lease.lost is not None:
+        console.print(f"[yellow]lost the control-plane lease:[/] {lease.lost}. Stopped acting, and left the "
+                      f"stack running for the control plane that holds it now", highlight=False)
+        return LOST_LEASE
     return 0
+
+
+class _Lease:
+    """A swarm stack's control-plane lease as `up` holds it (orchestrator/lease_keeper.py)."""
+
+    def __init__(self, keeper: Any, store: Any, console: Console) -> None:
+        self.keeper = keeper
+        self.store = store
+        self.lost: str | None = None
+        self.task: asyncio.Task | None = None
+        self._emit = lambda reason: console.print(f"[dim]lease: {reason}[/]", highlight=False)
+        keeper.on_event = lambda reason: self._emit(reason)
+
+    def events_to(self, events: Any) -> None:
+        """From now on the lease's events go to the orchestrator's log, the ones so far first (the
+        console shows that log too)."""
+        for reason in self.keeper.history:
+            events.emit("lease", reason=reason)
+        self._emit = lambda reason: events.emit("lease", reason=reason)
+
+    async def finish(self, detached: bool) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.lost is not None:
+            return
+        if detached:
+            await self.keeper.release()
+        else:   # `down`: the stack is gone, and its lease record with it
+            self.keeper.held = None
+            await asyncio.to_thread(self.store.remove)
+
+
+async def _take_lease(runner: Any, stack: Stack, console: Console, request_stop) -> _Lease | None:
+    """With the swarm driver: wait until this control plane holds the stack's lease (only one acts
+    at a time), then renew it in the background; losing it stops this one, leaving the stack (its
+    services, the gateway) running. None for the other drivers."""
+    if stack.driver != "swarm":
+        return None
+    import docker
+
+    from selfieless.orchestrator.drivers.swarm_lease import SwarmLeaseStore
+    from selfieless.orchestrator.lease import Terms
+    from selfieless.orchestrator.lease_keeper import LeaseKeeper
+
+    terms = Terms(stack.swarm.lease.seconds, stack.swarm.lease.margin)
+    manager = stack.swarm.manager or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    # A short timeout: a renewal that hangs is given up on (the keeper stops acting in time anyway).
+    try:
+        client = docker.DockerClient(base_url=manager, timeout=max(1, int(terms.renew_every)))
+    except docker.errors.DockerException as e:
+        raise UpError(f"cannot start stack {stack.name}: the swarm manager {manager} does not answer: {e}") from None
+    store = SwarmLeaseStore(client, stack.name)
+    lease = _Lease(LeaseKeeper(store, terms), store, console)
+    runner.after_stop(lambda: asyncio.to_thread(client.close))
+    if not await lease.keeper.acquire(runner.stop_requested):
+        return lease
+
+    def on_lost(reason: str) -> None:
+        lease.lost = reason
+        runner.detach = True    # leave the services and the gateway to the control plane that acts
+        request_stop()
+
+    lease.task = asyncio.create_task(lease.keeper.keep(on_lost), name="lease-keeper")
+    runner.after_stop(lambda: lease.finish(runner.detach))
+    return lease
 
 
 def _when_already_running(opts: UpOptions, state_dir: Path, console: Console) -> int | None:
@@ -341,11 +424,12 @@ async def _check_engine(opts: UpOptions, stack: Stack) -> None:
                           f"the services as local processes")
 
 
-async def _start_system(runner: Any, stack: Stack, state_dir: Path, opts: UpOptions) -> Any:
+async def _start_system(runner: Any, stack: Stack, state_dir: Path, opts: UpOptions, acting=None) -> Any:
     try:
         # The gateway runs as its own process: it keeps serving if this one dies, and the next
         # `up` re-attaches to it (and adopts the replicas).
-        return await runner.start(stack, state_dir, driver_setting=opts.driver, gateway_process=True)
+        return await runner.start(stack, state_dir, driver_setting=opts.driver, gateway_process=True,
+                                  acting=acting)
     except OSError as e:
         raise UpError(_bind_message(e, stack.gateway.port, stack.gateway.host)) from None
     except Exception as e:  # a driver that cannot start, ...: one clear line, not a traceback
@@ -400,6 +484,14 @@ def _print_started(orch: Any, stack: Stack, seconds: float, ready_timeout: float
 
 def up_main(opts: UpOptions, console: Console) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if opts.detach:
+        from .detached import deploy_detached
+
+        try:
+            return deploy_detached(opts, console)
+        except (UpError, StackError) as e:
+            console.print(f"[red]error:[/] {e}", highlight=False)
+            return 1
     try:
         # uvloop, as the gateway: the control plane's probes and timers cost about half the CPU.
         with asyncio.Runner(loop_factory=new_event_loop) as loop:

@@ -18,6 +18,7 @@ Modules, in the order data flows through them (docs/architecture.md draws them):
     scale_to_zero     when the rate policy may leave zero replicas, and waking from zero
     rollout           the per-port rolling replacement, a state machine
     apply_plan        a running stack + a new stack file -> what `apply` changes
+    lease             the control-plane lease: acquire, renew, stop acting, take over (one acts at a time)
   the runtime
     controller        Orchestrator: the shared core (reconcile loop, probing, pool, callbacks, status)
     reconciler        the Reconciler interface, and the mode chosen by the kind of driver
@@ -33,6 +34,7 @@ Modules, in the order data flows through them (docs/architecture.md draws them):
     rollout_history   the rollouts of a stack, kept in its state directory (for undo)
     apply_exec        carries out an apply plan
     status, events    the typed status snapshot, and the log of what happened and why
+    lease_keeper      holds the lease: waits for it, renews it, says when it is lost
     drivers/          how replicas run: process, docker (PortDrivers), swarm (an EngineDriver)
   assembly
     assemble          gateway + driver + orchestrator from a stack (for the CLI / admin API)

@@ -19,7 +19,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .controller import Orchestrator
 from .drivers import make_driver
@@ -82,8 +82,10 @@ async def _in_process_gateway(config, routes, tls=None):
 
 async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None, *,
                        driver_setting: str | None = None, gateway_overrides: dict | None = None,
-                       gateway_process: bool = False, **orchestrator_kwargs: Any) -> System:
-    """Start (or re-attach to) the gateway, so replicas can be told its URL, then the orchestrator."""
+                       gateway_process: bool = False, acting: Callable[[], bool] | None = None,
+                       **orchestrator_kwargs: Any) -> System:
+    """Start (or re-attach to) the gateway, so replicas can be told its URL, then the orchestrator.
+    `acting` (swarm): whether this control plane holds the stack's lease now (lease_keeper.py)."""
     state = Path(state_dir or default_state_dir()).expanduser()
     state.mkdir(parents=True, exist_ok=True)
     config = gateway_config(stack, **(gateway_overrides or {}))
@@ -102,7 +104,7 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
         setting = driver_setting or stack.driver
         # Only the swarm driver talks to another engine (the manager) and makes an overlay network.
         swarm = ({"manager": stack.swarm.manager, "network": stack.network, "helper_image": stack.swarm.helper_image,
-                  "container_health_check": stack.swarm.container_health_check}
+                  "container_health_check": stack.swarm.container_health_check, "acting": acting}
                  if setting == "swarm" else {})
         driver = make_driver(stack.name, setting, state, **swarm)
         orch = Orchestrator(stack, driver, gw, state_dir=str(state / stack.name), **orchestrator_kwargs)

@@ -19,7 +19,7 @@ from typing import Callable
 KINDS = frozenset({
     "start", "ready", "unhealthy", "ejected", "withdrawn", "stalled", "replaced", "scaled", "drained",
     "adopted", "backoff", "exited", "stopped", "waiting", "held", "recovered",
-    "rollout", "rollback", "applied", "port", "tls",
+    "rollout", "rollback", "applied", "port", "tls", "lease",
 })
 
 

@@ -260,6 +260,21 @@ class PlacementSpec(_Model):
         return v
 
 
+class LeaseSpec(_Model):
+    """The control-plane lease of a swarm stack (orchestrator/lease.py): `seconds` a renewal holds,
+    `margin` the holder stops before its deadline and a successor waits after it."""
+
+    seconds: float = Field(default=10.0, gt=0, le=300)
+    margin: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renewals_fit(self) -> "LeaseSpec":
+        from .lease import Terms
+
+        Terms(self.seconds, self.margin)   # its ValueError says what is wrong
+        return self
+
+
 class SwarmSpec(_Model):
     """Swarm driver: which swarm manager to talk to. `manager` is a Docker engine address
     (`unix:///...sock`, `tcp://HOST:2376`, `ssh://user@host`); without it, DOCKER_HOST.
@@ -272,6 +287,9 @@ class SwarmSpec(_Model):
     manager: str | None = Field(default=None, pattern=r"^(unix|tcp|ssh|http|https)://\S+$")
     helper_image: str | None = Field(default=None, min_length=1)
     container_health_check: bool = False
+    # The control-plane lease (orchestrator/lease.py): how long a renewal holds, and the margin
+    # the holder stops before its deadline and a successor waits after it.
+    lease: LeaseSpec = Field(default_factory=LeaseSpec)
 
 
 def _default_policy(value: Any) -> Any:

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle
 from .swarm_spec import (END_CONTAINER_CODE, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK,
@@ -51,7 +51,8 @@ class SwarmDriver(EngineDriver):
     name = "swarm"
 
     def __init__(self, stack: str, manager: str | None = None, network: str | None = None, client: Any = None,
-                 helper_image: str | None = None, container_health_check: bool = False):
+                 helper_image: str | None = None, container_health_check: bool = False,
+                 acting: Callable[[], bool] | None = None):
         super().__init__()
         import docker
 
@@ -64,6 +65,14 @@ class SwarmDriver(EngineDriver):
         self._places: dict[str, TaskPlace] = {}   # replica id -> its task's node and container
         self._helper: str | None = helper_image   # the node jobs' image (see _helper_image)
         self.container_health_check = container_health_check
+        # Whether this control plane holds the stack's lease now (lease_keeper.LeaseKeeper.acting):
+        # checked before every write, so one that lost it writes nothing. None: no lease kept.
+        self.acting = acting
+
+    def _check_acting(self, what: str) -> None:
+        if self.acting is not None and not self.acting():
+            raise DriverError(f"cannot {what}: this control plane does not hold the stack's lease "
+                              f"(another one acts, or it could not renew)")
 
     # --- the count -------------------------------------------------------------------------------
 
@@ -75,6 +84,7 @@ class SwarmDriver(EngineDriver):
 
     async def _engine(self, what: str, fn, *args) -> None:
         """Run a blocking SDK call in a worker thread; any failure becomes a DriverError saying `what`."""
+        self._check_acting(what)
         try:
             await asyncio.to_thread(fn, *args)
         except DriverError:
@@ -260,6 +270,7 @@ class SwarmDriver(EngineDriver):
         place = self._places.get(handle.id)
         if place is None:
             return "its task is no longer listed"
+        self._check_acting(f"end task {place.task[:12]}")
         ok, why = await asyncio.to_thread(self._node_job, "end-task", place.node, place.image,
                                           END_CONTAINER_CODE, [place.container])
         if not ok:
@@ -270,6 +281,8 @@ class SwarmDriver(EngineDriver):
         """Remove the stack's named volumes on every node that is up (after cleanup(): the
         services are gone); returns `node: volume` for each removed. Nodes that are down keep
         theirs."""
+        self._check_acting("remove the volumes")
+
         def run() -> list[str]:
             image = self._helper_image()
             if image is None:
@@ -332,6 +345,8 @@ class SwarmDriver(EngineDriver):
     # --- the Driver interface for drivers that start replicas one by one ---------------------------
 
     async def cleanup(self) -> None:
+        self._check_acting("remove the services")
+
         def remove() -> None:
             self._helper_image()   # read while the services exist: remove_volumes() may need it
             for s in self.client.services.list(filters={"label": f"{LABEL_STACK}={self.stack}"}):

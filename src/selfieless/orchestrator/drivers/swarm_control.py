@@ -1,0 +1,148 @@
+"""The control plane as a Swarm service (`selfieless up --driver swarm --detach`): its definition
+(pure) and the calls that deploy and remove it.
+
+One replica, on a manager (`node.role==manager`), restarted on any exit: when its node dies Swarm
+starts it on another manager, where `up` waits for the stack's lease (orchestrator/lease.py),
+then adopts the stack's services by label as after any restart. It runs `selfieless up` of the
+stack file, which it reads from a Swarm config (configs live in the managers' Raft store, so every
+manager has it), with the manager's engine socket mounted and the host's network (the gateway
+and the admin API listen on the node, the admin API on its loopback only). It runs in the image
+of one of the stack's services (this project's images hold selfieless and the Docker SDK; `swarm:
+{helper_image: ...}` names another).
+
+The service and the stack-file config carry `selfieless.control-plane=<stack>`, not the stack's
+own label: the stack's services are what the control plane drives and removes on `down`, and it
+must not remove itself half way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .swarm_spec import DEFAULT_SOCKET
+
+LABEL_CONTROL = "selfieless.control-plane"
+STACK_PATH = "/etc/selfieless/stack.yaml"     # where the task finds the stack file
+STATE_DIR = "/var/lib/selfieless"             # inside the task: gone with it (see README)
+RESTART_DELAY_NS = 1_000_000_000              # Swarm's default is 5 s: a control plane back sooner
+
+
+def control_service_name(stack: str) -> str:
+    return f"{stack}-control"
+
+
+def stack_config_name(stack: str, text: str) -> str:
+    """Configs cannot change: each version of the stack file is a config of its own, named by its
+    content (the same file deployed twice is the same config)."""
+    return f"{stack}-stackfile-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def control_command(gateway_port: int, admin_port: int) -> list[str]:
+    return ["python3", "-m", "selfieless", "up", STACK_PATH, "--driver", "swarm", "--port", str(gateway_port),
+            "--admin-port", str(admin_port), "--state-dir", STATE_DIR, "--quiet", "--in-service"]
+
+
+def control_service_definition(stack: str, image: str, config_id: str, config_name: str, socket: str,
+                               gateway_port: int, admin_port: int) -> dict[str, Any]:
+    """Keyword arguments for the SDK's low-level `create_service` / `update_service`."""
+    from docker import types
+
+    container = types.ContainerSpec(
+        image, command=control_command(gateway_port, admin_port),
+        user="0",   # the engine socket is root's
+        env=[f"DOCKER_HOST=unix://{DEFAULT_SOCKET}"],
+        labels={LABEL_CONTROL: stack},
+        mounts=[types.Mount(target=DEFAULT_SOCKET, source=socket, type="bind")],
+        configs=[types.ConfigReference(config_id, config_name, filename=STACK_PATH)],
+        # `up` drains on SIGTERM with the stack left running (--in-service); give it the time.
+        stop_grace_period=30_000_000_000,
+    )
+    template = types.TaskTemplate(
+        container_spec=container,
+        restart_policy=types.RestartPolicy(condition="any", delay=RESTART_DELAY_NS),
+        placement=types.Placement(constraints=["node.role==manager"]),
+        networks=[types.NetworkAttachmentConfig("host")],
+    )
+    return {
+        "task_template": template,
+        "name": control_service_name(stack),
+        "labels": {LABEL_CONTROL: stack},
+        "mode": types.ServiceMode("replicated", replicas=1),
+    }
+
+
+def manager_socket(nodes: list[dict], default: str = DEFAULT_SOCKET) -> str | None:
+    """The engine socket to mount: the one every manager has (its `selfieless.docker-socket`
+    label, else the usual path); None when they differ, since one service mounts one path on
+    whichever manager runs it."""
+    found = {((n.get("Spec") or {}).get("Labels") or {}).get("selfieless.docker-socket") or default
+             for n in nodes if (n.get("Spec") or {}).get("Role") == "manager"}
+    return found.pop() if len(found) == 1 else None
+
+
+# --- the I/O (blocking: the CLI calls these) -----------------------------------------------------
+
+def deploy(client: Any, stack: str, stack_text: str, image: str, gateway_port: int, admin_port: int) -> str:
+    """Create the stack-file config and the control-plane service, or update the service to this
+    stack file (a rolling replacement of its one task). Returns what it did."""
+    import docker.errors
+
+    api = client.api
+    name = stack_config_name(stack, stack_text)
+    found = [c for c in api.configs(filters={"name": name}) if (c.get("Spec") or {}).get("Name") == name]
+    config_id = found[0]["ID"] if found else api.create_config(
+        name, stack_text.encode(), labels={LABEL_CONTROL: stack})["ID"]
+    socket = manager_socket(api.nodes())
+    if socket is None:
+        raise ValueError("the managers' engine sockets are at different paths (node label "
+                         "selfieless.docker-socket), and a service mounts one path on whichever manager "
+                         "runs it: give every manager its engine socket at the same path")
+    definition = control_service_definition(stack, image, config_id, name, socket, gateway_port, admin_port)
+    try:
+        current = api.inspect_service(control_service_name(stack))
+    except docker.errors.NotFound:
+        api.create_service(**definition)
+        return f"created service {definition['name']} (1 replica on a manager) with stack file config {name}"
+    api.update_service(current["ID"], current["Version"]["Index"], fetch_current_spec=False, **definition)
+    return f"updated service {definition['name']} to stack file config {name}"
+
+
+def remove(client: Any, stack: str) -> bool:
+    """Remove the control-plane service (its `up` stops, leaving the stack running); False when
+    there was none."""
+    import docker.errors
+
+    try:
+        client.api.remove_service(control_service_name(stack))
+        return True
+    except docker.errors.NotFound:
+        return False
+
+
+def remove_configs(client: Any, stack: str) -> None:
+    """The stack-file configs (once no service uses them)."""
+    api = client.api
+    for c in api.configs(filters={"label": f"{LABEL_CONTROL}={stack}"}):
+        try:
+            api.remove_config(c["ID"])
+        except Exception:   # still in use by a task being removed: left for the next down
+            pass
+
+
+def stack_text(client: Any, stack: str) -> str | None:
+    """The stack file the control-plane service runs (from its config), or None."""
+    import base64
+
+    import docker.errors
+
+    api = client.api
+    try:
+        svc = api.inspect_service(control_service_name(stack))
+    except docker.errors.NotFound:
+        return None
+    refs = svc["Spec"]["TaskTemplate"]["ContainerSpec"].get("Configs") or []
+    if not refs:
+        return None
+    data = api.inspect_config(refs[0]["ConfigID"])["Spec"].get("Data") or ""
+    return base64.b64decode(data).decode()
