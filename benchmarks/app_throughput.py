@@ -159,18 +159,19 @@ def database(backend: str, tmp: str, async_commit: bool = False):
         admin.dispose()
 
 
-def run_wrk(url: str, args, script: str | None = None, pids: tuple[int, ...] = ()) -> tuple[float, float, str]:
-    """Requests/s, and the CPU time the server processes `pids` spent per request (s)."""
+def run_wrk(url: str, args, script: str | None = None,
+            pids: tuple[int, ...] = ()) -> tuple[float, list[float], str]:
+    """Requests/s, and the CPU time each of the server processes `pids` spent per request (s)."""
     cmd = ["taskset", "-c", args.wrk_cpu, "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s"]
     if script:
         cmd += ["-s", script]
-    cpu0 = sum(cpu_seconds(pid) for pid in pids)
+    cpu0 = [cpu_seconds(pid) for pid in pids]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
-    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+    cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu0)]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
+    total = max(int(re.search(r"(\d+) requests in", out).group(1)), 1)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return rps, cpu / max(total, 1), errors.group(0) if errors else ""
+    return rps, [c / total for c in cpu], errors.group(0) if errors else ""
 
 
 # --- the bare app -----------------------------------------------------------------------------------
@@ -300,12 +301,15 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
                 subprocess.run(["wrk", "-t1", "-c2", "-d1s", *(["-s", script()] if script else []), target],
                                capture_output=True, check=True)
             mine, theirs, mine_cpu, theirs_cpu, errors = [], [], [], [], set()
+            per_process = []  # the replica's runs: CPU per request of each of `pids`
             for i in range(args.rounds):
                 order = [("real", real, pids), ("bare", bare_url + path, (bare.pid,))]
                 for side, target, busy in (order if i % 2 == 0 else order[::-1]):
                     rps, cpu, err = run_wrk(target, args, script() if script else None, busy)
                     (mine if side == "real" else theirs).append(rps)
-                    (mine_cpu if side == "real" else theirs_cpu).append(cpu)
+                    (mine_cpu if side == "real" else theirs_cpu).append(sum(cpu))
+                    if side == "real":
+                        per_process.append(cpu)
                     if err:
                         errors.add(f"{side}: {err}")
             if args.profile:
@@ -314,6 +318,10 @@ def bench_backend(backend: str, url: str, args, tmp: str, results: dict) -> None
             mc, bc = statistics.median(mine_cpu), statistics.median(theirs_cpu)
             results[(backend, label)] = (m, b)
             note = f"   !! {'; '.join(sorted(errors))}" if errors else ""
+            if len(pids) > 1:  # how the CPU per request splits between the processes (acts + users)
+                split = " + ".join(f"{statistics.median(run[k] for run in per_process) * 1e6:,.0f}"
+                                   for k in range(len(pids)))
+                note = f"   [acts + users: {split} µs]" + note
             print(f"{backend} {label}: {m:,.0f} rps = {m / b:.2f}x bare ({b:,.0f}); "
                   f"CPU per request {mc * 1e6:,.0f} µs = {bc / mc:.2f}x bare ({bc * 1e6:,.0f} µs)"
                   f"   [runs: {', '.join(f'{x:,.0f}' for x in mine)} vs {', '.join(f'{x:,.0f}' for x in theirs)}]{note}",

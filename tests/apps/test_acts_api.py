@@ -195,6 +195,29 @@ def test_acts_stay_when_their_user_is_removed(ready):
     assert act["username"] == "alice"
 
 
+def _concurrent_uploads(ready, bodies: list[dict]) -> list[int]:
+    with httpx.Client(base_url=ready.stack.acts.url + "/api/v1", timeout=60,
+                      limits=httpx.Limits(max_connections=len(bodies))) as client:
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            return list(pool.map(lambda body: client.post("/acts", json=body).status_code, bodies))
+
+
+def test_a_deleted_user_never_posts_among_concurrent_uploads(ready):
+    """Uploads on their way at once share their username checks and their inserts; one that
+    arrives after a user's deletion was answered is still refused, and writes nothing."""
+    ready.add_user("bob")
+    assert ready.acts.delete("/_count").status_code == 200
+    before = [act_body("alice" if i % 2 else "bob", "Nature") for i in range(20)]
+    assert _concurrent_uploads(ready, before) == [201] * 20
+    assert ready.users.delete("/users/bob").status_code == 200
+    after = [act_body("alice" if i % 2 else "bob", "Nature") for i in range(20)]
+    assert _concurrent_uploads(ready, after) == [201 if i % 2 else 400 for i in range(20)]
+    assert ready.acts.get("/_count").json() == [40]
+    listed = ready.acts.get("/categories/Nature/acts").json()
+    assert sorted(a["actId"] for a in listed if a["username"] == "bob") == \
+        sorted(b["actId"] for b in before if b["username"] == "bob")
+
+
 def test_users_service_down_is_503_and_writes_nothing(ready, tmp_path):
     from support.processes import ServiceProcess, free_port
     orphan = ServiceProcess("acts", ready.stack.database_url, tmp_path,

@@ -11,7 +11,7 @@ import pytest
 
 from selfieless.apps.acts.rules import timestamp_sort_key
 from selfieless.apps.acts.store import ActsStore, NewAct
-from selfieless.apps.common.aiodb import _with_also
+from selfieless.apps.common.aiodb import _each_as_one, _with_also
 from selfieless.apps.common.db import COUNT_DUE, CountDue, Database
 from selfieless.apps.common.dberrors import Duplicate
 from selfieless.apps.common.errors import ApiError
@@ -29,6 +29,20 @@ from test_db_on_loop import any_database, counts, on_loop  # noqa: F401 - the fi
 ])
 def test_postgresql_also_write_is_a_with_clause_numbered_after_the_statement(also, sql, taken, expected):
     assert _with_also(also, sql, taken) == expected
+
+
+@pytest.mark.parametrize("statements, also, expected", [
+    ((("INSERT INTO a (x) SELECT $1::BIGINT WHERE k = $2", 2),), None,
+     "WITH write_0 AS (INSERT INTO a (x) SELECT $1::BIGINT WHERE k = $2 RETURNING 1) "
+     "SELECT (SELECT count(*) FROM write_0)"),
+    ((("INSERT INTO a (x) VALUES ($1)", 1), ("INSERT INTO a (x) VALUES ($1)", 1)),
+     "UPDATE c SET n = n + $1 WHERE s = $2",
+     "WITH write_0 AS (INSERT INTO a (x) VALUES ($1) RETURNING 1), write_1 AS (INSERT INTO a (x) VALUES ($2) "
+     "RETURNING 1), also_write AS (UPDATE c SET n = n + $3 WHERE s = $4) "
+     "SELECT (SELECT count(*) FROM write_0), (SELECT count(*) FROM write_1)"),
+])
+def test_postgresql_writes_in_one_statement_count_each_and_number_parameters_in_order(statements, also, expected):
+    assert _each_as_one(statements, also) == expected
 
 
 def _act(act_id: int, category: str = "Nature") -> NewAct:
@@ -117,3 +131,54 @@ def test_concurrent_upvotes_of_one_act_all_count_once(api):
     # Upvotes of a missing act share their batches too: each is refused, each is counted once.
     assert asyncio.run(_concurrent_upvotes(url, body["actId"] + 1, 30)) == [400] * 30
     assert api.acts.get("/_count").json() == [91]
+
+
+def test_uploads_on_their_way_at_once_share_a_transaction_and_each_get_their_own_answer(any_database):
+    """ActsStore.insert_act on a server database: concurrent uploads are inserted together, with
+    their counts; a batch with a repeated actId is rolled back and inserted one by one, so only
+    the repeat is refused. On SQLite each upload is inserted on its own, with the same answers."""
+    db = any_database
+    ops = OperationalContext("acts", db, counts, allow_crash=False)
+    ops.ensure_counter()
+    store = ActsStore(db)
+    transactions = []
+    if db.folds_counts:
+        real = db.change_each
+
+        async def change_each(stmt, parameter_list, dues):  # the real one, its batches noted
+            transactions.append(len(parameter_list))
+            return await real(stmt, parameter_list, dues)
+        db.change_each = change_each
+
+    async def upload(act: NewAct):
+        """As the hot path serves a counted upload: its count owed, settled on its own if unpaid."""
+        due = ops.count_due()
+        token = COUNT_DUE.set(due)
+        try:
+            await store.insert_act(act)
+            answer = "201"
+        except ApiError as exc:
+            answer = exc.message.split(":")[0]
+        finally:
+            COUNT_DUE.reset(token)
+        await due.settle()
+        return answer
+
+    async def work():
+        await store.add_category("Nature")
+        first = await upload(_act(1))
+        clean = await asyncio.gather(*(upload(_act(10 + i)) for i in range(8)), upload(_act(30, "Gone")))
+        after_clean = (await ops.count(), await store.count_acts())
+        mixed = await asyncio.gather(*(upload(_act(40 + i)) for i in range(4)),
+                                     upload(_act(20)), upload(_act(20)), upload(_act(1)))
+        return first, clean, after_clean, mixed, await ops.count(), await store.count_acts()
+
+    first, clean, after_clean, mixed, counted, stored = on_loop(db, work)
+    assert first == "201"
+    assert clean == ["201"] * 8 + ["no such category"]
+    assert after_clean == (10, 9)
+    assert mixed == ["201"] * 5 + ["an act with actId 20 already exists", "an act with actId 1 already exists"]
+    assert (counted, stored) == (17, 14)
+    if db.folds_counts:
+        # One transaction for the clean batch; the mixed one's was rolled back (then one by one).
+        assert transactions == [9, 7]

@@ -3,8 +3,8 @@
 The course's way to ask is the users service's list of names (GET /api/v1/users), one request
 per upload. Under load that request was most of an upload's cost, so:
 
-- The uploads that arrive while lists are on their way share the next one (common/counter.py's
-  Batcher, at most two lists on their way): one HTTP exchange for a batch of uploads. A deleted
+- The uploads that arrive while a list is on its way share the next one (common/counter.py's
+  Batcher, one list on its way at a time): one HTTP exchange for a batch of uploads. A deleted
   user still never posts: the list an upload is checked against is always requested after that
   upload arrived (an upload joins the batch that has not started yet), so a deletion the users
   service had answered before the upload came is in it.
@@ -137,10 +137,10 @@ class UsersClient:
     def __init__(self, base_url: str, origin: str, timeout: float):
         self.base_url = base_url.rstrip("/")
         self._connection = UsersConnection(self.base_url, "/api/v1/users", origin, timeout)
-        # Two lists may be on their way at once: an upload that arrives just after one left waits
-        # for the next, which need not wait for that one (each takes the users service a commit
-        # of its request counter).
-        self._names: Batcher[frozenset[str]] = Batcher(self._fetch_names, concurrency=UsersConnection.KEPT)
+        # One list on its way at a time: the uploads that arrive meanwhile all share the next.
+        # Two at once made smaller batches and cost more CPU per upload in both services (measured,
+        # MariaDB / PostgreSQL, with the inserts batched: 270 / 309 µs against 190 / 153 µs).
+        self._names: Batcher[frozenset[str]] = Batcher(self._fetch_names, concurrency=1)
 
     async def exists(self, username: str) -> bool:
         return username in await self._names.join()

@@ -164,6 +164,12 @@ class ServerPool:
         trip; return the row count of `sql`. Either both are committed or neither is."""
         return await self._run(self._two_in_one, sql, args, also)
 
+    async def execute_each(self, statements: list[tuple[str, tuple]], also: tuple[str, tuple] | None) -> list[int]:
+        """Run the writes `statements` ((SQL, arguments) each), then `also` if given, in one
+        transaction sent in one round trip; return each statement's row count. All are committed
+        or none is: any statement's failure fails them all."""
+        return await self._run(self._each_in_one, statements, also)
+
     async def _run(self, how, *work) -> Any:
         conn = await self.connections.acquire()
         try:
@@ -186,6 +192,9 @@ class ServerPool:
         raise NotImplementedError
 
     async def _two_in_one(self, conn, sql: str, args: tuple, also: tuple[str, tuple]) -> int:
+        raise NotImplementedError
+
+    async def _each_in_one(self, conn, statements: list[tuple[str, tuple]], also: tuple[str, tuple] | None) -> list[int]:
         raise NotImplementedError
 
     @property
@@ -224,6 +233,15 @@ class PostgresPool(ServerPool):
         also_sql, also_args = also
         return await self._statement(conn, _with_also(also_sql, sql, len(args)), args + also_args, False)
 
+    async def _each_in_one(self, conn, statements: list[tuple[str, tuple]], also: tuple[str, tuple] | None) -> list[int]:
+        # One statement again: each write a data-modifying WITH clause that returns a row per row
+        # it wrote, the main SELECT counting them. Its SQL depends on the number of writes only,
+        # so asyncpg prepares one per batch size.
+        sql = _each_as_one(tuple((s, len(a)) for s, a in statements), also[0] if also else None)
+        args = tuple(arg for _, a in statements for arg in a) + (also[1] if also else ())
+        (row,) = await conn.fetch(sql, *args)
+        return list(row)
+
 
 class MysqlPool(ServerPool):
     """asyncmy, in autocommit, with prepared statements."""
@@ -255,20 +273,29 @@ class MysqlPool(ServerPool):
         # statement stops the query inside the transaction: rolled back here, and the caller
         # closes the connection anyway. `sql` goes first: the row `also` locks (the request
         # counter's) is never held by a transaction whose `sql` failed.
-        also_sql, also_args = also
+        (count,) = await self._each_in_one(conn, [(sql, args)], also)
+        return count
+
+    async def _each_in_one(self, conn, statements: list[tuple[str, tuple]], also: tuple[str, tuple] | None) -> list[int]:
         async with conn.cursor() as cur:
-            query = f"START TRANSACTION; {cur.mogrify(sql, args)}; {cur.mogrify(also_sql, also_args)}; COMMIT"
+            parts = [cur.mogrify(sql, args) for sql, args in statements]
+            if also is not None:
+                parts.append(cur.mogrify(*also))
+            query = f"START TRANSACTION; {'; '.join(parts)}; COMMIT"
+            counts = []
             try:
                 await cur.execute(query)
-                await cur.nextset()          # `sql`
-                count = cur.rowcount
-                await cur.nextset()          # `also`
+                for _ in statements:
+                    await cur.nextset()      # each statement, in order
+                    counts.append(cur.rowcount)
+                if also is not None:
+                    await cur.nextset()      # `also`
                 await cur.nextset()          # COMMIT: its success is the transaction's
             except Exception:
                 with contextlib.suppress(Exception):
                     await cur.execute("ROLLBACK")
                 raise
-            return count
+            return counts
 
 
 _PG_PARAMETER = re.compile(r"\$([0-9]+)")
@@ -278,8 +305,26 @@ _PG_PARAMETER = re.compile(r"\$([0-9]+)")
 def _with_also(also: str, sql: str, taken: int) -> str:
     """PostgreSQL: `also` (an UPDATE) run as a WITH clause of `sql`, its $n parameters numbered
     after the `taken` ones of `sql`."""
-    shifted = _PG_PARAMETER.sub(lambda m: f"${int(m.group(1)) + taken}", also)
-    return f"WITH also_write AS ({shifted}) {sql}"
+    return f"WITH also_write AS ({_shifted(also, taken)}) {sql}"
+
+
+def _shifted(sql: str, taken: int) -> str:
+    """PostgreSQL: `sql` with its $n parameters numbered after `taken` others."""
+    return _PG_PARAMETER.sub(lambda m: f"${int(m.group(1)) + taken}", sql)
+
+
+@functools.lru_cache(maxsize=64)  # one per batch size of each statement
+def _each_as_one(statements: tuple[tuple[str, int], ...], also: str | None) -> str:
+    """PostgreSQL: the writes `statements` ((SQL, number of its parameters) each) and `also` as
+    WITH clauses of one SELECT of each write's row count, the parameters numbered in that order."""
+    clauses, taken = [], 0
+    for i, (sql, n) in enumerate(statements):
+        clauses.append(f"write_{i} AS ({_shifted(sql, taken)} RETURNING 1)")
+        taken += n
+    if also is not None:
+        clauses.append(f"also_write AS ({_shifted(also, taken)})")
+    counts = ", ".join(f"(SELECT count(*) FROM write_{i})" for i in range(len(statements)))
+    return f"WITH {', '.join(clauses)} SELECT {counts}"
 
 
 def open_pool(url: str, size: int) -> ServerPool:

@@ -315,6 +315,28 @@ class Database:
                 due.paid = True
         return rows
 
+    async def change_each(self, stmt, parameter_list: list[dict], dues: list[CountDue | None]) -> list[int]:
+        """A server database: the write `stmt` once per parameters of `parameter_list`, all in one
+        transaction and round trip, with the counts `dues` owe (as one increment); each run's row
+        count once all are committed. Any run's failure fails them all and leaves the counts owed
+        (a Duplicate: nothing was written)."""
+        compiled = self._compiled(stmt)
+        statements = [(compiled.sql, compiled.parameters(p)) for p in parameter_list]
+        owed = [due for due in dues if due is not None and not due.paid]
+        also = None
+        if owed:
+            together = CountDue.together(owed)
+            count = self._compiled(together.stmt)
+            also = (count.sql, count.parameters(together.parameters))
+        try:
+            rows = await self._server.execute_each(statements, also)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        for due in owed:
+            due.paid = True
+        self.last_write_proof = time.monotonic()
+        return rows
+
     def _change_in_thread(self, stmt, parameters: dict | None) -> int:
         with self.write() as conn:
             return conn.execute(stmt, parameters).rowcount
