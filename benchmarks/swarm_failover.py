@@ -16,6 +16,10 @@ through the gateway of `selfieless up --driver swarm`:
   counts the tasks it moved off that node) and how long until the first serves. No bar: for
   tens of seconds after a heal, Docker Engine's overlay network may not carry a new task's
   connections to its database (README "Several machines");
+- gateway-kill: the gateway container on node 2 killed (every node runs one, a global Swarm
+  service) under a GET load through the other nodes' gateways: the failed GETs through those,
+  and how long until node 2's gateway answers a GET again (Swarm's restart, the gateway's
+  start, the control plane sending it the routes and pools);
 and the failed GETs (no answer, or a 5xx) in each.
 
 It brings the lab up when none is running (and takes down what it brought up), exits non-zero
@@ -27,9 +31,10 @@ Each figure is the median of the trials with the worst trial in parentheses, and
 are the sum over the trials with the worst single trial beside them: a fault that fails GETs one
 run in five must show, not drown in a median.
 
-The task-kill and load-step trials come first, then the node-loss and rejoin trials. Bars (README
-"Several machines"): replacement serving <= 3 s; node out of rotation <= 1.5 s; restored <= 20 s;
-failed GETs 0; first new task serving <= 3 s.
+The task-kill, load-step and gateway-kill trials come first, then the node-loss and rejoin trials.
+Bars (README "Several machines"): replacement serving <= 3 s; node out of rotation <= 1.5 s;
+restored <= 20 s; failed GETs 0; first new task serving <= 3 s; a killed gateway serving again
+<= 3 s with 0 failed GETs through the others.
 """
 
 from __future__ import annotations
@@ -45,9 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 # The lab wrapper, the `selfieless up` subprocess and the GET load are the swarm tests' helpers.
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "swarm")]
 
-from swarm_support import GetLoad, Lab, SwarmUp, lab_unavailable, make_stack_file, remove_stack  # noqa: E402
+from swarm_support import (GetLoad, Lab, SwarmUp, gateway_kill, lab_unavailable, make_stack_file,  # noqa: E402
+                           remove_stack)
 
-BARS = {"replace": 3.0, "out_of_rotation": 1.5, "restored": 20.0, "scale_out": 3.0}
+BARS = {"replace": 3.0, "out_of_rotation": 1.5, "restored": 20.0, "scale_out": 3.0, "gateway": 3.0}
 STACK = "slbench"
 CLIENTS = 4
 
@@ -151,9 +157,21 @@ def load_step(up: SwarmUp) -> tuple[float, int, int]:
     return took, len(load.failures), load.total
 
 
+def gateway_trial(up: SwarmUp, lab: Lab) -> tuple[float, int, int]:
+    settle(up, 3)
+    got = gateway_kill(up, lab, STACK, victim=2, clients=CLIENTS // 2)
+    if not got["replaced"]:
+        raise RuntimeError("Swarm did not start another gateway container on node 2")
+    # Attached again (the status says so) before the next trial kills anything.
+    wait(lambda: all(g["attached"] and g["answering"] for g in up.status()["gateways"]), 60, "every gateway attached", 0.1)
+    return got["serving"], len(got["failures"]), got["total"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=3, help="rounds of each fault (default 3)")
+    ap.add_argument("--only", choices=["gateway-kill", "node-loss"],
+                    help="measure this fault only (node-loss: with rejoin) and print its row")
     args = ap.parse_args()
     why = lab_unavailable()
     if why is not None:
@@ -166,15 +184,18 @@ def main() -> int:
     client = lab.client()
     try:
         print(f"stack up in {up.wait_converged(300):.1f} s (lab of {lab.env['SWARM_LAB_NODES']} nodes)", flush=True)
-        kills, steps, losses, rejoins = [], [], [], []
+        kills, steps, gateways, losses, rejoins = [], [], [], [], []
         # Every node up since the lab started for the first two figures: what a heal leaves behind
         # (see rejoin) is measured on its own.
-        for i in range(args.trials):
-            kills.append(task_kill(up, lab))
-            print(f"  trial {i + 1}: task-kill {kills[-1]}", flush=True)
-            steps.append(load_step(up))
-            print(f"  trial {i + 1}: load-step {steps[-1]}", flush=True)
-        for i in range(args.trials):
+        for i in range(0 if args.only == "node-loss" else args.trials):
+            if not args.only:
+                kills.append(task_kill(up, lab))
+                print(f"  trial {i + 1}: task-kill {kills[-1]}", flush=True)
+                steps.append(load_step(up))
+                print(f"  trial {i + 1}: load-step {steps[-1]}", flush=True)
+            gateways.append(gateway_trial(up, lab))
+            print(f"  trial {i + 1}: gateway-kill {gateways[-1]}", flush=True)
+        for i in range(0 if args.only == "gateway-kill" else args.trials):
             losses.append(node_loss(up, lab))
             print(f"  trial {i + 1}: node-loss {losses[-1]}", flush=True)
             rejoins.append(rejoin(up, lab))
@@ -201,16 +222,25 @@ def main() -> int:
             text += f" (worst trial {worst[bad]}/{worst[total]})"
         return text
 
-    print(f"task-kill: replacement serving {fig([k[0] for k in kills])} [bar <= {BARS['replace']:g} s], "
-          f"{failed(kills, 1, 2)}")
-    print(f"node-loss: out of rotation {fig([x[0] for x in losses])} [bar <= {BARS['out_of_rotation']:g} s], "
-          f"unhealthy {fig([x[4] for x in losses])}, restored {fig([x[1] for x in losses])} [bar <= {BARS['restored']:g} s], "
-          f"{failed(losses, 2, 3)}")
-    print(f"load-step: first new task serving {fig([s[0] for s in steps])} [bar <= {BARS['scale_out']:g} s; "
-          f"from the scale decision], {failed(steps, 1, 2)}")
-    print(f"rejoin: first new task after the heal serving {fig([r[0] for r in rejoins])} [no bar], "
-          f"one of two on the node that came back in {sum(r[1] for r in rejoins)}/{len(rejoins)}, "
-          f"{failed(rejoins, 2, 3)}")
+    rows = {
+        "task-kill": lambda: f"task-kill: replacement serving {fig([k[0] for k in kills])} "
+                             f"[bar <= {BARS['replace']:g} s], {failed(kills, 1, 2)}",
+        "node-loss": lambda: f"node-loss: out of rotation {fig([x[0] for x in losses])} "
+                             f"[bar <= {BARS['out_of_rotation']:g} s], unhealthy {fig([x[4] for x in losses])}, "
+                             f"restored {fig([x[1] for x in losses])} [bar <= {BARS['restored']:g} s], "
+                             f"{failed(losses, 2, 3)}",
+        "load-step": lambda: f"load-step: first new task serving {fig([s[0] for s in steps])} "
+                             f"[bar <= {BARS['scale_out']:g} s; from the scale decision], {failed(steps, 1, 2)}",
+        "gateway-kill": lambda: f"gateway-kill: replaced serving {fig([g[0] for g in gateways])} "
+                                f"[bar <= {BARS['gateway']:g} s], {failed(gateways, 1, 2)} through the other "
+                                f"nodes' gateways [bar 0]",
+        "rejoin": lambda: f"rejoin: first new task after the heal serving {fig([r[0] for r in rejoins])} [no bar], "
+                          f"one of two on the node that came back in {sum(r[1] for r in rejoins)}/{len(rejoins)}, "
+                          f"{failed(rejoins, 2, 3)}",
+    }
+    wanted = {None: list(rows), "gateway-kill": ["gateway-kill"], "node-loss": ["node-loss", "rejoin"]}[args.only]
+    for name in wanted:
+        print(rows[name]())
     return 0
 
 

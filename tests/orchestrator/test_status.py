@@ -1,14 +1,18 @@
 """The typed status snapshot (status.py): its wire form keeps every key, and reads back the same."""
 
+from dataclasses import replace
+
 import pytest
 
 from selfieless.orchestrator.status import (
+    GatewayStatus,
     PendingStart,
     ReplicaStatus,
     ServiceStatus,
     StackStatus,
     WindowStatus,
     from_json,
+    gateway_line,
     listed,
     summarise,
     to_json,
@@ -29,7 +33,7 @@ STACK = StackStatus(stack="selfieless", driver="process", converged=False, last_
 
 def test_the_wire_form_has_every_key_the_admin_api_always_sent():
     wire = to_json(STACK)
-    assert list(wire) == ["stack", "driver", "converged", "last_event_id", "services", "certs"]
+    assert list(wire) == ["stack", "driver", "converged", "last_event_id", "services", "certs", "gateways"]
     svc = wire["services"]["acts"]
     assert list(svc) == ["desired", "actual", "ready", "min", "max", "host_ports", "routes", "policy", "api_requests",
                          "window", "last_decision", "replicas", "pending", "crash_loops", "kind", "waiting_for",
@@ -48,6 +52,18 @@ def test_the_wire_form_reads_back_to_the_same_snapshot():
     no_window = StackStatus("s", "docker", True, 0, {"db": ServiceStatus(
         "db", "dependency", 1, 1, 1, 1, 1, "3306", (), "none", 0, None, None, (), (), {}, None)})
     assert from_json(to_json(no_window)) == no_window
+    fleet = replace(no_window, gateways=(GatewayStatus("10.0.0.1", "n1", True, True, 12),
+                                         GatewayStatus("10.0.0.2", "n2", True, False, 0)))
+    assert from_json(to_json(fleet)) == fleet
+
+
+@pytest.mark.parametrize("g, line", [
+    (GatewayStatus("10.0.0.1", "n1", True, True, 12), "n1 10.0.0.1: serving, attached, 12 requests"),
+    (GatewayStatus("10.0.0.2", "n2", True, False, 3), "n2 10.0.0.2: attached, not answering, 3 requests"),
+    (GatewayStatus("10.0.0.3", "", False, False, 0), "- 10.0.0.3: starting (not attached yet), 0 requests"),
+])
+def test_one_line_per_gateway(g, line):
+    assert gateway_line(g) == line
 
 
 # --- summarised status (issue 28: a thousand rows help nobody) ------------------------------------

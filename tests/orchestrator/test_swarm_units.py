@@ -408,6 +408,64 @@ def test_undo_is_swarms_rollback_only_when_the_previous_spec_differs_in_the_task
     assert undo_by_rollback({"Mode": three, "TaskTemplate": v2}, None) is False
 
 
+# --- the gateway on every node ----------------------------------------------------------------------
+
+from selfieless.orchestrator.drivers.swarm_spec import (  # noqa: E402
+    GATEWAY_TOKEN_ENV, LABEL_GATEWAY_SPEC, LABEL_ROLE, gateway_command, gateway_places, gateway_service_definition,
+    gateway_spec_key, gateway_token,
+)
+
+
+def _gateway_task(tid, node, desired="running", state="running", role="gateway"):
+    return {"ID": tid, "NodeID": node, "DesiredState": desired, "Status": {"State": state},
+            "Spec": {"ContainerSpec": {"Labels": {LABEL_STACK: "t", LABEL_ROLE: role}}}}
+
+
+@pytest.mark.parametrize("tasks, want", [
+    ([], {}),
+    ([_gateway_task("g1", "n1"), _gateway_task("g2", "n2", state="starting")],
+     {"10.0.0.1": "h1", "10.0.0.2": "h2"}),
+    # killed: the old task is shut down, its replacement not started yet; the node stays listed
+    ([_gateway_task("g1", "n1", desired="shutdown", state="failed"), _gateway_task("g3", "n1", state="pending")],
+     {"10.0.0.1": "h1"}),
+    ([_gateway_task("g1", "n1", desired="shutdown", state="failed")], {}),   # the service is going away
+    ([_gateway_task("g2", "n2"), _gateway_task("g3", "n3")], {"10.0.0.2": "h2"}),   # n3 is down
+    ([_gateway_task("g1", "n1", role="")], {}),                                      # not a gateway
+])
+def test_gateway_places_are_the_ready_nodes_where_swarm_wants_a_gateway(tasks, want):
+    nodes = [_node("n1", "10.0.0.1", host="h1"), _node("n2", "10.0.0.2", host="h2"),
+             _node("n3", "10.0.0.3", state="down", host="h3")]
+    assert gateway_places(tasks, nodes) == want
+
+
+def test_the_gateway_service_is_global_with_both_ports_in_host_mode_and_no_service_label():
+    cmd = gateway_command({"host": "127.0.0.1", "port": 1, "balance": "round_robin"}, {"/api/v1": "acts"}, 80, 81)
+    assert cmd[:5] == ["python3", "-m", "selfieless.gateway", "--control-listen", "0.0.0.0:81"]
+    assert '"host": "0.0.0.0"' in cmd[cmd.index("--config-json") + 1] and '"port": 80' in cmd[cmd.index("--config-json") + 1]
+    d = gateway_service_definition("t", "acts:latest", cmd, 80, 81, "tok", "t")
+    assert d["name"] == "t-gateway"
+    assert d["mode"] == {"global": {}}   # the SDK's spelling; the engine reads it either way
+    assert d["labels"] == {LABEL_STACK: "t", LABEL_ROLE: "gateway", LABEL_GATEWAY_SPEC: gateway_spec_key("acts:latest", cmd)}
+    assert sorted((p["TargetPort"], p["PublishedPort"], p["PublishMode"]) for p in d["endpoint_spec"]["Ports"]) == \
+        [(80, 80, "host"), (81, 81, "host")]
+    cs = d["task_template"]["ContainerSpec"]
+    assert LABEL_SERVICE not in cs["Labels"]   # no replica of any service
+    assert cs["Env"] == [f"{GATEWAY_TOKEN_ENV}=tok"] and cs["Command"] == cmd
+    assert d["task_template"]["RestartPolicy"]["Condition"] == "any"
+    assert gateway_token({"Spec": {"TaskTemplate": d["task_template"]}}) == "tok"
+    assert gateway_token({"Spec": {"TaskTemplate": {"ContainerSpec": {"Env": ["A=1"]}}}}) is None
+    assert gateway_spec_key("acts:latest", cmd) != gateway_spec_key("acts:latest", [*cmd[:-1], "9"])
+
+
+def test_gateway_settings_in_the_stack_file():
+    st = parse_stack(_stack(swarm={"gateway": "local", "gateway_control_port": 9001, "gateway_image": "gw:1"}))
+    assert (st.swarm.gateway, st.swarm.gateway_control_port, st.swarm.gateway_image) == ("local", 9001, "gw:1")
+    assert parse_stack(_stack()).swarm.gateway == "every_node"
+    for bad in ({"gateway": "somewhere"}, {"gateway_control_port": 0}, {"gateway_image": ""}):
+        with pytest.raises(StackError):
+            parse_stack(_stack(swarm=bad))
+
+
 # --- the control plane as a Swarm service (swarm_control.py) --------------------------------------
 
 def test_the_control_plane_service_runs_up_of_the_config_on_a_manager_with_the_socket():

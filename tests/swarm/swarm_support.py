@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from support.ports import free_port
 from support.up_process import UpProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,9 +167,25 @@ class SwarmUp(UpProcess):
     stop_timeout = 120.0
     down_timeout = 180.0
 
-    def __init__(self, stack_path: Path, state_dir: Path, manager: str):
-        super().__init__(stack_path, state_dir)
+    def __init__(self, stack_path: Path, state_dir: Path, manager: str, gateway_port: int | None = None,
+                 local_gateway: bool = False):
+        self.local_gateway = local_gateway   # the stack says swarm: {gateway: local}
+        # Below Swarm's range for the ports it picks (30000-32767): the gateway's public port and
+        # its control port (the next one) are published on every node beside the tasks' ports.
+        super().__init__(stack_path, state_dir, gateway_port or free_port(avoid=range(29999, 32768)))
         self.manager = manager
+
+    @property
+    def gateway(self) -> str:
+        """The first node's gateway (the manager's on the lab; `up` names the same one), or the
+        one gateway process beside `up` (swarm: {gateway: local})."""
+        if self.local_gateway:
+            return super().gateway
+        return self.node_gateway(read_env()["SWARM_LAB_ADDRESSES"].split()[0])
+
+    def node_gateway(self, address: str) -> str:
+        """The gateway on the node at `address` (every node runs one)."""
+        return f"http://{address}:{self.gateway_port}"
 
     def environment(self) -> dict[str, str]:
         return {**super().environment(), "DOCKER_HOST": self.manager}
@@ -307,6 +324,50 @@ class Writes:
                 assert page.status_code == 200, page.text
                 out |= {a["actId"] for a in page.json()}
         return out
+
+
+def serving_again(url: str, t0: float, timeout: float = 60.0) -> float:
+    """Seconds from t0 until a GET to `url` is answered 200 (tried back to back)."""
+    with httpx.Client(timeout=2) as c:
+        while True:
+            try:
+                if c.get(url).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"{url} not serving again within {timeout:g} s")
+            time.sleep(0.02)
+
+
+def gateway_kill(up: SwarmUp, lab: Lab, stack: str, victim: int, clients: int = 2) -> dict:
+    """Kill the gateway container on node `victim` under a GET load through every other node's
+    gateway (`clients` each): how long until the node's gateway answers a GET again (Swarm
+    starts another, the control plane sends it the routes and pools), and the failed GETs
+    through the others."""
+    import contextlib
+
+    import docker
+
+    engine = docker.DockerClient(base_url=lab.node_socket(victim), timeout=30)
+    labels = {"label": [f"selfieless.stack={stack}", "selfieless.role=gateway"]}
+    try:
+        [container] = engine.containers.list(filters=labels)
+        loads = [GetLoad(f"{up.node_gateway(lab.address(n))}/api/v1/acts/count", clients=clients)
+                 for n in lab.nodes if n != victim]
+        with contextlib.ExitStack() as running:
+            for load in loads:
+                running.enter_context(load)
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            container.kill()
+            took = serving_again(f"{up.node_gateway(lab.address(victim))}/api/v1/acts/count", t0)
+            time.sleep(1.0)
+        [again] = engine.containers.list(filters=labels)
+    finally:
+        engine.close()
+    return {"serving": took, "failures": [f for x in loads for f in x.failures], "total": sum(x.total for x in loads),
+            "replaced": again.id != container.id}
 
 
 class CuttableSocket:

@@ -256,6 +256,12 @@ def status_tables(wire: dict) -> list:
         out.append("certificates:\n" + "\n".join(
             f"  {'[red]' if c.problem or c.expires_in is None or c.expires_in <= 0 else ''}{cert_line(c)}"
             f"{'[/]' if c.problem or c.expires_in is None or c.expires_in <= 0 else ''}" for c in st.certs))
+    if st.gateways:
+        from selfieless.orchestrator.status import gateway_line
+
+        out.append("gateways (one per node):\n" + "\n".join(
+            f"  {'' if g.attached and g.answering else '[yellow]'}{gateway_line(g)}"
+            f"{'' if g.attached and g.answering else '[/]'}" for g in st.gateways))
     if decisions:
         out.append("last decisions:\n" + "\n".join(f"  {d}" for d in decisions))
     return out

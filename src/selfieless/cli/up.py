@@ -284,11 +284,12 @@ async def run_up(opts: UpOptions, console: Console) -> int:
     if system.gateway_attached:
         console.print(f"re-attached to the gateway still serving on port {gw.port} (pid {system.gateway_process.pid})")
     admin = await _start_admin(runner, system, state_dir, opts, request_stop)
-    gateway_url = f"http://{_host_for_url(stack.gateway.host)}:{gw.port}"
+    # The gateways on every node (swarm): the first node's address; any node's gateway serves.
+    gateway_url = f"http://{getattr(gw, 'public_host', None) or _host_for_url(stack.gateway.host)}:{gw.port}"
     write_admin_file(state_dir, {
         "url": admin.url, "pid": os.getpid(), "stack": stack.name, "gateway_url": gateway_url,
         "token_required": bool(opts.admin_token), "started_at": time.time(), "driver": orch.driver.name,
-        "gateway_pid": system.gateway_process.pid,
+        "gateway_pid": system.gateway_process.pid if system.gateway_process is not None else None,
     })
     unsubscribe = None
     # Run once the replicas and the gateway have stopped (the admin API answers until then).

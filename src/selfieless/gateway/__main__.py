@@ -8,7 +8,9 @@ whose replicas are the given addresses. Uses uvloop when installed.
 With ``--control-socket PATH`` it also serves the control API (selfieless.gateway.control_api) on
 that unix socket, and ``--state-file`` records its pid, public port and socket for a control
 plane to find (``selfieless up`` starts it so: the gateway outlives a crashed control plane).
-``--config-json`` gives every GatewayConfig field, ``--tls-json`` the HTTPS listener (TlsSettings);
+``--control-listen HOST:PORT`` serves it on TCP instead, for a control plane on another machine
+(the swarm driver runs the gateway so on every node): a token is then required unless HOST is
+loopback. ``--config-json`` gives every GatewayConfig field, ``--tls-json`` the HTTPS listener (TlsSettings);
 the control token, if any, comes from the environment (SELFIELESS_GATEWAY_TOKEN), never the
 command line.
 """
@@ -111,15 +113,19 @@ async def serve(args) -> None:
     stop = asyncio.Event()
     await start_listening(gw, args.state_file)
     control = None
-    if args.control_socket:
+    listen = args.control_listen or args.control_socket
+    if listen:
         from .control_api import ControlServer
 
-        control = ControlServer(gw, args.control_socket, token=os.environ.get("SELFIELESS_GATEWAY_TOKEN") or None,
+        control = ControlServer(gw, listen, token=os.environ.get("SELFIELESS_GATEWAY_TOKEN") or None,
                                 on_stop=stop.set)
-        await control.start()
+        try:
+            await control.start()
+        except ValueError as e:  # listen_problem: no token beyond loopback, a bad address
+            raise SystemExit(f"gateway: {e}") from None
     if args.state_file:
         write_state(args.state_file, {"pid": os.getpid(), "host": gw.config.host, "port": gw.port, "tls_port": gw.tls_port,
-                                      "control_socket": args.control_socket, "instance": control and control.instance})
+                                      "control_socket": listen, "instance": control and control.instance})
     # Everything allocated so far lives as long as the process: keep the collector off it, and
     # collect young objects less often (the request path makes short-lived containers only).
     gc.collect()
@@ -147,6 +153,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-replica-wait", type=float, default=10.0)
     ap.add_argument("--log-level", default="WARNING")
     ap.add_argument("--control-socket", metavar="PATH", help="serve the control API on this unix socket")
+    ap.add_argument("--control-listen", metavar="HOST:PORT",
+                    help="serve the control API on this TCP address (a token is required beyond loopback)")
     ap.add_argument("--state-file", metavar="PATH", help="write pid, port and control socket here (JSON)")
     ap.add_argument("--config-json", metavar="JSON", help="GatewayConfig fields (override the flags above)")
     ap.add_argument("--routes-json", metavar="JSON", help="route table {prefix: service}")

@@ -1,8 +1,11 @@
 """The gateway's control API: :class:`~.control.GatewayControl` for a control plane in another process.
 
-Served with uvicorn on a unix socket (created owner-only, 0600, in the stack's state directory)
-on the gateway's own event loop, beside the proxy and never in its request path: the public port
-shows nothing of it. A token, when set, is required as ``Authorization: Bearer``.
+Served with uvicorn on the gateway's own event loop, beside the proxy and never in its request
+path (the public port shows nothing of it): on a unix socket (created owner-only, 0600, in the
+stack's state directory), or on a TCP address when the control plane runs on another machine
+(the swarm driver's gateway on every node). A token, when set, is required as ``Authorization:
+Bearer``; on TCP it must be set unless the address is loopback (``listen_problem``), as for every
+admin interface of the project.
 
     GET  /control/info                      instance id, pid, public host/port, routes, next event
     POST /control/ops    {"ops": [...]}     routes / add / remove / limits, applied in order
@@ -31,6 +34,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
+import ipaddress
 import logging
 import os
 import socket
@@ -300,12 +304,56 @@ def bind_unix(path: str) -> socket.socket:
     return sock
 
 
+def parse_listen(listen: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); anything else is a unix socket
+    path (None). Raises ValueError for a TCP address with a bad port."""
+    if listen.startswith(("/", ".")) or ":" not in listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"control API address {listen!r}: want HOST:PORT with a port 1-65535, or a socket path")
+    return host, int(port)
+
+
+def listen_problem(listen: str, token: str | None) -> str | None:
+    """Why the control API may not listen at ``listen`` with ``token``, or None: beyond loopback
+    it changes what every request meets, so anyone who can reach it must prove who they are."""
+    try:
+        tcp = parse_listen(listen)
+    except ValueError as e:
+        return str(e)
+    if tcp is None or token:
+        return None
+    host = tcp[0]
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    return (f"the control API on {listen} would be reachable from other machines: set a token "
+            f"(SELFIELESS_GATEWAY_TOKEN) or listen on loopback")
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
 class ControlServer:
-    """Serves the control API of ``gw`` on a unix socket; wires the gateway's callbacks to events."""
+    """Serves the control API of ``gw`` on a unix socket or a TCP address (``listen``: a path or
+    ``HOST:PORT``); wires the gateway's callbacks to events."""
 
     def __init__(self, gw: Gateway, path: str, *, token: str | None = None,
                  on_stop: Callable[[], object] | None = None) -> None:
-        self.gw, self.path = gw, path
+        self.gw, self.path, self.token = gw, path, token
         self.instance = uuid.uuid4().hex
         self.feed = EventFeed()
         gw.on_eject = lambda service, rid, reason: self.feed.add("eject", service, rid, reason)
@@ -319,7 +367,11 @@ class ControlServer:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        sock = bind_unix(self.path)
+        problem = listen_problem(self.path, self.token)
+        if problem:
+            raise ValueError(problem)
+        tcp = parse_listen(self.path)
+        sock = bind_unix(self.path) if tcp is None else bind_tcp(*tcp)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=1, server_header=False)
         self._server = _Server(config)
@@ -337,6 +389,7 @@ class ControlServer:
         self._server.force_exit = True  # long polls would hold the shutdown up
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._task, 5)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if parse_listen(self.path) is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
         self._server = None

@@ -31,6 +31,9 @@ from .stats import ServiceStats
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = 0.2
+# A call's deadline (long polls add their wait): a gateway on a cut-off node refuses nothing, so
+# only a deadline ends a call to it, and the ops for the others wait behind none of its calls.
+CALL_TIMEOUT = 10.0
 NO_EVENTS = 2**62  # an event cursor beyond any event: a poll that reads counters only
 IDLE_WAIT = 25.0  # the long poll's length when nothing happens (the gateway allows up to 30 s)
 
@@ -61,7 +64,8 @@ class PoolSnapshot:
 
 
 class RemoteGateway:
-    """A gateway in another process, driven through its control socket."""
+    """A gateway in another process, driven through its control socket (a unix socket path) or,
+    on another machine, its control address (``http://HOST:PORT``)."""
 
     def __init__(self, socket_path: str, *, token: str | None = None, poll_wait: float = 0.5) -> None:
         self.socket_path = socket_path
@@ -76,8 +80,10 @@ class RemoteGateway:
         self.host: str | None = None
         self._port: int | None = None
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=socket_path),
-                                       base_url="http://gateway", headers=headers, timeout=10.0, trust_env=False)
+        tcp = socket_path.startswith("http://")
+        self._http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=None if tcp else socket_path),
+                                       base_url=socket_path if tcp else "http://gateway", headers=headers,
+                                       timeout=CALL_TIMEOUT, trust_env=False)
         # The mirror: what this control plane has told the gateway (replayed to a new instance).
         self._routes: dict[str, str] | None = None
         self._limits: dict | None = None
@@ -92,6 +98,7 @@ class RemoteGateway:
         self._rev = 0  # the revision of the gateway's counters and pools held ...
         self._rev_of: str | None = None  # ... and the gateway instance it is of (None: nothing held)
         self._tasks: list[asyncio.Task] = []
+        self.reachable = False  # whether the last poll was answered
 
     # Lifecycle ------------------------------------------------------------------------------
     async def attach(self) -> dict:
@@ -100,6 +107,7 @@ class RemoteGateway:
         self.instance, self.pid, self.host, self._port = info["instance"], info["pid"], info["host"], info["port"]
         self._next = info["next"]  # reports from before we attached were for another control plane
         await self._refresh(0.0)  # everything, at once
+        self.reachable = True
         self._tasks = [asyncio.create_task(self._send_loop(), name="gateway-control-send"),
                        asyncio.create_task(self._poll_loop(), name="gateway-control-poll")]
         return info
@@ -253,9 +261,11 @@ class RemoteGateway:
         while True:
             try:
                 await self._refresh(IDLE_WAIT)
+                self.reachable = True
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # unreachable or a bad answer: keep trying, keep the last view
+                self.reachable = False
                 log.debug("gateway poll failed: %s", e)
                 await asyncio.sleep(RETRY_DELAY)
 

@@ -18,6 +18,7 @@ Modules, in the order data flows through them (docs/architecture.md draws them):
     scale_to_zero     when the rate policy may leave zero replicas, and waking from zero
     rollout           the per-port rolling replacement, a state machine
     apply_plan        a running stack + a new stack file -> what `apply` changes
+    fleet             a gateway on every node: whom to attach, counters summed, views merged
     lease             the control-plane lease: acquire, renew, stop acting, take over (one acts at a time)
   the runtime
     controller        Orchestrator: the shared core (reconcile loop, probing, pool, callbacks, status)
@@ -39,6 +40,7 @@ Modules, in the order data flows through them (docs/architecture.md draws them):
   assembly
     assemble          gateway + driver + orchestrator from a stack (for the CLI / admin API)
     gateway_process   the gateway as its own process: start it, re-attach to it, stop it
+    gateway_fleet     the swarm driver's gateway on every node, driven as one (GatewayFleet)
     runner            start / signals / stop of a running system
     pids              is a process still there (drivers, gateway process, CLI)
     __main__          `python -m selfieless.orchestrator STACK.yaml`

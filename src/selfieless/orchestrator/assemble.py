@@ -9,7 +9,11 @@ The one place that wires the parts; the CLI, the admin API, the benchmarks and t
 
 By default the gateway runs in this process. With ``gateway_process=True`` (what ``selfieless up``
 does) it runs as its own process, driven through its control API (orchestrator.gateway_process):
-a control plane that dies leaves it serving, and the next start re-attaches to it.
+a control plane that dies leaves it serving, and the next start re-attaches to it. With the swarm
+driver (and ``swarm: {gateway: every_node}``, the default) the gateway runs on every node instead,
+as the stack's global Swarm service, driven as one (orchestrator.gateway_fleet); no gateway
+process runs beside the control plane then: on a manager it would want the port the manager's
+own gateway task publishes, and a gateway that lives only where `up` runs dies with that node.
 """
 
 from __future__ import annotations
@@ -89,6 +93,9 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
     state = Path(state_dir or default_state_dir()).expanduser()
     state.mkdir(parents=True, exist_ok=True)
     config = gateway_config(stack, **(gateway_overrides or {}))
+    setting = driver_setting or stack.driver
+    if gateway_process and setting == "swarm" and stack.swarm.gateway == "every_node":
+        return await _start_with_fleet(stack, state, config, acting, orchestrator_kwargs)
     proc = None
     if gateway_process:
         from .gateway_process import attach_or_start
@@ -101,12 +108,8 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
         gw = await _in_process_gateway(config, stack.routes(), stack.tls_settings(state / stack.name))
     system = None
     try:
-        setting = driver_setting or stack.driver
         # Only the swarm driver talks to another engine (the manager) and makes an overlay network.
-        swarm = ({"manager": stack.swarm.manager, "network": stack.network, "helper_image": stack.swarm.helper_image,
-                  "container_health_check": stack.swarm.container_health_check, "acting": acting}
-                 if setting == "swarm" else {})
-        driver = make_driver(stack.name, setting, state, **swarm)
+        driver = make_driver(stack.name, setting, state, **(_swarm_settings(stack, acting) if setting == "swarm" else {}))
         orch = Orchestrator(stack, driver, gw, state_dir=str(state / stack.name), **orchestrator_kwargs)
         system = System(stack, gw, orch, proc)
         await orch.start()
@@ -120,4 +123,56 @@ async def start_system(stack: Stack, state_dir: str | os.PathLike | None = None,
         else:
             await proc.stop(gw)
         raise
+    return system
+
+
+def _swarm_settings(stack: Stack, acting: Callable[[], bool] | None) -> dict[str, Any]:
+    """The swarm driver's settings (only it talks to another engine and makes an overlay network)."""
+    return {"manager": stack.swarm.manager, "network": stack.network, "helper_image": stack.swarm.helper_image,
+            "container_health_check": stack.swarm.container_health_check, "acting": acting}
+
+
+def fleet_image(stack: Stack) -> str:
+    """The image the gateways on every node run: `swarm.gateway_image`, else `helper_image`, else
+    the image of the first of the stack's services that has one (every image of this project
+    holds selfieless)."""
+    image = stack.swarm.gateway_image or stack.swarm.helper_image
+    image = image or next((s.image for s in stack.services.values() if s.image), None)
+    if image is None:
+        raise ValueError("the gateway on every node needs an image with selfieless in it: "
+                         "set swarm: {gateway_image: ...}")
+    return image
+
+
+async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[[], bool] | None,
+                            orchestrator_kwargs: dict) -> System:
+    """The swarm driver with the gateway on every node: the gateway service (created, or the
+    running one kept), the fleet attached to every node's gateway, then the orchestrator."""
+    from selfieless.orchestrator.drivers.swarm_spec import gateway_command
+
+    from .gateway_fleet import GatewayFleet
+    from .gateway_process import TOKEN_ENV
+
+    if stack.gateway.tls is not None:
+        raise ValueError("HTTPS is not served by the gateways on every node yet: "
+                         "use swarm: {gateway: local} for a stack with gateway.tls")
+    if not config.port:
+        raise ValueError("the gateway on every node needs a fixed public port (gateway.port or --port), not 0")
+    control_port = stack.swarm.gateway_control_port or config.port + 1
+    if control_port == config.port:
+        raise ValueError(f"swarm.gateway_control_port must differ from the public port {config.port}")
+    driver = make_driver(stack.name, "swarm", state, **_swarm_settings(stack, acting))
+    command = gateway_command(dataclasses.asdict(config), stack.routes(), config.port, control_port)
+    token = await driver.ensure_gateway(fleet_image(stack), command, config.port, control_port,
+                                        os.environ.get(TOKEN_ENV) or None)
+    fleet = GatewayFleet(driver, port=config.port, control_port=control_port, token=token, acting=acting)
+    try:
+        await fleet.start()
+        orch = Orchestrator(stack, driver, fleet, state_dir=str(state / stack.name), **orchestrator_kwargs)
+        system = System(stack, fleet, orch)
+        await orch.start()
+    except BaseException:
+        await fleet.stop()  # the gateways keep serving, for the next start
+        raise
+    system.supervisor = fleet.follow()
     return system

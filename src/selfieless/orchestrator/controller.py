@@ -44,7 +44,7 @@ from .reconciler import Reconciler
 from .replica import BROKEN, LIVE, Replica, ReplicaState as S
 from .scaling import Scaling
 from .service import ServiceRuntime
-from .status import ServiceStatus, StackStatus, certs_status, to_json
+from .status import GatewayStatus, ServiceStatus, StackStatus, certs_status, to_json
 from .stack import NoPolicy, ServiceSpec, Stack
 
 if TYPE_CHECKING:
@@ -320,7 +320,9 @@ class Orchestrator:
             stack=self.stack.name, driver=self.driver.name, converged=self.converged(),
             last_event_id=self.events.last_id,
             services={svc.name: self._service_status(svc, now) for svc in self.services.values()},
-            certs=certs_status(getattr(self.gateway, "tls_certs", ()), time.time()))
+            certs=certs_status(getattr(self.gateway, "tls_certs", ()), time.time()),
+            gateways=tuple(GatewayStatus(g.address, g.node, g.attached, g.answering, g.requests)
+                           for g in (self.gateway.lines() if hasattr(self.gateway, "lines") else ())))
 
     def _service_status(self, svc: ServiceRuntime, now: float) -> ServiceStatus:
         views = [] if svc.dependency else self.pool.views(svc.name)

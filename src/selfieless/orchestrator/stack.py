@@ -282,11 +282,19 @@ class SwarmSpec(_Model):
     with the Docker SDK; without it, the image of one of the stack's services (this project's
     images have both). `container_health_check`: also give each service's tasks Swarm's own
     container health check (1 s); off by default, because Swarm then reports a new task, and its
-    port, only after that check passes (see drivers/swarm_spec.py)."""
+    port, only after that check passes (see drivers/swarm_spec.py).
+    `gateway`: `every_node` (the default) runs the gateway as a global Swarm service, one per
+    node, its public port and control port (`gateway_control_port`, default the public port + 1)
+    published on every node; `local` runs the one gateway process beside `selfieless up`, as the
+    other drivers do. `gateway_image`: the image the gateways run (python3 with selfieless);
+    without it, `helper_image`, else the image of one of the stack's services."""
 
     manager: str | None = Field(default=None, pattern=r"^(unix|tcp|ssh|http|https)://\S+$")
     helper_image: str | None = Field(default=None, min_length=1)
     container_health_check: bool = False
+    gateway: Literal["every_node", "local"] = "every_node"
+    gateway_control_port: int | None = Field(default=None, ge=1, le=65535)
+    gateway_image: str | None = Field(default=None, min_length=1)
     # The control-plane lease (orchestrator/lease.py): how long a renewal holds, and the margin
     # the holder stops before its deadline and a successor waits after it.
     lease: LeaseSpec = Field(default_factory=LeaseSpec)

@@ -88,6 +88,17 @@ class CertStatus:
 
 
 @dataclass(frozen=True)
+class GatewayStatus:
+    """One gateway of a gateway on every node (swarm): where, and whether it is held and answers."""
+
+    address: str
+    node: str                    # the node's hostname
+    attached: bool               # the control plane holds it (sent it the routes and pools)
+    answering: bool              # its control API answered the last poll
+    requests: int                # requests its current instance forwarded
+
+
+@dataclass(frozen=True)
 class StackStatus:
     stack: str
     driver: str
@@ -95,6 +106,14 @@ class StackStatus:
     last_event_id: int
     services: dict[str, ServiceStatus]
     certs: tuple[CertStatus, ...] = ()
+    gateways: tuple[GatewayStatus, ...] = ()   # empty with one gateway (not on every node)
+
+
+def gateway_line(g: GatewayStatus) -> str:
+    """One line of `selfieless status` about one node's gateway."""
+    state = "serving, attached" if g.attached and g.answering else \
+        "attached, not answering" if g.attached else "starting (not attached yet)"
+    return f"{g.node or '-'} {g.address}: {state}, {g.requests} requests"
 
 
 def certs_status(raw, now: float) -> tuple[CertStatus, ...]:
@@ -160,6 +179,8 @@ def to_json(st: StackStatus) -> dict[str, Any]:
         "services": {name: _service_json(svc) for name, svc in st.services.items()},
         "certs": [{"hosts": list(c.hosts), "source": c.source, "expires_in": c.expires_in, "problem": c.problem}
                   for c in st.certs],
+        "gateways": [{"address": g.address, "node": g.node, "attached": g.attached, "answering": g.answering,
+                      "requests": g.requests} for g in st.gateways],
     }
 
 
@@ -199,6 +220,8 @@ def from_json(d: dict[str, Any]) -> StackStatus:
         services={name: _service_from(name, s) for name, s in (d.get("services") or {}).items()},
         certs=tuple(CertStatus(tuple(c.get("hosts") or ()), c.get("source", "file"), c.get("expires_in"),
                                c.get("problem")) for c in d.get("certs") or ()),
+        gateways=tuple(GatewayStatus(g.get("address", ""), g.get("node", ""), bool(g.get("attached")),
+                                     bool(g.get("answering")), g.get("requests", 0)) for g in d.get("gateways") or ()),
     )
 
 

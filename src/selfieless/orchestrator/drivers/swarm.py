@@ -21,6 +21,9 @@ and at which `node address : host port` (swarm_spec.py maps Swarm's records). Pr
   `update_service()` sends the new task spec with the service's UpdateConfig, `rollback_service()`
   asks for Swarm's rollback to the previous spec, and `update_status()` reads how it went; the
   control plane follows the tasks (orchestrator/rollout_owned.py).
+- The gateway on every node is one more service, `<stack>-gateway`, in global mode
+  (`ensure_gateway()`, swarm_spec.gateway_service_definition); `gateway_places()` lists the nodes
+  that run it, for the control plane to attach to (orchestrator/gateway_fleet.py).
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
 """
 
@@ -34,9 +37,11 @@ import time
 from typing import Any, AsyncIterator, Callable
 
 from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle
-from .swarm_spec import (END_CONTAINER_CODE, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK,
-                         REMOVE_VOLUMES_CODE, TaskPlace, job_outcome, node_job_definition, node_socket, pinned_image,
-                         ready_nodes, service_definition, service_name, task_places, tasks_to_replicas)
+from .swarm_spec import (END_CONTAINER_CODE, LABEL_GATEWAY_SPEC, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE,
+                         LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace, gateway_places, gateway_service_definition,
+                         gateway_service_name, gateway_spec_key, gateway_token, job_outcome, node_job_definition,
+                         node_socket, pinned_image, ready_nodes, service_definition, service_name, task_places,
+                         tasks_to_replicas)
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +266,52 @@ class SwarmDriver(EngineDriver):
                 continue
             yield handles
             await asyncio.sleep(SNAPSHOT_INTERVAL)
+
+    # --- the gateway on every node --------------------------------------------------------------------
+
+    async def ensure_gateway(self, image: str, command: list[str], port: int, control_port: int,
+                             token: str | None) -> str:
+        """Create the stack's gateway service, or keep the one running (updated when it runs
+        another image or command); returns the control token in use: ``token``, else the running
+        service's, else a new one."""
+        def run() -> str:
+            import secrets
+
+            name = gateway_service_name(self.stack)
+            with self._lock:
+                found = self._service(name)
+                record = self.client.api.inspect_service(found.id) if found is not None else None
+                use = token or (gateway_token(record) if record else None) or secrets.token_urlsafe(32)
+                pinned = self._pin(image) or (image, None)
+                ref = pinned[0]
+                definition = gateway_service_definition(self.stack, ref, command, port, control_port, use, self.network)
+                if record is None:
+                    self._ensure_network()
+                    self.client.api.create_service(**definition)
+                    return use
+                labels = record["Spec"].get("Labels") or {}
+                if labels.get(LABEL_GATEWAY_SPEC) != gateway_spec_key(ref, command) or gateway_token(record) != use:
+                    log.info("swarm driver: updating %s (another image, command or token)", name)
+                    self.client.api.update_service(found.id, record["Version"]["Index"], fetch_current_spec=False,
+                                                   **definition)
+                return use
+
+        self._check_acting("run the gateway service")
+        try:
+            return await asyncio.to_thread(run)
+        except Exception as e:
+            raise DriverError(f"cannot run the gateway service on {self.manager}: {e}") from e
+
+    async def gateway_places(self) -> dict[str, str]:
+        """Node address -> hostname of every node where the gateway service runs (or restarts)."""
+        def read() -> dict[str, str]:
+            found = self._service(gateway_service_name(self.stack))
+            if found is None:
+                return {}
+            api = self.client.api
+            return gateway_places(api.tasks(filters={"service": found.id}), api.nodes())
+
+        return await asyncio.to_thread(read)
 
     # --- work on one node ---------------------------------------------------------------------------
 

@@ -364,3 +364,104 @@ def parse_timestamp(value: str) -> float:
         return float(calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")))
     except (ValueError, TypeError):
         return time.time()
+
+
+# --- the gateway on every node ---------------------------------------------------------------------
+# One global service per stack runs the gateway (python -m selfieless.gateway) on every node, its
+# public and control ports published in host mode on the node's own address; the control plane
+# attaches to each task's control API (orchestrator/gateway_fleet.py). Labelled with the stack and
+# this role, and with no service label: it is no replica of any service (tasks_to_replicas and
+# replica_counts pass it by), and cleanup() removes it with the rest of the stack.
+LABEL_ROLE = "selfieless.role"
+GATEWAY_ROLE = "gateway"
+GATEWAY_TOKEN_ENV = "SELFIELESS_GATEWAY_TOKEN"
+LABEL_GATEWAY_SPEC = "selfieless.gateway_spec"  # what the service was created from: changed, it is updated
+# A gateway boots from its arguments and its control plane re-sends the pools: nothing to pace.
+# Swarm's restart delay is all of its time out of service after a crash or a kill, besides the
+# container's start.
+GATEWAY_RESTART_DELAY = 0.0
+GATEWAY_STOP_GRACE = 5.0  # requests in flight when a gateway task is stopped (its --grace)
+
+
+def gateway_service_name(stack: str) -> str:
+    return f"{stack}-{GATEWAY_ROLE}"
+
+
+def gateway_command(config: dict[str, Any], routes: dict[str, str], port: int, control_port: int) -> list[str]:
+    """The gateway's command line in a task: every address of the container, the given ports."""
+    import json
+
+    config = {**config, "host": "0.0.0.0", "port": port}
+    return ["python3", "-m", "selfieless.gateway", "--control-listen", f"0.0.0.0:{control_port}",
+            "--config-json", json.dumps(config, sort_keys=True), "--routes-json", json.dumps(routes, sort_keys=True),
+            "--grace", f"{GATEWAY_STOP_GRACE:g}"]
+
+
+def gateway_spec_key(image: str, command: list[str]) -> str:
+    """A short digest of what the gateway service runs, kept as its label: the next `up` compares
+    it to tell whether the running service must be updated."""
+    import hashlib
+
+    return hashlib.sha256("\0".join([image, *command]).encode()).hexdigest()[:16]
+
+
+def gateway_service_definition(stack: str, image: str, command: list[str], port: int, control_port: int,
+                               token: str, network: str) -> dict[str, Any]:
+    """Keyword arguments for `create_service` (and `update_service`): the stack's gateway, one
+    task per node (global mode), both ports published in host mode, the token in its environment
+    (readable only through the manager's API, whose users can run anything on the swarm anyway;
+    a restarted control plane reads it back from there)."""
+    from docker import types
+
+    labels = {LABEL_STACK: stack, LABEL_ROLE: GATEWAY_ROLE}
+    container = types.ContainerSpec(
+        image, command=command, env={GATEWAY_TOKEN_ENV: token},
+        labels=labels, stop_grace_period=int((GATEWAY_STOP_GRACE + 1) * NS), init=True,
+        healthcheck={"Test": ["NONE"]},
+    )
+    template = types.TaskTemplate(
+        container_spec=container,
+        restart_policy=types.RestartPolicy(condition="any", delay=int(GATEWAY_RESTART_DELAY * NS), max_attempts=0),
+        networks=[{"Target": network}],
+    )
+    return {
+        "task_template": template,
+        "name": gateway_service_name(stack),
+        "labels": {**labels, LABEL_GATEWAY_SPEC: gateway_spec_key(image, command)},
+        "mode": types.ServiceMode("global"),
+        # One node at a time, the old task stopped first (the new one needs its ports).
+        "update_config": types.UpdateConfig(parallelism=1, delay=0, order="stop-first", failure_action="pause"),
+        "endpoint_spec": types.EndpointSpec(mode="dnsrr", ports=[
+            {"Protocol": "tcp", "TargetPort": p, "PublishedPort": p, "PublishMode": "host"}
+            for p in (port, control_port)]),
+    }
+
+
+def gateway_token(service: dict) -> str | None:
+    """The control token in a gateway service's record (its container environment), or None."""
+    env = ((service.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Env") or []
+    for item in env:
+        key, _, value = item.partition("=")
+        if key == GATEWAY_TOKEN_ENV and value:
+            return value
+    return None
+
+
+def gateway_places(tasks: list[dict], nodes: list[dict]) -> dict[str, str]:
+    """Node address -> hostname for every node where Swarm wants a gateway task running: the
+    control plane attaches to `address : control port` there. A task being replaced (killed, or
+    restarted) keeps its node's address listed, so the control plane stays attached and sends
+    the routes and pools to the new instance as soon as it answers; a node Swarm reports down is
+    not listed."""
+    where = ready_nodes(nodes)
+    out = {}
+    for t in tasks:
+        if t.get("DesiredState") != "running":
+            continue
+        labels = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+        if labels.get(LABEL_ROLE) != GATEWAY_ROLE:
+            continue
+        node = where.get(t.get("NodeID"))
+        if node is not None:
+            out[node[0]] = node[1]
+    return out
