@@ -229,6 +229,7 @@ def test_down_stops_everything(up):
     assert "stopping: draining and stopping every replica" in out and "stopped in" in out
     again = run_cli("down", *sd(up))
     assert again.returncode == 1 and "no running `selfieless up` found" in again.stderr
+    assert "selfieless down --swarm STACK" in again.stderr  # the way for a swarm stack left behind
 
 
 def test_ctrl_c_drains_and_stops(tmp_path):

@@ -162,7 +162,10 @@ def down(
 
         stopped = [] if admin else stop_left_over(state_dir or default_state_dir())
         if not stopped:
-            _fail(str(e))
+            # A swarm stack outlives its `up` (services and the gateway on every node stay): it is
+            # taken down through the manager instead.
+            _fail(f"{e}\nA swarm stack whose `up` is gone: `selfieless down --swarm STACK` with DOCKER_HOST "
+                  f"pointing at a manager removes its services and gateways.")
         for stack_name, pid in stopped:
             console.print(f"stopped the gateway of stack {stack_name} (pid {pid}), left serving by an `up` that "
                           f"is gone; its replicas may still run: `selfieless up` adopts them, then "
