@@ -135,7 +135,12 @@ def test_a_rebuilt_tag_rolls_every_task_under_get_and_post_with_no_failure(rollo
     assert ready == {t["ID"][:12] for t in tasks}
     assert writes.acked and set(writes.acked) <= writes.stored()
     events = up.events()
-    assert any(e["kind"] == "drained" and e["service"] == "acts" for e in events)
+    # Every old task left with an event: "drained" (then "stopped") when a snapshot saw Swarm
+    # shutting it down while it was in rotation, "exited" when it was already gone by the next
+    # snapshot (Swarm's own update sets the pace; on a loaded machine a stop can fall between two).
+    left = {e["replica"].rsplit(".", 1)[-1] for e in events  # acts.1.TASKID -> TASKID
+            if e["service"] == "acts" and e["replica"] and e["kind"] in ("drained", "stopped", "exited")}
+    assert before <= left, [(e["kind"], e["replica"]) for e in events if e["service"] == "acts"][-40:]
     # The same file again: nothing to do.
     again = _apply(up, data)
     assert again.status_code == 200 and again.json()["reason"] == "no change", again.text

@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 
+from selfieless.orchestrator.drivers.swarm_spec import LABEL_JOB
 from swarm_support import CuttableSocket, GetLoad, SwarmUp, Writes, gateway_kill, make_stack_file, remove_stack
 from support.processes import wait_until
 
@@ -265,6 +266,13 @@ def _lease_line(log: str, pattern: str) -> re.Match:
     return found
 
 
+def _lasting_services(client) -> dict[str, str]:
+    """The stack's services by name -> id, without the one-shot node jobs (ending a silent task,
+    removing volumes), which come and go while a loaded lab heals."""
+    return {s.name: s.id for s in client.services.list(filters={"label": f"selfieless.stack={STACK}"})
+            if LABEL_JOB not in (s.attrs["Spec"].get("Labels") or {})}
+
+
 def test_a_second_control_plane_waits_for_the_lease_adopts_the_stack_when_the_first_is_cut_off_and_down_removes_it(
         deployment, lab, tmp_path):
     import docker
@@ -273,7 +281,7 @@ def test_a_second_control_plane_waits_for_the_lease_adopts_the_stack_when_the_fi
     up.scale("acts", 2)
     wait_until(lambda: len(up.ready("acts")) == 2 and up.status()["converged"], 90, what="2 acts tasks ready")
     client = lab.client()
-    before = {s.name: s.id for s in client.services.list(filters={"label": f"selfieless.stack={STACK}"})}
+    before = _lasting_services(client)
     # A second control plane of the stack, straight on the manager: it waits while the first renews.
     again = SwarmUp(up.stack_path, tmp_path / "state", lab.manager, gateway_port=up.gateway_port).start()
     try:
@@ -301,7 +309,7 @@ def test_a_second_control_plane_waits_for_the_lease_adopts_the_stack_when_the_fi
         # (The first left no gateway process of its own: the gateways on every node serve on.)
         st = again.status()
         assert st["services"]["acts"]["desired"] == 2 and len(again.ready("acts")) == 2
-        after = {s.name: s.id for s in client.services.list(filters={"label": f"selfieless.stack={STACK}"})}
+        after = _lasting_services(client)
         assert after == before  # the same services, none duplicated (the gateway service too)
         assert f"{STACK}-gateway" in after
         # The gateways kept serving without a control plane, and the new one attached to each.
