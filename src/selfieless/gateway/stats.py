@@ -32,6 +32,13 @@ class LatencyHistogram:
         self.sum = 0.0
         self.count = 0
 
+    def plus(self, other: "LatencyHistogram") -> "LatencyHistogram":
+        """A new histogram holding both one's observations (same bounds)."""
+        out = LatencyHistogram(self.bounds)
+        out.counts = [x + y for x, y in zip(self.counts, other.counts)]
+        out.sum, out.count = self.sum + other.sum, self.count + other.count
+        return out
+
     def observe(self, seconds: float) -> None:
         # bisect_left: a value equal to a bound belongs to that bound's bucket (le semantics).
         self.counts[bisect_left(self.bounds, seconds)] += 1
@@ -103,6 +110,18 @@ class ServiceStats:
 
     def withdrew(self) -> None:
         self.withdrawals += 1
+
+    def plus(self, other: "ServiceStats") -> "ServiceStats":
+        """A new object holding both one's counters (the same service on two gateways, say), and
+        the earlier first request. Kept beside the fields so that a new counter is summed too."""
+        out = ServiceStats(self.service)
+        for name in ("api_requests", "requests", "retries", "ejections", "withdrawals", "gateway_errors"):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        firsts = [t for t in (self.first_request_at, other.first_request_at) if t is not None]
+        out.first_request_at = min(firsts) if firsts else None
+        out.status_classes = [x + y for x, y in zip(self.status_classes, other.status_classes)]
+        out.latency = self.latency.plus(other.latency)
+        return out
 
     def snapshot(self) -> dict:
         return {

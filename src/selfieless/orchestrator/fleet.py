@@ -31,19 +31,10 @@ def attachments(held: Iterable[str], seen: Iterable[str]) -> tuple[list[str], li
 
 
 def add_stats(a: ServiceStats | None, b: ServiceStats | None) -> ServiceStats | None:
-    """The two services' counters added (a new object); the earlier first request; None + x = x."""
+    """The two services' counters added (a new object; ServiceStats.plus); None + x = x."""
     if a is None or b is None:
         return copy.deepcopy(a if b is None else b)
-    out = ServiceStats(a.service)
-    for name in ("api_requests", "requests", "retries", "ejections", "withdrawals", "gateway_errors"):
-        setattr(out, name, getattr(a, name) + getattr(b, name))
-    firsts = [t for t in (a.first_request_at, b.first_request_at) if t is not None]
-    out.first_request_at = min(firsts) if firsts else None
-    out.status_classes = [x + y for x, y in zip(a.status_classes, b.status_classes)]
-    out.latency.counts = [x + y for x, y in zip(a.latency.counts, b.latency.counts)]
-    out.latency.sum = a.latency.sum + b.latency.sum
-    out.latency.count = a.latency.count + b.latency.count
-    return out
+    return a.plus(b)
 
 
 def sum_stats(parts: Iterable[Mapping[str, ServiceStats]]) -> dict[str, ServiceStats]:
