@@ -488,6 +488,21 @@ def test_the_control_plane_service_runs_up_of_the_config_on_a_manager_with_the_s
     assert cs["User"] == "0" and f"DOCKER_HOST=unix://{DEFAULT_SOCKET}" in cs["Env"]
 
 
+def test_the_control_plane_runs_where_the_stack_places_it_within_the_managers():
+    from selfieless.orchestrator.drivers.swarm_control import control_service_definition
+
+    stack = parse_stack(_stack(swarm={"control_placement": {"constraints": ["node.labels.db!=true"],
+                                                            "preferences": [{"spread": "node.labels.zone"}]}}))
+    where = stack.swarm.control_placement
+    d = control_service_definition("st", "acts:latest", "c", "n", "/run/x.sock", 8080, 8090,
+                                   where.constraints, where.preferences)
+    placement = d["task_template"]["Placement"]
+    assert placement["Constraints"] == ["node.role==manager", "node.labels.db!=true"]
+    assert placement["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]
+    with pytest.raises(StackError, match="constraint"):
+        parse_stack(_stack(swarm={"control_placement": {"constraints": ["db"]}}))
+
+
 def test_each_stack_file_is_a_config_of_its_own():
     from selfieless.orchestrator.drivers.swarm_control import stack_config_name
 

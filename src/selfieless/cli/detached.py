@@ -36,7 +36,9 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
     client = None
     try:
         client = docker.DockerClient(base_url=manager, timeout=30)
-        did = swarm_control.deploy(client, stack.name, text, image, stack.gateway.port, admin_port(opts))
+        where = stack.swarm.control_placement
+        did = swarm_control.deploy(client, stack.name, text, image, stack.gateway.port, admin_port(opts),
+                                   where.constraints, where.preferences)
     except (docker.errors.DockerException, ValueError) as e:
         raise UpError(f"cannot deploy the control plane of {stack.name} on {manager}: {e}") from None
     finally:

@@ -287,7 +287,9 @@ class SwarmSpec(_Model):
     node, its public port and control port (`gateway_control_port`, default the public port + 1)
     published on every node; `local` runs the one gateway process beside `selfieless up`, as the
     other drivers do. `gateway_image`: the image the gateways run (python3 with selfieless);
-    without it, `helper_image`, else the image of one of the stack's services."""
+    without it, `helper_image`, else the image of one of the stack's services.
+    `control_placement`: where the control-plane service of `up --detach` may run, within the
+    managers (e.g. `node.labels.db!=true`: not on the node whose loss takes the database too)."""
 
     manager: str | None = Field(default=None, pattern=r"^(unix|tcp|ssh|http|https)://\S+$")
     helper_image: str | None = Field(default=None, min_length=1)
@@ -298,6 +300,7 @@ class SwarmSpec(_Model):
     # The control-plane lease (orchestrator/lease.py): how long a renewal holds, and the margin
     # the holder stops before its deadline and a successor waits after it.
     lease: LeaseSpec = Field(default_factory=LeaseSpec)
+    control_placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
 
 def _default_policy(value: Any) -> Any:

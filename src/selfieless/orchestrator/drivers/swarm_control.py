@@ -18,6 +18,7 @@ must not remove itself half way.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from .swarm_spec import DEFAULT_SOCKET
@@ -44,8 +45,11 @@ def control_command(gateway_port: int, admin_port: int) -> list[str]:
 
 
 def control_service_definition(stack: str, image: str, config_id: str, config_name: str, socket: str,
-                               gateway_port: int, admin_port: int) -> dict[str, Any]:
-    """Keyword arguments for the SDK's low-level `create_service` / `update_service`."""
+                               gateway_port: int, admin_port: int, constraints: Sequence[str] = (),
+                               preferences: Sequence[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for the SDK's low-level `create_service` / `update_service`.
+    `constraints` and `preferences` (the stack's `swarm.control_placement`) narrow the managers
+    it may run on, e.g. keeping it off the node of a database it would otherwise go down with."""
     from docker import types
 
     container = types.ContainerSpec(
@@ -61,7 +65,8 @@ def control_service_definition(stack: str, image: str, config_id: str, config_na
     template = types.TaskTemplate(
         container_spec=container,
         restart_policy=types.RestartPolicy(condition="any", delay=RESTART_DELAY_NS),
-        placement=types.Placement(constraints=["node.role==manager"]),
+        placement=types.Placement(constraints=["node.role==manager", *constraints],
+                                  preferences=[("spread", label) for label in preferences] or None),
         networks=[types.NetworkAttachmentConfig("host")],
     )
     return {
@@ -83,7 +88,8 @@ def manager_socket(nodes: list[dict], default: str = DEFAULT_SOCKET) -> str | No
 
 # --- the I/O (blocking: the CLI calls these) -----------------------------------------------------
 
-def deploy(client: Any, stack: str, stack_text: str, image: str, gateway_port: int, admin_port: int) -> str:
+def deploy(client: Any, stack: str, stack_text: str, image: str, gateway_port: int, admin_port: int,
+           constraints: Sequence[str] = (), preferences: Sequence[str] = ()) -> str:
     """Create the stack-file config and the control-plane service, or update the service to this
     stack file (a rolling replacement of its one task). Returns what it did."""
     import docker.errors
@@ -98,7 +104,8 @@ def deploy(client: Any, stack: str, stack_text: str, image: str, gateway_port: i
         raise ValueError("the managers' engine sockets are at different paths (node label "
                          "selfieless.docker-socket), and a service mounts one path on whichever manager "
                          "runs it: give every manager its engine socket at the same path")
-    definition = control_service_definition(stack, image, config_id, name, socket, gateway_port, admin_port)
+    definition = control_service_definition(stack, image, config_id, name, socket, gateway_port, admin_port,
+                                            constraints, preferences)
     try:
         current = api.inspect_service(control_service_name(stack))
     except docker.errors.NotFound:
