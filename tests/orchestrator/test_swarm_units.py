@@ -486,6 +486,8 @@ def test_the_control_plane_service_runs_up_of_the_config_on_a_manager_with_the_s
     assert cs["Mounts"] == [{"Target": DEFAULT_SOCKET, "Source": "/run/x.sock", "Type": "bind", "ReadOnly": False}]
     assert cs["Configs"][0]["ConfigID"] == "cfgid" and cs["Configs"][0]["File"]["Name"] == STACK_PATH
     assert cs["User"] == "0" and f"DOCKER_HOST=unix://{DEFAULT_SOCKET}" in cs["Env"]
+    # Not the image's HEALTHCHECK (it asks an app on port 80): Swarm would kill the task as unhealthy.
+    assert cs["Healthcheck"] == {"Test": ["NONE"]}
 
 
 def test_the_control_plane_runs_where_the_stack_places_it_within_the_managers():

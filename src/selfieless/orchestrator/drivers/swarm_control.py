@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from .swarm_spec import DEFAULT_SOCKET
+from .swarm_spec import DEFAULT_SOCKET, NO_HEALTHCHECK
 
 LABEL_CONTROL = "selfieless.control-plane"
 STACK_PATH = "/etc/selfieless/stack.yaml"     # where the task finds the stack file
@@ -61,6 +61,7 @@ def control_service_definition(stack: str, image: str, config_id: str, config_na
         configs=[types.ConfigReference(config_id, config_name, filename=STACK_PATH)],
         # `up` drains on SIGTERM with the stack left running (--in-service); give it the time.
         stop_grace_period=30_000_000_000,
+        healthcheck=NO_HEALTHCHECK,
     )
     template = types.TaskTemplate(
         container_spec=container,

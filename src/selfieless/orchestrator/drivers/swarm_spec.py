@@ -52,6 +52,9 @@ LABEL_JOB = "selfieless.job"                  # on the one-shot node jobs (node_
 # A node label naming where that node's engine socket is, when not at the usual place (rootless
 # engines, or the lab's engines, which share one file system).
 LABEL_NODE_SOCKET = "selfieless.docker-socket"
+# The images' own HEALTHCHECK asks an app on its port: a task that runs something else (the
+# gateway, the control plane, a job) would stay `starting` and then be killed as unhealthy.
+NO_HEALTHCHECK = {"Test": ["NONE"]}
 DEFAULT_SOCKET = "/var/run/docker.sock"
 LABEL_IMAGE = "selfieless.image"        # the image as the stack file names it
 LABEL_IMAGE_ID = "selfieless.image_id"  # the id it resolved to on the manager when the spec was sent
@@ -160,7 +163,7 @@ def service_definition(stack: str, spec: LaunchSpec, replicas: int, network: str
     image_labels = {LABEL_IMAGE: spec.image or ""}
     if image_id:
         image_labels[LABEL_IMAGE_ID] = image_id
-    health: Any = {"Test": ["NONE"]}
+    health: Any = NO_HEALTHCHECK
     if spec.health_path and container_health_check:
         health = types.Healthcheck(test=health_command(spec.health_path, spec.container_port),
                                    interval=int(HEALTH_INTERVAL * NS), timeout=int(HEALTH_TIMEOUT * NS),
@@ -331,7 +334,7 @@ def node_job_definition(stack: str, job: str, name: str, node_id: str, socket: s
     container = types.ContainerSpec(
         image, command=["python3", "-c", code, *args], user="0",
         labels={LABEL_STACK: stack, LABEL_JOB: job},
-        mounts=[types.Mount(target=DEFAULT_SOCKET, source=socket, type="bind")],
+        mounts=[types.Mount(target=DEFAULT_SOCKET, source=socket, type="bind")], healthcheck=NO_HEALTHCHECK,
     )
     template = types.TaskTemplate(
         container_spec=container,
@@ -417,7 +420,7 @@ def gateway_service_definition(stack: str, image: str, command: list[str], port:
     container = types.ContainerSpec(
         image, command=command, env={GATEWAY_TOKEN_ENV: token},
         labels=labels, stop_grace_period=int((GATEWAY_STOP_GRACE + 1) * NS), init=True,
-        healthcheck={"Test": ["NONE"]},
+        healthcheck=NO_HEALTHCHECK,
     )
     template = types.TaskTemplate(
         container_spec=container,
