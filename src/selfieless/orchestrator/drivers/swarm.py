@@ -37,6 +37,7 @@ import time
 from typing import Any, AsyncIterator, Callable
 
 from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle
+from .swarm_portless import PortlessTasks, portless_places
 from .swarm_spec import (END_CONTAINER_CODE, LABEL_GATEWAY_SPEC, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE,
                          LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace, gateway_places, gateway_service_definition,
                          gateway_service_name, gateway_spec_key, gateway_token, job_outcome, node_job_definition,
@@ -68,6 +69,9 @@ class SwarmDriver(EngineDriver):
         self._network_ready = False
         self._lock = threading.Lock()   # network creation and service creation run in threads
         self._places: dict[str, TaskPlace] = {}   # replica id -> its task's node and container
+        self._portless_places: dict[str, TaskPlace] = {}   # task id -> place (swarm_portless.py)
+        self._portless = PortlessTasks()
+        self._jobs: set[asyncio.Task] = set()     # node jobs running in the background
         self._helper: str | None = helper_image   # the node jobs' image (see _helper_image)
         self.container_health_check = container_health_check
         # Whether this control plane holds the stack's lease now (lease_keeper.LeaseKeeper.acting):
@@ -246,8 +250,10 @@ class SwarmDriver(EngineDriver):
             return []
         # Tasks being shut down too: the old side of an update leaves the pool (drained) then.
         tasks = api.tasks(filters={"service": ids, "desired-state": ["running", "shutdown"]})
-        replicas = tasks_to_replicas(self.stack, tasks, api.nodes())
+        nodes = api.nodes()
+        replicas = tasks_to_replicas(self.stack, tasks, nodes)
         self._places = task_places(tasks, replicas)
+        self._portless_places = portless_places(self.stack, tasks, nodes)
         return replicas
 
     async def snapshots(self) -> AsyncIterator[list[ReplicaHandle]]:
@@ -264,6 +270,8 @@ class SwarmDriver(EngineDriver):
                 failing = True
                 await asyncio.sleep(1.0)
                 continue
+            for place in self._portless.to_end(self._portless_places, time.monotonic()):
+                self._end_portless(place)
             yield handles
             await asyncio.sleep(SNAPSHOT_INTERVAL)
 
@@ -321,6 +329,24 @@ class SwarmDriver(EngineDriver):
         place = self._places.get(handle.id)
         if place is None:
             return "its task is no longer listed"
+        return await self._end_place(place)
+
+    def _end_portless(self, place: TaskPlace) -> None:
+        """End a task listed running without its published port (drivers/swarm_portless.py), in
+        the background: a node job takes seconds, and the listing goes on meanwhile."""
+        async def run() -> None:
+            log.warning("swarm driver: task %s runs with no published port in its status (unreachable): "
+                        "ending it on its node so Swarm replaces it", place.task[:12])
+            try:
+                await self._end_place(place)
+            except Exception as e:
+                log.warning("swarm driver: cannot end task %s: %s", place.task[:12], e)
+
+        job = asyncio.create_task(run(), name=f"end-portless-{place.task[:12]}")
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _end_place(self, place: TaskPlace) -> str:
         self._check_acting(f"end task {place.task[:12]}")
         ok, why = await asyncio.to_thread(self._node_job, "end-task", place.node, place.image,
                                           END_CONTAINER_CODE, [place.container])
@@ -418,4 +444,6 @@ class SwarmDriver(EngineDriver):
         await asyncio.to_thread(remove)
 
     async def close(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
         await asyncio.to_thread(self.client.close)
