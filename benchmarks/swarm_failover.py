@@ -20,6 +20,11 @@ through the gateway of `selfieless up --driver swarm`:
   service) under a GET load through the other nodes' gateways: the failed GETs through those,
   and how long until node 2's gateway answers a GET again (Swarm's restart, the gateway's
   start, the control plane sending it the routes and pools);
+- manager-loss: on the lab promoted to three managers, a stack deployed by `up --driver swarm
+  --detach` (the control plane a Swarm service), GETs and uploads sent to the lab's floating IP,
+  and the node that runs the control plane and holds the floating IP cut off: how long until the
+  floating IP answers again and until another control plane holds the lease (it acts from then
+  on), the failed GETs beside those in flight on that node, and the acknowledged uploads lost;
 and the failed GETs (no answer, or a 5xx) in each.
 
 It brings the lab up when none is running (and takes down what it brought up), exits non-zero
@@ -31,10 +36,12 @@ Each figure is the median of the trials with the worst trial in parentheses, and
 are the sum over the trials with the worst single trial beside them: a fault that fails GETs one
 run in five must show, not drown in a median.
 
-The task-kill, load-step and gateway-kill trials come first, then the node-loss and rejoin trials.
-Bars (README "Several machines"): replacement serving <= 3 s; node out of rotation <= 1.5 s;
-restored <= 20 s; failed GETs 0; first new task serving <= 3 s; a killed gateway serving again
-<= 3 s with 0 failed GETs through the others.
+The task-kill, load-step and gateway-kill trials come first, then the node-loss and rejoin trials,
+then the manager-loss trials (each with a stack of its own). Bars (README "Several machines"):
+replacement serving <= 3 s; node out of rotation <= 1.5 s; restored <= 20 s; failed GETs 0; first
+new task serving <= 3 s; a killed gateway serving again <= 3 s with 0 failed GETs through the
+others; a lost manager: floating IP back <= 3 s, a control plane acting <= 30 s, failed GETs no
+more than were in flight on it, uploads lost 0.
 """
 
 from __future__ import annotations
@@ -50,10 +57,12 @@ REPO = Path(__file__).resolve().parents[1]
 # The lab wrapper, the `selfieless up` subprocess and the GET load are the swarm tests' helpers.
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "swarm")]
 
+from detached_support import DetachedStack, make_detached_stack_file, manager_loss  # noqa: E402
 from swarm_support import (GetLoad, Lab, SwarmUp, gateway_kill, lab_unavailable, make_stack_file,  # noqa: E402
                            remove_stack)
 
-BARS = {"replace": 3.0, "out_of_rotation": 1.5, "restored": 20.0, "scale_out": 3.0, "gateway": 3.0}
+BARS = {"replace": 3.0, "out_of_rotation": 1.5, "restored": 20.0, "scale_out": 3.0, "gateway": 3.0,
+        "vip": 3.0, "acting": 30.0}
 STACK = "slbench"
 CLIENTS = 4
 
@@ -167,10 +176,24 @@ def gateway_trial(up: SwarmUp, lab: Lab) -> tuple[float, int, int]:
     return got["serving"], len(got["failures"]), got["total"]
 
 
+def manager_loss_trial(lab: Lab, tmp: Path, i: int) -> dict:
+    """One manager-loss trial with a detached stack of its own (removed after)."""
+    name = f"slbml{i}"
+    stack = DetachedStack(lab, make_detached_stack_file(tmp / f"{name}.yaml", name), name)
+    stack.deploy()
+    try:
+        wait(lambda: stack.control_node(1) is not None, 180, "control plane task running", 0.5)
+        node = stack.control_node(1)
+        wait(lambda: (stack.status(node) or {}).get("converged"), 300, "detached stack converged", 0.5)
+        return manager_loss(lab, stack, clients=CLIENTS)
+    finally:
+        stack.cleanup()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=3, help="rounds of each fault (default 3)")
-    ap.add_argument("--only", choices=["gateway-kill", "node-loss"],
+    ap.add_argument("--only", choices=["gateway-kill", "node-loss", "manager-loss"],
                     help="measure this fault only (node-loss: with rejoin) and print its row")
     args = ap.parse_args()
     why = lab_unavailable()
@@ -180,11 +203,34 @@ def main() -> int:
     lab = Lab()
     lab.up()
     tmp = Path(tempfile.mkdtemp(prefix="swarm-failover-"))
+    kills, steps, gateways, losses, rejoins, managers = [], [], [], [], [], []
+    try:
+        if args.only != "manager-loss":
+            measure_one_stack(lab, tmp, args, kills, steps, gateways, losses, rejoins)
+        if args.only in (None, "manager-loss"):
+            lab.run("up", "--managers", "3")
+            try:
+                for i in range(args.trials):
+                    managers.append(manager_loss_trial(lab, tmp, i))
+                    print(f"  trial {i + 1}: manager-loss {managers[-1]}", flush=True)
+            finally:
+                lab.run("vip", "stop")
+                lab.run("up", "--managers", "1")
+    except Exception as e:
+        print(f"cannot measure: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        lab.down()
+    print_rows(args.only, kills, steps, gateways, losses, rejoins, managers)
+    return 0
+
+
+def measure_one_stack(lab: Lab, tmp: Path, args, kills, steps, gateways, losses, rejoins) -> None:
+    """The trials that share one `selfieless up --driver swarm` (all but manager-loss)."""
     up = SwarmUp(make_stack_file(tmp / "stack.yaml", STACK), tmp / "state", lab.manager).start()
     client = lab.client()
     try:
         print(f"stack up in {up.wait_converged(300):.1f} s (lab of {lab.env['SWARM_LAB_NODES']} nodes)", flush=True)
-        kills, steps, gateways, losses, rejoins = [], [], [], [], []
         # Every node up since the lab started for the first two figures: what a heal leaves behind
         # (see rejoin) is measured on its own.
         for i in range(0 if args.only == "node-loss" else args.trials):
@@ -200,15 +246,16 @@ def main() -> int:
             print(f"  trial {i + 1}: node-loss {losses[-1]}", flush=True)
             rejoins.append(rejoin(up, lab))
             print(f"  trial {i + 1}: rejoin {rejoins[-1]}", flush=True)
-    except Exception as e:
-        print(f"cannot measure: {type(e).__name__}: {e}\n{up.log()}", file=sys.stderr)
-        return 1
+    except Exception:
+        print(up.log(), file=sys.stderr)
+        raise
     finally:
         up.stop_quietly()
         remove_stack(client, STACK)
         client.close()
-        lab.down()
 
+
+def print_rows(only: str | None, kills, steps, gateways, losses, rejoins, managers) -> None:
     def fig(xs):
         """Median, and the worst when there were several trials."""
         text = f"{statistics.median(xs):.1f} s"
@@ -237,11 +284,17 @@ def main() -> int:
         "rejoin": lambda: f"rejoin: first new task after the heal serving {fig([r[0] for r in rejoins])} [no bar], "
                           f"one of two on the node that came back in {sum(r[1] for r in rejoins)}/{len(rejoins)}, "
                           f"{failed(rejoins, 2, 3)}",
+        "manager-loss": lambda: (
+            f"manager-loss: floating IP back {fig([m['vip_back'] for m in managers])} [bar <= {BARS['vip']:g} s], "
+            f"control plane acting {fig([m['acting'] for m in managers])} [bar <= {BARS['acting']:g} s], "
+            f"failed GETs {sum(m['failed_gets'] for m in managers)}/{sum(m['gets'] for m in managers)} "
+            f"(in flight on the node: at most {sum(m['in_flight'] for m in managers)}), "
+            f"uploads lost {sum(m['lost'] for m in managers)}/{sum(m['uploads'] for m in managers)} [bar 0]"),
     }
-    wanted = {None: list(rows), "gateway-kill": ["gateway-kill"], "node-loss": ["node-loss", "rejoin"]}[args.only]
+    wanted = {None: list(rows), "gateway-kill": ["gateway-kill"], "node-loss": ["node-loss", "rejoin"],
+              "manager-loss": ["manager-loss"]}[only]
     for name in wanted:
         print(rows[name]())
-    return 0
 
 
 if __name__ == "__main__":

@@ -110,8 +110,8 @@ class Lab:
     def vip(self) -> str:
         return self.env["SWARM_LAB_VIP"]
 
-    def vip_start(self, port: int) -> None:
-        self.run("vip", "start", "--port", str(port))
+    def vip_start(self, port: int, prefer: int | None = None) -> None:
+        self.run("vip", "start", "--port", str(port), *(("--prefer", str(prefer)) if prefer else ()))
 
     def vip_stop(self) -> None:
         self.run("vip", "stop")

@@ -1,0 +1,209 @@
+"""A stack whose control plane runs as a Swarm service (`selfieless up --driver swarm --detach`)
+on a lab of three managers, and the manager-loss trial the test and benchmarks/swarm_failover.py
+share: the node holding the floating IP, the control plane and a gateway cut off at once under
+GET and upload load sent to the floating IP.
+
+The control plane's admin API listens on the loopback of whichever node runs it (it has the
+node's network), so it is reached through that node's network namespace (curl run by nsenter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from selfieless.orchestrator.stack import LeaseSpec
+from support.ports import free_port
+from support.processes import wait_until
+from swarm_support import GetLoad, Lab, Writes, make_stack_file, remove_stack
+
+DB_NODE = 2   # the database's node: never the one cut (its loss takes the data, not a test of failover)
+
+
+def make_detached_stack_file(path: Path, name: str, acts: int = 3, lease: dict | None = None) -> Path:
+    """The lab stack (swarm_support.make_stack_file) with `acts` acts tasks (3: one per node, by
+    the spread preference, so the node cut holds one), the database on node DB_NODE and the
+    control plane kept off it (`swarm.control_placement`), so the node cut holds the control
+    plane but not the data."""
+    import yaml
+
+    make_stack_file(path, name, lease)
+    data = yaml.safe_load(path.read_text())
+    data["services"]["acts"]["replicas"] = {"initial": acts, "min": 1, "max": 2 * acts}
+    data["dependencies"]["db"]["placement"] = {"constraints": [f"node.labels.selfieless.lab.node=={DB_NODE}"]}
+    data["swarm"] = {**data.get("swarm", {}),
+                     "control_placement": {"constraints": [f"node.labels.selfieless.lab.node!={DB_NODE}"]}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class DetachedStack:
+    def __init__(self, lab: Lab, stack_path: Path, name: str):
+        self.lab, self.stack_path, self.name = lab, stack_path, name
+        # Below Swarm's own range (30000-32767): the gateways publish the port and the next one.
+        self.gateway_port = free_port(avoid=range(29999, 32768))
+        self.admin_port = free_port(avoid=range(self.gateway_port - 1, 32768))
+        self.lease_seconds = LeaseSpec().seconds   # the stack files here keep the default lease
+
+    def _cli(self, *args: str, manager: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DOCKER_HOST": self.lab.node_socket(manager)}
+        return subprocess.run([sys.executable, "-m", "selfieless", *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+
+    def deploy(self) -> str:
+        r = self._cli("up", str(self.stack_path), "--driver", "swarm", "--detach", "--port", str(self.gateway_port),
+                      "--admin-port", str(self.admin_port))
+        assert r.returncode == 0, f"up --detach failed ({r.returncode}):\n{r.stdout}{r.stderr}"
+        return r.stdout
+
+    def down(self, manager: int) -> subprocess.CompletedProcess:
+        return self._cli("down", "--swarm", self.name, manager=manager)
+
+    def cleanup(self) -> None:
+        """Whatever a failed test or trial left: every node healed, `down --swarm` from a manager
+        that keeps the quorum, then any service of the stack or of its control plane."""
+        for n in self.lab.nodes:
+            self.lab.heal(n)
+        self.down(manager=DB_NODE)
+        client = self.client(DB_NODE)
+        try:
+            remove_stack(client, self.name)
+            for s in client.services.list(filters={"label": f"selfieless.control-plane={self.name}"}):
+                s.remove()
+        finally:
+            client.close()
+
+    def client(self, manager: int):
+        import docker
+
+        return docker.DockerClient(base_url=self.lab.node_socket(manager), timeout=15)
+
+    def control_node(self, manager: int) -> int | None:
+        """The lab node running the control plane's task, as the swarm (asked of `manager`) says."""
+        client = self.client(manager)
+        try:
+            tasks = client.api.tasks(filters={"service": f"{self.name}-control", "desired-state": "running"})
+            running = [t for t in tasks if t["Status"]["State"] == "running"]
+            if not running:
+                return None
+            node = client.api.inspect_node(running[0]["NodeID"])
+            return int(node["Spec"]["Labels"]["selfieless.lab.node"])
+        finally:
+            client.close()
+
+    def lease_holder(self, manager: int) -> str | None:
+        """Who holds the stack's control-plane lease (its Swarm config, read through `manager`)."""
+        from selfieless.orchestrator.drivers.swarm_lease import SwarmLeaseStore
+
+        client = self.client(manager)
+        try:
+            lease = SwarmLeaseStore(client, self.name).read().lease
+            return lease.holder if lease is not None else None
+        finally:
+            client.close()
+
+    def admin(self, node: int, path: str, body: dict | None = None, timeout: float = 5) -> tuple[int, dict | None]:
+        """A call to the admin API on node `node`'s loopback: (status, JSON body); (0, None) when
+        nothing answered."""
+        cmd = [*self.lab.netns_prefix(node), "curl", "-s", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}"]
+        if body is not None:
+            cmd += ["-H", "content-type: application/json", "--data", json.dumps(body)]
+        r = subprocess.run([*cmd, f"http://127.0.0.1:{self.admin_port}{path}"], capture_output=True, text=True,
+                           timeout=timeout + 10)
+        text, _, code = r.stdout.rpartition("\n")
+        try:
+            return int(code or 0), json.loads(text) if text else None
+        except ValueError:
+            return int(code or 0), None
+
+    def status(self, node: int) -> dict | None:
+        code, body = self.admin(node, "/api/status")
+        return body if code == 200 else None
+
+    def acting_from(self, node: int) -> float | None:
+        """When the control plane on `node` took the lease (wall clock), from its own event log:
+        the deadline its acquisition wrote, less the lease's length."""
+        code, body = self.admin(node, "/api/events?after=0")
+        events = body.get("events", []) if code == 200 and isinstance(body, dict) else []
+        for ev in events:
+            m = re.search(r"acquired by \S+ until (\d+\.\d+)", ev.get("reason") or "")
+            if ev.get("kind") == "lease" and m:
+                return float(m.group(1)) - self.lease_seconds
+        return None
+
+    def stopped_acting_at(self, node: int) -> float | None:
+        """When the control plane on `node` (cut off, alive) stopped acting for want of a renewal,
+        from the last words of its container, read through that node's own engine."""
+        import docker
+
+        engine = docker.DockerClient(base_url=self.lab.node_socket(node), timeout=15)
+        try:
+            for c in engine.containers.list(all=True, filters={"label": f"selfieless.control-plane={self.name}"}):
+                text = " ".join(c.logs().decode(errors="replace").split())   # the console wraps lines
+                m = re.search(r"stopped acting at (\d+\.\d+)", text)
+                if m:
+                    return float(m.group(1))
+            return None
+        finally:
+            engine.close()
+
+    def gateway(self, address: str) -> str:
+        return f"http://{address}:{self.gateway_port}"
+
+
+def _vip_answers(url: str) -> bool:
+    try:
+        r = httpx.get(url, timeout=0.25)
+        return r.status_code == 200 and r.json().get("gateway") == "selfieless"
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def manager_loss(lab: Lab, stack: DetachedStack, clients: int = 4, acting_timeout: float = 120.0) -> dict:
+    """Cut the node that runs the control plane and holds the floating IP (a gateway runs on every
+    node) under `clients` GET clients and an upload loop sent to the floating IP. Returns the
+    seconds until the floating IP answers again and until another control plane holds the lease,
+    the failed GETs (each client has at most one request in flight on the cut node at the cut),
+    the uploads acknowledged and those missing afterwards, the node cut and the new control
+    plane's node. The node is left cut: the caller heals it."""
+    victim = wait_until(lambda: stack.control_node(1), 120, what="the control plane's task running")
+    survivor = next(n for n in lab.nodes if n != victim)
+    lab.vip_start(stack.gateway_port, prefer=victim)
+    wait_until(lambda: lab.vip_holder() == victim, 30, what=f"node {victim} holding the floating IP")
+    vip = stack.gateway(lab.vip)
+    old = wait_until(lambda: stack.lease_holder(survivor), 60, what="the control plane holding its lease")
+    with Writes(vip) as writes, GetLoad(f"{vip}/api/v1/categories", clients) as load:
+        time.sleep(2.0)
+        t0 = time.monotonic()
+        lab.cut(victim)
+        wait_until(lambda: _vip_answers(f"{vip}/"), 30, 0.02, what="the floating IP answering again")
+        back = time.monotonic() - t0
+
+        def taken_over() -> bool:
+            try:
+                return stack.lease_holder(survivor) not in (None, "", old)
+            except Exception:   # the survivor's manager re-electing a Raft leader: ask again
+                return False
+
+        wait_until(taken_over, acting_timeout, 0.2, what="another control plane holding the lease")
+        acting = time.monotonic() - t0
+        time.sleep(3.0)   # the load goes on through the new layout for a while
+    missing = set(writes.acked) - writes.stored()
+    new_node = stack.control_node(survivor)
+    # Split brain: the old control plane is alive, cut off from the quorum. It must have stopped
+    # acting (no renewal committed) before the new one took the lease.
+    old_stop = wait_until(lambda: stack.stopped_acting_at(victim), 60, 0.5,
+                          what=f"the control plane cut off on node {victim} saying it stopped acting")
+    new_start = wait_until(lambda: stack.acting_from(new_node), 60, 0.5,
+                           what=f"the control plane on node {new_node} saying when it took the lease")
+    return {"victim": victim, "vip_back": back, "acting": acting, "failed_gets": len(load.failures),
+            "gets": load.total, "in_flight": clients, "failures": load.failures[:5],
+            "uploads": len(writes.acked), "lost": len(missing), "upload_failures": len(writes.failures),
+            "new_node": new_node, "old_stopped_at": old_stop, "new_acting_from": new_start}
