@@ -1,6 +1,6 @@
 """The stack's floating IP on a swarm (`swarm: {floating_ip: ...}`): keepalived on every node.
 
-The control plane runs the global Swarm service `<stack>-vip` (drivers/swarm_spec.py,
+The control plane runs the global Swarm service `<stack>-vip` (the swarm driver's
 vip_service_definition): one task per node, on the node's own network (host network), with the
 capabilities VRRP needs. Each task runs ``python3 -m selfieless.floating_ip``, which finds the
 node's own address and interface, writes keepalived's configuration and becomes keepalived
