@@ -46,6 +46,9 @@ def main(argv: list[str]) -> int:
     settings = VipSettings(args.address, args.router_id, args.advert, args.gateway_port)
     try:
         interface, own = own_place(nodes, local_addresses())
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"floating IP: cannot read this machine's addresses with `ip` (iproute2): {e}", file=sys.stderr)
+        return 2
         check = shlex.join([sys.executable, "-m", "selfieless.floating_ip.check", own, str(args.gateway_port)])
         conf = keepalived_config(settings, interface, own, nodes, check)
     except ValueError as e:
@@ -58,8 +61,13 @@ def main(argv: list[str]) -> int:
     path = RUN_DIR / "keepalived.conf"
     path.write_text(conf)
     print(f"floating IP {args.address}: node {own} on {interface}; {path}:\n{conf}", flush=True)
-    os.execvp("keepalived", ["keepalived", "-P", "-n", "-l", "-D", "-f", str(path),
-                             "-p", str(RUN_DIR / "keepalived.pid"), "-r", str(RUN_DIR / "vrrp.pid")])
+    try:
+        os.execvp("keepalived", ["keepalived", "-P", "-n", "-l", "-D", "-f", str(path),
+                                 "-p", str(RUN_DIR / "keepalived.pid"), "-r", str(RUN_DIR / "vrrp.pid")])
+    except OSError as e:
+        print(f"floating IP: cannot run keepalived ({e}); scripts/docker-prepare puts it in the base image",
+              file=sys.stderr)
+        return 2
     return 0  # not reached
 
 
