@@ -46,11 +46,11 @@ def main(argv: list[str]) -> int:
     settings = VipSettings(args.address, args.router_id, args.advert, args.gateway_port)
     try:
         interface, own = own_place(nodes, local_addresses())
+        check = shlex.join([sys.executable, "-m", "selfieless.floating_ip.check", own, str(args.gateway_port)])
+        conf = keepalived_config(settings, interface, own, nodes, check)
     except (OSError, subprocess.CalledProcessError) as e:
         print(f"floating IP: cannot read this machine's addresses with `ip` (iproute2): {e}", file=sys.stderr)
         return 2
-        check = shlex.join([sys.executable, "-m", "selfieless.floating_ip.check", own, str(args.gateway_port)])
-        conf = keepalived_config(settings, interface, own, nodes, check)
     except ValueError as e:
         print(f"floating IP: {e}", file=sys.stderr)
         return 2
