@@ -21,6 +21,16 @@ from pathlib import Path
 from .keepalived_conf import VipSettings, keepalived_config, own_place
 
 RUN_DIR = Path("/run/selfieless-vip")
+CHECK_PATH = RUN_DIR / "check"
+# The check as a script of its own, run by this very interpreter (the kernel reads the #! line as
+# it is): keepalived runs a check's program by its resolved path, which for `python3 -m ...` is
+# the system interpreter outside the venv that holds selfieless (measured: every check then
+# failed to import it, exit status 1).
+CHECK_SCRIPT = """#!{python}
+import sys
+from selfieless.floating_ip.check import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def local_addresses() -> dict[str, list[str]]:
@@ -46,7 +56,7 @@ def main(argv: list[str]) -> int:
     settings = VipSettings(args.address, args.router_id, args.advert, args.gateway_port)
     try:
         interface, own = own_place(nodes, local_addresses())
-        check = shlex.join([sys.executable, "-m", "selfieless.floating_ip.check", own, str(args.gateway_port)])
+        check = shlex.join([str(CHECK_PATH), own, str(args.gateway_port)])
         conf = keepalived_config(settings, interface, own, nodes, check)
     except (OSError, subprocess.CalledProcessError) as e:
         print(f"floating IP: cannot read this machine's addresses with `ip` (iproute2): {e}", file=sys.stderr)
@@ -58,6 +68,8 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(conf)
         return 0
     RUN_DIR.mkdir(parents=True, exist_ok=True)
+    CHECK_PATH.write_text(CHECK_SCRIPT.format(python=sys.executable))
+    CHECK_PATH.chmod(0o755)   # keepalived's script security: root's, writable by root only
     path = RUN_DIR / "keepalived.conf"
     path.write_text(conf)
     print(f"floating IP {args.address}: node {own} on {interface}; {path}:\n{conf}", flush=True)
