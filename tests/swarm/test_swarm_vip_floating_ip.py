@@ -7,7 +7,7 @@ with a floating IP of its own, 10.211.0.101 with router id 52: the lab's own `vi
 test_swarm_vip.py and the manager-loss test use) is .100 with id 51, so the two never meet. The
 address answers the gateway's `/`; cut off the node that holds it and it answers from another
 node; `down` leaves no `<stack>-vip` service and no node holding the address (keepalived gives it
-up on Swarm's SIGTERM). About 40 s on a lab that is up (the deployment, one takeover, `down`).
+up on Swarm's SIGTERM). 15-25 s on a lab that is up (the deployment, one takeover, `down`).
 """
 
 from __future__ import annotations
