@@ -198,11 +198,9 @@ async def _ensure_vip(stack: Stack, driver, gateway_port: int) -> Callable[[], A
             log.info("floating IP: the stack file has none any more; its service is removed")
         return None
 
-    def ensure():
-        return driver.ensure_vip(fleet_image(stack), fip.address, fip.router_id, fip.advert, gateway_port)
-
-    await ensure()
-    return ensure
+    image = fleet_image(stack)
+    await driver.ensure_vip(image, fip.address, fip.router_id, fip.advert, gateway_port)
+    return lambda: driver.ensure_vip(image, fip.address, fip.router_id, fip.advert, gateway_port, keep_image=True)
 
 
 async def _keep_vip(ensure: Callable[[], Any], acting: Callable[[], bool] | None) -> None:

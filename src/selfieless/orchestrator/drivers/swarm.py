@@ -319,24 +319,28 @@ class SwarmDriver(EngineDriver):
 
     # --- the floating IP ----------------------------------------------------------------------------
 
-    async def ensure_vip(self, image: str, address: str, router_id: int, advert: float, gateway_port: int) -> bool:
+    async def ensure_vip(self, image: str, address: str, router_id: int, advert: float, gateway_port: int,
+                         keep_image: bool = False) -> bool:
         """Create the stack's floating-IP service, or keep the one running; updated when the image,
-        the settings or the set of node addresses changed. Returns whether it created or updated."""
+        the settings or the set of node addresses changed. Returns whether it created or updated.
+        `keep_image`: a running service keeps the image it runs (the periodic check follows the
+        nodes only: a tag rebuilt on the manager is taken at the next `up`, as for the gateways)."""
         def run() -> bool:
             name = vip_service_name(self.stack)
             with self._lock:
-                ref = (self._pin(image) or (image, None))[0]
+                found = self._service(name)
+                record = self.client.api.inspect_service(found.id) if found is not None else None
+                running = ((record or {}).get("Spec", {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image")
+                ref = running if keep_image and running else (self._pin(image) or (image, None))[0]
                 command = vip_command(address, router_id, advert, gateway_port, node_addresses(self.client.api.nodes()))
                 definition = vip_service_definition(self.stack, ref, command)
-                found = self._service(name)
-                if found is None:
+                if record is None:
                     self.client.api.create_service(**definition)
                     return True
-                record = self.client.api.inspect_service(found.id)
                 if (record["Spec"].get("Labels") or {}).get(LABEL_VIP_SPEC) == definition["labels"][LABEL_VIP_SPEC]:
                     return False
                 log.info("swarm driver: updating %s (another image, setting or set of nodes)", name)
-                self.client.api.update_service(found.id, record["Version"]["Index"], fetch_current_spec=False,
+                self.client.api.update_service(record["ID"], record["Version"]["Index"], fetch_current_spec=False,
                                                **definition)
                 return True
 
