@@ -12,6 +12,11 @@ RUN python3 -m venv /opt/venv \
 
 # --- runtime ---
 FROM ${BASE_IMAGE}
+# keepalived (with iproute2) for the floating IP's service, which runs this image
+# (python3 -m selfieless.floating_ip): the offline base has it already; a public base gets
+# Debian's package (a registry build has the network).
+RUN command -v keepalived >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends keepalived \
+ && rm -rf /var/lib/apt/lists/*; }
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
 COPY --from=deps /opt/venv /opt/venv
 COPY build/wheelhouse/project/ /tmp/project/

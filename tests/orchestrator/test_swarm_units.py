@@ -526,3 +526,75 @@ def test_the_socket_mounted_is_the_one_every_manager_has(labels, expected):
     nodes = [{"Spec": {"Role": "manager", "Labels": {"selfieless.docker-socket": x} if x else {}}} for x in labels]
     nodes.append({"Spec": {"Role": "worker", "Labels": {"selfieless.docker-socket": "/run/w.sock"}}})
     assert manager_socket(nodes) == expected
+
+
+# --- the floating IP ---------------------------------------------------------------------------------
+
+from selfieless.orchestrator.drivers.swarm_spec import (  # noqa: E402
+    LABEL_VIP_SPEC, node_addresses, vip_command, vip_service_definition,
+)
+
+
+def test_floating_ip_in_the_stack_file_defaults_router_id_51_and_half_a_second():
+    fip = parse_stack(_stack(swarm={"floating_ip": {"address": "10.211.0.100/24"}})).swarm.floating_ip
+    assert (fip.address, fip.router_id, fip.advert) == ("10.211.0.100/24", 51, 0.5)
+    assert parse_stack(_stack()).swarm.floating_ip is None
+    fip = parse_stack(_stack(swarm={"floating_ip": {"address": "192.168.7.50/16", "router_id": 255,
+                                                    "advert": 1}})).swarm.floating_ip
+    assert (fip.address, fip.router_id, fip.advert) == ("192.168.7.50/16", 255, 1.0)
+
+
+@pytest.mark.parametrize("fip, says", [
+    ({"address": "10.211.0.100"}, "give the prefix"),
+    ({"address": "10.211.0.300/24"}, "not an IPv4 address"),
+    ({"address": "10.211.0.100/33"}, "not an IPv4 address"),
+    ({"address": "fd00::5/64"}, "not an IPv4 address"),
+    ({"address": "10.211.0.0/24"}, "network's own address"),
+    ({"address": "10.211.0.255/24"}, "broadcast"),
+    ({"address": "10.211.0.100/24", "router_id": 0}, "router_id"),
+    ({"address": "10.211.0.100/24", "router_id": 256}, "router_id"),
+    ({"address": "10.211.0.100/24", "advert": 0}, "advert"),
+    ({"router_id": 5}, "address"),
+    ({"address": "10.211.0.100/24", "vrid": 5}, "vrid"),
+])
+def test_a_bad_floating_ip_is_refused_saying_what(fip, says):
+    with pytest.raises(StackError, match=says):
+        parse_stack(_stack(swarm={"floating_ip": fip}))
+
+
+def test_a_floating_ip_needs_the_gateway_on_every_node_and_the_swarm_driver():
+    with pytest.raises(StackError, match="every_node"):
+        parse_stack(_stack(swarm={"gateway": "local", "floating_ip": {"address": "10.211.0.100/24"}}))
+    with pytest.raises(StackError, match="only the swarm driver"):
+        parse_stack(_stack(driver="docker", services={"acts": {"image": "acts:latest", "host_ports": "9000-9009"}},
+                           swarm={"floating_ip": {"address": "10.211.0.100/24"}}))
+
+
+@pytest.mark.parametrize("nodes, want", [
+    ([_node("a", "10.0.0.12"), _node("b", "10.0.0.2"), _node("c", "10.0.0.3", state="down")],
+     ["10.0.0.2", "10.0.0.3", "10.0.0.12"]),   # a node that is down stays a peer; numeric order
+    ([{"ID": "m", "Status": {"State": "ready", "Addr": "0.0.0.0"}, "ManagerStatus": {"Addr": "10.0.0.5:2377"}}],
+     ["10.0.0.5"]),
+    ([{"ID": "x", "Status": {"State": "unknown"}}], []),
+])
+def test_node_addresses_are_every_node_whatever_its_state(nodes, want):
+    assert node_addresses(nodes) == want
+
+
+def test_the_vip_service_is_global_on_the_host_network_with_vrrps_capabilities_and_no_service_label():
+    cmd = vip_command("10.211.0.101/24", 52, 0.5, 80, ["10.211.0.11", "10.211.0.12"])
+    assert cmd == ["python3", "-m", "selfieless.floating_ip", "--address", "10.211.0.101/24", "--router-id", "52",
+                   "--advert", "0.5", "--gateway-port", "80", "--nodes", "10.211.0.11,10.211.0.12"]
+    d = vip_service_definition("t", "acts@sha256:1", cmd)
+    assert d["name"] == "t-vip" and d["mode"] == {"global": {}}
+    assert d["labels"] == {LABEL_STACK: "t", LABEL_ROLE: "vip", LABEL_VIP_SPEC: gateway_spec_key("acts@sha256:1", cmd)}
+    cs = d["task_template"]["ContainerSpec"]
+    assert cs["Command"] == cmd and cs["User"] == "0" and cs["Init"] is True
+    assert set(cs["CapabilityAdd"]) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BROADCAST"}
+    assert LABEL_SERVICE not in cs["Labels"] and cs["Labels"][LABEL_ROLE] == "vip"
+    assert d["task_template"]["Networks"] == [{"Target": "host"}]
+    assert "endpoint_spec" not in d   # host network: nothing to publish
+    assert d["update_config"]["Order"] == "stop-first" and d["update_config"]["Parallelism"] == 1
+    # another set of nodes is another spec: the service is updated
+    other = vip_command("10.211.0.101/24", 52, 0.5, 80, ["10.211.0.11", "10.211.0.12", "10.211.0.13"])
+    assert vip_service_definition("t", "acts@sha256:1", other)["labels"][LABEL_VIP_SPEC] != d["labels"][LABEL_VIP_SPEC]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from typing import Any, Callable
 from .controller import Orchestrator
 from .drivers import make_driver
 from .stack import Stack
+
+log = logging.getLogger(__name__)
 
 def default_state_dir() -> Path:
     """Where a stack keeps its state when not told: $SELFIELESS_STATE_DIR, else ~/.local/state/selfieless."""
@@ -168,11 +171,49 @@ async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[
     fleet = GatewayFleet(driver, port=config.port, control_port=control_port, token=token, acting=acting)
     try:
         await fleet.start()
+        vip = await _ensure_vip(stack, driver, config.port)
         orch = Orchestrator(stack, driver, fleet, state_dir=str(state / stack.name), **orchestrator_kwargs)
         system = System(stack, fleet, orch)
         await orch.start()
     except BaseException:
         await fleet.stop()  # the gateways keep serving, for the next start
         raise
-    system.supervisor = fleet.follow()
+    following = [fleet.follow()]
+    if vip is not None:
+        following.append(asyncio.create_task(_keep_vip(vip, acting), name="floating-ip"))
+    system.supervisor = asyncio.gather(*following)
     return system
+
+
+VIP_WATCH = 5.0   # how often the floating-IP service is checked against the swarm's nodes
+
+
+async def _ensure_vip(stack: Stack, driver, gateway_port: int) -> Callable[[], Any] | None:
+    """The floating-IP service as the stack file says: created or kept (after the gateways, which
+    its checks follow), or removed when the file no longer asks for one. Returns the call that
+    keeps it current (None without a floating IP)."""
+    fip = stack.swarm.floating_ip
+    if fip is None:
+        if await driver.remove_vip():
+            log.info("floating IP: the stack file has none any more; its service is removed")
+        return None
+
+    image = fleet_image(stack)
+    await driver.ensure_vip(image, fip.address, fip.router_id, fip.advert, gateway_port)
+    return lambda: driver.ensure_vip(image, fip.address, fip.router_id, fip.advert, gateway_port, keep_image=True)
+
+
+async def _keep_vip(ensure: Callable[[], Any], acting: Callable[[], bool] | None) -> None:
+    """Every VIP_WATCH seconds: a node joined or was removed -> the service is updated with the
+    new set of addresses (ensure_vip compares them). Only the control plane that acts does it."""
+    from .drivers.base import DriverError
+
+    while True:
+        await asyncio.sleep(VIP_WATCH)
+        if acting is not None and not acting():
+            continue
+        try:
+            if await ensure():
+                log.info("floating IP: service updated for the swarm's current nodes")
+        except DriverError as e:
+            log.warning("floating IP: %s", e)

@@ -275,6 +275,35 @@ class LeaseSpec(_Model):
         return self
 
 
+class FloatingIpSpec(_Model):
+    """Swarm driver: one address for clients, held by one node whose gateway answers and moved to
+    another within seconds when that node or its gateway fails (keepalived on every node, as the
+    global service `<stack>-vip`; selfieless/floating_ip/). `address` is the floating IP with the
+    prefix of the nodes' network (`10.211.0.100/24`), `router_id` VRRP's virtual router id (1..255,
+    unique per floating IP on that network), `advert` the seconds between VRRP advertisements."""
+
+    address: str
+    router_id: int = Field(default=51, ge=1, le=255)
+    advert: float = Field(default=0.5, ge=0.01, le=40.95)   # VRRPv3 counts it in centiseconds, 12 bits
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        import ipaddress
+
+        if "/" not in v:
+            raise ValueError(f"{v!r}: give the prefix of the nodes' network too, e.g. {v}/24")
+        try:
+            iface = ipaddress.IPv4Interface(v)
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not an IPv4 address with a prefix ({e})") from None
+        net = iface.network
+        if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
+            raise ValueError(f"{v!r}: the network's {'own' if iface.ip == net.network_address else 'broadcast'} "
+                             f"address, not one a host can hold")
+        return iface.with_prefixlen
+
+
 class SwarmSpec(_Model):
     """Swarm driver: which swarm manager to talk to. `manager` is a Docker engine address
     (`unix:///...sock`, `tcp://HOST:2376`, `ssh://user@host`); without it, DOCKER_HOST.
@@ -301,6 +330,13 @@ class SwarmSpec(_Model):
     # the holder stops before its deadline and a successor waits after it.
     lease: LeaseSpec = Field(default_factory=LeaseSpec)
     control_placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    floating_ip: FloatingIpSpec | None = None
+
+    @model_validator(mode="after")
+    def _floating_ip_needs_every_node(self) -> "SwarmSpec":
+        if self.floating_ip is not None and self.gateway != "every_node":
+            raise ValueError("floating_ip follows the gateway on every node: it needs `gateway: every_node`")
+        return self
 
 
 def _default_policy(value: Any) -> Any:
@@ -608,6 +644,9 @@ class Stack(_Model):
                 route_owner[r] = name
             problems += self._launch_problems(f"services.{name}", svc)
         problems += self._tls_problems(owner)
+        if self.swarm.floating_ip is not None and self.driver != "swarm":
+            problems.append(f"swarm.floating_ip: only the swarm driver runs a gateway on every node "
+                            f"for it to follow (driver is {self.driver!r})")
         if problems:
             # Raised as one error; _format() splits the lines back into separate problems.
             raise ValueError("\n".join(problems))

@@ -24,6 +24,9 @@ and at which `node address : host port` (swarm_spec.py maps Swarm's records). Pr
 - The gateway on every node is one more service, `<stack>-gateway`, in global mode
   (`ensure_gateway()`, swarm_spec.gateway_service_definition); `gateway_places()` lists the nodes
   that run it, for the control plane to attach to (orchestrator/gateway_fleet.py).
+- The floating IP (`swarm.floating_ip`) is another global service, `<stack>-vip`: keepalived on
+  every node (`ensure_vip()`, swarm_spec.vip_service_definition), told every node's address; the
+  control plane calls it again every few seconds, so a node joining or removed updates it.
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
 """
 
@@ -39,10 +42,11 @@ from typing import Any, AsyncIterator, Callable
 from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle
 from .swarm_portless import PortlessTasks, portless_places
 from .swarm_spec import (END_CONTAINER_CODE, LABEL_GATEWAY_SPEC, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE,
-                         LABEL_STACK, REMOVE_VOLUMES_CODE, TaskPlace, gateway_places, gateway_service_definition,
-                         gateway_service_name, gateway_spec_key, gateway_token, job_outcome, node_job_definition,
-                         node_socket, pinned_image, ready_nodes, service_definition, service_name, task_places,
-                         tasks_to_replicas)
+                         LABEL_STACK, LABEL_VIP_SPEC, REMOVE_VOLUMES_CODE, TaskPlace, gateway_places,
+                         gateway_service_definition, gateway_service_name, gateway_spec_key, gateway_token, job_outcome,
+                         node_addresses, node_job_definition, node_socket, pinned_image, ready_nodes,
+                         service_definition, service_name, task_places, tasks_to_replicas, vip_command,
+                         vip_service_definition, vip_service_name)
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +324,51 @@ class SwarmDriver(EngineDriver):
             return gateway_places(api.tasks(filters={"service": found.id}), api.nodes())
 
         return await asyncio.to_thread(read)
+
+    # --- the floating IP ----------------------------------------------------------------------------
+
+    async def ensure_vip(self, image: str, address: str, router_id: int, advert: float, gateway_port: int,
+                         keep_image: bool = False) -> bool:
+        """Create the stack's floating-IP service, or keep the one running; updated when the image,
+        the settings or the set of node addresses changed. Returns whether it created or updated.
+        `keep_image`: a running service keeps the image it runs (the periodic check follows the
+        nodes only: a tag rebuilt on the manager is taken at the next `up`, as for the gateways)."""
+        def run() -> bool:
+            name = vip_service_name(self.stack)
+            with self._lock:
+                found = self._service(name)
+                record = self.client.api.inspect_service(found.id) if found is not None else None
+                running = ((record or {}).get("Spec", {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image")
+                ref = running if keep_image and running else (self._pin(image) or (image, None))[0]
+                command = vip_command(address, router_id, advert, gateway_port, node_addresses(self.client.api.nodes()))
+                definition = vip_service_definition(self.stack, ref, command)
+                if record is None:
+                    self.client.api.create_service(**definition)
+                    return True
+                if (record["Spec"].get("Labels") or {}).get(LABEL_VIP_SPEC) == definition["labels"][LABEL_VIP_SPEC]:
+                    return False
+                log.info("swarm driver: updating %s (another image, setting or set of nodes)", name)
+                self.client.api.update_service(record["ID"], record["Version"]["Index"], fetch_current_spec=False,
+                                               **definition)
+                return True
+
+        self._check_acting("run the floating IP service")
+        try:
+            return await asyncio.to_thread(run)
+        except Exception as e:
+            raise DriverError(f"cannot run the floating IP service on {self.manager}: {e}") from e
+
+    async def remove_vip(self) -> bool:
+        """Remove the stack's floating-IP service (a stack file without `floating_ip` any more);
+        returns whether there was one. Each keepalived gives the address up as it stops."""
+        def run() -> bool:
+            found = self._service(vip_service_name(self.stack))
+            if found is not None:
+                found.remove()
+            return found is not None
+
+        self._check_acting("remove the floating IP service")
+        return await asyncio.to_thread(run)
 
     # --- work on one node ---------------------------------------------------------------------------
 

@@ -468,3 +468,69 @@ def gateway_places(tasks: list[dict], nodes: list[dict]) -> dict[str, str]:
         if node is not None:
             out[node[0]] = node[1]
     return out
+
+
+# --- the floating IP --------------------------------------------------------------------------------
+# With `swarm: {floating_ip: ...}` one more global service per stack runs keepalived on every node
+# (python3 -m selfieless.floating_ip): on the node's own network (host network), as root, with the
+# capabilities VRRP needs (adding the address, raw VRRP packets). Labelled like the gateway service
+# (stack + role, no service label), so cleanup() removes it with the rest of the stack.
+VIP_ROLE = "vip"
+LABEL_VIP_SPEC = "selfieless.vip_spec"
+VIP_CAPABILITIES = ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BROADCAST"]
+# keepalived's SIGTERM: it drops the address and advertises priority 0 (the next holder takes over
+# at once) before it exits; well under a second, the rest is margin.
+VIP_STOP_GRACE = 5.0
+# Between two nodes' tasks in an update (stop-first, one at a time): the restarted keepalived
+# joins as a backup before the next node's stops, so at most one move of the address.
+VIP_UPDATE_DELAY = 3.0
+
+
+def vip_service_name(stack: str) -> str:
+    return f"{stack}-{VIP_ROLE}"
+
+
+def node_addresses(nodes: list[dict]) -> list[str]:
+    """Every node's address, whatever its state, sorted: keepalived's peers. A node that is down
+    stays listed (its peer is just silent), so losing a node changes nothing here and does not
+    restart keepalived everywhere; a node joining or removed does."""
+    import ipaddress
+
+    out = set()
+    for n in nodes:
+        addr = (n.get("Status") or {}).get("Addr") or ""
+        if addr in ("", "0.0.0.0"):
+            addr = ((n.get("ManagerStatus") or {}).get("Addr") or "").rsplit(":", 1)[0]
+        if addr:
+            out.add(addr)
+    return sorted(out, key=ipaddress.ip_address)
+
+
+def vip_command(address: str, router_id: int, advert: float, gateway_port: int, nodes: list[str]) -> list[str]:
+    """The `<stack>-vip` task's command line (selfieless/floating_ip/__main__.py)."""
+    return ["python3", "-m", "selfieless.floating_ip", "--address", address, "--router-id", str(router_id),
+            "--advert", f"{advert:g}", "--gateway-port", str(gateway_port), "--nodes", ",".join(nodes)]
+
+
+def vip_service_definition(stack: str, image: str, command: list[str]) -> dict[str, Any]:
+    """Keyword arguments for `create_service` (and `update_service`): keepalived on every node."""
+    from docker import types
+
+    labels = {LABEL_STACK: stack, LABEL_ROLE: VIP_ROLE}
+    container = types.ContainerSpec(
+        image, command=command, user="0", labels=labels, cap_add=list(VIP_CAPABILITIES),
+        stop_grace_period=int(VIP_STOP_GRACE * NS), init=True, healthcheck={"Test": ["NONE"]},
+    )
+    template = types.TaskTemplate(
+        container_spec=container,
+        restart_policy=types.RestartPolicy(condition="any", delay=int(RESTART_DELAY * NS), max_attempts=0),
+        networks=[{"Target": "host"}],
+    )
+    return {
+        "task_template": template,
+        "name": vip_service_name(stack),
+        "labels": {**labels, LABEL_VIP_SPEC: gateway_spec_key(image, command)},
+        "mode": types.ServiceMode("global"),
+        "update_config": types.UpdateConfig(parallelism=1, delay=int(VIP_UPDATE_DELAY * NS), order="stop-first",
+                                            failure_action="pause"),
+    }

@@ -1,0 +1,115 @@
+"""The floating IP as part of the product (`swarm: {floating_ip: ...}`): `selfieless up` runs
+keepalived on every node as the stack's global service `<stack>-vip`, following each node's own
+gateway; `down` removes it and the address with it.
+
+A stack of one small service (the web front end: the floating IP follows gateways, not replicas)
+with a floating IP of its own, 10.211.0.101 with router id 52: the lab's own `vip start` (which
+test_swarm_vip.py and the manager-loss test use) is .100 with id 51, so the two never meet. The
+address answers the gateway's `/`; cut off the node that holds it and it answers from another
+node; `down` leaves no `<stack>-vip` service and no node holding the address (keepalived gives it
+up on Swarm's SIGTERM). 15-25 s on a lab that is up (the deployment, one takeover, `down`).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from support.processes import wait_until
+from swarm_support import SwarmUp, remove_stack
+
+STACK = f"slfip{random.randrange(10**5)}"
+ROUTER_ID = 52
+HOST = 101   # the floating IP is the lab's subnet's .101
+
+
+def _stack_file(path: Path, name: str, address: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": name, "driver": "swarm", "network": name,
+        "swarm": {"floating_ip": {"address": address, "router_id": ROUTER_ID, "advert": 0.5}},
+        "services": {"web": {
+            "image": "web:latest", "container_port": 80, "routes": ["/ui"],
+            "health": {"path": "/ui/_health", "interval": "1s", "timeout": "1s", "failure_threshold": 1},
+            "replicas": {"initial": 1, "min": 1, "max": 1}, "autoscale": {"policy": "none"},
+        }},
+    }, sort_keys=False))
+    return path
+
+
+def holders(lab, vip: str) -> list[int]:
+    """The nodes whose namespace holds `vip` now (`ip -n sllab-nN addr`), cut off or not."""
+    out = []
+    for n in lab.nodes:
+        r = subprocess.run(["ip", "-n", f"sllab-n{n}", "-4", "-o", "addr", "show"], capture_output=True,
+                           text=True, timeout=10)
+        if f" {vip}/" in r.stdout:
+            out.append(n)
+    return out
+
+
+def gateway_answers(url: str) -> bool:
+    try:
+        r = httpx.get(url, timeout=1.0)
+        return r.status_code == 200 and r.json().get("gateway") == "selfieless"
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def deployment(lab, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fip")
+    prefix = lab.env["SWARM_LAB_HOST_ADDRESS"].rsplit(".", 1)[0]
+    vip = f"{prefix}.{HOST}"
+    up = SwarmUp(_stack_file(tmp / "stack.yaml", STACK, f"{vip}/24"), tmp / "state", lab.manager).start()
+    up.vip = vip
+    client = lab.client()
+    try:
+        up.wait_converged(300)
+        yield up
+    finally:
+        for n in lab.nodes:
+            lab.heal(n)
+        up.stop_quietly()
+        remove_stack(client, STACK)
+        client.close()
+
+
+def test_the_floating_ip_moves_off_a_cut_node_and_down_removes_it_everywhere(deployment, lab):
+    up = deployment
+    url = f"http://{up.vip}:{up.gateway_port}/"
+    first = wait_until(lambda: gateway_answers(url) and holders(lab, up.vip), 120, 0.2,
+                       what=f"the floating IP {up.vip} answering the gateway's /:\n{up.log()}")
+    assert len(first) == 1, f"more than one node holds {up.vip}: {first}"
+    victim = first[0]
+
+    lab.cut(victim)
+    t0 = time.monotonic()
+    try:
+        moved = wait_until(lambda: gateway_answers(url) and [n for n in holders(lab, up.vip) if n != victim],
+                           60, 0.1, what=f"the floating IP answering from a node other than {victim}")
+        took = time.monotonic() - t0
+        print(f"\nfloating IP (product, {STACK}-vip): node {victim} cut, {up.vip} answered from node {moved[0]} "
+              f"after {took:.2f} s")
+        assert took <= 30.0
+    finally:
+        lab.heal(victim)
+
+    client = lab.client()
+    try:
+        assert [s.name for s in client.services.list(filters={"name": f"{STACK}-vip"})] == [f"{STACK}-vip"]
+        r = up.down()
+        assert r.returncode == 0, r.stdout + r.stderr
+        left = [s.name for s in client.services.list() if s.name.startswith(f"{STACK}-")]
+        assert left == [], left
+    finally:
+        client.close()
+    # Every keepalived was stopped by Swarm's SIGTERM, and gave the address up as it exited.
+    t1 = time.monotonic()
+    wait_until(lambda: holders(lab, up.vip) == [], 60, 0.2, what=f"no node holding {up.vip} after down")
+    print(f"floating IP: after down, no node holds {up.vip} ({time.monotonic() - t1:.1f} s after `down` returned)")
