@@ -215,7 +215,6 @@ def main() -> int:
                     print(f"  trial {i + 1}: manager-loss {managers[-1]}", flush=True)
             finally:
                 lab.run("vip", "stop")
-                lab.run("up", "--managers", "1")
     except Exception as e:
         print(f"cannot measure: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -71,6 +71,7 @@ class DetachedStack:
         that keeps the quorum, then any service of the stack or of its control plane."""
         for n in self.lab.nodes:
             self.lab.heal(n)
+        self.lab.wait_all_ready(via=DB_NODE)
         self.down(manager=DB_NODE)
         client = self.client(DB_NODE)
         try:

@@ -102,6 +102,27 @@ class Lab:
     def heal(self, n: int) -> None:
         self.run("heal", str(n))
 
+    def wait_all_ready(self, via: int, timeout: float = 180.0) -> None:
+        """Until the swarm, asked through node `via`'s engine, has a leader and calls every node
+        ready (after a heal: a node that was the Raft leader rejoins, and may call an election)."""
+        import docker
+
+        def ready() -> bool:
+            client = docker.DockerClient(base_url=self.node_socket(via), timeout=10)
+            try:
+                nodes = client.api.nodes()
+                return len(nodes) == len(self.nodes) and all(n["Status"]["State"] == "ready" for n in nodes)
+            except docker.errors.DockerException:
+                return False
+            finally:
+                client.close()
+
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the swarm did not call every node ready within {timeout:g} s")
+            time.sleep(1.0)
+
     def netns_prefix(self, n: int) -> tuple[str, ...]:
         """The command prefix that runs a program in node `n`'s network namespace."""
         return ("nsenter", f"--net=/run/netns/sllab-n{n}")
