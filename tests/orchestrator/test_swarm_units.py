@@ -598,3 +598,34 @@ def test_the_vip_service_is_global_on_the_host_network_with_vrrps_capabilities_a
     # another set of nodes is another spec: the service is updated
     other = vip_command("10.211.0.101/24", 52, 0.5, 80, ["10.211.0.11", "10.211.0.12", "10.211.0.13"])
     assert vip_service_definition("t", "acts@sha256:1", other)["labels"][LABEL_VIP_SPEC] != d["labels"][LABEL_VIP_SPEC]
+
+
+def test_the_lease_store_writes_nothing_once_it_removed_the_record():
+    """A renewal still in its worker thread when `down` removes the lease must not create it again."""
+    from selfieless.orchestrator.drivers.swarm_lease import Record, SwarmLeaseStore
+    from selfieless.orchestrator.lease import Lease
+
+    class Api:   # the Engine API calls the store makes, kept in memory
+        def __init__(self):
+            self.configs_made: list[str] = []
+
+        def configs(self, filters):
+            return [{"ID": "c1", "Version": {"Index": 1}, "Spec": {"Name": n, "Labels": {}}} for n in self.configs_made]
+
+        def create_config(self, name, data, labels):
+            self.configs_made.append(name)
+            return {"ID": "c1"}
+
+        def remove_config(self, config_id):
+            self.configs_made.clear()
+
+    class Client:
+        api = Api()
+
+    store = SwarmLeaseStore(Client(), "st")
+    assert store.write(Lease("a", 10.0), Record(None, None, None)) is True
+    assert Client.api.configs_made == ["st-lease"]
+    store.remove()
+    assert Client.api.configs_made == []
+    assert store.write(Lease("a", 20.0), Record(None, None, None)) is False
+    assert Client.api.configs_made == []

@@ -10,6 +10,7 @@ rules (who may write what, and when) are orchestrator/lease.py's; this is only t
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,11 @@ class SwarmLeaseStore:
         self.api = client.api
         self.stack = stack
         self.name = lease_name(stack)
+        # A renewal runs in a worker thread that a cancelled keeper cannot stop: once remove() has
+        # run, a write still on its way must not create the record again (seen: `down` left the
+        # lease config behind). The lock orders the two; `removed` refuses later writes.
+        self._lock = threading.Lock()
+        self._removed = False
 
     def read(self) -> Record:
         for c in self.api.configs(filters={"name": self.name}):
@@ -45,7 +51,12 @@ class SwarmLeaseStore:
         return Record(None, None, None)
 
     def write(self, lease: Lease, read: Record) -> bool:
-        """Write `lease` over what `read` found; False when another write came first."""
+        """Write `lease` over what `read` found; False when another write came first, or the
+        record was removed by this store."""
+        with self._lock:
+            return not self._removed and self._write(lease, read)
+
+    def _write(self, lease: Lease, read: Record) -> bool:
         import docker.errors
 
         if read.id is None:
@@ -72,6 +83,12 @@ class SwarmLeaseStore:
         return True
 
     def remove(self) -> None:
+        """Remove the record (the stack is gone); this store writes nothing after."""
+        with self._lock:
+            self._removed = True
+            self._remove()
+
+    def _remove(self) -> None:
         import docker.errors
 
         record = self.read()
