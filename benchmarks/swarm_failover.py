@@ -208,7 +208,7 @@ def main() -> int:
         if args.only != "manager-loss":
             measure_one_stack(lab, tmp, args, kills, steps, gateways, losses, rejoins)
         if args.only in (None, "manager-loss"):
-            lab.run("up", "--managers", "3")
+            lab.rebuild(managers=3)
             try:
                 for i in range(args.trials):
                     managers.append(manager_loss_trial(lab, tmp, i))
