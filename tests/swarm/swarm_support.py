@@ -121,7 +121,7 @@ class Lab:
             try:
                 nodes = client.api.nodes()
                 return len(nodes) == len(self.nodes) and all(n["Status"]["State"] == "ready" for n in nodes)
-            except docker.errors.DockerException:
+            except Exception:   # no leader yet, or the engine slow to answer (a read timeout)
                 return False
             finally:
                 client.close()

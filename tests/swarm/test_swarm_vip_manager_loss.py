@@ -75,8 +75,14 @@ def test_losing_the_node_with_the_control_plane_and_the_floating_ip_keeps_the_si
 
     # The new control plane acts: the stack back at its counts off the cut node, then a scale.
     t0 = time.monotonic()
-    wait_until(lambda: _acts_ready_off(stack, new, lab.address(victim), ACTS), 180, 0.5,
-               what=f"{ACTS} acts tasks ready on the nodes left")
+    try:
+        wait_until(lambda: _acts_ready_off(stack, new, lab.address(victim), ACTS), 180, 0.5,
+                   what=f"{ACTS} acts tasks ready on the nodes left")
+    except TimeoutError as e:
+        st = stack.status(new) or {}
+        seen = [(r["host"], r["state"]) for r in (st.get("services", {}).get("acts", {}).get("replicas") or [])]
+        raise AssertionError(f"{e}: the control plane sees {seen} (converged {st.get('converged')}); Swarm's tasks:\n"
+                             + "\n".join(stack.tasks_seen(DB_NODE, "acts"))) from None
     print(f"manager-loss: {ACTS} acts tasks ready off node {victim} {time.monotonic() - t0:.1f} s after the takeover")
     code, body = stack.admin(new, "/api/scale", {"service": "acts", "replicas": ACTS + 1})
     assert code < 300, body
