@@ -332,8 +332,9 @@ def _ctrl_c_ends_at_once() -> None:
 
     A KeyboardInterrupt that arrives while Python runs a finalizer (an HTTP client's, here, every
     long poll) is printed as "Exception ignored" and dropped, and the follower then waits out its
-    next long poll; the README's own test saw `events -f` outlive Ctrl-C by 10 s. The default action
-    cannot be lost, and a follower has nothing to clean up: every line is flushed as it is printed.
+    next long poll; the README's own test saw `events -f`, and later `logs -f`, outlive Ctrl-C by
+    10 s. The default action cannot be lost, and a follower has nothing to clean up: every line is
+    flushed as it is printed.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -503,6 +504,7 @@ def logs(
     if not follow:
         return
     offsets = {f["port"]: f["offset"] for f in r["files"]}
+    _ctrl_c_ends_at_once()
     try:
         while True:
             time.sleep(0.5)
