@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 
 from selfieless.orchestrator.stack import LeaseSpec
 from support.ports import free_port
 from support.processes import wait_until
-from swarm_support import GetLoad, Lab, Writes, make_stack_file, remove_stack
+from swarm_support import GetLoad, Lab, Writes, gateway_answers, make_stack_file, remove_stack
 
 # The database's node, never the one cut (its loss takes the data, not a test of failover). Node 1
 # is also the Raft leader of a fresh lab (it ran `swarm init`): the node cut is another manager.
@@ -178,14 +177,6 @@ class DetachedStack:
         return f"http://{address}:{self.gateway_port}"
 
 
-def _vip_answers(url: str) -> bool:
-    try:
-        r = httpx.get(url, timeout=0.25)
-        return r.status_code == 200 and r.json().get("gateway") == "selfieless"
-    except (httpx.HTTPError, ValueError):
-        return False
-
-
 def manager_loss(lab: Lab, stack: DetachedStack, clients: int = 4, acting_timeout: float = 120.0) -> dict:
     """Cut the node that runs the control plane and holds the floating IP (a gateway runs on every
     node) under `clients` GET clients and an upload loop sent to the floating IP. Returns the
@@ -203,7 +194,7 @@ def manager_loss(lab: Lab, stack: DetachedStack, clients: int = 4, acting_timeou
         time.sleep(2.0)
         t0 = time.monotonic()
         lab.cut(victim)
-        wait_until(lambda: _vip_answers(f"{vip}/"), 30, 0.02, what="the floating IP answering again")
+        wait_until(lambda: gateway_answers(f"{vip}/", 0.25), 30, 0.02, what="the floating IP answering again")
         back = time.monotonic() - t0
 
         def taken_over() -> bool:

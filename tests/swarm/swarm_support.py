@@ -356,6 +356,15 @@ class Writes:
         return out
 
 
+def gateway_answers(url: str, timeout: float) -> bool:
+    """The gateway's own answer at `url` (`/`: its status page, no backend involved)."""
+    try:
+        r = httpx.get(url, timeout=timeout)
+        return r.status_code == 200 and r.json().get("gateway") == "selfieless"
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
 def serving_again(url: str, t0: float, timeout: float = 60.0) -> float:
     """Seconds from t0 until a GET to `url` is answered 200 (tried back to back)."""
     with httpx.Client(timeout=2) as c:

@@ -18,21 +18,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from support.processes import ModuleProcess, wait_until
+from swarm_support import gateway_answers
 
 PORT = 18080  # inside the node namespaces, where nothing else listens on it
-
-
-def gateway_answers(url: str, timeout: float) -> bool:
-    """The gateway's own answer at `url` (`/`: its status page, no backend involved)."""
-    try:
-        r = httpx.get(url, timeout=timeout)
-        return r.status_code == 200 and r.json().get("gateway") == "selfieless"
-    except (httpx.HTTPError, ValueError):
-        return False
 
 
 class FloatingIP:

@@ -17,12 +17,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from support.processes import wait_until
-from swarm_support import SwarmUp, remove_stack
+from swarm_support import SwarmUp, gateway_answers, remove_stack
 
 STACK = f"slfip{random.randrange(10**5)}"
 ROUTER_ID = 52
@@ -53,14 +52,6 @@ def holders(lab, vip: str) -> list[int]:
     return out
 
 
-def gateway_answers(url: str) -> bool:
-    try:
-        r = httpx.get(url, timeout=1.0)
-        return r.status_code == 200 and r.json().get("gateway") == "selfieless"
-    except (httpx.HTTPError, ValueError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def deployment(lab, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fip")
@@ -83,7 +74,7 @@ def deployment(lab, tmp_path_factory):
 def test_the_floating_ip_moves_off_a_cut_node_and_down_removes_it_everywhere(deployment, lab):
     up = deployment
     url = f"http://{up.vip}:{up.gateway_port}/"
-    first = wait_until(lambda: gateway_answers(url) and holders(lab, up.vip), 120, 0.2,
+    first = wait_until(lambda: gateway_answers(url, 1.0) and holders(lab, up.vip), 120, 0.2,
                        what=f"the floating IP {up.vip} answering the gateway's /:\n{up.log()}")
     assert len(first) == 1, f"more than one node holds {up.vip}: {first}"
     victim = first[0]
@@ -91,7 +82,7 @@ def test_the_floating_ip_moves_off_a_cut_node_and_down_removes_it_everywhere(dep
     lab.cut(victim)
     t0 = time.monotonic()
     try:
-        moved = wait_until(lambda: gateway_answers(url) and [n for n in holders(lab, up.vip) if n != victim],
+        moved = wait_until(lambda: gateway_answers(url, 1.0) and [n for n in holders(lab, up.vip) if n != victim],
                            60, 0.1, what=f"the floating IP answering from a node other than {victim}")
         took = time.monotonic() - t0
         print(f"\nfloating IP (product, {STACK}-vip): node {victim} cut, {up.vip} answered from node {moved[0]} "
