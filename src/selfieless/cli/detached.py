@@ -32,14 +32,15 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
     # reaches the manager through its own node's socket.
     data = stack.model_dump(mode="json", exclude_none=True)
     data.get("swarm", {}).pop("manager", None)
-    text = yaml.safe_dump(data, sort_keys=False)
     client = None
     try:
         client = docker.DockerClient(base_url=manager, timeout=30)
+        secrets = swarm_control.ship_files(client, stack.name, data)   # the task reads its copies
+        text = yaml.safe_dump(data, sort_keys=False)
         where = stack.swarm.control_placement
         did = swarm_control.deploy(client, stack.name, text, image, stack.gateway.port, admin_port(opts),
-                                   where.constraints, where.preferences)
-    except (docker.errors.DockerException, ValueError) as e:
+                                   where.constraints, where.preferences, secrets)
+    except (docker.errors.DockerException, ValueError, OSError) as e:
         raise UpError(f"cannot deploy the control plane of {stack.name} on {manager}: {e}") from None
     finally:
         if client is not None:
