@@ -19,7 +19,7 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
     import docker
     import yaml
 
-    from selfieless.orchestrator.drivers import swarm_control
+    from selfieless.orchestrator.drivers import swarm_control, swarm_sealed
 
     stack = prepare_stack(opts)
     if stack.driver != "swarm":
@@ -36,6 +36,8 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
     try:
         client = docker.DockerClient(base_url=manager, timeout=30)
         secrets = swarm_control.ship_files(client, stack.name, data)   # the task reads its copies
+        if stack.gateway.tls is not None and stack.gateway.tls.acme is not None:
+            secrets.append(swarm_sealed.seal_secret(client, stack.name))   # its ACME folder, sealed in the swarm
         text = yaml.safe_dump(data, sort_keys=False)
         where = stack.swarm.control_placement
         did = swarm_control.deploy(client, stack.name, text, image, stack.gateway.port, admin_port(opts),

@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .tls import CertPair, CertStore
+from .tls import CertPair, CertStore, write_private
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,6 @@ def retry_in(failures: int, base: float = 10.0, cap: float = 3600.0) -> float:
 
 
 # --- files ------------------------------------------------------------------------------------
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` owner-only (0600) and rename it into place: never half a key on disk."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
 
 def new_key_pem() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())

@@ -362,6 +362,16 @@ def certs_report(store: CertStore, acme=None) -> list[dict]:
     return out
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` owner-only (0600) and rename it into place: never half a key on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def wire_pairs(store: CertStore) -> list[dict]:
     """The certificates a store serves, as a gateway on another node is sent them: PEM text, the
     hosts each serves, which one is the default. Files for hosts come first, then ACME's, as the
@@ -390,10 +400,7 @@ def write_pushed(folder: Path, pairs: list[dict]) -> tuple[CertPair | None, tupl
         for suffix, text in (("crt", p["cert"]), ("key", p["key"])):
             path = folder / f"{name}.{suffix}"
             if not path.exists():
-                fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(text)
-                os.replace(f"{path}.tmp", path)
+                write_private(path, text.encode())
             files.append(str(path))
         pair = CertPair(files[0], files[1], tuple(p.get("hosts") or ()))
         if p.get("default") and default is None:

@@ -176,7 +176,7 @@ async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[
     try:
         await fleet.start()
         if tls is not None:
-            fleet.certificates = FleetCertificates(tls, fleet, acting)
+            fleet.certificates = FleetCertificates(tls, fleet, acting, kept=_kept_acme(driver, stack.name, tls))
             await fleet.certificates.start()
         vip = await _ensure_vip(stack, driver, config.port)
         orch = Orchestrator(stack, driver, fleet, state_dir=str(state / stack.name), **orchestrator_kwargs)
@@ -190,6 +190,15 @@ async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[
         following.append(asyncio.create_task(_keep_vip(vip, acting), name="floating-ip"))
     system.supervisor = asyncio.gather(*following)
     return system
+
+
+def _kept_acme(driver, stack: str, tls):
+    """The ACME folder kept in the swarm (a control plane run by `up --detach`), or None."""
+    if not tls.acme:
+        return None
+    from .drivers.swarm_sealed import SealedFolder
+
+    return SealedFolder.in_task(driver.client, stack, Path(tls.acme["state_dir"]) / "acme")
 
 
 VIP_WATCH = 5.0   # how often the floating-IP service is checked against the swarm's nodes

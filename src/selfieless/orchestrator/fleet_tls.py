@@ -8,7 +8,9 @@ changes, and what an ACME CA issues, kept in its state directory) and sends ever
 to every gateway (``GatewayFleet.set_certificates``: PEM text over each gateway's control API,
 replayed to a gateway that restarts or joins). The ACME issuer runs here only: one at a time,
 since only the control plane holding the stack's lease issues (``acting``); the CA's challenge
-answers go to every gateway before the CA is told to look (:class:`FleetChallenges`).
+answers go to every gateway before the CA is told to look (:class:`FleetChallenges`). A control
+plane running as a Swarm service keeps its ACME folder in the swarm too (``kept``:
+drivers/swarm_sealed.py), so one started on another manager does not ask the CA again.
 """
 
 from __future__ import annotations
@@ -65,8 +67,12 @@ class FleetChallenges(dict):
 class FleetCertificates:
     """The stack's certificates, kept by the control plane and sent to every gateway."""
 
-    def __init__(self, settings: TlsSettings, fleet: Any, acting: Callable[[], bool] | None = None) -> None:
+    def __init__(self, settings: TlsSettings, fleet: Any, acting: Callable[[], bool] | None = None,
+                 kept: Any = None) -> None:
         self.settings, self.fleet, self.acting = settings, fleet, acting
+        # Where the ACME folder is kept beyond this control plane (swarm_sealed.SealedFolder:
+        # restore() at start, save() after an issue), or None: the state directory is enough.
+        self.kept = kept
         self.store = CertStore(settings, on_problem=lambda message: self._report("tls_problem", "", message))
         self.acme = None   # gateway.acme.AcmeManager with gateway.tls.acme
 
@@ -81,6 +87,10 @@ class FleetCertificates:
         if self.settings.acme:
             from selfieless.gateway.acme import AcmeManager, AcmeSettings
             from selfieless.gateway.routing import RouteTable
+
+            if self.kept is not None:
+                restored = await asyncio.to_thread(self.kept.restore)
+                log.info("ACME: %d files of an earlier control plane restored from the swarm", restored)
 
             self.acme = AcmeManager(AcmeSettings(**self.settings.acme), self.store, FleetChallenges(self.fleet, loop),
                                     hosts=lambda: RouteTable(self.fleet.routes or {}).hosts(),
@@ -102,6 +112,12 @@ class FleetCertificates:
     def summary(self) -> list[dict]:
         return certs_report(self.store, self.acme)
 
+    def _save(self) -> None:
+        try:
+            self.kept.save()
+        except Exception as e:   # the next issue saves again; the certificate is served meanwhile
+            log.error("ACME: the certificates could not be kept in the swarm: %s", e)
+
     async def stop(self) -> None:
         if self.acme is not None:
             await self.acme.stop()
@@ -109,6 +125,8 @@ class FleetCertificates:
         self.store.close()
 
     def _report(self, kind: str, host: str, detail: str) -> None:
+        if kind == "tls_cert" and self.kept is not None:
+            asyncio.get_running_loop().run_in_executor(None, self._save)
         callback = getattr(self.fleet, "on_tls_event", None)
         if callback is not None:
             callback(kind, host, detail)
