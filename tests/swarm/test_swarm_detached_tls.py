@@ -112,6 +112,8 @@ def test_detached_control_plane_ships_files_issues_once_and_keeps_what_it_issued
             assert served() == first
             certs = {tuple(c["hosts"]): c["source"] for c in (stack.status(node) or {}).get("certs", [])}
             assert certs == {(SITE,): "acme", (FILES,): "file"}, certs
+            r = stack.down(manager=1)
+            assert r.returncode == 0, r.stdout + r.stderr
         finally:
             stack.cleanup()
         client = stack.client(1)

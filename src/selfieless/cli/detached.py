@@ -9,8 +9,6 @@ import os
 
 from rich.console import Console
 
-from selfieless.orchestrator.stack import parse_stack
-
 from .up import UpError, UpOptions, admin_port, cli_command, prepare_stack
 
 
@@ -77,9 +75,12 @@ def _take_down(client, manager: str, stack_name: str, volumes: bool, console: Co
     from selfieless.orchestrator.drivers.swarm_lease import SwarmLeaseStore
     from selfieless.orchestrator.lease import Terms
     from selfieless.orchestrator.lease_keeper import LeaseKeeper
+    from selfieless.orchestrator.stack import LeaseSpec
 
     text = swarm_control.stack_text(client, stack_name)
-    lease = parse_stack(yaml.safe_load(text), "the control plane's stack file").swarm.lease if text else None
+    # Only its lease's terms: the files it names are in the control plane's task, not here.
+    lease = LeaseSpec.model_validate(((yaml.safe_load(text) or {}).get("swarm") or {}).get("lease") or {}) \
+        if text else None
     terms = Terms(lease.seconds, lease.margin) if lease else Terms()
     if swarm_control.remove(client, stack_name):
         console.print(f"removed service {swarm_control.control_service_name(stack_name)}")
@@ -110,7 +111,9 @@ def _take_down(client, manager: str, stack_name: str, volumes: bool, console: Co
         console.print(f"[red]error:[/] {e}", highlight=False)
         return 1
     finally:
-        swarm_control.remove_configs(client, stack_name)
+        left = swarm_control.remove_configs(client, stack_name)
+        if left:
+            console.print(f"[yellow]left in use, for the next down:[/] {', '.join(left)}", highlight=False)
         client.close()
     console.print(f"[green]removed stack {stack_name}[/] (its services and network)"
                   + (f"; volumes: {', '.join(removed) or 'none'}" if volumes else ""))

@@ -168,15 +168,25 @@ def remove(client: Any, stack: str) -> bool:
         return False
 
 
-def remove_configs(client: Any, stack: str) -> None:
-    """The stack-file configs and the shipped files' secrets (once no service uses them)."""
+def remove_configs(client: Any, stack: str, timeout: float = 30.0) -> list[str]:
+    """The control plane's configs and secrets (stack files, shipped files, the sealed ACME
+    folder and its key). A removed service's task holds them for a few seconds more: tried again
+    until `timeout`; returns the names still left then (the next `down` takes them)."""
+    import time
+
     api = client.api
-    for listing, remove in ((api.configs, api.remove_config), (api.secrets, api.remove_secret)):
-        for c in listing(filters={"label": f"{LABEL_CONTROL}={stack}"}):
-            try:
-                remove(c["ID"])
-            except Exception:   # still in use by a task being removed: left for the next down
-                pass
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for listing, remove in ((api.configs, api.remove_config), (api.secrets, api.remove_secret)):
+            for c in listing(filters={"label": f"{LABEL_CONTROL}={stack}"}):
+                try:
+                    remove(c["ID"])
+                except Exception:   # still in use by a task being removed
+                    left.append(c["Spec"]["Name"])
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 def stack_text(client: Any, stack: str) -> str | None:
