@@ -2,6 +2,8 @@
 Swarm's task and node records as replicas, the service definition, and the decisions of a driver
 that owns the replica count."""
 
+import json
+
 import pytest
 
 from selfieless.orchestrator import driver_owned
@@ -509,6 +511,45 @@ def test_the_control_plane_runs_where_the_stack_places_it_within_the_managers():
     assert placement["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]
     with pytest.raises(StackError, match="constraint"):
         parse_stack(_stack(swarm={"control_placement": {"constraints": ["db"]}}))
+
+
+def test_the_files_gateway_tls_names_are_shipped_as_secrets_the_task_reads():
+    from selfieless.orchestrator.drivers.swarm_control import (control_service_definition, file_secret_name,
+                                                              tls_file_fields)
+
+    tls = {"port": 443, "cert": "/a/site.crt", "key": "/a/site.key",
+           "certs": [{"cert": "/b/api.crt", "key": "/b/api.key", "hosts": ["api.example"]}],
+           "acme": {"directory": "https://ca/dir", "ca_bundle": "/c/ca.pem"}}
+    fields = tls_file_fields(tls)
+    assert [holder[key] for holder, key in fields] == ["/a/site.crt", "/a/site.key", "/b/api.crt", "/b/api.key",
+                                                       "/c/ca.pem"]
+    assert tls_file_fields({"port": 443, "acme": {"directory": "https://ca/dir"}}) == []
+    assert file_secret_name("st", b"x") == file_secret_name("st", b"x") != file_secret_name("st", b"y")
+    d = control_service_definition("st", "acts:latest", "c", "n", "/run/x.sock", 8080, 8090,
+                                   secrets=[("id1", "st-file-1"), ("id2", "st-file-2")])
+    mounted = d["task_template"]["ContainerSpec"]["Secrets"]
+    assert [(m["SecretID"], m["File"]["Name"], m["File"]["Mode"]) for m in mounted] == \
+        [("id1", "st-file-1", 0o400), ("id2", "st-file-2", 0o400)]   # at /run/secrets/<name>, owner-read
+    assert "Secrets" not in control_service_definition("st", "a", "c", "n", "/s", 1, 2)["task_template"]["ContainerSpec"]
+
+
+def test_the_gateways_on_every_node_get_https_settings_without_certificates_and_publish_the_port():
+    from selfieless.gateway.tls import CertPair, TlsSettings
+    from selfieless.orchestrator.drivers.swarm_spec import gateway_command, gateway_service_definition
+    from selfieless.orchestrator.fleet_tls import fleet_tls_settings
+
+    tls = TlsSettings(port=8443, default=CertPair("/a.crt", "/a.key"), strict_sni=True, hsts="max-age=60",
+                      acme={"directory": "https://ca/dir", "state_dir": "/s"})
+    sent = fleet_tls_settings(tls)
+    assert sent["default"] is None and not sent["certs"] and sent["acme"] is None   # the control plane's job
+    assert sent["port"] == 8443 and sent["strict_sni"] and sent["hsts"] == "max-age=60" and sent["reload_interval"] == 0
+    assert fleet_tls_settings(None) is None
+    command = gateway_command({}, {"/": "web"}, 80, 81, sent)
+    assert TlsSettings.from_json(json.loads(command[command.index("--tls-json") + 1])).port == 8443
+    assert "--tls-json" not in gateway_command({}, {"/": "web"}, 80, 81)
+    d = gateway_service_definition("st", "img", command, 80, 81, "tok", "net", tls_port=8443)
+    assert [p["PublishedPort"] for p in d["endpoint_spec"]["Ports"]] == [80, 81, 8443]
+    assert all(p["PublishMode"] == "host" for p in d["endpoint_spec"]["Ports"])
 
 
 def test_each_stack_file_is_a_config_of_its_own():

@@ -35,9 +35,9 @@ def _wait_port(port: int, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def run_pebble(folder: Path, http_port: int | None = None):
-    """Pebble validating HTTP-01 on ``http_port`` (default: a free port, for the gateway to take);
-    yields {directory, ca_bundle, mgmt, gw_port, log}. Skips when pebble is not installed."""
+def run_pebble(folder: Path, http_port: int | None = None, address: str = "127.0.0.1"):
+    """Pebble validating HTTP-01 on ``http_port`` (default: a free port, for the gateway to take)
+    of ``address`` (what its DNS answers for every name); yields {directory, ca_bundle, mgmt, gw_port, log}. Skips when pebble is not installed."""
     if not (shutil.which("pebble") and shutil.which("pebble-challtestsrv")):
         pytest.skip(NEEDS_PEBBLE)
     ca = trustme.CA()
@@ -53,7 +53,7 @@ def run_pebble(folder: Path, http_port: int | None = None):
         "httpPort": gw_port, "tlsPort": tls_alpn, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
     log = open(folder / "pebble.log", "wb")
     dns = subprocess.Popen(["pebble-challtestsrv", "-dns01", f"127.0.0.1:{dns_port}", "-http01", "", "-https01", "",
-                            "-tlsalpn01", "", "-management", f"127.0.0.1:{dns_mgmt}", "-defaultIPv4", "127.0.0.1",
+                            "-tlsalpn01", "", "-management", f"127.0.0.1:{dns_mgmt}", "-defaultIPv4", address,
                             "-defaultIPv6", ""], stdout=log, stderr=subprocess.STDOUT)
     # No sleeping before validations, and no nonces rejected on purpose: the tests are about us.
     # Valid authorizations are always reused, as Let's Encrypt does for 30 days: a renewal then

@@ -2,35 +2,43 @@
 keepalived on every node as the stack's global service `<stack>-vip`, following each node's own
 gateway; `down` removes it and the address with it.
 
-A stack of one small service (the web front end: the floating IP follows gateways, not replicas)
-with a floating IP of its own, 10.211.0.101 with router id 52: the lab's own `vip start` (which
+A stack of one small service (the web front end: the floating IP follows gateways, not replicas),
+with HTTPS from a certificate file (the control plane reads it and sends it to every node's
+gateway: issue "lose any node", shared certificates) and a floating IP of its own, 10.211.0.101 with router id 52: the lab's own `vip start` (which
 test_swarm_vip.py and the manager-loss test use) is .100 with id 51, so the two never meet. The
 address answers the gateway's `/`; cut off the node that holds it and it answers from another
-node; `down` leaves no `<stack>-vip` service and no node holding the address (keepalived gives it
+node, and serves the same certificate there; `down` leaves no `<stack>-vip` service and no node holding the address (keepalived gives it
 up on Swarm's SIGTERM). 15-25 s on a lab that is up (the deployment, one takeover, `down`).
 """
 
 from __future__ import annotations
 
 import random
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 
+from support.certs import write_pair
+from support.ports import free_port
 from support.processes import wait_until
 from swarm_support import SwarmUp, gateway_answers, remove_stack
 
 STACK = f"slfip{random.randrange(10**5)}"
 ROUTER_ID = 52
 HOST = 101   # the floating IP is the lab's subnet's .101
+SITE = "site.test"
 
 
-def _stack_file(path: Path, name: str, address: str) -> Path:
+def _stack_file(path: Path, name: str, address: str, tls: dict) -> Path:
     path.write_text(yaml.safe_dump({
         "name": name, "driver": "swarm", "network": name,
+        "gateway": {"tls": tls},
         "swarm": {"floating_ip": {"address": address, "router_id": ROUTER_ID, "advert": 0.5}},
         "services": {"web": {
             "image": "web:latest", "container_port": 80, "routes": ["/ui"],
@@ -39,6 +47,15 @@ def _stack_file(path: Path, name: str, address: str) -> Path:
         }},
     }, sort_keys=False))
     return path
+
+
+def serial(address: str, port: int, ctx: ssl.SSLContext) -> str | None:
+    """The certificate the gateway at `address` shows for SITE (None: no handshake)."""
+    try:
+        with socket.create_connection((address, port), 2) as raw, ctx.wrap_socket(raw, server_hostname=SITE) as s:
+            return s.getpeercert()["serialNumber"]
+    except (OSError, ssl.SSLError):
+        return None
 
 
 def holders(lab, vip: str) -> list[int]:
@@ -57,8 +74,14 @@ def deployment(lab, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fip")
     prefix = lab.env["SWARM_LAB_HOST_ADDRESS"].rsplit(".", 1)[0]
     vip = f"{prefix}.{HOST}"
-    up = SwarmUp(_stack_file(tmp / "stack.yaml", STACK, f"{vip}/24"), tmp / "state", lab.manager).start()
-    up.vip = vip
+    ca = trustme.CA()
+    pair = write_pair(ca, tmp, "site", SITE)
+    tls_port = free_port(avoid=range(29999, 32768))   # published on every node, as the gateway's port
+    tls = {"port": tls_port, "cert": pair.cert, "key": pair.key}
+    up = SwarmUp(_stack_file(tmp / "stack.yaml", STACK, f"{vip}/24", tls), tmp / "state", lab.manager).start()
+    up.vip, up.tls_port = vip, tls_port
+    up.tls_ctx = ssl.create_default_context()
+    ca.configure_trust(up.tls_ctx)
     client = lab.client()
     try:
         up.wait_converged(300)
@@ -78,6 +101,12 @@ def test_the_floating_ip_moves_off_a_cut_node_and_down_removes_it_everywhere(dep
                        what=f"the floating IP {up.vip} answering the gateway's /:\n{up.log()}")
     assert len(first) == 1, f"more than one node holds {up.vip}: {first}"
     victim = first[0]
+    # Every node's gateway serves the one certificate the control plane read (and sent them).
+    served = wait_until(lambda: (lambda s: s if None not in s.values() else None)(
+        {lab.address(n): serial(lab.address(n), up.tls_port, up.tls_ctx) for n in lab.nodes}), 60, 0.5,
+        what=f"every node's gateway serving HTTPS for {SITE}")
+    assert len(set(served.values())) == 1, served
+    assert serial(up.vip, up.tls_port, up.tls_ctx) in served.values()
 
     lab.cut(victim)
     t0 = time.monotonic()
@@ -88,6 +117,7 @@ def test_the_floating_ip_moves_off_a_cut_node_and_down_removes_it_everywhere(dep
         print(f"\nfloating IP (product, {STACK}-vip): node {victim} cut, {up.vip} answered from node {moved[0]} "
               f"after {took:.2f} s")
         assert took <= 30.0
+        assert serial(up.vip, up.tls_port, up.tls_ctx) in served.values()   # the same certificate there
     finally:
         lab.heal(victim)
 

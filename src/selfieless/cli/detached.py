@@ -19,7 +19,7 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
     import docker
     import yaml
 
-    from selfieless.orchestrator.drivers import swarm_control
+    from selfieless.orchestrator.drivers import swarm_control, swarm_sealed
 
     stack = prepare_stack(opts)
     if stack.driver != "swarm":
@@ -32,14 +32,17 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
     # reaches the manager through its own node's socket.
     data = stack.model_dump(mode="json", exclude_none=True)
     data.get("swarm", {}).pop("manager", None)
-    text = yaml.safe_dump(data, sort_keys=False)
     client = None
     try:
         client = docker.DockerClient(base_url=manager, timeout=30)
+        secrets = swarm_control.ship_files(client, stack.name, data)   # the task reads its copies
+        if stack.gateway.tls is not None and stack.gateway.tls.acme is not None:
+            secrets.append(swarm_sealed.seal_secret(client, stack.name))   # its ACME folder, sealed in the swarm
+        text = yaml.safe_dump(data, sort_keys=False)
         where = stack.swarm.control_placement
         did = swarm_control.deploy(client, stack.name, text, image, stack.gateway.port, admin_port(opts),
-                                   where.constraints, where.preferences)
-    except (docker.errors.DockerException, ValueError) as e:
+                                   where.constraints, where.preferences, secrets)
+    except (docker.errors.DockerException, ValueError, OSError) as e:
         raise UpError(f"cannot deploy the control plane of {stack.name} on {manager}: {e}") from None
     finally:
         if client is not None:

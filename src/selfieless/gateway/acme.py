@@ -14,7 +14,8 @@ staging CA and a production CA never mix (``directory`` in there names the URL):
 
 Decisions are pure: :func:`renew_at` (30 days before expiry, or at two thirds of a lifetime
 shorter than 90 days), :func:`due` (which hosts need a certificate now), :func:`retry_in` (backoff
-after a failure). :class:`AcmeManager` carries them out on the gateway's loop.
+after a failure). :class:`AcmeManager` carries them out on the gateway's loop, or on the control
+plane's for the gateways on every node (orchestrator/fleet_tls.py: one issuer for all of them).
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .tls import CertPair, CertStore
+from .tls import CertPair, CertStore, write_private
 
 log = logging.getLogger(__name__)
 
 RENEW_BEFORE = dt.timedelta(days=30)
+NOT_ACTING_LOOK = 5.0  # seconds between looks at the lease of an issuer that may not act yet
 
 
 @dataclass(frozen=True)
@@ -87,16 +89,6 @@ def retry_in(failures: int, base: float = 10.0, cap: float = 3600.0) -> float:
 
 
 # --- files ------------------------------------------------------------------------------------
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` owner-only (0600) and rename it into place: never half a key on disk."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
 
 def new_key_pem() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -187,8 +179,10 @@ class AcmeManager:
 
     def __init__(self, settings: AcmeSettings, store: CertStore, challenges: dict[bytes, bytes],
                  hosts: Callable[[], Iterable[str]],
-                 events: Callable[[str, str, str], object] | None = None) -> None:
+                 events: Callable[[str, str, str], object] | None = None,
+                 acting: Callable[[], bool] | None = None) -> None:
         self.settings = settings
+        self.acting = acting  # None, or whether this control plane holds the stack's lease: only then it asks the CA
         self.store = store
         self.hosts = hosts
         self.events = events
@@ -240,7 +234,8 @@ class AcmeManager:
         loop = asyncio.get_running_loop()
         while True:
             now = self.now()
-            for host in due(self._wanted(), self.have, now, self.waiting):
+            wanted = self._wanted() if self.acting is None or self.acting() else []
+            for host in due(wanted, self.have, now, self.waiting):
                 try:
                     pair = await loop.run_in_executor(None, self.issuer.issue, host)
                     self._install(pair)
@@ -276,6 +271,8 @@ class AcmeManager:
         """Until the next renewal time or retry, at most ``check_interval``, at least 1 s."""
         times = [renew_at(*t) for t in self.have.values()] + list(self.waiting.values())
         nxt = min((t - now).total_seconds() for t in times) if times else self.settings.check_interval
+        if self.acting is not None and not self.acting():
+            nxt = min(nxt, NOT_ACTING_LOOK)  # it may take the lease any moment
         return max(1.0, min(self.settings.check_interval, nxt))
 
     def _report(self, kind: str, host: str, detail: str) -> None:

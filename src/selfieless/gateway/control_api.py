@@ -8,7 +8,9 @@ Bearer``; on TCP it must be set unless the address is loopback (``listen_problem
 admin interface of the project.
 
     GET  /control/info                      instance id, pid, public host/port, routes, next event
-    POST /control/ops    {"ops": [...]}     routes / add / remove / limits, applied in order
+    POST /control/ops    {"ops": [...]}     routes / add / remove / limits / certs / challenges,
+                                            applied in order (certs: the PEM pairs a gateway on
+                                            every node serves; challenges: ACME HTTP-01 answers)
     POST /control/drain  {service,id,timeout}  -> {"drained": bool}
     GET  /control/poll?after=N&wait=S       events after N (long poll, up to S s), counters, pools
     GET  /control/poll?after=N&wait=S&instance=I&rev=R&every=E
@@ -38,9 +40,11 @@ import ipaddress
 import logging
 import os
 import socket
+import tempfile
 import uuid
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import uvicorn
@@ -55,6 +59,7 @@ from starlette.routing import Route
 from .control_changes import Published
 from .gateway import Gateway
 from .routing import RouteTable
+from .tls import read_pair, write_pushed
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,24 @@ class LimitsOp(_Op):
     limits: dict[str, Any]
 
 
-Op = Annotated[Union[RoutesOp, AddOp, RemoveOp, LimitsOp], Field(discriminator="op")]
+class PemPair(_Op):
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    hosts: list[str] = []
+    default: bool = False
+
+
+class CertsOp(_Op):
+    op: Literal["certs"]
+    pairs: list[PemPair]
+
+
+class ChallengesOp(_Op):
+    op: Literal["challenges"]
+    tokens: dict[str, str]
+
+
+Op = Annotated[Union[RoutesOp, AddOp, RemoveOp, LimitsOp, CertsOp, ChallengesOp], Field(discriminator="op")]
 
 
 class OpsBody(_Op):
@@ -154,6 +176,16 @@ async def _body(request: Request, model):
         raise _BadRequest("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
 
 
+def _check_pairs(gw: Gateway, pairs: list[PemPair]) -> None:
+    """Every pair loads (in a folder thrown away after), before anything of the batch changes."""
+    if gw.certs is None:
+        raise ValueError("TLS is not on: the gateway was started without HTTPS settings")
+    with tempfile.TemporaryDirectory(prefix="selfieless-check-") as folder:
+        default, certs = write_pushed(Path(folder), [p.model_dump() for p in pairs])
+        for pair in (default, *certs) if default is not None else certs:
+            read_pair(pair)
+
+
 def _change_routes(gw: Gateway) -> list[Route]:
     """What the control plane changes: ``/control/ops`` (routes, backends, limits), ``/control/drain``
     and ``/control/tls/reload``."""
@@ -165,7 +197,9 @@ def _change_routes(gw: Gateway) -> list[Route]:
                     RouteTable(op.routes)
                 elif isinstance(op, LimitsOp):
                     dataclasses.replace(gw.config, balance=op.balance, **op.limits)
-            except (TypeError, ValueError) as e:
+                elif isinstance(op, CertsOp):
+                    _check_pairs(gw, op.pairs)
+            except (TypeError, ValueError) as e:  # tls.CertError is a ValueError
                 return _error(400, f"{op.op}: {e}")
         for op in parsed.ops:
             if isinstance(op, RoutesOp):
@@ -174,6 +208,10 @@ def _change_routes(gw: Gateway) -> list[Route]:
                 gw.add_backend(op.service, op.id, op.host, op.port)
             elif isinstance(op, RemoveOp):
                 gw.remove_backend(op.service, op.id, op.failed)
+            elif isinstance(op, CertsOp):
+                gw.set_certificates([p.model_dump() for p in op.pairs])
+            elif isinstance(op, ChallengesOp):
+                gw.set_challenges(op.tokens)
             else:
                 gw.set_limits(op.balance, op.limits)
         return JSONResponse({"applied": len(parsed.ops)})

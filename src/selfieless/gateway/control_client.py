@@ -88,6 +88,8 @@ class RemoteGateway:
         self._routes: dict[str, str] | None = None
         self._limits: dict | None = None
         self._backends: dict[str, dict[str, tuple[str, int]]] = {}
+        self._tls_pairs: list[dict] | None = None      # the certificates it serves (wire_pairs)
+        self._challenges: dict[str, str] | None = None  # the ACME answers it serves
         self._ops: list[dict] = []
         self._queued = asyncio.Event()
         self._sent = asyncio.Event()
@@ -189,6 +191,16 @@ class RemoteGateway:
             op["failed"] = True
         self._queue(op)
 
+    def set_certificates(self, pairs: list[dict]) -> None:
+        """The certificates it serves (tls.wire_pairs), in place of the ones it had."""
+        self._tls_pairs = list(pairs)
+        self._queue({"op": "certs", "pairs": self._tls_pairs})
+
+    def set_challenges(self, tokens: Mapping[str, str]) -> None:
+        """The ACME HTTP-01 answers it serves (token -> key authorization), in place of the ones it had."""
+        self._challenges = dict(tokens)
+        self._queue({"op": "challenges", "tokens": self._challenges})
+
     async def drain_backend(self, service: str, backend_id: str, timeout: float) -> bool:
         await self.flush()
         try:
@@ -235,6 +247,10 @@ class RemoteGateway:
             ops.append({"op": "limits", **self._limits})
         for service, members in self._backends.items():
             ops += [{"op": "add", "service": service, "id": i, "host": h, "port": p} for i, (h, p) in members.items()]
+        if self._tls_pairs is not None:
+            ops.append({"op": "certs", "pairs": self._tls_pairs})
+        if self._challenges is not None:
+            ops.append({"op": "challenges", "tokens": self._challenges})
         self._ops[:0] = ops
         self._queued.set()
 

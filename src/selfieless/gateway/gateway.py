@@ -24,7 +24,7 @@ from .exchange import Failure
 from .pool import READY, WITHDRAWN, EjectCallback, ReplicaPool
 from .routing import RouteTable
 from .stats import CountRule, ServiceStats
-from .tls import CertStore, TlsSettings, connection_class
+from .tls import CertError, CertStore, TlsSettings, certs_report, connection_class
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +157,25 @@ class Gateway:
     def tls_certs(self) -> list[dict]:
         """Every certificate served (hosts, ``not_after`` ISO time, whether from ACME, a reload
         problem) and every ACME host still without one (``not_after`` None, its problem)."""
-        if self.certs is None:
-            return []
-        out = self.certs.summary()
-        if self.acme is not None:
-            out += self.acme.missing()
-        for c in out:
-            c.pop("expires_in", None)  # readers compute it when they read (a remote copy ages)
-        return out
+        return [] if self.certs is None else certs_report(self.certs, self.acme)
 
     def reload_tls(self) -> list[str]:
         """Load the certificate files again now (``selfieless tls reload``); the problems."""
         if self.certs is None:
             return ["TLS is not on"]
         return self.certs.reload(force=True)
+
+    def set_certificates(self, pairs: list[dict]) -> None:
+        """Serve the certificates a control plane sent (tls.wire_pairs: a gateway on every node
+        has no files of its own); tls.CertError, and nothing changes, if one cannot be served."""
+        if self.certs is None:
+            raise CertError("TLS is not on: the gateway was started without HTTPS settings")
+        self.certs.take_pushed(pairs)
+
+    def set_challenges(self, tokens: Mapping[str, str]) -> None:
+        """The ACME HTTP-01 answers a control plane's issuer needs served (token -> key
+        authorization): the CA may ask any node's gateway."""
+        self.challenges = {t.encode(): a.encode() for t, a in tokens.items()}
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``grace`` s), close the rest."""

@@ -11,17 +11,25 @@
   host named, else the default pair, else (or with ``strict_sni``) a refused handshake. Reloading
   swaps the host -> context map in one assignment: handshakes already done keep the context they
   chose, so open connections never notice; a pair that fails to load keeps its previous one.
+- :func:`wire_pairs` and :func:`write_pushed` carry a store's certificates to the gateways on
+  every node: the control plane reads or issues them once and sends them (PEM text) over each
+  gateway's control API; a gateway writes them to a folder of its own and serves them from there
+  (``CertStore.replace``), since OpenSSL loads certificates from files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import os
+import shutil
 import ssl
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 
@@ -193,6 +201,8 @@ class CertStore:
         self._expired: set[LoadedPair] = set()  # reported by check_expiry
         self._timer = None
         self.reloads = 0  # successful swaps after the first load
+        self.on_change: Callable[[], object] | None = None  # after every swap (the fleet pushes them on)
+        self.pushed_dir: Path | None = None  # where take_pushed keeps what it was sent
         self.context = server_context()  # the listener's: it only picks one of the pairs'
         self.context.sni_callback = self._sni
 
@@ -239,6 +249,26 @@ class CertStore:
         self.acme[pair.hosts[0]] = pair
         self._install(fresh)
 
+    def replace(self, default: CertPair | None, certs: Iterable[CertPair]) -> None:
+        """Serve these pairs instead of the ones held (a gateway on every node, given them by its
+        control plane); CertError, and nothing changes, if one of them cannot be served."""
+        settings = dataclasses.replace(self.settings, default=default, certs=tuple(certs))
+        fresh = {pair: read_pair(pair) for pair in settings.pairs()}
+        self.settings = settings
+        self._install(fresh)
+
+    def take_pushed(self, pairs: list[dict]) -> None:
+        """Serve the pairs a control plane sent (``wire_pairs``), from files in a folder of this
+        store's own, which then holds nothing else; CertError, and nothing changes, if one of them
+        cannot be served."""
+        if self.pushed_dir is None:
+            self.pushed_dir = Path(tempfile.mkdtemp(prefix="selfieless-certs-"))
+        self.replace(*write_pushed(self.pushed_dir, pairs))
+        serving = {path for pair in self.settings.pairs() for path in (pair.cert, pair.key)}
+        for f in self.pushed_dir.iterdir():
+            if str(f) not in serving:
+                f.unlink(missing_ok=True)
+
     def file_hosts(self) -> set[str]:
         """Hosts a certificate file names (explicitly, or in the certificate): ACME leaves these alone."""
         return {h for p in self.settings.pairs() if p in self.loaded for h in self.loaded[p].hosts}
@@ -260,6 +290,8 @@ class CertStore:
         self.loaded = fresh
         self._by_host = by_host
         self._default = default
+        if self.on_change is not None:
+            self.on_change()
 
     def _sni(self, sslobj, server_name: str | None, _ctx):
         ctx = choose(server_name, self._by_host, self._default, self.settings.strict_sni)
@@ -313,6 +345,69 @@ class CertStore:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.pushed_dir is not None:
+            shutil.rmtree(self.pushed_dir, ignore_errors=True)
+            self.pushed_dir = None
+
+
+def certs_report(store: CertStore, acme=None) -> list[dict]:
+    """Every certificate a store serves (hosts, ``not_after`` ISO time, whether from ACME, a reload
+    problem) and every host ``acme`` (acme.AcmeManager) has none for yet (``not_after`` None, its
+    problem): what `status` shows."""
+    out = store.summary()
+    if acme is not None:
+        out += acme.missing()
+    for c in out:
+        c.pop("expires_in", None)  # readers compute it when they read (a remote copy ages)
+    return out
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` owner-only (0600) and rename it into place: never half a key on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def wire_pairs(store: CertStore) -> list[dict]:
+    """The certificates a store serves, as a gateway on another node is sent them: PEM text, the
+    hosts each serves, which one is the default. Files for hosts come first, then ACME's, as the
+    store ranks them (CertStore._install)."""
+    ranked = [*store.settings.certs, *store.acme.values(), *store.settings.pairs()[:1]]
+    out, seen = [], set()
+    for pair in ranked:
+        lp = store.loaded.get(pair)
+        if lp is None or pair in seen:
+            continue
+        seen.add(pair)
+        out.append({"cert": Path(pair.cert).read_text(), "key": Path(pair.key).read_text(),
+                    "hosts": list(lp.hosts), "default": pair == store.settings.default})
+    return out
+
+
+def write_pushed(folder: Path, pairs: list[dict]) -> tuple[CertPair | None, tuple[CertPair, ...]]:
+    """Pairs a control plane sent (``wire_pairs``) as files in ``folder`` (owner-only), each named
+    by the digest of its content, so the same certificate sent again is the same file: returns the
+    default pair and the others, for ``CertStore.replace``."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    default, certs = None, []
+    for p in pairs:
+        name = hashlib.sha256((p["cert"] + p["key"]).encode()).hexdigest()[:16]
+        files = []
+        for suffix, text in (("crt", p["cert"]), ("key", p["key"])):
+            path = folder / f"{name}.{suffix}"
+            if not path.exists():
+                write_private(path, text.encode())
+            files.append(str(path))
+        pair = CertPair(files[0], files[1], tuple(p.get("hosts") or ()))
+        if p.get("default") and default is None:
+            default = pair
+        else:
+            certs.append(pair)
+    return default, tuple(certs)
 
 
 def settings_problems(settings: TlsSettings) -> list[str]:

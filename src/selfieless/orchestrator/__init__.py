@@ -41,6 +41,7 @@ Modules, in the order data flows through them (docs/architecture.md draws them):
     assemble          gateway + driver + orchestrator from a stack (for the CLI / admin API)
     gateway_process   the gateway as its own process: start it, re-attach to it, stop it
     gateway_fleet     the swarm driver's gateway on every node, driven as one (GatewayFleet)
+    fleet_tls         HTTPS on the gateways on every node: certificates read or issued once, sent to each
     runner            start / signals / stop of a running system
     pids              is a process still there (drivers, gateway process, CLI)
     __main__          `python -m selfieless.orchestrator STACK.yaml`

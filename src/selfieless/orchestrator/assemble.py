@@ -150,27 +150,34 @@ def fleet_image(stack: Stack) -> str:
 async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[[], bool] | None,
                             orchestrator_kwargs: dict) -> System:
     """The swarm driver with the gateway on every node: the gateway service (created, or the
-    running one kept), the fleet attached to every node's gateway, then the orchestrator."""
+    running one kept), the fleet attached to every node's gateway (and sent the certificates,
+    fleet_tls.py), then the orchestrator."""
     from selfieless.orchestrator.drivers.swarm_spec import gateway_command
 
+    from .fleet_tls import FleetCertificates, fleet_tls_settings
     from .gateway_fleet import GatewayFleet
     from .gateway_process import TOKEN_ENV
 
-    if stack.gateway.tls is not None:
-        raise ValueError("HTTPS is not served by the gateways on every node yet: "
-                         "use swarm: {gateway: local} for a stack with gateway.tls")
     if not config.port:
         raise ValueError("the gateway on every node needs a fixed public port (gateway.port or --port), not 0")
     control_port = stack.swarm.gateway_control_port or config.port + 1
     if control_port == config.port:
         raise ValueError(f"swarm.gateway_control_port must differ from the public port {config.port}")
+    tls = stack.tls_settings(state / stack.name)
+    if tls is not None and (not tls.port or tls.port in (config.port, control_port)):
+        raise ValueError(f"the gateway on every node needs a fixed HTTPS port (gateway.tls.port) other than "
+                         f"{config.port} and {control_port}, not {tls.port}")
     driver = make_driver(stack.name, "swarm", state, **_swarm_settings(stack, acting))
-    command = gateway_command(dataclasses.asdict(config), stack.routes(), config.port, control_port)
+    command = gateway_command(dataclasses.asdict(config), stack.routes(), config.port, control_port,
+                              fleet_tls_settings(tls))
     token = await driver.ensure_gateway(fleet_image(stack), command, config.port, control_port,
-                                        os.environ.get(TOKEN_ENV) or None)
+                                        os.environ.get(TOKEN_ENV) or None, tls.port if tls is not None else None)
     fleet = GatewayFleet(driver, port=config.port, control_port=control_port, token=token, acting=acting)
     try:
         await fleet.start()
+        if tls is not None:
+            fleet.certificates = FleetCertificates(tls, fleet, acting, kept=_kept_acme(driver, stack.name, tls))
+            await fleet.certificates.start()
         vip = await _ensure_vip(stack, driver, config.port)
         orch = Orchestrator(stack, driver, fleet, state_dir=str(state / stack.name), **orchestrator_kwargs)
         system = System(stack, fleet, orch)
@@ -183,6 +190,15 @@ async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[
         following.append(asyncio.create_task(_keep_vip(vip, acting), name="floating-ip"))
     system.supervisor = asyncio.gather(*following)
     return system
+
+
+def _kept_acme(driver, stack: str, tls):
+    """The ACME folder kept in the swarm (a control plane run by `up --detach`), or None."""
+    if not tls.acme:
+        return None
+    from .drivers.swarm_sealed import SealedFolder
+
+    return SealedFolder.in_task(driver.client, stack, Path(tls.acme["state_dir"]) / "acme")
 
 
 VIP_WATCH = 5.0   # how often the floating-IP service is checked against the swarm's nodes

@@ -11,7 +11,9 @@ place of one gateway:
   every backend), and every later change as the others do. A gateway replaced on its node (the
   container killed, Swarm started another) is the same address: its RemoteGateway sees a new
   instance and sends the mirror again (control_client.py).
-- Changes (routes, backends, limits) go to every gateway; a drain waits for every gateway.
+- Changes (routes, backends, limits, certificates and ACME answers) go to every gateway; a drain
+  waits for every gateway. Certificates are read or issued once, by the control plane
+  (fleet_tls.py), never per node.
 - Reads are merged: the counters summed, monotonically across replaced gateways
   (fleet.Ledger), the backends' views merged (fleet.merge_views); reports (ejections, 5xx
   answers, held requests) come from every gateway to the same callbacks.
@@ -71,9 +73,13 @@ class GatewayFleet:
         self.clock = clock
         for name in CALLBACKS:
             setattr(self, name, None)
+        self.on_tls_event = None   # (kind, host, detail) from the certificates (fleet_tls.py)
         self._routes: dict[str, str] | None = None
         self._limits: dict | None = None
         self._backends: dict[str, dict[str, tuple[str, int]]] = {}
+        self._tls_pairs: list[dict] | None = None
+        self._challenges: dict[str, str] | None = None
+        self.certificates = None   # fleet_tls.FleetCertificates when the stack has gateway.tls
         self.members: dict[str, RemoteGateway] = {}     # address -> attached gateway
         self._attaching: dict[str, asyncio.Task] = {}    # address -> a task trying to attach
         self.nodes: dict[str, str] = {}                  # address -> hostname, as last listed
@@ -140,6 +146,10 @@ class GatewayFleet:
         for service, members in self._backends.items():
             for backend_id, (host, port) in members.items():
                 gw.add_backend(service, backend_id, host, port)
+        if self._tls_pairs is not None:
+            gw.set_certificates(self._tls_pairs)
+        if self._challenges is not None:
+            gw.set_challenges(self._challenges)
         self.members[address] = gw
         self._attaching.pop(address, None)
         log.info("attached to the gateway on %s", address)
@@ -157,6 +167,8 @@ class GatewayFleet:
     async def stop(self) -> None:
         """Let every gateway go (they keep serving; `down` removed the service already, with the
         stack's other services, when it stopped them)."""
+        if self.certificates is not None:
+            await self.certificates.stop()
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
@@ -181,12 +193,19 @@ class GatewayFleet:
         """The first node's address that runs a gateway (sorted), for `up` to show one URL."""
         return min(self.nodes) if self.nodes else None
 
+    @property
+    def routes(self) -> dict[str, str] | None:
+        """The route table last sent (None before any)."""
+        return None if self._routes is None else dict(self._routes)
+
     def set_routes(self, routes: Mapping[str, str]) -> None:
         if not self._may_change("set_routes"):
             return
         self._routes = dict(routes)
         for gw in self.members.values():
             gw.set_routes(self._routes)
+        if self.certificates is not None:
+            self.certificates.wake()  # hosts may want certificates
 
     def set_limits(self, balance: str, limits: Mapping[str, Any]) -> None:
         if not self._may_change("set_limits"):
@@ -208,6 +227,22 @@ class GatewayFleet:
         self._backends.get(service, {}).pop(backend_id, None)
         for gw in self.members.values():
             gw.remove_backend(service, backend_id, failed)
+
+    def set_certificates(self, pairs: list[dict]) -> None:
+        """The certificates every gateway serves (tls.wire_pairs; fleet_tls.py sends them)."""
+        if not self._may_change("set_certificates"):
+            return
+        self._tls_pairs = list(pairs)
+        for gw in self.members.values():
+            gw.set_certificates(self._tls_pairs)
+
+    def set_challenges(self, tokens: Mapping[str, str]) -> None:
+        """The ACME HTTP-01 answers every gateway serves: the CA may ask any node."""
+        if not self._may_change("set_challenges"):
+            return
+        self._challenges = dict(tokens)
+        for gw in self.members.values():
+            gw.set_challenges(self._challenges)
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Return once every change made so far has reached every gateway that answers (those
@@ -265,7 +300,12 @@ class GatewayFleet:
 
     @property
     def tls_certs(self) -> list[dict]:
-        return []  # HTTPS is not served by the gateways on every node yet (README "Several machines")
+        """The certificates the gateways are sent (one list: they all serve the same)."""
+        return self.certificates.summary() if self.certificates is not None else []
+
+    def reload_tls(self) -> list[str]:
+        """Read the certificate files again now and send what changed (`selfieless tls reload`)."""
+        return self.certificates.reload() if self.certificates is not None else ["TLS is not on"]
 
     def lines(self) -> list[GatewayLine]:
         """One line per node that runs (or should run) a gateway, for `status`."""

@@ -284,7 +284,7 @@ class SwarmDriver(EngineDriver):
     # --- the gateway on every node --------------------------------------------------------------------
 
     async def ensure_gateway(self, image: str, command: list[str], port: int, control_port: int,
-                             token: str | None) -> str:
+                             token: str | None, tls_port: int | None = None) -> str:
         """Create the stack's gateway service, or keep the one running (updated when it runs
         another image or command); returns the control token in use: ``token``, else the running
         service's, else a new one."""
@@ -298,7 +298,8 @@ class SwarmDriver(EngineDriver):
                 use = token or (gateway_token(record) if record else None) or secrets.token_urlsafe(32)
                 pinned = self._pin(image) or (image, None)
                 ref = pinned[0]
-                definition = gateway_service_definition(self.stack, ref, command, port, control_port, use, self.network)
+                definition = gateway_service_definition(self.stack, ref, command, port, control_port, use, self.network,
+                                                        tls_port)
                 if record is None:
                     self._ensure_network()
                     self.client.api.create_service(**definition)

@@ -10,7 +10,14 @@ and the admin API listen on the node, the admin API on its loopback only). It ru
 of one of the stack's services (this project's images hold selfieless and the Docker SDK; `swarm:
 {helper_image: ...}` names another).
 
-The service and the stack-file config carry `selfieless.control-plane=<stack>`, not the stack's
+Files the stack file names on the machine that deploys it (the certificates and keys of
+`gateway.tls`, a test CA's bundle) are not on the manager that runs the task: each goes as a Swarm
+secret of its own (named by its content: a file changed is a new secret, and the control plane is
+updated to it), mounted in the task under /run/secrets, and the stack file the task reads names
+them there (:func:`ship_files`). The control plane then sends the certificates to every gateway
+(orchestrator/fleet_tls.py).
+
+The service, the stack-file config and those secrets carry `selfieless.control-plane=<stack>`, not the stack's
 own label: the stack's services are what the control plane drives and removes on `down`, and it
 must not remove itself half way.
 """
@@ -39,6 +46,18 @@ def stack_config_name(stack: str, text: str) -> str:
     return f"{stack}-stackfile-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
+def file_secret_name(stack: str, data: bytes) -> str:
+    return f"{stack}-file-{hashlib.sha256(data).hexdigest()[:12]}"
+
+
+def tls_file_fields(tls: dict[str, Any]) -> list[tuple[dict, str]]:
+    """Where `gateway.tls` (as data) names a file: (the dict holding it, its key)."""
+    out = [(tls, k) for k in ("cert", "key") if tls.get(k)]
+    out += [(pair, k) for pair in tls.get("certs") or [] for k in ("cert", "key")]
+    acme = tls.get("acme") or {}
+    return out + ([(acme, "ca_bundle")] if acme.get("ca_bundle") else [])
+
+
 def control_command(gateway_port: int, admin_port: int) -> list[str]:
     return ["python3", "-m", "selfieless", "up", STACK_PATH, "--driver", "swarm", "--port", str(gateway_port),
             "--admin-port", str(admin_port), "--state-dir", STATE_DIR, "--quiet", "--in-service"]
@@ -46,10 +65,12 @@ def control_command(gateway_port: int, admin_port: int) -> list[str]:
 
 def control_service_definition(stack: str, image: str, config_id: str, config_name: str, socket: str,
                                gateway_port: int, admin_port: int, constraints: Sequence[str] = (),
-                               preferences: Sequence[str] = ()) -> dict[str, Any]:
+                               preferences: Sequence[str] = (),
+                               secrets: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Keyword arguments for the SDK's low-level `create_service` / `update_service`.
     `constraints` and `preferences` (the stack's `swarm.control_placement`) narrow the managers
-    it may run on, e.g. keeping it off the node of a database it would otherwise go down with."""
+    it may run on, e.g. keeping it off the node of a database it would otherwise go down with.
+    `secrets`: (id, name) of the shipped files, each at /run/secrets/<name>."""
     from docker import types
 
     container = types.ContainerSpec(
@@ -59,6 +80,7 @@ def control_service_definition(stack: str, image: str, config_id: str, config_na
         labels={LABEL_CONTROL: stack},
         mounts=[types.Mount(target=DEFAULT_SOCKET, source=socket, type="bind")],
         configs=[types.ConfigReference(config_id, config_name, filename=STACK_PATH)],
+        secrets=[types.SecretReference(secret_id, name, mode=0o400) for secret_id, name in secrets] or None,
         # `up` drains on SIGTERM with the stack left running (--in-service); give it the time.
         stop_grace_period=30_000_000_000,
         healthcheck=NO_HEALTHCHECK,
@@ -89,8 +111,26 @@ def manager_socket(nodes: list[dict], default: str = DEFAULT_SOCKET) -> str | No
 
 # --- the I/O (blocking: the CLI calls these) -----------------------------------------------------
 
+def ship_files(client: Any, stack: str, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each file `gateway.tls` names in `data` (the stack as data, changed in place to name the
+    copies) as a secret of the stack's control plane; returns (id, name) of each, for
+    control_service_definition. OSError names a file that cannot be read."""
+    api = client.api
+    shipped: dict[str, str] = {}
+    for holder, key in tls_file_fields((data.get("gateway") or {}).get("tls") or {}):
+        with open(holder[key], "rb") as f:
+            content = f.read()
+        name = file_secret_name(stack, content)
+        if name not in shipped:
+            found = [s for s in api.secrets(filters={"name": name}) if (s.get("Spec") or {}).get("Name") == name]
+            shipped[name] = found[0]["ID"] if found else api.create_secret(name, content, labels={LABEL_CONTROL: stack})["ID"]
+        holder[key] = f"/run/secrets/{name}"
+    return [(secret_id, name) for name, secret_id in shipped.items()]
+
+
 def deploy(client: Any, stack: str, stack_text: str, image: str, gateway_port: int, admin_port: int,
-           constraints: Sequence[str] = (), preferences: Sequence[str] = ()) -> str:
+           constraints: Sequence[str] = (), preferences: Sequence[str] = (),
+           secrets: Sequence[tuple[str, str]] = ()) -> str:
     """Create the stack-file config and the control-plane service, or update the service to this
     stack file (a rolling replacement of its one task). Returns what it did."""
     import docker.errors
@@ -106,7 +146,7 @@ def deploy(client: Any, stack: str, stack_text: str, image: str, gateway_port: i
                          "selfieless.docker-socket), and a service mounts one path on whichever manager "
                          "runs it: give every manager its engine socket at the same path")
     definition = control_service_definition(stack, image, config_id, name, socket, gateway_port, admin_port,
-                                            constraints, preferences)
+                                            constraints, preferences, secrets)
     try:
         current = api.inspect_service(control_service_name(stack))
     except docker.errors.NotFound:
@@ -129,13 +169,14 @@ def remove(client: Any, stack: str) -> bool:
 
 
 def remove_configs(client: Any, stack: str) -> None:
-    """The stack-file configs (once no service uses them)."""
+    """The stack-file configs and the shipped files' secrets (once no service uses them)."""
     api = client.api
-    for c in api.configs(filters={"label": f"{LABEL_CONTROL}={stack}"}):
-        try:
-            api.remove_config(c["ID"])
-        except Exception:   # still in use by a task being removed: left for the next down
-            pass
+    for listing, remove in ((api.configs, api.remove_config), (api.secrets, api.remove_secret)):
+        for c in listing(filters={"label": f"{LABEL_CONTROL}={stack}"}):
+            try:
+                remove(c["ID"])
+            except Exception:   # still in use by a task being removed: left for the next down
+                pass
 
 
 def stack_text(client: Any, stack: str) -> str | None:

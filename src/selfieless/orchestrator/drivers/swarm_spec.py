@@ -403,14 +403,17 @@ def gateway_service_name(stack: str) -> str:
     return f"{stack}-{GATEWAY_ROLE}"
 
 
-def gateway_command(config: dict[str, Any], routes: dict[str, str], port: int, control_port: int) -> list[str]:
-    """The gateway's command line in a task: every address of the container, the given ports."""
+def gateway_command(config: dict[str, Any], routes: dict[str, str], port: int, control_port: int,
+                    tls: dict[str, Any] | None = None) -> list[str]:
+    """The gateway's command line in a task: every address of the container, the given ports, and
+    with `tls` (TlsSettings as JSON, without certificates: the control plane sends them) HTTPS."""
     import json
 
     config = {**config, "host": "0.0.0.0", "port": port}
+    tls_args = ["--tls-json", json.dumps(tls, sort_keys=True)] if tls is not None else []
     return ["python3", "-m", "selfieless.gateway", "--control-listen", f"0.0.0.0:{control_port}",
             "--config-json", json.dumps(config, sort_keys=True), "--routes-json", json.dumps(routes, sort_keys=True),
-            "--grace", f"{GATEWAY_STOP_GRACE:g}"]
+            *tls_args, "--grace", f"{GATEWAY_STOP_GRACE:g}"]
 
 
 def gateway_spec_key(image: str, command: list[str]) -> str:
@@ -422,9 +425,10 @@ def gateway_spec_key(image: str, command: list[str]) -> str:
 
 
 def gateway_service_definition(stack: str, image: str, command: list[str], port: int, control_port: int,
-                               token: str, network: str) -> dict[str, Any]:
+                               token: str, network: str, tls_port: int | None = None) -> dict[str, Any]:
     """Keyword arguments for `create_service` (and `update_service`): the stack's gateway, one
-    task per node (global mode), both ports published in host mode, the token in its environment
+    task per node (global mode), its ports (public, control, HTTPS if any) published in host
+    mode, the token in its environment
     (readable only through the manager's API, whose users can run anything on the swarm anyway;
     a restarted control plane reads it back from there)."""
     from docker import types
@@ -449,7 +453,7 @@ def gateway_service_definition(stack: str, image: str, command: list[str], port:
         "update_config": types.UpdateConfig(parallelism=1, delay=0, order="stop-first", failure_action="pause"),
         "endpoint_spec": types.EndpointSpec(mode="dnsrr", ports=[
             {"Protocol": "tcp", "TargetPort": p, "PublishedPort": p, "PublishMode": "host"}
-            for p in (port, control_port)]),
+            for p in (port, control_port, tls_port) if p]),
     }
 
 
