@@ -116,3 +116,17 @@ def test_up_tls_flags_fill_gateway_tls(ca, tmp_path):
     pair(ca, tmp_path, "o", "a.test")
     with pytest.raises(StackError, match="gateway.tls.key: .*does not match"):
         prepare_stack(UpOptions(stack_path=f, tls_cert=tmp_path / "d.crt", tls_key=tmp_path / "o.key"))
+
+
+def test_ups_example_request_names_the_host_a_route_is_for():
+    from selfieless.cli.up import next_steps
+
+    data = stack(hosts=["a.test"], routes=["/blog"])
+    del data["services"]["api"]
+    [example] = [line for line in next_steps("http://10.0.0.1:80", "http://127.0.0.1:9", parse_stack(data))
+                 if "curl" in line]
+    assert example == "  curl -i http://10.0.0.1:80/blog -H 'Host: a.test'"
+    del data["services"]["site"]["hosts"]
+    [example] = [line for line in next_steps("http://10.0.0.1:80", "http://127.0.0.1:9", parse_stack(data))
+                 if "curl" in line]
+    assert example == "  curl -i http://10.0.0.1:80/blog"

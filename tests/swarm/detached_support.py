@@ -190,21 +190,25 @@ class DetachedStack:
                 return float(m.group(1)) - self.lease_seconds
         return None
 
-    def stopped_acting_at(self, node: int) -> float | None:
-        """When the control plane on `node` (cut off, alive) stopped acting for want of a renewal,
-        from the last words of its container, read through that node's own engine."""
+    def control_logs(self, node: int) -> list[str]:
+        """What each control-plane container on `node` wrote (through that node's own engine)."""
         import docker
 
         engine = docker.DockerClient(base_url=self.lab.node_socket(node), timeout=15)
         try:
-            for c in engine.containers.list(all=True, filters={"label": f"selfieless.control-plane={self.name}"}):
-                text = " ".join(c.logs().decode(errors="replace").split())   # the console wraps lines
-                m = re.search(r"stopped acting at (\d+\.\d+)", text)
-                if m:
-                    return float(m.group(1))
-            return None
+            return [c.logs().decode(errors="replace")
+                    for c in engine.containers.list(all=True, filters={"label": f"selfieless.control-plane={self.name}"})]
         finally:
             engine.close()
+
+    def stopped_acting_at(self, node: int) -> float | None:
+        """When the control plane on `node` (cut off, alive) stopped acting for want of a renewal,
+        from the last words of its container."""
+        for logs in self.control_logs(node):
+            m = re.search(r"stopped acting at (\d+\.\d+)", " ".join(logs.split()))   # the console wraps lines
+            if m:
+                return float(m.group(1))
+        return None
 
     def tasks_seen(self, manager: int, service: str) -> list[str]:
         """Swarm's tasks of one of the stack's services, a line each (for a failure's message)."""

@@ -211,8 +211,11 @@ def next_steps(gateway_url: str, admin_url: str, stack: Stack, cli: str = "selfi
             f"  curl -i {gateway_url}/api/v1/categories",
         ]
     else:
-        first = next(iter(routes), "/")
-        lines.append(f"  curl -i {gateway_url}{first}")
+        from selfieless.gateway.routing import split_key
+
+        host, prefix = split_key(next(iter(routes), "/"))
+        # A route for one host only answers a request naming that host.
+        lines.append(f"  curl -i {gateway_url}{prefix}" + (f" -H 'Host: {host}'" if host and "*" not in host else ""))
     main_service = routes.get("/api/v1") or next(iter(stack.services), "SERVICE")
     hints = [("status", "replicas, health, requests"), ("events -f", "what the control plane does, and why"),
              (f"logs -f {main_service}", "every replica's requests and errors"), ("down", "or Ctrl-C here")]
