@@ -229,16 +229,22 @@ def test_a_task_that_answers_again_or_was_gone_already_is_not_ended():
     assert s.since == {} and s.end == []    # it passed a probe again: not silent
 
 
-def test_task_places_name_the_node_container_and_image_of_each_replica():
+def test_task_places_name_the_node_container_and_job_image_of_each_replica():
     nodes = [_node("N1", "10.211.0.12")]
     t = _task("aaaaaaaaaaaaXYZ", "N1", 32768)
     t["Spec"]["ContainerSpec"]["Image"] = "acts:latest@sha256:1"
+    t["Spec"]["ContainerSpec"]["Labels"][LABEL_HEALTH_PATH] = "/api/v1/_health"
     t["Status"]["ContainerStatus"] = {"ContainerID": "c0ffee"}
+    db = _task("ccccccccccccXYZ", "N1", 32770, service="db", cport=3306)   # a dependency: no health path
+    db["Spec"]["ContainerSpec"]["Image"] = "selfieless/mariadb:latest"
+    db["Status"]["ContainerStatus"] = {"ContainerID": "dbdbdb"}
     starting = _task("bbbbbbbbbbbbXYZ", "N1", 32769, slot=2)   # no container yet: nothing to end
-    reps = tasks_to_replicas("t", [t, starting], nodes)
-    assert task_places([t, starting], reps) == {
+    reps = tasks_to_replicas("t", [t, db, starting], nodes)
+    assert task_places([t, db, starting], reps) == {
         "acts.1.aaaaaaaaaaaa": TaskPlace(task="aaaaaaaaaaaaXYZ", node="N1", container="c0ffee",
-                                         image="acts:latest@sha256:1")}
+                                         image="acts:latest@sha256:1"),
+        # MariaDB's image has no python3 for the job: "" is the driver's helper image
+        "db.1.cccccccccccc": TaskPlace(task="ccccccccccccXYZ", node="N1", container="dbdbdb", image="")}
 
 
 def test_node_socket_is_the_usual_path_unless_the_node_is_labelled():

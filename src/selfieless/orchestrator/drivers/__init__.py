@@ -8,7 +8,7 @@
     swarm_spec      Swarm's records <-> ours: service and job definitions, tasks as replicas (pure)
     swarm_lease     the stack's control-plane lease, kept in a Swarm config's labels (versioned writes)
     swarm_control   the control plane as a one-replica Swarm service on a manager (`up --detach`)
-    swarm_portless  tasks Swarm lists running without their published port, and when to end them (pure)
+    swarm_portless  tasks Swarm lists running without their published port: reading it on the node (pure)
     swarm_sealed    the control plane's ACME folder kept in the swarm, sealed (a config; its key a secret)
     logtail         the last lines a replica wrote, quoted in the reason of its exit
     port_holder     PortTaken, and which program holds a host port (from /proc)

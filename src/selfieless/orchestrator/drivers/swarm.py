@@ -40,7 +40,7 @@ import time
 from typing import Any, AsyncIterator, Callable
 
 from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle
-from .swarm_portless import PortlessTasks, portless_places
+from .swarm_portless import LOOK_UP_PORTS_CODE, PortlessTasks, look_up_args, portless_places, read_looked_up
 from .swarm_spec import (END_CONTAINER_CODE, LABEL_GATEWAY_SPEC, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE,
                          LABEL_STACK, LABEL_VIP_SPEC, REMOVE_VOLUMES_CODE, TaskPlace, gateway_places,
                          gateway_service_definition, gateway_service_name, gateway_spec_key, gateway_token, job_outcome,
@@ -255,9 +255,10 @@ class SwarmDriver(EngineDriver):
         # Tasks being shut down too: the old side of an update leaves the pool (drained) then.
         tasks = api.tasks(filters={"service": ids, "desired-state": ["running", "shutdown"]})
         nodes = api.nodes()
-        replicas = tasks_to_replicas(self.stack, tasks, nodes)
+        self._portless.keep_listed({t["ID"] for t in tasks})
+        replicas = tasks_to_replicas(self.stack, tasks, nodes, self._portless.ports)
         self._places = task_places(tasks, replicas)
-        self._portless_places = portless_places(self.stack, tasks, nodes)
+        self._portless_places = portless_places(self.stack, tasks, nodes, self._portless.ports)
         return replicas
 
     async def snapshots(self) -> AsyncIterator[list[ReplicaHandle]]:
@@ -274,8 +275,9 @@ class SwarmDriver(EngineDriver):
                 failing = True
                 await asyncio.sleep(1.0)
                 continue
-            for place in self._portless.to_end(self._portless_places, time.monotonic()):
-                self._end_portless(place)
+            asking = self._portless.to_ask(self._portless_places, time.monotonic())
+            for node in sorted({p.node for p in asking}):
+                self._ask_ports(node, [p for p in asking if p.node == node])
             yield handles
             await asyncio.sleep(SNAPSHOT_INTERVAL)
 
@@ -381,24 +383,48 @@ class SwarmDriver(EngineDriver):
             return "its task is no longer listed"
         return await self._end_place(place)
 
-    def _end_portless(self, place: TaskPlace) -> None:
-        """End a task listed running without its published port (drivers/swarm_portless.py), in
-        the background: a node job takes seconds, and the listing goes on meanwhile."""
+    def _ask_ports(self, node: str, places: list[TaskPlace]) -> None:
+        """Read on their node which host ports the containers of tasks listed running without one
+        publish (drivers/swarm_portless.py), in the background: a node job takes seconds, and the
+        listing goes on meanwhile. A container that publishes none is ended."""
         async def run() -> None:
-            log.warning("swarm driver: task %s runs with no published port in its status (unreachable): "
-                        "ending it on its node so Swarm replaces it", place.task[:12])
+            tasks = " ".join(p.task[:12] for p in places)
             try:
-                await self._end_place(place)
+                self._check_acting(f"read the ports of tasks {tasks}")
+                image = next((p.image for p in places if p.image), None) or await asyncio.to_thread(self._helper_image)
+                if not image:
+                    raise DriverError("no image of the stack's apps to run the job in")
+                ok, out = await asyncio.to_thread(self._node_job, "read-ports", node, image, LOOK_UP_PORTS_CODE,
+                                                  look_up_args(places))
+                if not ok:
+                    raise DriverError(out)
             except Exception as e:
-                log.warning("swarm driver: cannot end task %s: %s", place.task[:12], e)
+                log.warning("swarm driver: cannot read the ports of tasks %s on their node: %s", tasks, e)
+                return
+            ports, none = read_looked_up(out, places)
+            self._portless.learn(ports)
+            for task, port in ports.items():
+                log.warning("swarm driver: task %s is listed with no published port in its status; its node's "
+                            "engine says it publishes %d: using that", task[:12], port)
+            for place in none:
+                log.warning("swarm driver: task %s publishes no port on its node (unreachable): ending it there so "
+                            "Swarm replaces it", place.task[:12])
+                try:
+                    await self._end_place(place)
+                except Exception as e:
+                    log.warning("swarm driver: cannot end task %s: %s", place.task[:12], e)
 
-        job = asyncio.create_task(run(), name=f"end-portless-{place.task[:12]}")
+        job = asyncio.create_task(run(), name=f"read-ports-{node[:12]}")
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
     async def _end_place(self, place: TaskPlace) -> str:
         self._check_acting(f"end task {place.task[:12]}")
-        ok, why = await asyncio.to_thread(self._node_job, "end-task", place.node, place.image,
+        # A dependency's task (the database) has no python3 in its image: the job runs in an app's.
+        image = place.image or await asyncio.to_thread(self._helper_image)
+        if not image:
+            raise DriverError(f"cannot end task {place.task[:12]}: no image of the stack's apps to run the job in")
+        ok, why = await asyncio.to_thread(self._node_job, "end-task", place.node, image,
                                           END_CONTAINER_CODE, [place.container])
         if not ok:
             raise DriverError(f"cannot end task {place.task[:12]}: {why}")

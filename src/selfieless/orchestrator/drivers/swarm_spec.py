@@ -231,9 +231,11 @@ def replica_id(service: str, task: dict) -> str:
     return f"{service}.{task.get('Slot', 0)}.{str(task.get('ID', ''))[:12]}"
 
 
-def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[ReplicaHandle]:
+def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict], read_ports: dict[str, int] | None = None
+                      ) -> list[ReplicaHandle]:
     """The running, reachable tasks of `stack` as replicas, sorted by id (those Swarm is shutting
-    down marked `leaving`)."""
+    down marked `leaving`). A task's port is the one in its status, else the one read on its node
+    (`read_ports`, task id -> host port: swarm_portless.py)."""
     where = ready_nodes(nodes)
     out = []
     for t in tasks:
@@ -250,7 +252,7 @@ def tasks_to_replicas(stack: str, tasks: list[dict], nodes: list[dict]) -> list[
             container_port = int(labels.get(LABEL_CONTAINER_PORT, "0"))
         except ValueError:
             continue
-        port = published_port(t, container_port)
+        port = published_port(t, container_port) or (read_ports or {}).get(t.get("ID", ""))
         if port is None:
             continue
         service = labels[LABEL_SERVICE]
@@ -271,7 +273,8 @@ class TaskPlace:
     task: str
     node: str
     container: str
-    image: str
+    image: str   # what the node job runs in (job_image): "" for the driver's helper image
+    container_port: int = 0   # the port the container listens on (swarm_portless: to read its host port)
 
 
 def task_places(tasks: list[dict], replicas: list[ReplicaHandle]) -> dict[str, TaskPlace]:
@@ -284,9 +287,19 @@ def task_places(tasks: list[dict], replicas: list[ReplicaHandle]) -> dict[str, T
             continue
         container = ((t.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
         if container:
-            image = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Image", "")
+            image = job_image((t.get("Spec") or {}).get("ContainerSpec") or {})
             out[h.id] = TaskPlace(task=t["ID"], node=t.get("NodeID", ""), container=container, image=image)
     return out
+
+
+def job_image(container_spec: dict) -> str:
+    """The image a node job about this task can run in: the task's own when the task is one of
+    the stack's HTTP apps (it has a health path: built on the project's base image, with the
+    python3 and the Docker SDK the jobs need, and present on the task's node), else "" (a
+    dependency's image, MariaDB's, has neither: the job then runs in the driver's helper image)."""
+    if LABEL_HEALTH_PATH in (container_spec.get("Labels") or {}):
+        return container_spec.get("Image", "")
+    return ""
 
 
 def node_socket(node: dict) -> str:
