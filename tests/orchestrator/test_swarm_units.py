@@ -676,3 +676,16 @@ def test_the_lease_store_writes_nothing_once_it_removed_the_record():
     assert Client.api.configs_made == []
     assert store.write(Lease("a", 20.0), Record(None, None, None)) is False
     assert Client.api.configs_made == []
+
+
+@pytest.mark.parametrize("message, electing", [
+    ("503 Server Error: Service Unavailable (\"The swarm does not have a leader. It's possible that too few "
+     "managers are online. Make sure more than half of the managers are online.\")", True),
+    ("rpc error: code = Unknown desc = node lost leader status", True),
+    ("404 Client Error: Not Found (\"service x not found\")", False),
+    ("This node is not a swarm manager.", False),
+])
+def test_down_tries_again_only_while_the_swarm_elects_a_leader(message, electing):
+    from selfieless.orchestrator.drivers.swarm_control import swarm_electing
+
+    assert swarm_electing(message) is electing

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from rich.console import Console
 
 from .up import UpError, UpOptions, admin_port, cli_command, prepare_stack
+
+
+ELECTION_WAIT = 120.0   # how long `down --swarm` tries again while the swarm elects a leader
 
 
 def deploy_detached(opts: UpOptions, console: Console) -> int:
@@ -57,20 +61,31 @@ def down_detached(stack_name: str, volumes: bool, console: Console) -> int:
     lease), take the lease, then remove the stack's services (and volumes) as `down` does."""
     import docker
 
+    from selfieless.orchestrator.drivers.base import DriverError
+    from selfieless.orchestrator.drivers.swarm_control import swarm_electing
+
     manager = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    try:
-        client = docker.DockerClient(base_url=manager, timeout=30)
-        return _take_down(client, manager, stack_name, volumes, console)
-    except docker.errors.DockerException as e:
-        console.print(f"[red]error:[/] removing stack {stack_name} on {manager}: {e}", highlight=False)
-        return 1
+    deadline = time.monotonic() + ELECTION_WAIT
+    while True:
+        try:
+            client = docker.DockerClient(base_url=manager, timeout=30)
+            return _take_down(client, manager, stack_name, volumes, console)
+        except (docker.errors.DockerException, DriverError) as e:
+            if swarm_electing(str(e)) and time.monotonic() < deadline:
+                # A manager that rejoined after a cut can make the leader step down for an
+                # election, seconds after the swarm looked whole: what failed is done again.
+                console.print(f"[dim]the swarm is electing a leader ({e}); trying again[/]", highlight=False)
+                time.sleep(2.0)
+                continue
+            console.print(f"[red]error:[/] removing stack {stack_name} on {manager}: {e}", highlight=False)
+            return 1
 
 
 def _take_down(client, manager: str, stack_name: str, volumes: bool, console: Console) -> int:
+    import docker
     import yaml
 
     from selfieless.orchestrator.drivers import swarm_control
-    from selfieless.orchestrator.drivers.base import DriverError
     from selfieless.orchestrator.drivers.swarm import SwarmDriver
     from selfieless.orchestrator.drivers.swarm_lease import SwarmLeaseStore
     from selfieless.orchestrator.lease import Terms
@@ -107,13 +122,16 @@ def _take_down(client, manager: str, stack_name: str, volumes: bool, console: Co
 
     try:
         removed = asyncio.run(take_down())
-    except (UpError, DriverError) as e:
+    except UpError as e:
         console.print(f"[red]error:[/] {e}", highlight=False)
         return 1
     finally:
-        left = swarm_control.remove_configs(client, stack_name)
-        if left:
-            console.print(f"[yellow]left in use, for the next down:[/] {', '.join(left)}", highlight=False)
+        try:
+            left = swarm_control.remove_configs(client, stack_name)
+            if left:
+                console.print(f"[yellow]left in use, for the next down:[/] {', '.join(left)}", highlight=False)
+        except docker.errors.DockerException:   # the swarm electing: the retry or the next down takes them
+            pass
         client.close()
     console.print(f"[green]removed stack {stack_name}[/] (its services and network)"
                   + (f"; volumes: {', '.join(removed) or 'none'}" if volumes else ""))

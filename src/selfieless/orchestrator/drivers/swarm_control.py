@@ -100,6 +100,12 @@ def control_service_definition(stack: str, image: str, config_id: str, config_na
     }
 
 
+def swarm_electing(message: str) -> bool:
+    """Whether an engine's error says the swarm is between two Raft leaders (a call made again
+    in a few seconds succeeds)."""
+    return "does not have a leader" in message or "lost leader status" in message
+
+
 def manager_socket(nodes: list[dict], default: str = DEFAULT_SOCKET) -> str | None:
     """The engine socket to mount: the one every manager has (its `selfieless.docker-socket`
     label, else the usual path); None when they differ, since one service mounts one path on
