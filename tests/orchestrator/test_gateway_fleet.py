@@ -93,7 +93,7 @@ async def test_a_fleet_drives_every_nodes_gateway_as_one_and_reattaches_a_replac
             await fleet.flush()
             assert (await c.get(f"http://127.0.0.1:{port}/api/v1/x")).status_code == 200
             held[0] = True
-            fleet.driver.places.pop("127.0.0.2")
+            fleet.edge.places.pop("127.0.0.2")
             await fleet.watch_once()
             assert list(fleet.members) == ["127.0.0.1"]
             fleet.remove_backend("acts", "acts-1")

@@ -418,7 +418,7 @@ def test_undo_is_swarms_rollback_only_when_the_previous_spec_differs_in_the_task
 
 # --- the gateway on every node ----------------------------------------------------------------------
 
-from selfieless.orchestrator.drivers.swarm_spec import (  # noqa: E402
+from selfieless.orchestrator.drivers.swarm_edge_spec import (  # noqa: E402
     GATEWAY_TOKEN_ENV, LABEL_GATEWAY_SPEC, LABEL_ROLE, gateway_command, gateway_places, gateway_service_definition,
     gateway_spec_key, gateway_token,
 )
@@ -535,7 +535,7 @@ def test_the_files_gateway_tls_names_are_shipped_as_secrets_the_task_reads():
 
 def test_the_gateways_on_every_node_get_https_settings_without_certificates_and_publish_the_port():
     from selfieless.gateway.tls import CertPair, TlsSettings
-    from selfieless.orchestrator.drivers.swarm_spec import gateway_command, gateway_service_definition
+    from selfieless.orchestrator.drivers.swarm_edge_spec import gateway_command, gateway_service_definition
     from selfieless.orchestrator.fleet_tls import fleet_tls_settings
 
     tls = TlsSettings(port=8443, default=CertPair("/a.crt", "/a.key"), strict_sni=True, hsts="max-age=60",
@@ -577,7 +577,7 @@ def test_the_socket_mounted_is_the_one_every_manager_has(labels, expected):
 
 # --- the floating IP ---------------------------------------------------------------------------------
 
-from selfieless.orchestrator.drivers.swarm_spec import (  # noqa: E402
+from selfieless.orchestrator.drivers.swarm_edge_spec import (  # noqa: E402
     LABEL_VIP_SPEC, node_addresses, vip_command, vip_service_definition,
 )
 

@@ -152,7 +152,7 @@ async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[
     """The swarm driver with the gateway on every node: the gateway service (created, or the
     running one kept), the fleet attached to every node's gateway (and sent the certificates,
     fleet_tls.py), then the orchestrator."""
-    from selfieless.orchestrator.drivers.swarm_spec import gateway_command
+    from selfieless.orchestrator.drivers.swarm_edge_spec import gateway_command
 
     from .fleet_tls import FleetCertificates, fleet_tls_settings
     from .gateway_fleet import GatewayFleet
@@ -170,15 +170,15 @@ async def _start_with_fleet(stack: Stack, state: Path, config, acting: Callable[
     driver = make_driver(stack.name, "swarm", state, **_swarm_settings(stack, acting))
     command = gateway_command(dataclasses.asdict(config), stack.routes(), config.port, control_port,
                               fleet_tls_settings(tls))
-    token = await driver.ensure_gateway(fleet_image(stack), command, config.port, control_port,
-                                        os.environ.get(TOKEN_ENV) or None, tls.port if tls is not None else None)
-    fleet = GatewayFleet(driver, port=config.port, control_port=control_port, token=token, acting=acting)
+    token = await driver.edge.ensure_gateway(fleet_image(stack), command, config.port, control_port,
+                                             os.environ.get(TOKEN_ENV) or None, tls.port if tls is not None else None)
+    fleet = GatewayFleet(driver.edge, port=config.port, control_port=control_port, token=token, acting=acting)
     try:
         await fleet.start()
         if tls is not None:
             fleet.certificates = FleetCertificates(tls, fleet, acting, kept=_kept_acme(driver, stack.name, tls))
             await fleet.certificates.start()
-        vip = await _ensure_vip(stack, driver, config.port)
+        vip = await _ensure_vip(stack, driver.edge, config.port)
         orch = Orchestrator(stack, driver, fleet, state_dir=str(state / stack.name), **orchestrator_kwargs)
         system = System(stack, fleet, orch)
         await orch.start()
@@ -204,19 +204,19 @@ def _kept_acme(driver, stack: str, tls):
 VIP_WATCH = 5.0   # how often the floating-IP service is checked against the swarm's nodes
 
 
-async def _ensure_vip(stack: Stack, driver, gateway_port: int) -> Callable[[], Any] | None:
+async def _ensure_vip(stack: Stack, edge, gateway_port: int) -> Callable[[], Any] | None:
     """The floating-IP service as the stack file says: created or kept (after the gateways, which
     its checks follow), or removed when the file no longer asks for one. Returns the call that
     keeps it current (None without a floating IP)."""
     fip = stack.swarm.floating_ip
     if fip is None:
-        if await driver.remove_vip():
+        if await edge.remove_vip():
             log.info("floating IP: the stack file has none any more; its service is removed")
         return None
 
     image = fleet_image(stack)
-    await driver.ensure_vip(image, fip.address, fip.router_id, fip.advert, gateway_port)
-    return lambda: driver.ensure_vip(image, fip.address, fip.router_id, fip.advert, gateway_port, keep_image=True)
+    await edge.ensure_vip(image, fip.address, fip.router_id, fip.advert, gateway_port)
+    return lambda: edge.ensure_vip(image, fip.address, fip.router_id, fip.advert, gateway_port, keep_image=True)
 
 
 async def _keep_vip(ensure: Callable[[], Any], acting: Callable[[], bool] | None) -> None:

@@ -1,10 +1,10 @@
 """:class:`GatewayFleet`: :class:`~selfieless.gateway.control.GatewayControl` over a gateway on every node.
 
 With the swarm driver the gateway runs as the stack's global Swarm service (one task per node,
-drivers/swarm_spec.gateway_service_definition). The fleet is what the control plane drives in
+drivers/swarm_edge_spec.gateway_service_definition). The fleet is what the control plane drives in
 place of one gateway:
 
-- It follows the nodes that run a gateway task (``driver.gateway_places()``, every
+- It follows the nodes that run a gateway task (``edge.gateway_places()``, every
   ``WATCH_INTERVAL``) and holds one :class:`RemoteGateway` per node, on ``node address : control
   port`` (fleet.attachments decides whom to attach and let go). A gateway that does not answer
   yet (starting) is tried again until it does; then it gets the whole mirror (routes, limits,
@@ -64,9 +64,9 @@ class GatewayLine:
 class GatewayFleet:
     """Every node's gateway, driven as one."""
 
-    def __init__(self, driver: Any, *, port: int, control_port: int, token: str, poll_wait: float = 0.5,
+    def __init__(self, edge: Any, *, port: int, control_port: int, token: str, poll_wait: float = 0.5,
                  clock=time.monotonic, acting: Callable[[], bool] | None = None) -> None:
-        self.driver = driver
+        self.edge = edge   # what lists the nodes that run a gateway (drivers/swarm_edge.EdgeServices)
         self.acting = acting
         self._port, self.control_port, self._token = port, control_port, token
         self.poll_wait = poll_wait
@@ -115,7 +115,7 @@ class GatewayFleet:
                 log.debug("listing the gateway tasks failed: %s", e)
 
     async def watch_once(self) -> None:
-        places = await self.driver.gateway_places()
+        places = await self.edge.gateway_places()
         self.nodes = places
         attach, detach = attachments([*self.members, *self._attaching], places)
         for address in detach:

@@ -1,17 +1,19 @@
 """Drivers run replicas. Modules:
-    base            the interfaces: `PortDriver` (one replica at a time on a host port), `EngineDriver`
-                    (an engine runs the service and its count), their common `Driver`, LaunchSpec...
-    process         PortDriver: local child processes, adopted again after a restart (pid files)
-    preload         the process driver's fork server: replicas forked from a preloaded interpreter
-    docker          PortDriver: containers on the local Docker engine
-    swarm           EngineDriver: Docker Swarm services across a cluster, through the manager
-    swarm_spec      Swarm's records <-> ours: service and job definitions, tasks as replicas (pure)
-    swarm_lease     the stack's control-plane lease, kept in a Swarm config's labels (versioned writes)
-    swarm_control   the control plane as a one-replica Swarm service on a manager (`up --detach`)
-    swarm_portless  tasks Swarm lists running without their published port: reading it on the node (pure)
-    swarm_sealed    the control plane's ACME folder kept in the swarm, sealed (a config; its key a secret)
-    logtail         the last lines a replica wrote, quoted in the reason of its exit
-    port_holder     PortTaken, and which program holds a host port (from /proc)
+    base             the interfaces: `PortDriver` (one replica at a time on a host port), `EngineDriver`
+                     (an engine runs the service and its count), their common `Driver`, LaunchSpec...
+    process          PortDriver: local child processes, adopted again after a restart (pid files)
+    preload          the process driver's fork server: replicas forked from a preloaded interpreter
+    docker           PortDriver: containers on the local Docker engine
+    swarm            EngineDriver: Docker Swarm services across a cluster, through the manager
+    swarm_spec       Swarm's records <-> ours: service and job definitions, tasks as replicas (pure)
+    swarm_edge       the stack's edge services (gateway on every node, floating IP) through the manager
+    swarm_edge_spec  their service definitions, and what their tasks and nodes say (pure)
+    swarm_lease      the stack's control-plane lease, kept in a Swarm config's labels (versioned writes)
+    swarm_control    the control plane as a one-replica Swarm service on a manager (`up --detach`)
+    swarm_portless   tasks Swarm lists running without their published port: reading it on the node (pure)
+    swarm_sealed     the control plane's ACME folder kept in the swarm, sealed (a config; its key a secret)
+    logtail          the last lines a replica wrote, quoted in the reason of its exit
+    port_holder      PortTaken, and which program holds a host port (from /proc)
 
 `make_driver(stack_name, setting, state_dir)` picks one from the stack's `driver` setting; the orchestrator sees
 only which of the two interfaces it got (that picks its reconciler), never which driver.

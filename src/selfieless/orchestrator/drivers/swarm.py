@@ -21,12 +21,8 @@ and at which `node address : host port` (swarm_spec.py maps Swarm's records). Pr
   `update_service()` sends the new task spec with the service's UpdateConfig, `rollback_service()`
   asks for Swarm's rollback to the previous spec, and `update_status()` reads how it went; the
   control plane follows the tasks (orchestrator/rollout_owned.py).
-- The gateway on every node is one more service, `<stack>-gateway`, in global mode
-  (`ensure_gateway()`, swarm_spec.gateway_service_definition); `gateway_places()` lists the nodes
-  that run it, for the control plane to attach to (orchestrator/gateway_fleet.py).
-- The floating IP (`swarm.floating_ip`) is another global service, `<stack>-vip`: keepalived on
-  every node (`ensure_vip()`, swarm_spec.vip_service_definition), told every node's address; the
-  control plane calls it again every few seconds, so a node joining or removed updates it.
+- The stack's own global services, the gateway on every node and the floating IP, are the
+  driver's `edge` (swarm_edge.EdgeServices): same client, lock, network and lease check.
 All blocking SDK calls run in worker threads so the event loop never stalls on the engine.
 """
 
@@ -41,12 +37,10 @@ from typing import Any, AsyncIterator, Callable
 
 from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle
 from .swarm_portless import LOOK_UP_PORTS_CODE, PortlessTasks, look_up_args, portless_places, read_looked_up
-from .swarm_spec import (END_CONTAINER_CODE, LABEL_GATEWAY_SPEC, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE,
-                         LABEL_STACK, LABEL_VIP_SPEC, REMOVE_VOLUMES_CODE, TaskPlace, gateway_places,
-                         gateway_service_definition, gateway_service_name, gateway_spec_key, gateway_token, job_outcome,
-                         node_addresses, node_job_definition, node_socket, pinned_image, ready_nodes,
-                         service_definition, service_name, task_places, tasks_to_replicas, vip_command,
-                         vip_service_definition, vip_service_name)
+from .swarm_edge import EdgeServices
+from .swarm_spec import (END_CONTAINER_CODE, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK,
+                         REMOVE_VOLUMES_CODE, TaskPlace, job_outcome, node_job_definition, node_socket, pinned_image,
+                         ready_nodes, service_definition, service_name, task_places, tasks_to_replicas)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +75,9 @@ class SwarmDriver(EngineDriver):
         # Whether this control plane holds the stack's lease now (lease_keeper.LeaseKeeper.acting):
         # checked before every write, so one that lost it writes nothing. None: no lease kept.
         self.acting = acting
+        self.edge = EdgeServices(self.stack, self.network, self.client, self._lock, find=self._service,
+                                 pin=self._pin, ensure_network=self._ensure_network, engine=self._engine,
+                                 check_acting=self._check_acting)
 
     def _check_acting(self, what: str) -> None:
         if self.acting is not None and not self.acting():
@@ -95,11 +92,12 @@ class SwarmDriver(EngineDriver):
         await self._engine(f"set {service_name(self.stack, spec.service)} to {count} replica(s)",
                            self._set_replicas, spec, count)
 
-    async def _engine(self, what: str, fn, *args) -> None:
-        """Run a blocking SDK call in a worker thread; any failure becomes a DriverError saying `what`."""
+    async def _engine(self, what: str, fn, *args) -> Any:
+        """Run a blocking SDK call in a worker thread, once this control plane is found to hold the
+        lease; returns its result. Any failure becomes a DriverError saying `what`."""
         self._check_acting(what)
         try:
-            await asyncio.to_thread(fn, *args)
+            return await asyncio.to_thread(fn, *args)
         except DriverError:
             raise
         except Exception as e:
@@ -280,98 +278,6 @@ class SwarmDriver(EngineDriver):
                 self._ask_ports(node, [p for p in asking if p.node == node])
             yield handles
             await asyncio.sleep(SNAPSHOT_INTERVAL)
-
-    # --- the gateway on every node --------------------------------------------------------------------
-
-    async def ensure_gateway(self, image: str, command: list[str], port: int, control_port: int,
-                             token: str | None, tls_port: int | None = None) -> str:
-        """Create the stack's gateway service, or keep the one running (updated when it runs
-        another image or command); returns the control token in use: ``token``, else the running
-        service's, else a new one."""
-        def run() -> str:
-            import secrets
-
-            name = gateway_service_name(self.stack)
-            with self._lock:
-                found = self._service(name)
-                record = self.client.api.inspect_service(found.id) if found is not None else None
-                use = token or (gateway_token(record) if record else None) or secrets.token_urlsafe(32)
-                pinned = self._pin(image) or (image, None)
-                ref = pinned[0]
-                definition = gateway_service_definition(self.stack, ref, command, port, control_port, use, self.network,
-                                                        tls_port)
-                if record is None:
-                    self._ensure_network()
-                    self.client.api.create_service(**definition)
-                    return use
-                labels = record["Spec"].get("Labels") or {}
-                if labels.get(LABEL_GATEWAY_SPEC) != gateway_spec_key(ref, command) or gateway_token(record) != use:
-                    log.info("swarm driver: updating %s (another image, command or token)", name)
-                    self.client.api.update_service(found.id, record["Version"]["Index"], fetch_current_spec=False,
-                                                   **definition)
-                return use
-
-        self._check_acting("run the gateway service")
-        try:
-            return await asyncio.to_thread(run)
-        except Exception as e:
-            raise DriverError(f"cannot run the gateway service on {self.manager}: {e}") from e
-
-    async def gateway_places(self) -> dict[str, str]:
-        """Node address -> hostname of every node where the gateway service runs (or restarts)."""
-        def read() -> dict[str, str]:
-            found = self._service(gateway_service_name(self.stack))
-            if found is None:
-                return {}
-            api = self.client.api
-            return gateway_places(api.tasks(filters={"service": found.id}), api.nodes())
-
-        return await asyncio.to_thread(read)
-
-    # --- the floating IP ----------------------------------------------------------------------------
-
-    async def ensure_vip(self, image: str, address: str, router_id: int, advert: float, gateway_port: int,
-                         keep_image: bool = False) -> bool:
-        """Create the stack's floating-IP service, or keep the one running; updated when the image,
-        the settings or the set of node addresses changed. Returns whether it created or updated.
-        `keep_image`: a running service keeps the image it runs (the periodic check follows the
-        nodes only: a tag rebuilt on the manager is taken at the next `up`, as for the gateways)."""
-        def run() -> bool:
-            name = vip_service_name(self.stack)
-            with self._lock:
-                found = self._service(name)
-                record = self.client.api.inspect_service(found.id) if found is not None else None
-                running = ((record or {}).get("Spec", {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image")
-                ref = running if keep_image and running else (self._pin(image) or (image, None))[0]
-                command = vip_command(address, router_id, advert, gateway_port, node_addresses(self.client.api.nodes()))
-                definition = vip_service_definition(self.stack, ref, command)
-                if record is None:
-                    self.client.api.create_service(**definition)
-                    return True
-                if (record["Spec"].get("Labels") or {}).get(LABEL_VIP_SPEC) == definition["labels"][LABEL_VIP_SPEC]:
-                    return False
-                log.info("swarm driver: updating %s (another image, setting or set of nodes)", name)
-                self.client.api.update_service(record["ID"], record["Version"]["Index"], fetch_current_spec=False,
-                                               **definition)
-                return True
-
-        self._check_acting("run the floating IP service")
-        try:
-            return await asyncio.to_thread(run)
-        except Exception as e:
-            raise DriverError(f"cannot run the floating IP service on {self.manager}: {e}") from e
-
-    async def remove_vip(self) -> bool:
-        """Remove the stack's floating-IP service (a stack file without `floating_ip` any more);
-        returns whether there was one. Each keepalived gives the address up as it stops."""
-        def run() -> bool:
-            found = self._service(vip_service_name(self.stack))
-            if found is not None:
-                found.remove()
-            return found is not None
-
-        self._check_acting("remove the floating IP service")
-        return await asyncio.to_thread(run)
 
     # --- work on one node ---------------------------------------------------------------------------
 
