@@ -25,6 +25,9 @@ through the gateway of `selfieless up --driver swarm`:
   and the node that runs the control plane and holds the floating IP cut off: how long until the
   floating IP answers again and until another control plane holds the lease (it acts from then
   on), the failed GETs beside those in flight on that node, and the acknowledged uploads lost;
+  each trial twice: the control plane on a manager that is not the Raft leader (whose node holds
+  the data), then on the Raft leader's node (the data on another), where Swarm elects a new
+  leader before it notices the node is gone;
 and the failed GETs (no answer, or a 5xx) in each.
 
 It brings the lab up when none is running (and takes down what it brought up), exits non-zero
@@ -57,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The lab wrapper, the `selfieless up` subprocess and the GET load are the swarm tests' helpers.
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "swarm")]
 
-from detached_support import DetachedStack, make_detached_stack_file, manager_loss  # noqa: E402
+from detached_support import DetachedStack, deploy_on_leader, make_detached_stack_file, manager_loss  # noqa: E402
 from swarm_support import (GetLoad, Lab, SwarmUp, gateway_kill, lab_unavailable, make_stack_file,  # noqa: E402
                            remove_stack)
 
@@ -176,11 +179,16 @@ def gateway_trial(up: SwarmUp, lab: Lab) -> tuple[float, int, int]:
     return got["serving"], len(got["failures"]), got["total"]
 
 
-def manager_loss_trial(lab: Lab, tmp: Path, i: int) -> dict:
-    """One manager-loss trial with a detached stack of its own (removed after)."""
-    name = f"slbml{i}"
-    stack = DetachedStack(lab, make_detached_stack_file(tmp / f"{name}.yaml", name), name)
-    stack.deploy()
+def manager_loss_trial(lab: Lab, tmp: Path, i: int, leader: bool = False) -> dict:
+    """One manager-loss trial with a detached stack of its own (removed after): the control plane
+    on another manager than the Raft leader (whose node holds the data), or with `leader` on the
+    Raft leader's node (the data on another)."""
+    name = f"slbml{'l' if leader else ''}{i}"
+    if leader:
+        stack = deploy_on_leader(lab, tmp / f"{name}.yaml", name)
+    else:
+        stack = DetachedStack(lab, make_detached_stack_file(tmp / f"{name}.yaml", name), name)
+        stack.deploy()
     try:
         wait(lambda: stack.control_node(1) is not None, 180, "control plane task running", 0.5)
         node = stack.control_node(1)
@@ -203,7 +211,7 @@ def main() -> int:
     lab = Lab()
     lab.up()
     tmp = Path(tempfile.mkdtemp(prefix="swarm-failover-"))
-    kills, steps, gateways, losses, rejoins, managers = [], [], [], [], [], []
+    kills, steps, gateways, losses, rejoins, managers, leaders = [], [], [], [], [], [], []
     try:
         if args.only != "manager-loss":
             measure_one_stack(lab, tmp, args, kills, steps, gateways, losses, rejoins)
@@ -213,6 +221,8 @@ def main() -> int:
                 for i in range(args.trials):
                     managers.append(manager_loss_trial(lab, tmp, i))
                     print(f"  trial {i + 1}: manager-loss {managers[-1]}", flush=True)
+                    leaders.append(manager_loss_trial(lab, tmp, i, leader=True))
+                    print(f"  trial {i + 1}: manager-loss (the Raft leader's node) {leaders[-1]}", flush=True)
             finally:
                 lab.run("vip", "stop")
     except Exception as e:
@@ -220,7 +230,7 @@ def main() -> int:
         return 1
     finally:
         lab.down()
-    print_rows(args.only, kills, steps, gateways, losses, rejoins, managers)
+    print_rows(args.only, kills, steps, gateways, losses, rejoins, managers, leaders)
     return 0
 
 
@@ -254,7 +264,7 @@ def measure_one_stack(lab: Lab, tmp: Path, args, kills, steps, gateways, losses,
         client.close()
 
 
-def print_rows(only: str | None, kills, steps, gateways, losses, rejoins, managers) -> None:
+def print_rows(only: str | None, kills, steps, gateways, losses, rejoins, managers, leaders) -> None:
     def fig(xs):
         """Median, and the worst when there were several trials."""
         text = f"{statistics.median(xs):.1f} s"
@@ -283,15 +293,19 @@ def print_rows(only: str | None, kills, steps, gateways, losses, rejoins, manage
         "rejoin": lambda: f"rejoin: first new task after the heal serving {fig([r[0] for r in rejoins])} [no bar], "
                           f"one of two on the node that came back in {sum(r[1] for r in rejoins)}/{len(rejoins)}, "
                           f"{failed(rejoins, 2, 3)}",
-        "manager-loss": lambda: (
-            f"manager-loss: floating IP back {fig([m['vip_back'] for m in managers])} [bar <= {BARS['vip']:g} s], "
-            f"control plane acting {fig([m['acting'] for m in managers])} [bar <= {BARS['acting']:g} s], "
-            f"failed GETs {sum(m['failed_gets'] for m in managers)}/{sum(m['gets'] for m in managers)} "
-            f"(in flight on the node: at most {sum(m['in_flight'] for m in managers)}), "
-            f"uploads lost {sum(m['lost'] for m in managers)}/{sum(m['uploads'] for m in managers)} [bar 0]"),
+        "manager-loss": lambda: manager_row("manager-loss", managers),
+        "manager-loss-leader": lambda: manager_row("manager-loss (the Raft leader's node)", leaders),
     }
+
+    def manager_row(title: str, trials: list[dict]) -> str:
+        return (f"{title}: floating IP back {fig([m['vip_back'] for m in trials])} [bar <= {BARS['vip']:g} s], "
+                f"control plane acting {fig([m['acting'] for m in trials])} [bar <= {BARS['acting']:g} s], "
+                f"failed GETs {sum(m['failed_gets'] for m in trials)}/{sum(m['gets'] for m in trials)} "
+                f"(in flight on the node: at most {sum(m['in_flight'] for m in trials)}), "
+                f"uploads lost {sum(m['lost'] for m in trials)}/{sum(m['uploads'] for m in trials)} [bar 0]")
+
     wanted = {None: list(rows), "gateway-kill": ["gateway-kill"], "node-loss": ["node-loss", "rejoin"],
-              "manager-loss": ["manager-loss"]}[only]
+              "manager-loss": ["manager-loss", "manager-loss-leader"]}[only]
     for name in wanted:
         print(rows[name]())
 

@@ -84,6 +84,27 @@ def set_hold(lab: Lab, node: int, held: bool, via: int) -> None:
         client.close()
 
 
+def deploy_on_leader(lab: Lab, path: Path, name: str, acts: int = 3) -> DetachedStack:
+    """A detached stack with its control plane on the Raft leader's node and its data on another
+    manager: the third manager is held off (HOLD_LABEL) until the control plane runs on the
+    leader's node, then freed, so the control plane can move there when the leader's node is cut.
+    The caller cleans up (`cleanup()`) the stack it gets; a failed deployment is cleaned here."""
+    leader = raft_leader(lab, via=DB_NODE)
+    db_node, held = (n for n in lab.nodes if n != leader)
+    stack = DetachedStack(lab, make_detached_stack_file(path, name, acts=acts, db_node=db_node), name, db_node=db_node)
+    set_hold(lab, held, True, via=leader)
+    try:
+        stack.deploy()
+        wait_until(lambda: stack.control_node(leader), 180, 0.5, what="the control plane's task running")
+        assert stack.control_node(leader) == leader, "the control plane is not on the Raft leader's node"
+    except BaseException:
+        stack.cleanup()
+        raise
+    finally:
+        set_hold(lab, held, False, via=db_node)
+    return stack
+
+
 class DetachedStack:
     def __init__(self, lab: Lab, stack_path: Path, name: str, db_node: int = DB_NODE):
         self.lab, self.stack_path, self.name, self.db_node = lab, stack_path, name, db_node

@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from detached_support import (DB_NODE, DetachedStack, make_detached_stack_file, manager_loss, raft_leader,
-                              set_hold)
+from detached_support import (DB_NODE, DetachedStack, deploy_on_leader, make_detached_stack_file, manager_loss,
+                              raft_leader)
 from support.processes import wait_until
 
 STACK = "slml"
@@ -55,24 +55,13 @@ def detached(three_managers, tmp_path):
 
 @pytest.fixture()
 def detached_on_leader(three_managers, tmp_path):
-    """The stack with its control plane on the Raft leader's node and its data on another: the
-    third manager is held off (HOLD_LABEL) until the control plane runs on the leader's node, then
-    freed, so the control plane can move there when the leader's node is cut."""
-    lab = three_managers
-    leader = raft_leader(lab, via=DB_NODE)
-    db_node, held = (n for n in lab.nodes if n != leader)
-    stack = DetachedStack(lab, make_detached_stack_file(tmp_path / "stack.yaml", STACK, acts=ACTS, db_node=db_node),
-                          STACK, db_node=db_node)
-    set_hold(lab, held, True, via=leader)
+    """The stack with its control plane on the Raft leader's node and its data on another
+    (detached_support.deploy_on_leader)."""
+    stack = deploy_on_leader(three_managers, tmp_path / "stack.yaml", STACK, acts=ACTS)
     try:
-        stack.deploy()
-        wait_until(lambda: stack.control_node(leader), 180, 0.5, what="the control plane's task running")
-        assert stack.control_node(leader) == leader
-        set_hold(lab, held, False, via=leader)
         yield stack
     finally:
         stack.cleanup()
-        set_hold(lab, held, False, via=db_node)
 
 
 def _acts_ready_off(stack: DetachedStack, node: int, address: str, want: int):
