@@ -99,7 +99,8 @@ class EdgeServices:
             with self._lock:
                 found = self._find(name)
                 record = self.client.api.inspect_service(found.id) if found is not None else None
-                running = ((record or {}).get("Spec", {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image")
+                template = (record or {}).get("Spec", {}).get("TaskTemplate") or {}
+                running = template.get("ContainerSpec", {}).get("Image")
                 ref = running if keep_image and running else (self._pin(image) or (image, None))[0]
                 command = vip_command(address, router_id, advert, gateway_port, node_addresses(self.client.api.nodes()))
                 definition = vip_service_definition(self.stack, ref, command)
