@@ -73,13 +73,25 @@ def set_hold(lab: Lab, node: int, held: bool, via: int) -> None:
     import docker
 
     client = docker.DockerClient(base_url=lab.node_socket(via), timeout=15)
+
+    def update() -> bool:
+        # A node's record changes under us (its status, a role): the update names the version it
+        # read, and Swarm refuses it as "out of sequence" if another write came first: read again.
+        try:
+            for n in client.nodes.list(filters={"node.label": f"selfieless.lab.node={node}"}):
+                spec = n.attrs["Spec"]
+                labels = {k: v for k, v in (spec.get("Labels") or {}).items() if k != HOLD_LABEL}
+                if held:
+                    labels[HOLD_LABEL] = "true"
+                n.update({**spec, "Labels": labels})
+            return True
+        except docker.errors.APIError as e:
+            if "out of sequence" in str(e):
+                return False
+            raise
+
     try:
-        for n in client.nodes.list(filters={"node.label": f"selfieless.lab.node={node}"}):
-            spec = n.attrs["Spec"]
-            labels = {k: v for k, v in (spec.get("Labels") or {}).items() if k != HOLD_LABEL}
-            if held:
-                labels[HOLD_LABEL] = "true"
-            n.update({**spec, "Labels": labels})
+        wait_until(update, 30, 0.2, what=f"node {node}'s hold label {'set' if held else 'taken away'}")
     finally:
         client.close()
 
