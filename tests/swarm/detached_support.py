@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 
+from selfieless.orchestrator.drivers.swarm_control import swarm_electing
 from selfieless.orchestrator.stack import LeaseSpec
 from support.ports import free_port
 from support.processes import wait_until
@@ -55,15 +56,24 @@ def make_detached_stack_file(path: Path, name: str, acts: int = 3, lease: dict |
 
 
 def raft_leader(lab: Lab, via: int) -> int:
-    """The lab node that is the swarm's Raft leader, as node `via`'s engine says."""
+    """The lab node that is the swarm's Raft leader, as node `via`'s engine says (waiting while
+    the swarm elects one: a node healed a moment ago makes the leader step down)."""
     import docker
 
     client = docker.DockerClient(base_url=lab.node_socket(via), timeout=15)
+
+    def leader() -> int | None:
+        try:
+            for n in client.nodes.list():
+                if (n.attrs.get("ManagerStatus") or {}).get("Leader"):
+                    return int(n.attrs["Spec"]["Labels"]["selfieless.lab.node"])
+        except docker.errors.APIError as e:
+            if not swarm_electing(str(e)):
+                raise
+        return None
+
     try:
-        for n in client.nodes.list():
-            if (n.attrs.get("ManagerStatus") or {}).get("Leader"):
-                return int(n.attrs["Spec"]["Labels"]["selfieless.lab.node"])
-        raise LookupError("no Raft leader")
+        return wait_until(leader, 60, 0.5, what="a Raft leader")
     finally:
         client.close()
 
@@ -85,8 +95,8 @@ def set_hold(lab: Lab, node: int, held: bool, via: int) -> None:
                     labels[HOLD_LABEL] = "true"
                 n.update({**spec, "Labels": labels})
             return True
-        except docker.errors.APIError as e:
-            if "out of sequence" in str(e):
+        except docker.errors.APIError as e:   # ... or the swarm is electing a leader: ask again
+            if "out of sequence" in str(e) or swarm_electing(str(e)):
                 return False
             raise
 
