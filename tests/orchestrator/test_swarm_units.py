@@ -689,30 +689,3 @@ def test_down_tries_again_only_while_the_swarm_elects_a_leader(message, electing
     from selfieless.orchestrator.drivers.swarm_control import swarm_electing
 
     assert swarm_electing(message) is electing
-
-
-def test_the_control_plane_has_a_standby_on_another_manager_when_there_is_one():
-    from selfieless.orchestrator.drivers.swarm_control import control_service_definition, control_tasks
-    from selfieless.orchestrator.lease_keeper import NODE_ENV
-
-    def node(role, availability="active"):
-        return {"Spec": {"Role": role, "Availability": availability}}
-
-    assert control_tasks([node("manager"), node("worker"), node("worker")]) == 1
-    assert control_tasks([node("manager"), node("manager"), node("worker")]) == 2
-    assert control_tasks([node("manager")] * 5) == 2                       # one acts, one stands by
-    assert control_tasks([node("manager"), node("manager", "drain")]) == 1  # a drained one runs nothing
-    d = control_service_definition("st", "acts:latest", "c", "n", "/run/x.sock", 8080, 8090, tasks=2)
-    assert dict(d["mode"]) == {"replicated": {"Replicas": 2}}
-    assert d["task_template"]["Placement"]["MaxReplicas"] == 1                # never both on one node
-    # Swarm fills in the node: the lease's holder names it (the tasks share their hosts' names).
-    assert f"{NODE_ENV}={{{{.Node.ID}}}}" in d["task_template"]["ContainerSpec"]["Env"]
-
-
-def test_the_lease_holder_names_the_swarm_node_in_a_control_plane_task(monkeypatch):
-    from selfieless.orchestrator.lease_keeper import NODE_ENV, holder_id
-
-    monkeypatch.delenv(NODE_ENV, raising=False)
-    assert "@" not in holder_id().split(":")[0]
-    monkeypatch.setenv(NODE_ENV, "n0d3id")
-    assert holder_id().split(":")[0].endswith("@n0d3id")

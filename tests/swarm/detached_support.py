@@ -171,15 +171,14 @@ class DetachedStack:
         return docker.DockerClient(base_url=self.lab.node_socket(manager), timeout=15)
 
     def control_node(self, manager: int) -> int | None:
-        """The lab node of the control plane that holds the stack's lease (another task of the
-        service stands by on another manager), as the swarm (asked of `manager`) says: the
-        holder's name carries its Swarm node (lease_keeper.holder_id)."""
-        host = (self.lease_holder(manager) or "").split(":")[0]
-        if "@" not in host:
-            return None
+        """The lab node running the control plane's task, as the swarm (asked of `manager`) says."""
         client = self.client(manager)
         try:
-            node = client.api.inspect_node(host.split("@", 1)[1])
+            tasks = client.api.tasks(filters={"service": f"{self.name}-control", "desired-state": "running"})
+            running = [t for t in tasks if t["Status"]["State"] == "running"]
+            if not running:
+                return None
+            node = client.api.inspect_node(running[0]["NodeID"])
             return int(node["Spec"]["Labels"]["selfieless.lab.node"])
         finally:
             client.close()

@@ -29,15 +29,10 @@ from .lease import Lease, Step, Terms, granted, may_act, next_step, released, re
 log = logging.getLogger(__name__)
 
 
-NODE_ENV = "SELFIELESS_SWARM_NODE"   # the Swarm node a control-plane task runs on (swarm_control.py)
-
-
 def holder_id() -> str:
-    """Who this control plane is, in the lease: host (with the Swarm node's id in a control-plane
-    task, whose host name is its node's and may be shared), pid and a random part (two starts of
-    one pid on one host differ)."""
-    node = os.environ.get(NODE_ENV)
-    return f"{socket.gethostname()}{'@' + node if node else ''}:{os.getpid()}:{secrets.token_hex(3)}"
+    """Who this control plane is, in the lease: host (a task's container id in a Swarm service),
+    pid and a random part (two starts of one pid on one host differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class LeaseKeeper:

@@ -1,13 +1,9 @@
 """The control plane as a Swarm service (`selfieless up --driver swarm --detach`): its definition
 (pure) and the calls that deploy and remove it.
 
-On the managers (`node.role==manager`), one task per manager and two at most (a warm standby):
-both run `up`, which waits for the stack's lease (orchestrator/lease.py) before it does
-anything, so one acts and the other waits. When the acting one's node dies, the standby takes
-the lease as soon as it lapses, without waiting for Swarm to notice the node is gone (after a
-Raft leader's loss that took Swarm 15 s and more), then adopts the stack's services by label as
-after any restart; Swarm starts another standby where it can. Restarted on any exit. A swarm
-of one manager gets one task. It runs `selfieless up` of the
+One replica, on a manager (`node.role==manager`), restarted on any exit: when its node dies Swarm
+starts it on another manager, where `up` waits for the stack's lease (orchestrator/lease.py),
+then adopts the stack's services by label as after any restart. It runs `selfieless up` of the
 stack file, which it reads from a Swarm config (configs live in the managers' Raft store, so every
 manager has it), with the manager's engine socket mounted and the host's network (the gateway
 and the admin API listen on the node, the admin API on its loopback only). It runs in the image
@@ -32,7 +28,6 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..lease_keeper import NODE_ENV
 from .swarm_spec import DEFAULT_SOCKET, NO_HEALTHCHECK
 
 LABEL_CONTROL = "selfieless.control-plane"
@@ -63,16 +58,6 @@ def tls_file_fields(tls: dict[str, Any]) -> list[tuple[dict, str]]:
     return out + ([(acme, "ca_bundle")] if acme.get("ca_bundle") else [])
 
 
-MAX_TASKS = 2   # the acting control plane and one standby
-
-
-def control_tasks(nodes: list[dict]) -> int:
-    """How many control-plane tasks: one per manager that is not drained, two at most."""
-    managers = [n for n in nodes if (n.get("Spec") or {}).get("Role") == "manager"
-                and (n.get("Spec") or {}).get("Availability", "active") != "drain"]
-    return max(1, min(MAX_TASKS, len(managers)))
-
-
 def control_command(gateway_port: int, admin_port: int) -> list[str]:
     return ["python3", "-m", "selfieless", "up", STACK_PATH, "--driver", "swarm", "--port", str(gateway_port),
             "--admin-port", str(admin_port), "--state-dir", STATE_DIR, "--quiet", "--in-service"]
@@ -81,19 +66,17 @@ def control_command(gateway_port: int, admin_port: int) -> list[str]:
 def control_service_definition(stack: str, image: str, config_id: str, config_name: str, socket: str,
                                gateway_port: int, admin_port: int, constraints: Sequence[str] = (),
                                preferences: Sequence[str] = (),
-                               secrets: Sequence[tuple[str, str]] = (), tasks: int = 1) -> dict[str, Any]:
+                               secrets: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Keyword arguments for the SDK's low-level `create_service` / `update_service`.
     `constraints` and `preferences` (the stack's `swarm.control_placement`) narrow the managers
     it may run on, e.g. keeping it off the node of a database it would otherwise go down with.
-    `secrets`: (id, name) of the shipped files, each at /run/secrets/<name>. `tasks`: the acting
-    one and standbys (control_tasks), never two on one node."""
+    `secrets`: (id, name) of the shipped files, each at /run/secrets/<name>."""
     from docker import types
 
     container = types.ContainerSpec(
         image, command=control_command(gateway_port, admin_port),
         user="0",   # the engine socket is root's
-        # The node in the lease's holder name: tasks on the host's network share its host name.
-        env=[f"DOCKER_HOST=unix://{DEFAULT_SOCKET}", f"{NODE_ENV}={{{{.Node.ID}}}}"],
+        env=[f"DOCKER_HOST=unix://{DEFAULT_SOCKET}"],
         labels={LABEL_CONTROL: stack},
         mounts=[types.Mount(target=DEFAULT_SOCKET, source=socket, type="bind")],
         configs=[types.ConfigReference(config_id, config_name, filename=STACK_PATH)],
@@ -106,15 +89,14 @@ def control_service_definition(stack: str, image: str, config_id: str, config_na
         container_spec=container,
         restart_policy=types.RestartPolicy(condition="any", delay=RESTART_DELAY_NS),
         placement=types.Placement(constraints=["node.role==manager", *constraints],
-                                  preferences=[("spread", label) for label in preferences] or None,
-                                  maxreplicas=1),
+                                  preferences=[("spread", label) for label in preferences] or None),
         networks=[types.NetworkAttachmentConfig("host")],
     )
     return {
         "task_template": template,
         "name": control_service_name(stack),
         "labels": {LABEL_CONTROL: stack},
-        "mode": types.ServiceMode("replicated", replicas=tasks),
+        "mode": types.ServiceMode("replicated", replicas=1),
     }
 
 
@@ -170,14 +152,12 @@ def deploy(client: Any, stack: str, stack_text: str, image: str, gateway_port: i
                          "selfieless.docker-socket), and a service mounts one path on whichever manager "
                          "runs it: give every manager its engine socket at the same path")
     definition = control_service_definition(stack, image, config_id, name, socket, gateway_port, admin_port,
-                                            constraints, preferences, secrets, control_tasks(api.nodes()))
+                                            constraints, preferences, secrets)
     try:
         current = api.inspect_service(control_service_name(stack))
     except docker.errors.NotFound:
         api.create_service(**definition)
-        tasks = definition["mode"]["replicated"]["Replicas"]
-        what = "1 task on a manager" if tasks == 1 else f"{tasks} tasks on managers: one acts, the other stands by"
-        return f"created service {definition['name']} ({what}) with stack file config {name}"
+        return f"created service {definition['name']} (1 replica on a manager) with stack file config {name}"
     api.update_service(current["ID"], current["Version"]["Index"], fetch_current_spec=False, **definition)
     return f"updated service {definition['name']} to stack file config {name}"
 
