@@ -1,6 +1,6 @@
 """The ACME folder sealed for the swarm (drivers/swarm_sealed.py), its pure parts: what is sealed
 opens with its key only and unchanged, the config's name follows the content and the key, and
-the folder is read without a write's leftovers. The configs themselves: tests/swarm/test_swarm_sealed.py."""
+the folder is read without a write's leftovers. The configs themselves: tests/swarm/test_swarm_sealed_configs.py."""
 
 from __future__ import annotations
 
