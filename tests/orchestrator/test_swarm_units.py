@@ -4,6 +4,8 @@ that owns the replica count."""
 
 import json
 
+import re
+
 import pytest
 
 from selfieless.orchestrator import driver_owned
@@ -531,6 +533,56 @@ def test_the_files_gateway_tls_names_are_shipped_as_secrets_the_task_reads():
     assert [(m["SecretID"], m["File"]["Name"], m["File"]["Mode"]) for m in mounted] == \
         [("id1", "st-file-1", 0o400), ("id2", "st-file-2", 0o400)]   # at /run/secrets/<name>, owner-read
     assert "Secrets" not in control_service_definition("st", "a", "c", "n", "/s", 1, 2)["task_template"]["ContainerSpec"]
+
+
+def test_with_a_token_the_control_planes_admin_api_listens_on_its_node_and_reads_the_token_from_a_secret():
+    from selfieless.orchestrator.drivers.swarm_control import (ADMIN_TOKEN_FILE_ENV, admin_token_secret_name,
+                                                              control_service_definition)
+
+    name = admin_token_secret_name("st", "s3cret")
+    assert name == admin_token_secret_name("st", "s3cret") != admin_token_secret_name("st", "other")
+    assert "s3cret" not in name
+    cs = control_service_definition("st", "acts:latest", "c", "n", "/run/x.sock", 8080, 8090,
+                                    secrets=[("id1", "st-file-1")], admin_token=("tid", name))["task_template"]["ContainerSpec"]
+    assert cs["Command"][cs["Command"].index("--admin-host") + 1] == "0.0.0.0"
+    assert f"{ADMIN_TOKEN_FILE_ENV}=/run/secrets/{name}" in cs["Env"]
+    assert not any("s3cret" in e for e in cs["Env"])   # the manager's API shows a service's environment
+    assert [m["SecretID"] for m in cs["Secrets"]] == ["id1", "tid"]
+    # Without a token: loopback only (the command's default), no token file.
+    cs = control_service_definition("st", "a", "c", "n", "/s", 1, 2)["task_template"]["ContainerSpec"]
+    assert "--admin-host" not in cs["Command"] and not any(ADMIN_TOKEN_FILE_ENV in e for e in cs["Env"])
+
+
+def _control(command_tail: list[str]) -> dict:
+    return {"Spec": {"Name": "st-control",
+                     "TaskTemplate": {"ContainerSpec": {"Command": ["python3", "-m", "selfieless", "up", "/s.yaml",
+                                                                    "--admin-port", "9190", *command_tail]}}}}
+
+
+@pytest.mark.parametrize("tasks, nodes, command, want", [
+    # The running task's node, at the command's admin port.
+    ([_task("t1", "a", 0)], [_node("a", "10.0.0.1")], ["--admin-host", "0.0.0.0"], "http://10.0.0.1:9190"),
+    # Moved: the old task is still listed running on the dead node; the new one is on a live node.
+    ([_task("t1", "a", 0), _task("t2", "b", 0)], [_node("a", "10.0.0.1", "down"), _node("b", "10.0.0.2")],
+     ["--admin-host", "0.0.0.0"], "http://10.0.0.2:9190"),
+    ([_task("t1", "b", 0, state="shutdown", desired="shutdown"), _task("t2", "a", 0, state="starting")],
+     [_node("a", "10.0.0.1"), _node("b", "10.0.0.2")], ["--admin-host", "0.0.0.0"],
+     "no task of st-control is running on a node that is up"),
+    ([_task("t1", "a", 0)], [_node("a", "10.0.0.1", "unknown")], ["--admin-host", "0.0.0.0"],
+     "try again in a few seconds"),
+    ([_task("t1", "a", 0)], [_node("a", "fd00::1")], ["--admin-host", "0.0.0.0"], "http://[fd00::1]:9190"),
+    # No token, no --admin-host: the API is on the node's loopback, and the error says where it runs.
+    ([_task("t1", "a", 0)], [_node("a", "10.0.0.1", host="host-a")], [],
+     "runs on host-a (10.0.0.1), with its admin API on that node's loopback only"),
+])
+def test_the_cli_finds_the_detached_control_planes_admin_api_through_the_swarm(tasks, nodes, command, want):
+    from selfieless.orchestrator.drivers.swarm_control import admin_address
+
+    if want.startswith("http"):
+        assert admin_address(_control(command), tasks, nodes) == want
+    else:
+        with pytest.raises(ValueError, match=re.escape(want)):
+            admin_address(_control(command), tasks, nodes)
 
 
 def test_the_gateways_on_every_node_get_https_settings_without_certificates_and_publish_the_port():

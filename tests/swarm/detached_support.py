@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -134,6 +135,9 @@ class DetachedStack:
         self.gateway_port = free_port(avoid=range(29999, 32768))
         self.admin_port = free_port(avoid=range(self.gateway_port - 1, 32768))
         self.lease_seconds = LeaseSpec().seconds   # the stack files here keep the default lease
+        # With a token the control plane's admin API listens on its node's addresses, where the
+        # CLI finds it through the swarm (`--admin swarm://STACK`) after a move too.
+        self.admin_token = secrets.token_hex(16)
 
     def _cli(self, *args: str, manager: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
         env = {**os.environ, "DOCKER_HOST": self.lab.node_socket(manager)}
@@ -142,9 +146,14 @@ class DetachedStack:
 
     def deploy(self) -> str:
         r = self._cli("up", str(self.stack_path), "--driver", "swarm", "--detach", "--port", str(self.gateway_port),
-                      "--admin-port", str(self.admin_port))
+                      "--admin-port", str(self.admin_port), "--admin-token", self.admin_token)
         assert r.returncode == 0, f"up --detach failed ({r.returncode}):\n{r.stdout}{r.stderr}"
         return r.stdout
+
+    def cli_status(self, manager: int, token: bool = True) -> subprocess.CompletedProcess:
+        """`selfieless status --json --admin swarm://STACK` from the host, through `manager`'s engine."""
+        return self._cli("status", "--json", "--admin", f"swarm://{self.name}",
+                         *(["--admin-token", self.admin_token] if token else []), manager=manager, timeout=60)
 
     def down(self, manager: int) -> subprocess.CompletedProcess:
         """`down --swarm` from `manager` (it tries again itself while the swarm elects a leader)."""
@@ -197,7 +206,8 @@ class DetachedStack:
     def admin(self, node: int, path: str, body: dict | None = None, timeout: float = 5) -> tuple[int, dict | None]:
         """A call to the admin API on node `node`'s loopback: (status, JSON body); (0, None) when
         nothing answered."""
-        cmd = [*self.lab.netns_prefix(node), "curl", "-s", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}"]
+        cmd = [*self.lab.netns_prefix(node), "curl", "-s", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}",
+               "-H", f"Authorization: Bearer {self.admin_token}"]
         if body is not None:
             cmd += ["-H", "content-type: application/json", "--data", json.dumps(body)]
         r = subprocess.run([*cmd, f"http://127.0.0.1:{self.admin_port}{path}"], capture_output=True, text=True,

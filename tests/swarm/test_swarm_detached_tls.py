@@ -13,6 +13,7 @@ folder sealed in the swarm, and serves the same certificate without asking the C
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import ssl
@@ -112,6 +113,12 @@ def test_detached_control_plane_ships_files_issues_once_and_keeps_what_it_issued
             assert served() == first
             certs = {tuple(c["hosts"]): c["source"] for c in (stack.status(node) or {}).get("certs", [])}
             assert certs == {(SITE,): "acme", (FILES,): "file"}, certs
+            # The CLI on this host finds the moved control plane through the swarm, with the token only.
+            r = stack.cli_status(manager=1)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert {tuple(c["hosts"]) for c in json.loads(r.stdout)["certs"]} == {(SITE,), (FILES,)}
+            r = stack.cli_status(manager=1, token=False)
+            assert r.returncode == 1 and "token" in r.stderr, r.stdout + r.stderr
             r = stack.down(manager=1)
             assert r.returncode == 0, r.stdout + r.stderr
         finally:

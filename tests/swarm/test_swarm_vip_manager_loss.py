@@ -17,6 +17,7 @@ earlier cannot be promoted) and leaves so; a lab the session built goes at its e
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -115,6 +116,10 @@ def _lose_the_control_planes_node(stack: DetachedStack, lab) -> tuple[int, int]:
         raise AssertionError(f"{e}: the control plane sees {seen} (converged {st.get('converged')}); Swarm's tasks:\n"
                              + "\n".join(stack.tasks_seen(stack.db_node, "acts"))) from None
     print(f"manager-loss: {ACTS} acts tasks ready off node {victim} {time.monotonic() - t0:.1f} s after the takeover")
+    # The CLI finds the moved control plane through a surviving manager (`--admin swarm://STACK`).
+    r = stack.cli_status(stack.db_node)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["services"]["acts"]["replicas"], r.stdout
     code, body = stack.admin(new, "/api/scale", {"service": "acts", "replicas": ACTS + 1})
     assert code < 300, body
     wait_until(lambda: _acts_ready_off(stack, new, lab.address(victim), ACTS + 1), 120, 0.5,

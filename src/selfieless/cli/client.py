@@ -3,6 +3,8 @@
 Where the admin API is, first match wins: ``--admin URL``, ``$SELFIELESS_ADMIN_URL``, then
 ``<state dir>/admin.json`` written by ``up`` (state dir: ``--state-dir``, ``$SELFIELESS_STATE_DIR``,
 ``~/.local/state/selfieless``). The token: ``--admin-token`` or ``$SELFIELESS_ADMIN_TOKEN``.
+``swarm://STACK`` names the control plane of a stack deployed with ``up --driver swarm --detach``,
+wherever Swarm runs it (found through the manager at ``$DOCKER_HOST``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from selfieless.orchestrator.assemble import default_state_dir
 from selfieless.orchestrator.pids import pid_alive
 
 ADMIN_FILE = "admin.json"
+SWARM_SCHEME = "swarm://"
 
 
 class NoRunningUp(RuntimeError):
@@ -73,6 +76,10 @@ class AdminClient:
                  state_dir: Path | None = None) -> "AdminClient":
         token = token or os.environ.get("SELFIELESS_ADMIN_TOKEN") or None
         url = admin or os.environ.get("SELFIELESS_ADMIN_URL")
+        if url and url.startswith(SWARM_SCHEME):
+            from .detached import admin_url
+
+            url = admin_url(url[len(SWARM_SCHEME):].strip("/"))
         if not url:
             sd = state_dir or default_state_dir()
             info = read_admin_file(sd)

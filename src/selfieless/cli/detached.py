@@ -40,20 +40,46 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
         secrets = swarm_control.ship_files(client, stack.name, data)   # the task reads its copies
         if stack.gateway.tls is not None and stack.gateway.tls.acme is not None:
             secrets.append(swarm_sealed.seal_secret(client, stack.name))   # its ACME folder, sealed in the swarm
+        token = swarm_control.admin_token_secret(client, stack.name, opts.admin_token) if opts.admin_token else None
         text = yaml.safe_dump(data, sort_keys=False)
         where = stack.swarm.control_placement
         did = swarm_control.deploy(client, stack.name, text, image, stack.gateway.port, admin_port(opts),
-                                   where.constraints, where.preferences, secrets)
+                                   where.constraints, where.preferences, secrets, token)
     except (docker.errors.DockerException, ValueError, OSError) as e:
         raise UpError(f"cannot deploy the control plane of {stack.name} on {manager}: {e}") from None
     finally:
         if client is not None:
             client.close()
-    console.print(f"{did}. On the manager that runs it: gateway on port {stack.gateway.port}, admin API on "
-                  f"127.0.0.1:{admin_port(opts)}. `docker service logs -f {swarm_control.control_service_name(stack.name)}` "
-                  f"shows its events; `{cli_command()} down --swarm {stack.name}` removes it and the stack.",
-                  highlight=False)
+    cli = cli_command()
+    admin = (f"admin API on port {admin_port(opts)} of that node's addresses, with the token: `{cli} status "
+             f"--admin swarm://{stack.name}` finds it (DOCKER_HOST: a manager)" if token else
+             f"admin API on its 127.0.0.1:{admin_port(opts)} (--admin-token: on the node's addresses, "
+             f"for `--admin swarm://{stack.name}` from elsewhere)")
+    console.print(f"{did}. On the manager that runs it: gateway on port {stack.gateway.port}, {admin}. "
+                  f"`docker service logs -f {swarm_control.control_service_name(stack.name)}` shows its events; "
+                  f"`{cli} down --swarm {stack.name}` removes it and the stack.", highlight=False)
     return 0
+
+
+def admin_url(stack_name: str) -> str:
+    """`--admin swarm://STACK`: the admin API of the stack's control-plane service, found through
+    the manager at DOCKER_HOST (drivers/swarm_control.admin_url)."""
+    import docker
+
+    from selfieless.orchestrator.drivers import swarm_control
+
+    from .client import NoRunningUp
+
+    manager = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    client = None
+    try:
+        client = docker.DockerClient(base_url=manager, timeout=15)
+        return swarm_control.admin_url(client, stack_name)
+    except (docker.errors.DockerException, ValueError) as e:
+        raise NoRunningUp(f"the control plane of {stack_name} (through {manager}): {e}") from None
+    finally:
+        if client is not None:
+            client.close()
 
 
 def down_detached(stack_name: str, volumes: bool, console: Console) -> int:

@@ -9,7 +9,8 @@
 
 Every command has --help. Commands that talk to a running `up` find it through
 ``<state dir>/admin.json``, ``--admin URL`` or ``$SELFIELESS_ADMIN_URL`` (token:
-``--admin-token`` / ``$SELFIELESS_ADMIN_TOKEN``).
+``--admin-token`` / ``$SELFIELESS_ADMIN_TOKEN``); ``--admin swarm://STACK`` finds the control plane
+of a stack deployed with ``up --driver swarm --detach`` through the manager at ``$DOCKER_HOST``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ err = make_console(stderr=True)
 
 # Options shared by the commands that talk to a running `up`.
 AdminOpt = typer.Option(None, "--admin", envvar="SELFIELESS_ADMIN_URL", metavar="URL",
-                        help="Admin API of the running `up` (default: found via <state dir>/admin.json).")
+                        help="Admin API of the running `up` (default: found via <state dir>/admin.json); "
+                        "swarm://STACK: the control plane of `up --detach`, found through $DOCKER_HOST.")
 TokenOpt = typer.Option(None, "--admin-token", envvar="SELFIELESS_ADMIN_TOKEN",
                         help="Bearer token of the admin API, if it has one.")
 StateOpt = typer.Option(None, "--state-dir", envvar="SELFIELESS_STATE_DIR",
@@ -132,6 +134,13 @@ def up(
 
     if driver is not None and driver not in ("process", "docker", "swarm", "auto"):
         _fail(f"--driver must be process, docker, swarm or auto, not {driver!r}")
+    token_file = os.environ.get("SELFIELESS_ADMIN_TOKEN_FILE")
+    if not admin_token and token_file:
+        # How --detach's task gets it: a Swarm secret's file (the Docker secrets convention).
+        try:
+            admin_token = Path(token_file).read_text().strip()
+        except OSError as e:
+            _fail(f"$SELFIELESS_ADMIN_TOKEN_FILE: cannot read {token_file}: {e.strerror}")
     opts = UpOptions(stack_path=stack, driver=driver, port=port, database_url=database_url, admin_host=admin_host,
                      admin_port=admin_port, ports_from=ports_from, admin_token=admin_token or None,
                      state_dir=state_dir or default_state_dir(), ready_timeout=ready_timeout, quiet_events=quiet,
