@@ -102,6 +102,11 @@ class Lab:
         """The number of the node at `address` (a replica's host)."""
         return self._addresses().index(address) + 1
 
+    def grow(self, nodes: int) -> None:
+        """Join nodes to the lab up to `nodes` (their engines, the swarm, the images)."""
+        self.run("up", "--nodes", str(nodes))
+        self.env = read_env()
+
     def _addresses(self) -> list[str]:
         return self.env["SWARM_LAB_ADDRESSES"].split()
 
