@@ -3,7 +3,6 @@ Swarm's task and node records as replicas, the service definition, and the decis
 that owns the replica count."""
 
 import json
-
 import re
 
 import pytest

@@ -5,10 +5,11 @@ removed from any machine that reaches a manager."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 from rich.console import Console
+
+from selfieless.orchestrator.drivers.base import engine_address
 
 from .up import UpError, UpOptions, admin_port, cli_command, prepare_stack
 
@@ -29,7 +30,7 @@ def deploy_detached(opts: UpOptions, console: Console) -> int:
     image = stack.swarm.helper_image or next((s.image for s in stack.services.values() if s.image), None)
     if image is None:
         raise UpError("--detach: no image to run the control plane in (set swarm.helper_image)")
-    manager = stack.swarm.manager or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    manager = engine_address(stack.swarm.manager)
     # The task reads the stack as this `up` resolved it (command-line overrides applied), and
     # reaches the manager through its own node's socket.
     data = stack.model_dump(mode="json", exclude_none=True)
@@ -70,7 +71,7 @@ def admin_url(stack_name: str) -> str:
 
     from .client import NoRunningUp
 
-    manager = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    manager = engine_address()
     client = None
     try:
         client = docker.DockerClient(base_url=manager, timeout=15)
@@ -90,7 +91,7 @@ def down_detached(stack_name: str, volumes: bool, console: Console) -> int:
     from selfieless.orchestrator.drivers.base import DriverError
     from selfieless.orchestrator.drivers.swarm_control import swarm_electing
 
-    manager = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    manager = engine_address()
     deadline = time.monotonic() + ELECTION_WAIT
     while True:
         try:

@@ -359,12 +359,13 @@ async def _take_lease(runner: Any, stack: Stack, console: Console, request_stop)
         return None
     import docker
 
+    from selfieless.orchestrator.drivers.base import engine_address
     from selfieless.orchestrator.drivers.swarm_lease import SwarmLeaseStore
     from selfieless.orchestrator.lease import Terms
     from selfieless.orchestrator.lease_keeper import LeaseKeeper
 
     terms = Terms(stack.swarm.lease.seconds, stack.swarm.lease.margin)
-    manager = stack.swarm.manager or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    manager = engine_address(stack.swarm.manager)
     # A short timeout: a renewal that hangs is given up on (the keeper stops acting in time anyway).
     try:
         client = docker.DockerClient(base_url=manager, timeout=max(1, int(terms.renew_every)))

@@ -16,10 +16,20 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
+
+
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+
+
+def engine_address(given: str | None = None) -> str:
+    """The Docker engine to talk to: the one given (a stack's `swarm.manager`), else
+    $DOCKER_HOST, else the local socket, as the docker CLI picks it."""
+    return given or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
 
 @dataclass(frozen=True)
 class LaunchSpec:

@@ -30,13 +30,12 @@ All blocking SDK calls run in worker threads so the event loop never stalls on t
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import threading
 import time
 from typing import Any
 
-from .base import DriverError, ExitEvent, LaunchSpec, PortDriver, ReplicaHandle
+from .base import DriverError, ExitEvent, LaunchSpec, PortDriver, ReplicaHandle, engine_address
 from .logtail import ended_itself, tail_text, with_tail
 from .port_holder import PortTaken, holder_of
 
@@ -65,11 +64,7 @@ def docker_available(timeout: float = 2.0) -> str | None:
         client.close()
         return None
     except Exception as e:  # the SDK raises many kinds (DockerException, requests errors...)
-        return f"no Docker engine answers at {_engine_address()} ({engine_problem(e)})"
-
-
-def _engine_address() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return f"no Docker engine answers at {engine_address()} ({engine_problem(e)})"
 
 
 # What the socket error behind the SDK's nested exception text means, in a few words.

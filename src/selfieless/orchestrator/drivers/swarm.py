@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from typing import Any, AsyncIterator, Callable
 
-from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle
+from .base import DriverError, EngineDriver, LaunchSpec, ReplicaHandle, engine_address
 from .swarm_portless import LOOK_UP_PORTS_CODE, PortlessTasks, look_up_args, portless_places, read_looked_up
 from .swarm_edge import EdgeServices
 from .swarm_spec import (END_CONTAINER_CODE, LABEL_HEALTH_PATH, LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK,
@@ -62,7 +61,7 @@ class SwarmDriver(EngineDriver):
 
         self.stack = stack
         self.network = network or stack
-        self.manager = manager or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self.manager = engine_address(manager)
         self.client = client or docker.DockerClient(base_url=self.manager, timeout=30)
         self._network_ready = False
         self._lock = threading.Lock()   # network creation and service creation run in threads

@@ -43,18 +43,22 @@ def control_service_name(stack: str) -> str:
     return f"{stack}-control"
 
 
+def _named_by_content(stack: str, kind: str, data: bytes) -> str:
+    """Configs and secrets cannot change: each version is one of its own, named by its content
+    (the same content deployed twice is the same object)."""
+    return f"{stack}-{kind}-{hashlib.sha256(data).hexdigest()[:12]}"
+
+
 def stack_config_name(stack: str, text: str) -> str:
-    """Configs cannot change: each version of the stack file is a config of its own, named by its
-    content (the same file deployed twice is the same config)."""
-    return f"{stack}-stackfile-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return _named_by_content(stack, "stackfile", text.encode())
 
 
 def file_secret_name(stack: str, data: bytes) -> str:
-    return f"{stack}-file-{hashlib.sha256(data).hexdigest()[:12]}"
+    return _named_by_content(stack, "file", data)
 
 
 def admin_token_secret_name(stack: str, token: str) -> str:
-    return f"{stack}-admin-token-{hashlib.sha256(token.encode()).hexdigest()[:12]}"
+    return _named_by_content(stack, "admin-token", token.encode())
 
 
 def tls_file_fields(tls: dict[str, Any]) -> list[tuple[dict, str]]:
