@@ -270,6 +270,14 @@ class DetachedStack:
         return f"http://{address}:{self.gateway_port}"
 
 
+def failure_summary(failures: list[tuple[float, str]], cut_at: float) -> str:
+    """The failed GETs by what went wrong, each kind with its count and when (seconds after the cut)."""
+    kinds: dict[str, list[float]] = {}
+    for at, what in failures:
+        kinds.setdefault(what[:60], []).append(at - cut_at)
+    return "; ".join(f"{len(ts)} x {what} at {min(ts):+.1f}..{max(ts):+.1f} s" for what, ts in kinds.items())
+
+
 def manager_loss(lab: Lab, stack: DetachedStack, clients: int = 4, acting_timeout: float = 120.0) -> dict:
     """Cut the node that runs the control plane and holds the floating IP (a gateway runs on every
     node) under `clients` GET clients and an upload loop sent to the floating IP. Returns the
@@ -308,6 +316,6 @@ def manager_loss(lab: Lab, stack: DetachedStack, clients: int = 4, acting_timeou
     new_start = wait_until(lambda: stack.acting_from(new_node), 60, 0.5,
                            what=f"the control plane on node {new_node} saying when it took the lease")
     return {"victim": victim, "vip_back": back, "acting": acting, "failed_gets": len(load.failures),
-            "gets": load.total, "in_flight": clients, "failures": load.failures[:5],
+            "gets": load.total, "in_flight": clients, "failures": failure_summary(load.failures, t0),
             "uploads": len(writes.acked), "lost": len(missing), "upload_failures": len(writes.failures),
             "new_node": new_node, "old_stopped_at": old_stop, "new_acting_from": new_start}
